@@ -1,0 +1,61 @@
+"""The exception tree of pytest-invariance.
+
+Every error the plugin raises on bad input derives from :class:`InvarianceError` and
+also from the matching builtin, so callers can catch either. Messages say what is
+wrong and what to do next, in one line where possible.
+"""
+from __future__ import annotations
+
+import warnings
+
+try:  # pytest is always present when the plugin runs; the probes may be used without it.
+    from pytest import PytestWarning as _WarningBase
+except ImportError:  # pragma: no cover
+    _WarningBase = UserWarning  # type: ignore[misc,assignment]
+
+
+class InvarianceError(Exception):
+    """Base class of every pytest-invariance error."""
+
+
+class InvalidParameterError(InvarianceError, ValueError, TypeError):
+    """A parameter or option has a value outside its documented domain."""
+
+
+class NotFittedError(InvarianceError, ValueError, AttributeError):
+    """A probe was used before ``fit``."""
+
+
+class ModelLoadError(InvarianceError, ValueError):
+    """A model file is missing, corrupt, or of an unsupported kind."""
+
+
+class LayerNotFoundError(InvarianceError, KeyError):
+    """The requested layer does not exist; the message lists the real names."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message and add quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class InputShapeError(InvarianceError, ValueError):
+    """Images do not fit the model's declared input."""
+
+
+class EmbeddingError(InvarianceError, ValueError):
+    """An embedding contains NaN/Inf or has the wrong shape."""
+
+
+class DataError(InvarianceError, ValueError):
+    """A dataset or label file is missing, unreadable or misaligned."""
+
+
+class DatasetNotFoundError(DataError, FileNotFoundError):
+    """A dataset is not installed or not under the data directory."""
+
+
+class InvarianceWarning(_WarningBase):
+    """Warnings emitted by pytest-invariance."""
+
+
+def warn(message: str) -> None:
+    warnings.warn(message, InvarianceWarning, stacklevel=2)
