@@ -1,0 +1,30 @@
+"""Run history (SQLite) and baseline comparison.
+
+``HistoryStore`` keeps every audited model version's figures; the pure functions
+``parse_tolerance`` and ``compare_to_baseline`` decide whether a figure regressed.
+"""
+from __future__ import annotations
+
+from ._baseline import (
+    Tolerance,
+    ToleranceError,
+    annotate_regressions,
+    compare_to_baseline,
+    find_tolerance,
+    parse_tolerance,
+)
+from ._store import (
+    LATEST,
+    SCHEMA_VERSION,
+    HistoryError,
+    HistoryStore,
+    TrendPoint,
+    UnknownVersionError,
+    default_tag,
+)
+
+__all__ = [
+    "HistoryStore", "HistoryError", "UnknownVersionError", "TrendPoint", "default_tag",
+    "SCHEMA_VERSION", "LATEST", "Tolerance", "ToleranceError", "parse_tolerance",
+    "compare_to_baseline", "find_tolerance", "annotate_regressions",
+]

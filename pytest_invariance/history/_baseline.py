@@ -1,0 +1,239 @@
+"""Baseline comparison as pure functions: is this run worse than a stored one?
+
+"Worse" always means *toward violating the check's threshold*: for a check written
+``value >= threshold`` a lower value is worse, for ``value <= threshold`` a higher one
+is. A check without a comparator has no bad direction and never regresses.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InvalidParameterError
+
+__all__ = [
+    "Tolerance",
+    "ToleranceError",
+    "parse_tolerance",
+    "compare_to_baseline",
+    "find_tolerance",
+    "annotate_regressions",
+]
+
+_HIGHER_IS_BETTER = {">": True, ">=": True, "<": False, "<=": False}
+# metric names are identifiers with dots/dashes (fn_rate, yaw.mae); "*" or nothing = every metric
+_TOLERANCE_RE = re.compile(
+    r"^\s*(?:(?P<metric>[A-Za-z_*][\w.\-*]*)\s*=)?\s*(?P<num>[+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|[+]?\.\d+)\s*(?P<pct>%?)\s*$"
+)
+
+
+class ToleranceError(InvalidParameterError, argparse.ArgumentTypeError):
+    """A tolerance spec could not be parsed.
+
+    It is also an ``argparse.ArgumentTypeError`` so that, used as an option's
+    ``type=``, pytest prints this message instead of a generic "invalid value".
+    """
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far a metric may move in the bad direction before it counts as a regression.
+
+    Parameters
+    ----------
+    metric : str or None
+        The metric it applies to; None applies to every metric.
+    amount : float
+        Absolute amount in the metric's units, or a fraction of the baseline when
+        ``relative`` (``0.05`` for ``"5%"``).
+    relative : bool
+        Whether ``amount`` is a fraction of ``|baseline|``.
+
+    Examples
+    --------
+    >>> Tolerance("fn_rate", 0.05, relative=True).allowed(0.2)
+    0.010000000000000002
+    """
+
+    metric: str | None
+    amount: float
+    relative: bool = False
+
+    def allowed(self, baseline_value: float) -> float:
+        """The allowed worsening for a given baseline value, in metric units."""
+        return self.amount * abs(baseline_value) if self.relative else self.amount
+
+
+def parse_tolerance(spec: str) -> Tolerance:
+    """Parse ``"metric=amount"`` or ``"metric=percent%"`` into a :class:`Tolerance`.
+
+    ``"yaw_mae=0.5"`` allows the metric to get worse by 0.5 (its own units);
+    ``"fn_rate=5%"`` allows 5 % of the baseline's magnitude (relative, *not*
+    percentage points: write ``fn_rate=0.05`` for five points). Without
+    ``metric=`` (or with ``*=``) the tolerance applies to every metric.
+
+    Parameters
+    ----------
+    spec : str
+        The text given on the command line or in an ini file.
+
+    Returns
+    -------
+    Tolerance
+
+    Raises
+    ------
+    ToleranceError
+        When the text is not of that form or the amount is negative.
+
+    Examples
+    --------
+    >>> parse_tolerance("yaw_mae=0.5")
+    Tolerance(metric='yaw_mae', amount=0.5, relative=False)
+    >>> parse_tolerance("fn_rate=5%")
+    Tolerance(metric='fn_rate', amount=0.05, relative=True)
+    """
+    match = _TOLERANCE_RE.match(spec) if isinstance(spec, str) else None
+    if match is None:
+        raise ToleranceError(
+            f"{spec!r} is not a tolerance like 'yaw_mae=0.5' (absolute) or 'fn_rate=5%' (relative)"
+        )
+    metric = match["metric"]
+    amount = float(match["num"])
+    relative = bool(match["pct"])
+    if relative:
+        amount /= 100.0
+    return Tolerance(None if metric in (None, "*") else metric, amount, relative)
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _half_width(ci: Sequence[float | None] | None) -> float:
+    if ci is None or len(ci) != 2 or not (_finite(ci[0]) and _finite(ci[1])):
+        return 0.0
+    return abs(float(ci[1]) - float(ci[0])) / 2.0  # type: ignore[arg-type]
+
+
+def compare_to_baseline(
+    value: float | None,
+    baseline_value: float | None,
+    comparator: str | None,
+    tolerance: Tolerance | float | None = None,
+    *,
+    ci: Sequence[float | None] | None = None,
+    baseline_ci: Sequence[float | None] | None = None,
+) -> tuple[bool, float]:
+    """Decide whether ``value`` regressed against ``baseline_value``.
+
+    Parameters
+    ----------
+    value, baseline_value : float or None
+        The check's figure now and in the baseline run.
+    comparator : {"<", "<=", ">", ">="} or None
+        The check's comparator. ``">"``/``">="`` mean lower is worse, ``"<"``/``"<="``
+        mean higher is worse; None means no direction (never a regression).
+    tolerance : Tolerance, float or None
+        Allowed worsening. A float is an absolute amount. None (the default) allows
+        the statistical noise of the difference: ``sqrt(h**2 + h_base**2)`` where ``h``
+        and ``h_base`` are the CI half-widths of ``ci`` and ``baseline_ci`` (0 when a
+        CI is not given), so a change inside both runs' uncertainty is not flagged.
+    ci, baseline_ci : (low, high), optional
+        Confidence intervals used by the default tolerance.
+
+    Returns
+    -------
+    regressed : bool
+        True when the value moved in the bad direction by strictly more than allowed.
+    delta : float
+        ``value - baseline_value`` (signed, in metric units); NaN when either is missing.
+
+    Examples
+    --------
+    >>> compare_to_baseline(0.40, 0.45, ">=", 0.01)   # accuracy floor: lower is worse
+    (True, -0.04999999999999999)
+    >>> compare_to_baseline(0.40, 0.45, "<=", 0.01)   # leakage cap: lower is better
+    (False, -0.04999999999999999)
+    """
+    if not (_finite(value) and _finite(baseline_value)):
+        return False, math.nan
+    delta = float(value) - float(baseline_value)  # type: ignore[arg-type]
+    if comparator is None:
+        return False, delta
+    if comparator not in _HIGHER_IS_BETTER:
+        raise InvalidParameterError(
+            f"comparator must be one of {sorted(_HIGHER_IS_BETTER)} or None; got {comparator!r}"
+        )
+    worsening = -delta if _HIGHER_IS_BETTER[comparator] else delta
+    if tolerance is None:
+        allowed = math.hypot(_half_width(ci), _half_width(baseline_ci))
+    elif isinstance(tolerance, Tolerance):
+        allowed = tolerance.allowed(float(baseline_value))  # type: ignore[arg-type]
+    else:
+        allowed = float(tolerance)
+    return bool(worsening > allowed), delta
+
+
+def find_tolerance(metric: str, tolerances: Iterable[Tolerance]) -> Tolerance | None:
+    """The tolerance for ``metric``: an exact match wins over a catch-all (metric None)."""
+    catch_all = None
+    for tol in tolerances:
+        if tol.metric == metric:
+            return tol
+        if tol.metric is None:
+            catch_all = tol
+    return catch_all
+
+
+def annotate_regressions(
+    checks: list[dict[str, Any]],
+    baseline_checks: Iterable[Mapping[str, Any]],
+    tolerances: Iterable[Tolerance] = (),
+    *,
+    baseline_tag: str | None = None,
+) -> list[dict[str, Any]]:
+    """Add ``details.baseline``, ``details.delta`` and ``details.regressed`` to each check.
+
+    Checks are matched on ``(nodeid, metric)``; checks with no counterpart in the
+    baseline are left untouched. The check dicts are modified in place (and returned)
+    so the plugin can turn ``details["regressed"]`` into a failure before writing JSON.
+
+    Returns
+    -------
+    list of dict
+        The checks that regressed.
+
+    Examples
+    --------
+    >>> now = [{"nodeid": "t", "metric": "acc", "value": 0.5, "comparator": "<=", "details": {}}]
+    >>> old = [{"nodeid": "t", "metric": "acc", "value": 0.4}]
+    >>> [c["details"]["delta"] for c in annotate_regressions(now, old, [parse_tolerance("0.01")])]
+    [0.09999999999999998]
+    """
+    tolerances = list(tolerances)
+    by_key = {(b.get("nodeid"), b.get("metric")): b for b in baseline_checks}
+    regressed = []
+    for check in checks:
+        base = by_key.get((check.get("nodeid"), check.get("metric")))
+        if base is None or not _finite(base.get("value")):
+            continue
+        tol = find_tolerance(str(check.get("metric")), tolerances)
+        bad, delta = compare_to_baseline(
+            check.get("value"), base["value"], check.get("comparator"), tol,
+            ci=(check.get("ci_low"), check.get("ci_high")),
+            baseline_ci=(base.get("ci_low"), base.get("ci_high")),
+        )
+        details = check.setdefault("details", {})
+        details["baseline"] = base["value"]
+        details["delta"] = None if math.isnan(delta) else delta
+        details["regressed"] = bad
+        if baseline_tag is not None:
+            details["baseline_tag"] = baseline_tag
+        if bad:
+            regressed.append(check)
+    return regressed

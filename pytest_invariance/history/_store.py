@@ -1,0 +1,288 @@
+"""SQLite history of audit runs, one row per model version.
+
+Concurrency: CI shards and xdist controllers of parallel jobs may write the same file.
+Every operation opens its own connection with a busy timeout, the database runs in
+WAL mode (readers never block the writer), and writes happen inside ``BEGIN
+IMMEDIATE`` transactions so two writers serialise instead of failing mid-way.
+
+Version order: a tag's position is the time it was *first* recorded. Re-recording a
+tag (re-running the audits of the same model) replaces its figures but keeps its
+place, so "the version before v3" does not change when v3 is audited twice.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from os import PathLike
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ..errors import InvarianceError
+
+__all__ = ["HistoryStore", "HistoryError", "UnknownVersionError", "TrendPoint", "default_tag",
+           "SCHEMA_VERSION", "LATEST"]
+
+SCHEMA_VERSION = 1
+LATEST = "latest"
+_BUSY_TIMEOUT_S = 30.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tag TEXT NOT NULL UNIQUE,
+    git_commit TEXT,
+    model_sha256 TEXT,
+    first_recorded_at TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checks (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    nodeid TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL, ci_low REAL, ci_high REAL, threshold REAL,
+    comparator TEXT, passed INTEGER, verdict TEXT,
+    PRIMARY KEY (run_id, nodeid, metric)
+);
+CREATE INDEX IF NOT EXISTS checks_by_key ON checks (nodeid, metric);
+"""
+
+
+class HistoryError(InvarianceError, ValueError):
+    """The history database is missing, unreadable or from a newer plugin."""
+
+
+class UnknownVersionError(HistoryError, KeyError):
+    """A version tag is not in the history; the message lists the stored tags."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class TrendPoint(NamedTuple):
+    """One stored figure of a check, as returned by :meth:`HistoryStore.trend`."""
+
+    tag: str
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+    recorded_at: str
+
+
+def default_tag(doc: dict[str, Any]) -> str:
+    """The version tag used when none is given: the first 12 hex of the model's sha256.
+
+    Runs without a model hash (each suite on its own default model) fall back to
+    ``run-<started timestamp>`` so that every run is its own version.
+
+    Examples
+    --------
+    >>> default_tag({"run": {"model_sha256": "ab" * 32}})
+    'abababababab'
+    """
+    run = doc.get("run") or {}
+    sha = run.get("model_sha256")
+    if sha:
+        return str(sha)[:12]
+    started = str(run.get("started") or datetime.now(timezone.utc).isoformat())
+    return "run-" + "".join(ch for ch in started if ch.isalnum())[:15]
+
+
+def _num(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return None
+    return float(x)
+
+
+class HistoryStore:
+    """Versioned figures of past audit runs in one SQLite file.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The database file; created (with its folder) on the first :meth:`record`.
+        Reading methods never create it and raise :class:`HistoryError` when it is absent.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> store = HistoryStore(os.path.join(tempfile.mkdtemp(), "h.sqlite"))
+    >>> doc = {"run": {}, "checks": [{"nodeid": "t::a", "metric": "acc", "value": 0.5}]}
+    >>> store.record(doc, "v1")
+    >>> store.versions(), store.values("v1")
+    (['v1'], {('t::a', 'acc'): 0.5})
+    """
+
+    def __init__(self, path: str | PathLike[str]) -> None:
+        self.path = Path(path)
+
+    @contextmanager
+    def _connect(self, *, create: bool = False) -> Iterator[sqlite3.Connection]:
+        if not create and not self.path.is_file():
+            raise HistoryError(
+                f"no history database at {self.path}; run the audits with "
+                f"--invariance-history {self.path} first"
+            )
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN ourselves so the lock mode is explicit.
+        con = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            con.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+            con.execute("PRAGMA foreign_keys = ON")
+            self._ensure_schema(con, create=create)
+            yield con
+        except sqlite3.DatabaseError as exc:
+            raise HistoryError(f"cannot use history database {self.path}: {exc}") from exc
+        finally:
+            con.close()
+
+    def _ensure_schema(self, con: sqlite3.Connection, *, create: bool) -> None:
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise HistoryError(
+                f"{self.path} has history schema {version}, newer than this plugin's "
+                f"{SCHEMA_VERSION}; upgrade pytest-invariance"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        if not create:
+            raise HistoryError(f"{self.path} is not a pytest-invariance history database")
+        # WAL lets readers run during a write; where it is refused (some network
+        # filesystems) the rollback journal plus the busy timeout still serialise writers.
+        con.execute("PRAGMA journal_mode = WAL")
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read inside the lock: another process may have created it meanwhile.
+            if con.execute("PRAGMA user_version").fetchone()[0] == 0:
+                # statement by statement: executescript() would COMMIT our lock away
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    con.execute(statement)
+                con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+                            (str(SCHEMA_VERSION),))
+                con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def record(self, doc: dict[str, Any], version_tag: str | None = None,
+               git_commit: str | None = None) -> None:
+        """Store a results document under ``version_tag`` (replacing that tag's figures).
+
+        Parameters
+        ----------
+        doc : dict
+            The results document ``{"run": {...}, "checks": [...]}``.
+        version_tag : str, optional
+            Defaults to :func:`default_tag` (first 12 hex of the model sha256).
+        git_commit : str, optional
+            Defaults to ``doc["run"]["git_commit"]``.
+        """
+        tag = version_tag or default_tag(doc)
+        run = doc.get("run") or {}
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        rows = {}
+        for c in doc.get("checks", []):
+            # (nodeid, metric) is the identity of a check; a later duplicate wins.
+            rows[(str(c.get("nodeid")), str(c.get("metric")))] = (
+                _num(c.get("value")), _num(c.get("ci_low")), _num(c.get("ci_high")),
+                _num(c.get("threshold")), c.get("comparator"),
+                None if c.get("passed") is None else int(bool(c.get("passed"))), c.get("verdict"))
+        with self._connect(create=True) as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                con.execute(
+                    "INSERT INTO runs (tag, git_commit, model_sha256, first_recorded_at, recorded_at, doc)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(tag) DO UPDATE SET git_commit=excluded.git_commit,"
+                    " model_sha256=excluded.model_sha256, recorded_at=excluded.recorded_at, doc=excluded.doc",
+                    (tag, git_commit or run.get("git_commit"), run.get("model_sha256"), now, now,
+                     json.dumps(doc, default=str)))
+                run_id = con.execute("SELECT id FROM runs WHERE tag = ?", (tag,)).fetchone()[0]
+                con.execute("DELETE FROM checks WHERE run_id = ?", (run_id,))
+                con.executemany(
+                    "INSERT INTO checks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(run_id, *key, *vals) for key, vals in rows.items()])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    def versions(self) -> list[str]:
+        """Stored tags, oldest first (by when each tag was first recorded)."""
+        with self._connect() as con:
+            return [r[0] for r in con.execute("SELECT tag FROM runs ORDER BY id")]
+
+    def _run_id(self, con: sqlite3.Connection, tag: str) -> int:
+        row = con.execute("SELECT id FROM runs WHERE tag = ?", (tag,)).fetchone()
+        if row is None:
+            known = [r[0] for r in con.execute("SELECT tag FROM runs ORDER BY id")]
+            raise UnknownVersionError(
+                f"version {tag!r} is not in {self.path}; stored versions: "
+                + (", ".join(known) if known else "none"))
+        return int(row[0])
+
+    def resolve(self, tag_or_latest: str, current: str | None = None) -> str | None:
+        """Turn a baseline spec into a stored tag.
+
+        ``"latest"`` means the newest stored version *before* ``current``: if
+        ``current`` is already stored (a re-run, or recorded before comparing) it is
+        the version just before it, otherwise the newest stored version. So the
+        plugin may call this before or after :meth:`record` and gets the same answer,
+        and a model is never compared with itself. Returns None when there is no
+        such version (first run, or no database yet) - the caller skips comparison.
+
+        Raises
+        ------
+        UnknownVersionError
+            When an explicit tag is not stored.
+        """
+        if tag_or_latest != LATEST:
+            with self._connect() as con:
+                self._run_id(con, tag_or_latest)
+            return tag_or_latest
+        if not self.path.is_file():
+            return None
+        tags = self.versions()
+        if current in tags:
+            tags = tags[: tags.index(current)]
+        return tags[-1] if tags else None
+
+    def values(self, tag: str) -> dict[tuple[str, str], float | None]:
+        """``{(nodeid, metric): value}`` of one stored version."""
+        with self._connect() as con:
+            run_id = self._run_id(con, tag)
+            return {(n, m): v for n, m, v in con.execute(
+                "SELECT nodeid, metric, value FROM checks WHERE run_id = ?", (run_id,))}
+
+    def run(self, tag: str) -> dict[str, Any]:
+        """The results document stored under ``tag``, with ``run.version_tag`` set."""
+        with self._connect() as con:
+            run_id = self._run_id(con, tag)
+            text, recorded = con.execute(
+                "SELECT doc, recorded_at FROM runs WHERE id = ?", (run_id,)).fetchone()
+        doc: dict[str, Any] = json.loads(text)
+        doc.setdefault("run", {}).update(version_tag=tag, recorded_at=recorded)
+        return doc
+
+    def trend(self, nodeid: str, metric: str) -> list[TrendPoint]:
+        """One check's figures across stored versions, oldest first."""
+        with self._connect() as con:
+            return [TrendPoint(*r) for r in con.execute(
+                "SELECT r.tag, c.value, c.ci_low, c.ci_high, r.recorded_at FROM checks c"
+                " JOIN runs r ON r.id = c.run_id WHERE c.nodeid = ? AND c.metric = ? ORDER BY r.id",
+                (nodeid, metric))]
+
+    def trend_rows(self) -> list[dict[str, Any]]:
+        """Every stored figure as flat dicts, oldest version first: the ``history``
+        argument of :func:`pytest_invariance.report.write_report`."""
+        keys = ("tag", "nodeid", "metric", "value", "ci_low", "ci_high", "recorded_at")
+        with self._connect() as con:
+            return [dict(zip(keys, r)) for r in con.execute(
+                "SELECT r.tag, c.nodeid, c.metric, c.value, c.ci_low, c.ci_high, r.recorded_at"
+                " FROM checks c JOIN runs r ON r.id = c.run_id ORDER BY r.id, c.nodeid, c.metric")]
