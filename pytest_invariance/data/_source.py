@@ -1,0 +1,112 @@
+"""Image sets: what the extraction stage consumes.
+
+An :class:`ImageSet` is a map-style torch ``Dataset`` whose item ``i`` is one image
+as ``float32[C, H, W]`` in [0, 1], plus a ``labels`` table aligned with it (one row per
+item: class, factor levels, attributes) and a ``fingerprint`` string that changes
+whenever the images or their order change. The fingerprint is part of the embedding
+cache key, so it must be cheap to compute and stable across processes.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import DataError
+from .perturbations import PerturbationSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+
+def fingerprint_array(arr: np.ndarray, *extra: Any) -> str:
+    """sha256 over an array's bytes, shape and dtype, plus any extra identifying values."""
+    h = hashlib.sha256()
+    h.update(str((arr.shape, str(arr.dtype), extra)).encode())
+    h.update(np.ascontiguousarray(arr).data)
+    return h.hexdigest()[:32]
+
+
+class ImageSet:
+    """Base class: subclasses set ``fingerprint``, ``labels`` and implement ``__getitem__``."""
+
+    fingerprint: str
+    labels: "pd.DataFrame"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> "torch.Tensor":  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self[0].shape)  # type: ignore[return-value]
+
+
+class ArrayImageSet(ImageSet):
+    """Images held as a compact uint8 (or float) array ``[N, H, W]`` or ``[N, C, H, W]``.
+
+    uint8 keeps MNIST at 47 MB; items are converted to float32 in [0, 1] one at a time,
+    so the float copy of the whole set never exists.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> s = ArrayImageSet(np.zeros((2, 4, 4), np.uint8), pd.DataFrame({"y": [0, 1]}), name="toy")
+    >>> tuple(s[0].shape)
+    (1, 4, 4)
+    """
+
+    def __init__(self, images: np.ndarray, labels: "pd.DataFrame", *, name: str, scale: float | None = None):
+        if images.ndim == 3:
+            images = images[:, None]
+        if images.ndim != 4:
+            raise DataError(f"{name}: images must be [N, H, W] or [N, C, H, W]; got shape {images.shape}")
+        if len(images) != len(labels):
+            raise DataError(
+                f"{name}: {len(images)} images but {len(labels)} label rows; "
+                "labels must have exactly one row per image, in the same order"
+            )
+        self.images = images
+        self.labels = labels.reset_index(drop=True)
+        self.name = name
+        self.scale = scale if scale is not None else (1 / 255 if images.dtype == np.uint8 else 1.0)
+        self.fingerprint = fingerprint_array(images, name, self.scale)
+
+    def __getitem__(self, index: int) -> "torch.Tensor":
+        import torch
+
+        return torch.from_numpy(np.asarray(self.images[index], dtype=np.float32) * np.float32(self.scale))
+
+    def subset(self, index: np.ndarray, name: str) -> "ArrayImageSet":
+        return ArrayImageSet(self.images[index], self.labels.iloc[index], name=name, scale=self.scale)
+
+
+class PerturbedImageSet(ImageSet):
+    """Every image of ``base`` at every level of ``spec``, level-major.
+
+    Item ``i`` is base image ``i % len(base)`` at level ``levels[i // len(base)]``. The
+    labels gain the column ``spec.name`` (the exact level) and ``source_index``.
+    """
+
+    def __init__(self, base: ImageSet, spec: PerturbationSpec):
+        import pandas as pd
+
+        self.base, self.spec = base, spec
+        n = len(base)
+        tables = []
+        for level in spec.levels:
+            t = base.labels.copy()
+            t[spec.name] = level
+            t["source_index"] = np.arange(n)
+            tables.append(t)
+        self.labels = pd.concat(tables, ignore_index=True)
+        self.fingerprint = hashlib.sha256(f"{base.fingerprint}|{spec.key()}".encode()).hexdigest()[:32]
+
+    def __getitem__(self, index: int) -> "torch.Tensor":
+        n = len(self.base)
+        level = self.spec.levels[index // n]
+        return self.spec.apply(self.base[index % n][None], level)[0]

@@ -1,0 +1,192 @@
+"""Resolved settings: CLI value if given, else the ini key, else the default — once.
+
+Every option is declared here as data (name, ini key, parser, default, help) so that
+plugin.py can register them in a loop and the README's option table has one source.
+Parsers raise ``argparse.ArgumentTypeError`` so a bad value fails before collection
+with one line that says what is wrong.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+# Option strings are constants so tests and docs refer to one spelling.
+OPT_MODEL, OPT_LAYER, OPT_DEVICE = "--model", "--layer", "--device"
+
+
+def parse_device(value: str) -> str:
+    v = value.strip().lower()
+    if v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", v):
+        return v
+    raise argparse.ArgumentTypeError(f"{value!r} is not a device; use auto, cpu, cuda or cuda:N")
+
+
+def parse_positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive integer")
+    return n
+
+
+def parse_nonneg_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a non-negative integer")
+    return n
+
+
+def parse_model_spec(value: str) -> str:
+    # Either a file path (checked when loaded, so the error can name the backend) or
+    # 'package.module:factory'. Reject the obviously malformed here.
+    if not value.strip():
+        raise argparse.ArgumentTypeError("--model needs a path (.onnx, .pt, .pt2) or 'module:factory'")
+    return value.strip()
+
+
+def parse_layer(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_./:\-\[\]]+", value.strip()):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a layer spec like 'ip1', 'layer4' or 'backbone.layer4'"
+        )
+    return value.strip()
+
+
+def parse_threshold(value: str) -> tuple[str, float]:
+    m = re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)\s*=\s*([-+0-9.eE]+%?)\s*", value)
+    if not m:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not METRIC=VALUE like 'mav_accuracy=0.9' or 'Smiling.fn_rate=0.45'"
+        )
+    num = m.group(2)
+    try:
+        f = float(num[:-1]) / 100 if num.endswith("%") else float(num)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: {num!r} is not a number") from None
+    return m.group(1), f
+
+
+def parse_tolerance(value: str) -> tuple[str, float, bool]:
+    """'METRIC=ABS' or 'METRIC=PCT%' -> (metric, amount, relative)."""
+    m = re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)\s*=\s*([0-9.eE+]+)(%?)\s*", value)
+    if not m:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not METRIC=ABS or METRIC=PCT% like 'yaw_mae=0.5' or 'fn_rate=5%'"
+        )
+    try:
+        amount = float(m.group(2))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: {m.group(2)!r} is not a number") from None
+    return m.group(1), amount, m.group(3) == "%"
+
+
+def parse_path(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return value.strip()
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    parser: Callable[[str], Any] | None  # None: a boolean flag
+    default: Any
+    help: str
+    multiple: bool = False
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return "invariance_" + self.flag.lstrip("-").replace("invariance-", "").replace("-", "_")
+
+    @property
+    def ini(self) -> str:
+        return self.dest
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(OPT_MODEL, parse_model_spec, None, "model to audit: .onnx, TorchScript .pt, torch.export .pt2, "
+           "or module.path:factory (with --invariance-weights). Default: each suite's bundled model.", metavar="PATH"),
+    Option(OPT_LAYER, parse_layer, None, "layer to embed from: ONNX tensor name or torch module path "
+           "(default: the model's output, or the suite's declared layer)", metavar="NAME"),
+    Option(OPT_DEVICE, parse_device, "auto", "auto|cpu|cuda[:N]; auto picks CUDA when present", metavar="DEV"),
+    Option("--invariance-weights", parse_path, None, "state_dict file for a module:factory model", metavar="PATH"),
+    Option("--invariance-trust-pickle", None, False, "allow loading pickled full torch modules (runs code from the file)"),
+    Option("--invariance-batch-size", parse_positive_int, 256, "images per model call", metavar="N"),
+    Option("--invariance-workers", parse_nonneg_int, 0, "DataLoader worker processes for decoding images", metavar="N"),
+    Option("--invariance-data-dir", parse_path, None, "root folder of datasets (MNIST IDX files, CelebA layout, ...)", metavar="DIR"),
+    Option("--invariance-cache-dir", parse_path, ".cache/invariance", "embedding cache folder", metavar="DIR"),
+    Option("--invariance-no-cache", None, False, "neither read nor write the embedding cache"),
+    Option("--invariance-clear-cache", None, False, "empty the embedding cache before the run"),
+    Option("--invariance-seed", parse_nonneg_int, 0, "seed of every probe, bootstrap and permutation", metavar="N"),
+    Option("--invariance-json", parse_path, "reports/results.json", "results JSON file", metavar="PATH"),
+    Option("--invariance-report", parse_path, "reports/index.html", "self-contained HTML report", metavar="PATH"),
+    Option("--invariance-no-report", None, False, "do not write the HTML report"),
+    Option("--invariance-history", parse_path, "reports/history.sqlite", "SQLite history of runs", metavar="PATH"),
+    Option("--model-version", parse_path, None, "tag of this model version in the history (default: sha256[:12])", metavar="TAG"),
+    Option("--invariance-baseline", parse_path, None, "compare every figure to this stored version (TAG or 'latest')", metavar="TAG"),
+    Option("--invariance-tolerance", parse_tolerance, [], "allowed move toward failure against the baseline, METRIC=ABS or METRIC=PCT%",
+           multiple=True, metavar="M=T"),
+    Option("--invariance-threshold", parse_threshold, [], "override a threshold's value, METRIC=VALUE or QUALIFIER.METRIC=VALUE",
+           multiple=True, metavar="M=V"),
+    Option("--invariance-skip-bad", None, False, "skip unreadable or unlabelled images (and report how many) instead of failing"),
+    Option("--invariance-progress", parse_path, "auto", "progress bar: auto (on a terminal, not in CI), on, off", metavar="MODE"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the fixtures need, resolved once in ``pytest_configure``."""
+
+    model: str | None = None
+    layer: str | None = None
+    device: str = "auto"
+    weights: str | None = None
+    trust_pickle: bool = False
+    batch_size: int = 256
+    workers: int = 0
+    data_dir: str | None = None
+    cache_dir: str = ".cache/invariance"
+    no_cache: bool = False
+    clear_cache: bool = False
+    seed: int = 0
+    json: str = "reports/results.json"
+    report: str = "reports/index.html"
+    no_report: bool = False
+    history: str = "reports/history.sqlite"
+    model_version: str | None = None
+    baseline: str | None = None
+    tolerance: tuple[tuple[str, float, bool], ...] = ()
+    threshold: tuple[tuple[str, float], ...] = ()
+    skip_bad: bool = False
+    progress: str = "auto"
+    rootdir: str = "."
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def resolve_path(self, p: str | None) -> Path | None:
+        if p is None:
+            return None
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else Path(self.rootdir) / path
+
+
+def settings_field(opt: Option) -> str:
+    name = opt.dest.removeprefix("invariance_")
+    return name
+
+
+def coerce_ini(opt: Option, raw: Any) -> Any:
+    """Ini values arrive as strings (or lists for linelist keys); parse them like the CLI."""
+    if opt.parser is None:
+        return str(raw).strip().lower() in ("1", "true", "yes", "on") if not isinstance(raw, bool) else raw
+    if opt.multiple:
+        return [opt.parser(v) for v in raw if str(v).strip()]
+    return opt.parser(str(raw))
