@@ -9,8 +9,8 @@ We decode the protobuf with message classes built at run time from a hand-writte
 of TensorFlow's ``graph.proto`` (field numbers only; no protoc, no TF), rebuild the
 architecture in torch with our own modules, copy the constants in by TF scope name and
 check every conv's stride/padding/kernel against the graph, so a mismatch fails loudly.
-:func:`run_graph_reference` interprets the GraphDef op by op in numpy (float64), which is
-the independent oracle the tests compare the torch module against.
+``tests/test_facenet.py`` interprets the GraphDef op by op in numpy (float64, TF padding
+rules) as an independent oracle and compares the torch module against it.
 """
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def _tensor_array(t: Any) -> np.ndarray:
     vals = {np.float32: t.float_val, np.float64: t.double_val, np.int32: t.int_val, np.int64: t.int64_val}[dtype]
     arr = np.asarray(list(vals), dtype=dtype)
     # TF stores a constant fill as one value; it is broadcast to the declared shape.
-    return np.broadcast_to(arr, shape).copy() if arr.size == 1 else arr.reshape(shape)
+    return np.full(shape, arr[0], dtype=dtype) if arr.size == 1 else arr.reshape(shape)
 
 
 def _attr_value(a: Any) -> Any:
@@ -142,7 +142,9 @@ def read_graph(path: str | Path | None = None) -> dict[str, GraphNode]:
     for n in graph.node:
         attrs = {e.key: _attr_value(e.value) for e in n.attr if e.key != "value"}
         value = next((_tensor_array(e.value.tensor) for e in n.attr if e.key == "value"), None)
-        nodes[n.name] = GraphNode(n.name, n.op, [i.split(":")[0] for i in n.input], attrs, value)
+        # "^name" inputs are control dependencies, not data; ":k" picks an output port (all 0 here).
+        inputs = [i.split(":")[0] for i in n.input if not i.startswith("^")]
+        nodes[n.name] = GraphNode(n.name, n.op, inputs, attrs, value)
     if not nodes:
         raise ModelLoadError(f"{path} holds no graph nodes")
     return nodes
@@ -360,3 +362,24 @@ def build_facenet(path: str | Path | None = None) -> InceptionResnetV1:
     >>> emb, pooled = model(torch.zeros(1, 3, 160, 160))  # doctest: +SKIP
     """
     return load_graph_weights(InceptionResnetV1(), read_graph(path))
+
+
+def export_onnx(model: InceptionResnetV1, path: str | Path, *, metadata: dict[str, str] | None = None) -> None:
+    """Export ``model`` to ONNX at ``path``: input ``input`` [N,3,160,160], outputs ``embedding``, ``pooled``.
+
+    The batch axis is dynamic. ``metadata`` goes into the model's ``metadata_props`` (the build
+    script stores the source graph's digest there to decide whether a rebuild is needed).
+    """
+    import onnx
+
+    dummy = torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE)
+    batch = {0: "batch"}
+    # The TorchScript exporter (dynamo=False) handles this plain conv net and needs no onnxscript.
+    torch.onnx.export(model.eval(), (dummy,), str(path), input_names=["input"], output_names=["embedding", "pooled"],
+                      dynamic_axes={"input": batch, "embedding": batch, "pooled": batch}, opset_version=17,
+                      dynamo=False)
+    if metadata:
+        proto = onnx.load(str(path))
+        for key, value in metadata.items():
+            proto.metadata_props.add(key=key, value=value)
+        onnx.save(proto, str(path))
