@@ -1,0 +1,202 @@
+"""Render the self-contained HTML report and the side-by-side comparison.
+
+Templates live in the top-level ``templates/`` folder of a source checkout and are
+installed to ``<prefix>/share/pytest-invariance/templates``; both are searched.
+Autoescaping is on for every template: attribute names, paths and messages come
+from user files.
+"""
+from __future__ import annotations
+
+import math
+import os
+import site
+import sys
+import sysconfig
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from functools import lru_cache
+from os import PathLike
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+from ..history._baseline import compare_to_baseline
+from ..history._store import default_tag
+from ._context import build_context, fnum
+
+if TYPE_CHECKING:
+    import jinja2
+
+__all__ = ["write_report", "render_report", "write_compare_report", "render_compare_report",
+           "compare_rows", "template_dirs", "atomic_write_text"]
+
+_SHARE = Path("share", "pytest-invariance", "templates")
+
+
+def template_dirs() -> list[Path]:
+    """Folders that may hold the templates, most specific first: the checkout's
+    ``templates/`` next to the package, then the data-files install locations."""
+    import pytest_invariance
+
+    candidates = [Path(pytest_invariance.__file__).resolve().parents[1] / "templates",
+                  Path(sys.prefix) / _SHARE, Path(sysconfig.get_path("data")) / _SHARE]
+    if site.USER_BASE:  # pip install --user
+        candidates.append(Path(site.USER_BASE) / _SHARE)
+    return [d for d in dict.fromkeys(candidates) if (d / "report.html").is_file()]
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    import jinja2
+
+    dirs = template_dirs()
+    if not dirs:
+        raise FileNotFoundError(
+            "pytest-invariance report templates not found (looked for templates/report.html next to "
+            f"the package and under {Path(sys.prefix) / _SHARE}); reinstall pytest-invariance")
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(d) for d in dirs]),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=True,
+                                            default_for_string=True),
+        undefined=jinja2.StrictUndefined,  # a typo in a template fails the tests, not silently
+        trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = fnum
+    return env
+
+
+def atomic_write_text(path: str | PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``,
+    so readers (a CI artifact upload, a browser) never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _header(run: Mapping[str, Any]) -> list[tuple[str, str]]:
+    versions = run.get("versions") or {}
+    pre = run.get("preprocessing") or {}
+    rows = [
+        ("model", run.get("model_path")), ("sha256", run.get("model_sha256")),
+        ("model version", run.get("version_tag") or run.get("model_version")),
+        ("layer", run.get("layer")), ("backend / device", f"{run.get('backend') or '–'} / {run.get('device') or '–'}"),
+        ("seed", run.get("seed")), ("started", run.get("started")), ("finished", run.get("finished")),
+        ("git commit", run.get("git_commit")),
+        ("versions", ", ".join(f"{k} {v}" for k, v in [("pytest-invariance", run.get("plugin_version")),
+                                                        *versions.items()] if v)),
+        ("preprocessing", ", ".join(f"{k}={v}" for k, v in pre.items()) if isinstance(pre, Mapping) else pre),
+    ]
+    return [(k, "–" if v in (None, "") else str(v)) for k, v in rows]
+
+
+def render_report(doc: Mapping[str, Any], *, plots: Mapping[Any, Sequence[Mapping[str, Any]]] | None = None,
+                  history: Sequence[Mapping[str, Any]] | None = None, title: str | None = None) -> str:
+    """The report as an HTML string; see :func:`write_report`."""
+    run = doc.get("run") or {}
+    current = run.get("version_tag") or run.get("model_version") or default_tag(dict(doc))
+    model = Path(str(run.get("model_path"))).name if run.get("model_path") else "default models"
+    ctx = build_context(doc, plots, history, current)
+    return _environment().get_template("report.html").render(
+        title=title or f"Invariance audit: {model}", header=_header(run), run=run,
+        generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        generator=f"pytest-invariance {__version__}", has_history=history is not None, **ctx)
+
+
+def write_report(doc: Mapping[str, Any], path: str | PathLike[str], *,
+                 plots: Mapping[Any, Sequence[Mapping[str, Any]]] | None = None,
+                 history: Sequence[Mapping[str, Any]] | None = None, title: str | None = None) -> Path:
+    """Write one self-contained HTML report of a results document.
+
+    Parameters
+    ----------
+    doc : dict
+        The results document ``{"run": {...}, "checks": [...]}`` (as written to
+        ``--invariance-json``). A check's ``details.baseline``/``delta``/``regressed``
+        (see :func:`pytest_invariance.history.annotate_regressions`) mark regressions,
+        shown apart from threshold failures.
+    path : str or PathLike
+        Output file; written atomically, folders created.
+    plots : dict, optional
+        ``nodeid -> [plot dict, ...]`` from :mod:`pytest_invariance.report.plots`
+        (a ``(nodeid, metric)`` key attaches plots to one check of a test).
+    history : list of dict, optional
+        Trend rows ``{"tag", "nodeid", "metric", "value", "ci_low", "ci_high"}``, oldest
+        first, as from :meth:`HistoryStore.trend_rows`. None hides the trend column.
+    title : str, optional
+        Page title; defaults to "Invariance audit: <model file name>".
+
+    Returns
+    -------
+    Path
+        The written file.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> out = write_report({"run": {}, "checks": []}, os.path.join(tempfile.mkdtemp(), "r.html"))
+    >>> out.read_text().startswith("<!DOCTYPE html>")
+    True
+    """
+    return atomic_write_text(path, render_report(doc, plots=plots, history=history, title=title))
+
+
+def compare_rows(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Checks of two runs matched on ``(nodeid, metric)``, regressions of B against A
+    first (default CI tolerance), then by size of the change."""
+    a = {(c.get("nodeid"), c.get("metric")): c for c in doc_a.get("checks") or []}
+    b = {(c.get("nodeid"), c.get("metric")): c for c in doc_b.get("checks") or []}
+    rows = []
+    for key in dict.fromkeys([*a, *b]):
+        ca, cb = a.get(key, {}), b.get(key, {})
+        comp = cb.get("comparator") or ca.get("comparator")
+        regressed, delta = compare_to_baseline(cb.get("value"), ca.get("value"), comp,
+                                               ci=(cb.get("ci_low"), cb.get("ci_high")),
+                                               baseline_ci=(ca.get("ci_low"), ca.get("ci_high")))
+        improved, _ = compare_to_baseline(ca.get("value"), cb.get("value"), comp,
+                                          ci=(ca.get("ci_low"), ca.get("ci_high")),
+                                          baseline_ci=(cb.get("ci_low"), cb.get("ci_high")))
+        rows.append({
+            "nodeid": str(key[0]), "metric": str(key[1]),
+            "threshold": f"{comp} {fnum(cb.get('threshold', ca.get('threshold')))}" if comp else "–",
+            "a": fnum(ca.get("value")), "b": fnum(cb.get("value")),
+            "a_ci": f"[{fnum(ca.get('ci_low'))}, {fnum(ca.get('ci_high'))}]" if ca else "",
+            "b_ci": f"[{fnum(cb.get('ci_low'))}, {fnum(cb.get('ci_high'))}]" if cb else "",
+            "a_verdict": ca.get("verdict") or "–", "b_verdict": cb.get("verdict") or "–",
+            "delta": "–" if math.isnan(delta) else f"{delta:+.4g}", "_abs": 0.0 if math.isnan(delta) else abs(delta),
+            "change": "worse" if regressed else "better" if improved else "same" if ca and cb else
+                      ("new" if cb else "removed"),
+        })
+    order = {"worse": 0, "better": 1, "new": 2, "removed": 3, "same": 4}
+    rows.sort(key=lambda r: (order[r["change"]], -r["_abs"], r["nodeid"], r["metric"]))
+    return rows
+
+
+def render_compare_report(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any], tag_a: str, tag_b: str) -> str:
+    """The side-by-side comparison as an HTML string."""
+    rows = compare_rows(doc_a, doc_b)
+    counts = {k: sum(r["change"] == k for r in rows) for k in ("worse", "better", "same", "new", "removed")}
+    return _environment().get_template("compare.html").render(
+        title=f"Invariance audit: {tag_a} vs {tag_b}", tag_a=tag_a, tag_b=tag_b,
+        header=[(k, a, b) for (k, a), (_, b) in zip(_header(doc_a.get("run") or {}),
+                                                     _header(doc_b.get("run") or {}))],
+        rows=rows, counts=counts, generator=f"pytest-invariance {__version__}",
+        generated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def write_compare_report(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any], path: str | PathLike[str],
+                         tag_a: str, tag_b: str) -> Path:
+    """Write the side-by-side comparison of two stored runs (B judged against A)."""
+    return atomic_write_text(path, render_compare_report(doc_a, doc_b, tag_a, tag_b))

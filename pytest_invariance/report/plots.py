@@ -1,0 +1,306 @@
+"""Figures of the paper's studies, as small self-contained dicts for the HTML report.
+
+Every helper returns ``{"title": str, "kind": str, "svg": str}`` or
+``{"title", "kind", "png": base64-str}`` (``bin_table`` returns a table spec
+``{"title", "kind": "table", "columns", "rows"}``). They run on xdist workers, so they
+use matplotlib's ``Figure`` with the Agg canvas directly (no pyplot, no global
+backend switch) and import matplotlib only when called. Large matrices are
+averaged down and rendered as PNG to keep each figure under ``MAX_BYTES``.
+"""
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from numpy.typing import ArrayLike, NDArray
+
+__all__ = ["scree_plot", "heatmap", "block_diagonal_plot", "fn_fp_bars", "bin_table",
+           "angle_error_bars", "curve", "downsample_columns", "MAX_BYTES"]
+
+MAX_BYTES = 300_000
+_MAX_COLS, _MAX_ROWS = 800, 400  # more than the pixels a report figure has anyway
+
+
+def _new_figure(width: float = 7.0, height: float = 3.6) -> Figure:
+    from matplotlib.figure import Figure  # lazy: plots are optional at import time
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _svg(fig: Figure, title: str, kind: str) -> dict[str, str]:
+    import matplotlib
+
+    buf = io.StringIO()
+    # fixed hash salt and no date: the same data gives byte-identical reports
+    with matplotlib.rc_context({"svg.hashsalt": "pytest-invariance", "svg.fonttype": "path"}):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    svg = buf.getvalue()
+    if len(svg.encode()) > MAX_BYTES:  # many markers/paths: a raster is smaller
+        return _png(fig, title, kind)
+    return {"title": title, "kind": kind, "svg": svg}
+
+
+def _png(fig: Figure, title: str, kind: str) -> dict[str, str]:
+    from PIL import Image
+
+    data = b""
+    for dpi in (100, 72, 50):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+        # a 256-colour palette is indistinguishable for colour maps and ~3x smaller
+        img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB").quantize(colors=256)
+        out = io.BytesIO()
+        img.save(out, format="PNG", optimize=True)
+        data = out.getvalue()
+        if len(data) * 4 / 3 <= MAX_BYTES:  # base64 grows by a third
+            break
+    return {"title": title, "kind": kind, "png": base64.b64encode(data).decode("ascii")}
+
+
+def downsample_columns(matrix: ArrayLike, max_cols: int = _MAX_COLS,
+                       groups: ArrayLike | None = None) -> tuple[NDArray[np.float64], list[int]]:
+    """Average adjacent columns so that at most ``max_cols`` remain.
+
+    With ``groups`` (one label per column, columns already grouped), each group is
+    averaged on its own, with bins proportional to its size, so no output column
+    mixes two groups. Returns the matrix and the output index where each group starts.
+
+    Examples
+    --------
+    >>> m, starts = downsample_columns(np.arange(8.0).reshape(1, 8), 4)
+    >>> m.tolist(), starts
+    ([[0.5, 2.5, 4.5, 6.5]], [0])
+    """
+    x = np.asarray(matrix, dtype=np.float64)
+    labels = np.zeros(x.shape[1], dtype=int) if groups is None else np.asarray(groups)
+    # contiguous runs of equal labels, in order
+    cuts = [0, *(np.flatnonzero(labels[1:] != labels[:-1]) + 1).tolist(), x.shape[1]]
+    n_cols = x.shape[1]
+    blocks, starts, pos = [], [], 0
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        bins = max(1, min(hi - lo, round(max_cols * (hi - lo) / max(n_cols, 1))))
+        parts = np.array_split(np.arange(lo, hi), bins)
+        blocks.append(np.stack([x[:, p].mean(axis=1) for p in parts], axis=1))
+        starts.append(pos)
+        pos += bins
+    return np.concatenate(blocks, axis=1), starts
+
+
+def _downsample_rows(x: NDArray[np.float64], max_rows: int = _MAX_ROWS) -> NDArray[np.float64]:
+    if x.shape[0] <= max_rows:
+        return x
+    return np.stack([x[p].mean(axis=0) for p in np.array_split(np.arange(x.shape[0]), max_rows)])
+
+
+def scree_plot(singular_values: ArrayLike, k: int | None = None, title: str = "Scree plot",
+               n_show: int = 40) -> dict[str, str]:
+    """The first ``n_show`` singular values, with a red line after component ``k``
+    (paper Fig. 6: the rank an ideal representation would have, e.g. the class count).
+
+    Examples
+    --------
+    >>> scree_plot([5.0, 3.0, 1.0], k=2)["kind"]
+    'scree'
+    """
+    s = np.asarray(singular_values, dtype=np.float64).ravel()[:n_show]
+    fig = _new_figure(6.0, 3.2)
+    ax = fig.add_subplot()
+    idx = np.arange(1, s.size + 1)
+    ax.bar(idx, s, color="#4a6fa5", width=0.8)
+    if k is not None:
+        ax.axvline(k + 0.5, color="red", linewidth=1.5, label=f"k = {k}")
+        ax.legend(loc="upper right")
+    ax.set_xlabel("singular vector (rank order)")
+    ax.set_ylabel("singular value")
+    ax.set_xlim(0.3, max(s.size, 1) + 0.7)
+    ax.set_title(title)
+    return _svg(fig, title, "scree")
+
+
+def heatmap(matrix: ArrayLike, row_label: str, col_label: str, title: str,
+            col_groups: Sequence[Any] | None = None, cbar_label: str = "activation") -> dict[str, str]:
+    """Features x samples as an image (paper Fig. 7), rendered as PNG.
+
+    Columns are grouped by ``col_groups`` (stable sort, so sort the samples by angle
+    before calling to get "class, then angle" order) and averaged down to at most
+    800 columns, rows to at most 400.
+    """
+    x = np.asarray(matrix, dtype=np.float64)
+    groups = None
+    if col_groups is not None:
+        labels = np.asarray(col_groups)
+        order = np.argsort(labels, kind="stable")
+        x, groups = x[:, order], labels[order]
+    small, starts = downsample_columns(x, _MAX_COLS, groups)
+    small = _downsample_rows(small)
+    fig = _new_figure(7.5, 3.8)
+    ax = fig.add_subplot()
+    im = ax.imshow(small, aspect="auto", interpolation="nearest", cmap="viridis")
+    fig.colorbar(im, ax=ax, label=cbar_label)
+    if groups is not None:
+        uniq = [groups[0], *groups[1:][groups[1:] != groups[:-1]]]
+        for s in starts[1:]:
+            ax.axvline(s - 0.5, color="white", linewidth=0.6)
+        ends = [*starts[1:], small.shape[1]]
+        ax.set_xticks([(a + b - 1) / 2 for a, b in zip(starts, ends)], [str(u) for u in uniq])
+    ax.set_xlabel(f"{col_label} ({x.shape[1]} columns, averaged to {small.shape[1]})")
+    ax.set_ylabel(f"{row_label} ({x.shape[0]})")
+    ax.set_title(title)
+    return _png(fig, title, "heatmap")
+
+
+def block_diagonal_plot(reordered: ArrayLike, boundaries: Sequence[int], title: str,
+                        col_boundaries: Sequence[int] | None = None) -> dict[str, str]:
+    """A block-diagonalised data matrix (paper Fig. 8) with red lines at block edges.
+
+    Parameters
+    ----------
+    reordered : array, shape (features, samples)
+        Rows already reordered by the block diagonalisation.
+    boundaries : sequence of int
+        Row indices where a new block starts.
+    col_boundaries : sequence of int, optional
+        Column indices where a new block starts (before downsampling).
+    """
+    x = np.asarray(reordered, dtype=np.float64)
+    n_rows, n_cols = x.shape
+    small, _ = downsample_columns(x, _MAX_COLS)
+    row_scale = 1.0
+    if n_rows > _MAX_ROWS:
+        small, row_scale = _downsample_rows(small), _MAX_ROWS / n_rows
+    col_scale = small.shape[1] / max(n_cols, 1)
+    fig = _new_figure(6.5, 4.2)
+    ax = fig.add_subplot()
+    im = ax.imshow(np.abs(small), aspect="auto", interpolation="nearest", cmap="magma")
+    fig.colorbar(im, ax=ax, label="|activation|")
+    for b in boundaries:
+        ax.axhline(b * row_scale - 0.5, color="red", linewidth=0.6)
+    for b in col_boundaries or ():
+        ax.axvline(b * col_scale - 0.5, color="red", linewidth=0.6)
+    ax.set_xlabel(f"sample ({n_cols})")
+    ax.set_ylabel(f"feature, reordered ({n_rows})")
+    ax.set_title(title)
+    return _png(fig, title, "block_diagonal")
+
+
+def _err(rate: float, ci: Sequence[float] | None) -> tuple[float, float]:
+    if ci is None or ci[0] is None or ci[1] is None:
+        return 0.0, 0.0
+    return max(rate - ci[0], 0.0), max(ci[1] - rate, 0.0)
+
+
+def fn_fp_bars(rows: Sequence[Mapping[str, Any]], title: str) -> dict[str, str]:
+    """False-negative bars (left) and false-positive bars (right) per attribute,
+    grouped by ``group``, with CI whiskers (paper Fig. 2). Rates are fractions, shown in %.
+
+    Examples
+    --------
+    >>> fn_fp_bars([{"attribute": "Smiling", "group": "independent", "fn_rate": 0.1,
+    ...              "fn_ci": (0.08, 0.12), "fp_rate": 0.05, "fp_ci": (0.04, 0.06)}], "t")["kind"]
+    'fn_fp_bars'
+    """
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(str(r.get("group", "")), []).append(r)
+    # one header row per group (bold tick label, no bar), then its attributes, top to bottom
+    ordered: list[Mapping[str, Any]] = []
+    labels: list[str] = []
+    heads: list[int] = []
+    for name, members in groups.items():
+        if name:
+            heads.append(len(labels))
+            labels.append(name)
+            ordered.append({})
+        labels += [str(m["attribute"]) for m in members]
+        ordered += members
+    y = np.arange(len(ordered))[::-1]
+    fig = _new_figure(7.5, 1.2 + 0.26 * max(len(ordered), 1))
+    ax_fn, ax_fp = fig.subplots(1, 2, sharey=True)
+    bars = [i for i, r in enumerate(ordered) if r]
+    for ax, key, colour, name in ((ax_fn, "fn", "#c0504d", "false negatives"),
+                                  (ax_fp, "fp", "#4a6fa5", "false positives")):
+        rates = np.array([100 * float(ordered[i][f"{key}_rate"]) for i in bars])
+        errs = np.array([_err(float(ordered[i][f"{key}_rate"]), ordered[i].get(f"{key}_ci"))
+                         for i in bars]).reshape(-1, 2)
+        ax.barh(y[bars], rates, xerr=100 * errs.T, color=colour, height=0.7, capsize=2)
+        ax.set_xlabel(f"{name} (% of {'positives' if key == 'fn' else 'negatives'})")
+        ax.grid(axis="x", alpha=0.3)
+        for h in heads[1:]:
+            ax.axhline(y[h] + 0.5, color="grey", linewidth=0.8)
+    ax_fn.invert_xaxis()  # FN bars grow to the left, as in the paper
+    ax_fn.set_yticks(y, labels)
+    for h in heads:
+        ax_fn.get_yticklabels()[h].set_fontweight("bold")
+    fig.suptitle(title)
+    return _svg(fig, title, "fn_fp_bars")
+
+
+def bin_table(rows: Sequence[Mapping[str, Any]], title: str = "Absolute yaw error per bin",
+              unit: str = "°") -> dict[str, Any]:
+    """Table 1 layout: ``bin``, ``mae`` with ``ci`` (lo, hi), ``count``, as a table spec
+    the report renders as an HTML table (all cells are strings, escaped on output).
+
+    Examples
+    --------
+    >>> bin_table([{"bin": "0-15", "mae": 7.13, "ci": (6.9, 7.4), "count": 14255}])["rows"]
+    [['0-15', '7.13', '[6.90, 7.40]', '14255']]
+    """
+    def fmt(v: Any) -> str:
+        return "–" if v is None else f"{float(v):.2f}"
+
+    body = []
+    for r in rows:
+        ci = r.get("ci") or (None, None)
+        body.append([str(r["bin"]), fmt(r.get("mae")), f"[{fmt(ci[0])}, {fmt(ci[1])}]",
+                     str(r.get("count", ""))])
+    return {"title": title, "kind": "table",
+            "columns": [f"bin ({unit})", f"MAE ({unit})", f"95% CI ({unit})", "count"], "rows": body}
+
+
+def angle_error_bars(rows: Sequence[Mapping[str, Any]], title: str = "Absolute angle error",
+                     unit: str = "°") -> dict[str, str]:
+    """Mean ± std absolute angle error per class, one bar colour per model (paper Fig. 3).
+    Rows are ``{"model", "class", "mean", "std"}``."""
+    models = list(dict.fromkeys(str(r["model"]) for r in rows))
+    classes = list(dict.fromkeys(str(r["class"]) for r in rows))
+    cell = {(str(r["model"]), str(r["class"])): r for r in rows}
+    fig = _new_figure(7.0, 3.4)
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(models), 1)
+    for i, m in enumerate(models):
+        xs = np.arange(len(classes)) + (i - (len(models) - 1) / 2) * width
+        means = [float(cell[m, c]["mean"]) if (m, c) in cell else np.nan for c in classes]
+        stds = [float(cell[m, c].get("std") or 0.0) if (m, c) in cell else 0.0 for c in classes]
+        ax.bar(xs, means, width, yerr=stds, capsize=2, label=m)
+    ax.set_xticks(np.arange(len(classes)), classes)
+    ax.set_xlabel("class")
+    ax.set_ylabel(f"absolute error ({unit}), mean ± std")
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return _svg(fig, title, "angle_error_bars")
+
+
+def curve(x: ArrayLike, ys: Mapping[str, tuple[ArrayLike, ArrayLike | None, ArrayLike | None]],
+          xlabel: str, ylabel: str, title: str) -> dict[str, str]:
+    """Lines with CI bands, e.g. identification accuracy against perturbation strength.
+    ``ys`` maps a label to ``(values, lo, hi)``; ``lo``/``hi`` may be None."""
+    xs = np.asarray(x, dtype=np.float64)
+    fig = _new_figure(6.0, 3.4)
+    ax = fig.add_subplot()
+    for label, (vals, lo, hi) in ys.items():
+        (line,) = ax.plot(xs, np.asarray(vals, dtype=np.float64), marker="o", markersize=3, label=label)
+        if lo is not None and hi is not None:
+            ax.fill_between(xs, np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64),
+                            color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return _svg(fig, title, "curve")
