@@ -74,18 +74,18 @@ def parse_threshold(value: str) -> tuple[str, float]:
     return m.group(1), f
 
 
-def parse_tolerance(value: str) -> tuple[str, float, bool]:
-    """'METRIC=ABS' or 'METRIC=PCT%' -> (metric, amount, relative)."""
-    m = re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)\s*=\s*([0-9.eE+]+)(%?)\s*", value)
-    if not m:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not METRIC=ABS or METRIC=PCT% like 'yaw_mae=0.5' or 'fn_rate=5%'"
-        )
-    try:
-        amount = float(m.group(2))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r}: {m.group(2)!r} is not a number") from None
-    return m.group(1), amount, m.group(3) == "%"
+def parse_tolerance(value: str) -> Any:
+    """'METRIC=ABS' or 'METRIC=PCT%' -> history.Tolerance (raises ArgumentTypeError)."""
+    from .history import parse_tolerance as _parse
+
+    return _parse(value)
+
+
+def parse_progress(value: str) -> str:
+    v = value.strip().lower()
+    if v not in ("auto", "on", "off"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a progress mode; use auto, on or off")
+    return v
 
 
 def parse_path(value: str) -> str:
@@ -138,7 +138,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--invariance-threshold", parse_threshold, [], "override a threshold's value, METRIC=VALUE or QUALIFIER.METRIC=VALUE",
            multiple=True, metavar="M=V"),
     Option("--invariance-skip-bad", None, False, "skip unreadable or unlabelled images (and report how many) instead of failing"),
-    Option("--invariance-progress", parse_path, "auto", "progress bar: auto (on a terminal, not in CI), on, off", metavar="MODE"),
+    Option("--invariance-progress", parse_progress, "auto", "progress bar: auto (on a terminal, not in CI), on, off", metavar="MODE"),
 )
 
 
@@ -164,7 +164,7 @@ class Settings:
     history: str = "reports/history.sqlite"
     model_version: str | None = None
     baseline: str | None = None
-    tolerance: tuple[tuple[str, float, bool], ...] = ()
+    tolerance: tuple[Any, ...] = ()
     threshold: tuple[tuple[str, float], ...] = ()
     skip_bad: bool = False
     progress: str = "auto"

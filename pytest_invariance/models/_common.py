@@ -53,9 +53,9 @@ def unknown_layer(layer: str, available: list[str], model: str) -> LayerNotFound
     return LayerNotFoundError(f"layer {layer!r} is not in {model}.{hint} Available layers: {shown}")
 
 
-def check_batch(batch: np.ndarray, input_shape: tuple[int | None, ...], model: str) -> None:
-    if batch.ndim != 4:
-        raise EmbeddingError(f"{model} expects images as [N, C, H, W]; got an array of shape {batch.shape}")
+def check_batch(batch: "np.ndarray | object", input_shape: tuple[int | None, ...], model: str) -> None:
+    if len(batch.shape) != 4:
+        raise EmbeddingError(f"{model} expects images as [N, C, H, W]; got an array of shape {tuple(batch.shape)}")
     for got, want, what in zip(batch.shape[1:], input_shape, ("channels", "height", "width")):
         if want is not None and got != want:
             from ..errors import InputShapeError

@@ -187,10 +187,12 @@ class TorchEmbedder:
             handle.remove()
         return captured[0]
 
-    def embed(self, batch: np.ndarray, layer: str) -> np.ndarray:
+    def embed(self, batch: Any, layer: str) -> np.ndarray:
+        """``batch``: numpy array or torch tensor ``[N, C, H, W]`` (a tensor may already be on the device)."""
         torch = require("torch", "")
         check_batch(batch, self.input_shape, self.path)
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        x = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        x = x.float()
         with torch.inference_mode():
             out = self._run(x.to(self.device, non_blocking=True), layer)
         return to_embedding(out.float().cpu().numpy(), layer)

@@ -1,0 +1,123 @@
+"""The per-process audit session behind the fixtures: models, embeddings, memo.
+
+Kept out of plugin.py so that the entry module stays cheap; nothing here imports
+torch or onnxruntime until a model is actually loaded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from .checks import Suite
+from .settings import Settings
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .data._source import ImageSet
+    from .embeddings import EmbeddingCache, Preprocess
+    from .models import Embedder
+
+
+@dataclass
+class ModelRef:
+    """A model under audit with the layer and preprocessing to read it with."""
+
+    name: str
+    embedder: "Embedder"
+    layer: str
+    preprocess: "Preprocess"
+    user: bool  # given with --model (else the suite's bundled default)
+    outputs: dict[str, str] = field(default_factory=dict)  # role -> layer, e.g. {"logits": "logits"}
+
+    def info(self) -> dict[str, Any]:
+        e = self.embedder
+        return {"model": self.name, "model_path": e.path, "model_sha256": e.sha256, "layer": self.layer,
+                "backend": e.backend, "device": e.device, "provider": e.provider,
+                "preprocessing": self.preprocess.to_dict()}
+
+
+class Audit:
+    """Session state of one pytest process (controller or xdist worker)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._models: dict[tuple[str, str], "Embedder"] = {}
+        self._memo: dict[Any, Any] = {}
+        self._cache: "EmbeddingCache | None" = None
+        self.baseline_checks: dict[tuple[str, str], dict[str, Any]] | None = None
+        self.baseline_tag: str | None = None
+
+    @property
+    def seed(self) -> int:
+        return self.settings.seed
+
+    def load(self, spec: str) -> "Embedder":
+        from .models import load_model
+
+        key = (spec, self.settings.device)
+        if key not in self._models:
+            self._models[key] = load_model(spec, device=self.settings.device, weights=self.settings.weights,
+                                           trust_pickle=self.settings.trust_pickle)
+        return self._models[key]
+
+    def model(self, suite: Suite, name: str) -> ModelRef:
+        """The user's --model when given, else the suite's ``[models.NAME]`` entry."""
+        from .embeddings import Preprocess
+
+        pre = suite.section("preprocess")
+        if self.settings.model:
+            emb = self.load(str(self.settings.resolve_path(self.settings.model)))
+            layer = self.settings.layer or suite.section("suite").get("user_layer") or emb.default_layer
+            if layer not in emb.layers():
+                from .models._common import unknown_layer
+
+                raise unknown_layer(layer, emb.layers(), emb.path)
+            c, h, w = emb.input_shape
+            if pre.get("adapt_size") and h and w:
+                pre["size"] = (h, w)
+            pre.pop("adapt_size", None)
+            return ModelRef(emb.name, emb, layer, Preprocess(**pre), user=True)
+        entry = suite.section("models").get(name)
+        if entry is None:
+            raise KeyError(f"suite {suite.name} has no model {name!r}")
+        emb = self.load(str((suite.root / entry["path"]).resolve()))
+        pre.pop("adapt_size", None)
+        outputs = {k: v for k, v in entry.items() if k not in ("path", "layer")}
+        return ModelRef(name, emb, entry.get("layer", emb.default_layer), Preprocess(**pre), False, outputs)
+
+    def model_names(self, suite: Suite) -> list[str]:
+        if self.settings.model:
+            spec = self.settings.model
+            return [Path(spec).stem if Path(spec).suffix else spec.split(":")[-1]]
+        return list(suite.section("models"))
+
+    @property
+    def cache(self) -> "EmbeddingCache | None":
+        from .embeddings import EmbeddingCache
+
+        if self.settings.no_cache:
+            return None
+        if self._cache is None:
+            self._cache = EmbeddingCache(self.settings.resolve_path(self.settings.cache_dir))  # type: ignore[arg-type]
+        return self._cache
+
+    def embed(self, ref: ModelRef, images: "ImageSet", *, layer: str | None = None, label: str = "") -> "np.ndarray":
+        """Embeddings of ``images`` at ``layer`` (default: the ref's layer), cached on disk and in memory."""
+        from .embeddings import extract, progress_wanted
+
+        layer = layer or ref.layer
+        key = ("embed", ref.embedder.sha256, layer, images.fingerprint, ref.preprocess.key())
+        if key not in self._memo:
+            self._memo[key] = extract(
+                ref.embedder, images, layer=layer, preprocess=ref.preprocess,
+                batch_size=self.settings.batch_size, cache=self.cache, workers=self.settings.workers,
+                progress=progress_wanted(self.settings.progress), label=label or f"{ref.name}:{layer}")
+        return self._memo[key]
+
+    def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """Compute a study's results once per process and share them between tests."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]

@@ -1,0 +1,75 @@
+"""Preprocessing declared per suite (or by option) and recorded in the results."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidParameterError
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a batch of [0, 1] images becomes model input.
+
+    Order: resize to ``size`` -> convert to ``channels`` -> ``x * scale`` ->
+    ``(x - mean) / std`` per channel -> optional per-image ``prewhiten``
+    (zero mean, unit std per image, std floored at 1/sqrt(pixels) as FaceNet does).
+
+    Examples
+    --------
+    >>> Preprocess(size=(160, 160), channels=3, prewhiten=True).key()[:40]
+    '{"channels": 3, "mean": [0.0], "prewhite'
+    """
+
+    size: tuple[int, int] | None = None
+    channels: int | None = None
+    scale: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    prewhiten: bool = False
+
+    def __post_init__(self) -> None:
+        if self.channels not in (None, 1, 3):
+            raise InvalidParameterError(f"preprocess channels must be 1 or 3; got {self.channels!r}")
+        if any(s == 0 for s in self.std):
+            raise InvalidParameterError("preprocess std must not contain 0")
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if self.size is not None:
+            object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def key(self) -> str:
+        import json
+
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def __call__(self, x: "torch.Tensor") -> "torch.Tensor":
+        import torch
+        from torch.nn import functional as F
+
+        if self.size is not None and tuple(x.shape[-2:]) != self.size:
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
+        if self.channels == 3 and x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        elif self.channels == 1 and x.shape[1] == 3:
+            # ITU-R 601 luma, the usual grey conversion
+            x = (x * torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device)[:, None, None]).sum(1, keepdim=True)
+        if self.scale != 1.0:
+            x = x * self.scale
+        if self.mean != (0.0,) or self.std != (1.0,):
+            c = x.shape[1]
+            mean = torch.tensor(self.mean if len(self.mean) == c else self.mean * c, dtype=x.dtype, device=x.device)
+            std = torch.tensor(self.std if len(self.std) == c else self.std * c, dtype=x.dtype, device=x.device)
+            x = (x - mean[:c, None, None]) / std[:c, None, None]
+        if self.prewhiten:
+            flat = x.reshape(len(x), -1)
+            mu = flat.mean(1, keepdim=True)
+            sd = flat.std(1, keepdim=True, unbiased=False).clamp_min(1.0 / flat.shape[1] ** 0.5)
+            x = ((flat - mu) / sd).reshape(x.shape)
+        return x.contiguous()

@@ -1,0 +1,409 @@
+"""pytest entry point: options, ini keys, the marker, fixtures and hooks.
+
+Only pytest and the standard library are imported at module import time; the
+settings table, probes, models and report code load when a hook needs them.
+
+Data flow per test: the suite's test calls ``invariance_check(metric, estimate)``;
+the check is evaluated against its threshold (and baseline) on the worker, attached
+to the test report, failed tests raise after the test body, and the controller
+collects every report's checks into the JSON, the HTML report and the history.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import pytest
+
+if TYPE_CHECKING:
+    from ._audit import Audit, ModelRef
+    from .checks import CheckResult, Suite
+    from .probes._estimate import Estimate
+    from .settings import Settings
+
+SETTINGS_KEY = pytest.StashKey["Settings"]()
+AUDIT_KEY = pytest.StashKey["Audit"]()
+COLLECTED_KEY = pytest.StashKey[dict]()
+CHECKS_KEY = pytest.StashKey[list]()
+PLOTS_KEY = pytest.StashKey[list]()
+MODEL_KEY = pytest.StashKey["ModelRef"]()
+MARKER = "invariance"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    from .settings import OPTIONS
+
+    group = parser.getgroup("invariance", "embedding invariance audits (pytest-invariance)")
+    for opt in OPTIONS:
+        kw: dict[str, Any] = {"dest": opt.dest, "help": opt.help, "default": None}
+        if opt.parser is None:
+            kw["action"] = "store_true"
+        else:
+            kw.update(type=opt.parser, metavar=opt.metavar, action="append" if opt.multiple else "store")
+        group.addoption(opt.flag, **kw)
+        ini_type = "bool" if opt.parser is None else "linelist" if opt.multiple else "string"
+        parser.addini(opt.ini, f"default for {opt.flag}", type=ini_type, default=None)
+
+
+def _resolve_settings(config: pytest.Config) -> "Settings":
+    import argparse
+
+    from .settings import OPTIONS, Settings, coerce_ini, settings_field
+
+    values: dict[str, Any] = {"rootdir": str(config.rootpath)}
+    for opt in OPTIONS:
+        cli = config.getoption(opt.dest)
+        if cli is not None and cli is not False:
+            value = cli
+        else:
+            raw = config.getini(opt.ini)
+            if raw is None or raw == [] or raw == "":
+                continue
+            try:
+                value = coerce_ini(opt, raw)
+            except argparse.ArgumentTypeError as exc:
+                raise pytest.UsageError(f"ini key {opt.ini}: {exc}") from None
+        if opt.multiple:
+            value = tuple(value)
+        values[settings_field(opt)] = value
+    return Settings(**values)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}(**thresholds): default thresholds of this test's checks, e.g. "
+        "@pytest.mark.invariance(mav_accuracy={'min': 0.85})",
+    )
+    settings = _resolve_settings(config)
+    config.stash[SETTINGS_KEY] = settings
+    config.stash[COLLECTED_KEY] = {"checks": [], "plots": {}, "started": _now()}
+    if settings.clear_cache and not hasattr(config, "workerinput"):
+        import shutil
+
+        cache = settings.resolve_path(settings.cache_dir)
+        if cache is not None and cache.exists():
+            shutil.rmtree(cache)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Fail fast, once, on the controller: a bad --model or --layer is one clear error."""
+    config = session.config
+    settings = config.stash[SETTINGS_KEY]
+    if not settings.model or hasattr(config, "workerinput"):
+        return
+    from .errors import InvarianceError
+
+    audit = _audit(config)
+    try:
+        emb = audit.load(str(settings.resolve_path(settings.model)))
+        if settings.layer and settings.layer not in emb.layers():
+            from .models._common import unknown_layer
+
+            raise unknown_layer(settings.layer, emb.layers(), emb.path)
+    except (InvarianceError, ImportError) as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    s = config.stash.get(SETTINGS_KEY, None)
+    if s is None:
+        return None
+    model = s.model or "each suite's bundled default"
+    backend = "onnx" if (s.model or "").endswith(".onnx") else "torch" if s.model else "per suite"
+    cache = "off" if s.no_cache else str(s.resolve_path(s.cache_dir))
+    return [f"invariance: model={model} layer={s.layer or 'default'} backend={backend} "
+            f"device={s.device} seed={s.seed} cache={cache}"]
+
+
+def _audit(config: pytest.Config) -> "Audit":
+    if AUDIT_KEY not in config.stash:
+        from ._audit import Audit
+
+        audit = Audit(config.stash[SETTINGS_KEY])
+        _load_baseline(audit)
+        config.stash[AUDIT_KEY] = audit
+    return config.stash[AUDIT_KEY]
+
+
+def _load_baseline(audit: "Audit") -> None:
+    s = audit.settings
+    if not s.baseline:
+        return
+    from .history import HistoryStore
+
+    store = HistoryStore(s.resolve_path(s.history))  # type: ignore[arg-type]
+    try:
+        tag = store.resolve(s.baseline, current=_version_tag(s))
+    except Exception as exc:
+        raise pytest.UsageError(f"--invariance-baseline {s.baseline}: {exc}") from None
+    audit.baseline_tag = tag
+    if tag is None:  # 'latest' with nothing stored yet: the first run has no baseline
+        audit.baseline_checks = {}
+        return
+    doc = store.run(tag)
+    audit.baseline_checks = {(c.get("nodeid"), c.get("metric")): c for c in doc.get("checks", [])}
+
+
+def _version_tag(s: "Settings") -> str:
+    if s.model_version:
+        return s.model_version
+    path = s.resolve_path(s.model) if s.model else None
+    if path is not None and path.is_file():
+        from .models._common import sha256_file
+
+        return sha256_file(path)[:12]
+    return "suite-defaults"
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def invariance_settings(pytestconfig: pytest.Config) -> "Settings":
+    """The resolved settings (CLI > ini > default) of this run."""
+    return pytestconfig.stash[SETTINGS_KEY]
+
+
+@pytest.fixture(scope="session")
+def invariance_audit(pytestconfig: pytest.Config) -> "Audit":
+    """Session state: ``load``/``model`` for models, ``embed`` for cached embeddings, ``memo`` to share a study."""
+    return _audit(pytestconfig)
+
+
+@pytest.fixture
+def invariance_suite(request: pytest.FixtureRequest) -> "Suite":
+    """The suite config (``invariance.toml``) nearest to the requesting test file."""
+    return _suite_for(request.config, Path(str(request.node.path)))
+
+
+def _suite_for(config: pytest.Config, path: Path) -> "Suite":
+    from .checks import Suite
+
+    cache = config.stash[COLLECTED_KEY].setdefault("suites", {})
+    key = str(path.parent)
+    if key not in cache:
+        cache[key] = Suite.find(path.parent, stop=config.rootpath)
+    return cache[key]
+
+
+@pytest.fixture
+def invariance_model(request: pytest.FixtureRequest, invariance_audit: "Audit",
+                     invariance_suite: "Suite") -> "ModelRef":
+    """The model under audit: parametrized over the suite's ``[models.*]``, or the one ``--model``.
+
+    A user's model whose input does not fit the suite's protocol skips with the reason.
+    """
+    name = getattr(request, "param", None)
+    ref = invariance_audit.model(invariance_suite, name)
+    want = invariance_suite.input_shape
+    if ref.user and want:
+        have = ref.embedder.input_shape
+        fed = (want[0] if ref.preprocess.channels is None else ref.preprocess.channels,
+               *(ref.preprocess.size or want[1:]))
+        if any(h is not None and h != f for h, f in zip(have, fed)):
+            pytest.skip(f"{ref.embedder.path} expects input {list(have)} but suite {invariance_suite.name} "
+                        f"feeds {list(fed)}; select suites that fit the model by path")
+    request.node.stash[MODEL_KEY] = ref
+    return ref
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "invariance_model" not in metafunc.fixturenames:
+        return
+    settings = metafunc.config.stash[SETTINGS_KEY]
+    suite = _suite_for(metafunc.config, Path(str(metafunc.definition.path)))
+    from ._audit import Audit
+
+    names = Audit(settings).model_names(suite)
+    metafunc.parametrize("invariance_model", names, indirect=True, ids=names)
+
+
+@pytest.fixture
+def invariance_check(request: pytest.FixtureRequest, invariance_audit: "Audit",
+                     invariance_suite: "Suite") -> Callable[..., "CheckResult"]:
+    """Record one figure as a check: ``invariance_check(metric, estimate, min=..., details=..., plots=...)``.
+
+    The threshold's direction is in the keyword (``min``, ``max``, ``above``, ``below``);
+    the suite's ``invariance.toml`` and the ``invariance`` marker take precedence over it,
+    and ``--invariance-threshold`` replaces its value. Pass ``confident=True`` to gate on
+    the CI bound. A failed check fails the test after its body has run, so every figure
+    of the test is recorded. Returns the :class:`~pytest_invariance.checks.CheckResult`.
+    """
+    return _make_check(request, invariance_audit, invariance_suite)
+
+
+def _make_check(request: pytest.FixtureRequest, audit: "Audit", suite: "Suite") -> Callable[..., "CheckResult"]:
+    from .checks import Threshold, evaluate, resolve_threshold
+    from .checks._suite import threshold_from_table
+
+    node = request.node
+    marker_thresholds = {}
+    for mark in node.iter_markers(MARKER):
+        for key, table in mark.kwargs.items():
+            marker_thresholds.setdefault(key, threshold_from_table(key, table, f"{node.nodeid} marker"))
+    overrides = dict(audit.settings.threshold)
+    results: list = node.stash.setdefault(CHECKS_KEY, [])
+    plots_out: list = node.stash.setdefault(PLOTS_KEY, [])
+
+    def check(metric: str, estimate: "Estimate", *, min: float | None = None, max: float | None = None,
+              above: float | None = None, below: float | None = None, confident: bool = False,
+              details: dict[str, Any] | None = None, plots: list[dict[str, Any]] | None = None) -> "CheckResult":
+        __tracebackhide__ = True
+        ref = node.stash.get(MODEL_KEY, None)
+        details = {**(ref.info() if ref is not None else {}), **(details or {})}
+        given = {k: v for k, v in dict(min=min, max=max, above=above, below=below).items() if v is not None}
+        call = Threshold.from_kwargs(confident=confident, **given) if given else None
+        qualifiers = [str(details[k]) for k in ("model", "attribute", "factor", "bin", "group") if details.get(k) is not None]
+        threshold = resolve_threshold(metric, qualifiers, call=call, marker=marker_thresholds,
+                                      suite=suite.thresholds, overrides=overrides)
+        result = evaluate(node.nodeid, suite.name, metric, estimate, threshold, details)
+        _apply_baseline(audit, result)
+        results.append(result)
+        for plot in plots or ():
+            plots_out.append(((node.nodeid, metric), plot))
+        return result
+
+    return check
+
+
+def _apply_baseline(audit: "Audit", result: "CheckResult") -> None:
+    if audit.baseline_checks is None:
+        return
+    from .checks import FAIL
+    from .history import compare_to_baseline, find_tolerance
+
+    base = audit.baseline_checks.get((result.nodeid, result.metric))
+    if base is None or base.get("value") is None:
+        return
+    tol = find_tolerance(result.metric, audit.settings.tolerance)
+    regressed, delta = compare_to_baseline(
+        result.value, base["value"], result.comparator, tol,
+        ci=(result.ci_low, result.ci_high), baseline_ci=(base.get("ci_low"), base.get("ci_high")))
+    result.details.update(baseline=audit.baseline_tag, baseline_value=base["value"], delta=delta,
+                          regressed=regressed)
+    if regressed:
+        result.passed, result.verdict = False, FAIL
+        msg = (f"{result.metric}: regression against {audit.baseline_tag}: {result.value:.4g} vs "
+               f"{base['value']:.4g} (delta {delta:+.4g}) moved toward failing {result.comparator} "
+               f"{result.threshold:g} by more than the tolerance")
+        result.message = msg + ("\n" + result.message if result.message else "")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):  # type: ignore[no-untyped-def]
+    out = yield
+    failed = [r for r in item.stash.get(CHECKS_KEY, []) if not r.passed]
+    if failed:
+        __tracebackhide__ = True
+        raise AssertionError("\n".join(r.message for r in failed))
+    return out
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    report = yield
+    if report.when == "call":
+        results = item.stash.get(CHECKS_KEY, [])
+        if results:
+            # Plain data on the report crosses from xdist workers to the controller.
+            report.invariance_checks = [r.to_dict() for r in results]
+            report.invariance_plots = [[list(k), p] for k, p in item.stash.get(PLOTS_KEY, [])]
+            for r in results:  # junitxml properties: scalars only
+                tag = ".".join([r.metric] + [str(r.details[k]) for k in ("attribute", "bin") if k in r.details])
+                item.user_properties.append((f"invariance.{tag}", r.value))
+                report.user_properties.append((f"invariance.{tag}", r.value))
+    return report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    checks = getattr(report, "invariance_checks", None)
+    if not checks:
+        return
+    sink = _SINK.get("collected")
+    if sink is not None:
+        sink["checks"].extend(checks)
+        for key, plot in getattr(report, "invariance_plots", []) or []:
+            sink["plots"].setdefault(tuple(key), []).append(plot)
+
+
+_SINK: dict[str, Any] = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection(session: pytest.Session) -> None:
+    _SINK["collected"] = session.config.stash[COLLECTED_KEY]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if hasattr(config, "workerinput") or COLLECTED_KEY not in config.stash:
+        return
+    collected = config.stash[COLLECTED_KEY]
+    if not collected["checks"]:
+        return
+    from ._results import write_outputs
+
+    collected["summary"] = write_outputs(config.stash[SETTINGS_KEY], collected, _run_block(config, collected))
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    lines = config.stash.get(COLLECTED_KEY, {}).get("summary")
+    if lines:
+        terminalreporter.write_sep("-", "invariance")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+def _run_block(config: pytest.Config, collected: dict[str, Any]) -> dict[str, Any]:
+    from . import __version__
+
+    s = config.stash[SETTINGS_KEY]
+    checks = collected["checks"]
+    models = {}
+    for c in checks:
+        d = c.get("details", {})
+        if d.get("model_sha256"):
+            models[d.get("model")] = {k: d.get(k) for k in ("model_path", "model_sha256", "layer", "backend", "device", "provider", "preprocessing")}
+    first = next(iter(models.values()), {})
+    single = s.model is not None
+    return {
+        "plugin_version": __version__,
+        "model_path": str(s.resolve_path(s.model)) if single else "(suite defaults)",
+        "model_sha256": first.get("model_sha256") if single else None,
+        "model_version": _version_tag(s),
+        "layer": first.get("layer") if single else (s.layer or "(suite defaults)"),
+        "backend": first.get("backend"), "device": first.get("device"), "provider": first.get("provider"),
+        "preprocessing": first.get("preprocessing"), "models": models,
+        "seed": s.seed, "started": collected["started"], "finished": _now(),
+        "git_commit": _git_commit(config.rootpath), "versions": _versions(),
+        "command": " ".join(["pytest", *config.invocation_params.args]),
+    }
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _git_commit(root: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in ("torch", "onnxruntime", "numpy", "scikit-learn", "pytest"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
