@@ -1,6 +1,7 @@
 """Model files -> :class:`Embedder` (ONNX via onnxruntime, torch via hooks)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ._base import Embedder
@@ -19,13 +20,13 @@ def load_model(spec: str, *, device: str = "auto", weights: str | None = None,
     Traceback (most recent call last):
     ModelLoadError: model file not found: missing.onnx ...
     """
-    is_factory = ":" in spec and not Path(spec).exists() and not Path(spec).suffix
+    is_factory = bool(re.fullmatch(r"[\w.]+:\w+", spec)) and not Path(spec).exists()
     if not is_factory:
         require_file(spec)
-    if Path(spec).suffix.lower() == ".onnx":
+    if not is_factory and Path(spec).suffix.lower() == ".onnx":
         from ._onnx import OnnxEmbedder
 
         return OnnxEmbedder(spec, device=device)
     from ._torch import TorchEmbedder
 
-    return TorchEmbedder(spec, device=device, weights=weights, trust_pickle=trust_pickle)
+    return TorchEmbedder(spec, factory=is_factory, device=device, weights=weights, trust_pickle=trust_pickle)

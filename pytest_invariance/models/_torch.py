@@ -28,10 +28,10 @@ def _torch_device(torch: Any, device: str) -> str:
     return "cuda:0" if device == "cuda" else device
 
 
-def _load_module(spec: str, *, weights: str | None, trust_pickle: bool) -> tuple[Any, str, str]:
+def _load_module(spec: str, *, weights: str | None, trust_pickle: bool, factory: bool) -> tuple[Any, str, str]:
     """Return (module, kind, sha256 of the bytes that define it)."""
     torch = require("torch", "loading torch models")
-    if ":" in spec and not Path(spec).exists():
+    if factory:
         return _load_factory(torch, spec, weights)
     path = Path(spec)
     sha = sha256_file(path)
@@ -146,20 +146,26 @@ class TorchEmbedder:
     backend = "torch"
 
     def __init__(self, spec: str, *, device: str = "auto", weights: str | None = None,
-                 trust_pickle: bool = False, input_shape: tuple[int | None, ...] | None = None):
+                 trust_pickle: bool = False, input_shape: tuple[int | None, ...] | None = None,
+                 factory: bool = False):
         torch = require("torch", "loading torch models")
         self.path = spec
-        self.name = Path(spec.split(":")[0]).stem if ":" not in spec or Path(spec).exists() else spec.split(":")[-1]
-        module, self.kind, self.sha256 = _load_module(spec, weights=weights, trust_pickle=trust_pickle)
+        self.name = spec.split(":")[-1] if factory else Path(spec).stem
+        module, self.kind, self.sha256 = _load_module(spec, weights=weights, trust_pickle=trust_pickle, factory=factory)
         self.device = _torch_device(torch, device)
         self.provider = f"torch ({self.kind})"
-        self.module = module.to(self.device).eval() if hasattr(module, "eval") else module.to(self.device)
+        self.module = module.to(self.device)
+        try:
+            self.module.eval()
+        except NotImplementedError:  # torch.export's unflattened modules are always in eval mode
+            pass
         self.input_shape = tuple(input_shape) if input_shape else (None, None, None)
         self.default_layer = OUTPUT
         self._script_fns: dict[str, Callable[[Any], Any]] = {}
 
     def layers(self) -> list[str]:
-        return [OUTPUT] + [n for n, _ in self.module.named_modules() if n]
+        # Names starting with "_" are torch.export's internals (guards), not layers.
+        return [OUTPUT] + [n for n, _ in self.module.named_modules() if n and not n.startswith("_")]
 
     def _run(self, x: Any, layer: str) -> Any:
         torch = require("torch", "")

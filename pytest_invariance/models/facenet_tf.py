@@ -15,6 +15,7 @@ rules) as an independent oracle and compares the torch module against it.
 from __future__ import annotations
 
 import importlib.metadata
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -375,9 +376,11 @@ def export_onnx(model: InceptionResnetV1, path: str | Path, *, metadata: dict[st
     dummy = torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE)
     batch = {0: "batch"}
     # The TorchScript exporter (dynamo=False) handles this plain conv net and needs no onnxscript.
-    torch.onnx.export(model.eval(), (dummy,), str(path), input_names=["input"], output_names=["embedding", "pooled"],
-                      dynamic_axes={"input": batch, "embedding": batch, "pooled": batch}, opset_version=17,
-                      dynamo=False)
+    with warnings.catch_warnings():  # the legacy exporter is chosen on purpose; silence its deprecation notes
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model.eval(), (dummy,), str(path), input_names=["input"],
+                          output_names=["embedding", "pooled"], opset_version=17, dynamo=False,
+                          dynamic_axes={"input": batch, "embedding": batch, "pooled": batch})
     if metadata:
         proto = onnx.load(str(path))
         for key, value in metadata.items():

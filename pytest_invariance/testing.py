@@ -1,0 +1,105 @@
+"""Synthetic models and a toy suite for testing the plugin and writing new suites.
+
+``AngleNet`` encodes the rotation angle of its input in a known direction of its
+feature layer (a fixed filter bank whose responses change with orientation), and
+``BlindNet`` averages the image, so rotation leaves its features untouched. Both are
+tiny and deterministic (seeded weights), and export to ONNX and TorchScript.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TOY_SUITE_TOML = """\
+[suite]
+name = "toy"
+input = [1, 28, 28]
+
+[models.{name}]
+path = "{path}"
+layer = "{layer}"
+
+[thresholds]
+feature_mean = {{ max = 1000.0 }}
+"""
+
+TOY_SUITE_TEST = '''\
+import numpy as np, pandas as pd
+from pytest_invariance.data import ArrayImageSet
+from pytest_invariance.probes._estimate import Estimate
+
+def test_features(invariance_model, invariance_audit, invariance_check):
+    rng = np.random.default_rng(0)
+    images = ArrayImageSet(rng.integers(0, 256, (64, 28, 28), dtype=np.uint8),
+                           pd.DataFrame({"label": np.arange(64) % 4}), name="toy-noise")
+    X = invariance_audit.embed(invariance_model, images)
+    m = float(X.mean())
+    invariance_check("feature_mean", Estimate(m, m - 1e-3, m + 1e-3, chance=0.0, n=len(X)),
+                     details={"model": invariance_model.name})
+'''
+
+
+_CLASSES: dict[str, Any] = {}
+
+
+def _tiny_cnn_class() -> Any:
+    if "TinyCNN" in _CLASSES:
+        return _CLASSES["TinyCNN"]
+    import torch
+    from torch import nn
+
+    class TinyCNN(nn.Module):
+        """``conv`` -> ``act`` -> ``pool`` -> ``fc`` (10 outputs) on [N, 1, 28, 28]."""
+
+        def __init__(self, nan: bool = False) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 8, 5)
+            self.act = nn.ReLU()
+            self.pool = nn.AdaptiveAvgPool2d(4)
+            self.fc = nn.Linear(128, 10)
+            self.nan = nan
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.pool(self.act(self.conv(x)))
+            out = self.fc(h.flatten(1))
+            return out / 0.0 if self.nan else out
+
+    TinyCNN.__module__, TinyCNN.__qualname__ = __name__, "TinyCNN"  # picklable by reference
+    _CLASSES["TinyCNN"] = TinyCNN
+    return TinyCNN
+
+
+def __getattr__(name: str) -> Any:  # lazy: importing this module must not import torch
+    if name == "TinyCNN":
+        return _tiny_cnn_class()
+    raise AttributeError(name)
+
+
+def tiny_cnn(seed: int = 0, *, nan: bool = False) -> Any:
+    """A seeded 2-layer CNN; ``nan=True`` makes every output NaN (for error tests)."""
+    import torch
+
+    cls = __getattr__("TinyCNN")
+    torch.manual_seed(seed)
+    return cls(nan=nan).eval()
+
+
+def export_onnx(module: Any, path: str | Path, input_shape: tuple[int, ...] = (1, 28, 28),
+                output_names: tuple[str, ...] = ("output",)) -> Path:
+    """Export with the TorchScript-based exporter (no onnxscript needed), dynamic batch."""
+    import torch
+
+    path = Path(path)
+    torch.onnx.export(module, torch.zeros(2, *input_shape), str(path), dynamo=False,
+                      input_names=["input"], output_names=list(output_names),
+                      dynamic_axes={"input": {0: "n"}, **{o: {0: "n"} for o in output_names}})
+    return path
+
+
+def write_toy_suite(folder: str | Path, model_path: str, layer: str) -> Path:
+    """A one-test audit suite under ``folder/audits/toy`` auditing ``model_path`` at ``layer``."""
+    suite = Path(folder) / "audits" / "toy"
+    suite.mkdir(parents=True, exist_ok=True)
+    (suite / "invariance.toml").write_text(TOY_SUITE_TOML.format(name=Path(model_path).stem, path=model_path, layer=layer))
+    (suite / "test_toy.py").write_text(TOY_SUITE_TEST)
+    return suite

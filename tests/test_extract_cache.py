@@ -1,0 +1,70 @@
+"""Extraction equals the direct model call; the cache keys on everything and is atomic."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("torch")
+
+from pytest_invariance.data import ArrayImageSet, PerturbationSpec, PerturbedImageSet  # noqa: E402
+from pytest_invariance.embeddings import EmbeddingCache, Preprocess, extract  # noqa: E402
+from pytest_invariance.models import load_model  # noqa: E402
+from pytest_invariance.testing import export_onnx, tiny_cnn  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return load_model(str(export_onnx(tiny_cnn(), tmp_path_factory.mktemp("m") / "m.onnx")), device="cpu")
+
+
+@pytest.fixture
+def images():
+    rng = np.random.default_rng(3)
+    return ArrayImageSet(rng.integers(0, 256, (37, 28, 28), dtype=np.uint8), pd.DataFrame({"y": np.arange(37) % 3}), name="t")
+
+
+def test_batched_extraction_equals_one_call(model, images):
+    full = np.stack([images[i].numpy() for i in range(len(images))])
+    direct = model.embed(full, "output")
+    np.testing.assert_allclose(extract(model, images, batch_size=8), direct, atol=1e-5)
+
+
+def test_cache_hit_and_key(model, images, tmp_path):
+    cache = EmbeddingCache(tmp_path)
+    a = extract(model, images, cache=cache, batch_size=16)
+    b = extract(model, images, cache=cache, batch_size=16)
+    assert (cache.misses, cache.hits) == (1, 1)
+    np.testing.assert_array_equal(a, b)
+    extract(model, images, cache=cache, preprocess=Preprocess(scale=2.0))  # new preprocessing: new key
+    rotated = PerturbedImageSet(images, PerturbationSpec("rotation", (0.0, 30.0)))
+    extract(model, rotated, cache=cache)
+    assert cache.misses == 3
+    assert not list(tmp_path.glob("*.tmp")), "no temp files left behind"
+
+
+def test_corrupt_cache_entry_is_recomputed(model, images, tmp_path):
+    cache = EmbeddingCache(tmp_path)
+    a = extract(model, images, cache=cache)
+    for f in tmp_path.glob("*.npy"):
+        f.write_bytes(b"broken")
+    b = extract(model, images, cache=cache)
+    np.testing.assert_array_equal(a, b)
+    assert cache.misses == 2
+
+
+def test_perturbed_set_labels_are_exact(images):
+    spec = PerturbationSpec("rotation", (-45, 0, 45))
+    s = PerturbedImageSet(images, spec)
+    assert len(s) == 3 * len(images)
+    assert list(s.labels["rotation"].unique()) == [-45.0, 0.0, 45.0]
+    np.testing.assert_allclose(s[len(images) + 5].numpy(), images[5].numpy())  # level 0 is the identity
+
+
+def test_preprocess_resize_channels_prewhiten():
+    import torch
+
+    x = torch.rand(2, 1, 25, 25)
+    y = Preprocess(size=(160, 160), channels=3, prewhiten=True)(x)
+    assert y.shape == (2, 3, 160, 160)
+    assert torch.allclose(y.reshape(2, -1).mean(1), torch.zeros(2), atol=1e-4)
