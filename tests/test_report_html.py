@@ -196,3 +196,13 @@ def test_input_document_is_not_modified():
     before = copy.deepcopy(doc)
     render_report(doc, history=sample_history(doc))
     assert doc == before
+
+
+def test_plugin_spelling_of_baseline_fields():
+    # plugin.py writes baseline=<tag>, baseline_value=<number>
+    doc = sample_document()
+    c = doc["checks"][3]
+    c["details"].update(baseline="0123456789ab", baseline_value=0.2, delta=0.11, regressed=True)
+    view = next(v for v in build_context(doc, None, None, None)["checks"] if v["metric"] == "angle_r2")
+    assert view["regression"] == {"baseline": "0.2", "delta": "+0.11", "regressed": True, "tag": "0123456789ab"}
+    assert all(k not in dict(view["details"]) for k in ("baseline", "baseline_value", "delta", "regressed"))

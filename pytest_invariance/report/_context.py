@@ -16,7 +16,7 @@ from typing import Any
 from ..history._baseline import compare_to_baseline
 
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
-_HIDDEN_DETAILS = {"baseline", "delta", "regressed", "baseline_tag"}  # shown in their own row
+_HIDDEN_DETAILS = {"baseline", "baseline_value", "delta", "regressed", "baseline_tag"}  # shown in their own row
 _RANK = {"FAIL": 0, "ERROR": 1, "REGRESSED": 2, "PASS": 3}
 _N_WORST = 10
 
@@ -50,19 +50,30 @@ def margin(check: Mapping[str, Any]) -> float | None:
     return float(m / scale)
 
 
+def _baseline_fields(details: Mapping[str, Any]) -> tuple[Any, Any]:
+    """(baseline value, baseline tag). Two spellings are accepted: ``baseline`` = value
+    with ``baseline_tag``, or ``baseline`` = tag with ``baseline_value`` (the plugin's)."""
+    if "baseline_value" in details:
+        return details["baseline_value"], details.get("baseline_tag", details.get("baseline"))
+    base = details.get("baseline")
+    if isinstance(base, str):
+        return None, base
+    return base, details.get("baseline_tag")
+
+
 def _regression(check: Mapping[str, Any]) -> dict[str, Any] | None:
     details = check.get("details") or {}
-    if "baseline" not in details:
+    if "baseline" not in details and "baseline_value" not in details:
         return None
+    base, tag = _baseline_fields(details)
     regressed = details.get("regressed")
     delta = details.get("delta")
     if regressed is None:  # the plugin did not decide: use the default (CI) tolerance
-        regressed, d = compare_to_baseline(check.get("value"), details["baseline"],
-                                           check.get("comparator"),
+        regressed, d = compare_to_baseline(check.get("value"), base, check.get("comparator"),
                                            ci=(check.get("ci_low"), check.get("ci_high")))
         delta = d if delta is None and math.isfinite(d) else delta
-    return {"baseline": fnum(details["baseline"]), "delta": f"{delta:+.4g}" if _finite(delta) else "–",
-            "regressed": bool(regressed), "tag": details.get("baseline_tag")}
+    return {"baseline": fnum(base), "delta": f"{delta:+.4g}" if _finite(delta) else "–",
+            "regressed": bool(regressed), "tag": None if tag is None else str(tag)}
 
 
 def _status(check: Mapping[str, Any], regression: dict[str, Any] | None) -> tuple[str, list[str]]:
