@@ -37,7 +37,8 @@ def _load_module(spec: str, *, weights: str | None, trust_pickle: bool, factory:
     sha = sha256_file(path)
     if path.suffix == ".pt2":
         try:
-            return torch.export.load(str(path)).module(), "torch.export", sha
+            # unflatten keeps the module hierarchy, so forward hooks on submodules fire.
+            return torch.export.unflatten(torch.export.load(str(path))), "torch.export", sha
         except Exception as exc:
             raise ModelLoadError(f"{path} is not a loadable torch.export archive ({type(exc).__name__}: {exc}"[:300] + ")") from None
     if not zipfile.is_zipfile(path):
