@@ -1,0 +1,228 @@
+"""Images in a folder plus one CSV of labels, streamed from disk.
+
+The CSV has an ``image`` column (a path relative to the image folder) and any label
+columns: binary attributes, continuous factors (yaw, blur level), identity. An optional
+``split`` column (``train``/``val``/``test``) selects a split.
+
+Both this loader and :mod:`.celeba` check the files up front and report every problem at
+once: an image without a label row, a label row without an image, a row with the wrong
+number of columns, an image whose header cannot be read. That is one :class:`DataError`
+listing the first few and the count, or, with ``skip_bad=True``, the bad items are left
+out and counted in ``n_skipped``. Decoding happens in ``__getitem__``, one image at a time.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+import numpy as np
+
+from ..errors import DataError, DatasetNotFoundError, InvalidParameterError
+from ._source import ImageSet
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+SPLITS = ("train", "val", "test")
+_SHOW = 5
+
+
+class FileImageSet(ImageSet):
+    """Images decoded from files on demand, optionally cropped to a box, resized, RGB.
+
+    Parameters
+    ----------
+    paths : sequence of Path
+        One file per item, aligned with ``labels``.
+    labels : DataFrame
+        One row per item.
+    size : (int, int) or None
+        Output (H, W); None keeps each file's size (then items may differ in shape).
+    boxes : array [N, 4] of (x, y, w, h), optional
+        Crop box per item; the crop is the square of side ``max(w, h)`` around the box
+        centre, so faces are not stretched; pixels outside the image are black.
+    fingerprint : str
+        Identifies files, labels and preprocessing (see :func:`files_fingerprint`).
+    n_skipped : int
+        How many bad items the loader left out.
+    """
+
+    def __init__(self, paths: Sequence[Path], labels: "pd.DataFrame", *, size: tuple[int, int] | None,
+                 fingerprint: str, boxes: np.ndarray | None = None, n_skipped: int = 0):
+        self.paths = list(paths)
+        self.labels = labels.reset_index(drop=True)
+        self.size, self.boxes, self.n_skipped = size, boxes, n_skipped
+        self.fingerprint = fingerprint
+
+    def __getitem__(self, index: int) -> "torch.Tensor":
+        import torch
+        from PIL import Image
+
+        path = self.paths[index]
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                if self.boxes is not None:
+                    x, y, w, h = (float(v) for v in self.boxes[index])
+                    side, cx, cy = max(w, h), x + w / 2, y + h / 2
+                    im = im.crop((round(cx - side / 2), round(cy - side / 2),
+                                  round(cx + side / 2), round(cy + side / 2)))
+                if self.size is not None:
+                    im = im.resize((self.size[1], self.size[0]), Image.BILINEAR)
+                arr = np.asarray(im, dtype=np.float32) / np.float32(255)
+        except (OSError, ValueError) as exc:  # PIL raises OSError for truncated/corrupt data
+            raise DataError(f"{path}: cannot decode the image ({exc}); replace or delete the file "
+                            "and load again with skip_bad=True") from exc
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def check_size(size: tuple[int, int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
+        raise InvalidParameterError(f"The 'size' parameter must be (height, width) of positive ints. Got {size!r}.")
+    return int(size[0]), int(size[1])
+
+
+def unreadable(files: dict[str, Path]) -> dict[str, str]:
+    """Items (name -> path) whose image header PIL cannot read; cheap, no pixel decoding."""
+    from PIL import Image
+
+    bad = {}
+    for name, p in files.items():
+        try:
+            with Image.open(p):  # parses the header only
+                pass
+        except (OSError, ValueError) as exc:
+            bad[name] = f"unreadable image ({type(exc).__name__})"
+    return bad
+
+
+def add_problems(problems: dict[str, str], names: Iterable[str], reason: str) -> None:
+    """Record ``reason`` for each name, keeping the first reason found for an item."""
+    for name in names:
+        problems.setdefault(name, reason)
+
+
+def raise_or_skip(where: str, problems: dict[str, str], skip_bad: bool) -> int:
+    """Raise one DataError listing ``problems`` (item -> reason), or return their count when skipping."""
+    if problems and not skip_bad:
+        shown = "; ".join(f"{k}: {v}" for k, v in sorted(problems.items())[:_SHOW])
+        raise DataError(f"{where}: {len(problems)} bad item(s), e.g. {shown}. Fix or remove them, "
+                        "or pass skip_bad=True to leave them out.")
+    return len(problems)
+
+
+def files_fingerprint(paths: Sequence[Path], label_files: Sequence[Path], *extra: object) -> str:
+    """sha256 over file names, sizes and mtimes, plus the label files' bytes and ``extra``."""
+    h = hashlib.sha256(repr(extra).encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    for f in label_files:
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()[:32]
+
+
+def list_images(image_dir: Path) -> dict[str, Path]:
+    """Image files below ``image_dir`` keyed by POSIX path relative to it."""
+    found = {}
+    for root, _, files in os.walk(image_dir):
+        for name in files:
+            if name.lower().endswith(IMAGE_SUFFIXES):
+                p = Path(root) / name
+                found[p.relative_to(image_dir).as_posix()] = p
+    return found
+
+
+def _numeric(col: "pd.Series") -> "pd.Series":
+    import pandas as pd
+
+    try:
+        return pd.to_numeric(col)
+    except (ValueError, TypeError):
+        return col
+
+
+def load_image_folder(image_dir: str | os.PathLike[str], labels_csv: str | os.PathLike[str], split: str | None = None,
+                      *, size: tuple[int, int] | None = (160, 160), image_column: str = "image",
+                      skip_bad: bool = False) -> FileImageSet:
+    """Load a folder of images labelled by one CSV.
+
+    Parameters
+    ----------
+    image_dir : path
+        Folder holding the images (subfolders allowed).
+    labels_csv : path
+        CSV with ``image_column`` (path relative to ``image_dir``), label columns and
+        optionally ``split``. Numeric columns become numbers; others stay strings.
+    split : {"train", "val", "test"}, optional
+        Keep only rows whose ``split`` equals it; requires a ``split`` column.
+    size : (int, int) or None
+        Output (H, W); default (160, 160).
+    image_column : str
+        Name of the image path column.
+    skip_bad : bool
+        Leave out bad items instead of raising; their count is ``n_skipped``.
+
+    Returns
+    -------
+    FileImageSet
+        ``labels`` has ``image`` (the relative path) and every other CSV column, in file order.
+
+    Raises
+    ------
+    DatasetNotFoundError
+        When the folder or the CSV does not exist.
+    DataError
+        On bad items (see the module docstring), a missing image column, duplicate image
+        names or a split value outside train/val/test.
+    """
+    import pandas as pd
+
+    image_dir, labels_csv, size = Path(image_dir), Path(labels_csv), check_size(size)
+    for p in (image_dir, labels_csv):
+        if not p.exists():
+            raise DatasetNotFoundError(f"{p} does not exist; point load_image_folder at your image folder and CSV")
+    with labels_csv.open(newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.reader(f))
+    if not rows or image_column not in rows[0]:
+        raise DataError(f"{labels_csv}: the header must contain a {image_column!r} column; got {rows[:1]}")
+    header, problems, good = rows[0], {}, []
+    col = header.index(image_column)
+    for line, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            # keyed by the image name when we can read it, so the image is not reported twice
+            key = row[col] if len(row) > col else f"line {line}"
+            problems[key] = f"line {line} has {len(row)} columns, expected {len(header)}"
+        else:
+            good.append(row)
+    table = pd.DataFrame(good, columns=header).rename(columns={image_column: "image"})
+    dupes = table["image"][table["image"].duplicated()].tolist()
+    if dupes:
+        raise DataError(f"{labels_csv}: {len(dupes)} image(s) listed twice, e.g. {dupes[:_SHOW]}")
+    on_disk = list_images(image_dir)
+    listed = set(table["image"])
+    add_problems(problems, (n for n in table["image"] if n not in on_disk), "label row without an image")
+    add_problems(problems, (n for n in on_disk if n not in listed), "image without a label row")
+    if split is not None:
+        if split not in SPLITS or "split" not in table:
+            raise DataError(f"{labels_csv}: split={split!r} needs a 'split' column and one of {SPLITS}")
+        odd = table.loc[~table["split"].isin(SPLITS), "image"]
+        add_problems(problems, odd, "split is not train/val/test")
+        table = table[table["split"] == split]
+    table = table[~table["image"].isin(problems)]
+    problems.update(unreadable({name: on_disk[name] for name in table["image"]}))
+    table = table[~table["image"].isin(problems)]
+    n_skipped = raise_or_skip(f"{labels_csv}", problems, skip_bad)
+    paths = [on_disk[name] for name in table["image"]]
+    labels = table.apply(_numeric).reset_index(drop=True)
+    fp = files_fingerprint(paths, [labels_csv], "folder", split, size, image_column)
+    return FileImageSet(paths, labels, size=size, fingerprint=fp, n_skipped=n_skipped)

@@ -1,0 +1,246 @@
+"""Face data adapters: CelebA layout, folder + CSV, offline face samples, attribute groups.
+
+The CelebA and folder fixtures are generated here in the real file formats, with labels
+planted in the pixels (red level = image index, white square = Smiling), so a loader that
+misaligns labels and images fails.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pytest_invariance.data.celeba import ATTRIBUTES, attribute_groups, load_celeba
+from pytest_invariance.data.faces import load_lfw_faces, load_sample_faces
+from pytest_invariance.data.folder import load_image_folder
+from pytest_invariance.errors import DataError, DatasetNotFoundError, InvalidParameterError
+
+N = 30
+SMILING, MALE = ATTRIBUTES.index("Smiling"), ATTRIBUTES.index("Male")
+
+
+def _attrs(i):
+    v = [-1] * 40
+    v[SMILING] = 1 if i % 3 == 0 else -1
+    v[MALE] = 1 if i % 2 else -1
+    v[ATTRIBUTES.index("Eyeglasses")] = 1 if i == 7 else -1
+    return v
+
+
+def _face(i, h=54, w=44):
+    """Red level encodes the index; a white top-left square marks Smiling."""
+    img = np.zeros((h, w, 3), np.uint8)
+    img[..., 0], img[..., 2] = 8 * i, 60
+    if i % 3 == 0:
+        img[:12, :12] = 255
+    return img
+
+
+def _write_lists(root, ids, *, attr_rows=None):
+    rows = attr_rows if attr_rows is not None else [f"{n}  " + " ".join(f"{v:2d}" for v in _attrs(i))
+                                                    for i, n in enumerate(ids)]
+    (root / "list_attr_celeba.txt").write_text(f"{len(rows)}\n" + " ".join(ATTRIBUTES) + "\n" + "\n".join(rows) + "\n")
+    split = lambda i: 0 if i < 20 else (1 if i < 25 else 2)  # noqa: E731
+    (root / "list_eval_partition.txt").write_text("".join(f"{n} {split(i)}\n" for i, n in enumerate(ids)))
+    (root / "pose.csv").write_text("image_id,yaw,pitch,roll\n" + "".join(
+        f"{n},{3 * i - 45:.1f},{i % 5 - 2:.1f},{-i / 10:.1f}\n" for i, n in enumerate(ids)))
+    lm_header = "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y"
+    (root / "list_landmarks_align_celeba.txt").write_text(f"{len(ids)}\n{lm_header}\n" + "".join(
+        f"{n} " + " ".join(str(i + k) for k in range(10)) + "\n" for i, n in enumerate(ids)))
+
+
+@pytest.fixture
+def celeba(tmp_path):
+    root, ids = tmp_path / "celeba", [f"{i + 1:06d}.jpg" for i in range(N)]
+    (root / "img_align_celeba").mkdir(parents=True)
+    for i, name in enumerate(ids):
+        Image.fromarray(_face(i)).save(root / "img_align_celeba" / name, quality=95)
+    _write_lists(root, ids)
+    return root
+
+
+def test_celeba_labels_and_images_stay_aligned(celeba):
+    train = load_celeba(celeba, "train", size=(54, 44))
+    assert len(train) == 20 and train.n_skipped == 0
+    lab = train.labels
+    assert list(lab.columns[:42]) == ["image_id", "split", *ATTRIBUTES]
+    assert set(lab["split"]) == {"train"} and lab[list(ATTRIBUTES)].isin([0, 1]).all().all()
+    assert {"yaw", "pitch", "roll", "nose_x"} <= set(lab.columns)
+    for k in (0, 7, 13):
+        i = int(lab.loc[k, "image_id"][:6]) - 1
+        img = train[k].numpy()
+        assert img.shape == (3, 54, 44) and img.dtype == np.float32
+        assert abs(img[0, 30:, 20:].mean() * 255 - 8 * i) < 4  # right picture for this row
+        assert (img[:, :10, :10].mean() > 0.9) == bool(lab.loc[k, "Smiling"]) == (i % 3 == 0)
+        assert lab.loc[k, "Male"] == i % 2 and lab.loc[k, "yaw"] == pytest.approx(3 * i - 45)
+    assert lab["Eyeglasses"].sum() == 1
+    assert len(load_celeba(celeba, "val")) == 5 and len(load_celeba(celeba, "all")) == N
+
+
+def test_celeba_fingerprint_tracks_files_and_settings(celeba):
+    a = load_celeba(celeba, "test").fingerprint
+    assert a == load_celeba(celeba, "test").fingerprint
+    assert a != load_celeba(celeba, "test", size=(80, 80)).fingerprint
+    assert a != load_celeba(celeba, "val").fingerprint
+    Image.fromarray(_face(3, 60, 50)).save(celeba / "img_align_celeba" / "000027.jpg")  # a test-split file
+    assert a != load_celeba(celeba, "test").fingerprint
+
+
+def test_celeba_box_crop_from_in_the_wild_images(tmp_path):
+    root, ids = tmp_path / "wild", [f"{i + 1:06d}.jpg" for i in range(N)]
+    (root / "img_celeba").mkdir(parents=True)
+    lines = []
+    for i, name in enumerate(ids):
+        img = np.zeros((120, 100, 3), np.uint8)
+        img[..., 2] = 200  # blue background
+        x, y = 10 + i, 20 + i // 2
+        img[y:y + 50, x:x + 50, 0] = 220  # the "face" box is red
+        img[y:y + 50, x:x + 50, 2] = 0
+        Image.fromarray(img).save(root / "img_celeba" / name, quality=95)
+        lines.append(f"{name} {x} {y} 50 50")
+    (root / "list_bbox_celeba.txt").write_text(f"{N}\nimage_id x_1 y_1 width height\n" + "\n".join(lines) + "\n")
+    _write_lists(root, ids)
+    s = load_celeba(root, "test", size=(32, 32))
+    img = s[0].numpy()
+    assert img[0].mean() > 0.75 and img[2].mean() < 0.2  # the crop is the red box, not the scene
+    assert "nose_x" not in s.labels  # aligned landmarks do not apply to in-the-wild crops
+
+
+def _break(root, case):
+    img_dir = root / "img_align_celeba"
+    if case == "missing image":
+        (img_dir / "000027.jpg").unlink()
+    elif case == "extra label row":
+        text = (root / "list_attr_celeba.txt").read_text()
+        (root / "list_attr_celeba.txt").write_text(text + "000099.jpg " + " ".join(["-1"] * 40) + "\n")
+    elif case == "wrong column count":
+        text = (root / "list_attr_celeba.txt").read_text().replace("000028.jpg  -1", "000028.jpg ", 1)
+        (root / "list_attr_celeba.txt").write_text(text)
+    elif case == "unreadable image":
+        (img_dir / "000029.jpg").write_bytes(b"not a jpeg at all")
+    elif case == "image without labels":
+        Image.fromarray(_face(0)).save(img_dir / "000077.jpg")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing image", "000027.jpg: label row without an image"),
+    ("extra label row", "000099.jpg: label row without an image"),
+    ("wrong column count", "000028.jpg: list_attr_celeba.txt line 30 has 40 columns, expected 41"),
+    ("unreadable image", "000029.jpg: unreadable image"),
+    ("image without labels", "000077.jpg: image without a row in list_attr_celeba.txt"),
+])
+def test_celeba_bad_files_give_one_clear_error_or_are_skipped(celeba, case, message):
+    _break(celeba, case)
+    with pytest.raises(DataError, match="1 bad item") as info:
+        load_celeba(celeba, "test")
+    assert message in str(info.value) and "skip_bad=True" in str(info.value)
+    s = load_celeba(celeba, "test", skip_bad=True)
+    assert s.n_skipped == 1
+    assert len(s) == (5 if case in ("extra label row", "image without labels") else 4)
+
+
+def test_celeba_error_lists_every_problem_count_and_other_splits_still_load(celeba):
+    for case in ("missing image", "wrong column count", "unreadable image"):
+        _break(celeba, case)
+    with pytest.raises(DataError, match="3 bad item"):
+        load_celeba(celeba, "test")
+    assert len(load_celeba(celeba, "train")) == 20  # the damage is all in the test split
+
+
+def test_celeba_corrupt_image_found_late_names_the_file(celeba):
+    _break(celeba, "unreadable image")
+    s = load_celeba(celeba, "test", check_images=False)
+    k = int(np.flatnonzero(s.labels["image_id"] == "000029.jpg")[0])
+    with pytest.raises(DataError, match="000029.jpg: cannot decode"):
+        s[k]
+
+
+def test_celeba_missing_dataset_and_bad_split(tmp_path, celeba):
+    with pytest.raises(DatasetNotFoundError, match="img_align_celeba"):
+        load_celeba(tmp_path / "nowhere", "test")
+    with pytest.raises(InvalidParameterError, match="'split'"):
+        load_celeba(celeba, "testing")
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "faces"
+    (root / "b").mkdir(parents=True)
+    rows = ["image,Smiling,yaw,identity,split"]
+    for i in range(12):
+        name = f"{'b/' if i % 2 else ''}img{i}.png"
+        Image.fromarray(_face(i, 32, 32)).save(root / name)
+        rows.append(f"{name},{int(i % 3 == 0)},{2.5 * i},person{i // 4},{['train', 'val', 'test'][i % 3]}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root, tmp_path / "labels.csv"
+
+
+def test_folder_loader_types_split_and_alignment(folder):
+    s = load_image_folder(*folder, size=(32, 32))
+    assert len(s) == 12 and list(s.labels.columns) == ["image", "Smiling", "yaw", "identity", "split"]
+    assert s.labels["Smiling"].dtype.kind == "i" and s.labels["yaw"].dtype.kind == "f"
+    k = int(np.flatnonzero(s.labels["image"] == "b/img7.png")[0])
+    assert abs(s[k].numpy()[0, 20:, 20:].mean() * 255 - 56) < 2  # png: exact red level 8*7
+    test = load_image_folder(*folder, "test", size=(16, 16))
+    assert list(test.labels["image"]) == ["img2.png", "b/img5.png", "img8.png", "b/img11.png"]
+    assert tuple(test[0].shape) == (3, 16, 16) and test.fingerprint != s.fingerprint
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing image", "img4.png: label row without an image"),
+    ("extra image", "extra.png: image without a label row"),
+    ("wrong column count", "b/img5.png: line 7 has 6 columns, expected 5"),
+])
+def test_folder_bad_files(folder, case, message):
+    root, csv = folder
+    if case == "missing image":
+        (root / "img4.png").unlink()
+    elif case == "extra image":
+        Image.fromarray(_face(1, 32, 32)).save(root / "extra.png")
+    else:
+        csv.write_text(csv.read_text().replace("b/img5.png,0,", "b/img5.png,0,0,"))
+    with pytest.raises(DataError, match="1 bad item") as info:
+        load_image_folder(root, csv)
+    assert message in str(info.value)
+    s = load_image_folder(root, csv, skip_bad=True)
+    assert s.n_skipped == 1 and len(s) == (12 if case == "extra image" else 11)
+
+
+def test_folder_duplicate_rows_and_missing_column(folder):
+    root, csv = folder
+    csv.write_text(csv.read_text() + "img0.png,1,0,person0,train\n")
+    with pytest.raises(DataError, match="listed twice"):
+        load_image_folder(root, csv)
+    with pytest.raises(DataError, match="'file' column"):
+        load_image_folder(root, csv, image_column="file")
+
+
+def test_lfw_faces_are_real_distinct_faces():
+    s = load_lfw_faces()
+    assert len(s) == 100 and tuple(s[0].shape) == (1, 25, 25)
+    assert s.labels["identity"].is_unique
+    imgs = np.stack([s[i].numpy() for i in range(100)])
+    assert 0 <= imgs.min() and imgs.max() <= 1 and imgs.std(axis=(1, 2, 3)).min() > 0.05
+    assert np.abs(imgs[0] - imgs[1]).mean() > 0.05
+    big = load_lfw_faces(size=(160, 160), channels=3)
+    assert tuple(big[0].shape) == (3, 160, 160) and big.fingerprint != s.fingerprint
+    with pytest.raises(InvalidParameterError):
+        load_lfw_faces(channels=2)
+
+
+def test_sample_faces_are_two_colour_portraits():
+    s = load_sample_faces()
+    assert list(s.labels["name"]) == ["astronaut", "grace_hopper"] and tuple(s[1].shape) == (3, 160, 160)
+    a = s[0].numpy()
+    assert np.abs(a[0] - a[2]).mean() > 0.05  # colour, not gray repeated
+
+
+def test_attribute_groups_cover_all_40_once_and_follow_the_paper():
+    groups = attribute_groups()
+    names = [a for g in groups.values() for a in g]
+    assert sorted(names) == sorted(ATTRIBUTES) and len(names) == 40
+    assert {"Male", "Pointy_Nose", "Bald", "Narrow_Eyes", "Oval_Face"} <= set(groups["identity_dependent"])
+    assert {"Gray_Hair", "Sideburns", "Black_Hair", "Wavy_Hair"} <= set(groups["identity_correlated"])
+    assert {"Smiling", "Blurry", "Wearing_Necklace", "Wearing_Hat", "Eyeglasses", "Wearing_Lipstick"} <= set(
+        groups["identity_independent"])
