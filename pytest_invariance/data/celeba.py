@@ -90,8 +90,9 @@ def load_celeba(data_dir: str | os.PathLike[str], split: str, *, size: tuple[int
     skip_bad : bool
         Leave out bad items instead of raising; their count is ``n_skipped``.
     check_images : bool
-        Read every image header of the split up front (about 1 s per 20,000 files) so a
-        corrupt file is reported now, not mid-extraction.
+        Read every image header of the split up front (measured 0.25 ms per file with a warm
+        disk cache, ~5 s for the 19,962 test images) so a corrupt file is reported now, not
+        mid-extraction. Truncated pixel data still only shows when the item is decoded.
 
     Returns
     -------
