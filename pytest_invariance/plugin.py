@@ -38,7 +38,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
     group = parser.getgroup("invariance", "embedding invariance audits (pytest-invariance)")
     for opt in OPTIONS:
-        kw: dict[str, Any] = {"dest": opt.dest, "help": opt.help, "default": None}
+        # argparse %-formats help strings
+        kw: dict[str, Any] = {"dest": opt.dest, "help": opt.help.replace("%", "%%"), "default": None}
         if opt.parser is None:
             kw["action"] = "store_true"
         else:
@@ -219,7 +220,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     from ._audit import Audit
 
     names = Audit(settings).model_names(suite)
-    metafunc.parametrize("invariance_model", names, indirect=True, ids=names)
+    # A user's model gets the fixed id "model" so that node ids, and with them the
+    # history's check identities, stay the same when the file name changes between
+    # releases; details.model still carries the file stem.
+    ids = ["model"] if settings.model else names
+    metafunc.parametrize("invariance_model", names, indirect=True, ids=ids)
 
 
 @pytest.fixture
