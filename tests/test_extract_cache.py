@@ -68,3 +68,13 @@ def test_preprocess_resize_channels_prewhiten():
     y = Preprocess(size=(160, 160), channels=3, prewhiten=True)(x)
     assert y.shape == (2, 3, 160, 160)
     assert torch.allclose(y.reshape(2, -1).mean(1), torch.zeros(2), atol=1e-4)
+
+
+def test_batched_fetch_equals_per_item(images):
+    from pytest_invariance.data._source import fetch_batch
+
+    s = PerturbedImageSet(images, PerturbationSpec("rotation", (-30.0, 0.0, 30.0)))
+    idx = [0, 5, len(images) + 2, 2 * len(images) + 7, 1]  # crosses levels, out of order
+    batched = fetch_batch(s, idx).numpy()
+    single = np.stack([s[i].numpy() for i in idx])
+    np.testing.assert_allclose(batched, single, atol=1e-6)

@@ -81,6 +81,14 @@ class ArrayImageSet(ImageSet):
 
         return torch.from_numpy(np.asarray(self.images[index], dtype=np.float32) * np.float32(self.scale))
 
+    def __getitems__(self, indices: list[int]) -> "torch.Tensor":
+        # DataLoader fetches a whole batch through this when present: one fancy-index
+        # and one conversion instead of a Python call and a stack per image.
+        import torch
+
+        idx = np.asarray(indices)
+        return torch.from_numpy(np.asarray(self.images[idx], dtype=np.float32) * np.float32(self.scale))
+
     def subset(self, index: np.ndarray, name: str) -> "ArrayImageSet":
         return ArrayImageSet(self.images[index], self.labels.iloc[index], name=name, scale=self.scale)
 
@@ -110,3 +118,38 @@ class PerturbedImageSet(ImageSet):
         n = len(self.base)
         level = self.spec.levels[index // n]
         return self.spec.apply(self.base[index % n][None], level)[0]
+
+    def __getitems__(self, indices: list[int]) -> "torch.Tensor":
+        # Perturb per level in one batched call (a batch is mostly one level, level-major).
+        import torch
+
+        idx = np.asarray(indices)
+        n = len(self.base)
+        level_of, src = idx // n, idx % n
+        out = None
+        for li in np.unique(level_of):
+            sel = np.nonzero(level_of == li)[0]
+            imgs = fetch_batch(self.base, src[sel].tolist())
+            pert = self.spec.apply(imgs, self.spec.levels[int(li)])
+            if out is None:
+                out = torch.empty((len(idx), *pert.shape[1:]), dtype=pert.dtype)
+            out[torch.from_numpy(sel)] = pert
+        assert out is not None
+        return out
+
+
+def fetch_batch(images: ImageSet, indices: list[int]) -> "torch.Tensor":
+    """A stacked batch from any ImageSet, batched when it supports ``__getitems__``."""
+    import torch
+
+    getitems = getattr(images, "__getitems__", None)
+    if getitems is not None:
+        return getitems(indices)
+    return torch.stack([images[i] for i in indices])
+
+
+def collate(batch: "torch.Tensor | list[torch.Tensor]") -> "torch.Tensor":
+    """DataLoader collate: a batch already stacked by ``__getitems__`` passes through."""
+    import torch
+
+    return batch if isinstance(batch, torch.Tensor) else torch.stack(list(batch))

@@ -93,8 +93,10 @@ def _run(embedder: "Embedder", images: "ImageSet", layer: str, preprocess: Prepr
     from torch.utils.data import DataLoader
 
     cuda = embedder.device.startswith("cuda")
+    from ..data._source import collate
+
     loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=cuda, persistent_workers=False)
+                        pin_memory=cuda, persistent_workers=False, collate_fn=collate)
     bar = _Progress(len(images), label or f"{embedder.name}:{layer}", progress)
     out: np.ndarray | None = None
     offset = 0
