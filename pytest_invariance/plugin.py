@@ -266,6 +266,9 @@ def _make_check(request: pytest.FixtureRequest, audit: "Audit", suite: "Suite") 
         threshold = resolve_threshold(metric, qualifiers, call=call, marker=marker_thresholds,
                                       suite=suite.thresholds, overrides=overrides)
         result = evaluate(node.nodeid, suite.name, metric, estimate, threshold, details)
+        known = suite.expected_failure(metric, qualifiers)
+        if known and not result.passed:
+            result.details["expected_failure"] = known
         _apply_baseline(audit, result)
         results.append(result)
         for plot in plots or ():
@@ -304,7 +307,12 @@ def pytest_runtest_call(item: pytest.Item):  # type: ignore[no-untyped-def]
     failed = [r for r in item.stash.get(CHECKS_KEY, []) if not r.passed]
     if failed:
         __tracebackhide__ = True
-        raise AssertionError("\n".join(r.message for r in failed))
+        message = "\n".join(r.message for r in failed)
+        reasons = [r.details.get("expected_failure") for r in failed]
+        if all(reasons) and not any(r.details.get("regressed") for r in failed):
+            # Every failure is a documented, known leak: xfail with the suite's reason.
+            pytest.xfail("; ".join(sorted(set(reasons))) + "\n" + message)
+        raise AssertionError(message)
     return out
 
 

@@ -152,3 +152,13 @@ def test_baseline_regression_is_reported_as_such(toy):
     result.stdout.fnmatch_lines(["*feature_mean: regression against v1*"])
     (check,) = results(toy)["checks"]
     assert check["details"]["baseline"] == "v1" and check["details"]["delta"] == pytest.approx(1.0)
+
+
+def test_expected_failure_xfails_with_reason(toy):
+    toml = toy.path / "audits" / "toy" / "invariance.toml"
+    toml.write_text(toml.read_text() + '\n[expected_failures]\n"tiny.feature_mean" = "known leak, see docs"\n')
+    result = toy.runpytest_subprocess("audits", "--invariance-threshold", "feature_mean=-5", "-rx")
+    result.assert_outcomes(xfailed=1)
+    result.stdout.fnmatch_lines(["*XFAIL*known leak, see docs*"])
+    (check,) = results(toy)["checks"]
+    assert check["passed"] is False and check["details"]["expected_failure"] == "known leak, see docs"
