@@ -1,0 +1,18 @@
+"""Probes: the measuring instruments (numpy/torch only, never pytest).
+
+Each probe follows the scikit-learn estimator contract and returns its figures as
+:class:`Estimate` (value, bootstrap CI, chance level, p-value).
+"""
+from __future__ import annotations
+
+from ._attributes import AttributeSVMProbe
+from ._estimate import Estimate
+from ._mav import MAVProbe
+from ._regression import LinearRegressionProbe
+from ._structure import BlockDiagonalization, block_diagonalize, spectrum, spectrum_estimate
+from .stats import bootstrap_ci, p_value, permutation_chance
+
+__all__ = [
+    "AttributeSVMProbe", "BlockDiagonalization", "Estimate", "LinearRegressionProbe", "MAVProbe",
+    "block_diagonalize", "bootstrap_ci", "p_value", "permutation_chance", "spectrum", "spectrum_estimate",
+]

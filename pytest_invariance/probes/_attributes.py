@@ -1,0 +1,203 @@
+"""§3.1: many binary attributes probed at once with class-balanced linear SVMs."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import DataError, warn
+from . import functional as F
+from ._estimate import Estimate
+from ._validation import (Device, Grid, Interval, ProbeMixin, check_features, check_lengths,
+                          check_not_constant, resolve_device)
+from .stats import bootstrap_ci, p_value, permutation_chance
+
+METRICS = ("fn_rate", "fp_rate", "balanced_error", "accuracy")
+
+
+class AttributeSVMProbe(ProbeMixin):
+    """One class-balanced linear SVM per binary attribute, C chosen on a validation split.
+
+    The objective is liblinear's (``LinearSVC(class_weight="balanced")``): squared hinge,
+    L2 penalty, intercept as a regularised feature of value 1. All attributes x all C
+    values are solved together by :func:`functional.fit_squared_hinge_svm` (batched
+    preconditioned L-BFGS in torch; same code on CPU and CUDA).
+
+    Parameters
+    ----------
+    C_grid : sequence of float > 0
+        Candidate C values; per attribute the one with the best validation balanced
+        accuracy wins (ties go to the smaller C).
+    device : str
+        "cpu", "cuda", "cuda:N" or "auto".
+    max_iter : int
+        Solver iterations per column (each costs two passes over the training data).
+    tol : float
+        liblinear's relative gradient rule (see the solver).
+    n_bootstrap : int
+        Percentile-bootstrap resamples of the test predictions.
+    n_permutations : int
+        Chance level: the probe is refit ``n_permutations`` times on shuffled training
+        labels, *only at each attribute's chosen C* (for speed), and scored on the real
+        test labels; the mean is ``chance``, the runs give ``p_value``. 0 disables it.
+    confidence : float
+        CI level.
+    random_state : int
+        Seeds the bootstrap and the permutations.
+
+    Attributes
+    ----------
+    coef_ : ndarray [T, d]
+    intercept_, C_ : ndarray [T]
+    names_ : list of str
+    val_balanced_accuracy_ : ndarray [T, len(C_grid)]
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(300, 5)); Y = (X[:, :2] > 0).astype(int)
+    >>> probe = AttributeSVMProbe(n_permutations=0, n_bootstrap=50).fit(X[:200], Y[:200], X[200:250], Y[200:250])
+    >>> probe.evaluate(X[250:], Y[250:])["attr_0"]["accuracy"].value > 0.8
+    True
+    """
+
+    higher_is_better = {"fn_rate": False, "fp_rate": False, "balanced_error": False, "accuracy": True}
+    _parameter_constraints = {
+        "C_grid": [Grid(Interval("float", 0, None))],
+        "device": [Device()],
+        "max_iter": [Interval("int", 1, None, "left")],
+        "tol": [Interval("float", 0, None)],
+        "n_bootstrap": [Interval("int", 0, None, "left")],
+        "n_permutations": [Interval("int", 0, None, "left")],
+        "confidence": [Interval("float", 0, 1)],
+        "random_state": [Interval("int", 0, None, "left")],
+    }
+
+    def __init__(self, *, C_grid: Sequence[float] = (0.001, 0.01, 0.1, 1.0, 10.0), device: str = "cpu",
+                 max_iter: int = 30, tol: float = 1e-4, n_bootstrap: int = 1000, n_permutations: int = 20,
+                 confidence: float = 0.95, random_state: int = 0) -> None:
+        self.C_grid = C_grid
+        self.device = device
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_bootstrap = n_bootstrap
+        self.n_permutations = n_permutations
+        self.confidence = confidence
+        self.random_state = random_state
+
+    def _check_targets(self, Y: NDArray[np.float32], where: str) -> None:
+        n_pos = (Y > 0).sum(0)
+        bad = np.flatnonzero((n_pos < 2) | (len(Y) - n_pos < 2))
+        if bad.size:
+            names = [self.names_[i] for i in bad[:5]] if hasattr(self, "names_") else bad[:5].tolist()
+            raise DataError(f"attributes {names} have fewer than 2 samples of one class in {where}; "
+                            "an SVM needs both present and absent examples: drop those attributes or add data.")
+
+    def _solve(self, X: NDArray[Any], Y: NDArray[np.float32], C: NDArray[np.float64], tgt: NDArray[np.int64]) -> F.SVMSolution:
+        return F.fit_squared_hinge_svm(X, Y, C, tgt, tol=self.tol, max_iter=self.max_iter, device=self._device)
+
+    def fit(self, X_train: Any, Y_train: Any, X_val: Any, Y_val: Any, names: Sequence[str] | None = None) -> "AttributeSVMProbe":
+        """Fit every attribute at every C on the training split; keep the best C on validation."""
+        self._validate_params()
+        self._device = resolve_device(self.device)
+        X = check_features(X_train, "X_train")
+        Xv = check_features(X_val, "X_val")
+        Y, Yv = F.to_plus_minus(Y_train, "Y_train"), F.to_plus_minus(Y_val, "Y_val")
+        check_lengths(len(X), Y_train=Y)
+        check_lengths(len(Xv), Y_val=Yv)
+        if Xv.shape[1] != X.shape[1] or Yv.shape[1] != Y.shape[1]:
+            raise DataError(f"validation split has {Xv.shape[1]} features / {Yv.shape[1]} targets but the "
+                            f"training split has {X.shape[1]} / {Y.shape[1]}; pass splits of the same table.")
+        T = Y.shape[1]
+        self.names_ = list(names) if names is not None else [f"attr_{i}" for i in range(T)]
+        if len(self.names_) != T:
+            raise DataError(f"names has {len(self.names_)} entries but Y has {T} targets.")
+        self._check_targets(Y, "the training split")
+        check_not_constant(X, "X_train")
+        if X.shape[1] >= X.shape[0]:
+            warn(f"X_train has {X.shape[1]} features for {X.shape[0]} samples: a linear SVM can fit "
+                 "any labelling; read the figures against the permutation chance level.")
+        grid = np.asarray(self.C_grid, dtype=np.float64)
+        self.n_features_in_ = X.shape[1]
+        self._X_train, self._Y_train = X, Y  # kept for the permutation refits in evaluate
+        sol = self._solve(X, Y, np.tile(grid, T), np.repeat(np.arange(T), len(grid)))
+        pred = np.where(Xv @ sol.coef.T + sol.intercept > 0, 1.0, -1.0)
+        bal = 1.0 - F.binary_rates(np.repeat(Yv, len(grid), axis=1), pred)["balanced_error"]
+        self.val_balanced_accuracy_ = bal.reshape(T, len(grid))
+        best = self.val_balanced_accuracy_.argmax(1)  # first maximum = smallest C on ties
+        cols = np.arange(T) * len(grid) + best
+        self.C_ = grid[best]
+        self.coef_, self.intercept_ = sol.coef[cols], sol.intercept[cols]
+        self.n_iter_, self.converged_ = sol.n_iter[cols], sol.converged[cols]
+        return self
+
+    def decision_function(self, X: Any) -> NDArray[np.float64]:
+        self._check_is_fitted("coef_")
+        X = check_features(X)
+        self._check_n_features(X)
+        return X @ self.coef_.T + self.intercept_  # type: ignore[no-any-return]
+
+    def predict(self, X: Any) -> NDArray[np.int64]:
+        """Predicted attributes as 0/1, [n, T]."""
+        return (self.decision_function(X) > 0).astype(np.int64)
+
+    def _null_rates(self, Xt: NDArray[Any], Yt: NDArray[np.float32]) -> dict[str, NDArray[np.float64]]:
+        T, k = Yt.shape[1], self.n_permutations
+
+        def refit(Y_perm: NDArray[np.float32]) -> NDArray[np.float64]:  # [k, n, T] -> [k, 4, T]
+            Yb = np.transpose(Y_perm, (1, 0, 2)).reshape(len(self._Y_train), k * T)
+            sol = self._solve(self._X_train, Yb, np.tile(self.C_, k), np.tile(np.arange(T), k))
+            pred = np.where(Xt @ sol.coef.T + sol.intercept > 0, 1.0, -1.0)
+            rates = F.binary_rates(np.tile(Yt, k), pred)
+            return np.stack([rates[m].reshape(k, T) for m in METRICS], axis=1)
+
+        _, values = permutation_chance(refit, self._Y_train, k, self.random_state, batched=True)
+        return {m: values[:, i] for i, m in enumerate(METRICS)}
+
+    def evaluate(self, X_test: Any, Y_test: Any) -> dict[str, dict[str, Estimate]]:
+        """Test-set figures per attribute: ``{name: {metric: Estimate}}``.
+
+        Metrics: ``fn_rate`` (labelled present, predicted absent), ``fp_rate``,
+        ``balanced_error`` and ``accuracy``. Details hold the chosen ``C``, the counts and,
+        for accuracy, the majority-class baseline.
+        """
+        self._check_is_fitted("coef_")
+        Xt = check_features(X_test, "X_test")
+        self._check_n_features(Xt)
+        Yt = F.to_plus_minus(Y_test, "Y_test")
+        check_lengths(len(Xt), Y_test=Yt)
+        if Yt.shape[1] != len(self.names_):
+            raise DataError(f"Y_test has {Yt.shape[1]} targets but the probe was fit on {len(self.names_)}.")
+        self._check_targets(Yt, "the test split")
+        pred = np.where(self.decision_function(Xt) > 0, 1.0, -1.0)
+        rates = F.binary_rates(Yt, pred)
+        pos, neg = (Yt > 0).astype(np.float64), (Yt < 0).astype(np.float64)
+        fn, fp, ok = pos * (pred < 0), neg * (pred > 0), (Yt == pred).astype(np.float64)
+        T = Yt.shape[1]
+
+        def stat(counts: NDArray[np.float64]) -> NDArray[np.float64]:  # [b, n] -> [b, 4, T]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                fnr, fpr = (counts @ fn) / (counts @ pos), (counts @ fp) / (counts @ neg)
+            return np.stack([fnr, fpr, (fnr + fpr) / 2, (counts @ ok) / len(Yt)], axis=1)
+
+        lo, hi, _ = bootstrap_ci(stat, n=len(Yt), n_bootstrap=self.n_bootstrap, confidence=self.confidence,
+                                 random_state=self.random_state)
+        null = self._null_rates(Xt, Yt) if self.n_permutations > 0 else None
+        out: dict[str, dict[str, Estimate]] = {}
+        for t, name in enumerate(self.names_):
+            base = {"C": float(self.C_[t]), "n_pos": int(pos[:, t].sum()), "n_neg": int(neg[:, t].sum()),
+                    "converged": bool(self.converged_[t])}
+            out[name] = {}
+            for i, m in enumerate(METRICS):
+                details = dict(base)
+                if m == "accuracy":
+                    details["majority_baseline"] = float(max(pos[:, t].mean(), neg[:, t].mean()))
+                chance = pv = None
+                if null is not None:
+                    chance = float(null[m][:, t].mean())
+                    pv = float(p_value(rates[m][t], null[m][:, t], self.higher_is_better[m]))
+                    details["chance_method"] = f"refit on shuffled labels at chosen C, k={self.n_permutations}"
+                out[name][m] = Estimate(float(rates[m][t]), float(lo[i, t]), float(hi[i, t]), chance=chance,
+                                        n=len(Yt), p_value=pv, confidence=self.confidence, details=details)
+        return out

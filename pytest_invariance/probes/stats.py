@@ -1,0 +1,148 @@
+"""Bootstrap confidence intervals, permutation baselines and p-values.
+
+All three are deterministic given ``random_state``: the same seed gives bit-identical
+numbers run after run. The bootstrap resamples the *test predictions* (no refit per
+resample): each resample is a vector of multinomial counts over the test rows, and a
+statistic is evaluated on all resamples at once as a weighted sum.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import InvalidParameterError
+
+_CHUNK = 128  # resamples per block, so the [chunk, n] count matrix stays small
+
+
+def bootstrap_counts(n: int, n_bootstrap: int, random_state: int | None) -> "list[NDArray[np.float64]]":
+    """Resample counts, as blocks of shape [<=128, n]: row b says how often each test row is drawn."""
+    rng = np.random.default_rng(random_state)
+    blocks = []
+    for start in range(0, n_bootstrap, _CHUNK):
+        b = min(_CHUNK, n_bootstrap - start)
+        idx = rng.integers(0, n, size=(b, n))
+        # One bincount over offset indices builds all b count vectors at once.
+        flat = np.bincount((idx + n * np.arange(b)[:, None]).ravel(), minlength=b * n)
+        blocks.append(flat.reshape(b, n).astype(np.float64))
+    return blocks
+
+
+def bootstrap_ci(
+    values: NDArray[np.floating] | Callable[[NDArray[np.float64]], NDArray[np.floating]],
+    *,
+    n: int | None = None,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    random_state: int | None = 0,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Percentile bootstrap CI of a statistic of the test predictions.
+
+    Parameters
+    ----------
+    values : array of shape [n] or [n, k], or callable
+        Per-sample values whose mean is the statistic (e.g. 0/1 correctness), or a
+        function ``fn(counts) -> [b, ...]`` of a block of resample counts ``[b, n]``
+        (then ``n`` is required), for ratio statistics such as a false-negative rate.
+    n_bootstrap : int
+        Number of resamples (0 gives NaN bounds).
+    confidence : float
+        Two-sided level in (0, 1).
+
+    Returns
+    -------
+    low, high, samples : ndarray
+        Bounds with the statistic's trailing shape, and the ``[n_bootstrap, ...]`` resampled statistics.
+
+    Examples
+    --------
+    >>> lo, hi, _ = bootstrap_ci(np.r_[np.ones(80), np.zeros(20)], n_bootstrap=200)
+    >>> bool(lo < 0.8 < hi)
+    True
+    """
+    if not 0.0 < confidence < 1.0:
+        raise InvalidParameterError(f"confidence must be in (0, 1); got {confidence!r}.")
+    if callable(values):
+        if n is None:
+            raise InvalidParameterError("bootstrap_ci needs n= when values is a callable.")
+        fn = values
+    else:
+        arr = np.asarray(values, dtype=np.float64)
+        n = arr.shape[0]
+
+        def fn(counts: NDArray[np.float64]) -> NDArray[np.float64]:
+            return (counts @ arr) / n  # type: ignore[no-any-return]
+
+    if n_bootstrap <= 0 or n == 0:
+        shape = np.shape(fn(np.ones((1, n or 1))))[1:]
+        nan = np.full(shape, np.nan)
+        return nan, nan.copy(), np.empty((0, *shape))
+    samples = np.concatenate([np.asarray(fn(c), dtype=np.float64) for c in bootstrap_counts(n, n_bootstrap, random_state)])
+    alpha = (1.0 - confidence) / 2.0
+    # nanquantile: a ratio statistic can be undefined in a resample that drew no positives.
+    low, high = np.nanquantile(samples, [alpha, 1.0 - alpha], axis=0)
+    return low, high, samples
+
+
+def permutation_chance(
+    fit_score_fn: Callable[[NDArray[np.generic]], float | NDArray[np.floating]],
+    y: NDArray[np.generic],
+    k: int,
+    random_state: int | None = 0,
+    *,
+    batched: bool = False,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Chance level as the mean score of a probe refit on shuffled labels.
+
+    Parameters
+    ----------
+    fit_score_fn : callable
+        ``fit_score_fn(y_perm) -> score`` refits the probe on permuted training labels
+        and scores it on the untouched test set. With ``batched=True`` it receives all
+        ``k`` permutations stacked as ``[k, n, ...]`` and returns ``[k, ...]``.
+    y : array
+        Training labels; rows are permuted (all columns of a row move together).
+    k : int
+        Number of permutations (>= 1).
+
+    Returns
+    -------
+    mean, values : ndarray
+        Mean over permutations and the ``[k, ...]`` individual null scores.
+
+    Examples
+    --------
+    >>> m, v = permutation_chance(lambda yp: float(yp[0]), np.arange(10), k=5)
+    >>> v.shape
+    (5,)
+    """
+    if k < 1:
+        raise InvalidParameterError(f"k must be >= 1 permutations; got {k!r}.")
+    y = np.asarray(y)
+    rng = np.random.default_rng(random_state)
+    perms = np.stack([rng.permutation(len(y)) for _ in range(k)])
+    if batched:
+        values = np.asarray(fit_score_fn(y[perms]), dtype=np.float64)
+    else:
+        values = np.stack([np.asarray(fit_score_fn(y[p]), dtype=np.float64) for p in perms])
+    return values.mean(axis=0), values
+
+
+def p_value(
+    observed: float | NDArray[np.floating],
+    null_values: NDArray[np.floating],
+    higher_is_better: bool = True,
+) -> NDArray[np.float64]:
+    """One-sided permutation p-value with the +1 correction, ``(1 + #as-extreme) / (k + 1)``.
+
+    Examples
+    --------
+    >>> float(p_value(0.9, np.array([0.5, 0.52, 0.49])))
+    0.25
+    """
+    null = np.asarray(null_values, dtype=np.float64)
+    obs = np.asarray(observed, dtype=np.float64)
+    extreme = null >= obs if higher_is_better else null <= obs
+    return (1.0 + extreme.sum(axis=0)) / (null.shape[0] + 1.0)  # type: ignore[no-any-return]
