@@ -70,7 +70,7 @@ class MAVProbe(ProbeMixin):
         X = self._check_X(X)
         y = np.asarray(y)
         check_lengths(len(X), y=y)
-        check_min_class_count(y, "class", minimum=1)
+        check_min_class_count(y, "class")
         self.classes_, codes = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise DataError("MAVProbe needs at least 2 classes to classify; got one.")

@@ -1,0 +1,45 @@
+"""Bootstrap CI, permutation chance and p-values."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pytest_invariance.errors import InvalidParameterError
+from pytest_invariance.probes import bootstrap_ci, p_value, permutation_chance
+
+
+def test_bootstrap_matches_a_loop_reference_and_is_reproducible():
+    x = np.random.default_rng(0).normal(size=300)
+    lo, hi, samples = bootstrap_ci(x, n_bootstrap=500, random_state=1)
+    rng = np.random.default_rng(123)
+    loop = np.array([x[rng.integers(0, 300, 300)].mean() for _ in range(2000)])
+    assert lo == pytest.approx(np.quantile(loop, 0.025), abs=0.02) and hi == pytest.approx(np.quantile(loop, 0.975), abs=0.02)
+    lo2, hi2, samples2 = bootstrap_ci(x, n_bootstrap=500, random_state=1)
+    assert (lo, hi) == (lo2, hi2) and np.array_equal(samples, samples2)
+    assert bootstrap_ci(x, n_bootstrap=500, random_state=2)[0] != lo
+
+
+def test_bootstrap_callable_ratio_and_coverage():
+    y = np.r_[np.ones(50), np.zeros(150)]
+    wrong = np.r_[np.ones(10), np.zeros(190)]  # fn rate 10 / 50 = 0.2
+    lo, hi, s = bootstrap_ci(lambda c: (c @ wrong) / (c @ y), n=200, n_bootstrap=400)
+    assert lo < 0.2 < hi and s.shape == (400,)
+    with pytest.raises(InvalidParameterError, match="needs n="):
+        bootstrap_ci(lambda c: c.sum(1))
+    with pytest.raises(InvalidParameterError, match="confidence"):
+        bootstrap_ci(y, confidence=1.5)
+
+
+def test_permutation_chance_and_p_value():
+    y = np.arange(20.0)
+    mean, values = permutation_chance(lambda yp: float(np.corrcoef(yp, y)[0, 1]), y, k=30, random_state=0)
+    assert values.shape == (30,) and abs(mean) < 0.2
+    m2, v2 = permutation_chance(lambda yp: float(np.corrcoef(yp, y)[0, 1]), y, k=30, random_state=0)
+    assert np.array_equal(values, v2)
+    _, vb = permutation_chance(lambda yp: np.array([np.corrcoef(r, y)[0, 1] for r in yp]), y, k=30, random_state=0, batched=True)
+    assert np.array_equal(values, vb)
+    assert p_value(1.0, values) == pytest.approx(1 / 31)
+    assert p_value(-1.0, values, higher_is_better=False) == pytest.approx(1 / 31)
+    assert p_value(-1.0, values) == pytest.approx(1.0)
+    with pytest.raises(InvalidParameterError):
+        permutation_chance(lambda yp: 0.0, y, k=0)

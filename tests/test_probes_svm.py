@@ -1,0 +1,118 @@
+"""AttributeSVMProbe and the batched solver against sklearn's LinearSVC."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+svm = pytest.importorskip("sklearn.svm")
+
+from pytest_invariance.errors import DataError, InvalidParameterError, NotFittedError  # noqa: E402
+from pytest_invariance.probes import AttributeSVMProbe  # noqa: E402
+from pytest_invariance.probes.functional import fit_squared_hinge_svm  # noqa: E402
+
+
+def planted(n=1500, d=20, T=3, seed=0, noise=0.8):
+    rng = np.random.default_rng(seed)
+    X = np.abs(rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) / np.sqrt(d)) + 0.2
+    s = X @ rng.normal(size=(d, T))
+    s = (s - s.mean(0)) / s.std(0) + noise * rng.normal(size=(n, T))
+    rates = np.linspace(0.1, 0.5, T)
+    Y = (s > np.array([np.quantile(s[:, t], 1 - rates[t]) for t in range(T)])).astype(int)
+    return X, Y
+
+
+def bal_acc(y, pred):
+    return ((pred[y > 0] > 0).mean() + (pred[y <= 0] <= 0).mean()) / 2
+
+
+@pytest.mark.parametrize("C", [0.01, 1.0])
+def test_solver_matches_linearsvc_coefficients(C):
+    X, Y = planted(n=800, d=10, T=2)
+    sol = fit_squared_hinge_svm(X, np.where(Y > 0, 1.0, -1.0), np.array([C, C]), np.array([0, 1]), tol=1e-6, max_iter=100)
+    for t in range(2):
+        ref = svm.LinearSVC(C=C, class_weight="balanced", tol=1e-8, max_iter=10000).fit(X, Y[:, t])
+        np.testing.assert_allclose(sol.coef[t], ref.coef_[0], rtol=2e-3, atol=2e-3 * np.abs(ref.coef_).max())
+        assert sol.intercept[t] == pytest.approx(ref.intercept_[0], abs=2e-3 * max(1, abs(ref.intercept_[0])))
+
+
+def test_probe_within_half_point_of_linearsvc_balanced_accuracy():
+    X, Y = planted(n=2400, d=20, T=3)
+    tr, va, te = slice(0, 1400), slice(1400, 1900), slice(1900, None)
+    grid = (0.001, 0.01, 0.1, 1.0)
+    probe = AttributeSVMProbe(C_grid=grid, n_permutations=0, n_bootstrap=0).fit(X[tr], Y[tr], X[va], Y[va])
+    res = probe.evaluate(X[te], Y[te])
+    for t in range(3):
+        best = max(grid, key=lambda C: bal_acc(Y[va, t], svm.LinearSVC(C=C, class_weight="balanced").fit(X[tr], Y[tr, t]).decision_function(X[va])))
+        ref = bal_acc(Y[te, t], svm.LinearSVC(C=best, class_weight="balanced").fit(X[tr], Y[tr, t]).decision_function(X[te]))
+        ours = 1 - res[f"attr_{t}"]["balanced_error"].value
+        assert ours >= ref - 0.005, (t, ours, ref)
+        assert res[f"attr_{t}"]["accuracy"].details["C"] == probe.C_[t]
+
+
+def test_metrics_are_consistent_and_reproducible():
+    X, Y = planted(n=900, T=2)
+    kw = dict(n_permutations=3, n_bootstrap=100, random_state=3)
+    r1 = AttributeSVMProbe(**kw).fit(X[:500], Y[:500], X[500:700], Y[500:700]).evaluate(X[700:], Y[700:])
+    r2 = AttributeSVMProbe(**kw).fit(X[:500], Y[:500], X[500:700], Y[500:700]).evaluate(X[700:], Y[700:])
+    assert r1 == r2
+    e = r1["attr_0"]
+    assert e["balanced_error"].value == pytest.approx((e["fn_rate"].value + e["fp_rate"].value) / 2)
+    for m in e.values():
+        assert m.ci_low <= m.value <= m.ci_high and m.p_value is not None and m.n == 200
+    assert e["balanced_error"].value < e["balanced_error"].chance
+    assert 0.5 <= e["accuracy"].details["majority_baseline"] <= 1
+
+
+def test_pure_noise_is_at_chance():
+    rng = np.random.default_rng(1)
+    X, Y = rng.normal(size=(1200, 10)), rng.integers(0, 2, size=(1200, 1))
+    res = AttributeSVMProbe(n_permutations=5, n_bootstrap=200).fit(X[:600], Y[:600], X[600:900], Y[600:900]).evaluate(X[900:], Y[900:])
+    be = res["attr_0"]["balanced_error"]
+    assert be.ci_low <= 0.5 <= be.ci_high
+    assert abs(be.chance - 0.5) < 0.06 and be.p_value > 0.05
+
+
+def test_bool_and_plus_minus_labels_agree():
+    X, Y = planted(n=600, T=1)
+    a = AttributeSVMProbe(n_permutations=0, n_bootstrap=0).fit(X[:400], Y[:400], X[400:], Y[400:])
+    b = AttributeSVMProbe(n_permutations=0, n_bootstrap=0).fit(X[:400], Y[:400] * 2 - 1, X[400:], Y[400:].astype(bool))
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+
+
+def test_parameter_errors_are_sklearn_style():
+    X, Y = planted(n=100, T=1)
+    with pytest.raises(InvalidParameterError, match=r"The 'C_grid' parameter of AttributeSVMProbe must be .*\(0, inf\).*Got \(-1,\) instead"):
+        AttributeSVMProbe(C_grid=(-1,)).fit(X, Y, X, Y)
+    with pytest.raises(InvalidParameterError, match="'n_bootstrap'"):
+        AttributeSVMProbe(n_bootstrap=-1).fit(X, Y, X, Y)
+    with pytest.raises(NotFittedError, match="not fitted"):
+        AttributeSVMProbe().predict(X)
+
+
+def test_bad_input_errors():
+    X, Y = planted(n=200, T=2)
+    p = AttributeSVMProbe(n_permutations=0, n_bootstrap=0)
+    with pytest.raises(DataError, match="aligned row by row"):
+        p.fit(X, Y[:-1], X, Y)
+    Xn = X.copy(); Xn[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        p.fit(Xn, Y, X, Y)
+    Y1 = Y.copy(); Y1[:, 1] = 1
+    with pytest.raises(DataError, match="fewer than 2 samples of one class"):
+        p.fit(X, Y1, X, Y)
+    Y2 = Y.copy(); Y2[:, 0] = 0; Y2[0, 0] = 1
+    with pytest.raises(DataError, match="fewer than 2 samples"):
+        p.fit(X, Y2, X, Y)
+    with pytest.raises(DataError, match="every feature of X_train is constant"):
+        p.fit(np.ones_like(X), Y, X, Y)
+    with pytest.raises(ValueError, match="expecting 20 features"):
+        p.fit(X, Y, X, Y).predict(X[:, :5])
+
+
+def test_more_features_than_samples_warns_and_still_fits():
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(40, 60)), rng.integers(0, 2, size=(40, 1))
+    with pytest.warns(Warning, match="can fit any labelling"):
+        p = AttributeSVMProbe(n_permutations=0, n_bootstrap=0).fit(X, Y, X, Y)
+    assert np.isfinite(p.coef_).all()
