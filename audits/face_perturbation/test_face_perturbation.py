@@ -1,0 +1,48 @@
+"""Per factor: is the level predictable from the embedding, and does enrollment survive it?
+
+Levels come from this folder's invariance.toml, so the test ids are the factor names.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_invariance.studies.faces import perturbation_specs, perturbation_study
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIG = tomllib.loads((Path(__file__).parent / "invariance.toml").read_text())
+SPECS = {spec.name: (spec, neutral) for spec, neutral in
+         perturbation_specs(CONFIG.get("perturbations", {}), CONFIG.get("neutral", {}))}
+
+
+def _study(audit, ref, factor: str) -> dict:
+    from pytest_invariance.data.faces import load_lfw_faces
+
+    data = CONFIG.get("data", {})
+    return audit.memo(("face_perturbation", ref.name, ref.layer, factor), lambda: perturbation_study(
+        audit, ref, load_lfw_faces(), [SPECS[factor]], identity=data.get("identity", "identity"),
+        train_fraction=data.get("train_fraction", 0.7), absolute=data.get("absolute", ()))[factor])
+
+
+@pytest.mark.parametrize("factor", list(SPECS))
+def test_factor(factor, invariance_model, invariance_audit, invariance_check):
+    fig = _study(invariance_audit, invariance_model, factor)
+    base = {"model": invariance_model.name, "factor": factor, "unit": fig["unit"]}
+    mae = fig["mae"]
+    invariance_check(f"{factor}_mae", mae, details={
+        **base, "target": fig["target"], "split": "by identity",
+        "reading": f"MAE in {fig['unit']} of a ridge regression; chance = predicting the training mean "
+                   f"({mae.chance:.3g}); far below chance means the embedding encodes the level"})
+    k = fig["strongest"]
+    r1 = fig["rank1"]
+    invariance_check(f"rank1_{factor}", r1[k], plots=[fig["plot"]], details={
+        **base, "level": fig["levels"][k], "gallery_level": fig["neutral"],
+        "per_level": {f"{lv:g}": round(e.value, 4) for lv, e in zip(fig["levels"], r1)},
+        "note": f"gallery = the unperturbed images (level {fig['neutral']:g}); at that level the probes are "
+                "the gallery images themselves, so rank-1 = 1 by construction; the other levels are the figures"})

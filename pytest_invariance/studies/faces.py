@@ -1,0 +1,402 @@
+"""The face studies: the paper's Sec. 3 (attributes, pose) and the enrollment risk of Sec. 1.
+
+Each study takes an :class:`~pytest_invariance._audit.Audit` (for cached embeddings), a
+:class:`~pytest_invariance._audit.ModelRef` and :class:`ImageSet` s, and returns plain
+dicts of :class:`Estimate` s plus report plot dicts. Nothing here imports pytest: the
+suites in ``audits/face_*`` call these functions and turn the figures into checks.
+
+- :func:`attribute_study`: balanced linear SVMs for CelebA's 40 attributes (C chosen on
+  val, figures on test), false-negative and false-positive rates as in Fig. 2.
+- :func:`pose_study`: linear regression of |yaw| (pitch, |roll|) with Table 1's bins.
+- :func:`perturbation_study`: any image set with an identity column and any
+  :class:`PerturbationSpec` s: (a) the factor level regressed from the embedding with an
+  identity-disjoint split, (b) rank-1 identification of probes perturbed at each level
+  against a gallery enrolled at the neutral level.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from ..data import PerturbationSpec, PerturbedImageSet
+from ..data._source import ImageSet
+from ..errors import InvalidParameterError
+from ..probes._estimate import Estimate
+from ..probes.stats import bootstrap_ci
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from .._audit import Audit, ModelRef
+    from ..checks import Suite
+    from ..data.folder import FileImageSet
+    from ..settings import Settings
+
+#: Level at which each built-in perturbation leaves the image unchanged.
+NEUTRAL_LEVELS: dict[str, float] = {"rotation": 0.0, "blur": 0.0, "brightness": 1.0, "scale": 1.0, "occlusion": 0.0}
+CELEBA_NEEDS = "img_align_celeba/ (or img_celeba/ + list_bbox_celeba.txt), list_attr_celeba.txt, list_eval_partition.txt"
+BUILD_HINT = "python scripts/build_facenet.py"
+N_BOOTSTRAP = 1000
+
+
+# ----------------------------------------------------------------------------- skip reasons
+
+
+def default_model_missing(suite: "Suite", settings: "Settings") -> str | None:
+    """One-line skip reason when no --model is given and a bundled model file is absent."""
+    if settings.model:
+        return None
+    for name, entry in suite.section("models").items():
+        path = (suite.root / entry["path"]).resolve()
+        if not path.is_file():
+            return f"{suite.name}: bundled model {name} not built ({path}); run `{BUILD_HINT}` or pass --model"
+    return None
+
+
+def find_celeba(settings: "Settings", *, need_pose: bool = False) -> tuple[Path | None, str | None]:
+    """The CelebA folder under ``--invariance-data-dir`` (the folder itself or its ``celeba/``).
+
+    Returns ``(folder, None)`` or ``(None, one-line skip reason)``.
+    """
+    root = settings.resolve_path(settings.data_dir)
+    need = CELEBA_NEEDS + (", pose.csv (image_id,yaw,pitch,roll)" if need_pose else "")
+    if root is None:
+        return None, f"no CelebA: pass --invariance-data-dir DIR holding {need}"
+    for folder in (root, root / "celeba", root / "CelebA"):
+        if (folder / "list_attr_celeba.txt").is_file():
+            if need_pose and not (folder / "pose.csv").is_file():
+                return None, f"no {folder / 'pose.csv'}: the pose suite needs image_id,yaw,pitch,roll per image (CelebA ships no pose)"
+            return folder, None
+    return None, f"no CelebA under {root} (or {root}/celeba): expected {need}"
+
+
+# ----------------------------------------------------------------------------- CelebA input
+
+
+def celeba_splits(folder: Path, *, crop: Sequence[float] | None, limits: Mapping[str, int], seed: int,
+                  skip_bad: bool = False, splits: Sequence[str] = ("train", "val", "test")) -> dict[str, "FileImageSet"]:
+    """Load CelebA splits at 160x160, cropped to a face box, optionally subsampled.
+
+    Parameters
+    ----------
+    crop : (x, y, w, h) or None
+        Box in the aligned 178x218 images (square crop around its centre), so the face
+        fills the frame as in FaceNet's training crops; ignored for ``img_celeba``,
+        whose own boxes are used.
+    limits : mapping split -> int
+        At most this many images per split (seeded random subset, order kept); 0 = all.
+    """
+    from ..data.celeba import load_celeba
+    from ..data.folder import FileImageSet
+
+    out = {}
+    for split in splits:
+        s = load_celeba(folder, split, size=(160, 160), skip_bad=skip_bad)
+        idx = np.arange(len(s))
+        limit = int(limits.get(split, 0) or 0)
+        if 0 < limit < len(s):
+            idx = np.sort(np.random.default_rng(seed).choice(len(s), limit, replace=False))
+        boxes = s.boxes[idx] if s.boxes is not None else (np.tile(np.asarray(crop, float), (len(idx), 1)) if crop else None)
+        fp = hashlib.sha256(f"{s.fingerprint}|{idx.tobytes().hex()}|{None if boxes is None else boxes.tobytes().hex()}"
+                            .encode()).hexdigest()[:32]
+        out[split] = FileImageSet([s.paths[i] for i in idx], s.labels.iloc[idx], size=(160, 160), boxes=boxes,
+                                  fingerprint=fp, n_skipped=s.n_skipped)
+    return out
+
+
+# ----------------------------------------------------------------------------- attributes
+
+
+def attribute_study(audit: "Audit", ref: "ModelRef", splits: Mapping[str, ImageSet], *,
+                    attributes: Sequence[str], groups: Mapping[str, str],
+                    C_grid: Sequence[float] | None = None) -> dict[str, Any]:
+    """Fig. 2: one balanced linear SVM per attribute on the embedding.
+
+    Returns
+    -------
+    dict
+        ``attributes``: name -> the probe's figures (``fn_rate``, ``fp_rate`` Estimates, ...);
+        ``groups``: group -> mean balanced error over its attributes (Estimate, chance 0.5);
+        ``plot``: the Fig. 2 bars.
+    """
+    from ..probes import AttributeSVMProbe
+    from ..report.plots import fn_fp_bars
+
+    X = {s: audit.embed(ref, splits[s], label=f"{ref.name} CelebA {s}") for s in ("train", "val", "test")}
+    Y = {s: splits[s].labels[list(attributes)].to_numpy() for s in X}
+    kw: dict[str, Any] = {"device": audit.settings.device, "random_state": audit.seed}
+    if C_grid is not None:
+        kw["C_grid"] = tuple(C_grid)
+    probe = AttributeSVMProbe(**kw).fit(X["train"], Y["train"], X["val"], Y["val"], names=list(attributes))
+    figures = probe.evaluate(X["test"], Y["test"])
+    rows = [{"attribute": a, "group": groups.get(a, "ungrouped").replace("_", "-"),
+             "fn_rate": figures[a]["fn_rate"].value, "fn_ci": _ci(figures[a]["fn_rate"]),
+             "fp_rate": figures[a]["fp_rate"].value, "fp_ci": _ci(figures[a]["fp_rate"])}
+            for a in sorted(attributes, key=lambda a: (_group_order(groups.get(a)), a))]
+    return {"attributes": figures, "groups": _group_means(figures, groups),
+            "plot": fn_fp_bars(rows, f"Attribute prediction from {ref.name}:{ref.layer} (CelebA test)"),
+            "n": {s: len(X[s]) for s in X}}
+
+
+def _group_order(group: str | None) -> int:
+    order = ("identity_dependent", "identity_correlated", "identity_independent")
+    return order.index(group) if group in order else len(order)
+
+
+def _ci(e: Estimate) -> tuple[float, float]:
+    return (e.ci_low, e.ci_high)
+
+
+def _group_means(figures: Mapping[str, Mapping[str, Any]], groups: Mapping[str, str]) -> dict[str, Estimate]:
+    # Mean of the per-attribute balanced errors; its CI is the mean of the per-attribute
+    # bounds, conservative since the attributes share one test set (errors correlate).
+    out = {}
+    for group in sorted(set(groups.values()), key=_group_order):
+        ests = [_balanced(figures[a]) for a in figures if groups.get(a) == group]
+        if ests:
+            out[group] = Estimate(float(np.mean([e.value for e in ests])), float(np.mean([e.ci_low for e in ests])),
+                                  float(np.mean([e.ci_high for e in ests])), chance=0.5, n=ests[0].n,
+                                  details={"attributes": len(ests)})
+    return out
+
+
+def _balanced(fig: Mapping[str, Any]) -> Estimate:
+    b = fig.get("balanced_error")
+    if isinstance(b, Estimate):
+        return b
+    fn, fp = fig["fn_rate"], fig["fp_rate"]  # fall back to the mean of the two rates
+    return Estimate((fn.value + fp.value) / 2, (fn.ci_low + fp.ci_low) / 2, (fn.ci_high + fp.ci_high) / 2,
+                    chance=0.5, n=fn.n + fp.n)
+
+
+# ----------------------------------------------------------------------------- pose
+
+#: A horizontal flip negates yaw and roll but not pitch; flip-trained networks cannot
+#: tell the sign apart, so (as the paper does for yaw) those targets are absolute.
+POSE_TARGETS: dict[str, bool] = {"yaw": True, "pitch": False, "roll": True}
+
+
+def pose_study(audit: "Audit", ref: "ModelRef", train: ImageSet, test: ImageSet, *,
+               columns: Sequence[str] = ("yaw", "pitch", "roll"),
+               bins: Sequence[float] = (0, 15, 30, 45)) -> dict[str, Any]:
+    """Table 1: linear regression of pose angles from the embedding, MAE per |angle| bin.
+
+    Returns
+    -------
+    dict
+        column -> ``{"target": "|yaw|" or "pitch", "bins": [{"bin", "estimate", "count"}, ...,
+        {"bin": "total", ...}], "plot": bin_table}``; columns absent or all-NaN are left out.
+    """
+    from ..probes import LinearRegressionProbe
+    from ..report.plots import bin_table
+
+    Xtr = audit.embed(ref, train, label=f"{ref.name} CelebA train")
+    Xte = audit.embed(ref, test, label=f"{ref.name} CelebA test")
+    out: dict[str, Any] = {}
+    for col in columns:
+        if col not in train.labels or train.labels[col].isna().all():
+            continue
+        absolute = POSE_TARGETS.get(col, False)
+        ytr, yte = (train.labels[col].to_numpy(float), test.labels[col].to_numpy(float))
+        if absolute:
+            ytr, yte = np.abs(ytr), np.abs(yte)
+        probe = LinearRegressionProbe(random_state=audit.seed).fit(Xtr, ytr)
+        rows = _bins_by_magnitude(np.abs(probe.predict(Xte) - yte), yte, probe.train_mean_[0], bins, audit.seed)
+        rows.append({"bin": "total", "estimate": probe.evaluate(Xte, yte)["mae"], "count": len(yte)})
+        target = f"|{col}|" if absolute else col
+        table = bin_table([{"bin": r["bin"], "mae": r["estimate"].value, "ci": _ci(r["estimate"]), "count": r["count"]}
+                           for r in rows], f"{target} MAE from {ref.name}:{ref.layer} (CelebA test, degrees)")
+        out[col] = {"target": target, "bins": rows, "plot": table}
+    return out
+
+
+def _bins_by_magnitude(err: "NDArray[np.float64]", y: "NDArray[np.float64]", train_mean: float,
+                       edges: Sequence[float], seed: int) -> list[dict[str, Any]]:
+    # Table 1 bins by the true |angle| (also for signed pitch); empty bins are left out.
+    from ..probes.functional import bin_index, bin_labels
+
+    idx, rows = bin_index(np.abs(y), edges), []
+    for b, label in enumerate(bin_labels(edges)):
+        sel = idx == b
+        if sel.any():
+            lo, hi, _ = bootstrap_ci(err[sel], n_bootstrap=N_BOOTSTRAP, random_state=seed)
+            est = Estimate(float(err[sel].mean()), float(lo), float(hi), n=int(sel.sum()),
+                           chance=float(np.abs(y[sel] - train_mean).mean()))
+            rows.append({"bin": label, "estimate": est, "count": int(sel.sum())})
+    return rows
+
+
+# ----------------------------------------------------------------------------- perturbations
+
+
+def perturbation_specs(table: Mapping[str, Sequence[float]], neutral: Mapping[str, float] | None = None
+                       ) -> list[tuple[PerturbationSpec, float]]:
+    """``[perturbations]`` of a suite config -> (spec, neutral level) pairs.
+
+    Every factor must list its neutral level (the one that leaves the image unchanged),
+    since the gallery is enrolled there. ``neutral`` overrides :data:`NEUTRAL_LEVELS`.
+    """
+    neutral = {**NEUTRAL_LEVELS, **(neutral or {})}
+    out = []
+    for name, levels in table.items():
+        spec = PerturbationSpec(name, tuple(levels))
+        if neutral.get(name) not in spec.levels:
+            raise InvalidParameterError(
+                f"[perturbations] {name} = {list(spec.levels)} must include its neutral level "
+                f"{neutral.get(name)} (the unperturbed gallery); add it or set [neutral] {name}")
+        out.append((spec, float(neutral[name])))
+    return out
+
+
+def identity_split(identities: "NDArray[Any]", train_fraction: float, seed: int) -> "NDArray[np.bool_]":
+    """Boolean train mask that puts every image of one identity on the same side."""
+    ids = np.unique(identities)
+    if len(ids) < 4:
+        raise InvalidParameterError(f"an identity-disjoint split needs at least 4 identities; got {len(ids)}")
+    n_train = min(len(ids) - 2, max(2, int(round(train_fraction * len(ids)))))
+    train_ids = np.random.default_rng(seed).permutation(ids)[:n_train]
+    return np.isin(identities, train_ids)
+
+
+def perturbation_study(audit: "Audit", ref: "ModelRef", images: ImageSet,
+                       specs: Sequence[tuple[PerturbationSpec, float]], *, identity: str = "identity",
+                       train_fraction: float = 0.7, absolute: Sequence[str] = ()) -> dict[str, Any]:
+    """Leakage of each factor and its enrollment risk, for any image set and model.
+
+    Parameters
+    ----------
+    images : ImageSet
+        Unperturbed images with an ``identity`` label column.
+    specs : list of (PerturbationSpec, neutral level)
+        From :func:`perturbation_specs`.
+    train_fraction : float
+        Share of identities the regressor is fitted on; the rest are the test set.
+    absolute : sequence of str
+        Factors whose target is ``|level - neutral|`` (sign not asked of the embedding).
+
+    Returns
+    -------
+    dict
+        factor -> ``{"mae": Estimate, "rank1": [Estimate per level], "levels", "unit",
+        "strongest": index of the gated level, "plot": rank-1 against level}``.
+    """
+    out: dict[str, Any] = {}
+    ids = images.labels[identity].to_numpy()
+    for spec, neutral in specs:
+        X = audit.embed(ref, PerturbedImageSet(images, spec), label=f"{ref.name} {spec.name}")
+        levels = np.asarray(spec.levels)
+        level_of = np.repeat(levels, len(images))
+        target = np.abs(level_of - neutral) if spec.name in absolute else level_of
+        mask = identity_split(np.tile(ids, len(levels)), train_fraction, audit.seed)
+        mae = factor_regression(X, target, mask, np.tile(ids, len(levels)), seed=audit.seed)
+        rank1 = rank1_per_level(X, ids, list(levels).index(neutral), seed=audit.seed)
+        out[spec.name] = {"mae": mae, "rank1": rank1, "levels": levels.tolist(), "unit": spec.unit,
+                          "neutral": neutral, "strongest": _strongest(levels, neutral, rank1),
+                          "target": f"|{spec.name} - {neutral:g}|" if spec.name in absolute else spec.name}
+        out[spec.name]["plot"] = _rank1_plot(spec, out[spec.name], ref, len(images))
+    return out
+
+
+ALPHAS = tuple(10.0 ** np.arange(-6, 5))  # unit-norm embeddings need small penalties too
+
+
+def factor_regression(X: "NDArray[np.floating]", y: "NDArray[np.floating]", train: "NDArray[np.bool_]",
+                      groups: "NDArray[Any]", *, seed: int, n_permutations: int = 20) -> Estimate:
+    """Test MAE of a ridge regression of ``y`` on ``X``, fitted on the ``train`` rows.
+
+    With a few hundred rows and as many dimensions, plain least squares interpolates, so
+    the ridge penalty is chosen by 5-fold cross-validation over training *groups*
+    (identities). The CI is a bootstrap over test groups (rows of one identity are not
+    independent). ``chance`` is the MAE of predicting the training mean; the p-value is
+    the bootstrap share of resamples in which the regression does not beat that guess
+    (refits on shuffled targets are reported as ``permutation_mae`` but not used: with
+    features constant within an identity they overfit and land above chance, which would
+    make an embedding that knows nothing look significant).
+    """
+    X = np.asarray(X, np.float64)
+    Xtr, ytr, Xte, yte, gtr = X[train], y[train], X[~train], y[~train], groups[train]
+    rng = np.random.default_rng(seed)
+    # column 0: the real targets; the others: permutations (the null), all fitted at once
+    Y = np.column_stack([ytr, *(rng.permutation(ytr) for _ in range(n_permutations))])
+    uniq = rng.permutation(np.unique(gtr))
+    folds = [np.isin(gtr, part) for part in np.array_split(uniq, min(5, len(uniq)))]
+    cv = sum(np.abs(_ridge_predict(Xtr[~f], Y[~f], Xtr[f], ALPHAS) - Y[f]).mean(axis=1) for f in folds)
+    best = cv.argmin(axis=0)  # [k]: the penalty each target's CV picked
+    pred = _ridge_predict(Xtr, Y, Xte, ALPHAS)[best, :, np.arange(Y.shape[1])]  # [k, m]
+    err = np.abs(pred - yte)
+    g, inv = np.unique(groups[~train], return_inverse=True)
+    size = np.bincount(inv)  # equal rows per identity: the mean of the means is the MAE
+    per_group = np.column_stack([np.bincount(inv, err[0]), np.bincount(inv, np.abs(yte - ytr.mean()))]) / size[:, None]
+    lo, hi, boot = bootstrap_ci(per_group, n_bootstrap=N_BOOTSTRAP, random_state=seed)
+    mae, chance = per_group.mean(axis=0)
+    return Estimate(float(mae), float(lo[0]), float(hi[0]), chance=float(chance), n=len(yte),
+                    p_value=float((1 + (boot[:, 0] >= boot[:, 1]).sum()) / (len(boot) + 1)),
+                    details={"alpha": float(ALPHAS[best[0]]), "permutation_mae": float(err[1:].mean()),
+                             "train_identities": len(uniq), "test_identities": len(g),
+                             "mae_over_chance": float(mae / chance) if chance else None})
+
+
+def _ridge_predict(Xtr: "NDArray[np.float64]", Ytr: "NDArray[np.floating]", Xte: "NDArray[np.float64]",
+                   alphas: Sequence[float]) -> "NDArray[np.float64]":
+    """Ridge predictions ``[len(alphas), len(Xte), k]`` for ``k`` target columns, from one SVD."""
+    mx, my = Xtr.mean(axis=0), Ytr.mean(axis=0)
+    U, s, Vt = np.linalg.svd(Xtr - mx, full_matrices=False)
+    shrink = s / (s**2 + np.asarray(alphas, np.float64)[:, None])  # [A, r]
+    proj = (Xte - mx) @ Vt.T  # [m, r]
+    return (proj[None] * shrink[:, None, :]) @ (U.T @ (Ytr - my)) + my
+
+
+def rank1_per_level(X: "NDArray[np.floating]", ids: "NDArray[Any]", neutral_index: int, *, seed: int) -> list[Estimate]:
+    """Rank-1 identification per level: gallery = the ``n`` images at the neutral level.
+
+    ``X`` holds the level-major embeddings (level ``k`` of image ``i`` at row ``k * n + i``),
+    ``ids`` the identity of each of the ``n`` images. A probe is correct when its cosine
+    nearest gallery entry has its identity; chance is a random gallery pick's hit rate.
+    """
+    from scipy.stats import binom
+
+    n = len(ids)
+    Z = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    gallery = Z[neutral_index * n:(neutral_index + 1) * n]
+    chance = float((ids[:, None] == ids[None, :]).mean())
+    out = []
+    for k in range(len(Z) // n):
+        hit = (ids[(Z[k * n:(k + 1) * n] @ gallery.T).argmax(axis=1)] == ids).astype(float)
+        lo, hi, _ = bootstrap_ci(hit, n_bootstrap=N_BOOTSTRAP, random_state=seed)
+        note = ("probes identical to the gallery: rank-1 = 1 by construction" if k == neutral_index
+                else "probes perturbed, gallery unperturbed")
+        out.append(Estimate(float(hit.mean()), float(lo), float(hi), chance=chance, n=n,
+                            p_value=float(binom.sf(hit.sum() - 1, n, chance)), details={"note": note}))
+    return out
+
+
+def _strongest(levels: "NDArray[np.floating]", neutral: float, rank1: Sequence[Estimate]) -> int:
+    # The level farthest from neutral; of a symmetric pair (-45/+45) the worse one gates.
+    dist = np.abs(levels - neutral)
+    far = np.flatnonzero(np.isclose(dist, dist.max()))
+    return int(min(far, key=lambda i: rank1[i].value))
+
+
+def _rank1_plot(spec: PerturbationSpec, fig: Mapping[str, Any], ref: "ModelRef", n: int) -> dict[str, Any]:
+    from ..report.plots import curve
+
+    r = fig["rank1"]
+    ys = {f"rank-1 ({ref.name})": ([e.value for e in r], [e.ci_low for e in r], [e.ci_high for e in r]),
+          "chance": ([e.chance for e in r], None, None)}
+    return curve(fig["levels"], ys, f"{spec.name} level ({spec.unit}); gallery at {fig['neutral']:g}",
+                 "rank-1 identification rate", f"Enrollment risk: {spec.name} (gallery: {n} unperturbed images)")
+
+
+def celeba_for_suite(audit: "Audit", suite: "Suite", splits: Sequence[str] = ("train", "val", "test")
+                     ) -> dict[str, "FileImageSet"]:
+    """The CelebA splits a face suite audits, per its ``[celeba]`` table (crop, limit_*)."""
+    folder, reason = find_celeba(audit.settings)
+    if folder is None:
+        raise InvalidParameterError(reason)
+    cfg = suite.section("celeba")
+    limits = {s: int(cfg.get(f"limit_{s}", 0)) for s in splits}
+    return celeba_splits(folder, crop=cfg.get("crop") or None, limits=limits, seed=audit.seed,
+                         skip_bad=audit.settings.skip_bad, splits=splits)
