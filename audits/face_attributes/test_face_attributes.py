@@ -1,0 +1,38 @@
+"""Paper Sec. 3.1 / Fig. 2: how well balanced linear SVMs recover CelebA's 40 attributes.
+
+One test per attribute (the id is the CelebA name) with two checks, ``fn_rate`` and
+``fp_rate``; ``test_attribute_overview`` records the mean balanced error per group and
+carries the Fig. 2 plot. The SVMs are fitted once per model (``invariance_audit.memo``).
+"""
+from __future__ import annotations
+
+import pytest
+
+from pytest_invariance.data.celeba import ATTRIBUTES, attribute_groups
+from pytest_invariance.studies.faces import attribute_study, celeba_for_suite
+
+GROUP = {name: group for group, names in attribute_groups().items() for name in names}
+
+
+def _study(audit, ref, suite) -> dict:
+    return audit.memo(("face_attributes", ref.name, ref.layer, ref.embedder.sha256), lambda: attribute_study(
+        audit, ref, celeba_for_suite(audit, suite), attributes=ATTRIBUTES, groups=GROUP,
+        C_grid=suite.section("celeba").get("C_grid")))
+
+
+@pytest.mark.parametrize("attribute", ATTRIBUTES)
+def test_attribute(attribute, invariance_model, invariance_audit, invariance_suite, invariance_check):
+    fig = _study(invariance_audit, invariance_model, invariance_suite)["attributes"][attribute]
+    base = {"model": invariance_model.name, "attribute": attribute, "group": GROUP[attribute]}
+    invariance_check("fn_rate", fig["fn_rate"], details={
+        **base, "reading": "share of test images WITH the attribute that the probe calls absent; 0.5 = chance"})
+    invariance_check("fp_rate", fig["fp_rate"], details={
+        **base, "reading": "share of test images WITHOUT the attribute that the probe calls present; 0.5 = chance"})
+
+
+def test_attribute_overview(invariance_model, invariance_audit, invariance_suite, invariance_check):
+    study = _study(invariance_audit, invariance_model, invariance_suite)
+    for i, (group, est) in enumerate(study["groups"].items()):
+        invariance_check("balanced_error", est, plots=[study["plot"]] if i == 0 else None, details={
+            "model": invariance_model.name, "group": group, "images": study["n"],
+            "reading": "mean over the group's attributes of (fn_rate + fp_rate) / 2; 0.5 = chance"})

@@ -1,0 +1,33 @@
+"""Paper Sec. 3.2 / Table 1: pose angles regressed linearly from the embedding.
+
+One test per angle (yaw, pitch, roll) with one ``{angle}_mae`` check per |angle| bin and
+one for the total (``details.bin``, ``details.count``); the total carries Table 1.
+"""
+from __future__ import annotations
+
+import pytest
+
+from pytest_invariance.studies.faces import celeba_for_suite, pose_study
+
+
+def _study(audit, ref, suite) -> dict:
+    def run() -> dict:
+        data = celeba_for_suite(audit, suite, splits=("train", "test"))
+        bins = suite.section("celeba").get("bins", (0, 15, 30, 45))
+        return pose_study(audit, ref, data["train"], data["test"], bins=bins)
+
+    return audit.memo(("face_pose", ref.name, ref.layer, ref.embedder.sha256), run)
+
+
+@pytest.mark.parametrize("angle", ["yaw", "pitch", "roll"])
+def test_pose(angle, invariance_model, invariance_audit, invariance_suite, invariance_check):
+    study = _study(invariance_audit, invariance_model, invariance_suite)
+    if angle not in study:
+        pytest.skip(f"pose.csv has no {angle} values")
+    fig = study[angle]
+    for row in fig["bins"]:
+        last = row["bin"] == "total"
+        invariance_check(f"{angle}_mae", row["estimate"], plots=[fig["plot"]] if last else None, details={
+            "model": invariance_model.name, "bin": row["bin"], "count": row["count"], "target": fig["target"],
+            "reading": f"mean absolute error in degrees of {fig['target']} predicted from the embedding; "
+                       "chance = predicting the training mean"})
