@@ -1,0 +1,212 @@
+"""The face suites: CelebA attribute and pose suites end to end, and the perturbation study.
+
+CelebA-format fixtures are generated here (aligned 178x218 JPEGs and every list file in
+the release's format) with PLANTED factors: Smiling brightens the mouth region, yaw shifts
+a bright blob sideways. Wearing_Necklace and pitch are pure noise. A tiny seeded conv net
+(exported to ONNX, input 3x32x32) is the --model; the suites must find the planted
+factors and leave the noise at chance.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx  # noqa: F401  - imported once here: pytester restores sys.modules after each test,
+import pytest
+import torch
+import torch.onnx  # noqa: F401  - and re-importing these C extensions would abort
+from PIL import Image
+
+from pytest_invariance.data.celeba import ATTRIBUTES
+from pytest_invariance.testing import export_onnx
+
+SPLIT_SIZES = {"train": 500, "val": 150, "test": 300}
+PLANTED, NOISE = "Smiling", "Wearing_Necklace"
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _celeba_image(rng: np.random.Generator, smiling: bool, yaw: float) -> np.ndarray:
+    img = rng.normal(110, 25, (218, 178, 3)).clip(0, 255)
+    if smiling:  # mouth region, inside the suite's crop box (x 25-153, y 60-188)
+        img[140:170, 60:120] += 70
+    cx = int(round(89 + 1.0 * yaw))  # a 20 px blob, 1 px per degree of yaw
+    img[95:115, cx - 10:cx + 10] = 250
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def make_celeba(root, seed: int = 0, *, pose: bool = True) -> dict[str, np.ndarray]:
+    """Write a small CelebA release under ``root``; returns the planted labels."""
+    rng = np.random.default_rng(seed)
+    n = sum(SPLIT_SIZES.values())
+    ids = [f"{i + 1:06d}.jpg" for i in range(n)]
+    attrs = rng.integers(0, 2, (n, len(ATTRIBUTES)))  # every attribute noise ...
+    yaw = rng.uniform(-50, 50, n)
+    (root / "img_align_celeba").mkdir(parents=True)
+    for i, name in enumerate(ids):  # ... except the planted one
+        Image.fromarray(_celeba_image(rng, bool(attrs[i, ATTRIBUTES.index(PLANTED)]), yaw[i])).save(
+            root / "img_align_celeba" / name, quality=92)
+    rows = "".join(f"{name} " + " ".join(" 1" if v else "-1" for v in attrs[i]) + "\n" for i, name in enumerate(ids))
+    (root / "list_attr_celeba.txt").write_text(f"{n}\n{' '.join(ATTRIBUTES)}\n{rows}")
+    split = np.repeat([0, 1, 2], list(SPLIT_SIZES.values()))
+    (root / "list_eval_partition.txt").write_text("".join(f"{name} {s}\n" for name, s in zip(ids, split)))
+    pitch, roll = rng.uniform(-20, 20, n), rng.uniform(-10, 10, n)
+    if pose:
+        (root / "pose.csv").write_text("image_id,yaw,pitch,roll\n" + "".join(
+            f"{name},{y:.2f},{p:.2f},{r:.2f}\n" for name, y, p, r in zip(ids, yaw, pitch, roll)))
+    return {"attrs": attrs, "yaw": yaw, "pitch": pitch}
+
+
+class _Tiny(torch.nn.Module):
+    """conv 5x5 -> ReLU -> 4x4 average grid: 64 features that keep coarse position."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 5)
+        self.pool = torch.nn.AvgPool2d(7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(torch.relu(self.conv(x))).flatten(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return export_onnx(_Tiny().eval(), tmp_path_factory.mktemp("model") / "tiny.onnx", (3, 32, 32))
+
+
+@pytest.fixture
+def suites(pytester):
+    """The real face suites, copied into the pytester folder."""
+    import shutil
+
+    for name in ("face_attributes", "face_pose", "face_perturbation"):
+        shutil.copytree(REPO / "audits" / name, pytester.path / "audits" / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    return pytester
+
+
+def _run(pytester, *args):
+    out = pytester.path / "results.json"
+    result = pytester.runpytest_subprocess(*args, "-p", "no:cacheprovider", "--invariance-no-report",
+                                           f"--invariance-json={out}", "--invariance-history=h.sqlite",
+                                           "--invariance-no-cache", "-rs")
+    checks = json.loads(out.read_text())["checks"] if out.exists() else []
+    return result, checks
+
+
+def test_celeba_suites_skip_without_data_dir(suites, tiny_model):
+    result, _ = _run(suites, "audits/face_attributes", "audits/face_pose", f"--model={tiny_model}")
+    result.assert_outcomes(skipped=40 + 1 + 3)
+    need = "no CelebA: pass --invariance-data-dir DIR holding img_align_celeba/*list_attr_celeba.txt, list_eval_partition.txt"
+    result.stdout.fnmatch_lines([f"SKIPPED [[]40[]] *test_face_attributes.py:*: {need}",
+                                 f"SKIPPED [[]1[]] *test_face_attributes.py:*: {need}",
+                                 f"SKIPPED [[]3[]] *test_face_pose.py:*: {need}, pose.csv (image_id,yaw,pitch,roll)"])
+
+
+def test_pose_suite_skips_without_pose_csv(suites, tiny_model):
+    make_celeba(suites.path / "data" / "celeba", pose=False)
+    result, _ = _run(suites, "audits/face_pose", f"--model={tiny_model}", "--invariance-data-dir=data")
+    result.assert_outcomes(skipped=3)
+    result.stdout.fnmatch_lines(["*SKIPPED [[]3[]]*pose.csv: the pose suite needs image_id,yaw,pitch,roll per image*"])
+
+
+def test_bundled_model_missing_skips_with_build_command(suites):
+    result, _ = _run(suites, "audits/face_perturbation")
+    result.assert_outcomes(skipped=5)
+    result.stdout.fnmatch_lines(["*bundled model facenet not built*run `python scripts/build_facenet.py` or pass --model*"])
+
+
+def test_attribute_suite_finds_planted_attribute_and_not_noise(suites, tiny_model):
+    make_celeba(suites.path / "data" / "celeba")
+    result, checks = _run(suites, "audits/face_attributes", f"--model={tiny_model}", "--invariance-data-dir=data",
+                          "-k", f"{PLANTED} or {NOISE} or overview")
+    by = {(c["details"].get("attribute") or c["details"]["group"], c["metric"]): c for c in checks}
+    planted = [by[PLANTED, "fn_rate"], by[PLANTED, "fp_rate"]]
+    assert all(c["value"] < 0.05 and c["chance"] == pytest.approx(0.5, abs=0.1) for c in planted), planted
+    # identity-independent and planted: leaks, so the suite's gate fails the test
+    assert not any(c["passed"] for c in planted) and by[PLANTED, "fn_rate"]["threshold"] == 0.45
+    # A probe that knows nothing has fn + fp = 1; the balanced probe sits at 0.5 each (the
+    # probe's permutation chance per rate drifts with the null refits' bias, their sum ~ 1).
+    noise = [by[NOISE, "fn_rate"], by[NOISE, "fp_rate"]]
+    assert all(c["ci_low"] <= 0.5 <= c["ci_high"] and c["passed"] for c in noise), noise
+    assert by[NOISE, "fn_rate"]["chance"] + by[NOISE, "fp_rate"]["chance"] == pytest.approx(1.0, abs=0.1)
+    assert by["identity_independent", "balanced_error"]["details"]["images"]["test"] == SPLIT_SIZES["test"]
+    result.assert_outcomes(passed=2, failed=1)  # Wearing_Necklace, the overview; Smiling fails
+
+
+def test_pose_suite_finds_planted_yaw_and_not_noise(suites, tiny_model):
+    make_celeba(suites.path / "data" / "celeba")
+    result, checks = _run(suites, "audits/face_pose", f"--model={tiny_model}", "--invariance-data-dir=data",
+                          "-k", "yaw or pitch")
+    total = {c["metric"]: c for c in checks if c["details"]["bin"] == "total"}
+    yaw, pitch = total["yaw_mae"], total["pitch_mae"]
+    assert yaw["value"] < 0.5 * yaw["chance"] and yaw["ci_high"] < yaw["chance"], yaw
+    assert not yaw["passed"] and yaw["comparator"] == ">"  # below the 10 degree gate: leaks
+    assert pitch["ci_high"] >= pitch["chance"] and pitch["comparator"] is None, pitch
+    bins = [c["details"]["bin"] for c in checks if c["metric"] == "yaw_mae"]
+    assert bins == ["0-15", "15-30", "30-45", ">45", "total"]
+    assert sum(c["details"]["count"] for c in checks if c["metric"] == "yaw_mae" and c["details"]["bin"] != "total") \
+        == total["yaw_mae"]["details"]["count"] == SPLIT_SIZES["test"]
+    result.assert_outcomes(passed=1, failed=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_ref(tiny_model):
+    from pytest_invariance._audit import Audit, ModelRef
+    from pytest_invariance.embeddings import Preprocess
+    from pytest_invariance.settings import Settings
+
+    audit = Audit(Settings(no_cache=True))
+    emb = audit.load(str(tiny_model))
+    pre = Preprocess(size=(32, 32), channels=3, prewhiten=True)
+    return audit, ModelRef("tiny", emb, emb.default_layer, pre, user=True)
+
+
+def test_perturbation_study_finds_occlusion_and_not_cancelled_brightness(tiny_ref):
+    from pytest_invariance.data.faces import load_lfw_faces
+    from pytest_invariance.studies.faces import perturbation_specs, perturbation_study
+
+    audit, ref = tiny_ref
+    faces = load_lfw_faces().subset(np.arange(40), "lfw40")
+    # brightness <= 1 is undone exactly by prewhitening: an invariance by construction
+    specs = perturbation_specs({"occlusion": [0, 0.1, 0.2, 0.3], "brightness": [0.4, 0.7, 1.0]})
+    out = perturbation_study(audit, ref, faces, specs)
+    occ, bri = out["occlusion"], out["brightness"]
+    levels = np.repeat([0, 0.1, 0.2, 0.3], 12)  # 12 test identities at every level
+    assert occ["mae"].chance == pytest.approx(np.abs(levels - 0.15).mean(), abs=0.02)
+    assert occ["mae"].ci_high < 0.85 * occ["mae"].chance and occ["mae"].p_value < 0.05
+    assert occ["mae"].details["test_identities"] == 12 and occ["mae"].details["train_identities"] == 28
+    assert bri["mae"].value >= 0.9 * bri["mae"].chance and bri["mae"].p_value > 0.05
+    assert [e.value for e in bri["rank1"]] == [1.0, 1.0, 1.0]
+    assert occ["rank1"][0].value == 1.0 and "by construction" in occ["rank1"][0].details["note"]
+    assert occ["rank1"][0].chance == pytest.approx(1 / 40) and occ["strongest"] == 3 and bri["strongest"] == 0
+    assert occ["plot"]["kind"] == "curve"
+
+
+def test_identity_split_keeps_identities_on_one_side():
+    from pytest_invariance.studies.faces import identity_split
+
+    ids = np.tile(np.arange(10), 3)
+    mask = identity_split(ids, 0.7, seed=3)
+    assert set(ids[mask]).isdisjoint(ids[~mask]) and len(set(ids[mask])) == 7
+    assert (mask == identity_split(ids, 0.7, seed=3)).all()
+
+
+def test_ridge_matches_sklearn():
+    from sklearn.linear_model import Ridge
+
+    from pytest_invariance.studies.faces import _ridge_predict
+
+    rng = np.random.default_rng(1)
+    X, Y, Xt = rng.normal(size=(60, 80)), rng.normal(size=(60, 3)), rng.normal(size=(10, 80))
+    pred = _ridge_predict(X, Y, Xt, [0.1, 10.0])
+    for k, alpha in enumerate([0.1, 10.0]):
+        np.testing.assert_allclose(pred[k], Ridge(alpha=alpha).fit(X, Y).predict(Xt), atol=1e-10)
+
+
+def test_perturbation_levels_must_contain_neutral():
+    from pytest_invariance.errors import InvalidParameterError
+    from pytest_invariance.studies.faces import perturbation_specs
+
+    with pytest.raises(InvalidParameterError, match=r"must include its neutral level 1.0"):
+        perturbation_specs({"brightness": [0.5, 1.5]})
