@@ -8,17 +8,21 @@ of value ``intercept_scaling`` and regularised like the weights::
 
 with ``s_i = n / (2 n_{class(y_i)})`` ("balanced" class weights).
 
-Solver: a batched finite Newton method (Keerthi & DeCoste's L2-SVM-MFN idea). Each step
-fixes the active set A = {i: margin < 1}, solves the Newton system
-``(I + 2C X~_A' S_A X~_A) p = -g`` with preconditioned conjugate gradients, then does an
-exact line search on the piecewise-quadratic 1-D objective. All columns move together,
-so every data pass is one [n, d] x [d, columns] matrix product (CPU BLAS or CUDA).
+Solver (default ``solver="lbfgs"``): batched L-BFGS where every column moves together,
+so each data pass is one [n, d] x [d, columns] matrix product (CPU BLAS or CUDA, same
+code). Per iteration: two passes (X~ p for the step, X~' r for the gradient) and an exact
+line search on the piecewise-quadratic 1-D objective (elementwise, no pass).
 
-The preconditioner is shared: the eigendecomposition of the uncentred Gram matrix
-``X~'X~`` is computed once (float64); for each column it is scaled by the weighted active
-fraction ``beta = sum_A s_i / n``, i.e. ``M = I + 2 C beta X~'X~``. This whitens the
-features (mean direction included), so CG needs few iterations whatever the feature
-scale. Columns that meet liblinear's stopping rule leave the working set.
+What makes it converge in ~10-30 iterations is the shared preconditioner used as the
+initial inverse Hessian: the eigendecomposition of the uncentred Gram matrix ``X~'X~``,
+computed once in float64, scaled per column by the weighted active fraction
+``beta = sum_{margin<1} s_i / n``, i.e. ``M = I + 2 C beta X~'X~``. It whitens the
+features (mean direction included) whatever their scale. Columns that meet liblinear's
+stopping rule leave the working set, so stragglers (rare attributes, large C) cost
+little. ``solver="newton"`` is a batched finite Newton / PCG method (Keerthi & DeCoste's
+L2-SVM-MFN idea) kept as a high-precision reference: on 30000 x 832 x 100 columns it
+needed ~75-90 passes to L-BFGS's ~25 for the same test balanced accuracy (+-0.0002).
+Data passes run in float32; the small d x d algebra and the weights are float64.
 """
 from __future__ import annotations
 
@@ -40,12 +44,13 @@ class SVMSolution:
     passes: float = 0.0
 
 
-def _line_search(torch: Any, m: Any, q: Any, s: Any, C2: Any, wp: Any, pp: Any, d0: Any, steps: int = 5) -> Any:
+def _line_search(torch: Any, m: Any, q: Any, s: Any, C2: Any, wp: Any, pp: Any, d0: Any, steps: int = 4, ls_tol: float = 1e-2) -> Any:
     """Step length along p: the root of phi'(a) = w.p + a p.p - 2C sum_i s_i max(0, m_i - a q_i) q_i.
 
     phi' is increasing and piecewise linear (phi'(0) = d0 = g.p < 0), so safeguarded
     Newton on it lands on the exact root in a few steps; the bracket [lo, hi] falls back
-    to bisection when a Newton step leaves it. Stops at |phi'| <= 1e-3 |phi'(0)|.
+    to bisection when a Newton step leaves it. Stops at |phi'| <= ls_tol |phi'(0)| (a strong
+    Wolfe curvature condition with c2 = 0.01: near-exact, as L-BFGS and Newton want).
     """
     alpha = torch.ones_like(wp)
     lo, hi = torch.zeros_like(wp), torch.full_like(wp, float("inf"))
@@ -54,7 +59,7 @@ def _line_search(torch: Any, m: Any, q: Any, s: Any, C2: Any, wp: Any, pp: Any, 
     for _ in range(steps):
         t = torch.addcmul(m, q, -alpha).clamp_(min=0.0)
         d1 = wp + alpha * pp - C2 * (sq * t).sum(0)
-        if bool((d1.abs() <= 1e-3 * d0.abs()).all()):
+        if bool((d1.abs() <= ls_tol * d0.abs()).all()):
             break
         d2 = pp + C2 * (sqq * t.sign_()).sum(0)
         lo = torch.where(d1 < 0, alpha, lo)
@@ -95,8 +100,15 @@ def fit_squared_hinge_svm(
     tol : float
         liblinear's primal rule: stop a column when
         ``||grad|| <= tol * max(min(n_pos, n_neg), 1) / n * ||grad at w=0||``.
-    max_iter, max_cg : int
-        Newton steps and CG iterations per Newton step.
+    max_iter : int
+        Iterations (L-BFGS) or Newton steps per column.
+    solver : {"lbfgs", "newton"}
+        See the module docstring; ``max_cg``, ``cg_tol`` and ``hessian_rows`` (rows used
+        for Hessian products, a random subset above it) only apply to "newton".
+    memory : int
+        L-BFGS history length.
+    device : str
+        torch device; the same code runs on CPU and CUDA.
 
     Returns
     -------
@@ -157,15 +169,18 @@ def fit_squared_hinge_svm(
         S_mem: list[Any] = []
         Y_mem: list[Any] = []
         active_frac = torch.ones(cols, dtype=f64, device=dev)
+        s_abs = sY.abs()
         for _ in range(max_iter):
             done = g.norm(dim=0) <= tol * minority[act] / n * gnorm0[act]
-            converged[act] = done
+            converged[act] |= done
             if bool(done.all()):
                 break
-            if bool(done.any()):  # converged columns leave the working set and stop costing passes
+            # Converged columns leave the working set and stop costing passes; compacting copies
+            # the [n, k] state, so wait until an eighth of the working set is done.
+            if int(done.sum()) * 8 >= len(act):
                 keep = ~done
                 act, C2, g, active_frac = act[keep], C2[keep], g[:, keep], active_frac[keep]
-                Ya, sY, marg = Ya[:, keep], sY[:, keep], marg[:, keep]
+                Ya, sY, marg, s_abs = Ya[:, keep], sY[:, keep], marg[:, keep], s_abs[:, keep]
                 S_mem, Y_mem = [v[:, keep] for v in S_mem], [v[:, keep] for v in Y_mem]
             n_iter[act] += 1
             pinv = 1.0 / (1.0 + lam[:, None] * (C2 * active_frac)[None, :])
@@ -181,8 +196,7 @@ def fit_squared_hinge_svm(
             for sv, yv, rho, a in zip(S_mem, Y_mem, rhos, reversed(alphas)):
                 r = r + (a - rho * (yv * r).sum(0)) * sv
             p = r
-            q = Ya * xmul(Xt, p)
-            s_abs = sY.abs()
+            q = xmul(Xt, p).mul_(Ya)
             alpha = _line_search(torch, 1.0 - marg, q, s_abs, C2.to(f32), (W[:, act] * p).sum(0).to(f32),
                                  (p * p).sum(0).to(f32), (g * p).sum(0).to(f32))
             step = alpha.to(f64) * p
