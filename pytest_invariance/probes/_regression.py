@@ -92,8 +92,9 @@ class LinearRegressionProbe(ProbeMixin):
         coefs, bs = [], []
         for c in range(k):
             rows = g == c
+            # y may be [n] or [n, m]: m targets share one eigendecomposition of the Gram matrix.
             coef, b = F.ridge_fit(X[rows], y[rows], self.alpha, self._device)
-            coefs.append(coef[:, None])
+            coefs.append(coef[:, None] if coef.ndim == 1 else coef.T)
             bs.append(np.atleast_1d(b))
         return np.stack(coefs), np.stack(bs)  # [k, d, m], [k, m]
 
@@ -155,18 +156,24 @@ class LinearRegressionProbe(ProbeMixin):
         if self.n_permutations > 0:
             Xtr, ytr, gtr = self._train
 
-            def refit(y_perm: NDArray[np.float64]) -> float:
-                # Shuffle within class: per-class mode keeps each regressor's class, breaks the factor link.
-                yp = ytr.copy()
+            def refit(keys: NDArray[np.float64]) -> NDArray[np.float64]:
+                # keys: [k, n] permuted random keys, one row per permutation. Shuffle within
+                # class (per-class mode keeps each regressor's class, breaks the factor link);
+                # all k shuffles are fitted at once as k targets of one ridge per class.
+                Yp = np.empty((len(ytr), len(keys)))
                 for c in range(len(self.classes_)):
                     rows = np.flatnonzero(gtr == c)
-                    yp[rows] = ytr[rows][np.argsort(y_perm[rows])]
-                coef, b = self._fit_groups(Xtr, yp, gtr, len(self.classes_))
-                p = np.einsum("nd,nd->n", np.asarray(X, dtype=np.float64), coef[g, :, 0]) + b[g, 0]
-                return float(np.abs(p - y).mean())
+                    Yp[rows] = ytr[rows][np.argsort(keys[:, rows], axis=1)].T
+                coef, b = self._fit_groups(Xtr, Yp, gtr, len(self.classes_))  # [K, d, k], [K, k]
+                Xte = np.asarray(X, dtype=np.float64)
+                P = np.empty((len(Xte), len(keys)))
+                for c in range(len(self.classes_)):
+                    rows = g == c
+                    P[rows] = Xte[rows] @ coef[c] + b[c]
+                return np.abs(P - y[:, None]).mean(0)  # type: ignore[no-any-return]
 
             rng_keys = np.random.default_rng(self.random_state).random(len(ytr))
-            pm, pvals = permutation_chance(refit, rng_keys, self.n_permutations, self.random_state)
+            pm, pvals = permutation_chance(refit, rng_keys, self.n_permutations, self.random_state, batched=True)
             details["permutation_mae"] = float(pm)
             pv = float(p_value(err.mean(), pvals, higher_is_better=False))
         out: dict[str, Any] = {"mae": Estimate(float(err.mean()), float(lo), float(hi), chance=chance, n=n,

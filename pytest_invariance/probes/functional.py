@@ -79,9 +79,15 @@ def ridge_fit(X: NDArray[np.floating], y: NDArray[np.floating], alpha: float, de
 
 def class_sums(X: NDArray[np.floating], codes: NDArray[np.integer], n_groups: int) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
     """Per-group feature sums and counts; mergeable across batches by addition."""
+    # Sort once and sum contiguous runs: np.add.at is unbuffered and ~10x slower here.
+    codes = np.asarray(codes)
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes, minlength=n_groups)
     sums = np.zeros((n_groups, X.shape[1]))
-    np.add.at(sums, codes, X)
-    return sums, np.bincount(codes, minlength=n_groups)
+    present = np.flatnonzero(counts)
+    starts = np.concatenate([[0], np.cumsum(counts[present])[:-1]])
+    sums[present] = np.add.reduceat(np.asarray(X, dtype=np.float64)[order], starts, axis=0)
+    return sums, counts
 
 
 def class_means(X: NDArray[np.floating], codes: NDArray[np.integer], n_groups: int) -> NDArray[np.float64]:
