@@ -1,0 +1,48 @@
+"""Rotated MNIST (paper §4): how much of the rotation angle survives in ip1.
+
+One test per figure, so that a known leak xfails alone; the study runs once per model.
+"""
+from __future__ import annotations
+
+import pytest
+
+from pytest_invariance.studies.mnist_rotation import Protocol, run_study
+
+
+@pytest.fixture
+def study(invariance_model, invariance_audit, invariance_suite):
+    protocol = Protocol.from_config(invariance_suite.section("protocol"))
+    return invariance_audit.memo(("mnist_rotation", invariance_model.embedder.sha256, invariance_model.layer),
+                                 lambda: run_study(invariance_audit, invariance_model, protocol))
+
+
+def _check(check, study, model, metric, plots=()):
+    if metric not in study:
+        pytest.skip(f"{model.name} has no classifier output, so {metric} is not defined")
+    check(metric, study[metric], details={"model": model.name}, plots=[study["plots"][p] for p in plots])
+
+
+def test_softmax_accuracy(invariance_check, study, invariance_model):
+    _check(invariance_check, study, invariance_model, "softmax_accuracy")
+
+
+def test_mav_accuracy(invariance_check, study, invariance_model):
+    _check(invariance_check, study, invariance_model, "mav_accuracy")
+
+
+def test_mav_accuracy_drop(invariance_check, study, invariance_model):
+    _check(invariance_check, study, invariance_model, "mav_accuracy_drop")
+
+
+def test_per_angle_mav_accuracy(invariance_check, study, invariance_model):
+    _check(invariance_check, study, invariance_model, "per_angle_mav_accuracy")
+
+
+def test_angle_mae(invariance_check, study, invariance_model):
+    _check(invariance_check, study, invariance_model, "angle_mae")
+    _check(invariance_check, study, invariance_model, "angle_mae_std")
+
+
+def test_top10_variance_share(invariance_check, study, invariance_model):
+    _check(invariance_check, study, invariance_model, "top10_variance_share",
+           plots=("scree", "heatmap", "block_diagonal"))
