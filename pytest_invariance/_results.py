@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .embeddings import atomic_write_bytes
+from ._io import atomic_write_bytes
 from .settings import Settings
 
 

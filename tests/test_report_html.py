@@ -150,7 +150,9 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(_html.os, "replace", broken_replace)
+    from pytest_invariance import _io
+
+    monkeypatch.setattr(_io.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         write_report(sample_document(), target)
     assert target.read_text() == "old report"

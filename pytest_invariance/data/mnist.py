@@ -13,7 +13,6 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -110,18 +109,14 @@ def _load_arrays(data_dir: str | os.PathLike[str] | None,
 
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    # Temp file in the same folder + os.replace: a concurrent reader (xdist worker) sees
-    # either no cache or a complete one, never a half-written file.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # xdist workers may read while one writes: the whole file appears at once or not at all.
+    import io
 
+    from .._io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
 
 def _find_idx(data_dir: Path, stem: str) -> Path | None:
     for folder in (data_dir, data_dir / "MNIST" / "raw", data_dir / "raw"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -89,7 +89,6 @@ def extract(embedder: "Embedder", images: "ImageSet", *, layer: str | None = Non
 
 def _run(embedder: "Embedder", images: "ImageSet", layer: str, preprocess: Preprocess,
          batch_size: int, workers: int, progress: bool, label: str) -> np.ndarray:
-    import torch
     from torch.utils.data import DataLoader
 
     cuda = embedder.device.startswith("cuda")

@@ -49,7 +49,7 @@ def _load_module(spec: str, *, weights: str | None, trust_pickle: bool, factory:
         pass  # not TorchScript: maybe a torch.save'd module or a state_dict
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception:
         if not trust_pickle:
             raise ModelLoadError(
                 f"{path} is a pickled torch object; unpickling it would run code from the file. "

@@ -8,11 +8,9 @@ from user files.
 from __future__ import annotations
 
 import math
-import os
 import site
 import sys
 import sysconfig
-import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -23,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from ..history._baseline import compare_to_baseline
 from ..history._store import default_tag
+from .._io import atomic_write_text
 from ._context import build_context, fnum
 
 if TYPE_CHECKING:
@@ -63,27 +62,6 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = fnum
     return env
-
-
-def atomic_write_text(path: str | PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``,
-    so readers (a CI artifact upload, a browser) never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _header(run: Mapping[str, Any]) -> list[tuple[str, str]]:
