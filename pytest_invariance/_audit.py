@@ -38,6 +38,14 @@ class ModelRef:
                 "preprocessing": self.preprocess.to_dict()}
 
 
+def model_names(settings: Settings, suite: Suite) -> list[str]:
+    """The names a suite's tests are parametrized over: the --model's, or the suite's own."""
+    if settings.model:
+        spec = settings.model
+        return [Path(spec).stem if Path(spec).suffix else spec.split(":")[-1]]
+    return list(suite.section("models"))
+
+
 class Audit:
     """Session state of one pytest process (controller or xdist worker)."""
 
@@ -86,12 +94,6 @@ class Audit:
         pre.pop("adapt_size", None)
         outputs = {k: v for k, v in entry.items() if k not in ("path", "layer")}
         return ModelRef(name, emb, entry.get("layer", emb.default_layer), Preprocess(**pre), False, outputs)
-
-    def model_names(self, suite: Suite) -> list[str]:
-        if self.settings.model:
-            spec = self.settings.model
-            return [Path(spec).stem if Path(spec).suffix else spec.split(":")[-1]]
-        return list(suite.section("models"))
 
     @property
     def cache(self) -> "EmbeddingCache | None":

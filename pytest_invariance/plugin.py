@@ -82,6 +82,7 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = _resolve_settings(config)
     config.stash[SETTINGS_KEY] = settings
     config.stash[COLLECTED_KEY] = {"checks": [], "plots": {}, "started": _now()}
+    config.pluginmanager.register(_Collector(config.stash[COLLECTED_KEY]), "invariance-collector")
     if settings.clear_cache and not hasattr(config, "workerinput"):
         import shutil
 
@@ -217,9 +218,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     settings = metafunc.config.stash[SETTINGS_KEY]
     suite = _suite_for(metafunc.config, Path(str(metafunc.definition.path)))
-    from ._audit import Audit
+    from ._audit import model_names
 
-    names = Audit(settings).model_names(suite)
+    names = model_names(settings, suite)
     # A user's model gets the fixed id "model" so that node ids, and with them the
     # history's check identities, stay the same when the file name changes between
     # releases; details.model still carries the file stem.
@@ -325,30 +326,29 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
             # Plain data on the report crosses from xdist workers to the controller.
             report.invariance_checks = [r.to_dict() for r in results]
             report.invariance_plots = [[list(k), p] for k, p in item.stash.get(PLOTS_KEY, [])]
-            for r in results:  # junitxml properties: scalars only
+            for r in results:  # junitxml properties (scalars only); junitxml reads them
+                # from the teardown report, which copies item.user_properties.
                 tag = ".".join([r.metric] + [str(r.details[k]) for k in ("attribute", "bin") if k in r.details])
                 item.user_properties.append((f"invariance.{tag}", r.value))
-                report.user_properties.append((f"invariance.{tag}", r.value))
     return report
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    checks = getattr(report, "invariance_checks", None)
-    if not checks:
-        return
-    sink = _SINK.get("collected")
-    if sink is not None:
-        sink["checks"].extend(checks)
+class _Collector:
+    """Gathers the checks of every test report (on the xdist controller: the workers' reports).
+
+    Registered per config, so in-process pytest runs (pytester) never share state.
+    """
+
+    def __init__(self, collected: dict[str, Any]):
+        self.collected = collected
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        checks = getattr(report, "invariance_checks", None)
+        if not checks:
+            return
+        self.collected["checks"].extend(checks)
         for key, plot in getattr(report, "invariance_plots", []) or []:
-            sink["plots"].setdefault(tuple(key), []).append(plot)
-
-
-_SINK: dict[str, Any] = {}
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection(session: pytest.Session) -> None:
-    _SINK["collected"] = session.config.stash[COLLECTED_KEY]
+            self.collected["plots"].setdefault(tuple(key), []).append(plot)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -162,3 +162,13 @@ def test_expected_failure_xfails_with_reason(toy):
     result.stdout.fnmatch_lines(["*XFAIL*known leak, see docs*"])
     (check,) = results(toy)["checks"]
     assert check["passed"] is False and check["details"]["expected_failure"] == "known leak, see docs"
+
+
+def test_junitxml_carries_each_figure_once(toy):
+    import xml.etree.ElementTree as ET
+
+    toy.runpytest_subprocess("audits", "--junitxml=junit.xml").assert_outcomes(passed=1)
+    props = [p.attrib for p in ET.parse(toy.path / "junit.xml").iter("property")]
+    figures = [p for p in props if p["name"] == "invariance.feature_mean"]
+    assert len(figures) == 1
+    assert float(figures[0]["value"]) == results(toy)["checks"][0]["value"]
