@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,24 +24,22 @@ def parse_device(value: str) -> str:
     raise argparse.ArgumentTypeError(f"{value!r} is not a device; use auto, cpu, cuda or cuda:N")
 
 
-def parse_positive_int(value: str) -> int:
+def _parse_int(value: str, minimum: int, what: str) -> int:
     try:
         n = int(value)
     except ValueError:
-        n = 0
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a positive integer")
+        n = minimum - 1
+    if n < minimum:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a {what} integer")
     return n
+
+
+def parse_positive_int(value: str) -> int:
+    return _parse_int(value, 1, "positive")
 
 
 def parse_nonneg_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a non-negative integer")
-    return n
+    return _parse_int(value, 0, "non-negative")
 
 
 def parse_model_spec(value: str) -> str:
@@ -169,7 +167,6 @@ class Settings:
     skip_bad: bool = False
     progress: str = "auto"
     rootdir: str = "."
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def resolve_path(self, p: str | None) -> Path | None:
         if p is None:
