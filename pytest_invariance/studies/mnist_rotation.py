@@ -55,7 +55,9 @@ def rotated(audit: "Audit", split: str, protocol: Protocol) -> PerturbedImageSet
     data_dir = s.resolve_path(s.data_dir)
     if data_dir is not None and _find_idx(data_dir, "t10k-images-idx3-ubyte") is None:
         data_dir = None
-    base = load_mnist(split, data_dir=data_dir, cache_dir=s.resolve_path(s.cache_dir))
+    # One load per split per process, shared by the models of the suite.
+    base = audit.memo(("mnist", split, str(data_dir)),
+                      lambda: load_mnist(split, data_dir=data_dir, cache_dir=s.resolve_path(s.cache_dir)))
     if split == "train" and protocol.train_per_class:
         rng = np.random.default_rng(audit.seed)
         y = base.labels["label"].to_numpy()
