@@ -111,15 +111,46 @@ class Audit:
 
         layer = layer or ref.layer
         key = ("embed", ref.embedder.sha256, layer, images.fingerprint, ref.preprocess.key())
-        if key not in self._memo:
-            self._memo[key] = extract(
-                ref.embedder, images, layer=layer, preprocess=ref.preprocess,
-                batch_size=self.settings.batch_size, cache=self.cache, workers=self.settings.workers,
-                progress=progress_wanted(self.settings.progress), label=label or f"{ref.name}:{layer}")
-        return self._memo[key]
+        return self._remember(key, f"embedding {label or ref.name} at layer {layer}", lambda: extract(
+            ref.embedder, images, layer=layer, preprocess=ref.preprocess,
+            batch_size=self.settings.batch_size, cache=self.cache, workers=self.settings.workers,
+            progress=progress_wanted(self.settings.progress), label=label or f"{ref.name}:{layer}"))
 
     def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
-        """Compute a study's results once per process and share them between tests."""
-        if key not in self._memo:
-            self._memo[key] = compute()
-        return self._memo[key]
+        """Compute a study's results once per process and share them between tests.
+
+        A failure is remembered like a result: the first test gets one
+        :class:`~pytest_invariance.errors.StudyError` naming the command-line fix, every
+        later test of the same key a short one that refers back to it; the study is not
+        run again.
+        """
+        return self._remember(key, study_name(key), compute)
+
+    def _remember(self, key: Any, what: str, compute: Callable[[], Any]) -> Any:
+        from .errors import StudyError
+
+        if key in self._memo:
+            hit = self._memo[key]
+            if isinstance(hit, StudyError):
+                raise hit.again()
+            return hit
+        try:
+            value = compute()
+        except StudyError as exc:  # an inner study or embedding failed: this one fails with it
+            self._memo[key] = exc
+            raise
+        except Exception as exc:
+            from ._outcomes import study_error
+
+            err = study_error(what, exc)
+            self._memo[key] = err
+            raise err from exc
+        self._memo[key] = value
+        return value
+
+
+def study_name(key: Any) -> str:
+    """A readable name of a memo key: its short text parts, e.g. ``face_attributes/facenet``."""
+    parts = key if isinstance(key, tuple) else (key,)
+    short = [str(p) for p in parts if isinstance(p, str) and 0 < len(p) < 40]
+    return "study " + ("/".join(short) or repr(key)[:60])

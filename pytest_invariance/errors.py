@@ -59,3 +59,25 @@ class InvarianceWarning(_WarningBase):
 
 def warn(message: str) -> None:
     warnings.warn(message, InvarianceWarning, stacklevel=2)
+
+
+class StudyError(InvarianceError, RuntimeError):
+    """A study (or one of its embeddings) could not run; raised once per study and test.
+
+    ``first`` is True for the test that met the failure; later tests of the same study
+    get a short StudyError that refers back to it (``first_nodeid``) instead of re-running
+    the study or repeating its traceback. ``cause`` is the original exception.
+    """
+
+    def __init__(self, message: str, *, cause: BaseException | None = None, first: bool = True,
+                 study: str = "") -> None:
+        super().__init__(message)
+        self.cause, self.first, self.study = cause, first, study
+        self.first_nodeid: str | None = None  # set by the plugin when the first test reports it
+
+    def again(self) -> "StudyError":
+        """The short error of a later test of the same study."""
+        where = f" (reported at {self.first_nodeid})" if self.first_nodeid else ""
+        kind = type(self.cause).__name__ if self.cause is not None else "error"
+        return StudyError(f"{self.study} could not run{where}: {kind}; see that error",
+                          cause=self.cause, first=False, study=self.study)

@@ -20,6 +20,7 @@ import pytest
 
 if TYPE_CHECKING:
     from ._audit import Audit, ModelRef
+    from ._outcomes import Outcomes
     from .checks import CheckResult, Suite
     from .probes._estimate import Estimate
     from .settings import Settings
@@ -30,6 +31,7 @@ COLLECTED_KEY = pytest.StashKey[dict]()
 CHECKS_KEY = pytest.StashKey[list]()
 PLOTS_KEY = pytest.StashKey[list]()
 MODEL_KEY = pytest.StashKey["ModelRef"]()
+OUTCOMES_KEY = pytest.StashKey["Outcomes"]()
 MARKER = "invariance"
 
 
@@ -82,7 +84,11 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = _resolve_settings(config)
     config.stash[SETTINGS_KEY] = settings
     config.stash[COLLECTED_KEY] = {"checks": [], "plots": {}, "started": _now()}
-    config.pluginmanager.register(_Collector(config.stash[COLLECTED_KEY]), "invariance-collector")
+    from ._outcomes import Outcomes
+
+    outcomes = Outcomes(config.stash[COLLECTED_KEY])
+    config.stash[OUTCOMES_KEY] = outcomes
+    config.pluginmanager.register(outcomes, "invariance-outcomes")
     if settings.clear_cache and not hasattr(config, "workerinput"):
         import shutil
 
@@ -317,9 +323,25 @@ def pytest_runtest_call(item: pytest.Item):  # type: ignore[no-untyped-def]
     return out
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> tuple[str, str, str] | None:
+    from ._outcomes import teststatus
+
+    return teststatus(report)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     report = yield
+    from ._outcomes import AUDIT_FIXTURES, mark_tool_error
+
+    if AUDIT_FIXTURES & set(getattr(item, "fixturenames", ())):
+        # Plain data on the report crosses from xdist workers to the controller.
+        report.invariance_item = _suite_for(item.config, Path(str(item.path))).name
+        ref = item.stash.get(MODEL_KEY, None)
+        if ref is not None and report.when == "setup":
+            report.invariance_model_info = ref.info()
+    mark_tool_error(item, call, report)
     if report.when == "call":
         results = item.stash.get(CHECKS_KEY, [])
         if results:
@@ -333,38 +355,26 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     return report
 
 
-class _Collector:
-    """Gathers the checks of every test report (on the xdist controller: the workers' reports).
-
-    Registered per config, so in-process pytest runs (pytester) never share state.
-    """
-
-    def __init__(self, collected: dict[str, Any]):
-        self.collected = collected
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        checks = getattr(report, "invariance_checks", None)
-        if not checks:
-            return
-        self.collected["checks"].extend(checks)
-        for key, plot in getattr(report, "invariance_plots", []) or []:
-            self.collected["plots"].setdefault(tuple(key), []).append(plot)
-
-
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
-    if hasattr(config, "workerinput") or COLLECTED_KEY not in config.stash:
+    if hasattr(config, "workerinput") or OUTCOMES_KEY not in config.stash:
         return
-    collected = config.stash[COLLECTED_KEY]
-    if not collected["checks"]:
-        return
-    from ._results import write_outputs
+    collected, outcomes = config.stash[COLLECTED_KEY], config.stash[OUTCOMES_KEY]
+    settings = config.stash[SETTINGS_KEY]
+    if outcomes.audit_items or collected.get("audit_run"):
+        # Every audit run writes its outputs, with ERROR entries for what could not run,
+        # so a results.json never describes an earlier run.
+        from ._results import write_outputs
 
-    collected["summary"] = write_outputs(config.stash[SETTINGS_KEY], collected, _run_block(config, collected))
+        collected["checks"] += outcomes.error_entries()
+        collected["summary"] = write_outputs(settings, collected, _run_block(config, collected))
+    session.exitstatus = outcomes.exit_status(int(session.exitstatus), settings)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    lines = config.stash.get(COLLECTED_KEY, {}).get("summary")
+    outcomes = config.stash.get(OUTCOMES_KEY, None)
+    lines = [] if outcomes is None else outcomes.summary_lines(config.stash[SETTINGS_KEY])
+    lines += config.stash.get(COLLECTED_KEY, {}).get("summary") or []
     if lines:
         terminalreporter.write_sep("-", "invariance")
         for line in lines:
@@ -375,22 +385,19 @@ def _run_block(config: pytest.Config, collected: dict[str, Any]) -> dict[str, An
     from . import __version__
 
     s = config.stash[SETTINGS_KEY]
-    checks = collected["checks"]
-    models = {}
-    for c in checks:
-        d = c.get("details", {})
-        if d.get("model_sha256"):
-            models[d.get("model")] = {k: d.get(k) for k in ("model_path", "model_sha256", "layer", "backend", "device", "provider", "preprocessing")}
-    first = next(iter(models.values()), {})
-    single = s.model is not None
+    # Every audited model as its record says (ModelRef.info(), whatever fields it has);
+    # run-level model fields only describe the run when one --model was audited.
+    models = {name: {k: v for k, v in info.items() if k != "model"}
+              for name, info in sorted(collected.get("models", {}).items())}
+    only = next(iter(models.values()), {}) if s.model and len(models) == 1 else {}
     return {
         "plugin_version": __version__,
-        "model_path": str(s.resolve_path(s.model)) if single else "(suite defaults)",
-        "model_sha256": first.get("model_sha256") if single else None,
+        "model_path": str(s.resolve_path(s.model)) if s.model else "(suite defaults)",
+        "model_sha256": only.get("model_sha256"),
         "model_version": _version_tag(s),
-        "layer": first.get("layer") if single else (s.layer or "(suite defaults)"),
-        "backend": first.get("backend"), "device": first.get("device"), "provider": first.get("provider"),
-        "preprocessing": first.get("preprocessing"), "models": models,
+        "layer": only.get("layer") or s.layer or "(per model)",
+        "backend": only.get("backend"), "device": only.get("device"), "provider": only.get("provider"),
+        "preprocessing": only.get("preprocessing"), "models": models,
         "seed": s.seed, "started": collected["started"], "finished": _now(),
         "git_commit": _git_commit(config.rootpath), "versions": _versions(),
         "command": " ".join(["pytest", *config.invocation_params.args]),

@@ -77,7 +77,25 @@ def _header(run: Mapping[str, Any]) -> list[tuple[str, str]]:
                                                         *versions.items()] if v)),
         ("preprocessing", ", ".join(f"{k}={v}" for k, v in pre.items()) if isinstance(pre, Mapping) else pre),
     ]
-    return [(k, "–" if v in (None, "") else str(v)) for k, v in rows]
+    per_model = "per model, see Audited models" if run.get("models") else "–"
+    return [(k, (per_model if k in ("sha256", "preprocessing", "backend / device") else "–")
+             if v in (None, "", "– / –") else str(v)) for k, v in rows]
+
+
+def _models(run: Mapping[str, Any]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """Every audited model's record as table rows; columns are whatever fields the records
+    have (file, sha256, layer, pooling, preprocessing, ...), so new fields show up as-is."""
+    models = run.get("models") or {}
+    if not isinstance(models, Mapping):
+        return [], []
+    columns = list(dict.fromkeys(k for info in models.values() if isinstance(info, Mapping) for k in info))
+
+    def cell(v: Any) -> str:
+        if isinstance(v, Mapping):
+            return ", ".join(f"{k}={x}" for k, x in v.items()) or "–"
+        return "–" if v in (None, "") else str(v)
+
+    return columns, [(str(name), [cell((info or {}).get(c)) for c in columns]) for name, info in models.items()]
 
 
 def render_report(doc: Mapping[str, Any], *, plots: Mapping[Any, Sequence[Mapping[str, Any]]] | None = None,
@@ -87,7 +105,9 @@ def render_report(doc: Mapping[str, Any], *, plots: Mapping[Any, Sequence[Mappin
     current = run.get("version_tag") or run.get("model_version") or default_tag(dict(doc))
     model = Path(str(run.get("model_path"))).name if run.get("model_path") else "default models"
     ctx = build_context(doc, plots, history, current)
+    model_columns, models = _models(run)
     return _environment().get_template("report.html").render(
+        model_columns=model_columns, models=models,
         title=title or f"Invariance audit: {model}", header=_header(run), run=run,
         generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         generator=f"pytest-invariance {__version__}", has_history=history is not None, **ctx)

@@ -1,0 +1,215 @@
+"""What each audit test ended as, told apart: gate failure, known leak, tool error, skip.
+
+A tool error (bad data, a model that does not fit, a solver that fails, a damaged file)
+is a pytest ERROR with one line that names the command-line option that fixes it; a
+gate failure or a regression is a FAILED test. The exit status follows (DESIGN.md):
+
+* 1 (pytest's TESTS_FAILED): a gate failed or a regression was found;
+* 3 (:data:`EXIT_TOOL_ERROR`): no gate failed, but a study could not run;
+* 5 (:data:`EXIT_NOTHING_AUDITED`): ``--model`` or ``--invariance-data-dir`` was given and every
+  audit test skipped, so nothing was measured.
+
+Only pytest and the standard library are imported here at import time.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from .errors import StudyError
+
+EXIT_TOOL_ERROR = 3
+EXIT_NOTHING_AUDITED = 5
+_MAX_MESSAGE = 400
+# Fixtures that make a test an audit test (its outcome goes into the results).
+AUDIT_FIXTURES = frozenset({"invariance_model", "invariance_check", "invariance_audit"})
+
+
+def _hint(exc: BaseException) -> str:
+    """The command-line option that fixes this kind of failure."""
+    from . import errors as e
+
+    hints: list[tuple[type[BaseException], str]] = [
+        (e.DatasetNotFoundError, "point --invariance-data-dir at the dataset"),
+        (e.DataError, "pass --invariance-skip-bad to leave bad items out (and report how many), or fix the files"),
+        (e.InputShapeError, "pass a --model that takes the suite's input, or select only suites that fit it"),
+        (e.LayerNotFoundError, "pick an existing --layer"),
+        (e.EmbeddingError, "pick another --layer, or fix the suite's [preprocess] for this model"),
+        (e.ModelLoadError, "check the --model file"),
+        (MemoryError, "lower --invariance-batch-size"),
+    ]
+    for kind, hint in hints:
+        if isinstance(exc, kind):
+            return hint
+    return "try another --layer if the embedding is degenerate there; --tb=long shows the traceback"
+
+
+def study_error(what: str, exc: BaseException) -> "StudyError":
+    """One StudyError for a failed study or embedding: what failed, why, and the fix."""
+    from .errors import StudyError
+
+    text = " ".join(str(exc).split()) or repr(exc)
+    if len(text) > _MAX_MESSAGE:
+        text = text[:_MAX_MESSAGE] + " ..."
+    # Messages from our own errors may name a Python argument; the user types options.
+    text = text.replace("pass skip_bad=True", "pass --invariance-skip-bad")
+    fix = "" if ("--invariance-" in text or "--model" in text or "--layer" in text) else f"; fix: {_hint(exc)}"
+    return StudyError(f"{what} could not run: {type(exc).__name__}: {text}{fix}", cause=exc, study=what)
+
+
+def one_line(exc: BaseException) -> str:
+    from .errors import StudyError
+
+    if isinstance(exc, StudyError):
+        return str(exc)
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"
+
+
+def mark_tool_error(item: pytest.Item, call: pytest.CallInfo[Any], report: pytest.TestReport) -> None:
+    """Turn a failed setup/call that raised one of our errors into a short pytest ERROR."""
+    from .errors import InvarianceError, StudyError
+
+    if not report.failed or call.excinfo is None or not call.excinfo.errisinstance(InvarianceError):
+        return
+    exc = call.excinfo.value
+    if isinstance(exc, StudyError) and exc.first and exc.first_nodeid is None:
+        exc.first_nodeid = item.nodeid  # later tests of the study refer back here
+    line = one_line(exc)
+    report.invariance_error = line  # type: ignore[attr-defined]
+    if item.config.option.tbstyle != "long":
+        report.longrepr = line
+
+
+def teststatus(report: pytest.TestReport) -> tuple[str, str, str] | None:
+    if report.failed and getattr(report, "invariance_error", None):
+        return "error", "E", "ERROR"
+    return None
+
+
+class Outcomes:
+    """Collects, on the controller, every report: the checks and how each test ended.
+
+    Registered per config, so in-process pytest runs (pytester) never share state.
+    """
+
+    def __init__(self, collected: dict[str, Any]):
+        self.collected = collected
+        self.errors: dict[str, str] = {}       # nodeid -> one line (audit tests)
+        self.skipped: dict[str, str] = {}      # nodeid -> reason (audit tests)
+        self.audited: set[str] = set()         # audit tests that ran to a verdict
+        self.failed_tests: set[str] = set()    # any test FAILED (not an error), audit or not
+        self.xfailed: set[str] = set()
+        self.other_errors = 0                  # errors of tests that are not audits
+        self.audit_items: set[str] = set()
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        audit = getattr(report, "invariance_item", None)
+        if audit:
+            self.audit_items.add(report.nodeid)
+            self.collected.setdefault("suites_of", {})[report.nodeid] = audit
+        checks = getattr(report, "invariance_checks", None)
+        if checks:
+            self._add_checks(report, checks)
+        for key, plot in getattr(report, "invariance_plots", []) or []:
+            self.collected["plots"].setdefault(tuple(key), []).append(plot)
+        info = getattr(report, "invariance_model_info", None)
+        if info:
+            self.collected.setdefault("models", {})[str(info.get("model"))] = info
+        if report.failed:
+            error = getattr(report, "invariance_error", None) or (report.when != "call" and _last_line(report))
+            if error and audit:
+                self.errors.setdefault(report.nodeid, error)
+            elif error:
+                self.other_errors += 1
+            else:
+                self.failed_tests.add(report.nodeid)
+                if audit:
+                    self.audited.add(report.nodeid)
+        elif report.skipped and audit:
+            if hasattr(report, "wasxfail"):
+                self.xfailed.add(report.nodeid)
+                self.audited.add(report.nodeid)
+            else:
+                self.skipped[report.nodeid] = _skip_reason(report)
+        elif report.passed and report.when == "call" and audit:
+            self.audited.add(report.nodeid)
+
+    def _add_checks(self, report: pytest.TestReport, checks: list[dict[str, Any]]) -> None:
+        xfail = report.skipped and hasattr(report, "wasxfail")
+        for c in checks:
+            c["status"] = "passed" if c.get("passed") else "xfail" if xfail else "failed"
+        self.collected["checks"].extend(checks)
+
+    # ------------------------------------------------------------------ session end
+
+    def error_entries(self) -> list[dict[str, Any]]:
+        """One results.json entry per audit test that could not run or was skipped."""
+        suites = self.collected.get("suites_of", {})
+        out = []
+        for status, table in (("error", self.errors), ("skipped", self.skipped)):
+            for nodeid, message in sorted(table.items()):
+                out.append({"nodeid": nodeid, "suite": suites.get(nodeid), "metric": None, "value": None,
+                            "threshold": None, "comparator": None, "passed": False if status == "error" else None,
+                            "ci_low": None, "ci_high": None, "chance": None, "n": 0,
+                            "verdict": "ERROR" if status == "error" else "SKIPPED", "status": status,
+                            "message": message, "details": {}})
+        return out
+
+    def nothing_audited(self, settings: Any) -> bool:
+        given = bool(settings.model or settings.data_dir)
+        return given and bool(self.audit_items) and not self.audited and not self.errors
+
+    def exit_status(self, exitstatus: int, settings: Any) -> int:
+        """The run's exit status: 1 only for failed gates and regressions (and failed tests)."""
+        if self.failed_tests:
+            return exitstatus
+        if self.errors and exitstatus == pytest.ExitCode.TESTS_FAILED and not self.other_errors:
+            return EXIT_TOOL_ERROR
+        if self.nothing_audited(settings) and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+            return EXIT_NOTHING_AUDITED
+        return exitstatus
+
+    def summary_lines(self, settings: Any) -> list[str]:
+        """Three separate lines (checks failed, known leaks, could not run) and, when nothing
+        was audited, the skip reasons."""
+        if not self.audit_items:
+            return []
+        checks = self.collected["checks"]
+        failed = [c for c in checks if c.get("status") == "failed"]
+        regressed = sum(bool((c.get("details") or {}).get("regressed")) for c in failed)
+        known = [c for c in checks if c.get("status") == "xfail"]
+        lines = [
+            f"invariance: {len(checks)} checks in {len(self.audited)} audited tests, "
+            f"{sum(c.get('status') == 'passed' for c in checks)} passed",
+            f"invariance: checks failed: {len(failed)}" + (f" ({regressed} of them regressions)" if regressed else ""),
+            f"invariance: known leaks (xfail): {len(known)}",
+            f"invariance: could not run (errors): {len(self.errors)} tests"
+            + (f"; first: {next(iter(sorted(self.errors.items())))[1]}" if self.errors else ""),
+        ]
+        if self.skipped:
+            reasons = Counter(self.skipped.values()).most_common()
+            lines.append(f"invariance: skipped: {len(self.skipped)} tests")
+            lines += [f"    {n} x {reason}" for reason, n in reasons[:5]]
+            if len(reasons) > 5:
+                lines.append(f"    ... {len(reasons) - 5} more reasons")
+        if self.nothing_audited(settings):
+            given = "--model" if settings.model else "--invariance-data-dir"
+            lines.append(f"invariance: NOTHING AUDITED: {given} was given but every audit test skipped "
+                         f"(exit status {EXIT_NOTHING_AUDITED}); see the reasons above")
+        return lines
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def _last_line(report: pytest.TestReport) -> str:
+    lines = [ln for ln in str(report.longrepr).splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else "error"
