@@ -54,21 +54,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def _resolve_settings(config: pytest.Config) -> "Settings":
     import argparse
 
-    from .settings import OPTIONS, Settings, coerce_ini, settings_field
+    from .settings import OPTIONS, Settings, absolute_path, coerce_ini, settings_field
 
-    values: dict[str, Any] = {"rootdir": str(config.rootpath)}
+    # Paths typed on the command line (and the defaults) are relative to where pytest was
+    # started, like --junitxml; paths in an ini file are relative to that file.
+    here = config.invocation_params.dir
+    ini_dir = config.inipath.parent if config.inipath else config.rootpath
+    values: dict[str, Any] = {"rootdir": str(here)}
     for opt in OPTIONS:
         cli = config.getoption(opt.dest)
+        base = here
         if cli is not None and cli is not False:
             value = cli
         else:
             raw = config.getini(opt.ini)
             if raw is None or raw == [] or raw == "":
+                if opt.path and opt.default is not None:
+                    values[settings_field(opt)] = absolute_path(opt.default, here)
                 continue
             try:
                 value = coerce_ini(opt, raw)
             except argparse.ArgumentTypeError as exc:
                 raise pytest.UsageError(f"ini key {opt.ini}: {exc}") from None
+            base = ini_dir
+        if opt.path:
+            value = absolute_path(value, base)
         if opt.multiple:
             value = tuple(value)
         values[settings_field(opt)] = value
@@ -98,10 +108,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Fail fast, once, on the controller: a bad --model or --layer is one clear error."""
+    """Fail fast, once, on the controller: bad options, suites, output paths, --model or --layer
+    are each one clear error before any test runs."""
     config = session.config
     settings = config.stash[SETTINGS_KEY]
-    if not settings.model or hasattr(config, "workerinput"):
+    if hasattr(config, "workerinput"):
+        return
+    from ._startup import run_all
+
+    run_all(config, settings, config.stash[COLLECTED_KEY])
+    if not settings.model:
         return
     from .errors import InvarianceError
 

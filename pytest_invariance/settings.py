@@ -8,6 +8,7 @@ with one line that says what is wrong.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,8 @@ def parse_threshold(value: str) -> tuple[str, float]:
         f = float(num[:-1]) / 100 if num.endswith("%") else float(num)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r}: {num!r} is not a number") from None
+    if not math.isfinite(f):
+        raise argparse.ArgumentTypeError(f"{value!r}: a threshold must be a finite number")
     return m.group(1), f
 
 
@@ -76,7 +79,10 @@ def parse_tolerance(value: str) -> Any:
     """'METRIC=ABS' or 'METRIC=PCT%' -> history.Tolerance (raises ArgumentTypeError)."""
     from .history import parse_tolerance as _parse
 
-    return _parse(value)
+    tol = _parse(value)
+    if not math.isfinite(tol.amount):
+        raise argparse.ArgumentTypeError(f"{value!r}: a tolerance must be a finite number")
+    return tol
 
 
 def parse_progress(value: str) -> str:
@@ -92,6 +98,24 @@ def parse_path(value: str) -> str:
     return value.strip()
 
 
+def is_factory_spec(spec: str) -> bool:
+    """True for a ``package.module:factory`` model spec, which is not a file path."""
+    return bool(re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", spec)) and not Path(spec).exists()
+
+
+def absolute_path(value: str, base: str | Path) -> str:
+    """The one rule for paths given to the plugin: ``~`` expanded, relative to ``base``.
+
+    ``base`` is the folder where pytest was started for command-line values and defaults
+    (as pytest's own ``--junitxml``), the ini file's folder for ini values. A
+    ``module:factory`` model spec is returned unchanged.
+    """
+    if is_factory_spec(value):
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else Path(base) / path)
+
+
 @dataclass(frozen=True)
 class Option:
     flag: str
@@ -100,6 +124,7 @@ class Option:
     help: str
     multiple: bool = False
     metavar: str | None = None
+    path: bool = False  # a file or folder: made absolute once, see absolute_path()
 
     @property
     def dest(self) -> str:
@@ -112,23 +137,23 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option(OPT_MODEL, parse_model_spec, None, "model to audit: .onnx, TorchScript .pt, torch.export .pt2, "
-           "or module.path:factory (with --invariance-weights). Default: each suite's bundled model.", metavar="PATH"),
+           "or module.path:factory (with --invariance-weights). Default: each suite's bundled model.", metavar="PATH", path=True),
     Option(OPT_LAYER, parse_layer, None, "layer to embed from: ONNX tensor name or torch module path "
            "(default: the model's output, or the suite's declared layer)", metavar="NAME"),
     Option(OPT_DEVICE, parse_device, "auto", "auto|cpu|cuda[:N]; auto picks CUDA when present", metavar="DEV"),
-    Option("--invariance-weights", parse_path, None, "state_dict file for a module:factory model", metavar="PATH"),
+    Option("--invariance-weights", parse_path, None, "state_dict file for a module:factory model", metavar="PATH", path=True),
     Option("--invariance-trust-pickle", None, False, "allow loading pickled full torch modules (runs code from the file)"),
     Option("--invariance-batch-size", parse_positive_int, 256, "images per model call", metavar="N"),
     Option("--invariance-workers", parse_nonneg_int, 0, "DataLoader worker processes for decoding images", metavar="N"),
-    Option("--invariance-data-dir", parse_path, None, "root folder of datasets (MNIST IDX files, CelebA layout, ...)", metavar="DIR"),
-    Option("--invariance-cache-dir", parse_path, ".cache/invariance", "embedding cache folder", metavar="DIR"),
+    Option("--invariance-data-dir", parse_path, None, "root folder of datasets (MNIST IDX files, CelebA layout, ...)", metavar="DIR", path=True),
+    Option("--invariance-cache-dir", parse_path, ".cache/invariance", "embedding cache folder", metavar="DIR", path=True),
     Option("--invariance-no-cache", None, False, "neither read nor write the embedding cache"),
     Option("--invariance-clear-cache", None, False, "empty the embedding cache before the run"),
     Option("--invariance-seed", parse_nonneg_int, 0, "seed of every probe, bootstrap and permutation", metavar="N"),
-    Option("--invariance-json", parse_path, "reports/results.json", "results JSON file", metavar="PATH"),
-    Option("--invariance-report", parse_path, "reports/index.html", "self-contained HTML report", metavar="PATH"),
+    Option("--invariance-json", parse_path, "reports/results.json", "results JSON file", metavar="PATH", path=True),
+    Option("--invariance-report", parse_path, "reports/index.html", "self-contained HTML report", metavar="PATH", path=True),
     Option("--invariance-no-report", None, False, "do not write the HTML report"),
-    Option("--invariance-history", parse_path, "reports/history.sqlite", "SQLite history of runs", metavar="PATH"),
+    Option("--invariance-history", parse_path, "reports/history.sqlite", "SQLite history of runs", metavar="PATH", path=True),
     Option("--model-version", parse_path, None, "tag of this model version in the history (default: sha256[:12])", metavar="TAG"),
     Option("--invariance-baseline", parse_path, None, "compare every figure to this stored version (TAG or 'latest')", metavar="TAG"),
     Option("--invariance-tolerance", parse_tolerance, [], "allowed move toward failure against the baseline, METRIC=ABS or METRIC=PCT%",
@@ -166,13 +191,11 @@ class Settings:
     threshold: tuple[tuple[str, float], ...] = ()
     skip_bad: bool = False
     progress: str = "auto"
-    rootdir: str = "."
+    rootdir: str = "."  # base of paths still relative: the folder where pytest was started
 
     def resolve_path(self, p: str | None) -> Path | None:
-        if p is None:
-            return None
-        path = Path(p).expanduser()
-        return path if path.is_absolute() else Path(self.rootdir) / path
+        """``p`` as an absolute Path (see :func:`absolute_path`); None stays None."""
+        return None if p is None else Path(absolute_path(p, self.rootdir))
 
 
 def settings_field(opt: Option) -> str:

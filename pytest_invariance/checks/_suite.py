@@ -37,6 +37,44 @@ else:  # pragma: no cover
 
 CONFIG_NAME = "invariance.toml"
 
+# The keys a suite's invariance.toml may hold, table by table, so that a misspelled key
+# is an error instead of a silently ignored setting. None: free keys (names chosen by the
+# suite, e.g. models, factors, threshold keys). A new table a study reads goes here.
+TABLE_KEYS: dict[str, frozenset[str] | None] = {
+    "suite": frozenset({"name", "input", "user_layer", "metrics", "qualifiers", "description"}),
+    "preprocess": frozenset({"size", "channels", "scale", "mean", "std", "prewhiten", "adapt_size",
+                             "pool", "input_layout", "layout", "dtype"}),
+    "models": None,
+    "thresholds": None,
+    "expected_failures": None,
+    "protocol": frozenset({"angles", "train_per_class", "heatmap_per_cell", "n_bootstrap"}),
+    "celeba": frozenset({"crop", "limit_train", "limit_val", "limit_test", "C_grid", "bins"}),
+    "data": frozenset({"identity", "train_fraction", "absolute"}),
+    "perturbations": None,
+    "neutral": None,
+}
+MODEL_KEYS = frozenset({"path", "layer", "logits", "pool", "input_layout", "weights", "preprocess"})
+
+
+def check_keys(cfg: Mapping[str, Any], path: Path) -> None:
+    """Raise one InvalidParameterError naming the file and the first unknown key."""
+    for table, value in cfg.items():
+        if table not in TABLE_KEYS:
+            raise InvalidParameterError(f"{path}: unknown table [{table}]; known tables: {', '.join(TABLE_KEYS)}")
+        allowed = TABLE_KEYS[table]
+        if not isinstance(value, Mapping):
+            raise InvalidParameterError(f"{path}: [{table}] must be a table")
+        unknown = sorted(set(value) - allowed) if allowed is not None else []
+        if unknown:
+            raise InvalidParameterError(
+                f"{path}: unknown key {unknown[0]!r} in [{table}]; known keys: {', '.join(sorted(allowed or ()))}")
+    for name, entry in cfg.get("models", {}).items():
+        unknown = sorted(set(entry) - MODEL_KEYS) if isinstance(entry, Mapping) else ["(not a table)"]
+        if unknown or "path" not in entry:
+            what = f"unknown key {unknown[0]!r}" if unknown else "no 'path'"
+            raise InvalidParameterError(
+                f"{path}: [models.{name}] has {what}; known keys: {', '.join(sorted(MODEL_KEYS))}")
+
 
 def threshold_from_table(key: str, table: Mapping[str, Any], where: str) -> Threshold:
     if not isinstance(table, Mapping):
@@ -69,6 +107,7 @@ class Suite:
                 cfg = tomllib.load(f)
         except tomllib.TOMLDecodeError as exc:
             raise InvalidParameterError(f"{path}: not valid TOML ({exc})") from None
+        check_keys(cfg, path)
         thresholds = {k: threshold_from_table(k, v, str(path)) for k, v in cfg.get("thresholds", {}).items()}
         name = cfg.get("suite", {}).get("name", path.parent.name)
         return cls(name=name, root=path.parent, config=cfg, thresholds=thresholds)
@@ -88,6 +127,20 @@ class Suite:
     def input_shape(self) -> tuple[int, int, int] | None:
         shape = self.config.get("suite", {}).get("input")
         return tuple(shape) if shape else None  # type: ignore[return-value]
+
+    def metrics(self) -> set[str] | None:
+        """Metric names the suite emits: ``[suite] metrics`` plus its threshold keys' metrics;
+        None when the suite declares none (then only its threshold keys are known)."""
+        declared = self.config.get("suite", {}).get("metrics")
+        gated = {k.rsplit(".", 1)[-1] for k in self.thresholds}
+        return None if declared is None else set(declared) | gated
+
+    def qualifiers(self) -> set[str]:
+        """Qualifiers its checks carry: model names, ``[suite] qualifiers`` and the
+        qualifier parts of its threshold and expected-failure keys."""
+        keys = [*self.thresholds, *self.config.get("expected_failures", {})]
+        return ({str(q) for q in self.config.get("suite", {}).get("qualifiers", [])}
+                | set(self.config.get("models", {})) | {k.rsplit(".", 1)[0] for k in keys if "." in k})
 
     def section(self, name: str) -> dict[str, Any]:
         return dict(self.config.get(name, {}))

@@ -142,7 +142,38 @@ class HistoryStore:
         finally:
             con.close()
 
+    def check(self) -> None:
+        """Raise :class:`HistoryError` unless the file is absent, empty, or our history
+        database; reads only, so another application's database is never altered."""
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return
+        try:
+            con = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_S)
+        except sqlite3.Error as exc:
+            raise HistoryError(f"cannot open {self.path}: {exc}") from None
+        try:
+            self._foreign_check(con)
+        except sqlite3.DatabaseError as exc:
+            raise HistoryError(f"{self.path} is not an SQLite database ({exc}); "
+                               "pass --invariance-history a new path") from None
+        finally:
+            con.close()
+
+    def _foreign_check(self, con: sqlite3.Connection) -> None:
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        if version == SCHEMA_VERSION and {"meta", "runs", "checks"} <= set(tables):
+            return
+        if version == 0 and not tables:
+            return  # an empty database: ours to initialise
+        if version > SCHEMA_VERSION and "runs" in tables:
+            return  # ours, but newer: _ensure_schema says to upgrade
+        raise HistoryError(
+            f"{self.path} is not a pytest-invariance history database but another application's (tables: {', '.join(tables[:5]) or 'none'}"
+            f", user_version {version}); refused and left unaltered; pass --invariance-history a new path")
+
     def _ensure_schema(self, con: sqlite3.Connection, *, create: bool) -> None:
+        self._foreign_check(con)  # before any PRAGMA that writes
         version = con.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise HistoryError(

@@ -20,7 +20,7 @@ def sha256_file(path: Path) -> str:
 def require_file(path: str | Path) -> Path:
     p = Path(path)
     if not p.exists():
-        raise ModelLoadError(f"model file not found: {p} (check --model; paths are relative to the pytest rootdir)")
+        raise ModelLoadError(f"model file not found: {p} (check --model; a relative path is taken from the folder where pytest was started)")
     if not p.is_file():
         raise ModelLoadError(f"--model {p} is a directory, not a model file (.onnx, .pt, .pt2)")
     if p.stat().st_size == 0:

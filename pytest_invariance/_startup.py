@@ -1,0 +1,141 @@
+"""Start-up checks on the controller, before any test runs: each fault is one usage error.
+
+* ``--layer`` needs ``--model``;
+* the suites under the given paths load (unknown keys in an invariance.toml are named);
+* every ``--invariance-threshold``/``--invariance-tolerance`` names a metric (and qualifier)
+  that a selected suite emits;
+* the output files can be written, the history file is ours, and the previous run's
+  results.json and report are removed, so they never pass for this run's.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+import pytest
+
+if TYPE_CHECKING:
+    from .checks import Suite
+    from .settings import Settings
+
+_SKIP_DIRS = {"node_modules", "site-packages", "__pycache__"}
+
+
+def check_options(settings: "Settings") -> None:
+    if settings.layer and not settings.model:
+        raise pytest.UsageError(
+            f"--layer {settings.layer} needs --model: the bundled models use the layer their suite declares")
+
+
+def find_suites(config: pytest.Config) -> list["Suite"]:
+    """The suites (invariance.toml) under the paths pytest was given, loaded and checked."""
+    from .checks import Suite
+    from .checks._suite import CONFIG_NAME
+    from .errors import InvarianceError
+
+    ignore = [str(p) for p in config.getini("norecursedirs")]
+    found: dict[Path, Suite] = {}
+    for arg in config.args:
+        path = Path(str(arg).split("::")[0])
+        path = path if path.is_absolute() else config.invocation_params.dir / path
+        files = list(_walk(path, ignore, CONFIG_NAME)) if path.is_dir() else []
+        try:
+            above = Suite.find(path if path.is_dir() else path.parent, stop=config.rootpath)
+            if (above.root / CONFIG_NAME).is_file():
+                files.append(above.root / CONFIG_NAME)
+            for f in files:
+                if f.resolve() not in found:
+                    found[f.resolve()] = Suite.load(f)
+        except InvarianceError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    return list(found.values())
+
+
+def _walk(root: Path, ignore: list[str], name: str) -> Iterable[Path]:
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in _SKIP_DIRS
+                   and not any(fnmatch.fnmatch(d, pat) for pat in ignore)]
+        if name in files:
+            yield Path(folder) / name
+
+
+def check_overrides(settings: "Settings", suites: list["Suite"]) -> None:
+    """Every threshold/tolerance override must name a metric (and qualifier) a selected suite has."""
+    if not settings.threshold and not settings.tolerance:
+        return
+    metrics: set[str] = set()
+    qualifiers: set[str] = set()
+    for suite in suites:
+        metrics |= suite.metrics() or {k.rsplit(".", 1)[-1] for k in suite.thresholds}
+        qualifiers |= suite.qualifiers()
+    known = ", ".join(sorted(metrics)) or "none (no suite under the given paths declares [suite] metrics)"
+    for key, value in settings.threshold:
+        qualifier, _, metric = key.rpartition(".")
+        if metric not in metrics:
+            raise pytest.UsageError(f"--invariance-threshold {key}={value:g}: no selected suite has metric "
+                                    f"{metric!r}; known metrics: {known}")
+        if qualifier and qualifier not in qualifiers:
+            raise pytest.UsageError(f"--invariance-threshold {key}={value:g}: no selected suite has qualifier "
+                                    f"{qualifier!r}; known qualifiers: {', '.join(sorted(qualifiers)) or 'none'}")
+    for tol in settings.tolerance:
+        if tol.metric is not None and tol.metric not in metrics:
+            raise pytest.UsageError(f"--invariance-tolerance {tol.metric}=...: no selected suite has metric "
+                                    f"{tol.metric!r}; known metrics: {known}")
+
+
+def prepare_outputs(settings: "Settings") -> None:
+    """Fail now, not after the audits, when an output cannot be written; remove stale outputs."""
+    outputs = [("--invariance-json", settings.json), ("--invariance-history", settings.history)]
+    if not settings.no_report:
+        outputs.append(("--invariance-report", settings.report))
+    for flag, value in outputs:
+        path = settings.resolve_path(value)
+        assert path is not None
+        problem = _unwritable(path)
+        if problem:
+            raise pytest.UsageError(f"{flag} {path}: cannot write there ({problem}); pass a writable path")
+    _check_history(settings)
+    for value in (settings.json, settings.report):
+        # A run that dies before its end must not leave the last run's green results in place.
+        settings.resolve_path(value).unlink(missing_ok=True)  # type: ignore[union-attr]
+
+
+def _unwritable(path: Path) -> str | None:
+    if path.is_dir():
+        return "it is a folder"
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # Try for real: os.access is wrong for root and for some network filesystems.
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.probe-"):
+            pass
+        if path.exists() and not os.access(path, os.W_OK):
+            return "the file is read-only"
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
+    return None
+
+
+def _check_history(settings: "Settings") -> None:
+    from .history import HistoryStore
+    from .history._store import HistoryError
+
+    path = settings.resolve_path(settings.history)
+    if path is None or not path.exists():
+        return
+    try:
+        HistoryStore(path).check()
+    except HistoryError as exc:
+        raise pytest.UsageError(f"--invariance-history {path}: {exc}") from None
+
+
+def run_all(config: pytest.Config, settings: "Settings", collected: dict[str, Any]) -> None:
+    check_options(settings)
+    suites = find_suites(config)
+    check_overrides(settings, suites)
+    if suites or settings.model or settings.data_dir:
+        collected["audit_run"] = True
+        prepare_outputs(settings)
