@@ -12,7 +12,9 @@ def atomic_write_bytes(path: str | PathLike[str], data: bytes) -> Path:
     """Write ``data`` through a temp file in the same folder, fsync, then ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The writer's pid is in the name so that remove_stale_temps() can tell a live write
+    # from one left behind by a killed run.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -30,3 +32,37 @@ def atomic_write_bytes(path: str | PathLike[str], data: bytes) -> Path:
 
 def atomic_write_text(path: str | PathLike[str], text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def remove_stale_temps(folder: str | PathLike[str], max_age_s: float = 24 * 3600) -> list[Path]:
+    """Delete temp files of atomic_write_bytes() left by interrupted writes in ``folder``.
+
+    A temp file goes when its writer (the pid in its name) no longer runs on this
+    machine, or when it is older than ``max_age_s`` (a writer on another machine of a
+    shared folder, or a pid reused since). Returns the removed paths.
+    """
+    import time
+
+    removed = []
+    now = time.time()
+    for tmp in Path(folder).glob(".*.tmp"):
+        parts = tmp.name[: -len(".tmp")].split(".")
+        pid = int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
+        try:
+            old = now - tmp.stat().st_mtime > max_age_s
+            if old or pid is None or not _alive(pid):
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # gone meanwhile, or not ours to delete
+            continue
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

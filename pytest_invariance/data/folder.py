@@ -77,7 +77,7 @@ class FileImageSet(ImageSet):
                 arr = np.asarray(im, dtype=np.float32) / np.float32(255)
         except (OSError, ValueError) as exc:  # PIL raises OSError for truncated/corrupt data
             raise DataError(f"{path}: cannot decode the image ({exc}); replace or delete the file "
-                            "and load again with skip_bad=True") from exc
+                            "or pass --invariance-skip-bad (skip_bad=True in Python) to leave it out") from exc
         return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
@@ -114,7 +114,7 @@ def raise_or_skip(where: str, problems: dict[str, str], skip_bad: bool) -> int:
     if problems and not skip_bad:
         shown = "; ".join(f"{k}: {v}" for k, v in sorted(problems.items())[:_SHOW])
         raise DataError(f"{where}: {len(problems)} bad item(s), e.g. {shown}. Fix or remove them, "
-                        "or pass skip_bad=True to leave them out.")
+                        "or pass --invariance-skip-bad (skip_bad=True in Python) to leave them out.")
     return len(problems)
 
 

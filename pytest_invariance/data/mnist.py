@@ -101,22 +101,63 @@ def _load_arrays(data_dir: str | os.PathLike[str] | None,
     tag = "idx" if data_dir is not None else "hub"
     cache_file = cache / f"{tag}-{_CACHE_NAME}"
     if cache_file.is_file():
-        with np.load(cache_file) as z:
-            return {k: z[k] for k in _IDX_FILES}
+        arrays, problem = _read_verified(cache_file)
+        if arrays is not None:
+            return arrays
+        from ..errors import warn
+
+        warn(f"MNIST array file {cache_file} is damaged ({problem}); rebuilding it")
     arrays = _read_idx_dir(Path(data_dir)) if data_dir is not None else _read_hub()
     _atomic_savez(cache_file, arrays)
     return arrays
 
 
+def _read_verified(path: Path) -> tuple[dict[str, "NDArray[np.uint8]"] | None, str]:
+    """The arrays when the file matches its record (sha256) and MNIST's shapes, else (None, why)."""
+    import json
+    import zipfile
+
+    from ..models._common import sha256_file
+
+    record = path.with_suffix(".json")
+    try:
+        meta = json.loads(record.read_text())
+        if sha256_file(path) != meta.get("sha256"):
+            return None, "its sha256 does not match the record"
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in _IDX_FILES}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    if meta.get("shapes") != {k: list(v.shape) for k, v in arrays.items()}:
+        return None, "array shapes differ from the record"
+    for part in ("train", "test"):
+        images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
+        if images.dtype != np.uint8 or images.shape[1:] != (28, 28) or len(images) != len(labels):
+            return None, f"{part} images {images.shape} {images.dtype} do not fit {len(labels)} labels of 28x28 uint8"
+        if len(labels) and int(labels.max()) > 9:
+            return None, f"{part} labels outside 0..9"
+    return arrays, ""
+
+
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     # xdist workers may read while one writes: the whole file appears at once or not at all.
+    # The record (sha256) is written last; a file without a matching one is rebuilt.
+    import hashlib
     import io
+    import json
 
-    from .._io import atomic_write_bytes
+    from .._io import atomic_write_bytes, remove_stale_temps
 
+    if path.parent.is_dir():
+        remove_stale_temps(path.parent)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    data = buf.getvalue()
+    path.with_suffix(".json").unlink(missing_ok=True)
+    atomic_write_bytes(path, data)
+    atomic_write_bytes(path.with_suffix(".json"), json.dumps(
+        {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+         "shapes": {k: list(v.shape) for k, v in arrays.items()}}).encode())
 
 def _find_idx(data_dir: Path, stem: str) -> Path | None:
     for folder in (data_dir, data_dir / "MNIST" / "raw", data_dir / "raw"):

@@ -1,13 +1,21 @@
 """On-disk embedding cache, keyed by everything that determines the numbers.
 
 Layout: ``<dir>/<key>.npy`` (float32 [N, D]) and ``<key>.json`` (what the key was
-made of, for humans). Writes go to a temp file in the same folder and are renamed
-into place, so a reader never sees half a file; a per-key file lock makes pytest-xdist
-workers that need the same embeddings compute them once.
+made of, plus the entry's ``shape``, ``dtype`` and the ``sha256`` of the .npy bytes).
+Writes go to a temp file in the same folder and are renamed into place, so a reader
+never sees half a file; a per-key file lock makes pytest-xdist workers that need the
+same embeddings compute them once.
+
+Every load is verified against the record: an entry that is empty, truncated, of another
+shape or dtype, non-finite, without a record, or whose bytes changed is deleted and
+recomputed, with a one-line :class:`~pytest_invariance.errors.InvarianceWarning`, so a
+damaged cache can never change a figure. Temp files of interrupted writes are removed
+when the cache is opened.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 from contextlib import contextmanager
@@ -16,7 +24,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .._io import atomic_write_bytes
+from .._io import atomic_write_bytes, remove_stale_temps
+from ..errors import warn
+from ..models._common import sha256_file
 
 
 def cache_key(parts: dict[str, Any]) -> str:
@@ -30,6 +40,9 @@ class EmbeddingCache:
         self.dir = Path(directory)
         self.hits = 0
         self.misses = 0
+        self.rejected = 0  # entries that failed verification and were recomputed
+        if self.dir.is_dir():
+            remove_stale_temps(self.dir)
 
     def clear(self) -> None:
         if self.dir.exists():
@@ -38,24 +51,59 @@ class EmbeddingCache:
     def _path(self, key: str) -> Path:
         return self.dir / f"{key}.npy"
 
-    def load(self, key: str) -> np.ndarray | None:
+    def load(self, key: str, rows: int | None = None) -> np.ndarray | None:
+        """The verified entry, or None (absent, or damaged: then deleted, with a warning).
+
+        ``rows``: the number of rows the caller expects (the image count).
+        """
         p = self._path(key)
         if not p.exists():
             return None
+        problem, arr = self._verify(key, rows)
+        if problem is None:
+            return arr
+        self.rejected += 1
+        warn(f"embedding cache entry {p.name} is damaged ({problem}); recomputing it")
+        p.unlink(missing_ok=True)
+        (self.dir / f"{key}.json").unlink(missing_ok=True)
+        return None
+
+    def _verify(self, key: str, rows: int | None) -> tuple[str | None, np.ndarray | None]:
+        p = self._path(key)
+        try:
+            meta = json.loads((self.dir / f"{key}.json").read_text())
+            size = p.stat().st_size
+        except (OSError, ValueError):
+            return "no readable record of its shape and hash", None
+        if size == 0:
+            return "empty file", None
+        if not isinstance(meta, dict) or "sha256" not in meta:
+            return "no record of its shape and hash", None
+        if size != meta.get("bytes") or sha256_file(p) != meta["sha256"]:
+            return f"{size} bytes whose sha256 does not match the record", None
         try:
             arr = np.load(p, allow_pickle=False)
-        except (ValueError, OSError):
-            p.unlink(missing_ok=True)  # unreadable entry: recompute rather than fail
-            return None
-        return arr
+        except (ValueError, OSError, EOFError) as exc:
+            return f"unreadable: {exc}", None
+        if list(arr.shape) != meta.get("shape") or str(arr.dtype) != meta.get("dtype"):
+            return f"shape {list(arr.shape)} {arr.dtype}, record says {meta.get('shape')} {meta.get('dtype')}", None
+        if arr.ndim != 2 or (rows is not None and len(arr) != rows):
+            return f"shape {list(arr.shape)}, expected [{rows}, D]", None
+        if not np.isfinite(arr).all():
+            return "non-finite values", None
+        return None, arr
 
     def store(self, key: str, arr: np.ndarray, meta: dict[str, Any]) -> None:
-        import io
-
         buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
-        atomic_write_bytes(self._path(key), buf.getvalue())
-        atomic_write_bytes(self.dir / f"{key}.json", json.dumps(meta, indent=1, default=str).encode())
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        np.save(buf, arr, allow_pickle=False)
+        data = buf.getvalue()
+        record = {**meta, "shape": list(arr.shape), "dtype": str(arr.dtype), "bytes": len(data),
+                  "sha256": hashlib.sha256(data).hexdigest()}
+        # The record goes last: an entry without one is never trusted.
+        (self.dir / f"{key}.json").unlink(missing_ok=True)
+        atomic_write_bytes(self._path(key), data)
+        atomic_write_bytes(self.dir / f"{key}.json", json.dumps(record, indent=1, default=str).encode())
 
     @contextmanager
     def locked(self, key: str) -> Iterator[None]:

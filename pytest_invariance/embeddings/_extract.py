@@ -77,8 +77,8 @@ def extract(embedder: "Embedder", images: "ImageSet", *, layer: str | None = Non
         return _run(embedder, images, layer, preprocess, batch_size, workers, progress, label)
     key = cache_key(key_parts)
     with cache.locked(key):
-        hit = cache.load(key)
-        if hit is not None and len(hit) == len(images):
+        hit = cache.load(key, rows=len(images))
+        if hit is not None:
             cache.hits += 1
             return hit
         cache.misses += 1
