@@ -55,7 +55,7 @@ def study_error(what: str, exc: BaseException) -> "StudyError":
     if len(text) > _MAX_MESSAGE:
         text = text[:_MAX_MESSAGE] + " ..."
     # Messages from our own errors may name a Python argument; the user types options.
-    text = text.replace("pass skip_bad=True", "pass --invariance-skip-bad")
+    text = text.replace("pass skip_bad=True", "pass --invariance-skip-bad").replace(" (skip_bad=True in Python)", "")
     fix = "" if ("--invariance-" in text or "--model" in text or "--layer" in text) else f"; fix: {_hint(exc)}"
     return StudyError(f"{what} could not run: {type(exc).__name__}: {text}{fix}", cause=exc, study=what)
 
@@ -178,7 +178,7 @@ class Outcomes:
         was audited, the skip reasons."""
         if not self.audit_items:
             return []
-        checks = self.collected["checks"]
+        checks = [c for c in self.collected["checks"] if c.get("status") in ("passed", "failed", "xfail")]
         failed = [c for c in checks if c.get("status") == "failed"]
         regressed = sum(bool((c.get("details") or {}).get("regressed")) for c in failed)
         known = [c for c in checks if c.get("status") == "xfail"]
