@@ -136,6 +136,6 @@ def run_all(config: pytest.Config, settings: "Settings", collected: dict[str, An
     check_options(settings)
     suites = find_suites(config)
     check_overrides(settings, suites)
-    if suites or settings.model or settings.data_dir:
+    if (suites or settings.model or settings.data_dir) and not config.option.collectonly:
         collected["audit_run"] = True
         prepare_outputs(settings)

@@ -117,6 +117,7 @@ def test_suite_that_does_not_fit_the_model_skips(toy):
     result = toy.runpytest_subprocess("audits", "--model", "rgb.onnx", "-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*expects input ?1, 28, 28? but suite toy feeds ?3, 160, 160?*"])
+    assert result.ret == 5  # --model given and nothing audited: not green (test_errors.py)
 
 
 def test_same_json_with_xdist(toy):

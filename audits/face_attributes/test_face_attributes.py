@@ -20,9 +20,15 @@ def _study(audit, ref, suite) -> dict:
         C_grid=suite.section("celeba").get("C_grid")))
 
 
+@pytest.fixture
+def study(invariance_model, invariance_audit, invariance_suite) -> dict:
+    # Run in setup: a study that cannot run is a pytest ERROR (JUnit <error>), once per test.
+    return _study(invariance_audit, invariance_model, invariance_suite)
+
+
 @pytest.mark.parametrize("attribute", ATTRIBUTES)
-def test_attribute(attribute, invariance_model, invariance_audit, invariance_suite, invariance_check):
-    fig = _study(invariance_audit, invariance_model, invariance_suite)["attributes"][attribute]
+def test_attribute(attribute, study, invariance_model, invariance_check):
+    fig = study["attributes"][attribute]
     base = {"model": invariance_model.name, "attribute": attribute, "group": GROUP[attribute]}
     invariance_check("fn_rate", fig["fn_rate"], details={
         **base, "reading": "share of test images WITH the attribute that the probe calls absent; 0.5 = chance"})
@@ -30,8 +36,7 @@ def test_attribute(attribute, invariance_model, invariance_audit, invariance_sui
         **base, "reading": "share of test images WITHOUT the attribute that the probe calls present; 0.5 = chance"})
 
 
-def test_attribute_overview(invariance_model, invariance_audit, invariance_suite, invariance_check):
-    study = _study(invariance_audit, invariance_model, invariance_suite)
+def test_attribute_overview(study, invariance_model, invariance_check):
     for i, (group, est) in enumerate(study["groups"].items()):
         invariance_check("balanced_error", est, plots=[study["plot"]] if i == 0 else None, details={
             "model": invariance_model.name, "group": group, "images": study["n"],

@@ -30,9 +30,15 @@ def _study(audit, ref, factor: str) -> dict:
         train_fraction=data.get("train_fraction", 0.7), absolute=data.get("absolute", ()))[factor])
 
 
+@pytest.fixture
+def study(factor, invariance_model, invariance_audit) -> dict:
+    # Run in setup: a study that cannot run is a pytest ERROR (JUnit <error>), once per test.
+    return _study(invariance_audit, invariance_model, factor)
+
+
 @pytest.mark.parametrize("factor", list(SPECS))
-def test_factor(factor, invariance_model, invariance_audit, invariance_check):
-    fig = _study(invariance_audit, invariance_model, factor)
+def test_factor(factor, study, invariance_model, invariance_check):
+    fig = study
     base = {"model": invariance_model.name, "factor": factor, "unit": fig["unit"]}
     mae = fig["mae"]
     invariance_check(f"{factor}_mae", mae, details={

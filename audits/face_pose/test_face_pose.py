@@ -19,9 +19,14 @@ def _study(audit, ref, suite) -> dict:
     return audit.memo(("face_pose", ref.name, ref.layer, ref.embedder.sha256), run)
 
 
+@pytest.fixture
+def study(invariance_model, invariance_audit, invariance_suite) -> dict:
+    # Run in setup: a study that cannot run is a pytest ERROR (JUnit <error>), once per test.
+    return _study(invariance_audit, invariance_model, invariance_suite)
+
+
 @pytest.mark.parametrize("angle", ["yaw", "pitch", "roll"])
-def test_pose(angle, invariance_model, invariance_audit, invariance_suite, invariance_check):
-    study = _study(invariance_audit, invariance_model, invariance_suite)
+def test_pose(angle, study, invariance_model, invariance_check):
     if angle not in study:
         pytest.skip(f"pose.csv has no {angle} values")
     fig = study[angle]
