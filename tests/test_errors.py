@@ -263,3 +263,19 @@ def test_factory_spec_is_not_a_path(tmp_path):
 
     assert absolute_path("pytest_invariance.testing:tiny_cnn", tmp_path) == "pytest_invariance.testing:tiny_cnn"
     assert absolute_path("m.onnx", tmp_path) == str(tmp_path / "m.onnx")
+
+
+def test_errors_and_model_records_cross_xdist(study):
+    pytest.importorskip("xdist")
+    _write_images(study.path / "images", truncate="img5.jpg")
+    result = study.runpytest_subprocess("audits", "-n", "2")
+    result.assert_outcomes(errors=3)
+    assert result.ret == EXIT_TOOL_ERROR
+    result.stdout.fnmatch_lines(["invariance: could not run (errors): 3 tests*--invariance-skip-bad*"])
+    run = results(study)["run"]
+    # Every audited model's own record, even though its study failed: file, sha256, layer, preprocessing.
+    tiny = run["models"]["tiny"]
+    assert tiny["model_path"].endswith("tiny.onnx") and len(tiny["model_sha256"]) == 64
+    assert tiny["layer"] == "output" and tiny["preprocessing"]["channels"] == 1
+    html = (study.path / "reports" / "index.html").read_text()
+    assert tiny["model_sha256"] in html and 'id="models"' in html

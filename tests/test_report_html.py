@@ -208,3 +208,31 @@ def test_plugin_spelling_of_baseline_fields():
     view = next(v for v in build_context(doc, None, None, None)["checks"] if v["metric"] == "angle_r2")
     assert view["regression"] == {"baseline": "0.2", "delta": "+0.11", "regressed": True, "tag": "0123456789ab"}
     assert all(k not in dict(view["details"]) for k in ("baseline", "baseline_value", "delta", "regressed"))
+
+
+def test_summary_tells_gate_failures_known_leaks_regressions_and_errors_apart():
+    from pytest_invariance.report import render_report
+
+    def check(nodeid, status, **kw):
+        base = {"nodeid": nodeid, "suite": "s", "metric": "m", "value": 1.0, "threshold": 2.0, "comparator": ">=",
+                "passed": status == "passed", "ci_low": 0.9, "ci_high": 1.1, "chance": 0.5, "n": 10,
+                "verdict": {"passed": "PASS", "error": "ERROR", "skipped": "SKIPPED"}.get(status, "FAIL"),
+                "status": status, "details": {}}
+        return {**base, **kw}
+
+    doc = {"run": {"models": {"lenet": {"model_path": "/m/lenet.onnx", "model_sha256": "ab" * 32, "layer": "ip1",
+                                        "pool": "avg", "preprocessing": {"channels": 1}}}},
+           "checks": [check("t::a", "failed"),
+                      check("t::b", "xfail", details={"expected_failure": "known"}),
+                      check("t::c", "xfail", details={"expected_failure": "known"}),
+                      check("t::d", "failed", value=3.0, details={"baseline": "v1", "baseline_value": 5.0,
+                                                                   "delta": -2.0, "regressed": True}),
+                      check("t::e", "error", value=None, metric=None, message="study x could not run: DataError"),
+                      check("t::f", "passed", value=3.0)]}
+    html = render_report(doc)
+    from pytest_invariance.report._context import build_context
+
+    total = build_context(doc, None, None, None)["summary"]["total"]
+    assert (total["FAIL"], total["XFAIL"], total["regressions"], total["ERROR"], total["PASS"]) == (2, 2, 1, 1, 1)
+    assert 'id="count-xfail">2<' in html and 'id="count-fail">2<' in html and 'id="count-error">1<' in html
+    assert "known leaks (xfail)" in html and "ab" * 32 in html and "pool" in html and "channels=1" in html
