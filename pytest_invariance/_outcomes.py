@@ -105,6 +105,7 @@ class Outcomes:
         self.xfailed: set[str] = set()
         self.other_errors = 0                  # errors of tests that are not audits
         self.audit_items: set[str] = set()
+        self.output_error = False              # results.json / report could not be written
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         audit = getattr(report, "invariance_item", None)
@@ -167,6 +168,8 @@ class Outcomes:
         """The run's exit status: 1 only for failed gates and regressions (and failed tests)."""
         if self.failed_tests:
             return exitstatus
+        if self.output_error and exitstatus == pytest.ExitCode.OK:
+            return EXIT_TOOL_ERROR
         if self.errors and exitstatus == pytest.ExitCode.TESTS_FAILED and not self.other_errors:
             return EXIT_TOOL_ERROR
         if self.nothing_audited(settings) and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):

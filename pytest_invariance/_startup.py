@@ -97,6 +97,12 @@ def prepare_outputs(settings: "Settings") -> None:
         problem = _unwritable(path)
         if problem:
             raise pytest.UsageError(f"{flag} {path}: cannot write there ({problem}); pass a writable path")
+    cache = settings.resolve_path(settings.cache_dir)
+    if not settings.no_cache and cache is not None:
+        problem = "it is a file" if cache.is_file() else _unwritable(cache / "entry")
+        if problem:
+            raise pytest.UsageError(f"--invariance-cache-dir {cache}: cannot write there ({problem}); "
+                                    "pass a writable folder or --invariance-no-cache")
     _check_history(settings)
     for value in (settings.json, settings.report):
         # A run that dies before its end must not leave the last run's green results in place.

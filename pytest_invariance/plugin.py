@@ -383,7 +383,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         from ._results import write_outputs
 
         collected["checks"] += outcomes.error_entries()
-        collected["summary"] = write_outputs(settings, collected, _run_block(config, collected))
+        try:
+            collected["summary"] = write_outputs(settings, collected, _run_block(config, collected))
+        except Exception as exc:  # e.g. the disk filled up: say so in one line, never green
+            collected["summary"] = [f"invariance: outputs not written ({type(exc).__name__}: {exc})"]
+            outcomes.output_error = True
     session.exitstatus = outcomes.exit_status(int(session.exitstatus), settings)
 
 

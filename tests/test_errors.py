@@ -279,3 +279,22 @@ def test_errors_and_model_records_cross_xdist(study):
     assert tiny["layer"] == "output" and tiny["preprocessing"]["channels"] == 1
     html = (study.path / "reports" / "index.html").read_text()
     assert tiny["model_sha256"] in html and 'id="models"' in html
+
+
+def test_misspelled_key_in_a_suites_own_thresholds_is_named(toy):
+    toml = toy.path / "audits" / "toy" / "invariance.toml"
+    text = toml.read_text().replace('input = [1, 28, 28]', 'input = [1, 28, 28]\nmetrics = ["feature_mean"]')
+    toml.write_text(text.replace("feature_mean = {", "featur_mean = {"))
+    result = toy.runpytest_subprocess("audits")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *invariance.toml: ?thresholds? key 'featur_mean' names an unknown metric*"])
+    toml.write_text(text + '\n[expected_failures]\n"tinyy.feature_mean" = "known"\n')
+    result = toy.runpytest_subprocess("audits")
+    result.stderr.fnmatch_lines(["ERROR: *?expected_failures? key 'tinyy.feature_mean' names an unknown qualifier 'tinyy'; known: tiny"])
+
+
+def test_unwritable_cache_dir_is_found_at_start_up(toy):
+    (toy.path / "c").write_text("a file, not a folder")
+    result = toy.runpytest_subprocess("audits", "--invariance-cache-dir", "c")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --invariance-cache-dir *c: cannot write there (it is a file)*"])

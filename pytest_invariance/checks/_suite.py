@@ -110,7 +110,9 @@ class Suite:
         check_keys(cfg, path)
         thresholds = {k: threshold_from_table(k, v, str(path)) for k, v in cfg.get("thresholds", {}).items()}
         name = cfg.get("suite", {}).get("name", path.parent.name)
-        return cls(name=name, root=path.parent, config=cfg, thresholds=thresholds)
+        suite = cls(name=name, root=path.parent, config=cfg, thresholds=thresholds)
+        suite.check_own_keys(path)
+        return suite
 
     @classmethod
     def find(cls, start: Path, stop: Path | None = None) -> "Suite":
@@ -134,6 +136,24 @@ class Suite:
         declared = self.config.get("suite", {}).get("metrics")
         gated = {k.rsplit(".", 1)[-1] for k in self.thresholds}
         return None if declared is None else set(declared) | gated
+
+    def check_own_keys(self, path: Path) -> None:
+        """With declared metrics, every [thresholds]/[expected_failures] key must name one of
+        them (and a known qualifier): a misspelled key would never apply."""
+        declared = self.config.get("suite", {}).get("metrics")
+        if declared is None:
+            return
+        metrics = set(declared)
+        qualifiers = {str(q) for q in self.config.get("suite", {}).get("qualifiers", [])} | set(
+            self.config.get("models", {}))
+        for table in ("thresholds", "expected_failures"):
+            for key in self.config.get(table, {}):
+                qualifier, _, metric = key.rpartition(".")
+                if metric not in metrics or (qualifier and qualifier not in qualifiers):
+                    bad = f"metric {metric!r}" if metric not in metrics else f"qualifier {qualifier!r}"
+                    known = sorted(metrics) if metric not in metrics else sorted(qualifiers)
+                    raise InvalidParameterError(f"{path}: [{table}] key {key!r} names an unknown {bad}; "
+                                                f"known: {', '.join(known)}")
 
     def qualifiers(self) -> set[str]:
         """Qualifiers its checks carry: model names, ``[suite] qualifiers`` and the
