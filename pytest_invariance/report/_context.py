@@ -171,7 +171,8 @@ def check_view(i: int, check: Mapping[str, Any]) -> dict[str, Any]:
     details = [(str(k), fnum(v) if isinstance(v, (int, float)) else str(v))
                for k, v in sorted((check.get("details") or {}).items()) if k not in _HIDDEN_DETAILS]
     return {
-        "anchor": _anchor(i, check), "nodeid": str(check.get("nodeid")), "metric": str(check.get("metric")),
+        "anchor": _anchor(i, check), "nodeid": str(check.get("nodeid")),
+        "metric": str(check.get("metric") or ("(skipped)" if status == "SKIPPED" else "(could not run)")),
         "suite": str(check.get("suite") or "(none)"), "status": status, "reasons": reasons,
         "value": fnum(check.get("value")), "ci": f"[{fnum(check.get('ci_low'))}, {fnum(check.get('ci_high'))}]",
         "chance": fnum(check.get("chance")), "n": fnum(check.get("n")),
