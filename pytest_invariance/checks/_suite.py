@@ -43,7 +43,7 @@ CONFIG_NAME = "invariance.toml"
 TABLE_KEYS: dict[str, frozenset[str] | None] = {
     "suite": frozenset({"name", "input", "user_layer", "metrics", "qualifiers", "description"}),
     "preprocess": frozenset({"size", "channels", "scale", "mean", "std", "prewhiten", "adapt_size",
-                             "pool", "input_layout", "layout", "dtype"}),
+                             "pool", "input_layout", "layout", "dtype", "channel_order"}),
     "models": None,
     "thresholds": None,
     "expected_failures": None,
