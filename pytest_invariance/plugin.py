@@ -357,7 +357,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         ref = item.stash.get(MODEL_KEY, None)
         if ref is not None and report.when == "setup":
             report.invariance_model_info = ref.info()
-    mark_tool_error(item, call, report)
+        mark_tool_error(item, call, report)
     if report.when == "call":
         results = item.stash.get(CHECKS_KEY, [])
         if results:
