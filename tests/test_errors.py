@@ -298,3 +298,21 @@ def test_unwritable_cache_dir_is_found_at_start_up(toy):
     result = toy.runpytest_subprocess("audits", "--invariance-cache-dir", "c")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --invariance-cache-dir *c: cannot write there (it is a file)*"])
+
+
+def test_study_in_a_fixture_is_a_junit_error(study):
+    import xml.etree.ElementTree as ET
+
+    test = study.path / "audits" / "toy" / "test_toy.py"
+    test.write_text(test.read_text().replace(
+        "@pytest.mark.parametrize(\"k\", [1, 2, 3])\ndef test_figure(k, invariance_model, invariance_audit, invariance_check):\n"
+        "    m = _study(invariance_audit, invariance_model)",
+        "@pytest.fixture\ndef figure(invariance_model, invariance_audit):\n    return _study(invariance_audit, invariance_model)\n\n"
+        "@pytest.mark.parametrize(\"k\", [1, 2, 3])\ndef test_figure(k, figure, invariance_model, invariance_check):\n    m = figure"))
+    _write_images(study.path / "images", truncate="img3.jpg")
+    result = study.runpytest_subprocess("audits", "--junitxml=junit.xml")
+    result.assert_outcomes(errors=3)
+    assert result.ret == EXIT_TOOL_ERROR
+    cases = list(ET.parse(study.path / "junit.xml").iter("testcase"))
+    assert [c.find("error") is not None for c in cases] == [True] * 3
+    assert "--invariance-skip-bad" in cases[0].find("error").get("message")
