@@ -13,6 +13,7 @@ Only pytest and the standard library are imported here at import time.
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +56,7 @@ def study_error(what: str, exc: BaseException) -> "StudyError":
     if len(text) > _MAX_MESSAGE:
         text = text[:_MAX_MESSAGE] + " ..."
     # Messages from our own errors may name a Python argument; the user types options.
-    text = text.replace("pass skip_bad=True", "pass --invariance-skip-bad").replace(" (skip_bad=True in Python)", "")
+    text = re.sub(r"\s*\(skip_bad=True[^)]*\)", "", text.replace("pass skip_bad=True", "pass --invariance-skip-bad"))
     fix = "" if ("--invariance-" in text or "--model" in text or "--layer" in text) else f"; fix: {_hint(exc)}"
     return StudyError(f"{what} could not run: {type(exc).__name__}: {text}{fix}", cause=exc, study=what)
 
