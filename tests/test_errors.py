@@ -316,3 +316,13 @@ def test_study_in_a_fixture_is_a_junit_error(study):
     cases = list(ET.parse(study.path / "junit.xml").iter("testcase"))
     assert [c.find("error") is not None for c in cases] == [True] * 3
     assert "--invariance-skip-bad" in cases[0].find("error").get("message")
+
+
+def test_ini_paths_are_relative_to_the_ini_file(toy, monkeypatch):
+    toy.makeini("[pytest]\ninvariance_json = out/from_ini.json\n")
+    sub = toy.path / "sub"
+    sub.mkdir()
+    monkeypatch.chdir(sub)
+    ini = toy.path / "tox.ini"  # what makeini writes
+    toy.runpytest_subprocess("../audits", "--rootdir", str(toy.path), "-c", str(ini)).assert_outcomes(passed=1)
+    assert (toy.path / "out" / "from_ini.json").is_file() and not (sub / "out").exists()
