@@ -106,6 +106,7 @@ class Outcomes:
         self.xfailed: set[str] = set()
         self.other_errors = 0                  # errors of tests that are not audits
         self.audit_items: set[str] = set()
+        self.model_of: dict[str, dict[str, Any]] = {}  # nodeid -> model name and layer
         self.output_error = False              # results.json / report could not be written
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -121,6 +122,7 @@ class Outcomes:
         info = getattr(report, "invariance_model_info", None)
         if info:
             self.collected.setdefault("models", {})[str(info.get("model"))] = info
+            self.model_of[report.nodeid] = {k: info.get(k) for k in ("model", "layer")}
         if report.failed:
             error = getattr(report, "invariance_error", None) or (report.when != "call" and _last_line(report))
             if error and audit:
@@ -158,7 +160,7 @@ class Outcomes:
                             "threshold": None, "comparator": None, "passed": False if status == "error" else None,
                             "ci_low": None, "ci_high": None, "chance": None, "n": 0,
                             "verdict": "ERROR" if status == "error" else "SKIPPED", "status": status,
-                            "message": message, "details": {}})
+                            "message": message, "details": dict(self.model_of.get(nodeid, {}))})
         return out
 
     def nothing_audited(self, settings: Any) -> bool:

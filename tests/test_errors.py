@@ -97,6 +97,7 @@ def test_truncated_image_is_one_error_per_study_not_a_failure(study):
     doc = results(study)
     assert [c["status"] for c in doc["checks"]] == ["error"] * 3
     assert all(c["verdict"] == "ERROR" and "could not run" in c["message"] for c in doc["checks"])
+    assert {c["details"]["model"] for c in doc["checks"]} == {"tiny"}
     assert (study.path / "reports" / "index.html").is_file()
     import xml.etree.ElementTree as ET
 
@@ -238,6 +239,10 @@ def test_foreign_sqlite_history_is_refused_unaltered(toy):
     result.stderr.fnmatch_lines(["ERROR: --invariance-history *other.sqlite: *another application's*"])
     assert other.read_bytes() == before
     assert sorted(p.name for p in toy.path.iterdir() if p.name.startswith("other")) == ["other.sqlite"]
+    (toy.path / "notes.txt").write_text("not a database at all, but long enough to have a header ....")
+    result = toy.runpytest_subprocess("audits", "--invariance-history", "notes.txt")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --invariance-history *notes.txt: *not an SQLite database*"])
 
 
 # --------------------------------------------------------------------------- 6. paths
