@@ -66,8 +66,11 @@ class Audit:
 
         key = (spec, self.settings.device)
         if key not in self._models:
-            self._models[key] = load_model(spec, device=self.settings.device, weights=self.settings.weights,
-                                           trust_pickle=self.settings.trust_pickle)
+            # A model that fails to load fails every test that needs it once, like a study.
+            self._models[key] = self._remember(
+                ("model",) + key, f"model {spec} could not be loaded",
+                lambda: load_model(spec, device=self.settings.device, weights=self.settings.weights,
+                                   trust_pickle=self.settings.trust_pickle))
         return self._models[key]
 
     def model(self, suite: Suite, name: str) -> ModelRef:
@@ -111,7 +114,7 @@ class Audit:
 
         layer = layer or ref.layer
         key = ("embed", ref.embedder.sha256, layer, images.fingerprint, ref.preprocess.key())
-        return self._remember(key, f"embedding {label or ref.name} at layer {layer}", lambda: extract(
+        return self._remember(key, f"embedding {label or ref.name} at layer {layer} could not run", lambda: extract(
             ref.embedder, images, layer=layer, preprocess=ref.preprocess,
             batch_size=self.settings.batch_size, cache=self.cache, workers=self.settings.workers,
             progress=progress_wanted(self.settings.progress), label=label or f"{ref.name}:{layer}"))
@@ -153,4 +156,4 @@ def study_name(key: Any) -> str:
     """A readable name of a memo key: its short text parts, e.g. ``face_attributes/facenet``."""
     parts = key if isinstance(key, tuple) else (key,)
     short = [str(p) for p in parts if isinstance(p, str) and 0 < len(p) < 40]
-    return "study " + ("/".join(short) or repr(key)[:60])
+    return "study " + ("/".join(short) or repr(key)[:60]) + " could not run"

@@ -41,6 +41,7 @@ def _hint(exc: BaseException) -> str:
         (e.EmbeddingError, "pick another --layer, or fix the suite's [preprocess] for this model"),
         (e.ModelLoadError, "check the --model file"),
         (MemoryError, "lower --invariance-batch-size"),
+        (ImportError, "install the package named above, or pass a --model of another kind"),
     ]
     for kind, hint in hints:
         if isinstance(exc, kind):
@@ -49,7 +50,10 @@ def _hint(exc: BaseException) -> str:
 
 
 def study_error(what: str, exc: BaseException) -> "StudyError":
-    """One StudyError for a failed study or embedding: what failed, why, and the fix."""
+    """One StudyError for a failed study, embedding or model load: what failed, why, and the fix.
+
+    ``what`` reads as a sentence's subject and verb, e.g. "study mnist_rotation/ip1 could not run".
+    """
     from .errors import StudyError
 
     text = " ".join(str(exc).split()) or repr(exc)
@@ -58,7 +62,7 @@ def study_error(what: str, exc: BaseException) -> "StudyError":
     # Messages from our own errors may name a Python argument; the user types options.
     text = re.sub(r"\s*\(skip_bad=True[^)]*\)", "", text.replace("pass skip_bad=True", "pass --invariance-skip-bad"))
     fix = "" if ("--invariance-" in text or "--model" in text or "--layer" in text) else f"; fix: {_hint(exc)}"
-    return StudyError(f"{what} could not run: {type(exc).__name__}: {text}{fix}", cause=exc, study=what)
+    return StudyError(f"{what}: {type(exc).__name__}: {text}{fix}", cause=exc, study=what)
 
 
 def one_line(exc: BaseException) -> str:

@@ -79,5 +79,5 @@ class StudyError(InvarianceError, RuntimeError):
         """The short error of a later test of the same study."""
         where = f" (reported at {self.first_nodeid})" if self.first_nodeid else ""
         kind = type(self.cause).__name__ if self.cause is not None else "error"
-        return StudyError(f"{self.study} could not run{where}: {kind}; see that error",
+        return StudyError(f"{self.study}{where}: {kind}; see that error",
                           cause=self.cause, first=False, study=self.study)

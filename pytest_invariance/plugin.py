@@ -129,7 +129,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
             raise unknown_layer(settings.layer, emb.layers(), emb.path)
     except (InvarianceError, ImportError) as exc:
-        raise pytest.UsageError(str(exc)) from None
+        from .errors import StudyError
+
+        raise pytest.UsageError(str(exc.cause if isinstance(exc, StudyError) else exc)) from None
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:

@@ -331,3 +331,13 @@ def test_ini_paths_are_relative_to_the_ini_file(toy, monkeypatch):
     ini = toy.path / "tox.ini"  # what makeini writes
     toy.runpytest_subprocess("../audits", "--rootdir", str(toy.path), "-c", str(ini)).assert_outcomes(passed=1)
     assert (toy.path / "out" / "from_ini.json").is_file() and not (sub / "out").exists()
+
+
+def test_damaged_bundled_model_is_loaded_once_and_errors_once(study):
+    _write_images(study.path / "images")
+    (study.path / "audits" / "toy" / "tiny.onnx").write_bytes(b"\0" * 64)
+    result = study.runpytest_subprocess("audits")
+    result.assert_outcomes(errors=3)
+    assert result.ret == EXIT_TOOL_ERROR
+    result.stdout.fnmatch_lines(["*model *tiny.onnx could not be loaded: ModelLoadError: *",
+                                 "*model *tiny.onnx could not be loaded (reported at *test_figure?tiny-1?): ModelLoadError; see that error"])
