@@ -183,6 +183,13 @@ class Outcomes:
             return EXIT_NOTHING_AUDITED
         return exitstatus
 
+    def run_fields(self, exit_status: int) -> dict[str, Any]:
+        """How the run ended, for results.json's ``run``: the exit status and test counts."""
+        return {"exit_status": exit_status,
+                "interrupted": exit_status == pytest.ExitCode.INTERRUPTED,
+                "tests": {"audited": len(self.audited), "failed": len(self.failed_tests & self.audit_items),
+                          "xfailed": len(self.xfailed), "errors": len(self.errors), "skipped": len(self.skipped)}}
+
     def summary_lines(self, settings: Any) -> list[str]:
         """Three separate lines (checks failed, known leaks, could not run) and, when nothing
         was audited, the skip reasons."""

@@ -379,18 +379,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     collected, outcomes = config.stash[COLLECTED_KEY], config.stash[OUTCOMES_KEY]
     settings = config.stash[SETTINGS_KEY]
+    status = outcomes.exit_status(int(session.exitstatus), settings)
     if outcomes.audit_items or collected.get("audit_run"):
         # Every audit run writes its outputs, with ERROR entries for what could not run,
         # so a results.json never describes an earlier run.
         from ._results import write_outputs
 
         collected["checks"] += outcomes.error_entries()
+        run = {**_run_block(config, collected), **outcomes.run_fields(status)}
         try:
-            collected["summary"] = write_outputs(settings, collected, _run_block(config, collected))
+            collected["summary"] = write_outputs(settings, collected, run)
         except Exception as exc:  # e.g. the disk filled up: say so in one line, never green
             collected["summary"] = [f"invariance: outputs not written ({type(exc).__name__}: {exc})"]
             outcomes.output_error = True
-    session.exitstatus = outcomes.exit_status(int(session.exitstatus), settings)
+            status = outcomes.exit_status(int(session.exitstatus), settings)
+    session.exitstatus = status
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -96,6 +96,7 @@ def test_truncated_image_is_one_error_per_study_not_a_failure(study):
     ])
     doc = results(study)
     assert [c["status"] for c in doc["checks"]] == ["error"] * 3
+    assert doc["run"]["exit_status"] == EXIT_TOOL_ERROR and doc["run"]["tests"]["errors"] == 3
     assert all(c["verdict"] == "ERROR" and "could not run" in c["message"] for c in doc["checks"])
     assert {c["details"]["model"] for c in doc["checks"]} == {"tiny"}
     assert (study.path / "reports" / "index.html").is_file()
