@@ -34,8 +34,10 @@ def atomic_write_text(path: str | PathLike[str], text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def remove_stale_temps(folder: str | PathLike[str], max_age_s: float = 24 * 3600) -> list[Path]:
-    """Delete temp files of atomic_write_bytes() left by interrupted writes in ``folder``.
+def remove_stale_temps(folder: str | PathLike[str], max_age_s: float = 24 * 3600, *,
+                       recursive: bool = False) -> list[Path]:
+    """Delete temp files of atomic_write_bytes() left by interrupted writes in ``folder``
+    (and its subfolders with ``recursive``, for folders that are wholly ours, like the cache).
 
     A temp file goes when its writer (the pid in its name) no longer runs on this
     machine, or when it is older than ``max_age_s`` (a writer on another machine of a
@@ -45,7 +47,7 @@ def remove_stale_temps(folder: str | PathLike[str], max_age_s: float = 24 * 3600
 
     removed = []
     now = time.time()
-    for tmp in Path(folder).glob(".*.tmp"):
+    for tmp in (Path(folder).rglob if recursive else Path(folder).glob)(".*.tmp"):
         parts = tmp.name[: -len(".tmp")].split(".")
         pid = int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
         try:

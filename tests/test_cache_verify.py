@@ -68,12 +68,14 @@ def test_stale_temp_files_are_removed_live_ones_kept(tmp_path):
     dead = folder / ".k.npy.999999999.abc123.tmp"    # no such pid
     live = folder / f".k.npy.{os.getpid()}.def456.tmp"  # this process, still writing
     old_live = folder / f".j.npy.{os.getpid()}.ghi789.tmp"
-    for p in (dead, live, old_live):
+    (folder / "figures").mkdir()
+    nested = folder / "figures" / ".f.json.999999999.zz.tmp"
+    for p in (dead, live, old_live, nested):
         p.write_bytes(b"x" * 100)
     week_ago = time.time() - 7 * 24 * 3600
     os.utime(old_live, (week_ago, week_ago))
     EmbeddingCache(folder)
-    assert not dead.exists() and live.exists() and not old_live.exists()
+    assert not dead.exists() and live.exists() and not old_live.exists() and not nested.exists()
 
 
 def test_tampered_cache_never_changes_the_verdict(pytester):

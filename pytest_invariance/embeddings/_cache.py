@@ -42,7 +42,7 @@ class EmbeddingCache:
         self.misses = 0
         self.rejected = 0  # entries that failed verification and were recomputed
         if self.dir.is_dir():
-            remove_stale_temps(self.dir)
+            remove_stale_temps(self.dir, recursive=True)  # also figures/ and other entries below
 
     def clear(self) -> None:
         if self.dir.exists():
