@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 _SKIP_DIRS = {"node_modules", "site-packages", "__pycache__"}
+_CONFIG = "invariance.toml"  # checks._suite.CONFIG_NAME, named here so that plain runs import nothing
 
 
 def check_options(settings: "Settings") -> None:
@@ -31,27 +32,30 @@ def check_options(settings: "Settings") -> None:
 
 
 def find_suites(config: pytest.Config) -> list["Suite"]:
-    """The suites (invariance.toml) under the paths pytest was given, loaded and checked."""
-    from .checks import Suite
-    from .checks._suite import CONFIG_NAME
-    from .errors import InvarianceError
-
+    """The suites (invariance.toml) under and above the paths pytest was given, loaded and checked."""
+    files: dict[Path, None] = {}
     ignore = [str(p) for p in config.getini("norecursedirs")]
-    found: dict[Path, Suite] = {}
     for arg in config.args:
         path = Path(str(arg).split("::")[0])
         path = path if path.is_absolute() else config.invocation_params.dir / path
-        files = list(_walk(path, ignore, CONFIG_NAME)) if path.is_dir() else []
-        try:
-            above = Suite.find(path if path.is_dir() else path.parent, stop=config.rootpath)
-            if (above.root / CONFIG_NAME).is_file():
-                files.append(above.root / CONFIG_NAME)
-            for f in files:
-                if f.resolve() not in found:
-                    found[f.resolve()] = Suite.load(f)
-        except InvarianceError as exc:
-            raise pytest.UsageError(str(exc)) from None
-    return list(found.values())
+        if path.is_dir():
+            files.update((f.resolve(), None) for f in _walk(path, ignore, _CONFIG))
+        folder = path if path.is_dir() else path.parent
+        for above in (folder, *folder.parents):  # the suite a test file or sub-folder belongs to
+            if (above / _CONFIG).is_file():
+                files[(above / _CONFIG).resolve()] = None
+                break
+            if above == config.rootpath:
+                break
+    if not files:
+        return []  # not an audit run: import nothing heavy
+    from .checks import Suite
+    from .errors import InvarianceError
+
+    try:
+        return [Suite.load(f) for f in files]
+    except InvarianceError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _walk(root: Path, ignore: list[str], name: str) -> Iterable[Path]:
