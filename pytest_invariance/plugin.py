@@ -117,6 +117,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     from ._startup import run_all
 
     run_all(config, settings, config.stash[COLLECTED_KEY])
+    if settings.baseline:
+        _audit(config)  # an unknown --invariance-baseline tag is a usage error now, not in a test
     if not settings.model:
         return
     from .errors import InvarianceError

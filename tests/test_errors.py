@@ -342,3 +342,10 @@ def test_damaged_bundled_model_is_loaded_once_and_errors_once(study):
     assert result.ret == EXIT_TOOL_ERROR
     result.stdout.fnmatch_lines(["*model *tiny.onnx could not be loaded: ModelLoadError: *",
                                  "*model *tiny.onnx could not be loaded (reported at *test_figure?tiny-1?): ModelLoadError; see that error"])
+
+
+def test_unknown_baseline_without_model_is_a_usage_error(toy):
+    toy.runpytest_subprocess("audits", "--model-version", "v1").assert_outcomes(passed=1)
+    result = toy.runpytest_subprocess("audits", "--invariance-baseline", "v0")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --invariance-baseline v0: version 'v0' is not in *; stored versions: v1"])
