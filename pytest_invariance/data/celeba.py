@@ -2,7 +2,7 @@
 
 Expected under ``data_dir`` (the names of the official release):
 
-- ``img_align_celeba/`` (aligned 178x218 crops), or ``img_celeba/`` plus
+- ``img_align_celeba/`` (aligned crops, 178x218 in the release), or ``img_celeba/`` plus
   ``list_bbox_celeba.txt`` (in-the-wild images, cropped here to a square around the box);
 - ``list_attr_celeba.txt``: a count line, a header of the 40 attribute names, then
   ``image_id`` and 40 values of -1/1 per line;
@@ -11,17 +11,26 @@ Expected under ``data_dir`` (the names of the official release):
   ``pose.csv`` (``image_id,yaw,pitch,roll`` in degrees, e.g. HyperFace estimates as in the
   paper's Sec. 3.2; CelebA itself ships no pose).
 
+The widely mirrored copy is accepted too: every list as ``.csv`` (a header row starting
+with ``image_id``; attributes as -1/1 or 0/1, one convention per file) and the images one
+folder deeper, ``img_align_celeba/img_align_celeba/`` (any chain of single subfolders is
+followed). A layout that is close but unusable (a zip not unpacked, lists without
+images, images under other names) raises one :class:`DatasetNotFoundError` saying
+"found X; expected Y"; a folder with nothing of CelebA in it is simply "not CelebA".
+
 Problems are reported as in :mod:`.folder`: one :class:`DataError` or ``skip_bad=True``.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError, DatasetNotFoundError, InvalidParameterError
-from .folder import FileImageSet, add_problems, check_size, files_fingerprint, list_images, raise_or_skip, unreadable
+from ._decode import scan_images
+from .folder import FileImageSet, add_problems, check_size, files_fingerprint, list_images, raise_or_skip
 
 ATTRIBUTES = (
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips",
@@ -35,6 +44,9 @@ SPLITS = {"train": "0", "val": "1", "test": "2"}
 POSE_COLUMNS = ("yaw", "pitch", "roll")
 ATTR_FILE, PARTITION_FILE = "list_attr_celeba.txt", "list_eval_partition.txt"
 BBOX_FILE, LANDMARK_FILE, POSE_FILE = "list_bbox_celeba.txt", "list_landmarks_align_celeba.txt", "pose.csv"
+ALIGNED_SIZE = (178, 218)  # (width, height) of the release's aligned images
+EXPECTED = ("img_align_celeba/ (or img_celeba/ + list_bbox_celeba), list_attr_celeba and "
+            "list_eval_partition as .txt or .csv")
 
 
 def _table(path: Path, problems: dict[str, str], *, head: int, width: int | None = None,
@@ -64,15 +76,75 @@ def _table(path: Path, problems: dict[str, str], *, head: int, width: int | None
     return header, rows
 
 
-def _image_source(data_dir: Path) -> tuple[Path, bool]:
-    if (data_dir / "img_align_celeba").is_dir():
-        return data_dir / "img_align_celeba", False
-    if (data_dir / "img_celeba").is_dir() and (data_dir / BBOX_FILE).is_file():
-        return data_dir / "img_celeba", True
-    raise DatasetNotFoundError(
-        f"{data_dir}: no CelebA images; expected img_align_celeba/ (or img_celeba/ with {BBOX_FILE}). "
-        "CelebA cannot be downloaded at run time: get it from the authors' page and unpack it there"
-    )
+@dataclass(frozen=True)
+class CelebALayout:
+    """Where the parts of one CelebA copy are: the image folder and each list file."""
+
+    root: Path
+    images: Path
+    wild: bool  # img_celeba/ (in-the-wild, cropped by list_bbox_celeba) instead of aligned images
+    lists: dict[str, Path]  # canonical .txt name -> the file found (.txt or .csv)
+
+    def list_path(self, name: str) -> Path | None:
+        return self.lists.get(name)
+
+
+def _list_file(root: Path, name: str) -> Path | None:
+    for p in (root / name, root / (name[:-4] + ".csv")):
+        if p.is_file():
+            return p
+    return None
+
+
+def _descend(folder: Path) -> Path:
+    """Follow a chain of single subfolders holding no images (an archive unpacked into itself)."""
+    from .folder import IMAGE_SUFFIXES
+
+    for _ in range(4):
+        entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
+        dirs = [e for e in entries if e.is_dir()]
+        if len(dirs) != 1 or any(e.suffix.lower() in IMAGE_SUFFIXES for e in entries if e.is_file()):
+            return folder
+        folder = dirs[0]
+    return folder
+
+
+def locate_celeba(root: str | os.PathLike[str]) -> CelebALayout | None:
+    """The CelebA parts under ``root``; None when nothing of CelebA is there.
+
+    Raises
+    ------
+    DatasetNotFoundError
+        When part of CelebA is there but the copy cannot be used, as "found X; expected Y".
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    lists = {n: p for n in (ATTR_FILE, PARTITION_FILE, BBOX_FILE, LANDMARK_FILE) if (p := _list_file(root, n))}
+    if (root / POSE_FILE).is_file():
+        lists[POSE_FILE] = root / POSE_FILE
+    aligned, wild = root / "img_align_celeba", root / "img_celeba"
+    zips = [p.name for p in root.glob("img*celeba*.zip")] + [p.name for p in root.glob("img*celeba*.7z")]
+    if not lists and not aligned.is_dir() and not wild.is_dir() and not zips:
+        return None
+    found = ", ".join(sorted([p.name for p in lists.values()] + [d.name + "/" for d in (aligned, wild) if d.is_dir()]
+                             + zips)) or "nothing usable"
+    if aligned.is_dir():
+        images, is_wild = _descend(aligned), False
+    elif wild.is_dir() and BBOX_FILE in lists:
+        images, is_wild = _descend(wild), True
+    elif wild.is_dir():
+        raise DatasetNotFoundError(f"CelebA at {root}: found {found}; expected list_bbox_celeba.txt (or .csv) "
+                                   "next to img_celeba/ to crop the in-the-wild images, or img_align_celeba/")
+    else:
+        hint = f" (unpack {zips[0]} there)" if zips else ""
+        raise DatasetNotFoundError(f"CelebA at {root}: found {found}; expected an image folder img_align_celeba/"
+                                   f"{hint}")
+    missing = [n[:-4] for n in (ATTR_FILE, PARTITION_FILE) if n not in lists]
+    if missing:
+        raise DatasetNotFoundError(f"CelebA at {root}: found {found}; expected {' and '.join(missing)} "
+                                   "(.txt or .csv) next to the image folder")
+    return CelebALayout(root, images, is_wild, lists)
 
 
 def load_celeba(data_dir: str | os.PathLike[str], split: str, *, size: tuple[int, int] | None = (160, 160),
@@ -113,32 +185,34 @@ def load_celeba(data_dir: str | os.PathLike[str], split: str, *, size: tuple[int
     data_dir, size = Path(data_dir), check_size(size)
     if split != "all" and split not in SPLITS:
         raise InvalidParameterError(f"The 'split' parameter must be one of {[*SPLITS, 'all']}. Got {split!r}.")
-    image_dir, crop = _image_source(data_dir)
-    for name in (ATTR_FILE, PARTITION_FILE):
-        if not (data_dir / name).is_file():
-            raise DatasetNotFoundError(f"{data_dir / name} is missing; it comes with the CelebA release")
+    layout = locate_celeba(data_dir)
+    if layout is None:
+        raise DatasetNotFoundError(
+            f"{data_dir}: no CelebA; expected {EXPECTED}. CelebA cannot be downloaded at run time: "
+            "get it from the authors' page (or a mirror) and unpack it there")
     problems: dict[str, str] = {}
-    header, attrs = _table(data_dir / ATTR_FILE, problems, head=2)
+    attr_path, part_path = layout.lists[ATTR_FILE], layout.lists[PARTITION_FILE]
+    header, attrs = _read_list(attr_path, problems, txt_head=2)
     if tuple(header) != ATTRIBUTES:
-        raise DataError(f"{data_dir / ATTR_FILE}: header is not CelebA's 40 attribute names: {header[:5]}...")
-    for image_id, values in attrs.items():
-        if any(v not in ("1", "-1") for v in values):
-            problems.setdefault(image_id, f"{ATTR_FILE} has values other than -1/1")
-    _, parts = _table(data_dir / PARTITION_FILE, problems, head=0, width=1)
-    extra = _optional_tables(data_dir, crop, problems)
+        raise DataError(f"{attr_path}: header is not CelebA's 40 attribute names: {header[:5]}...")
+    _check_attribute_values(attr_path, attrs, problems)
+    _, parts = _read_list(part_path, problems, txt_head=0, width=1)
+    extra = _optional_tables(layout, problems)
 
-    on_disk = list_images(image_dir)
+    on_disk = list_images(layout.images)
+    _check_names(layout, attr_path, attrs, on_disk)
     add_problems(problems, (i for i in attrs if i not in on_disk), "label row without an image")
-    add_problems(problems, (i for i in on_disk if i not in attrs), f"image without a row in {ATTR_FILE}")
-    add_problems(problems, (i for i in attrs if i not in parts), f"missing from {PARTITION_FILE}")
+    add_problems(problems, (i for i in on_disk if i not in attrs), f"image without a row in {attr_path.name}")
+    add_problems(problems, (i for i in attrs if i not in parts), f"missing from {part_path.name}")
     for name, (_, rows) in extra.items():
-        add_problems(problems, (i for i in attrs if i not in rows), f"missing from {name}")
-        add_problems(problems, (i for i in rows if i not in attrs), f"{name} row without an image")
+        add_problems(problems, (i for i in attrs if i not in rows), f"missing from {layout.lists[name].name}")
+        add_problems(problems, (i for i in rows if i not in attrs), f"{layout.lists[name].name} row without an image")
     # Only items of this split (or of no known split) are checked and counted.
     wanted = set(SPLITS.values()) if split == "all" else {SPLITS[split]}
     keep = [i for i in attrs if parts.get(i, [None])[0] in wanted]
-    if check_images:
-        problems.update(unreadable({i: on_disk[i] for i in keep if i not in problems}))
+    scan = scan_images({i: on_disk[i] for i in keep if i not in problems}) if check_images else None
+    if scan is not None:
+        problems.update(scan.problems)
     problems = {k: v for k, v in problems.items() if parts.get(k, [None])[0] in wanted | {None}}
     n_skipped = raise_or_skip(f"CelebA at {data_dir} ({split})", problems, skip_bad)
     keep = [i for i in keep if i not in problems]
@@ -155,25 +229,63 @@ def load_celeba(data_dir: str | os.PathLike[str], split: str, *, size: tuple[int
             boxes = values
         else:
             labels[list(cols)] = values
+    if scan is not None:  # upright (width, height) of each image, for crop boxes given in another frame
+        labels["image_width"] = np.array([scan.sizes[i][0] for i in keep], dtype=np.int64)
+        labels["image_height"] = np.array([scan.sizes[i][1] for i in keep], dtype=np.int64)
     paths = [on_disk[i] for i in keep]
-    label_files = [data_dir / n for n in (ATTR_FILE, PARTITION_FILE, *extra)]
-    fp = files_fingerprint(paths, label_files, "celeba", split, size, crop)
-    return FileImageSet(paths, labels, size=size, boxes=boxes, fingerprint=fp, n_skipped=n_skipped)
+    label_files = [attr_path, part_path, *(layout.lists[n] for n in extra)]
+    fp = files_fingerprint(paths, label_files, "celeba", split, size, layout.wild)
+    return FileImageSet(paths, labels, size=size, boxes=boxes, fingerprint=fp, n_skipped=n_skipped,
+                        conversions=dict(scan.conversions) if scan is not None else None)
 
 
-def _optional_tables(data_dir: Path, crop: bool, problems: dict[str, str]) -> dict[str, tuple[list[str], dict]]:
+def _read_list(path: Path, problems: dict[str, str], *, txt_head: int,
+               width: int | None = None) -> tuple[list[str], dict[str, list[str]]]:
+    """A list file as released (.txt, runs of spaces) or as mirrored (.csv with an image_id header)."""
+    if path.suffix.lower() == ".csv":
+        return _table(path, problems, head=1, width=width, sep=",")
+    header, rows = _table(path, problems, head=txt_head, width=width)
+    return (header[-width:] if width and header else header), rows
+
+
+def _check_attribute_values(path: Path, attrs: dict[str, list[str]], problems: dict[str, str]) -> None:
+    """-1/1 (the release) or 0/1 (some mirrors), one convention per file; 0 with -1 is ambiguous."""
+    seen = {v for values in attrs.values() for v in values}
+    if "0" in seen and "-1" in seen:
+        raise DataError(f"{path}: found attribute values 0 and -1 in one file; expected -1/1 (the release) "
+                        "or 0/1 (mirrors), not both")
+    allowed = ("0", "1") if "0" in seen else ("-1", "1")
+    for image_id, values in attrs.items():
+        if any(v not in allowed for v in values):
+            problems.setdefault(image_id, f"{path.name} has values other than {'/'.join(allowed)}")
+
+
+def _check_names(layout: CelebALayout, attr_path: Path, attrs: dict[str, list[str]], on_disk: dict[str, Path]) -> None:
+    """Images under other names than the lists use (another extension, a deeper folder): say so once."""
+    if not attrs or any(i in on_disk for i in attrs):
+        return
+    listed = next(iter(attrs))
+    if not on_disk:
+        raise DatasetNotFoundError(f"CelebA at {layout.root}: found no images in {layout.images}; expected "
+                                   f"files named as in {attr_path.name}, e.g. {listed}")
+    example = next(iter(on_disk.values()))
+    raise DatasetNotFoundError(
+        f"CelebA at {layout.root}: found images such as {example.relative_to(layout.root).as_posix()}; expected "
+        f"{(layout.images / listed).relative_to(layout.root).as_posix()} as named in {attr_path.name}")
+
+
+def _optional_tables(layout: CelebALayout, problems: dict[str, str]) -> dict[str, tuple[list[str], dict]]:
     """Boxes (when cropping), aligned landmarks (when not) and pose, each only if its file exists."""
     out: dict[str, tuple[list[str], dict]] = {}
-    if crop:
-        # the header names image_id too, so only the last four names are columns
-        header, rows = _table(data_dir / BBOX_FILE, problems, head=2, width=4)
-        out[BBOX_FILE] = (header[-4:], rows)
-    elif (data_dir / LANDMARK_FILE).is_file():
-        out[LANDMARK_FILE] = _table(data_dir / LANDMARK_FILE, problems, head=2, width=10)
-    if (data_dir / POSE_FILE).is_file():
-        header, rows = _table(data_dir / POSE_FILE, problems, head=1, sep=",")
+    if layout.wild:
+        # the .txt header names image_id too, so only the last four names are columns
+        out[BBOX_FILE] = _read_list(layout.lists[BBOX_FILE], problems, txt_head=2, width=4)
+    elif LANDMARK_FILE in layout.lists:
+        out[LANDMARK_FILE] = _read_list(layout.lists[LANDMARK_FILE], problems, txt_head=2, width=10)
+    if POSE_FILE in layout.lists:
+        header, rows = _table(layout.lists[POSE_FILE], problems, head=1, sep=",")
         if tuple(header) != POSE_COLUMNS:
-            raise DataError(f"{data_dir / POSE_FILE}: header must be image_id,yaw,pitch,roll; got {header}")
+            raise DataError(f"{layout.lists[POSE_FILE]}: header must be image_id,yaw,pitch,roll; got {header}")
         out[POSE_FILE] = (header, rows)
     return out
 

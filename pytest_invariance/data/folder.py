@@ -16,7 +16,7 @@ import csv
 import hashlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -50,23 +50,31 @@ class FileImageSet(ImageSet):
         Identifies files, labels and preprocessing (see :func:`files_fingerprint`).
     n_skipped : int
         How many bad items the loader left out.
+    conversions : mapping, optional
+        Images per conversion decoding makes (see :mod:`._decode`), for the report.
+
+    Images are decoded by :func:`._decode.open_rgb`: EXIF orientation applied, any mode
+    converted to RGB (transparency on white).
     """
 
     def __init__(self, paths: Sequence[Path], labels: "pd.DataFrame", *, size: tuple[int, int] | None,
-                 fingerprint: str, boxes: np.ndarray | None = None, n_skipped: int = 0):
+                 fingerprint: str, boxes: np.ndarray | None = None, n_skipped: int = 0,
+                 conversions: Mapping[str, int] | None = None):
         self.paths = list(paths)
         self.labels = labels.reset_index(drop=True)
         self.size, self.boxes, self.n_skipped = size, boxes, n_skipped
+        self.conversions = dict(conversions or {})
         self.fingerprint = fingerprint
 
     def __getitem__(self, index: int) -> "torch.Tensor":
         import torch
         from PIL import Image
 
+        from ._decode import open_rgb
+
         path = self.paths[index]
         try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
+            with open_rgb(path) as im:
                 if self.boxes is not None:
                     x, y, w, h = (float(v) for v in self.boxes[index])
                     side, cx, cy = max(w, h), x + w / 2, y + h / 2
@@ -91,16 +99,9 @@ def check_size(size: tuple[int, int] | None) -> tuple[int, int] | None:
 
 def unreadable(files: dict[str, Path]) -> dict[str, str]:
     """Items (name -> path) whose image header PIL cannot read; cheap, no pixel decoding."""
-    from PIL import Image
+    from ._decode import scan_images
 
-    bad = {}
-    for name, p in files.items():
-        try:
-            with Image.open(p):  # parses the header only
-                pass
-        except (OSError, ValueError) as exc:
-            bad[name] = f"unreadable image ({type(exc).__name__})"
-    return bad
+    return scan_images(files).problems
 
 
 def add_problems(problems: dict[str, str], names: Iterable[str], reason: str) -> None:
