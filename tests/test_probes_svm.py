@@ -98,12 +98,9 @@ def test_bad_input_errors():
     Xn = X.copy(); Xn[3, 1] = np.nan
     with pytest.raises(ValueError, match="NaN or Inf"):
         p.fit(Xn, Y, X, Y)
-    Y1 = Y.copy(); Y1[:, 1] = 1
-    with pytest.raises(DataError, match="fewer than 2 samples of one class"):
+    Y1 = Y.copy(); Y1[:, :] = 1
+    with pytest.raises(DataError, match="no attribute has 5 present and absent examples"):
         p.fit(X, Y1, X, Y)
-    Y2 = Y.copy(); Y2[:, 0] = 0; Y2[0, 0] = 1
-    with pytest.raises(DataError, match="fewer than 2 samples"):
-        p.fit(X, Y2, X, Y)
     with pytest.raises(DataError, match="every feature of X_train is constant"):
         p.fit(np.ones_like(X), Y, X, Y)
     with pytest.raises(ValueError, match="expecting 20 features"):
@@ -116,3 +113,53 @@ def test_more_features_than_samples_warns_and_still_fits():
     with pytest.warns(Warning, match="can fit any labelling"):
         p = AttributeSVMProbe(n_permutations=0, n_bootstrap=0).fit(X, Y, X, Y)
     assert np.isfinite(p.coef_).all()
+
+
+@pytest.mark.parametrize("case", ["one positive in test", "none in validation", "absent everywhere"])
+def test_degenerate_attribute_is_not_measurable_and_the_others_are_measured(case):
+    X, Y = planted(n=1200, T=3)
+    tr, va, te = slice(0, 700), slice(700, 900), slice(900, 1200)
+    Y = Y.copy()
+    if case == "one positive in test":
+        Y[te, 1] = 0; Y[900, 1] = 1
+    elif case == "none in validation":
+        Y[va, 1] = 0
+    else:
+        Y[:, 1] = 0
+    p = AttributeSVMProbe(n_permutations=3, n_bootstrap=50).fit(X[tr], Y[tr], X[va], Y[va])
+    if case != "one positive in test":  # C is never chosen on an undefined validation score
+        assert np.isnan(p.C_[1]) and np.isnan(p.val_balanced_accuracy_[1]).all()
+    reasons = p.not_measurable(Y[te])
+    n_pos = {"one positive in test": 1, "none in validation": 0, "absent everywhere": 0}[case]
+    assert list(reasons) == ["attr_1"] and f"{n_pos} present" in reasons["attr_1"], reasons
+    out = p.evaluate(X[te], Y[te])
+    assert set(out) == {"attr_0", "attr_2"}
+    ref = svm.LinearSVC(C=p.C_[0], class_weight="balanced").fit(X[tr], Y[tr, 0])
+    assert out["attr_0"]["balanced_error"].value == pytest.approx(1 - bal_acc(Y[te, 0], ref.predict(X[te])), abs=0.01)
+
+
+def _liblinear_objective(X, y, w, b, C):
+    Y = np.where(y > 0, 1.0, -1.0)
+    s = np.where(Y > 0, len(Y) / (2 * (Y > 0).sum()), len(Y) / (2 * (Y < 0).sum()))
+    return 0.5 * (w @ w + b * b) + C * (s * np.maximum(0, 1 - Y * (X @ w + b)) ** 2).sum()
+
+
+@pytest.mark.parametrize("transform", ["offset by 1000", "scaled by 100"])
+def test_unscaled_post_relu_features_match_liblinear(transform):
+    """VGG-fc7-like features: 512-d, post-ReLU, sparse, with a large offset or scale."""
+    rng = np.random.default_rng(0)
+    n, d = 2000, 512
+    Z = np.maximum(rng.normal(size=(n, 64)) @ rng.normal(size=(64, d)) / 8, 0)
+    score = Z[:, :5].sum(1) + rng.normal(size=n) * 2
+    y = ((score > np.quantile(score, 0.7)) | (rng.random(n) < 0.05)).astype(int)
+    X = Z + 1000 if transform == "offset by 1000" else Z * 100
+    tr, te = slice(0, 1500), slice(1500, n)
+    for C in (0.01, 1.0):
+        p = AttributeSVMProbe(C_grid=(C,), n_permutations=0, n_bootstrap=0).fit(X[tr], y[tr, None], X[tr], y[tr, None])
+        ref = svm.LinearSVC(C=C, class_weight="balanced", tol=1e-6, max_iter=50_000).fit(X[tr], y[tr])
+        assert p.converged_.all()
+        ours = _liblinear_objective(X[tr], y[tr], p.coef_[0], p.intercept_[0], C)
+        theirs = _liblinear_objective(X[tr], y[tr], ref.coef_[0], ref.intercept_[0], C)
+        assert abs(ours - theirs) / theirs < 1e-3, (C, ours, theirs)
+        got = 1 - p.evaluate(X[te], y[te, None])["attr_0"]["balanced_error"].value
+        assert got == pytest.approx(bal_acc(y[te], ref.predict(X[te])), abs=0.005)

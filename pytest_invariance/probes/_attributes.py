@@ -32,7 +32,8 @@ class AttributeSVMProbe(ProbeMixin):
     device : str
         "cpu", "cuda", "cuda:N" or "auto".
     max_iter : int
-        Solver iterations per column (each costs two passes over the training data).
+        Solver iterations per column (each costs two passes over the training data);
+        converged columns stop early (typically 10-40 iterations).
     tol : float
         liblinear's relative gradient rule (see the solver).
     n_bootstrap : int
@@ -45,6 +46,14 @@ class AttributeSVMProbe(ProbeMixin):
         CI level.
     random_state : int
         Seeds the bootstrap and the permutations.
+    min_class_count : int
+        An attribute with fewer present or absent examples in any split is not measured
+        (see :meth:`not_measurable`); the others are.
+
+    Features are used as given: the solver standardises them internally by an exact change
+    of variables, so ``coef_`` is in the original units and the objective is liblinear's
+    even for unscaled features (large offsets, raw activations). A fit that stops at
+    ``max_iter`` warns and is flagged ``converged = False`` in the figures' details.
 
     Attributes
     ----------
@@ -72,11 +81,12 @@ class AttributeSVMProbe(ProbeMixin):
         "n_permutations": [Interval("int", 0, None, "left")],
         "confidence": [Interval("float", 0, 1)],
         "random_state": [Interval("int", 0, None, "left")],
+        "min_class_count": [Interval("int", 1, None, "left")],
     }
 
     def __init__(self, *, C_grid: Sequence[float] = (0.001, 0.01, 0.1, 1.0, 10.0), device: str = "cpu",
-                 max_iter: int = 30, tol: float = 1e-4, n_bootstrap: int = 1000, n_permutations: int = 20,
-                 confidence: float = 0.95, random_state: int = 0) -> None:
+                 max_iter: int = 100, tol: float = 1e-4, n_bootstrap: int = 1000, n_permutations: int = 20,
+                 confidence: float = 0.95, random_state: int = 0, min_class_count: int = 5) -> None:
         self.C_grid = C_grid
         self.device = device
         self.max_iter = max_iter
@@ -85,20 +95,38 @@ class AttributeSVMProbe(ProbeMixin):
         self.n_permutations = n_permutations
         self.confidence = confidence
         self.random_state = random_state
+        self.min_class_count = min_class_count
 
-    def _check_targets(self, Y: NDArray[np.float32], where: str) -> None:
+    def _class_counts(self, Y: NDArray[np.float32]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         n_pos = (Y > 0).sum(0)
-        bad = np.flatnonzero((n_pos < 2) | (len(Y) - n_pos < 2))
-        if bad.size:
-            names = [self.names_[i] for i in bad[:5]] if hasattr(self, "names_") else bad[:5].tolist()
-            raise DataError(f"attributes {names} have fewer than 2 samples of one class in {where}; "
-                            "an SVM needs both present and absent examples: drop those attributes or add data.")
+        return n_pos, len(Y) - n_pos
+
+    def _unmeasurable(self, Y: NDArray[np.float32], where: str) -> dict[int, str]:
+        """Targets with fewer than ``min_class_count`` present or absent examples in ``Y``."""
+        n_pos, n_neg = self._class_counts(Y)
+        k = self.min_class_count
+        return {int(t): f"{int(n_pos[t])} present / {int(n_neg[t])} absent in {where} (need >= {k} of each)"
+                for t in np.flatnonzero((n_pos < k) | (n_neg < k))}
+
+    def not_measurable(self, Y_test: Any = None) -> dict[str, str]:
+        """Attributes that cannot be measured, name -> reason with the counts.
+
+        Fit marks those with fewer than ``min_class_count`` present or absent examples in
+        the training or validation split (no fit, or C chosen on an undefined validation
+        score); ``Y_test`` adds those short in the test split (an undefined rate).
+        """
+        self._check_is_fitted("coef_")
+        out = {self.names_[t]: r for t, r in self._not_measurable.items()}
+        if Y_test is not None:
+            for t, r in self._unmeasurable(F.to_plus_minus(Y_test, "Y_test"), "the test split").items():
+                out.setdefault(self.names_[t], r)
+        return out
 
     def _solve(self, X: NDArray[Any], Y: NDArray[np.float32], C: NDArray[np.float64], tgt: NDArray[np.int64]) -> F.SVMSolution:
         return F.fit_squared_hinge_svm(X, Y, C, tgt, tol=self.tol, max_iter=self.max_iter, device=self._device)
 
     def fit(self, X_train: Any, Y_train: Any, X_val: Any, Y_val: Any, names: Sequence[str] | None = None) -> "AttributeSVMProbe":
-        """Fit every attribute at every C on the training split; keep the best C on validation."""
+        """Fit every measurable attribute at every C on the training split; keep the best C on validation."""
         self._validate_params()
         self._device = resolve_device(self.device)
         X = check_features(X_train, "X_train")
@@ -113,23 +141,39 @@ class AttributeSVMProbe(ProbeMixin):
         self.names_ = list(names) if names is not None else [f"attr_{i}" for i in range(T)]
         if len(self.names_) != T:
             raise DataError(f"names has {len(self.names_)} entries but Y has {T} targets.")
-        self._check_targets(Y, "the training split")
+        self._not_measurable = {**self._unmeasurable(Yv, "the validation split"),
+                                **self._unmeasurable(Y, "the training split")}
+        self.measurable_ = np.array([t not in self._not_measurable for t in range(T)])
+        if not self.measurable_.any():
+            raise DataError(f"no attribute has {self.min_class_count} present and absent examples in both the "
+                            f"training and validation splits, e.g. {self.names_[0]}: {self._not_measurable[0]}; "
+                            "add data or lower min_class_count.")
         check_not_constant(X, "X_train")
         if X.shape[1] >= X.shape[0]:
             warn(f"X_train has {X.shape[1]} features for {X.shape[0]} samples: a linear SVM can fit "
                  "any labelling; read the figures against the permutation chance level.")
         grid = np.asarray(self.C_grid, dtype=np.float64)
         self.n_features_in_ = X.shape[1]
-        self._X_train, self._Y_train = X, Y  # kept for the permutation refits in evaluate
-        sol = self._solve(X, Y, np.tile(grid, T), np.repeat(np.arange(T), len(grid)))
+        m = np.flatnonzero(self.measurable_)
+        self._X_train, self._Y_train = X, Y[:, m]  # kept for the permutation refits in evaluate
+        sol = self._solve(X, Y[:, m], np.tile(grid, len(m)), np.repeat(np.arange(len(m)), len(grid)))
         pred = np.where(Xv @ sol.coef.T + sol.intercept > 0, 1.0, -1.0)
-        bal = 1.0 - F.binary_rates(np.repeat(Yv, len(grid), axis=1), pred)["balanced_error"]
-        self.val_balanced_accuracy_ = bal.reshape(T, len(grid))
-        best = self.val_balanced_accuracy_.argmax(1)  # first maximum = smallest C on ties
-        cols = np.arange(T) * len(grid) + best
-        self.C_ = grid[best]
-        self.coef_, self.intercept_ = sol.coef[cols], sol.intercept[cols]
-        self.n_iter_, self.converged_ = sol.n_iter[cols], sol.converged[cols]
+        bal = 1.0 - F.binary_rates(np.repeat(Yv[:, m], len(grid), axis=1), pred)["balanced_error"]
+        # Both classes are in validation (measurable), so every score is defined.
+        self.val_balanced_accuracy_ = np.full((T, len(grid)), np.nan)
+        self.val_balanced_accuracy_[m] = bal.reshape(len(m), len(grid))
+        best = self.val_balanced_accuracy_[m].argmax(1)  # first maximum = smallest C on ties
+        cols = np.arange(len(m)) * len(grid) + best
+        self.C_ = np.full(T, np.nan)
+        self.coef_, self.intercept_ = np.zeros((T, X.shape[1])), np.zeros(T)
+        self.n_iter_, self.converged_ = np.zeros(T, np.int64), np.zeros(T, bool)
+        self.C_[m], self.coef_[m], self.intercept_[m] = grid[best], sol.coef[cols], sol.intercept[cols]
+        self.n_iter_[m], self.converged_[m] = sol.n_iter[cols], sol.converged[cols]
+        if not self.converged_[m].all():
+            bad = [self.names_[t] for t in m[~self.converged_[m]]]
+            warn(f"the SVM solver stopped at max_iter={self.max_iter} before convergence for {len(bad)} "
+                 f"attribute(s), e.g. {bad[:3]}; their figures are flagged (details.converged = False). "
+                 "Raise max_iter.")
         return self
 
     def decision_function(self, X: Any) -> NDArray[np.float64]:
@@ -142,25 +186,29 @@ class AttributeSVMProbe(ProbeMixin):
         """Predicted attributes as 0/1, [n, T]."""
         return (self.decision_function(X) > 0).astype(np.int64)
 
-    def _null_rates(self, Xt: NDArray[Any], Yt: NDArray[np.float32]) -> dict[str, NDArray[np.float64]]:
-        T, k = Yt.shape[1], self.n_permutations
+    def _null_rates(self, Xt: NDArray[Any], Yt: NDArray[np.float32], keep: NDArray[np.int64]) -> dict[str, NDArray[np.float64]]:
+        """Permutation refits for the attributes ``keep`` (indices into names_), scored on ``Yt`` [n, len(keep)]."""
+        T, k = len(keep), self.n_permutations
+        train_col = np.searchsorted(np.flatnonzero(self.measurable_), keep)  # columns of self._Y_train
+        Ytr = self._Y_train[:, train_col]
 
         def refit(Y_perm: NDArray[np.float32]) -> NDArray[np.float64]:  # [k, n, T] -> [k, 4, T]
-            Yb = np.transpose(Y_perm, (1, 0, 2)).reshape(len(self._Y_train), k * T)
-            sol = self._solve(self._X_train, Yb, np.tile(self.C_, k), np.tile(np.arange(T), k))
+            Yb = np.transpose(Y_perm, (1, 0, 2)).reshape(len(Ytr), k * T)
+            sol = self._solve(self._X_train, Yb, np.tile(self.C_[keep], k), np.tile(np.arange(T), k))
             pred = np.where(Xt @ sol.coef.T + sol.intercept > 0, 1.0, -1.0)
             rates = F.binary_rates(np.tile(Yt, k), pred)
             return np.stack([rates[m].reshape(k, T) for m in METRICS], axis=1)
 
-        _, values = permutation_chance(refit, self._Y_train, k, self.random_state, batched=True)
+        _, values = permutation_chance(refit, Ytr, k, self.random_state, batched=True)
         return {m: values[:, i] for i, m in enumerate(METRICS)}
 
     def evaluate(self, X_test: Any, Y_test: Any) -> dict[str, dict[str, Estimate]]:
-        """Test-set figures per attribute: ``{name: {metric: Estimate}}``.
+        """Test-set figures per measurable attribute: ``{name: {metric: Estimate}}``.
 
         Metrics: ``fn_rate`` (labelled present, predicted absent), ``fp_rate``,
-        ``balanced_error`` and ``accuracy``. Details hold the chosen ``C``, the counts and,
-        for accuracy, the majority-class baseline.
+        ``balanced_error`` and ``accuracy``. Details hold the chosen ``C``, the counts,
+        ``converged`` and, for accuracy, the majority-class baseline. Attributes listed by
+        :meth:`not_measurable` (``Y_test`` included) are left out.
         """
         self._check_is_fitted("coef_")
         Xt = check_features(X_test, "X_test")
@@ -169,12 +217,15 @@ class AttributeSVMProbe(ProbeMixin):
         check_lengths(len(Xt), Y_test=Yt)
         if Yt.shape[1] != len(self.names_):
             raise DataError(f"Y_test has {Yt.shape[1]} targets but the probe was fit on {len(self.names_)}.")
-        self._check_targets(Yt, "the test split")
-        pred = np.where(self.decision_function(Xt) > 0, 1.0, -1.0)
+        skip = self.not_measurable(Yt)
+        keep = np.array([t for t, name in enumerate(self.names_) if name not in skip], dtype=np.int64)
+        if not keep.size:
+            raise DataError(f"no attribute can be measured on this test split: {skip}")
+        Yt = Yt[:, keep]
+        pred = np.where(self.decision_function(Xt)[:, keep] > 0, 1.0, -1.0)
         rates = F.binary_rates(Yt, pred)
         pos, neg = (Yt > 0).astype(np.float64), (Yt < 0).astype(np.float64)
         fn, fp, ok = pos * (pred < 0), neg * (pred > 0), (Yt == pred).astype(np.float64)
-        T = Yt.shape[1]
 
         def stat(counts: NDArray[np.float64]) -> NDArray[np.float64]:  # [b, n] -> [b, 4, T]
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -183,11 +234,12 @@ class AttributeSVMProbe(ProbeMixin):
 
         lo, hi, _ = bootstrap_ci(stat, n=len(Yt), n_bootstrap=self.n_bootstrap, confidence=self.confidence,
                                  random_state=self.random_state)
-        null = self._null_rates(Xt, Yt) if self.n_permutations > 0 else None
+        null = self._null_rates(Xt, Yt, keep) if self.n_permutations > 0 else None
         out: dict[str, dict[str, Estimate]] = {}
-        for t, name in enumerate(self.names_):
-            base = {"C": float(self.C_[t]), "n_pos": int(pos[:, t].sum()), "n_neg": int(neg[:, t].sum()),
-                    "converged": bool(self.converged_[t])}
+        for t, a in enumerate(keep):
+            name = self.names_[a]
+            base = {"C": float(self.C_[a]), "n_pos": int(pos[:, t].sum()), "n_neg": int(neg[:, t].sum()),
+                    "converged": bool(self.converged_[a]), "n_iter": int(self.n_iter_[a])}
             out[name] = {}
             for i, m in enumerate(METRICS):
                 details = dict(base)

@@ -118,7 +118,17 @@ def fit_squared_hinge_svm(
 
     dev = torch.device(device)
     f32, f64 = torch.float32, torch.float64
-    Xt = torch.as_tensor(np.ascontiguousarray(X), dtype=f32, device=dev)
+    # Exact change of variables for the data passes: X = mu + Z * sd with Z standardised, so
+    # X w = Z (sd w) + mu.w. The float32 products see well-scaled Z; the offset part is
+    # float64. The iterate stays in the original coordinates, so the objective is exactly
+    # liblinear's (post-ReLU features offset by 1000 otherwise stall at 1e3x its optimum).
+    X64 = np.asarray(X, dtype=np.float64)
+    mu_np = X64.mean(axis=0)
+    sd_np = X64.std(axis=0)
+    sd_np[sd_np == 0] = 1.0
+    Xt = torch.as_tensor(np.ascontiguousarray((X64 - mu_np) / sd_np), dtype=f32, device=dev)
+    del X64
+    mu, sd = torch.as_tensor(mu_np, dtype=f64, device=dev), torch.as_tensor(sd_np, dtype=f64, device=dev)
     n, d = Xt.shape
     cols = len(C)
     tgt = torch.as_tensor(np.asarray(column_target), dtype=torch.long, device=dev)
@@ -137,18 +147,23 @@ def fit_squared_hinge_svm(
 
     work = [0.0]  # data passes, in units of one [n, d] x [d, cols] product
 
-    def xmul(A: Any, W: Any) -> Any:  # [A, scale] @ W for W [d+1, k]
+    def xmul(A: Any, W: Any) -> Any:  # [X_A, scale] @ W for W [d+1, k], X_A = mu + Z_A * sd
         work[0] += A.shape[0] * W.shape[1] / (n * cols)
-        return torch.addmm(W[d].to(f32) * scale, A, W[:d].to(f32))
+        offset = (mu @ W[:d] + W[d] * scale).to(f32)
+        return torch.addmm(offset, A, (W[:d] * sd[:, None]).to(f32))
 
-    def xtmul(A: Any, R: Any) -> Any:  # [A, scale]' @ R for R [rows, k], float64 result
+    def xtmul(A: Any, R: Any) -> Any:  # [X_A, scale]' @ R for R [rows, k], float64 result
         work[0] += A.shape[0] * R.shape[1] / (n * cols)
-        return torch.cat([A.T @ R, R.sum(0, keepdim=True) * scale]).to(f64)
+        rsum = R.sum(0, keepdim=True, dtype=f64)
+        return torch.cat([sd[:, None] * (A.T @ R).to(f64) + mu[:, None] * rsum, rsum * scale])
 
     # Shared preconditioner: eigenbasis of the augmented Hessian-row Gram, float64.
+    zsum = XH.sum(0, dtype=f64)
+    xsum = sd * zsum + n_h * mu
     G = torch.empty((d + 1, d + 1), dtype=f64, device=dev)
-    G[:d, :d] = (XH.T @ XH).to(f64) * hscale
-    colsum = XH.sum(0, dtype=f64) * scale * hscale
+    G[:d, :d] = (sd[:, None] * (XH.T @ XH).to(f64) * sd[None, :] + torch.outer(sd * zsum, mu)
+                 + torch.outer(mu, sd * zsum) + n_h * torch.outer(mu, mu)) * hscale
+    colsum = xsum * scale * hscale
     G[:d, d], G[d, :d], G[d, d] = colsum, colsum, scale * scale * n
     lam, V = torch.linalg.eigh(G)
     lam = lam.clamp(min=0.0)

@@ -28,6 +28,7 @@ from ..probes._estimate import Estimate
 from ..probes.stats import bootstrap_ci
 
 if TYPE_CHECKING:
+    import pandas as pd
     from numpy.typing import NDArray
 
     from .._audit import Audit, ModelRef
@@ -37,7 +38,8 @@ if TYPE_CHECKING:
 
 #: Level at which each built-in perturbation leaves the image unchanged.
 NEUTRAL_LEVELS: dict[str, float] = {"rotation": 0.0, "blur": 0.0, "brightness": 1.0, "scale": 1.0, "occlusion": 0.0}
-CELEBA_NEEDS = "img_align_celeba/ (or img_celeba/ + list_bbox_celeba.txt), list_attr_celeba.txt, list_eval_partition.txt"
+CELEBA_NEEDS = ("img_align_celeba/ (or img_celeba/ + list_bbox_celeba.txt), list_attr_celeba.txt, list_eval_partition.txt "
+                "(or the mirrors' .csv lists)")
 BUILD_HINT = "python scripts/build_facenet.py"
 N_BOOTSTRAP = 1000
 
@@ -59,15 +61,23 @@ def default_model_missing(suite: "Suite", settings: "Settings") -> str | None:
 def find_celeba(settings: "Settings", *, need_pose: bool = False) -> tuple[Path | None, str | None]:
     """The CelebA folder under ``--invariance-data-dir`` (the folder itself or its ``celeba/``).
 
-    Returns ``(folder, None)`` or ``(None, one-line skip reason)``.
+    Returns ``(folder, None)`` or ``(None, one-line skip reason)`` when there is no CelebA.
+
+    Raises
+    ------
+    DatasetNotFoundError
+        When a copy is there but unusable ("found X; expected Y"): an error, not a skip.
     """
+    from ..data.celeba import locate_celeba
+
     root = settings.resolve_path(settings.data_dir)
     need = CELEBA_NEEDS + (", pose.csv (image_id,yaw,pitch,roll)" if need_pose else "")
     if root is None:
         return None, f"no CelebA: pass --invariance-data-dir DIR holding {need}"
     for folder in (root, root / "celeba", root / "CelebA"):
-        if (folder / "list_attr_celeba.txt").is_file():
-            if need_pose and not (folder / "pose.csv").is_file():
+        layout = locate_celeba(folder)
+        if layout is not None:
+            if need_pose and "pose.csv" not in layout.lists:
                 return None, f"no {folder / 'pose.csv'}: the pose suite needs image_id,yaw,pitch,roll per image (CelebA ships no pose)"
             return folder, None
     return None, f"no CelebA under {root} (or {root}/celeba): expected {need}"
@@ -85,10 +95,16 @@ def celeba_splits(folder: Path, *, crop: Sequence[float] | None, limits: Mapping
     crop : (x, y, w, h) or None
         Box in the aligned 178x218 images (square crop around its centre), so the face
         fills the frame as in FaceNet's training crops; ignored for ``img_celeba``,
-        whose own boxes are used.
+        whose own boxes are used. Images of another size are handled by :func:`crop_boxes`.
     limits : mapping split -> int
         At most this many images per split (seeded random subset, order kept); 0 = all.
+    skip_bad : bool
+        Leave out every image that cannot be read or decoded (each chosen image is fully
+        decoded once up front, so a truncated JPEG is found before extraction).
+
+    Each returned set carries ``notes``: ``n``, ``n_skipped``, ``conversions`` and ``crop``.
     """
+    from ..data._decode import scan_images
     from ..data.celeba import load_celeba
     from ..data.folder import FileImageSet
 
@@ -99,12 +115,78 @@ def celeba_splits(folder: Path, *, crop: Sequence[float] | None, limits: Mapping
         limit = int(limits.get(split, 0) or 0)
         if 0 < limit < len(s):
             idx = np.sort(np.random.default_rng(seed).choice(len(s), limit, replace=False))
-        boxes = s.boxes[idx] if s.boxes is not None else (np.tile(np.asarray(crop, float), (len(idx), 1)) if crop else None)
+        n_skipped = s.n_skipped
+        if skip_bad:  # headers were checked; truncated pixel data only shows in a full decode
+            bad = scan_images({str(i): s.paths[i] for i in idx}, decode=True).problems
+            idx = np.array([i for i in idx if str(i) not in bad], dtype=np.int64)
+            n_skipped += len(bad)
+        labels = s.labels.iloc[idx].reset_index(drop=True)
+        if s.boxes is not None:
+            boxes, how = s.boxes[idx], {"method": "list_bbox_celeba boxes (in-the-wild images)"}
+        else:
+            boxes, how = crop_boxes(labels, crop)
         fp = hashlib.sha256(f"{s.fingerprint}|{idx.tobytes().hex()}|{None if boxes is None else boxes.tobytes().hex()}"
                             .encode()).hexdigest()[:32]
-        out[split] = FileImageSet([s.paths[i] for i in idx], s.labels.iloc[idx], size=(160, 160), boxes=boxes,
-                                  fingerprint=fp, n_skipped=s.n_skipped)
+        out[split] = FileImageSet([s.paths[i] for i in idx], labels, size=(160, 160), boxes=boxes,
+                                  fingerprint=fp, n_skipped=n_skipped, conversions=s.conversions)
+        out[split].notes = {"n": len(idx), "n_skipped": n_skipped, "conversions": dict(s.conversions), "crop": how}
     return out
+
+
+#: Mean landmarks of the aligned 178x218 release (eyes, nose, mouth corners; x, y), to
+#: express a crop box relative to a face's own landmarks.
+_MEAN_LANDMARKS = np.array([[69.0, 111.0], [107.0, 111.0], [88.0, 134.0], [72.0, 152.0], [105.0, 152.0]])
+_LANDMARKS = ("lefteye_x", "lefteye_y", "righteye_x", "righteye_y", "nose_x", "nose_y",
+              "leftmouth_x", "leftmouth_y", "rightmouth_x", "rightmouth_y")
+
+
+def _face_frame(points: "NDArray[np.float64]") -> tuple["NDArray[np.float64]", "NDArray[np.float64]"]:
+    """Centre (mean of the 5 points) and scale (eye-midpoint to mouth-midpoint distance) of [..., 5, 2]."""
+    eyes, mouth = points[..., :2, :].mean(-2), points[..., 3:, :].mean(-2)
+    return points.mean(-2), np.linalg.norm(mouth - eyes, axis=-1)
+
+
+def crop_boxes(labels: "pd.DataFrame", crop: Sequence[float] | None) -> tuple["NDArray[np.float64] | None", dict[str, Any]]:
+    """Per-image crop boxes (x, y, w, h) for a box given in the aligned 178x218 frame.
+
+    - 178x218 images: the box as given.
+    - Same aspect ratio (resized mirrors at 64 or 128 px wide...): the box scaled to each size.
+    - Other shapes (square crops, CelebA-HQ) with a landmarks file whose points lie inside
+      the images: the box placed relative to each face's landmarks (centre and eye-mouth
+      distance, from the release's mean landmarks).
+    - Other shapes without usable landmarks: no box, the whole image is used (such copies
+      are already cropped around the face; a fixed box would cut the head off).
+
+    Returns the boxes (None = whole image) and a JSON-able record of what was done.
+    """
+    from ..data.celeba import ALIGNED_SIZE
+
+    if not crop:
+        return None, {"method": "whole image (crop = [])"}
+    box = np.asarray(crop, np.float64)
+    if "image_width" not in labels:
+        return np.tile(box, (len(labels), 1)), {"method": "fixed box, image sizes not checked", "box_178x218": list(box)}
+    w, h = labels["image_width"].to_numpy(np.float64), labels["image_height"].to_numpy(np.float64)
+    sizes = {f"{a:g}x{b:g}": int(c) for (a, b), c in
+             zip(*np.unique(np.column_stack([w, h]), axis=0, return_counts=True)) } if len(w) else {}
+    record: dict[str, Any] = {"box_178x218": box.tolist(), "image_sizes": sizes}
+    W0, H0 = ALIGNED_SIZE
+    same = np.isclose(w / h, W0 / H0, rtol=0.01)
+    if same.all():
+        sx, sy = w / W0, h / H0
+        method = "fixed box" if np.allclose(sx, 1) and np.allclose(sy, 1) else "box scaled to each image's size"
+        return np.column_stack([box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]), {**record, "method": method}
+    if all(c in labels for c in _LANDMARKS):
+        pts = labels[list(_LANDMARKS)].to_numpy(np.float64).reshape(-1, 5, 2)
+        inside = (pts >= 0).all() and (pts[..., 0] <= w[:, None]).all() and (pts[..., 1] <= h[:, None]).all()
+        if inside:
+            c0, s0 = _face_frame(_MEAN_LANDMARKS)
+            rel_c, rel_wh = (box[:2] + box[2:] / 2 - c0) / s0, box[2:] / s0
+            c, s = _face_frame(pts)
+            wh = rel_wh[None] * s[:, None]
+            xy = c + rel_c[None] * s[:, None] - wh / 2
+            return np.column_stack([xy, wh]), {**record, "method": "box placed from each image's landmarks"}
+    return None, {**record, "method": "whole image: shape is not 178x218's and no landmarks inside the images"}
 
 
 # ----------------------------------------------------------------------------- attributes
