@@ -366,7 +366,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         results = item.stash.get(CHECKS_KEY, [])
         if results:
             # Plain data on the report crosses from xdist workers to the controller.
-            report.invariance_checks = [r.to_dict() for r in results]
+            from ._notes import check_n_skipped
+
+            report.invariance_checks = [check_n_skipped(r.to_dict()) for r in results]
             report.invariance_plots = [[list(k), p] for k, p in item.stash.get(PLOTS_KEY, [])]
             for r in results:  # junitxml properties (scalars only); junitxml reads them
                 # from the teardown report, which copies item.user_properties.
@@ -387,10 +389,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         # so a results.json never describes an earlier run.
         from ._results import write_outputs
 
+        from ._notes import run_notes
+
         collected["checks"] += outcomes.error_entries()
-        run = {**_run_block(config, collected), **outcomes.run_fields(status)}
+        notes, note_lines = run_notes(collected["checks"])
+        run = {**_run_block(config, collected), **outcomes.run_fields(status), **notes}
         try:
-            collected["summary"] = write_outputs(settings, collected, run)
+            collected["summary"] = write_outputs(settings, collected, run) + note_lines
         except Exception as exc:  # e.g. the disk filled up: say so in one line, never green
             collected["summary"] = [f"invariance: outputs not written ({type(exc).__name__}: {exc})"]
             outcomes.output_error = True

@@ -34,22 +34,51 @@ def _celeba_image(rng: np.random.Generator, smiling: bool, yaw: float) -> np.nda
     return img.clip(0, 255).astype(np.uint8)
 
 
-def make_celeba(root, seed: int = 0, *, pose: bool = True) -> dict[str, np.ndarray]:
-    """Write a small CelebA release under ``root``; returns the planted labels."""
+def make_celeba(root, seed: int = 0, *, pose: bool = True, square: int | None = None, csv: bool = False,
+                nested: bool = False, hat: bool = False, bald_degenerate: bool = False,
+                truncate: str | None = None) -> dict[str, np.ndarray]:
+    """Write a small CelebA release under ``root``; returns the planted labels.
+
+    Variants as copies are found in the wild: ``square`` (a centred 178x178 crop resized
+    to ``square`` px, as GAN mirrors ship), ``csv`` (the mirrors' .csv lists, 0/1 values),
+    ``nested`` (img_align_celeba/img_align_celeba/), ``hat`` (Wearing_Hat planted in the
+    top of the head: rows 22-60, the top quarter of a square copy), ``bald_degenerate``
+    (one Bald in test, none in val), ``truncate`` (an image cut in half).
+    """
     rng = np.random.default_rng(seed)
     n = sum(SPLIT_SIZES.values())
     ids = [f"{i + 1:06d}.jpg" for i in range(n)]
     attrs = rng.integers(0, 2, (n, len(ATTRIBUTES)))  # every attribute noise ...
-    yaw = rng.uniform(-50, 50, n)
-    (root / "img_align_celeba").mkdir(parents=True)
-    for i, name in enumerate(ids):  # ... except the planted one
-        Image.fromarray(_celeba_image(rng, bool(attrs[i, ATTRIBUTES.index(PLANTED)]), yaw[i])).save(
-            root / "img_align_celeba" / name, quality=92)
-    rows = "".join(f"{name} " + " ".join(" 1" if v else "-1" for v in attrs[i]) + "\n" for i, name in enumerate(ids))
-    (root / "list_attr_celeba.txt").write_text(f"{n}\n{' '.join(ATTRIBUTES)}\n{rows}")
     split = np.repeat([0, 1, 2], list(SPLIT_SIZES.values()))
-    (root / "list_eval_partition.txt").write_text("".join(f"{name} {s}\n" for name, s in zip(ids, split)))
+    if bald_degenerate:
+        b = ATTRIBUTES.index("Bald")
+        attrs[split == 1, b] = 0
+        attrs[split == 2, b] = 0
+        attrs[np.flatnonzero(split == 2)[0], b] = 1
+    yaw = rng.uniform(-50, 50, n)
+    img_dir = root / "img_align_celeba" / ("img_align_celeba" if nested else "")
+    img_dir.mkdir(parents=True)
+    for i, name in enumerate(ids):  # ... except the planted ones
+        img = _celeba_image(rng, bool(attrs[i, ATTRIBUTES.index(PLANTED)]), yaw[i])
+        if hat and attrs[i, ATTRIBUTES.index("Wearing_Hat")]:
+            img[22:60, 40:140] = np.clip(img[22:60, 40:140].astype(int) + 90, 0, 255)
+        pil = Image.fromarray(img)
+        if square:
+            pil = pil.crop((0, 20, 178, 198)).resize((square, square), Image.BILINEAR)
+        pil.save(img_dir / name, quality=92)
+    if truncate:
+        data = (img_dir / truncate).read_bytes()
+        (img_dir / truncate).write_bytes(data[: len(data) // 2])
     pitch, roll = rng.uniform(-20, 20, n), rng.uniform(-10, 10, n)
+    if csv:
+        (root / "list_attr_celeba.csv").write_text("image_id," + ",".join(ATTRIBUTES) + "\n" + "".join(
+            f"{name}," + ",".join(str(v) for v in attrs[i]) + "\n" for i, name in enumerate(ids)))
+        (root / "list_eval_partition.csv").write_text("image_id,partition\n" + "".join(
+            f"{name},{s}\n" for name, s in zip(ids, split)))
+    else:
+        rows = "".join(f"{name} " + " ".join(" 1" if v else "-1" for v in attrs[i]) + "\n" for i, name in enumerate(ids))
+        (root / "list_attr_celeba.txt").write_text(f"{n}\n{' '.join(ATTRIBUTES)}\n{rows}")
+        (root / "list_eval_partition.txt").write_text("".join(f"{name} {s}\n" for name, s in zip(ids, split)))
     if pose:
         (root / "pose.csv").write_text("image_id,yaw,pitch,roll\n" + "".join(
             f"{name},{y:.2f},{p:.2f},{r:.2f}\n" for name, y, p, r in zip(ids, yaw, pitch, roll)))
@@ -97,7 +126,8 @@ def _run(pytester, *args):
 def test_celeba_suites_skip_without_data_dir(suites, tiny_model):
     result, _ = _run(suites, "audits/face_attributes", "audits/face_pose", f"--model={tiny_model}")
     result.assert_outcomes(skipped=40 + 1 + 3)
-    need = "no CelebA: pass --invariance-data-dir DIR holding img_align_celeba/*list_attr_celeba.txt, list_eval_partition.txt"
+    need = ("no CelebA: pass --invariance-data-dir DIR holding img_align_celeba/*list_attr_celeba.txt, "
+            "list_eval_partition.txt (or the mirrors' .csv lists)")
     result.stdout.fnmatch_lines([f"SKIPPED [[]40[]] *test_face_attributes.py:*: {need}",
                                  f"SKIPPED [[]1[]] *test_face_attributes.py:*: {need}",
                                  f"SKIPPED [[]3[]] *test_face_pose.py:*: {need}, pose.csv (image_id,yaw,pitch,roll)"])
@@ -132,6 +162,39 @@ def test_attribute_suite_finds_planted_attribute_and_not_noise(suites, tiny_mode
     assert by[NOISE, "fn_rate"]["chance"] + by[NOISE, "fp_rate"]["chance"] == pytest.approx(1.0, abs=0.1)
     assert by["identity_independent", "balanced_error"]["details"]["images"]["test"] == SPLIT_SIZES["test"]
     result.assert_outcomes(passed=2, failed=1)  # Wearing_Necklace, the overview; Smiling fails
+
+
+def test_attribute_suite_on_a_mirrored_copy_as_people_have_it(suites, tiny_model):
+    """CSV lists with 0/1, nested folder, 128 px square images with a hat in the top
+    quarter, a truncated JPEG and a Bald with one positive in test: planted factors are
+    found, noise stays at chance, Bald is skipped with its counts, the bad file is counted."""
+    make_celeba(suites.path / "data" / "celeba", square=128, csv=True, nested=True, hat=True,
+                bald_degenerate=True, truncate="000903.jpg")
+    result, checks = _run(suites, "audits/face_attributes", f"--model={tiny_model}", "--invariance-data-dir=data",
+                          "--invariance-skip-bad", "-k", f"{PLANTED} or {NOISE} or Wearing_Hat or Bald or overview")
+    by = {(c["details"].get("attribute") or c["details"]["group"], c["metric"]): c for c in checks}
+    for name in (PLANTED, "Wearing_Hat"):  # the fixed box (y >= 60 px) would cut rows 0-32 off
+        assert by[name, "fn_rate"]["value"] < 0.1 and by[name, "fp_rate"]["value"] < 0.1, by[name, "fn_rate"]
+    assert all(by[NOISE, m]["ci_low"] <= 0.5 <= by[NOISE, m]["ci_high"] for m in ("fn_rate", "fp_rate"))
+    assert all(c["n_skipped"] == 1 for c in checks)
+    crop = by[PLANTED, "fn_rate"]["details"]["data"]["test"]["crop"]
+    assert crop["method"].startswith("whole image") and crop["image_sizes"] == {"128x128": 299}
+    run = json.loads((suites.path / "results.json").read_text())["run"]
+    assert run["n_skipped"] == 1 and run["skipped_by_split"]["test"] == 1 and "Bald" in run["not_measurable"]
+    result.stdout.fnmatch_lines(["*invariance: 1 image(s) left out as unreadable or undecodable (--invariance-skip-bad): test 1*",
+                                 "*SKIPPED*Bald not measurable: 0 present / 150 absent in the validation split (need >= 5 of each)*"])
+    result.assert_outcomes(passed=2, failed=2, skipped=1)  # Smiling and Wearing_Hat leak
+
+
+def test_near_miss_celeba_layout_is_one_error_naming_what_was_found(suites, tiny_model):
+    root = suites.path / "data" / "celeba"
+    make_celeba(root)
+    (root / "img_align_celeba").rename(root / "img_align_celeba_unpacked")
+    result, _ = _run(suites, "audits/face_attributes", f"--model={tiny_model}", "--invariance-data-dir=data",
+                     "-k", "Smiling")
+    result.stdout.fnmatch_lines(["*found list_attr_celeba.txt, list_eval_partition.txt, pose.csv; expected an image "
+                                 "folder img_align_celeba/*"])
+    assert result.ret != 0
 
 
 def test_pose_suite_finds_planted_yaw_and_not_noise(suites, tiny_model):

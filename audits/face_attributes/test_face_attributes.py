@@ -26,10 +26,17 @@ def study(invariance_model, invariance_audit, invariance_suite) -> dict:
     return _study(invariance_audit, invariance_model, invariance_suite)
 
 
+def _data(study: dict) -> dict:
+    """What the loader did (skipped images, RGB conversions, crop), carried by every check."""
+    return {"n_skipped": sum(d.get("n_skipped", 0) for d in study["data"].values()), "data": study["data"]}
+
+
 @pytest.mark.parametrize("attribute", ATTRIBUTES)
 def test_attribute(attribute, study, invariance_model, invariance_check):
+    if attribute in study["not_measurable"]:
+        pytest.skip(f"{attribute} not measurable: {study['not_measurable'][attribute]}")
     fig = study["attributes"][attribute]
-    base = {"model": invariance_model.name, "attribute": attribute, "group": GROUP[attribute]}
+    base = {"model": invariance_model.name, "attribute": attribute, "group": GROUP[attribute], **_data(study)}
     invariance_check("fn_rate", fig["fn_rate"], details={
         **base, "reading": "share of test images WITH the attribute that the probe calls absent; 0.5 = chance"})
     invariance_check("fp_rate", fig["fp_rate"], details={
@@ -39,5 +46,6 @@ def test_attribute(attribute, study, invariance_model, invariance_check):
 def test_attribute_overview(study, invariance_model, invariance_check):
     for i, (group, est) in enumerate(study["groups"].items()):
         invariance_check("balanced_error", est, plots=[study["plot"]] if i == 0 else None, details={
-            "model": invariance_model.name, "group": group, "images": study["n"],
+            "model": invariance_model.name, "group": group, "images": study["n"], **_data(study),
+            "not_measurable": study["not_measurable"],
             "reading": "mean over the group's attributes of (fn_rate + fp_rate) / 2; 0.5 = chance"})

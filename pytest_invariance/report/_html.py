@@ -76,6 +76,11 @@ def _header(run: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("versions", ", ".join(f"{k} {v}" for k, v in [("pytest-invariance", run.get("plugin_version")),
                                                         *versions.items()] if v)),
         ("preprocessing", ", ".join(f"{k}={v}" for k, v in pre.items()) if isinstance(pre, Mapping) else pre),
+        ("images skipped", run.get("n_skipped")),
+        ("image conversions", ", ".join(f"{k} {v}" for k, v in (run.get("conversions") or {}).items())),
+        ("crop", "; ".join(run.get("crop") or [])),
+        ("not measurable", "; ".join(f"{k} ({v})" for k, v in (run.get("not_measurable") or {}).items())),
+        ("unconverged probe fits", len(run.get("unconverged") or []) or None),
     ]
     per_model = "per model, see Audited models" if run.get("models") else "–"
     return [(k, (per_model if k in ("sha256", "preprocessing", "backend / device") else "–")

@@ -200,9 +200,12 @@ def attribute_study(audit: "Audit", ref: "ModelRef", splits: Mapping[str, ImageS
     Returns
     -------
     dict
-        ``attributes``: name -> the probe's figures (``fn_rate``, ``fp_rate`` Estimates, ...);
-        ``groups``: group -> mean balanced error over its attributes (Estimate, chance 0.5);
-        ``plot``: the Fig. 2 bars.
+        ``attributes``: name -> the probe's figures (``fn_rate``, ``fp_rate`` Estimates, ...)
+        for every measurable attribute; ``not_measurable``: name -> reason with the counts
+        (too few present or absent examples in a split); ``groups``: group -> mean balanced
+        error over its measured attributes (Estimate, chance 0.5); ``plot``: the Fig. 2
+        bars; ``n``: images per split; ``data``: per split the loader's notes (skipped
+        images, conversions, crop).
     """
     from ..probes import AttributeSVMProbe
     from ..report.plots import fn_fp_bars
@@ -213,14 +216,22 @@ def attribute_study(audit: "Audit", ref: "ModelRef", splits: Mapping[str, ImageS
     if C_grid is not None:
         kw["C_grid"] = tuple(C_grid)
     probe = AttributeSVMProbe(**kw).fit(X["train"], Y["train"], X["val"], Y["val"], names=list(attributes))
+    not_measurable = probe.not_measurable(Y["test"])
     figures = probe.evaluate(X["test"], Y["test"])
     rows = [{"attribute": a, "group": groups.get(a, "ungrouped").replace("_", "-"),
              "fn_rate": figures[a]["fn_rate"].value, "fn_ci": _ci(figures[a]["fn_rate"]),
              "fp_rate": figures[a]["fp_rate"].value, "fp_ci": _ci(figures[a]["fp_rate"])}
-            for a in sorted(attributes, key=lambda a: (_group_order(groups.get(a)), a))]
-    return {"attributes": figures, "groups": _group_means(figures, groups),
+            for a in sorted(figures, key=lambda a: (_group_order(groups.get(a)), a))]
+    return {"attributes": figures, "not_measurable": not_measurable, "groups": _group_means(figures, groups),
             "plot": fn_fp_bars(rows, f"Attribute prediction from {ref.name}:{ref.layer} (CelebA test)"),
-            "n": {s: len(X[s]) for s in X}}
+            "n": {s: len(X[s]) for s in X}, "data": data_notes(splits)}
+
+
+def data_notes(splits: Mapping[str, ImageSet]) -> dict[str, Any]:
+    """Per split what the loader did: ``n``, ``n_skipped``, ``conversions``, ``crop`` (JSON-able)."""
+    return {s: dict(getattr(images, "notes", None) or {"n": len(images),
+                                                        "n_skipped": int(getattr(images, "n_skipped", 0))})
+            for s, images in splits.items()}
 
 
 def _group_order(group: str | None) -> int:
