@@ -244,3 +244,137 @@ def test_attribute_groups_cover_all_40_once_and_follow_the_paper():
     assert {"Gray_Hair", "Sideburns", "Black_Hair", "Wavy_Hair"} <= set(groups["identity_correlated"])
     assert {"Smiling", "Blurry", "Wearing_Necklace", "Wearing_Hat", "Eyeglasses", "Wearing_Lipstick"} <= set(
         groups["identity_independent"])
+
+
+# ----------------------------------------------------------------------------- copies as people have them
+
+
+def _to_csv(root, zero_one: bool):
+    """Rewrite the .txt lists as the mirrors' .csv files (header with image_id)."""
+    lines = (root / "list_attr_celeba.txt").read_text().splitlines()[2:]
+    rows = [ln.split() for ln in lines]
+    conv = (lambda v: "1" if v == "1" else "0") if zero_one else (lambda v: v)
+    (root / "list_attr_celeba.csv").write_text("image_id," + ",".join(ATTRIBUTES) + "\n" + "".join(
+        r[0] + "," + ",".join(conv(v) for v in r[1:]) + "\n" for r in rows))
+    parts = [ln.split() for ln in (root / "list_eval_partition.txt").read_text().splitlines()]
+    (root / "list_eval_partition.csv").write_text("image_id,partition\n" + "".join(f"{a},{b}\n" for a, b in parts))
+    lm = (root / "list_landmarks_align_celeba.txt").read_text().splitlines()
+    (root / "list_landmarks_align_celeba.csv").write_text(
+        "image_id," + ",".join(lm[1].split()) + "\n" + "".join(",".join(ln.split()) + "\n" for ln in lm[2:]))
+    for name in ("list_attr_celeba.txt", "list_eval_partition.txt", "list_landmarks_align_celeba.txt"):
+        (root / name).unlink()
+
+
+@pytest.mark.parametrize("zero_one", [True, False])
+def test_celeba_mirror_with_csv_lists_and_nested_folder_reads_the_same(celeba, tmp_path, zero_one):
+    import shutil
+
+    want = load_celeba(celeba, "all", size=(54, 44)).labels
+    mirror = tmp_path / "mirror"
+    shutil.copytree(celeba, mirror)
+    (mirror / "img_align_celeba").rename(tmp_path / "inner")
+    (mirror / "img_align_celeba").mkdir()
+    (tmp_path / "inner").rename(mirror / "img_align_celeba" / "img_align_celeba")
+    _to_csv(mirror, zero_one)
+    got = load_celeba(mirror, "all", size=(54, 44))
+    pd.testing.assert_frame_equal(got.labels, want)
+    k = int(np.flatnonzero(got.labels["image_id"] == "000004.jpg")[0])
+    assert abs(got[k].numpy()[0, 30:, 20:].mean() * 255 - 8 * 3) < 4  # the right picture
+
+
+def test_celeba_attribute_file_mixing_0_and_minus_1_is_refused(celeba):
+    _to_csv(celeba, zero_one=False)
+    text = (celeba / "list_attr_celeba.csv").read_text().replace("000002.jpg,-1", "000002.jpg,0", 1)
+    (celeba / "list_attr_celeba.csv").write_text(text)
+    with pytest.raises(DataError, match="found attribute values 0 and -1 in one file; expected -1/1"):
+        load_celeba(celeba, "test")
+
+
+@pytest.mark.parametrize("case, found, expected", [
+    ("zip not unpacked", "found img_align_celeba.zip, list_attr_celeba.txt", "expected an image folder img_align_celeba/ (unpack img_align_celeba.zip there)"),
+    ("images as png", "found images such as img_align_celeba/000001.png", "expected img_align_celeba/000001.jpg as named in list_attr_celeba.txt"),
+    ("images in two subfolders", "found images such as img_align_celeba/part1/000001.jpg", "expected img_align_celeba/000001.jpg"),
+    ("no partition list", "found img_align_celeba/, list_attr_celeba.txt", "expected list_eval_partition (.txt or .csv)"),
+])
+def test_celeba_near_miss_layouts_say_what_was_found_and_expected(celeba, case, found, expected):
+    from pytest_invariance.data.celeba import locate_celeba
+
+    img = celeba / "img_align_celeba"
+    if case == "zip not unpacked":
+        for p in img.iterdir():
+            p.unlink()
+        img.rmdir()
+        (celeba / "img_align_celeba.zip").write_bytes(b"PK")
+    elif case == "images as png":
+        for p in img.iterdir():
+            Image.open(p).save(p.with_suffix(".png"))
+            p.unlink()
+    elif case == "images in two subfolders":
+        for k, p in enumerate(sorted(img.glob("*.jpg"))):
+            (img / f"part{k % 2 + 1}").mkdir(exist_ok=True)
+            p.rename(img / f"part{k % 2 + 1}" / p.name)
+    else:
+        (celeba / "list_eval_partition.txt").unlink()
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_celeba(celeba, "test")
+    msg = str(info.value)
+    assert found in msg and expected in msg and "\n" not in msg, msg
+    assert locate_celeba(celeba.parent) is None  # a folder without CelebA is not an error
+
+
+def _exif_rotated(img: np.ndarray, path):
+    """Store ``img`` turned 90 degrees clockwise with EXIF orientation 8 (a phone held sideways)."""
+    stored = Image.fromarray(np.ascontiguousarray(np.rot90(img, k=-1)))
+    exif = Image.Exif()
+    exif[0x0112] = 8  # "rotate 90 CW to view": the viewer turns it back upright
+    stored.save(path, exif=exif, quality=95)
+
+
+def test_images_decode_upright_and_as_rgb_with_conversions_counted(celeba):
+    img_dir = celeba / "img_align_celeba"
+    _exif_rotated(_face(21, 54, 44), img_dir / "000022.jpg")  # val split
+    Image.fromarray(_face(22)).convert("L").save(img_dir / "000023.jpg")
+    Image.fromarray(_face(23)).convert("CMYK").save(img_dir / "000024.jpg")
+    rgba = np.dstack([_face(24), np.full((54, 44), 255, np.uint8)])
+    rgba[:27, :, 3] = 0  # top half transparent
+    Image.fromarray(rgba, "RGBA").save(img_dir / "000025.png")
+    (img_dir / "000025.jpg").unlink()
+    text = (celeba / "list_attr_celeba.txt").read_text().replace("000025.jpg", "000025.png")
+    (celeba / "list_attr_celeba.txt").write_text(text)
+    for f in ("list_eval_partition.txt", "pose.csv", "list_landmarks_align_celeba.txt"):
+        (celeba / f).write_text((celeba / f).read_text().replace("000025.jpg", "000025.png"))
+    Image.fromarray(_face(19)).quantize(16).save(img_dir / "000020.png")  # a palette image, train split
+    (img_dir / "000020.jpg").unlink()
+    for f in ("list_attr_celeba.txt", "list_eval_partition.txt", "pose.csv", "list_landmarks_align_celeba.txt"):
+        (celeba / f).write_text((celeba / f).read_text().replace("000020.jpg", "000020.png"))
+    val = load_celeba(celeba, "val", size=None)
+    assert val.conversions == {"exif_orientation": 1, "grayscale": 1, "cmyk": 1, "alpha": 1}
+    row = {name: k for k, name in enumerate(val.labels["image_id"])}
+    upright = val[row["000022.jpg"]].numpy()
+    assert upright.shape == (3, 54, 44) and upright[:, :10, :10].mean() > 0.9  # Smiling square back top-left
+    assert val.labels.loc[row["000022.jpg"], "image_width"] == 44  # sizes are the upright ones
+    gray = val[row["000023.jpg"]].numpy()
+    assert gray.shape[0] == 3 and np.allclose(gray[0], gray[1], atol=1e-6)
+    alpha = val[row["000025.png"]].numpy()
+    assert alpha[:, :20].min() > 0.99 and alpha[0, 40:].mean() * 255 == pytest.approx(8 * 24, abs=2)  # on white
+    assert load_celeba(celeba, "train").conversions == {"palette": 1}
+
+
+def test_crop_box_follows_each_images_size_or_landmarks():
+    from pytest_invariance.studies.faces import crop_boxes
+
+    box = [25, 60, 128, 128]
+    lab = pd.DataFrame({"image_width": [178, 89, 64], "image_height": [218, 109, 64]})
+    boxes, how = crop_boxes(lab.iloc[:2], box)
+    np.testing.assert_allclose(boxes, [[25, 60, 128, 128], [12.5, 30, 64, 64]])
+    assert how["method"] == "box scaled to each image's size" and how["image_sizes"] == {"178x218": 1, "89x109": 1}
+    assert crop_boxes(lab, box)[0] is None  # a 64x64 square copy: the whole image, never a box off its edge
+    # landmarks of a 2x face in a 356x356 canvas: the box is the 178x218 one, doubled and shifted
+    mean = np.array([[69, 111], [107, 111], [88, 134], [72, 152], [105, 152]], float)
+    pts = mean * 2 + [0, -40]
+    cols = ["lefteye_x", "lefteye_y", "righteye_x", "righteye_y", "nose_x", "nose_y",
+            "leftmouth_x", "leftmouth_y", "rightmouth_x", "rightmouth_y"]
+    lab = pd.DataFrame([[356, 356, *pts.ravel()]], columns=["image_width", "image_height", *cols])
+    boxes, how = crop_boxes(lab, box)
+    np.testing.assert_allclose(boxes[0], [50, 80, 256, 256], atol=1e-9)
+    assert how["method"] == "box placed from each image's landmarks"

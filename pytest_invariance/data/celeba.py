@@ -268,7 +268,8 @@ def _check_names(layout: CelebALayout, attr_path: Path, attrs: dict[str, list[st
     if not on_disk:
         raise DatasetNotFoundError(f"CelebA at {layout.root}: found no images in {layout.images}; expected "
                                    f"files named as in {attr_path.name}, e.g. {listed}")
-    example = next(iter(on_disk.values()))
+    stem = Path(listed).stem  # show the file the first label row means, if it is there under another name
+    example = next((p for k, p in sorted(on_disk.items()) if p.stem == stem), on_disk[min(on_disk)])
     raise DatasetNotFoundError(
         f"CelebA at {layout.root}: found images such as {example.relative_to(layout.root).as_posix()}; expected "
         f"{(layout.images / listed).relative_to(layout.root).as_posix()} as named in {attr_path.name}")
