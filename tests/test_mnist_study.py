@@ -21,7 +21,7 @@ SUITE = Path(__file__).resolve().parents[1] / "audits" / "mnist_rotation"
 def study(tmp_path_factory):
     audit = Audit(Settings(rootdir=str(tmp_path_factory.mktemp("root")), device="cpu"))
     ref = audit.model(Suite.find(SUITE), "lenet")
-    protocol = Protocol(angles=(-45.0, 0.0, 45.0), train_per_class=300, heatmap_per_cell=5, n_bootstrap=100)
+    protocol = Protocol(angles=(-45.0, 0.0, 45.0), train_per_class=300, heatmap_per_cell=5, n_bootstrap=100, n_refits=2)
     return run_study(audit, ref, protocol)
 
 

@@ -27,7 +27,8 @@ def _study(audit, ref, factor: str) -> dict:
     data = CONFIG.get("data", {})
     return audit.memo(("face_perturbation", ref.name, ref.layer, factor), lambda: perturbation_study(
         audit, ref, load_lfw_faces(), [SPECS[factor]], identity=data.get("identity", "identity"),
-        train_fraction=data.get("train_fraction", 0.7), absolute=data.get("absolute", ()))[factor])
+        train_fraction=data.get("train_fraction", 0.7), absolute=data.get("absolute", ()),
+        n_splits=data.get("n_splits", 20))[factor])
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def test_factor(factor, study, invariance_model, invariance_check):
     base = {"model": invariance_model.name, "factor": factor, "unit": fig["unit"]}
     mae = fig["mae"]
     invariance_check(f"{factor}_mae", mae, details={
-        **base, "target": fig["target"], "split": "by identity",
+        **base, "target": fig["target"], "split": f"by identity, mean of {mae.details['n_repeats']} seeded splits",
         "reading": f"MAE in {fig['unit']} of a ridge regression; chance = predicting the training mean "
                    f"({mae.chance:.3g}); far below chance means the embedding encodes the level"})
     k = fig["strongest"]

@@ -37,6 +37,7 @@ class Protocol:
     train_per_class: int | None = None  # None: all 50,000 training images
     heatmap_per_cell: int = 20          # test samples per (class, angle) in the heat map
     n_bootstrap: int = 1000
+    n_refits: int = 5                   # with train_per_class: seeded subsets the probes are refit on
 
     @classmethod
     def from_config(cls, table: dict[str, Any]) -> "Protocol":
@@ -46,7 +47,9 @@ class Protocol:
         return cls(**kw)
 
 
-def rotated(audit: "Audit", split: str, protocol: Protocol) -> PerturbedImageSet:
+def rotated(audit: "Audit", split: str, protocol: Protocol, subset_seed: int | None = None) -> PerturbedImageSet:
+    """The rotated split; with ``train_per_class`` the training images are a subset drawn
+    from ``subset_seed`` (default: the run's seed)."""
     from ..data.mnist import _find_idx, load_mnist
 
     s = audit.settings
@@ -59,11 +62,12 @@ def rotated(audit: "Audit", split: str, protocol: Protocol) -> PerturbedImageSet
     base = audit.memo(("mnist", split, str(data_dir)),
                       lambda: load_mnist(split, data_dir=data_dir, cache_dir=s.resolve_path(s.cache_dir)))
     if split == "train" and protocol.train_per_class:
-        rng = np.random.default_rng(audit.seed)
+        seed = audit.seed if subset_seed is None else subset_seed
+        rng = np.random.default_rng(seed)
         y = base.labels["label"].to_numpy()
         keep = np.sort(np.concatenate([rng.permutation(np.nonzero(y == c)[0])[: protocol.train_per_class]
                                        for c in np.unique(y)]))
-        base = base.subset(keep, name=f"mnist-train-{protocol.train_per_class}pc-seed{audit.seed}")
+        base = base.subset(keep, name=f"mnist-train-{protocol.train_per_class}pc-seed{seed}")
     return PerturbedImageSet(base, PerturbationSpec("rotation", protocol.angles))
 
 
@@ -83,28 +87,67 @@ def accuracy_estimate(correct: np.ndarray, chance: float, *, n_bootstrap: int, s
     return Estimate(float(correct.mean()), float(lo), float(hi), chance=chance, n=len(correct), details=details)
 
 
+#: Figures that depend on the training images, and the direction of each one's finding.
+TRAINED = {"mav_accuracy": "greater", "mav_accuracy_drop": None, "angle_mae": "less", "angle_mae_std": None,
+           "per_angle_mav_accuracy": "greater"}
+
+
 def run_study(audit: "Audit", ref: "ModelRef", protocol: Protocol) -> dict[str, Any]:
-    from ..probes import LinearRegressionProbe, MAVProbe, spectrum_estimate
+    """Every figure of the suite. With ``train_per_class``, the probes are refit on
+    ``n_refits`` seeded training subsets and each trained figure is their mean, with a CI
+    that covers the choice of subset (:func:`~pytest_invariance.probes.stats.repeated_estimate`)."""
+    from ..probes import spectrum_estimate
 
     seed, nb = audit.seed, protocol.n_bootstrap
-    train, test = rotated(audit, "train", protocol), rotated(audit, "test", protocol)
-    Xtr = audit.embed(ref, train, label=f"{ref.name} train")
+    test = rotated(audit, "test", protocol)
     Xte = audit.embed(ref, test, label=f"{ref.name} test")
-    ytr, yte = train.labels["label"].to_numpy(), test.labels["label"].to_numpy()
-    atr, ate = train.labels["rotation"].to_numpy(), test.labels["rotation"].to_numpy()
+    yte, ate = test.labels["label"].to_numpy(), test.labels["rotation"].to_numpy()
     out: dict[str, Any] = {}
 
-    mav = MAVProbe(random_state=seed, n_bootstrap=nb).fit(Xtr, ytr)
-    mav_pred = mav.predict(Xte)
-    out["mav_accuracy"] = mav.evaluate(Xte, yte)["accuracy"]
-
+    soft = None
     layer = logits_layer(ref)
     if layer is not None:
         logits = audit.embed(ref, test, layer=layer, label=f"{ref.name} logits")
         if logits.shape[1] == 10:
             soft = logits.argmax(1) == yte
             out["softmax_accuracy"] = accuracy_estimate(soft, 0.1, n_bootstrap=nb, seed=seed)
-            out["mav_accuracy_drop"] = paired_drop(soft, mav_pred == yte, nb, seed)
+
+    out.update(trained_figures(audit, ref, protocol, Xte, yte, ate, soft))
+    out["top10_variance_share"] = spectrum_estimate(Xte, k=10, n_bootstrap=min(nb, 200), random_state=seed)
+    out["plots"] = study_plots(ref.name, Xte, yte, ate, protocol, seed)
+    return out
+
+
+def trained_figures(audit: "Audit", ref: "ModelRef", protocol: Protocol, Xte: np.ndarray, yte: np.ndarray,
+                    ate: np.ndarray, soft: np.ndarray | None) -> dict[str, Estimate]:
+    """The figures of :data:`TRAINED`: one fit on all training images, or with
+    ``train_per_class`` the combination of ``n_refits`` fits on seeded subsets."""
+    from ..probes.stats import repeat_seed, repeated_estimate
+
+    seeds = [repeat_seed(audit.seed, r) for r in range(protocol.n_refits)] if protocol.train_per_class else [None]
+    fits = [_trained_figures(audit, ref, protocol, s, Xte, yte, ate, soft) for s in seeds]
+    if len(fits) == 1:
+        return fits[0]
+    return {name: repeated_estimate([f[name] for f in fits], alternative=alt)
+            for name, alt in TRAINED.items() if name in fits[0]}
+
+
+def _trained_figures(audit: "Audit", ref: "ModelRef", protocol: Protocol, subset_seed: int | None,
+                     Xte: np.ndarray, yte: np.ndarray, ate: np.ndarray, soft: np.ndarray | None) -> dict[str, Any]:
+    """The figures of probes fitted on one (seeded) rotated training set."""
+    from ..probes import LinearRegressionProbe, MAVProbe
+
+    seed, nb = audit.seed if subset_seed is None else subset_seed, protocol.n_bootstrap
+    train = rotated(audit, "train", protocol, subset_seed)
+    Xtr = audit.embed(ref, train, label=f"{ref.name} train")
+    ytr, atr = train.labels["label"].to_numpy(), train.labels["rotation"].to_numpy()
+    out: dict[str, Any] = {}
+
+    mav = MAVProbe(random_state=seed, n_bootstrap=nb).fit(Xtr, ytr)
+    mav_pred = mav.predict(Xte)
+    out["mav_accuracy"] = mav.evaluate(Xte, yte)["accuracy"]
+    if soft is not None:
+        out["mav_accuracy_drop"] = paired_drop(soft, mav_pred == yte, nb, seed)
 
     per_class = LinearRegressionProbe(per_class=True, random_state=seed, n_bootstrap=nb).fit(Xtr, atr, classes=ytr)
     angle = per_class.evaluate(Xte, ate, classes=yte)
@@ -114,9 +157,6 @@ def run_study(audit: "Audit", ref: "ModelRef", protocol: Protocol) -> dict[str, 
     est_angle = glob.predict(Xte)
     per_angle = MAVProbe(random_state=seed, n_bootstrap=nb).fit(Xtr, ytr, factor=atr)
     out["per_angle_mav_accuracy"] = per_angle.evaluate(Xte, yte, factor=est_angle)["accuracy"]
-
-    out["top10_variance_share"] = spectrum_estimate(Xte, k=10, n_bootstrap=min(nb, 200), random_state=seed)
-    out["plots"] = study_plots(ref.name, Xte, yte, ate, protocol, seed)
     return out
 
 
