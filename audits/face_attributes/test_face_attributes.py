@@ -28,7 +28,8 @@ def study(invariance_model, invariance_audit, invariance_suite) -> dict:
 
 def _data(study: dict) -> dict:
     """What the loader did (skipped images, RGB conversions, crop), carried by every check."""
-    return {"n_skipped": sum(d.get("n_skipped", 0) for d in study["data"].values()), "data": study["data"]}
+    return {"n_skipped": sum(d.get("n_skipped", 0) for d in study["data"].values()), "data": study["data"],
+            "crop": study["data"]["test"].get("crop")}
 
 
 @pytest.mark.parametrize("attribute", ATTRIBUTES)

@@ -16,7 +16,8 @@ def _study(audit, ref, suite) -> dict:
         bins = suite.section("celeba").get("bins", (0, 15, 30, 45))
         notes = data_notes(data)
         return {"angles": pose_study(audit, ref, data["train"], data["test"], bins=bins),
-                "data": {"n_skipped": sum(d.get("n_skipped", 0) for d in notes.values()), "data": notes}}
+                "data": {"n_skipped": sum(d.get("n_skipped", 0) for d in notes.values()), "data": notes,
+                         "crop": notes["test"].get("crop")}}
 
     return audit.memo(("face_pose", ref.name, ref.layer, ref.embedder.sha256), run)
 

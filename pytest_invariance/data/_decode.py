@@ -92,6 +92,20 @@ def _orientation(im: "Image.Image") -> int:
     return value if 1 <= value <= 8 else 1
 
 
+def _inspect(path: Path, decode: bool) -> "tuple[str | None, int, tuple[int, int]] | str":
+    """(conversion kind, EXIF orientation, stored size), or the reason the file is bad."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if decode:
+                im.load()
+            return conversion_kind(im), _orientation(im), im.size
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL raises SyntaxError for some bad headers
+        what = "undecodable image data" if decode else "unreadable image"
+        return f"{what} ({type(exc).__name__}: {str(exc)[:80]})"
+
+
 @dataclass
 class ImageScan:
     """What :func:`scan_images` found: bad files, conversions to make, upright sizes."""
@@ -119,20 +133,21 @@ def scan_images(files: Mapping[str, Path], *, decode: bool = False) -> ImageScan
         makes (``exif_orientation``, ``grayscale``, ``cmyk``, ``palette``, ``alpha``,
         ``other``). ``sizes``: name -> (width, height) after the EXIF orientation.
     """
-    from PIL import Image
-
     out = ImageScan()
-    for name, p in files.items():
-        try:
-            with Image.open(p) as im:
-                if decode:
-                    im.load()
-                kind, turn = conversion_kind(im), _orientation(im)
-                w, h = im.size
-        except (OSError, ValueError, SyntaxError) as exc:  # PIL raises SyntaxError for some bad headers
-            what = "undecodable image data" if decode else "unreadable image"
-            out.problems[name] = f"{what} ({type(exc).__name__}: {str(exc)[:80]})"
+    items = list(files.items())
+    if decode and len(items) > 64:  # PIL decodes without the GIL: threads scale over cores
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            results = list(pool.map(lambda kv: _inspect(kv[1], decode), items))
+    else:
+        results = [_inspect(p, decode) for _, p in items]
+    for (name, _), result in zip(items, results):
+        if isinstance(result, str):
+            out.problems[name] = result
             continue
+        kind, turn, (w, h) = result
         if kind:
             out.conversions[kind] += 1
         if turn != 1:

@@ -127,6 +127,7 @@ def locate_celeba(root: str | os.PathLike[str]) -> CelebALayout | None:
     zips = [p.name for p in root.glob("img*celeba*.zip")] + [p.name for p in root.glob("img*celeba*.7z")]
     if not lists and not aligned.is_dir() and not wild.is_dir() and not zips:
         return None
+    where = f"CelebA at {root} (--invariance-data-dir)"
     found = ", ".join(sorted([p.name for p in lists.values()] + [d.name + "/" for d in (aligned, wild) if d.is_dir()]
                              + zips)) or "nothing usable"
     if aligned.is_dir():
@@ -134,15 +135,15 @@ def locate_celeba(root: str | os.PathLike[str]) -> CelebALayout | None:
     elif wild.is_dir() and BBOX_FILE in lists:
         images, is_wild = _descend(wild), True
     elif wild.is_dir():
-        raise DatasetNotFoundError(f"CelebA at {root}: found {found}; expected list_bbox_celeba.txt (or .csv) "
+        raise DatasetNotFoundError(f"{where}: found {found}; expected list_bbox_celeba.txt (or .csv) "
                                    "next to img_celeba/ to crop the in-the-wild images, or img_align_celeba/")
     else:
         hint = f" (unpack {zips[0]} there)" if zips else ""
-        raise DatasetNotFoundError(f"CelebA at {root}: found {found}; expected an image folder img_align_celeba/"
+        raise DatasetNotFoundError(f"{where}: found {found}; expected an image folder img_align_celeba/"
                                    f"{hint}")
     missing = [n[:-4] for n in (ATTR_FILE, PARTITION_FILE) if n not in lists]
     if missing:
-        raise DatasetNotFoundError(f"CelebA at {root}: found {found}; expected {' and '.join(missing)} "
+        raise DatasetNotFoundError(f"{where}: found {found}; expected {' and '.join(missing)} "
                                    "(.txt or .csv) next to the image folder")
     return CelebALayout(root, images, is_wild, lists)
 
@@ -264,14 +265,14 @@ def _check_names(layout: CelebALayout, attr_path: Path, attrs: dict[str, list[st
     """Images under other names than the lists use (another extension, a deeper folder): say so once."""
     if not attrs or any(i in on_disk for i in attrs):
         return
-    listed = next(iter(attrs))
+    listed, where = next(iter(attrs)), f"CelebA at {layout.root} (--invariance-data-dir)"
     if not on_disk:
-        raise DatasetNotFoundError(f"CelebA at {layout.root}: found no images in {layout.images}; expected "
+        raise DatasetNotFoundError(f"{where}: found no images in {layout.images}; expected "
                                    f"files named as in {attr_path.name}, e.g. {listed}")
     stem = Path(listed).stem  # show the file the first label row means, if it is there under another name
     example = next((p for k, p in sorted(on_disk.items()) if p.stem == stem), on_disk[min(on_disk)])
     raise DatasetNotFoundError(
-        f"CelebA at {layout.root}: found images such as {example.relative_to(layout.root).as_posix()}; expected "
+        f"{where}: found images such as {example.relative_to(layout.root).as_posix()}; expected "
         f"{(layout.images / listed).relative_to(layout.root).as_posix()} as named in {attr_path.name}")
 
 
