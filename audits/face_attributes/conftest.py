@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_invariance.studies.faces import default_model_missing, find_celeba
+from pytest_invariance.studies.faces import celeba_gate
 
 
 @pytest.fixture(autouse=True)
-def _inputs_present(invariance_suite, invariance_settings) -> None:
-    reason = find_celeba(invariance_settings)[1] or default_model_missing(invariance_suite, invariance_settings)
+def _inputs_present(invariance_suite, invariance_audit) -> None:
+    reason = celeba_gate(invariance_audit, invariance_suite)
     if reason:
         pytest.skip(reason)

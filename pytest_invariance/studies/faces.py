@@ -83,6 +83,25 @@ def find_celeba(settings: "Settings", *, need_pose: bool = False) -> tuple[Path 
     return None, f"no CelebA under {root} (or {root}/celeba): expected {need}"
 
 
+def celeba_gate(audit: "Audit", suite: "Suite", *, need_pose: bool = False) -> str | None:
+    """What a CelebA suite's tests do before running: None (run), or a one-line skip reason.
+
+    An unusable CelebA copy raises its "found X; expected Y" error in the first test only;
+    the suite's other tests skip pointing at it, so a bad folder is one error, not 41.
+    """
+    from ..errors import DatasetNotFoundError
+
+    state = audit.memo(("celeba-layout-error",), dict)
+    if "error" in state:
+        return f"CelebA not usable (the error is reported once, above): {state['error']}"
+    try:
+        reason = find_celeba(audit.settings, need_pose=need_pose)[1]
+    except DatasetNotFoundError as exc:
+        state["error"] = str(exc)
+        raise
+    return reason or default_model_missing(suite, audit.settings)
+
+
 # ----------------------------------------------------------------------------- CelebA input
 
 
