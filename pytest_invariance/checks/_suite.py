@@ -47,9 +47,9 @@ TABLE_KEYS: dict[str, frozenset[str] | None] = {
     "models": None,
     "thresholds": None,
     "expected_failures": None,
-    "protocol": frozenset({"angles", "train_per_class", "heatmap_per_cell", "n_bootstrap"}),
+    "protocol": frozenset({"angles", "train_per_class", "heatmap_per_cell", "n_bootstrap", "n_refits"}),
     "celeba": frozenset({"crop", "limit_train", "limit_val", "limit_test", "C_grid", "bins"}),
-    "data": frozenset({"identity", "train_fraction", "absolute"}),
+    "data": frozenset({"identity", "train_fraction", "absolute", "n_splits"}),
     "perturbations": None,
     "neutral": None,
 }
