@@ -30,19 +30,37 @@ class ModelRef:
     preprocess: "Preprocess"
     user: bool  # given with --model (else the suite's bundled default)
     outputs: dict[str, str] = field(default_factory=dict)  # role -> layer, e.g. {"logits": "logits"}
+    pool: str = "auto"
 
     def info(self) -> dict[str, Any]:
         e = self.embedder
         return {"model": self.name, "model_path": e.path, "model_sha256": e.sha256, "layer": self.layer,
-                "backend": e.backend, "device": e.device, "provider": e.provider,
-                "preprocessing": self.preprocess.to_dict()}
+                "backend": e.backend, "device": e.device, "provider": e.provider, "pool": self.pool,
+                **e.contract.to_dict(), "preprocessing": self.preprocess.to_dict()}
+
+
+# Keys of a suite's [preprocess] that describe what the protocol feeds; the others
+# (scale, mean, std, channel_order, prewhiten) belong to the suite's bundled models and
+# never reach a --model, which takes its own from --invariance-preprocess.
+PROTOCOL_KEYS = ("size", "channels", "adapt_size")
+
+
+def model_spec(settings: Settings) -> str | None:
+    """``--model`` as given for ``package.module:factory``, else the path resolved from the rootdir."""
+    from .models import is_factory_spec
+
+    if not settings.model:
+        return None
+    return settings.model if is_factory_spec(settings.model) else str(settings.resolve_path(settings.model))
 
 
 def model_names(settings: Settings, suite: Suite) -> list[str]:
     """The names a suite's tests are parametrized over: the --model's, or the suite's own."""
     if settings.model:
+        from .models import is_factory_spec
+
         spec = settings.model
-        return [Path(spec).stem if Path(spec).suffix else spec.split(":")[-1]]
+        return [spec.split(":")[-1] if is_factory_spec(spec) else Path(spec).stem]
     return list(suite.section("models"))
 
 
@@ -70,7 +88,9 @@ class Audit:
             self._models[key] = self._remember(
                 ("model",) + key, f"model {spec} could not be loaded",
                 lambda: load_model(spec, device=self.settings.device, weights=self.settings.weights,
-                                   trust_pickle=self.settings.trust_pickle))
+                                   trust_pickle=self.settings.trust_pickle,
+                                   input_layout=self.settings.input_layout,
+                                   layer_layout=self.settings.layer_layout))
         return self._models[key]
 
     def model(self, suite: Suite, name: str) -> ModelRef:
@@ -79,24 +99,27 @@ class Audit:
 
         pre = suite.section("preprocess")
         if self.settings.model:
-            emb = self.load(str(self.settings.resolve_path(self.settings.model)))
+            emb = self.load(model_spec(self.settings))  # type: ignore[arg-type]
             layer = self.settings.layer or suite.section("suite").get("user_layer") or emb.default_layer
-            if layer not in emb.layers():
+            if layer.partition("#")[0] not in emb.layers():
                 from .models._common import unknown_layer
 
                 raise unknown_layer(layer, emb.layers(), emb.path)
+            pre = {k: v for k, v in pre.items() if k in PROTOCOL_KEYS}
             c, h, w = emb.input_shape
-            if pre.get("adapt_size") and h and w:
+            if pre.pop("adapt_size", None) and h and w:
                 pre["size"] = (h, w)
-            pre.pop("adapt_size", None)
-            return ModelRef(emb.name, emb, layer, Preprocess(**pre), user=True)
+            pre.update(dict(self.settings.preprocess))
+            return ModelRef(emb.name, emb, layer, Preprocess(**pre), user=True, pool=self.settings.pool)
         entry = suite.section("models").get(name)
         if entry is None:
             raise KeyError(f"suite {suite.name} has no model {name!r}")
         emb = self.load(str((suite.root / entry["path"]).resolve()))
         pre.pop("adapt_size", None)
-        outputs = {k: v for k, v in entry.items() if k not in ("path", "layer")}
-        return ModelRef(name, emb, entry.get("layer", emb.default_layer), Preprocess(**pre), False, outputs)
+        pre.update(entry.get("preprocess", {}))
+        outputs = {k: v for k, v in entry.items() if k not in ("path", "layer", "preprocess", "pool")}
+        return ModelRef(name, emb, entry.get("layer", emb.default_layer), Preprocess(**pre), False, outputs,
+                        pool=entry.get("pool", "auto"))
 
     @property
     def cache(self) -> "EmbeddingCache | None":
@@ -113,9 +136,9 @@ class Audit:
         from .embeddings import extract, progress_wanted
 
         layer = layer or ref.layer
-        key = ("embed", ref.embedder.sha256, layer, images.fingerprint, ref.preprocess.key())
+        key = ("embed", ref.embedder.sha256, layer, images.fingerprint, ref.preprocess.key(), ref.pool)
         return self._remember(key, f"embedding {label or ref.name} at layer {layer} could not run", lambda: extract(
-            ref.embedder, images, layer=layer, preprocess=ref.preprocess,
+            ref.embedder, images, layer=layer, preprocess=ref.preprocess, pool=ref.pool,
             batch_size=self.settings.batch_size, cache=self.cache, workers=self.settings.workers,
             progress=progress_wanted(self.settings.progress), label=label or f"{ref.name}:{layer}"))
 

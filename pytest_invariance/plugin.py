@@ -32,6 +32,8 @@ CHECKS_KEY = pytest.StashKey[list]()
 PLOTS_KEY = pytest.StashKey[list]()
 MODEL_KEY = pytest.StashKey["ModelRef"]()
 OUTCOMES_KEY = pytest.StashKey["Outcomes"]()
+PROBED_KEY = pytest.StashKey[tuple]()  # (suite root -> reason the model does not fit, header lines, roots probed)
+PROBE_ERRORS_KEY = pytest.StashKey[dict]()  # suite root -> error of a model that fits but cannot be read
 MARKER = "invariance"
 
 
@@ -107,9 +109,11 @@ def pytest_configure(config: pytest.Config) -> None:
             shutil.rmtree(cache)
 
 
+@pytest.hookimpl(tryfirst=True)  # before the terminal reporter prints the header
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Fail fast, once, on the controller: bad options, suites, output paths, --model or --layer
-    are each one clear error before any test runs."""
+    """Fail fast, once, on the controller: bad options, suites, output paths, --model or --layer,
+    or a model that fits a suite but cannot be read correctly, are each one clear error before
+    any test runs; a suite the model does not take is named in the header and skipped."""
     config = session.config
     settings = config.stash[SETTINGS_KEY]
     if hasattr(config, "workerinput"):
@@ -121,19 +125,24 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         _audit(config)  # an unknown --invariance-baseline tag is a usage error now, not in a test
     if not settings.model:
         return
+    from ._audit import model_spec
+    from ._model_check import discover_suites, probe_suites
     from .errors import InvarianceError
 
     audit = _audit(config)
     try:
-        emb = audit.load(str(settings.resolve_path(settings.model)))
-        if settings.layer and settings.layer not in emb.layers():
+        emb = audit.load(model_spec(settings))  # type: ignore[arg-type]
+        if settings.layer and settings.layer.partition("#")[0] not in emb.layers():
             from .models._common import unknown_layer
 
             raise unknown_layer(settings.layer, emb.layers(), emb.path)
+        suites = discover_suites(config.args, config.invocation_params.dir, config.rootpath)
+        reasons, lines = probe_suites(audit, suites)
     except (InvarianceError, ImportError) as exc:
         from .errors import StudyError
 
         raise pytest.UsageError(str(exc.cause if isinstance(exc, StudyError) else exc)) from None
+    config.stash[PROBED_KEY] = (reasons, lines, {str(suite.root) for suite in suites})
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
@@ -143,8 +152,66 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     model = s.model or "each suite's bundled default"
     backend = "onnx" if (s.model or "").endswith(".onnx") else "torch" if s.model else "per suite"
     cache = "off" if s.no_cache else str(s.resolve_path(s.cache_dir))
-    return [f"invariance: model={model} layer={s.layer or 'default'} backend={backend} "
-            f"device={s.device} seed={s.seed} cache={cache}"]
+    lines = [f"invariance: model={model} layer={s.layer or 'default'} backend={backend} "
+             f"device={s.device} seed={s.seed} cache={cache}"]
+    emb = _loaded_model(config)
+    if emb is not None:
+        c = emb.contract
+        batches = f"; fed in batches of {c.batch} (fixed in the file)" if c.batch else ""
+        from .embeddings import Preprocess
+
+        lines.append(f"invariance: input {c.describe()}, layout from {c.layout_source}{batches}; "
+                     f"pool={s.pool}; preprocessing (suites may set size/channels): "
+                     f"{Preprocess(**dict(s.preprocess)).describe()}")
+    lines.extend(config.stash.get(PROBED_KEY, ({}, [], set()))[1])
+    return lines
+
+
+def _loaded_model(config: pytest.Config) -> Any:
+    """The --model's Embedder if it loads (its errors are reported once, by pytest_sessionstart)."""
+    s = config.stash[SETTINGS_KEY]
+    if not s.model:
+        return None
+    from ._audit import model_spec
+    from .errors import InvarianceError
+
+    try:
+        return _audit(config).load(model_spec(s))  # type: ignore[arg-type]
+    except (InvarianceError, ImportError):
+        return None
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip, with the reason, the tests of a suite whose input the --model does not take.
+
+    The controller probed the suites it found on the command line (pytest_sessionstart);
+    a suite it did not see (or an xdist worker's) is probed here. There a model that
+    cannot be read fails the suite's tests as ERRORs through the fixture, not the worker.
+    """
+    s = config.stash[SETTINGS_KEY]
+    if not s.model or not items:
+        return
+    from ._model_check import probe_suites
+    from .errors import InvarianceError
+
+    reasons, _, probed = config.stash.get(PROBED_KEY, ({}, [], set()))
+    reasons = dict(reasons)
+    errors = config.stash.setdefault(PROBE_ERRORS_KEY, {})
+    by_suite: dict[str, tuple["Suite", list[pytest.Item]]] = {}
+    for item in items:
+        if "invariance_model" in getattr(item, "fixturenames", ()):
+            suite = _suite_for(config, Path(str(item.path)))
+            by_suite.setdefault(str(suite.root), (suite, []))[1].append(item)
+    for root, (suite, suite_items) in by_suite.items():
+        if root not in probed:
+            try:
+                reasons.update(probe_suites(_audit(config), [suite])[0])
+            except (InvarianceError, ImportError) as exc:
+                errors[root] = exc  # raised by the fixture: an ERROR, never a crashed worker
+                continue
+        if root in reasons:
+            for item in suite_items:
+                item.add_marker(pytest.mark.skip(reason=reasons[root]))
 
 
 def _audit(config: pytest.Config) -> "Audit":
@@ -165,7 +232,7 @@ def _load_baseline(audit: "Audit") -> None:
 
     store = HistoryStore(s.resolve_path(s.history))  # type: ignore[arg-type]
     try:
-        tag = store.resolve(s.baseline, current=_version_tag(s))
+        tag = store.resolve(s.baseline, current=_version_tag(s, audit))
     except Exception as exc:
         raise pytest.UsageError(f"--invariance-baseline {s.baseline}: {exc}") from None
     audit.baseline_tag = tag
@@ -176,14 +243,23 @@ def _load_baseline(audit: "Audit") -> None:
     audit.baseline_checks = {(c.get("nodeid"), c.get("metric")): c for c in doc.get("checks", [])}
 
 
-def _version_tag(s: "Settings") -> str:
+def _model_spec(s: "Settings") -> str | None:
+    from ._audit import model_spec
+
+    return model_spec(s)
+
+
+def _version_tag(s: "Settings", audit: "Audit | None" = None) -> str:
+    """--model-version, else the model's sha256[:12] (every file it loads), else 'suite-defaults'."""
     if s.model_version:
         return s.model_version
-    path = s.resolve_path(s.model) if s.model else None
-    if path is not None and path.is_file():
-        from .models._common import sha256_file
+    if s.model:
+        from ._audit import Audit
 
-        return sha256_file(path)[:12]
+        try:
+            return (audit or Audit(s)).load(_model_spec(s)).sha256[:12]  # type: ignore[arg-type]
+        except Exception:  # an unloadable model is reported once by pytest_sessionstart
+            return "unloadable-model"
     return "suite-defaults"
 
 
@@ -226,15 +302,10 @@ def invariance_model(request: pytest.FixtureRequest, invariance_audit: "Audit",
     A user's model whose input does not fit the suite's protocol skips with the reason.
     """
     name = getattr(request, "param", None)
+    error = request.config.stash.get(PROBE_ERRORS_KEY, {}).get(str(invariance_suite.root))
+    if error is not None:
+        raise error
     ref = invariance_audit.model(invariance_suite, name)
-    want = invariance_suite.input_shape
-    if ref.user and want:
-        have = ref.embedder.input_shape
-        fed = (want[0] if ref.preprocess.channels is None else ref.preprocess.channels,
-               *(ref.preprocess.size or want[1:]))
-        if any(h is not None and h != f for h, f in zip(have, fed)):
-            pytest.skip(f"{ref.embedder.path} expects input {list(have)} but suite {invariance_suite.name} "
-                        f"feeds {list(fed)}; select suites that fit the model by path")
     request.node.stash[MODEL_KEY] = ref
     return ref
 
@@ -424,9 +495,9 @@ def _run_block(config: pytest.Config, collected: dict[str, Any]) -> dict[str, An
     only = next(iter(models.values()), {}) if s.model and len(models) == 1 else {}
     return {
         "plugin_version": __version__,
-        "model_path": str(s.resolve_path(s.model)) if s.model else "(suite defaults)",
+        "model_path": _model_spec(s) if s.model else "(suite defaults)",
         "model_sha256": only.get("model_sha256"),
-        "model_version": _version_tag(s),
+        "model_version": _version_tag(s, config.stash.get(AUDIT_KEY, None)),
         "layer": only.get("layer") or s.layer or "(per model)",
         "backend": only.get("backend"), "device": only.get("device"), "provider": only.get("provider"),
         "preprocessing": only.get("preprocessing"), "models": models,

@@ -92,6 +92,31 @@ def parse_progress(value: str) -> str:
     return v
 
 
+def _parse_choice(value: str, choices: tuple[str, ...], what: str) -> str:
+    v = value.strip().lower()
+    if v not in choices:
+        raise argparse.ArgumentTypeError(f"{value!r} is not {what}; use {'|'.join(choices)}")
+    return v
+
+
+def parse_pool(value: str) -> str:
+    return _parse_choice(value, ("auto", "gap", "cls", "mean", "flatten"), "a pooling mode")
+
+
+def parse_layout(value: str) -> str:
+    return _parse_choice(value, ("auto", "nchw", "nhwc"), "a layout")
+
+
+def parse_preprocess(value: str) -> tuple[str, Any]:
+    """'KEY=VALUE' of the model's preprocessing -> (Preprocess field, parsed value)."""
+    from .embeddings._preprocess import parse_preprocess_item
+
+    try:
+        return parse_preprocess_item(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parse_path(value: str) -> str:
     if not value.strip():
         raise argparse.ArgumentTypeError("expected a path, got an empty string")
@@ -143,6 +168,15 @@ OPTIONS: tuple[Option, ...] = (
     Option(OPT_DEVICE, parse_device, "auto", "auto|cpu|cuda[:N]; auto picks CUDA when present", metavar="DEV"),
     Option("--invariance-weights", parse_path, None, "state_dict file for a module:factory model", metavar="PATH", path=True),
     Option("--invariance-trust-pickle", None, False, "allow loading pickled full torch modules (runs code from the file)"),
+    Option("--invariance-pool", parse_pool, "auto", "how a layer becomes one vector per image: auto (mean over H, W "
+           "of a conv map; refuses token sequences), gap, cls (token 0), mean (token mean), flatten", metavar="MODE"),
+    Option("--invariance-input-layout", parse_layout, "auto", "axis order of the model's image input when its "
+           "declared shape is ambiguous: nchw or nhwc", metavar="LAYOUT"),
+    Option("--invariance-layer-layout", parse_layout, "auto", "axis order of a 4-D layer when the graph does not "
+           "tell: nchw or nhwc", metavar="LAYOUT"),
+    Option("--invariance-preprocess", parse_preprocess, [], "preprocessing of --model, KEY=VALUE: size=160 or 224x224, "
+           "scale=255, mean=0.485,0.456,0.406, std=..., channels=1|3, channel_order=rgb|bgr, prewhiten=true",
+           multiple=True, metavar="K=V"),
     Option("--invariance-batch-size", parse_positive_int, 256, "images per model call", metavar="N"),
     Option("--invariance-workers", parse_nonneg_int, 0, "DataLoader worker processes for decoding images", metavar="N"),
     Option("--invariance-data-dir", parse_path, None, "root folder of datasets (MNIST IDX files, CelebA layout, ...)", metavar="DIR", path=True),
@@ -174,6 +208,10 @@ class Settings:
     device: str = "auto"
     weights: str | None = None
     trust_pickle: bool = False
+    pool: str = "auto"
+    input_layout: str = "auto"
+    layer_layout: str = "auto"
+    preprocess: tuple[tuple[str, Any], ...] = ()
     batch_size: int = 256
     workers: int = 0
     data_dir: str | None = None

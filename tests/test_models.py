@@ -109,7 +109,7 @@ def test_state_dict_without_factory_says_what_to_do(net, tmp_path):
 
 def test_wrong_image_shape(net, tmp_path):
     model = load_model(str(export_onnx(net, tmp_path / "m.onnx")), device="cpu")
-    with pytest.raises(InputShapeError, match="expects input"):
+    with pytest.raises(InputShapeError, match=r"expects input \[N, 1, 28, 28\] \(C, H, W\) but is fed \[2, 3, 28, 28\]"):
         model.embed(np.zeros((2, 3, 28, 28), np.float32), "output")
 
 

@@ -110,14 +110,27 @@ def test_user_model_runs_the_suite_and_second_run_hits_the_cache(toy):
     assert results(toy)["run"]["layer"] == "/act/Relu_output_0"
 
 
-def test_suite_that_does_not_fit_the_model_skips(toy):
+def test_suite_that_does_not_fit_the_model_is_one_line_before_the_tests(toy):
     export_onnx(tiny_cnn(), toy.path / "rgb.onnx")  # 1x28x28 model ...
     (toy.path / "audits" / "toy" / "invariance.toml").write_text(
         (toy.path / "audits" / "toy" / "invariance.toml").read_text().replace("input = [1, 28, 28]", "input = [3, 160, 160]"))
     result = toy.runpytest_subprocess("audits", "--model", "rgb.onnx", "-rs")
     result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines(["*expects input ?1, 28, 28? but suite toy feeds ?3, 160, 160?*"])
     assert result.ret == 5  # --model given and nothing audited: not green (test_errors.py)
+    line = ("invariance: suite toy: skipped: *rgb.onnx expects input float32[[]N, 1, 28, 28[]] (NCHW) but suite "
+            "toy feeds float32[[]N, 3, 160, 160[]] (NCHW)")
+    result.stdout.fnmatch_lines([line, "*collected 1 item*"])  # in the header, before the tests
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+    # With a second suite that fits, the one that does not is skipped with the same reason.
+    other = toy.path / "audits" / "toy2"
+    other.mkdir()
+    for name in ("invariance.toml", "test_toy.py"):
+        text = (toy.path / "audits" / "toy" / name).read_text()
+        (other / name).write_text(text.replace("input = [3, 160, 160]", "input = [1, 28, 28]").replace('"toy"', '"toy2"'))
+    (other / "test_toy.py").rename(other / "test_toy2.py")
+    result = toy.runpytest_subprocess("audits", "--model", "rgb.onnx", "-rs")
+    result.assert_outcomes(skipped=1, passed=1)
+    result.stdout.fnmatch_lines(["*expects input float32[[]N, 1, 28, 28[]] (NCHW) but suite toy feeds*"])
 
 
 def test_same_json_with_xdist(toy):

@@ -57,12 +57,14 @@ def _check_finite(out: np.ndarray, offset: int, what: str) -> None:
 
 
 def extract(embedder: "Embedder", images: "ImageSet", *, layer: str | None = None,
-            preprocess: Preprocess | None = None, batch_size: int = 256,
+            preprocess: Preprocess | None = None, pool: str = "auto", batch_size: int = 256,
             cache: EmbeddingCache | None = None, workers: int = 0,
             progress: bool = False, label: str = "") -> np.ndarray:
     """Embed every image of ``images`` at ``layer``; cached on the full key.
 
-    Returns float32 ``[len(images), D]`` in the order of ``images.labels``.
+    Returns float32 ``[len(images), D]`` in the order of ``images.labels``. ``pool`` says
+    how a layer of rank > 2 becomes one vector (see :mod:`pytest_invariance.models._pool`);
+    the key covers it, the model's input contract and its layer-layout override.
 
     Examples
     --------
@@ -72,9 +74,10 @@ def extract(embedder: "Embedder", images: "ImageSet", *, layer: str | None = Non
     preprocess = preprocess or Preprocess()
     layer = layer or embedder.default_layer
     key_parts = {"model": embedder.sha256, "layer": layer, "data": images.fingerprint,
-                 "preprocess": preprocess.key(), "version": __version__}
+                 "preprocess": preprocess.key(), "pool": pool, "contract": embedder.contract.to_dict(),
+                 "layer_layout": getattr(embedder, "layer_layout", "auto"), "version": __version__}
     if cache is None:
-        return _run(embedder, images, layer, preprocess, batch_size, workers, progress, label)
+        return _run(embedder, images, layer, preprocess, pool, batch_size, workers, progress, label)
     key = cache_key(key_parts)
     with cache.locked(key):
         hit = cache.load(key, rows=len(images))
@@ -82,12 +85,12 @@ def extract(embedder: "Embedder", images: "ImageSet", *, layer: str | None = Non
             cache.hits += 1
             return hit
         cache.misses += 1
-        out = _run(embedder, images, layer, preprocess, batch_size, workers, progress, label)
+        out = _run(embedder, images, layer, preprocess, pool, batch_size, workers, progress, label)
         cache.store(key, out, {**key_parts, "model_path": embedder.path, "n": len(out), "dim": out.shape[1]})
         return out
 
 
-def _run(embedder: "Embedder", images: "ImageSet", layer: str, preprocess: Preprocess,
+def _run(embedder: "Embedder", images: "ImageSet", layer: str, preprocess: Preprocess, pool: str,
          batch_size: int, workers: int, progress: bool, label: str) -> np.ndarray:
     from torch.utils.data import DataLoader
 
@@ -104,9 +107,9 @@ def _run(embedder: "Embedder", images: "ImageSet", layer: str, preprocess: Prepr
             # torch models take the tensor as is: on CUDA the pinned batch is copied
             # asynchronously and preprocessed on the GPU.
             x = preprocess(batch.to(embedder.device, non_blocking=True) if cuda else batch)
-            emb = embedder.embed(x, layer)
+            emb = embedder.embed(x, layer, pool=pool)
         else:
-            emb = embedder.embed(preprocess(batch).numpy(), layer)
+            emb = embedder.embed(preprocess(batch).numpy(), layer, pool=pool)
         _check_finite(emb, offset, f"{embedder.name} layer {layer}")
         if out is None:  # allocate once we know D; never hold the images themselves
             out = np.empty((len(images), emb.shape[1]), dtype=np.float32)

@@ -1,18 +1,32 @@
 """Model files -> :class:`Embedder` (ONNX via onnxruntime, torch via hooks)."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from ._base import Embedder
 from ._common import require_file
+from ._contract import LAYOUTS, InputContract
+from ._identity import is_factory_spec
+from ._pool import POOLS, pool_activation
 
-__all__ = ["Embedder", "load_model"]
+__all__ = ["LAYOUTS", "POOLS", "Embedder", "InputContract", "is_factory_spec", "load_model", "pool_activation"]
 
 
-def load_model(spec: str, *, device: str = "auto", weights: str | None = None,
-               trust_pickle: bool = False) -> Embedder:
-    """Load ``spec`` (a ``.onnx``/``.pt``/``.pt2`` path or ``module:factory``) as an Embedder.
+def load_model(spec: str, *, device: str = "auto", weights: str | None = None, trust_pickle: bool = False,
+               input_layout: str = "auto", layer_layout: str = "auto") -> Embedder:
+    """Load ``spec`` (a ``.onnx``/``.pt``/``.pt2`` path or ``package.module:factory``) as an Embedder.
+
+    Parameters
+    ----------
+    input_layout, layer_layout : {"auto", "nchw", "nhwc"}
+        Override what the model's declared shape / graph says about the axis order of
+        its image input and of a 4-D layer read (``--invariance-input-layout``,
+        ``--invariance-layer-layout``).
+
+    Raises
+    ------
+    ModelLoadError, InputShapeError
+        One line: the file is missing, unsafe or corrupt, or its input is not one image batch.
 
     Examples
     --------
@@ -20,13 +34,14 @@ def load_model(spec: str, *, device: str = "auto", weights: str | None = None,
     Traceback (most recent call last):
     ModelLoadError: model file not found: missing.onnx ...
     """
-    is_factory = bool(re.fullmatch(r"[\w.]+:\w+", spec)) and not Path(spec).exists()
-    if not is_factory:
+    factory = is_factory_spec(spec)
+    if not factory:
         require_file(spec)
-    if not is_factory and Path(spec).suffix.lower() == ".onnx":
+    if not factory and Path(spec).suffix.lower() == ".onnx":
         from ._onnx import OnnxEmbedder
 
-        return OnnxEmbedder(spec, device=device)
+        return OnnxEmbedder(spec, device=device, input_layout=input_layout, layer_layout=layer_layout)
     from ._torch import TorchEmbedder
 
-    return TorchEmbedder(spec, factory=is_factory, device=device, weights=weights, trust_pickle=trust_pickle)
+    return TorchEmbedder(spec, factory=factory, device=device, weights=weights, trust_pickle=trust_pickle,
+                         input_layout=input_layout, layer_layout=layer_layout)

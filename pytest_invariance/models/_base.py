@@ -7,6 +7,8 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
+    from ._contract import InputContract
+
 
 @runtime_checkable
 class Embedder(Protocol):
@@ -24,6 +26,8 @@ class Embedder(Protocol):
         Where it runs: ``"cpu"``, ``"cuda:0"``; for ONNX the execution provider is in ``provider``.
     input_shape : tuple
         ``(C, H, W)`` the model expects, with None for dynamic dimensions.
+    contract : InputContract
+        Layout, element type and fixed batch of the image input (read once at load).
     default_layer : str
         The layer used when none is named: the model's (first) output.
     """
@@ -35,17 +39,26 @@ class Embedder(Protocol):
     device: str
     provider: str
     input_shape: tuple[int | None, int | None, int | None]
+    contract: "InputContract"
     default_layer: str
 
     def layers(self) -> list[str]:
         """Names that ``embed`` accepts as ``layer``."""
         ...
 
-    def embed(self, batch: "NDArray[np.float32]", layer: str) -> "NDArray[np.float32]":
-        """``float32[N, C, H, W]`` -> ``float32[N, D]``.
+    def forward(self, batch: "NDArray[np.float32]", layer: str) -> "NDArray[np.float32]":
+        """The raw activation of ``layer`` (any rank, float32) for ``float32[N, C, H, W]`` images."""
+        ...
 
-        A spatial map ``[N, C, h, w]`` is global-average-pooled to ``[N, C]``; any other
-        rank above 2 is flattened. The paper's probes are linear, and pooling keeps D
-        manageable for conv layers while flattening keeps everything for small maps.
+    def activation_layout(self, layer: str) -> str | None:
+        """``"nchw"``/``"nhwc"`` of a 4-D activation as the model's graph tells, else None."""
+        ...
+
+    def embed(self, batch: "NDArray[np.float32]", layer: str, *, pool: str = "auto") -> "NDArray[np.float32]":
+        """``float32[N, C, H, W]`` in [0, 1] after preprocessing -> ``float32[N, D]``.
+
+        The batch is adapted to the model's :class:`InputContract` (layout, element type,
+        fixed batch size) and the activation reduced by ``pool`` (see :mod:`._pool`).
+        ``layer`` may end in ``#k`` to read the k-th call of a module run several times.
         """
         ...

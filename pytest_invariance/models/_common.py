@@ -1,20 +1,12 @@
 """Helpers shared by the model backends."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import EmbeddingError, LayerNotFoundError, ModelLoadError
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from ._identity import sha256_file  # noqa: F401  (re-exported: plugin.py imports it from here)
 
 
 def require_file(path: str | Path) -> Path:
@@ -28,22 +20,6 @@ def require_file(path: str | Path) -> Path:
     return p
 
 
-def to_embedding(out: np.ndarray, layer: str) -> np.ndarray:
-    """Map a layer's activation to float32 [N, D].
-
-    A 4-D map [N, C, h, w] is global-average-pooled over h, w (the usual read-out of
-    a conv layer, and it keeps D = C instead of C*h*w); other ranks are flattened.
-    """
-    a = np.asarray(out)
-    if a.ndim == 4:
-        a = a.mean(axis=(2, 3))
-    elif a.ndim == 1:
-        a = a[:, None]
-    elif a.ndim > 2:
-        a = a.reshape(len(a), -1)
-    return np.ascontiguousarray(a, dtype=np.float32)
-
-
 def unknown_layer(layer: str, available: list[str], model: str) -> LayerNotFoundError:
     import difflib
 
@@ -54,14 +30,44 @@ def unknown_layer(layer: str, available: list[str], model: str) -> LayerNotFound
 
 
 def check_batch(batch: "np.ndarray | object", input_shape: tuple[int | None, ...], model: str) -> None:
-    if len(batch.shape) != 4:
-        raise EmbeddingError(f"{model} expects images as [N, C, H, W]; got an array of shape {tuple(batch.shape)}")
-    for got, want, what in zip(batch.shape[1:], input_shape, ("channels", "height", "width")):
+    """Raise InputShapeError unless ``batch`` is ``[N, C, H, W]`` matching the declared (C, H, W)."""
+    shape = tuple(batch.shape)  # type: ignore[attr-defined]
+    if len(shape) != 4:
+        raise EmbeddingError(f"{model} expects images as [N, C, H, W]; got an array of shape {shape}")
+    for got, want, what in zip(shape[1:], input_shape, ("channels", "height", "width")):
         if want is not None and got != want:
             from ..errors import InputShapeError
 
             raise InputShapeError(
                 f"{model} expects input [N, {', '.join(str(s) if s else '?' for s in input_shape)}] "
-                f"but got images of shape {list(batch.shape)} ({what} {got} != {want}); "
-                "set the suite's preprocessing (size/channels) to match the model"
+                f"(C, H, W) but is fed {list(shape)} ({what} {got} != {want}); set the size/channels "
+                "with --invariance-preprocess or select suites that fit the model"
             )
+
+
+def split_call(layer: str) -> tuple[str, int | None]:
+    """``'layer1.0.relu#2'`` -> ``('layer1.0.relu', 2)``; no ``#k`` -> index None."""
+    name, sep, k = layer.rpartition("#")
+    if not sep:
+        return layer, None
+    if not k.isdigit() or int(k) < 1:
+        raise LayerNotFoundError(f"layer {layer!r}: the call index after '#' must be 1, 2, ... (the k-th call)")
+    return name, int(k)
+
+
+def pick_call(outputs: list["object"], layer: str, index: int | None, model: str) -> "object":
+    """The activation of the chosen call of a module that may run several times per forward."""
+    name = layer.partition("#")[0]
+    if not outputs:
+        raise EmbeddingError(f"layer {name!r} of {model} did not run in the forward pass; choose another --layer")
+    if index is None:
+        if len(outputs) > 1:
+            calls = ", ".join(f"{name}#{k}" for k in range(1, len(outputs) + 1))
+            raise LayerNotFoundError(
+                f"layer {name!r} of {model} runs {len(outputs)} times per forward; name one call with --layer: {calls}"
+            )
+        return outputs[0]
+    if index > len(outputs):
+        raise LayerNotFoundError(f"layer {name!r} of {model} runs {len(outputs)} time(s) per forward; "
+                                 f"--layer {layer} asks for call {index}")
+    return outputs[index - 1]

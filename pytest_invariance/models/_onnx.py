@@ -1,4 +1,9 @@
-"""ONNX backend: any intermediate tensor becomes an output, no re-export needed."""
+"""ONNX backend: any intermediate tensor becomes an output, no re-export needed.
+
+The input contract (layout, element type, fixed batch) is read from the graph once,
+and the axis order of a 4-D activation is followed back through the graph (see
+:mod:`._onnx_layout`), so a channels-last tensor is pooled over its real spatial axes.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +12,16 @@ from typing import Any
 import numpy as np
 
 from .._optional import require
-from ..errors import ModelLoadError
-from ._common import check_batch, sha256_file, to_embedding, unknown_layer
+from ..errors import InputShapeError, ModelLoadError
+from ._common import check_batch, split_call, unknown_layer
+from ._contract import LAYOUTS, InputContract, ambiguous_layout, chw_of, layout_from_shape, run_batched
+from ._identity import onnx_external_files, sha256_files
+from ._onnx_layout import activation_layout, input_layout_from_graph
+from ._pool import pool_activation
+
+# TensorProto element types -> the dtype names of InputContract.
+_ELEM = {1: "float32", 10: "float16", 11: "float64", 2: "uint8"}
+_ELEM_NAMES = {3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 8: "string", 9: "bool", 16: "bfloat16"}
 
 
 def _providers(device: str) -> tuple[list[Any], str]:
@@ -26,24 +39,31 @@ def _providers(device: str) -> tuple[list[Any], str]:
     return ["CPUExecutionProvider"], "cpu"
 
 
+def _dims(value_info: Any) -> list[int | None]:
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in value_info.type.tensor_type.shape.dim]
+
+
+def _describe_input(v: Any) -> str:
+    t = v.type.tensor_type.elem_type
+    dims = ", ".join("?" if d is None else str(d) for d in _dims(v))
+    return f"{v.name!r} {_ELEM.get(t) or _ELEM_NAMES.get(t, f'type {t}')}[{dims}]"
+
+
 class OnnxEmbedder:
     """An ONNX model run by onnxruntime; ``layers()`` lists every float tensor in the graph."""
 
     backend = "onnx"
 
-    def __init__(self, path: str | Path, *, device: str = "auto"):
+    def __init__(self, path: str | Path, *, device: str = "auto", input_layout: str = "auto",
+                 layer_layout: str = "auto"):
         onnx = require("onnx", "loading .onnx models")
         self.path = str(path)
         self.name = Path(path).stem
-        self.sha256 = sha256_file(Path(path))
-        try:
-            model = onnx.load(self.path)
-            onnx.checker.check_model(model)
-        except Exception as exc:  # protobuf DecodeError, checker errors, truncated files
-            raise ModelLoadError(
-                f"{self.path} is not a valid ONNX model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                "re-export it or check that the file is complete"
-            ) from None
+        model = self._read(onnx)
+        graph = model.graph
+        self.sha256 = sha256_files(Path(path), onnx_external_files(onnx.load(self.path, load_external_data=False),
+                                                                   Path(path).parent))
         try:
             model = onnx.shape_inference.infer_shapes(model)
         except Exception:  # shape inference is a nicety: outputs still work without types
@@ -51,17 +71,59 @@ class OnnxEmbedder:
         self._model = model
         self._providers, self.device = _providers(device)
         self.provider = self._providers[0] if isinstance(self._providers[0], str) else self._providers[0][0]
-        graph = model.graph
-        inits = {i.name for i in graph.initializer}
-        inputs = [i for i in graph.input if i.name not in inits]
-        if len(inputs) != 1:
-            raise ModelLoadError(f"{self.path} has {len(inputs)} inputs; an image embedder has exactly one")
-        self.input_name = inputs[0].name
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
-        self.input_shape = tuple(dims[1:4]) if len(dims) == 4 else (None, None, None)
+        self.contract = self._read_contract(input_layout)
+        self.input_shape = self.contract.chw
+        self.layer_layout = layer_layout
         self.default_layer = graph.output[0].name
         self._float_types = self._tensor_types()
         self._sessions: dict[str, Any] = {}
+
+    def _read(self, onnx: Any) -> Any:
+        try:
+            model = onnx.load(self.path)
+        except Exception as exc:  # protobuf DecodeError, truncated files, missing external data
+            raise ModelLoadError(
+                f"{self.path} is not a valid ONNX model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                "re-export it or check that the file is complete"
+            ) from None
+        if not model.graph.output:
+            raise ModelLoadError(f"{self.path} declares no graph outputs, so nothing can be read from it; "
+                                 "re-export it with its embedding as an output")
+        try:
+            onnx.checker.check_model(model)
+        except Exception as exc:  # checker errors
+            raise ModelLoadError(
+                f"{self.path} is not a valid ONNX model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                "re-export it or check that the file is complete"
+            ) from None
+        return model
+
+    def _read_contract(self, layout_option: str) -> InputContract:
+        graph = self._model.graph
+        inits = {i.name for i in graph.initializer}
+        inputs = [i for i in graph.input if i.name not in inits]
+        feeds = "the suites feed one image batch [N, C, H, W]"
+        if len(inputs) != 1:
+            shown = "; ".join(_describe_input(v) for v in inputs) or "none"
+            raise InputShapeError(f"{self.path} takes {len(inputs)} inputs ({shown}); {feeds}")
+        v = inputs[0]
+        self.input_name = v.name
+        dims = _dims(v)
+        if len(dims) != 4:
+            raise InputShapeError(f"{self.path} takes {_describe_input(v)} (rank {len(dims)}); {feeds}")
+        elem = v.type.tensor_type.elem_type
+        if elem not in _ELEM:
+            raise InputShapeError(f"{self.path} takes {_describe_input(v)}; image inputs must be float32, "
+                                  f"float16, float64 or uint8")
+        if layout_option in LAYOUTS:
+            layout, source = layout_option, "option"
+        else:
+            graph_says = input_layout_from_graph(graph, v.name)
+            layout, source = (graph_says, "graph") if graph_says else (layout_from_shape(dims), "declared shape")
+            if layout is None:
+                raise ambiguous_layout(self.path, dims)
+        return InputContract(layout=layout, dtype=_ELEM[elem], batch=dims[0], chw=chw_of(dims, layout),
+                             layout_source=source)
 
     def _tensor_types(self) -> dict[str, int]:
         g = self._model.graph
@@ -76,7 +138,7 @@ class OnnxEmbedder:
         return order
 
     def layers(self) -> list[str]:
-        # elem_type 1 = FLOAT; 0 = unknown (shape inference could not tell): keep those.
+        # float32/16/64; 0 = unknown (shape inference could not tell): keep those.
         return [n for n, t in self._float_types.items() if t in (0, 1, 10, 11)]
 
     def _session(self, layer: str) -> Any:
@@ -98,8 +160,25 @@ class OnnxEmbedder:
         self._sessions[layer] = sess
         return sess
 
-    def embed(self, batch: np.ndarray, layer: str) -> np.ndarray:
+    def activation_layout(self, layer: str) -> str | None:
+        """``nchw``/``nhwc`` of a 4-D tensor as the graph tells, the option's value, or None."""
+        if self.layer_layout in LAYOUTS:
+            return self.layer_layout
+        return activation_layout(self._model.graph, layer, self.contract.layout)
+
+    def forward(self, batch: np.ndarray, layer: str) -> np.ndarray:
+        """The raw activation of ``layer`` for float32 NCHW ``batch`` (any batch size)."""
+        name, index = split_call(layer)
+        if index is not None:
+            raise unknown_layer(layer, self.layers(), self.path)  # ONNX tensors are produced once
         check_batch(batch, self.input_shape, self.path)
         sess = self._session(layer)
-        (out,) = sess.run([layer], {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
-        return to_embedding(out, layer)
+        x = self.contract.cast(np.asarray(batch, dtype=np.float32))
+        (out,) = run_batched(lambda chunk: sess.run([layer], {self.input_name: chunk})[0], x, self.contract.batch)
+        return np.asarray(out)
+
+    def embed(self, batch: np.ndarray, layer: str, *, pool: str = "auto") -> np.ndarray:
+        out = self.forward(batch, layer)
+        return pool_activation(out, pool, self.activation_layout(layer) if out.ndim == 4 else None,
+                               f"{self.path} layer {layer!r}")
+

@@ -1,23 +1,34 @@
 """torch backend: TorchScript archives, torch.export programs, and module:factory specs.
 
-Intermediate layers of an ``nn.Module`` are read with a forward hook on the named
-module. A TorchScript module cannot be hooked, so for it the forward graph is cut at
-the named submodule's call instead (see :func:`_script_layer_fn`).
+Intermediate layers of an ``nn.Module`` (and of torch.export's unflattened module) are
+read with a forward hook on the named module. A TorchScript module cannot be hooked,
+so for it the forward graph is cut at the named submodule's call instead (see
+:func:`_script_layer_fn`). A module that runs several times per forward (torchvision's
+``BasicBlock`` calls one ``relu`` twice) is named with a call index, ``layer1.0.relu#2``;
+every backend counts calls in execution order and refuses a bare name that is ambiguous.
 """
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from .._optional import require
-from ..errors import ModelLoadError
-from ._common import check_batch, sha256_file, to_embedding, unknown_layer
+from ..errors import InputShapeError, LayerNotFoundError, ModelLoadError
+from ._common import check_batch, pick_call, split_call, unknown_layer
+from ._contract import LAYOUTS, InputContract, ambiguous_layout, chw_of, layout_from_shape, run_batched
+from ._identity import factory_digest, files_read, sha256_file, sha256_files
+from ._pool import pool_activation
+from ._torch_layout import layout_from_calls, script_value_layout
 
 OUTPUT = "output"  # the layer name of the model's own output
+OPT_TRUST = "--invariance-trust-pickle"
 
 
 def _torch_device(torch: Any, device: str) -> str:
@@ -28,23 +39,143 @@ def _torch_device(torch: Any, device: str) -> str:
     return "cuda:0" if device == "cuda" else device
 
 
-def _load_module(spec: str, *, weights: str | None, trust_pickle: bool, factory: bool) -> tuple[Any, str, str]:
-    """Return (module, kind, sha256 of the bytes that define it)."""
+@contextmanager
+def _weights_only_loads() -> Iterator[None]:
+    """Force every ``torch.load`` inside to the weights-only unpickler (no code from the file runs)."""
+    old = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
+
+
+def _pt2_unsafe_members(path: Path) -> list[str]:
+    """Members of a .pt2 that torch.export.load would unpickle outside torch.load (custom/opaque objects)."""
+    import json
+
+    bad = []
+    with zipfile.ZipFile(path) as z:
+        for name in z.namelist():
+            if name.endswith((".so", ".dll", ".dylib")):
+                bad.append(name)
+            if not name.endswith("_constants_config.json"):
+                continue
+            try:
+                config = json.loads(z.read(name)).get("config", {})
+            except ValueError:
+                bad.append(name)
+                continue
+            for entry in config.values():
+                path_name = str(entry.get("path_name", "")) if isinstance(entry, dict) else ""
+                if path_name.startswith(("custom_obj", "opaque_obj")):
+                    bad.append(f"{name}:{path_name}")
+    return bad
+
+
+def _load_pt2(torch: Any, path: Path, trust_pickle: bool) -> Any:
+    refuse = (f"{path} holds pickled Python objects; loading it would run code from the file. "
+              f"Re-export it with torch.export.save, or pass {OPT_TRUST} if you trust it")
+    if not zipfile.is_zipfile(path):
+        raise ModelLoadError(f"{path} is not a torch.export archive (not a zip file)")
+    if not trust_pickle and _pt2_unsafe_members(path):
+        raise ModelLoadError(refuse)
+    try:
+        if trust_pickle:
+            return torch.export.load(str(path))
+        with _weights_only_loads():
+            return torch.export.load(str(path))
+    except Exception as exc:
+        if not trust_pickle and ("weights_only" in str(exc).lower() or "Unsupported global" in str(exc)):
+            raise ModelLoadError(refuse) from None
+        raise ModelLoadError(f"{path} is not a loadable torch.export archive ({type(exc).__name__}: {exc}"[:300] + ")") from None
+
+
+def _export_contract(ep: Any, spec: str, layout_option: str) -> InputContract:
+    """Input contract from the placeholders of a torch.export program (shape, dtype, fixed batch)."""
+    names = list(ep.graph_signature.user_inputs)
+    nodes = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    feeds = "the suites feed one image batch [N, C, H, W]"
+    vals = [nodes[n].meta.get("val") for n in names if n in nodes]
+    if len(vals) != 1 or not hasattr(vals[0], "shape"):
+        raise InputShapeError(f"{spec} takes {len(names)} inputs ({', '.join(names)}); {feeds}")
+    val = vals[0]
+    dims = [d if isinstance(d, int) else None for d in val.shape]
+    dtype = str(val.dtype).replace("torch.", "")
+    if len(dims) != 4:
+        raise InputShapeError(f"{spec} takes input {dtype}[{', '.join('?' if d is None else str(d) for d in dims)}] "
+                              f"(rank {len(dims)}); {feeds}")
+    if dtype not in ("float32", "float16", "float64", "uint8"):
+        raise InputShapeError(f"{spec} takes {dtype} input; image inputs must be float32, float16, float64 or uint8")
+    if layout_option in LAYOUTS:
+        layout, source = layout_option, "option"
+    else:
+        layout, source = layout_from_shape(dims), "declared shape"
+        if layout is None and all(d is not None for d in dims[1:]):
+            raise ambiguous_layout(spec, dims)
+        layout, source = (layout, source) if layout else ("nchw", "torch convention")
+    return InputContract(layout=layout, dtype=dtype, batch=dims[0], chw=chw_of(dims, layout), layout_source=source)
+
+
+def _import_factory(spec: str) -> Any:
+    mod_name, _, attr = spec.partition(":")
+    try:
+        try:
+            module = importlib.import_module(mod_name)
+        except ModuleNotFoundError as exc:
+            # `pytest` (unlike `python -m pytest`) does not put the working directory on
+            # sys.path; a package there is what a user means by 'package.module'.
+            if exc.name != mod_name.split(".")[0] or os.getcwd() in sys.path:
+                raise
+            sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(mod_name)
+        return module, getattr(module, attr)
+    except (ImportError, AttributeError) as exc:
+        raise ModelLoadError(f"--model {spec}: cannot import it ({exc}); --model takes 'package.module:factory'") from None
+
+
+def _load_factory(torch: Any, spec: str, weights: str | None) -> tuple[Any, str]:
+    wpath = Path(weights) if weights is not None else None
+    if wpath is not None and not wpath.is_file():
+        raise ModelLoadError(f"--invariance-weights {weights}: file not found")
+    with files_read() as read:
+        module_obj, factory = _import_factory(spec)
+        try:
+            module = factory()
+        except Exception as exc:
+            raise ModelLoadError(f"--model {spec}: the factory raised {type(exc).__name__}: {exc}"[:300]) from None
+        if not isinstance(module, torch.nn.Module):
+            raise ModelLoadError(f"--model {spec}: {spec}() returned {type(module).__name__}, not a torch.nn.Module")
+        if wpath is not None:
+            try:
+                module.load_state_dict(torch.load(str(wpath), map_location="cpu", weights_only=True))
+            except Exception as exc:
+                raise ModelLoadError(f"--invariance-weights {weights}: cannot load it into {spec}: "
+                                     f"{str(exc).splitlines()[0][:300]}") from None
+    return module, factory_digest(spec, getattr(module_obj, "__file__", None), read, wpath)
+
+
+def _load_module(spec: str, *, weights: str | None, trust_pickle: bool, factory: bool,
+                 layout_option: str) -> tuple[Any, str, str, InputContract | None]:
+    """Return (module, kind, sha256 of the bytes that define it, contract if the file declares one)."""
     torch = require("torch", "loading torch models")
     if factory:
-        return _load_factory(torch, spec, weights)
+        module, sha = _load_factory(torch, spec, weights)
+        return module, "factory", sha, None
     path = Path(spec)
     sha = sha256_file(path)
     if path.suffix == ".pt2":
-        try:
-            # unflatten keeps the module hierarchy, so forward hooks on submodules fire.
-            return torch.export.unflatten(torch.export.load(str(path))), "torch.export", sha
-        except Exception as exc:
-            raise ModelLoadError(f"{path} is not a loadable torch.export archive ({type(exc).__name__}: {exc}"[:300] + ")") from None
+        ep = _load_pt2(torch, path, trust_pickle)
+        contract = _export_contract(ep, spec, layout_option)
+        # unflatten keeps the module hierarchy, so forward hooks on submodules fire.
+        return torch.export.unflatten(ep), "torch.export", sha, contract
     if not zipfile.is_zipfile(path):
         raise ModelLoadError(f"{path} is not a torch archive (not a zip file); expected TorchScript .pt, torch.export .pt2 or ONNX .onnx")
     try:
-        return torch.jit.load(str(path), map_location="cpu"), "torchscript", sha
+        return torch.jit.load(str(path), map_location="cpu"), "torchscript", sha, None
     except Exception:
         pass  # not TorchScript: maybe a torch.save'd module or a state_dict
     try:
@@ -53,44 +184,40 @@ def _load_module(spec: str, *, weights: str | None, trust_pickle: bool, factory:
         if not trust_pickle:
             raise ModelLoadError(
                 f"{path} is a pickled torch object; unpickling it would run code from the file. "
-                "Export it with torch.jit.save or torch.export, or pass --invariance-trust-pickle if you trust it"
+                f"Export it with torch.jit.save or torch.export, or pass {OPT_TRUST} if you trust it"
             ) from None
         obj = torch.load(str(path), map_location="cpu", weights_only=False)
     if isinstance(obj, torch.nn.Module):
-        return obj, "torch.save", sha
+        # A pickled module stores its classes by reference: their source is part of the model.
+        sources = {Path(f) for m in obj.modules() if not type(m).__module__.startswith("torch.")
+                   and (f := getattr(sys.modules.get(type(m).__module__), "__file__", None))}
+        return obj, "torch.save", sha256_files(path, sources), None
     raise ModelLoadError(
         f"{path} holds a {type(obj).__name__} (a state_dict?), not a model; "
         "use --model package.module:factory --invariance-weights " + str(path)
     )
 
 
-def _load_factory(torch: Any, spec: str, weights: str | None) -> tuple[Any, str, str]:
-    mod_name, _, attr = spec.partition(":")
-    try:
-        factory = getattr(importlib.import_module(mod_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ModelLoadError(f"cannot import {spec!r} ({exc}); --model takes 'package.module:factory'") from None
-    module = factory()
-    if not isinstance(module, torch.nn.Module):
-        raise ModelLoadError(f"{spec}() returned {type(module).__name__}, not a torch.nn.Module")
-    import hashlib
+def _script_calls(graph: Any, path: str) -> list[Any]:
+    """``prim::CallMethod`` nodes of ``graph`` that call the submodule at ``path``, in execution order.
 
-    h = hashlib.sha256(spec.encode())
-    if weights is not None:
-        wpath = Path(weights)
-        if not wpath.is_file():
-            raise ModelLoadError(f"--invariance-weights {weights}: file not found")
-        try:
-            state = torch.load(str(wpath), map_location="cpu", weights_only=True)
-            module.load_state_dict(state)
-        except Exception as exc:
-            raise ModelLoadError(f"cannot load weights {weights} into {spec}: {str(exc).splitlines()[0][:300]}") from None
-        h.update(sha256_file(wpath).encode())
-    return module, "factory", h.hexdigest()
+    Tracing names the second call of one module ``forward1`` (then ``forward2`` ...),
+    scripting keeps ``forward``; both count.
+    """
+    paths: dict[int, str] = {}
+    calls = []
+    for node in graph.nodes():
+        if node.kind() == "prim::GetAttr":
+            base = paths.get(node.input().unique())
+            paths[node.output().unique()] = f"{base}.{node.s('name')}" if base else node.s("name")
+        elif node.kind() == "prim::CallMethod" and node.s("name").startswith("forward"):
+            if paths.get(node.inputsAt(0).unique(), "") == path:
+                calls.append(node)
+    return calls
 
 
-def _script_layer_fn(module: Any, layer: str) -> Callable[[Any], Any] | None:
-    """A function x -> activation of ``layer`` for a TorchScript module, or None.
+def _script_layer_fn(module: Any, layer: str, index: int | None, where: str) -> tuple[Callable[[Any], Any], str | None]:
+    """A function x -> activation of ``layer`` for a TorchScript module, and that activation's layout.
 
     The forward graph is copied, its output replaced by the value the named
     submodule's call returns, and compiled into a new function. A nested path
@@ -100,36 +227,35 @@ def _script_layer_fn(module: Any, layer: str) -> Callable[[Any], Any] | None:
     import torch
 
     parts = layer.split(".")
-    mod, stages = module, []
+    mod, stages, method, layout = module, [], "forward", None
     while parts:
-        graph = mod.graph.copy()
-        paths: dict[int, str] = {}
-        hit = None
-        for node in graph.nodes():
-            if node.kind() == "prim::GetAttr":
-                base = paths.get(node.input().unique())
-                paths[node.output().unique()] = f"{base}.{node.s('name')}" if base else node.s("name")
-            elif node.kind() == "prim::CallMethod" and node.s("name") == "forward":
-                called = paths.get(node.inputsAt(0).unique(), "")
-                for k in range(len(parts), 0, -1):
-                    if called == ".".join(parts[:k]):
-                        if hit is not None and hit[1] == k:
-                            return None  # called twice: which call is meant is ambiguous
-                        hit = (node, k)
+        graph = getattr(mod, method).graph.copy()
+        hit = next(((k, calls) for k in range(len(parts), 0, -1)
+                    if (calls := _script_calls(graph, ".".join(parts[:k])))), None)
         if hit is None:
-            return None
-        node, k = hit
-        values = [node.output()] if k == len(parts) else list(node.inputs())[1:]
+            raise LayerNotFoundError(f"layer {layer!r} of {where} is not called in the scripted forward; "
+                                     "choose another --layer")
+        k, calls = hit
+        last = k == len(parts)
+        if not last and len(calls) > 1:
+            raise LayerNotFoundError(f"{'.'.join(parts[:k])!r} of {where} runs {len(calls)} times per forward; "
+                                     f"a layer inside it cannot be named; choose --layer {'.'.join(parts[:k])}#N")
+        node = pick_call(calls, layer, index if last else None, where) if last else calls[0]
+        if last:
+            layout = script_value_layout(mod, node.output())
+            if layout == "param":
+                layout = "nchw" if not stages else None
+        values = [node.output()] if last else list(node.inputs())[1:]
         while len(list(graph.outputs())):
             graph.eraseOutput(0)
         for v in values:
             graph.registerOutput(v)
         fn = torch._C._create_function_from_graph(f"invariance_cut_{len(stages)}", graph)
         stages.append((fn, mod))
-        sub = ".".join(parts[:k])
-        parts = parts[k:]
-        for name in sub.split("."):
+        method = "forward" if last else node.s("name")
+        for name in parts[:k]:
             mod = getattr(mod, name)
+        parts = parts[k:]
 
     def run(x: Any) -> Any:
         args: tuple[Any, ...] = (x,)
@@ -138,68 +264,128 @@ def _script_layer_fn(module: Any, layer: str) -> Callable[[Any], Any] | None:
             args = out if isinstance(out, tuple) else (out,)
         return args[0]
 
-    return run
+    return run, layout
+
+
+def _first(out: Any) -> Any:
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 class TorchEmbedder:
-    """A torch model; layers are module paths (``named_modules``) plus ``output``."""
+    """A torch model; layers are module paths (``named_modules``) plus ``output``, ``#k`` for the k-th call."""
 
     backend = "torch"
 
     def __init__(self, spec: str, *, device: str = "auto", weights: str | None = None,
-                 trust_pickle: bool = False, input_shape: tuple[int | None, ...] | None = None,
-                 factory: bool = False):
+                 trust_pickle: bool = False, factory: bool = False, input_layout: str = "auto",
+                 layer_layout: str = "auto"):
         torch = require("torch", "loading torch models")
         self.path = spec
         self.name = spec.split(":")[-1] if factory else Path(spec).stem
-        module, self.kind, self.sha256 = _load_module(spec, weights=weights, trust_pickle=trust_pickle, factory=factory)
+        module, self.kind, self.sha256, contract = _load_module(
+            spec, weights=weights, trust_pickle=trust_pickle, factory=factory, layout_option=input_layout)
         self.device = _torch_device(torch, device)
         self.provider = f"torch ({self.kind})"
         self.module = module.to(self.device)
         try:
-            self.module.eval()
-        except NotImplementedError:  # torch.export's unflattened modules are always in eval mode
+            self.module.eval()  # batch statistics and dropout off; a file that ignores this is caught by the probe
+        except NotImplementedError:  # some torch versions' exported modules refuse eval(): the probe decides
             pass
-        self.input_shape = tuple(input_shape) if input_shape else (None, None, None)
+        if contract is None:
+            params = [p for p in self.module.parameters() if p.is_floating_point()] if hasattr(self.module, "parameters") else []
+            dtype = str(params[0].dtype).replace("torch.", "") if params else "float32"
+            layout = input_layout if input_layout in LAYOUTS else "nchw"
+            contract = InputContract(layout=layout, dtype=dtype if dtype in ("float16", "float64") else "float32",
+                                     layout_source="option" if input_layout in LAYOUTS else "torch convention")
+        self.contract = contract
+        self.input_shape = contract.chw
+        self.layer_layout = layer_layout
         self.default_layer = OUTPUT
-        self._script_fns: dict[str, Callable[[Any], Any]] = {}
+        self._script: dict[str, tuple[Callable[[Any], Any], str | None]] = {}
+        self._layouts: dict[str, str | None] = {}
 
     def layers(self) -> list[str]:
         # Names starting with "_" are torch.export's internals (guards), not layers.
         return [OUTPUT] + [n for n, _ in self.module.named_modules() if n and not n.startswith("_")]
 
-    def _run(self, x: Any, layer: str) -> Any:
-        torch = require("torch", "")
-        if layer == OUTPUT:
-            out = self.module(x)
-            return out[0] if isinstance(out, (tuple, list)) else out
-        if layer not in self.layers():
-            raise unknown_layer(layer, self.layers(), self.path)
-        if isinstance(self.module, torch.jit.ScriptModule):
-            fn = self._script_fns.get(layer) or _script_layer_fn(self.module, layer)
-            if fn is None:
-                raise ModelLoadError(
-                    f"layer {layer!r} of TorchScript model {self.path} is not called exactly once from its "
-                    "parent's forward, so it cannot be cut out; export to ONNX or torch.export (.pt2) instead"
-                )
-            self._script_fns[layer] = fn
-            return fn(x)
-        captured: list[Any] = []
-        handle = dict(self.module.named_modules())[layer].register_forward_hook(
-            lambda _m, _i, out: captured.append(out[0] if isinstance(out, (tuple, list)) else out)
-        )
-        try:
-            self.module(x)
-        finally:
-            handle.remove()
-        return captured[0]
+    def _hooked(self, x: Any, name: str, index: int | None, layer: str, want_layout: bool) -> Any:
+        import torch
 
-    def embed(self, batch: Any, layer: str) -> np.ndarray:
-        """``batch``: numpy array or torch tensor ``[N, C, H, W]`` (a tensor may already be on the device)."""
+        target = self.module if name == OUTPUT else dict(self.module.named_modules())[name]
+        captured: list[Any] = []
+        calls: list[tuple[Any, tuple[int, ...], bool]] = []
+        marks: list[int] = []
+
+        def on_target(_m: Any, _i: Any, out: Any) -> None:
+            captured.append(_first(out))
+            marks.append(len(calls) - 1)
+
+        def on_any(m: Any, _i: Any, out: Any) -> None:
+            o = _first(out)
+            calls.append((m, tuple(o.shape) if hasattr(o, "shape") else (), not any(True for _ in m.children())))
+
+        handles = [torch.nn.modules.module.register_module_forward_hook(on_any)] if want_layout else []
+        if name != OUTPUT:
+            handles.append(target.register_forward_hook(on_target))
+        try:
+            out = self.module(x)
+        finally:
+            for h in handles:
+                h.remove()
+        if name == OUTPUT:
+            captured, marks = [_first(out)], [len(calls) - 1]
+        act = pick_call(captured, layer, index, self.path)
+        if want_layout:
+            self._layouts[layer] = layout_from_calls(calls, marks[0 if index is None else index - 1])
+        return act
+
+    def _run(self, x: Any, layer: str) -> Any:
+        import torch
+
+        name, index = split_call(layer)
+        if name != OUTPUT and name not in self.layers():
+            raise unknown_layer(name, self.layers(), self.path)
+        if isinstance(self.module, torch.jit.ScriptModule):
+            if name == OUTPUT:
+                if layer not in self._script:
+                    ret = next(iter(self.module.graph.return_node().inputs()))
+                    lay = script_value_layout(self.module, ret)
+                    self._script[layer] = (self.module, "nchw" if lay == "param" else lay)
+                return _first(self.module(x))
+            if layer not in self._script:
+                self._script[layer] = _script_layer_fn(self.module, name, index, self.path)
+            return self._script[layer][0](x)
+        return self._hooked(x, name, index, layer, want_layout=layer not in self._layouts)
+
+    def activation_layout(self, layer: str) -> str | None:
+        if self.layer_layout in LAYOUTS:
+            return self.layer_layout
+        return self._script[layer][1] if layer in self._script else self._layouts.get(layer)
+
+    def forward(self, batch: Any, layer: str) -> np.ndarray:
+        """Raw activation (float32 numpy) of ``layer`` for an NCHW batch (numpy or torch, any size)."""
         torch = require("torch", "")
         check_batch(batch, self.input_shape, self.path)
         x = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        x = x.float()
-        with torch.inference_mode():
-            out = self._run(x.to(self.device, non_blocking=True), layer)
-        return to_embedding(out.float().cpu().numpy(), layer)
+        x = x.to(self.device, non_blocking=True).float()
+        if self.contract.layout == "nhwc":
+            x = x.permute(0, 2, 3, 1)
+        x = torch.round(x * 255).clamp(0, 255).to(torch.uint8) if self.contract.dtype == "uint8" \
+            else x.to(getattr(torch, self.contract.dtype))
+        x = x.contiguous()
+
+        def call(chunk: Any) -> np.ndarray:
+            with torch.inference_mode():
+                out = self._run(chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(chunk).to(self.device), layer)
+            return out.float().cpu().numpy()
+
+        if self.contract.batch and len(x) != self.contract.batch:
+            (out,) = run_batched(call, x.cpu().numpy(), self.contract.batch)
+            return out
+        return call(x)
+
+    def embed(self, batch: Any, layer: str, *, pool: str = "auto") -> np.ndarray:
+        """``batch``: numpy array or torch tensor ``[N, C, H, W]`` (a tensor may already be on the device)."""
+        out = self.forward(batch, layer)
+        return pool_activation(out, pool, self.activation_layout(layer) if out.ndim == 4 else None,
+                               f"{self.path} layer {layer!r}")

@@ -1,0 +1,118 @@
+"""The --model's check before any test runs: does it take each suite's input, and can it be read?
+
+On the controller (``pytest_sessionstart``) the suites are found from the command-line
+paths, so that with pytest-xdist a bad model is still one line before the workers
+start, and the header names each suite the model does not take; on each process
+``pytest_collection_modifyitems`` skips that suite's tests with the reason (a run that
+audits nothing is then not green, see ``_outcomes``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from .checks import Suite
+from .checks._suite import CONFIG_NAME
+
+if TYPE_CHECKING:
+    from ._audit import Audit, ModelRef
+
+# Folders never searched for suites (environments, caches, VCS).
+_PRUNE = {"node_modules", "site-packages", "__pycache__", "venv", "env"}
+
+
+def discover_suites(args: Iterable[str], base: Path, rootdir: Path) -> list[Suite]:
+    """Suites (``invariance.toml`` with a ``[suite] input``) at, under or above the given paths."""
+    found: dict[Path, Suite] = {}
+    for arg in args:
+        path = Path(arg.split("::")[0])
+        path = path if path.is_absolute() else base / path
+        if not path.exists():
+            continue
+        suite = Suite.find(path, stop=rootdir)
+        if suite.config:
+            found[suite.root] = suite
+        if path.is_dir():
+            for folder, dirs, files in os.walk(path):
+                dirs[:] = [d for d in dirs if not d.startswith(".") and d not in _PRUNE]
+                if CONFIG_NAME in files:
+                    s = Suite.load(Path(folder) / CONFIG_NAME)
+                    found[s.root] = s
+    return [s for s in found.values() if s.input_shape]
+
+
+def probe_suites(audit: "Audit", suites: Iterable[Suite]) -> tuple[dict[str, str], list[str]]:
+    """Probe the --model on each suite: ({suite root: reason it does not fit}, header lines).
+
+    Raises the first InvarianceError (one line) of a model that fits but cannot be read.
+    """
+    from ._audit import model_names
+
+    reasons, lines = {}, []
+    for suite in suites:
+        ref = audit.model(suite, model_names(audit.settings, suite)[0])
+        reason = probe(suite, ref, seed=audit.seed)
+        if reason:
+            reasons[str(suite.root)] = reason
+            lines.append(f"invariance: suite {suite.name}: skipped: {reason}")
+        else:
+            lines.append(f"invariance: suite {suite.name}: {ref.name} layer={ref.layer} pool={ref.pool} "
+                         f"preprocessing: {ref.preprocess.describe()}")
+    return reasons, lines
+
+
+def fed_shape(suite: Suite, ref: "ModelRef") -> tuple[int, int, int] | None:
+    """``(C, H, W)`` the suite feeds ``ref`` after preprocessing, None when the suite does not say."""
+    want = suite.input_shape
+    if not want:
+        return None
+    c = ref.preprocess.channels or want[0]
+    h, w = ref.preprocess.size or want[1:]
+    return int(c), int(h), int(w)
+
+
+def probe(suite: Suite, ref: "ModelRef", seed: int = 0) -> str | None:
+    """One forward before the tests: the reason the model does not fit the suite, or None.
+
+    Raises an InvarianceError (one line) when it fits but cannot be read correctly: an
+    ambiguous read-out, preprocessing a uint8 model cannot take, or embeddings that depend
+    on which images share a batch (a model exported in training mode: batch statistics,
+    dropout). Compares a batch of 4 against the same images one at a time, to 1e-4.
+    """
+    import numpy as np
+    import torch
+
+    from .errors import EmbeddingError, InputShapeError, InvarianceError
+
+    e = ref.embedder
+    shape = fed_shape(suite, ref)
+    if shape is None:
+        return None
+    took = f"{e.path} expects input {e.contract.describe()}"
+    if any(h is not None and h != f for h, f in zip(e.input_shape, shape)):
+        return f"{took} but suite {suite.name} feeds float32[N, {', '.join(map(str, shape))}] (NCHW)"
+    p = ref.preprocess
+    if e.contract.dtype == "uint8" and (p.scale != 1.0 or p.mean != (0.0,) or p.std != (1.0,) or p.prewhiten):
+        raise EmbeddingError(f"{took}: a uint8 model gets 0-255 pixels and normalises them itself; "
+                             "drop scale/mean/std/prewhiten from --invariance-preprocess")
+    rng = np.random.default_rng(seed)
+    x = p(torch.from_numpy(rng.random((4, *suite.input_shape), dtype=np.float32)))  # type: ignore[misc]
+    try:
+        together = e.embed(x.numpy(), ref.layer, pool=ref.pool)
+    except InputShapeError as exc:
+        return str(exc)
+    except InvarianceError:
+        raise
+    except Exception as exc:  # the backend's own error: the model does not take this input
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
+        return f"{e.path} fails on suite {suite.name}'s input float32[N, {', '.join(map(str, shape))}]: {first}"
+    alone = np.concatenate([e.embed(x[i:i + 1].numpy(), ref.layer, pool=ref.pool) for i in range(len(x))])
+    scale = float(np.abs(together).max()) + 1e-6
+    if not np.allclose(together, alone, atol=1e-4 * scale, rtol=1e-4):
+        raise EmbeddingError(
+            f"{e.path} layer {ref.layer!r} gives different embeddings for the same image in a batch of 4 and alone "
+            f"(max difference {float(np.abs(together - alone).max()):.3g}): it is not in inference mode "
+            "(BatchNorm on batch statistics, active dropout); re-export it after model.eval()"
+        )
+    return None

@@ -1,0 +1,112 @@
+"""The input contract of a model: layout, element type and batch size it accepts.
+
+Every suite feeds float32 ``[N, C, H, W]`` images in [0, 1] after preprocessing. A
+model file may want something else: channels-last ``[N, H, W, C]`` (TF-converted
+graphs), float16/float64/uint8 elements (fp16 conversions, image models that
+normalise inside the graph), or a batch size fixed in the file (``[1, 3, 160, 160]``).
+:class:`InputContract` is read once per model and adapts each batch to it; outputs
+always come back as float32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import InputShapeError
+
+LAYOUTS = ("nchw", "nhwc")
+OPT_INPUT_LAYOUT = "--invariance-input-layout"
+# Element types a suite's pixels can be cast to without losing their meaning.
+DTYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "uint8": np.uint8}
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """What one model takes as input.
+
+    Attributes
+    ----------
+    layout : {"nchw", "nhwc"}
+        Axis order of the image input.
+    dtype : str
+        Element type: ``float32``, ``float16``, ``float64`` or ``uint8`` (0-255 pixels).
+    batch : int or None
+        Batch size fixed in the file, None when any batch is accepted.
+    chw : tuple
+        ``(C, H, W)`` as declared, None for dynamic dimensions.
+    layout_source : str
+        How the layout was decided ("declared shape", "graph", "option", "default").
+    """
+
+    layout: str = "nchw"
+    dtype: str = "float32"
+    batch: int | None = None
+    chw: tuple[int | None, int | None, int | None] = (None, None, None)
+    layout_source: str = "default"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"input_layout": self.layout, "input_dtype": self.dtype, "input_batch": self.batch,
+                "input_shape": list(self.chw), "layout_source": self.layout_source}
+
+    def describe(self) -> str:
+        c, h, w = ("?" if v is None else v for v in self.chw)
+        n = self.batch if self.batch else "N"
+        dims = [n, c, h, w] if self.layout == "nchw" else [n, h, w, c]
+        return f"{self.dtype}[{', '.join(map(str, dims))}] ({self.layout.upper()})"
+
+    def cast(self, x: np.ndarray) -> np.ndarray:
+        """float32 NCHW batch -> the model's layout and element type."""
+        if self.layout == "nhwc":
+            x = x.transpose(0, 2, 3, 1)
+        if self.dtype == "uint8":
+            # uint8 image models normalise inside the graph: they take 0-255 pixels.
+            x = np.clip(np.rint(x * 255.0), 0, 255)
+        return np.ascontiguousarray(x, dtype=DTYPES[self.dtype])
+
+
+def layout_from_shape(dims: list[int | None]) -> str | None:
+    """``nchw``/``nhwc`` when a 4-D declared shape says so (a 1- or 3-channel axis), else None."""
+    if len(dims) != 4:
+        return None
+    first, last = dims[1] in (1, 3), dims[3] in (1, 3)
+    if first and not last:
+        return "nchw"
+    if last and not first:
+        return "nhwc"
+    return None
+
+
+def chw_of(dims: list[int | None], layout: str) -> tuple[int | None, int | None, int | None]:
+    if layout == "nhwc":
+        return dims[3], dims[1], dims[2]
+    return dims[1], dims[2], dims[3]
+
+
+def ambiguous_layout(model: str, dims: list[int | None]) -> InputShapeError:
+    shown = ", ".join("?" if d is None else str(d) for d in dims)
+    return InputShapeError(
+        f"{model}: cannot tell whether input [{shown}] is channels-first or channels-last; "
+        f"pass {OPT_INPUT_LAYOUT} nchw or {OPT_INPUT_LAYOUT} nhwc"
+    )
+
+
+def run_batched(fn: Callable[[np.ndarray], Any], x: np.ndarray, fixed: int | None) -> list[Any]:
+    """Call ``fn`` on ``x`` in chunks of the fixed batch size (the last padded, pad rows dropped).
+
+    ``fn`` returns an array (or a list of arrays) with the batch on axis 0. With no fixed
+    batch it is one call.
+    """
+    if not fixed or len(x) == fixed:
+        out = fn(x)
+        return out if isinstance(out, list) else [out]
+    parts: list[list[Any]] = []
+    for start in range(0, len(x), fixed):
+        chunk = x[start:start + fixed]
+        n = len(chunk)
+        if n < fixed:  # pad with copies of the last image; their outputs are dropped
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
+        out = fn(chunk)
+        parts.append([o[:n] for o in (out if isinstance(out, list) else [out])])
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]

@@ -1,0 +1,265 @@
+"""Input and output contracts of ONNX files as people ship them (issue 9, items 1-5, 8).
+
+Every model is generated here with onnx.helper or torch.onnx.export; every figure is
+compared with a reference computed another way (torch in float64, numpy by hand).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from pytest_invariance.errors import EmbeddingError, InputShapeError, ModelLoadError  # noqa: E402
+from pytest_invariance.models import load_model  # noqa: E402
+from pytest_invariance.testing import tiny_cnn  # noqa: E402
+
+RNG = np.random.default_rng(0)
+W = RNG.normal(size=(4, 3, 3, 3)).astype(np.float32)  # conv 3 -> 4 channels, 3x3
+B = RNG.normal(size=4).astype(np.float32)
+
+
+def conv_relu(x_nchw: np.ndarray) -> np.ndarray:
+    """Reference: relu(conv(x)) in float64 torch, [N, 4, H-2, W-2]."""
+    out = torch.nn.functional.conv2d(torch.from_numpy(x_nchw).double(), torch.from_numpy(W).double(),
+                                     torch.from_numpy(B).double())
+    return out.relu().numpy()
+
+
+def out(name, elem=TensorProto.FLOAT, rank=4):
+    return helper.make_tensor_value_info(name, elem, [f"d{i}" for i in range(rank)])
+
+
+def save(graph, path, opset=17):
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def conv_graph(dtype=TensorProto.FLOAT, shape=("n", 3, 8, 8), pre=(), out_name="feat"):
+    """input -> [pre nodes] -> Conv -> Relu -> feat; weights cast to the input's float type."""
+    np_type = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64}
+    wtype = np_type.get(dtype, np.float32)
+    inits = [numpy_helper.from_array(W.astype(wtype), "w"), numpy_helper.from_array(B.astype(wtype), "b")]
+    nodes = list(pre) + [helper.make_node("Conv", ["x0" if pre else "input", "w", "b"], ["conv"]),
+                         helper.make_node("Relu", ["conv"], [out_name])]
+    out_type = dtype if dtype in np_type else TensorProto.FLOAT
+    return helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", dtype, list(shape))],
+                             [out(out_name, out_type)], inits)
+
+
+def images(n=7, c=3, h=8, w=8, seed=1):
+    return np.random.default_rng(seed).random((n, c, h, w), dtype=np.float32)
+
+
+# ------------------------------------------------------------------ 1. fixed batch
+
+
+@pytest.mark.parametrize("fixed", [1, 3])
+def test_fixed_batch_is_fed_in_its_size_and_equals_batch_size_one(tmp_path, fixed):
+    path = save(conv_graph(shape=(fixed, 3, 8, 8)), tmp_path / "fixed.onnx")
+    model = load_model(path, device="cpu")
+    assert model.contract.batch == fixed
+    x = images(7)  # 7 is not a multiple of 3: the last batch is padded, the pad rows dropped
+    got = model.embed(x, "feat")
+    np.testing.assert_allclose(got, conv_relu(x).mean(axis=(2, 3)), atol=1e-5)
+    one = np.concatenate([model.embed(x[i:i + 1], "feat") for i in range(len(x))])
+    np.testing.assert_array_equal(got, one)
+
+
+def test_fixed_batch_through_extract_equals_batch_size_one(tmp_path):
+    import pandas as pd
+
+    from pytest_invariance.data import ArrayImageSet
+    from pytest_invariance.embeddings import Preprocess, extract
+
+    net = tiny_cnn(seed=2)
+    path = tmp_path / "b1.onnx"
+    torch.onnx.export(net, torch.zeros(1, 1, 28, 28), str(path), dynamo=False, input_names=["input"],
+                      output_names=["output"])  # no dynamic axes: [1, 1, 28, 28] in the file
+    model = load_model(str(path), device="cpu")
+    data = ArrayImageSet(np.random.default_rng(4).integers(0, 256, (11, 28, 28), dtype=np.uint8),
+                         pd.DataFrame({"y": range(11)}), name="fixed")
+    a = extract(model, data, batch_size=256, preprocess=Preprocess())
+    b = extract(model, data, batch_size=1, preprocess=Preprocess())
+    np.testing.assert_array_equal(a, b)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(np.stack([data[i].numpy() for i in range(11)]))).numpy()
+    np.testing.assert_allclose(a, ref, atol=1e-5)
+
+
+# ------------------------------------------------------------------ 2. element types
+
+
+@pytest.mark.parametrize("dtype,atol", [(TensorProto.FLOAT16, 2e-2), (TensorProto.DOUBLE, 1e-6)])
+def test_float16_and_float64_inputs_are_cast_and_come_back_float32(tmp_path, dtype, atol):
+    graph = conv_graph(dtype=dtype)
+    if dtype == TensorProto.DOUBLE:  # onnxruntime has no float64 Conv: such graphs cast first
+        graph = conv_graph(dtype=dtype, pre=[helper.make_node("Cast", ["input"], ["x0"], to=TensorProto.FLOAT)])
+        del graph.initializer[:]
+        graph.initializer.extend([numpy_helper.from_array(W, "w"), numpy_helper.from_array(B, "b")])
+        graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT
+    model = load_model(save(graph, tmp_path / "m.onnx"), device="cpu")
+    x = images(5)
+    got = model.embed(x, "feat")
+    assert got.dtype == np.float32 and model.contract.dtype in ("float16", "float64")
+    np.testing.assert_allclose(got, conv_relu(x).mean(axis=(2, 3)), atol=atol, rtol=atol)
+
+
+def test_uint8_input_gets_0_255_pixels(tmp_path):
+    # An image model that normalises inside the graph: Cast -> * (1/255) -> Conv.
+    scale = numpy_helper.from_array(np.array(1 / 255, np.float32), "s")
+    pre = [helper.make_node("Cast", ["input"], ["xf"], to=TensorProto.FLOAT), helper.make_node("Mul", ["xf", "s"], ["x0"])]
+    graph = conv_graph(dtype=TensorProto.UINT8, pre=pre)
+    graph.initializer.append(scale)
+    model = load_model(save(graph, tmp_path / "u8.onnx"), device="cpu")
+    x = images(4)
+    assert model.contract.dtype == "uint8"
+    expect = conv_relu(np.rint(x * 255).astype(np.float32) / 255).mean(axis=(2, 3))
+    np.testing.assert_allclose(model.embed(x, "feat"), expect, atol=1e-5)
+
+
+# ------------------------------------------------------------------ 3. channels-last inputs and activations
+
+
+def nhwc_graph(shape=("n", 8, 8, 3), resize=True):
+    """A TF-converted graph: NHWC input -> Cast -> Mul -> Transpose -> Conv -> Relu -> Transpose (NHWC feat)
+    -> Resize x2 (NHWC up) -> ReduceMean over H, W."""
+    one = numpy_helper.from_array(np.array(1.0, np.float32), "one")
+    scales = numpy_helper.from_array(np.array([1, 2, 2, 1], np.float32), "scales")
+    nodes = [helper.make_node("Cast", ["input"], ["c"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["c", "one"], ["m"]),
+             helper.make_node("Transpose", ["m"], ["x0"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["x0", "w", "b"], ["conv"]),
+             helper.make_node("Relu", ["conv"], ["relu"]),
+             helper.make_node("Transpose", ["relu"], ["feat"], perm=[0, 2, 3, 1]),
+             helper.make_node("Resize", ["feat", "", "scales"], ["up"], mode="nearest"),
+             helper.make_node("ReduceMean", ["up"], ["output"], axes=[1, 2], keepdims=0)]
+    inits = [numpy_helper.from_array(W, "w"), numpy_helper.from_array(B, "b"), one, scales]
+    return helper.make_graph(nodes, "tf", [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(shape))],
+                             [out("output", rank=2)], inits)
+
+
+@pytest.mark.parametrize("shape", [("n", 8, 8, 3), ("n", 3, 3, 3)])
+def test_channels_last_input_and_activations_are_read_on_the_right_axes(tmp_path, shape):
+    # [N, 3, 3, 3] says nothing by its shape; the graph (Cast, Mul, then a Transpose to NCHW) does.
+    model = load_model(save(nhwc_graph(shape), tmp_path / "tf.onnx"), device="cpu")
+    assert model.contract.layout == "nhwc"
+    h = shape[1]
+    x = images(5, h=h, w=h)
+    ref = conv_relu(x).mean(axis=(2, 3))  # the 4 channel means
+    assert model.input_shape == (3, h, h)
+    for layer in ("feat", "up", "output"):  # through Resize too: still 4 channel means, not row means
+        got = model.embed(x, layer)
+        assert got.shape == (5, 4), layer
+        np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=layer)
+
+
+def test_unknown_activation_layout_is_refused_and_the_option_resolves_it(tmp_path):
+    shape = numpy_helper.from_array(np.array([0, 4, 6, 6], np.int64), "shape")
+    graph = conv_graph(out_name="relu")
+    graph.node.append(helper.make_node("Reshape", ["relu", "shape"], ["feat"]))
+    graph.initializer.append(shape)
+    del graph.output[:]
+    graph.output.append(out("feat"))
+    path = save(graph, tmp_path / "r.onnx")
+    with pytest.raises(EmbeddingError, match=r"axis order .* pass --invariance-layer-layout nchw or"):
+        load_model(path, device="cpu").embed(images(2), "feat")
+    got = load_model(path, device="cpu", layer_layout="nchw").embed(images(2), "feat")
+    np.testing.assert_allclose(got, conv_relu(images(2)).mean(axis=(2, 3)), atol=1e-5)
+
+
+def test_ambiguous_input_layout_needs_the_option(tmp_path):
+    graph = helper.make_graph([helper.make_node("Flatten", ["input"], ["output"])], "amb",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 4, 3])],
+                              [out("output", rank=2)])
+    path = save(graph, tmp_path / "amb.onnx")
+    with pytest.raises(InputShapeError, match=r"pass --invariance-input-layout nchw or --invariance-input-layout nhwc"):
+        load_model(path)
+    model = load_model(path, device="cpu", input_layout="nhwc")
+    assert model.input_shape == (3, 3, 4)
+    x = images(2, c=3, h=3, w=4)
+    np.testing.assert_allclose(model.embed(x, "output"), x.transpose(0, 2, 3, 1).reshape(2, -1), atol=0)
+
+
+# ------------------------------------------------------------------ 4. inputs that are not one image batch
+
+
+def test_inputs_that_are_not_one_image_batch_are_one_line(tmp_path):
+    vec = helper.make_graph([helper.make_node("Relu", ["input"], ["output"])], "vec",
+                            [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 10])],
+                            [out("output", rank=2)])
+    two = helper.make_graph([helper.make_node("Add", ["a", "b"], ["output"])], "two",
+                            [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 3, 8, 8]),
+                             helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n", 3, 8, 8])],
+                            [out("output")])
+    with pytest.raises(InputShapeError, match=r"^\S+vec.onnx takes 'input' float32\[\?, 10\] \(rank 2\); the suites "
+                                              r"feed one image batch \[N, C, H, W\]$"):
+        load_model(save(vec, tmp_path / "vec.onnx"))
+    with pytest.raises(InputShapeError, match=r"takes 2 inputs \('a' float32\[\?, 3, 8, 8\]; 'b'"):
+        load_model(save(two, tmp_path / "two.onnx"))
+    empty = onnx.ModelProto()
+    empty.CopyFrom(helper.make_model(vec, opset_imports=[helper.make_opsetid("", 17)]))
+    del empty.graph.output[:]
+    onnx.save(empty, str(tmp_path / "noout.onnx"))
+    with pytest.raises(ModelLoadError, match=r"declares no graph outputs"):
+        load_model(str(tmp_path / "noout.onnx"))
+
+
+# ------------------------------------------------------------------ 5. token sequences
+
+
+def test_token_tensors_are_never_flattened_silently(tmp_path):
+    # [N, 5, 4] tokens: token i is x's row i of a fixed projection.
+    proj = numpy_helper.from_array(RNG.normal(size=(8, 4)).astype(np.float32), "p")
+    shape = numpy_helper.from_array(np.array([0, 5, 8], np.int64), "s")  # [N, 1, 5, 8] -> [N, 5, 8]
+    graph = helper.make_graph([helper.make_node("Reshape", ["input", "s"], ["rows"]),
+                               helper.make_node("MatMul", ["rows", "p"], ["tokens"])], "vit",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 1, 5, 8])],
+                              [out("tokens", rank=3)], [proj, shape])
+    model = load_model(save(graph, tmp_path / "tok.onnx"), device="cpu")
+    x = images(3, c=1, h=5, w=8)
+    tokens = x[:, 0] @ numpy_helper.to_array(proj)  # [3, 5, 4]
+    with pytest.raises(EmbeddingError, match=r"token sequence \[N, 5, 4\]; --invariance-pool auto would flatten .* "
+                                             r"choose --invariance-pool cls .* or --invariance-pool mean"):
+        model.embed(x, "tokens")
+    np.testing.assert_allclose(model.embed(x, "tokens", pool="cls"), tokens[:, 0], atol=1e-5)
+    np.testing.assert_allclose(model.embed(x, "tokens", pool="mean"), tokens.mean(1), atol=1e-5)
+    np.testing.assert_allclose(model.embed(x, "tokens", pool="flatten"), tokens.reshape(3, -1), atol=1e-5)
+
+
+# ------------------------------------------------------------------ 8. identity covers external data
+
+
+def test_sha256_and_cache_cover_external_data(tmp_path):
+    import pandas as pd
+
+    from pytest_invariance.data import ArrayImageSet
+    from pytest_invariance.embeddings import EmbeddingCache, extract
+
+    model = helper.make_model(conv_graph(), opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "ext.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="ext.data",
+              size_threshold=0)
+    data = ArrayImageSet(np.random.default_rng(5).integers(0, 256, (6, 8, 8), dtype=np.uint8),
+                         pd.DataFrame({"y": range(6)}), name="ext")
+    from pytest_invariance.embeddings import Preprocess
+
+    pre = Preprocess(channels=3)
+    cache = EmbeddingCache(tmp_path / "cache")
+    first = load_model(str(path), device="cpu")
+    a = extract(first, data, layer="feat", preprocess=pre, cache=cache)
+    graph_bytes = path.read_bytes()
+    blob = bytearray((tmp_path / "ext.data").read_bytes())
+    blob[:4] = np.array([9.0], np.float32).tobytes()  # first conv weight changes; the .onnx file does not
+    (tmp_path / "ext.data").write_bytes(bytes(blob))
+    assert path.read_bytes() == graph_bytes
+    second = load_model(str(path), device="cpu")
+    assert second.sha256 != first.sha256
+    b = extract(second, data, layer="feat", preprocess=pre, cache=cache)
+    assert cache.misses == 2 and not np.allclose(a, b)

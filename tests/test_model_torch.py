@@ -1,0 +1,308 @@
+"""torch files as people ship them (issue 9, items 5-10): ResNet blocks, ViT tokens, training-mode
+exports, fixed-shape torch.export, factories whose weights change, crafted archives."""
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+resnet = pytest.importorskip("torchvision.models.resnet")
+
+from torch import nn  # noqa: E402
+
+from pytest_invariance.errors import EmbeddingError, LayerNotFoundError, ModelLoadError  # noqa: E402
+from pytest_invariance.models import load_model  # noqa: E402
+
+X = torch.from_numpy(np.random.default_rng(0).random((5, 3, 12, 12), dtype=np.float32))
+
+
+class Blocks(nn.Module):
+    """stem conv -> torchvision BasicBlock (its ``relu`` runs twice per forward) -> pooled head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = resnet.BasicBlock(8, 8)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+        for bn in (self.block.bn1, self.block.bn2):  # non-trivial running statistics
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.stem(x)))
+
+
+def block_reference(m: Blocks, x: torch.Tensor) -> dict[str, np.ndarray]:
+    with torch.no_grad():
+        s = m.stem(x)
+        first = torch.relu(m.block.bn1(m.block.conv1(s)))
+        second = torch.relu(m.block.bn2(m.block.conv2(first)) + s)
+    return {"block.relu#1": first.mean((2, 3)).numpy(), "block.relu#2": second.mean((2, 3)).numpy()}
+
+
+def save_all_kinds(m: nn.Module, tmp_path, x: torch.Tensor, dynamic: bool = True) -> dict[str, str]:
+    m = m.eval()
+    paths = {"scripted": tmp_path / "s.pt", "traced": tmp_path / "t.pt", "export": tmp_path / "e.pt2"}
+    torch.jit.script(m).save(str(paths["scripted"]))
+    torch.jit.trace(m, x).save(str(paths["traced"]))
+    shapes = ({0: torch.export.Dim("n", min=1)},) if dynamic else None
+    torch.export.save(torch.export.export(m, (x,), dynamic_shapes=shapes), str(paths["export"]))
+    return {k: str(v) for k, v in paths.items()}
+
+
+@pytest.fixture
+def factory_package(tmp_path, monkeypatch):
+    """An importable package ``zoo`` whose factory builds Blocks and loads weights it names itself."""
+    pkg = tmp_path / "pkgroot" / "zoo"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "nets.py").write_text(textwrap.dedent(f"""
+        import torch
+        from pathlib import Path
+        sys_path = {str(tmp_path / 'pkgroot')!r}
+        WEIGHTS = Path(__file__).parent / "blocks.pt"
+
+        def blocks():
+            from test_model_torch import Blocks
+            m = Blocks()
+            if WEIGHTS.exists():
+                m.load_state_dict(torch.load(WEIGHTS, weights_only=True))
+            return m.train()  # shipped in training mode: the plugin must put it in eval mode
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path / "pkgroot"))
+    yield pkg
+    for name in [n for n in sys.modules if n == "zoo" or n.startswith("zoo.")]:
+        del sys.modules[name]
+
+
+# ------------------------------------------------------------------ 6. a module called twice
+
+
+@pytest.mark.parametrize("kind", ["factory", "scripted", "traced", "export"])
+def test_module_called_twice_every_backend_refuses_the_bare_name_and_reads_each_call(kind, tmp_path, factory_package):
+    m = Blocks().eval()
+    torch.save(m.state_dict(), factory_package / "blocks.pt")
+    spec = "zoo.nets:blocks" if kind == "factory" else save_all_kinds(m, tmp_path, X)[kind]
+    model = load_model(spec, device="cpu")
+    with pytest.raises(LayerNotFoundError, match=r"layer 'block.relu' of .* runs 2 times per forward; name one call "
+                                                 r"with --layer: block.relu#1, block.relu#2"):
+        model.embed(X.numpy(), "block.relu")
+    ref = block_reference(m, X)
+    for layer, expect in ref.items():
+        np.testing.assert_allclose(model.embed(X.numpy(), layer), expect, atol=1e-5, err_msg=f"{kind} {layer}")
+    with pytest.raises(LayerNotFoundError, match="asks for call 3"):
+        model.embed(X.numpy(), "block.relu#3")
+    np.testing.assert_allclose(model.embed(X.numpy(), "block"), ref["block.relu#2"], atol=1e-5)
+
+
+# ------------------------------------------------------------------ 7. batch independence, training mode
+
+
+def test_factory_in_training_mode_is_put_in_eval_and_batch_1_equals_batch_100(factory_package):
+    model = load_model("zoo.nets:blocks", device="cpu")
+    x = np.random.default_rng(1).random((100, 3, 12, 12), dtype=np.float32)
+    together = model.embed(x, "block.relu#2")
+    alone = np.concatenate([model.embed(x[i:i + 1], "block.relu#2") for i in range(100)])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["export", "traced", "onnx"])
+def test_exported_in_training_mode_is_refused_in_one_line(kind, tmp_path):
+    from pytest_invariance._audit import ModelRef
+    from pytest_invariance._model_check import probe
+    from pytest_invariance.checks import Suite
+    from pytest_invariance.embeddings import Preprocess
+
+    m = Blocks().train()
+    x = torch.rand(4, 3, 12, 12)
+    if kind == "export":
+        path = tmp_path / "train.pt2"
+        torch.export.save(torch.export.export(m, (x,), dynamic_shapes=({0: torch.export.Dim("n", min=1)},)), str(path))
+    elif kind == "traced":
+        path = tmp_path / "train.pt"
+        torch.jit.trace(m, x, check_trace=False).save(str(path))
+    else:
+        path = tmp_path / "train.onnx"
+        torch.onnx.export(m, x, str(path), dynamo=False, training=torch.onnx.TrainingMode.TRAINING,
+                          do_constant_folding=False, input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "n"}, "output": {0: "n"}})
+    model = load_model(str(path), device="cpu")
+    suite = Suite("s", tmp_path, {"suite": {"input": [3, 12, 12]}})
+    ref = ModelRef("m", model, model.default_layer, Preprocess(), user=True)
+    with pytest.raises(EmbeddingError, match=r"gives different embeddings for the same image in a batch of 4 and "
+                                             r"alone .* not in inference mode .* re-export it after model.eval\(\)$"):
+        probe(suite, ref)
+
+
+# ------------------------------------------------------------------ 1. fixed-shape torch.export
+
+
+def test_fixed_shape_export_is_fed_in_its_batch_size(tmp_path):
+    m = Blocks().eval()
+    path = save_all_kinds(m, tmp_path, X[:2], dynamic=False)["export"]
+    model = load_model(path, device="cpu")
+    assert model.contract.batch == 2 and model.input_shape == (3, 12, 12)
+    got = model.embed(X.numpy(), "block.relu#1")  # 5 images in batches of 2, the last padded
+    np.testing.assert_allclose(got, block_reference(m, X)["block.relu#1"], atol=1e-5)
+
+
+# ------------------------------------------------------------------ 5. a tiny ViT
+
+
+class TinyViT(nn.Module):
+    """4x4 patches of a 12x12 image -> 9 tokens + CLS, one attention block, ``norm`` [N, 10, 16]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.patch = nn.Conv2d(3, 16, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, 16))
+        self.pos = nn.Parameter(torch.randn(1, 10, 16))
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.norm = nn.LayerNorm(16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], 1) + self.pos
+        t = t + self.attn(t, t, t, need_weights=False)[0]
+        return self.norm(t)[:, 0]
+
+
+@pytest.mark.parametrize("kind", ["export", "onnx"])
+def test_vit_tokens_need_cls_or_mean(kind, tmp_path):
+    m = TinyViT().eval()
+    if kind == "onnx":
+        path = tmp_path / "vit.onnx"
+        torch.onnx.export(m, X, str(path), dynamo=False, input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "n"}, "output": {0: "n"}})
+        model = load_model(str(path), device="cpu")
+        layer = "/norm/LayerNormalization_output_0"
+        assert layer in model.layers()
+    else:
+        path = tmp_path / "vit.pt2"
+        torch.export.save(torch.export.export(m, (X,), dynamic_shapes=({0: torch.export.Dim("n", min=1)},)), str(path))
+        model = load_model(str(path), device="cpu")
+        layer = "norm"
+    captured = []
+    m.norm.register_forward_hook(lambda _m, _i, o: captured.append(o.detach().numpy()))
+    with torch.no_grad():
+        m(X)
+    tokens = captured[0]
+    with pytest.raises(EmbeddingError, match=r"token sequence \[N, 10, 16\]; --invariance-pool auto would flatten"):
+        model.embed(X.numpy(), layer)
+    np.testing.assert_allclose(model.embed(X.numpy(), layer, pool="cls"), tokens[:, 0], atol=1e-5)
+    np.testing.assert_allclose(model.embed(X.numpy(), layer, pool="mean"), tokens.mean(1), atol=1e-5)
+
+
+def test_channels_last_torch_activation_is_pooled_over_h_w(tmp_path):
+    class ConvNeXtish(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(4)
+            self.conv = nn.Conv2d(3, 6, 3)
+            self.norm = nn.LayerNorm(6)  # acts on the last axis: the block is channels-last here
+            self.act = nn.GELU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.act(self.norm(self.conv(x).permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+
+    m = ConvNeXtish().eval()
+    with torch.no_grad():
+        nhwc = m.act(m.norm(m.conv(X).permute(0, 2, 3, 1))).numpy()
+    paths = save_all_kinds(m, tmp_path, X)
+    for kind, path in paths.items():
+        got = load_model(path, device="cpu").embed(X.numpy(), "act")
+        np.testing.assert_allclose(got, nhwc.mean((1, 2)), atol=1e-5, err_msg=kind)
+
+
+# ------------------------------------------------------------------ 8. identity of a factory model
+
+
+def test_factory_sha256_covers_its_package_and_the_weights_it_loads(factory_package):
+    torch.save(Blocks().state_dict(), factory_package / "blocks.pt")
+    first = load_model("zoo.nets:blocks", device="cpu").sha256
+    assert load_model("zoo.nets:blocks", device="cpu").sha256 == first  # deterministic
+    changed = Blocks()
+    with torch.no_grad():
+        changed.stem.weight.add_(1.0)
+    torch.save(changed.state_dict(), factory_package / "blocks.pt")  # the spec names no file; this one changes
+    second = load_model("zoo.nets:blocks", device="cpu").sha256
+    assert second != first
+    (factory_package / "helpers.py").write_text("SCALE = 2\n")  # any source file of the package
+    assert load_model("zoo.nets:blocks", device="cpu").sha256 != second
+
+
+# ------------------------------------------------------------------ 9. crafted archives
+
+
+class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("member", ["sample_inputs", "weights"])
+def test_crafted_pt2_runs_no_code_without_trust(member, tmp_path):
+    import io
+    import json
+    import zipfile
+
+    good = tmp_path / "good.pt2"
+    torch.export.save(torch.export.export(Blocks().eval(), (X,)), str(good))
+    marker = tmp_path / "PWNED"
+    bad = tmp_path / "bad.pt2"
+    buf = io.BytesIO()
+    torch.save({"x": _Payload(str(marker))}, buf)
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if member == "sample_inputs" and info.filename.endswith("sample_inputs/model.pt"):
+                data = buf.getvalue()
+            if member == "weights" and info.filename.endswith("weights/weight_0"):
+                data = buf.getvalue()
+            if member == "weights" and info.filename.endswith("model_weights_config.json"):
+                config = json.loads(data)
+                first = next(k for k, v in config["config"].items() if v["path_name"] == "weight_0")
+                config["config"][first]["use_pickle"] = True
+                data = json.dumps(config).encode()
+            zout.writestr(info, data)
+    with pytest.raises(ModelLoadError, match=r"holds pickled Python objects; loading it would run code from the "
+                                             r"file\. .* pass --invariance-trust-pickle if you trust it$"):
+        load_model(str(bad), device="cpu")
+    assert not marker.exists()
+
+
+def test_permute_in_plain_code_that_keeps_the_shape_is_refused(tmp_path):
+    class Hidden(nn.Module):  # conv then a permute in forward code: [N, 10, 10, 10] either way
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(5)
+            self.conv = nn.Conv2d(3, 10, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x).permute(0, 2, 3, 1)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = Hidden()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x).mean((1, 2))
+
+    m = Net().eval()
+    path = save_all_kinds(m, tmp_path, X)["export"]
+    with pytest.raises(EmbeddingError, match=r"layer 'body' is a 4-D map \[5, 10, 10, 10\] whose axis order .* "
+                                             r"pass --invariance-layer-layout nchw or --invariance-layer-layout nhwc"):
+        load_model(path, device="cpu").embed(X.numpy(), "body")
+    with torch.no_grad():
+        expect = m.body.conv(X).mean((2, 3)).numpy()  # the 10 channel means
+    got = load_model(path, device="cpu", layer_layout="nhwc").embed(X.numpy(), "body")
+    np.testing.assert_allclose(got, expect, atol=1e-5)

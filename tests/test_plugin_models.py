@@ -1,0 +1,83 @@
+"""Model options through pytester: factory specs, preprocessing, pool, and one-line refusals before the tests."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+import onnx  # noqa: E402,F401  (C extensions imported once, up front; see test_plugin.py)
+import torch.onnx  # noqa: E402,F401
+
+from pytest_invariance.testing import export_onnx, tiny_cnn, write_toy_suite  # noqa: E402
+
+
+@pytest.fixture
+def toy(pytester):
+    suite = write_toy_suite(pytester.path, "tiny.onnx", "output")
+    export_onnx(tiny_cnn(), suite / "tiny.onnx")
+    return pytester
+
+
+def results(pytester):
+    return json.loads((pytester.path / "reports" / "results.json").read_text())
+
+
+def test_factory_spec_from_the_command_line_is_not_a_path(toy):
+    (toy.path / "mynets.py").write_text("from pytest_invariance.testing import tiny_cnn\n\ndef make():\n    return tiny_cnn(seed=5)\n")
+    result = toy.runpytest_subprocess("audits", "--model", "mynets:make", "--layer", "act", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    run = results(toy)["run"]
+    assert run["model_path"] == "mynets:make"
+    assert run["models"]["make"]["model_sha256"] == run["model_sha256"]
+    assert run["model_version"] == run["model_sha256"][:12]
+
+
+def test_user_model_takes_only_its_own_preprocessing_and_it_is_recorded(toy):
+    toml = toy.path / "audits" / "toy" / "invariance.toml"
+    # The suite's bundled model is prewhitened; a --model must not inherit that.
+    toml.write_text(toml.read_text().replace("[models.", "[preprocess]\nchannels = 1\nprewhiten = true\n\n[models.", 1))
+    export_onnx(tiny_cnn(seed=3), toy.path / "user.onnx")
+    result = toy.runpytest_subprocess("audits", "--model", "user.onnx", "--invariance-preprocess", "mean=0.5",
+                                      "--invariance-preprocess", "std=0.25", "--invariance-pool", "gap")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([
+        "invariance: input float32[[]N, 1, 28, 28[]] (NCHW), layout from *; pool=gap; preprocessing * mean=0.5 std=0.25",
+        "invariance: suite toy: user layer=output pool=gap preprocessing: channels=1 mean=0.5 std=0.25",
+    ])
+    model = results(toy)["run"]["models"]["user"]
+    assert model["preprocessing"]["prewhiten"] is False
+    assert model["preprocessing"]["mean"] == [0.5] and model["preprocessing"]["std"] == [0.25]
+    assert (model["pool"], model["input_layout"], model["input_dtype"]) == ("gap", "nchw", "float32")
+    html = (toy.path / "reports" / "index.html").read_text()
+    assert "layer output; pool gap; input float32 NCHW; preprocessing " in html
+
+
+def test_bad_preprocess_option_fails_before_collection(pytester):
+    result = pytester.runpytest("--invariance-preprocess", "size=big")
+    result.stderr.fnmatch_lines(["*'size=big': 'big' is not a valid size*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+@pytest.mark.parametrize("kind,line", [
+    ("vector", "ERROR: *vec.onnx takes 'input' float32[[]?, 784[]] (rank 2); the suites feed one image batch [[]N, C, H, W[]]"),
+    ("tokens", "ERROR: *tok.onnx layer 'output' is a token sequence [[]N, 4, 196[]]; --invariance-pool auto would "
+               "flatten token positions into features; choose --invariance-pool cls (token 0) or --invariance-pool mean*"),
+])
+def test_models_that_cannot_be_read_are_one_line_before_any_test(toy, kind, line):
+    from torch import nn
+
+    if kind == "vector":
+        net, shape, name = nn.Linear(784, 4), (784,), "vec.onnx"
+    else:  # [N, 1, 28, 28] -> 4 tokens of 196 pixels
+        class Tokens(nn.Module):
+            def forward(self, x):
+                return x.reshape(x.shape[0], 4, 196)
+        net, shape, name = Tokens(), (1, 28, 28), "tok.onnx"
+    export_onnx(net, toy.path / name, input_shape=shape)
+    result = toy.runpytest_subprocess("audits", "--model", name)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([line])
+    out = result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in out and "FAILED" not in out and out.count(name) <= 3
