@@ -51,7 +51,8 @@ def test_user_model_takes_only_its_own_preprocessing_and_it_is_recorded(toy):
     assert model["preprocessing"]["mean"] == [0.5] and model["preprocessing"]["std"] == [0.25]
     assert (model["pool"], model["input_layout"], model["input_dtype"]) == ("gap", "nchw", "float32")
     html = (toy.path / "reports" / "index.html").read_text()
-    assert "layer output; pool gap; input float32 NCHW; preprocessing " in html
+    for column, value in (("pool", "gap"), ("input_layout", "nchw"), ("input_dtype", "float32")):
+        assert f"<th>{column}</th>" in html and f'<td class="mono">{value}</td>' in html
 
 
 def test_bad_preprocess_option_fails_before_collection(pytester):
