@@ -1,14 +1,12 @@
 """Batched, streaming extraction: ImageSet -> float32 [N, D], through the cache."""
 from __future__ import annotations
 
-import os
-import sys
-import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import __version__
+from .._progress import bar, progress_wanted  # noqa: F401  (re-exported)
 from ..errors import EmbeddingError
 from ._cache import EmbeddingCache, cache_key
 from ._preprocess import Preprocess
@@ -16,33 +14,6 @@ from ._preprocess import Preprocess
 if TYPE_CHECKING:
     from ..data._source import ImageSet
     from ..models import Embedder
-
-
-def progress_wanted(mode: str = "auto") -> bool:
-    if mode in ("on", "off"):
-        return mode == "on"
-    return bool(sys.__stderr__ and sys.__stderr__.isatty()) and not os.environ.get("CI")
-
-
-class _Progress:
-    """A one-line bar on the real stderr (pytest captures sys.stderr, not __stderr__)."""
-
-    def __init__(self, total: int, label: str, enabled: bool):
-        self.total, self.label, self.enabled = total, label, enabled
-        self.done, self.t0, self.last = 0, time.perf_counter(), 0.0
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if self.enabled and (now - self.last > 0.2 or self.done >= self.total):
-            self.last = now
-            rate = self.done / max(now - self.t0, 1e-9)
-            frac = self.done / max(self.total, 1)
-            bar = "#" * int(30 * frac)
-            sys.__stderr__.write(f"\r{self.label[:40]:40s} [{bar:30s}] {self.done}/{self.total} {rate:,.0f} img/s")
-            if self.done >= self.total:
-                sys.__stderr__.write("\n")
-            sys.__stderr__.flush()
 
 
 def _check_finite(out: np.ndarray, offset: int, what: str) -> None:
@@ -96,7 +67,7 @@ def _run(embedder: "Embedder", images: "ImageSet", layer: str, preprocess: Prepr
 
     loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=cuda, persistent_workers=False, collate_fn=collate)
-    bar = _Progress(len(images), label or f"{embedder.name}:{layer}", progress)
+    shown = bar(len(images), label or f"{embedder.name}:{layer}", progress, unit="img")
     out: np.ndarray | None = None
     offset = 0
     for batch in loader:
@@ -112,7 +83,8 @@ def _run(embedder: "Embedder", images: "ImageSet", layer: str, preprocess: Prepr
             out = np.empty((len(images), emb.shape[1]), dtype=np.float32)
         out[offset: offset + len(emb)] = emb
         offset += len(emb)
-        bar.update(len(emb))
+        shown.update(len(emb))
+    shown.close()
     if out is None:
         raise EmbeddingError(f"{label or images!r}: no images to embed")
     return out

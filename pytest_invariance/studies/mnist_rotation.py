@@ -15,7 +15,7 @@ Choices where the paper is silent:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -83,40 +83,84 @@ def accuracy_estimate(correct: np.ndarray, chance: float, *, n_bootstrap: int, s
     return Estimate(float(correct.mean()), float(lo), float(hi), chance=chance, n=len(correct), details=details)
 
 
-def run_study(audit: "Audit", ref: "ModelRef", protocol: Protocol) -> dict[str, Any]:
-    from ..probes import LinearRegressionProbe, MAVProbe, spectrum_estimate
+STEPS = 7  # progress steps of compute_study
 
-    seed, nb = audit.seed, protocol.n_bootstrap
+
+def study_inputs(audit: "Audit", ref: "ModelRef", protocol: Protocol) -> dict[str, np.ndarray]:
+    """Every array the study reads: rotated train/test embeddings, labels, angles, logits."""
     train, test = rotated(audit, "train", protocol), rotated(audit, "test", protocol)
-    Xtr = audit.embed(ref, train, label=f"{ref.name} train")
-    Xte = audit.embed(ref, test, label=f"{ref.name} test")
-    ytr, yte = train.labels["label"].to_numpy(), test.labels["label"].to_numpy()
-    atr, ate = train.labels["rotation"].to_numpy(), test.labels["rotation"].to_numpy()
-    out: dict[str, Any] = {}
-
-    mav = MAVProbe(random_state=seed, n_bootstrap=nb).fit(Xtr, ytr)
-    mav_pred = mav.predict(Xte)
-    out["mav_accuracy"] = mav.evaluate(Xte, yte)["accuracy"]
-
+    # The 350,000 x D training embeddings feed only the fits: not kept in memory afterwards.
+    arrays = {"Xtr": audit.embed(ref, train, label=f"{ref.name} train", keep=False),
+              "Xte": audit.embed(ref, test, label=f"{ref.name} test"),
+              "ytr": train.labels["label"].to_numpy(), "yte": test.labels["label"].to_numpy(),
+              "atr": train.labels["rotation"].to_numpy(), "ate": test.labels["rotation"].to_numpy()}
     layer = logits_layer(ref)
     if layer is not None:
-        logits = audit.embed(ref, test, layer=layer, label=f"{ref.name} logits")
-        if logits.shape[1] == 10:
+        arrays["logits"] = audit.embed(ref, test, layer=layer, label=f"{ref.name} logits")
+    return arrays
+
+
+def run_study(audit: "Audit", ref: "ModelRef", protocol: Protocol) -> dict[str, Any]:
+    """Every figure of the suite for one model, through the figure cache.
+
+    The cache key holds the digests of every input array, the protocol and the model's
+    name (it titles the plots), plus the seed, plugin version and source digest that
+    :meth:`Audit.memo` adds: a change to any of them recomputes.
+    """
+    from .._figures import array_digest
+
+    inputs = study_inputs(audit, ref, protocol)
+    disk = {"study": "mnist_rotation", "name": ref.name, "protocol": asdict(protocol),
+            "inputs": {k: array_digest(v) for k, v in inputs.items()}}
+    return audit.memo(("mnist_rotation", ref.name, disk["inputs"]["Xte"]),  # type: ignore[no-any-return]
+                      lambda: compute_study(ref.name, inputs, protocol, audit.seed, audit.progress), disk=disk)
+
+
+def compute_study(name: str, inputs: dict[str, np.ndarray], protocol: Protocol, seed: int,
+                  progress: bool = False) -> dict[str, Any]:
+    """The figures from the arrays of :func:`study_inputs` (see the module docstring)."""
+    from .._progress import Steps
+    from ..probes import LinearRegressionProbe, MAVProbe, spectrum, spectrum_estimate
+    from ..probes import functional as F
+
+    nb = protocol.n_bootstrap
+    Xtr, Xte, ytr, yte, atr, ate = (inputs[k] for k in ("Xtr", "Xte", "ytr", "yte", "atr", "ate"))
+    out: dict[str, Any] = {}
+    with Steps(STEPS, f"{name} study", progress) as step:
+        step.next("MAV")
+        mav = MAVProbe(random_state=seed, n_bootstrap=nb).fit(Xtr, ytr)
+        mav_pred = mav.predict(Xte)
+        out["mav_accuracy"] = mav.evaluate(Xte, yte)["accuracy"]
+
+        step.next("softmax")
+        logits = inputs.get("logits")
+        if logits is not None and logits.shape[1] == 10:
             soft = logits.argmax(1) == yte
             out["softmax_accuracy"] = accuracy_estimate(soft, 0.1, n_bootstrap=nb, seed=seed)
             out["mav_accuracy_drop"] = paired_drop(soft, mav_pred == yte, nb, seed)
 
-    per_class = LinearRegressionProbe(per_class=True, random_state=seed, n_bootstrap=nb).fit(Xtr, atr, classes=ytr)
-    angle = per_class.evaluate(Xte, ate, classes=yte)
-    out["angle_mae"], out["angle_mae_std"] = angle["mae"], angle["mae_std"]
+        step.next("angle regression")
+        per_class = LinearRegressionProbe(per_class=True, random_state=seed, n_bootstrap=nb).fit(Xtr, atr, classes=ytr)
+        step.next("angle permutations")
+        angle = per_class.evaluate(Xte, ate, classes=yte)
+        out["angle_mae"], out["angle_mae_std"] = angle["mae"], angle["mae_std"]
 
-    glob = LinearRegressionProbe(random_state=seed, n_bootstrap=nb).fit(Xtr, atr)
-    est_angle = glob.predict(Xte)
-    per_angle = MAVProbe(random_state=seed, n_bootstrap=nb).fit(Xtr, ytr, factor=atr)
-    out["per_angle_mav_accuracy"] = per_angle.evaluate(Xte, yte, factor=est_angle)["accuracy"]
+        step.next("per-angle MAV")
+        # The one regressor on all training features is the per-class fits' pooled moments
+        # (the same least-squares solution, without a second pass over the 350,000 rows).
+        pooled = per_class.moments_.pooled()
+        coef, b = F.ridge_solve(*F.ridge_eig(pooled.scatter[0], 0.0), pooled.cross[0], pooled.means[0],
+                                pooled.y_means[0])
+        est_angle = Xte @ coef[0] + b[0]
+        per_angle = MAVProbe(random_state=seed, n_bootstrap=nb).fit(Xtr, ytr, factor=atr)
+        out["per_angle_mav_accuracy"] = per_angle.evaluate(Xte, yte, factor=est_angle)["accuracy"]
 
-    out["top10_variance_share"] = spectrum_estimate(Xte, k=10, n_bootstrap=min(nb, 200), random_state=seed)
-    out["plots"] = study_plots(ref.name, Xte, yte, ate, protocol, seed)
+        step.next("spectrum bootstrap")
+        spec = spectrum(Xte, k=10)
+        out["top10_variance_share"] = spectrum_estimate(Xte, k=10, n_bootstrap=min(nb, 200), random_state=seed,
+                                                        full=spec)
+        step.next("plots")
+        out["plots"] = study_plots(name, Xte, yte, ate, protocol, seed, spec["singular_values"])
     return out
 
 
@@ -132,7 +176,7 @@ def paired_drop(first: np.ndarray, second: np.ndarray, n_bootstrap: int, seed: i
 
 
 def study_plots(name: str, X: np.ndarray, y: np.ndarray, angle: np.ndarray, protocol: Protocol,
-                seed: int) -> dict[str, dict[str, Any]]:
+                seed: int, singular_values: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
     """Scree (Fig. 6), heat map sorted by class then angle (Fig. 7), block diagonalization (Fig. 8)."""
     from ..probes import block_diagonalize, spectrum
     from ..report import plots
@@ -142,7 +186,8 @@ def study_plots(name: str, X: np.ndarray, y: np.ndarray, angle: np.ndarray, prot
              for c in np.unique(y) for a in protocol.angles]
     order = np.concatenate(cells)  # class-major, angle-minor: the paper's column order
     D = X[order].T  # features x samples
-    spec = spectrum(X, k=10)
+    if singular_values is None:
+        singular_values = spectrum(X, k=10)["singular_values"]
     bd = block_diagonalize(D, y[order])
     # Row blocks: rows are stacked by assigned label (dead rows, -1, last), so a block
     # ends where the running count of rows per label does.
@@ -150,7 +195,7 @@ def study_plots(name: str, X: np.ndarray, y: np.ndarray, angle: np.ndarray, prot
     boundaries = np.cumsum(np.bincount(assigned[assigned >= 0], minlength=10)).tolist()
     col_bounds = np.cumsum(np.bincount(y[order], minlength=10))[:-1].tolist()
     return {
-        "scree": plots.scree_plot(spec["singular_values"], k=10, title=f"{name}: scree of the rotated test set"),
+        "scree": plots.scree_plot(singular_values, k=10, title=f"{name}: scree of the rotated test set"),
         "heatmap": plots.heatmap(D, row_label="feature", col_label="test samples by digit, angles ascending within",
                                  title=f"{name}: ip1 features sorted by class then angle", col_groups=y[order]),
         "block_diagonal": plots.block_diagonal_plot(bd.reordered, boundaries, col_boundaries=col_bounds,
