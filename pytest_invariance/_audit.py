@@ -118,18 +118,19 @@ class Audit:
         return progress_wanted(self.settings.progress)
 
     def embed(self, ref: ModelRef, images: "ImageSet", *, layer: str | None = None, label: str = "",
-              keep: bool = True) -> "np.ndarray":
+              keep: bool = True, dtype: str = "float32") -> "np.ndarray":
         """Embeddings of ``images`` at ``layer`` (default: the ref's layer), cached on disk and,
-        with ``keep``, in memory (a study's large training set passes ``keep=False``)."""
+        with ``keep``, in memory (a study's large training set passes ``keep=False``).
+        ``dtype="float16"`` rounds them to half precision (see :func:`extract`)."""
         from .embeddings import extract
 
         layer = layer or ref.layer
-        key = ("embed", ref.embedder.sha256, layer, images.fingerprint, ref.preprocess.key())
+        key = ("embed", ref.embedder.sha256, layer, images.fingerprint, ref.preprocess.key(), dtype)
         was_kept = key in self._memo
         out = self._remember(key, f"embedding {label or ref.name} at layer {layer} could not run", lambda: extract(
             ref.embedder, images, layer=layer, preprocess=ref.preprocess,
             batch_size=self.settings.batch_size, cache=self.cache, workers=self.settings.workers,
-            progress=self.progress, label=label or f"{ref.name}:{layer}"))
+            progress=self.progress, label=label or f"{ref.name}:{layer}", dtype=dtype))
         if not keep and not was_kept:
             del self._memo[key]  # a failure raised above and stays remembered
         return out

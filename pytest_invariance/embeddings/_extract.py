@@ -30,10 +30,13 @@ def _check_finite(out: np.ndarray, offset: int, what: str) -> None:
 def extract(embedder: "Embedder", images: "ImageSet", *, layer: str | None = None,
             preprocess: Preprocess | None = None, batch_size: int = 256,
             cache: EmbeddingCache | None = None, workers: int = 0,
-            progress: bool = False, label: str = "") -> np.ndarray:
+            progress: bool = False, label: str = "", dtype: str = "float32") -> np.ndarray:
     """Embed every image of ``images`` at ``layer``; cached on the full key.
 
-    Returns float32 ``[len(images), D]`` in the order of ``images.labels``.
+    Returns ``[len(images), D]`` in the order of ``images.labels``, float32, or with
+    ``dtype="float16"`` rounded to half precision (half the memory and cache; the same
+    array whether computed or read back, so figures do not depend on a cache hit). A
+    layer whose values exceed float16's range (65,504) stays float32.
 
     Examples
     --------
@@ -44,8 +47,10 @@ def extract(embedder: "Embedder", images: "ImageSet", *, layer: str | None = Non
     layer = layer or embedder.default_layer
     key_parts = {"model": embedder.sha256, "layer": layer, "data": images.fingerprint,
                  "preprocess": preprocess.key(), "version": __version__}
+    if dtype != "float32":
+        key_parts["dtype"] = dtype
     if cache is None:
-        return _run(embedder, images, layer, preprocess, batch_size, workers, progress, label)
+        return _run(embedder, images, layer, preprocess, batch_size, workers, progress, label, dtype)
     key = cache_key(key_parts)
     with cache.locked(key):
         hit = cache.load(key, rows=len(images))
@@ -53,13 +58,13 @@ def extract(embedder: "Embedder", images: "ImageSet", *, layer: str | None = Non
             cache.hits += 1
             return hit
         cache.misses += 1
-        out = _run(embedder, images, layer, preprocess, batch_size, workers, progress, label)
+        out = _run(embedder, images, layer, preprocess, batch_size, workers, progress, label, dtype)
         cache.store(key, out, {**key_parts, "model_path": embedder.path, "n": len(out), "dim": out.shape[1]})
         return out
 
 
 def _run(embedder: "Embedder", images: "ImageSet", layer: str, preprocess: Preprocess,
-         batch_size: int, workers: int, progress: bool, label: str) -> np.ndarray:
+         batch_size: int, workers: int, progress: bool, label: str, dtype: str = "float32") -> np.ndarray:
     from torch.utils.data import DataLoader
 
     cuda = embedder.device.startswith("cuda")
@@ -80,7 +85,9 @@ def _run(embedder: "Embedder", images: "ImageSet", layer: str, preprocess: Prepr
             emb = embedder.embed(preprocess(batch).numpy(), layer)
         _check_finite(emb, offset, f"{embedder.name} layer {layer}")
         if out is None:  # allocate once we know D; never hold the images themselves
-            out = np.empty((len(images), emb.shape[1]), dtype=np.float32)
+            out = np.empty((len(images), emb.shape[1]), dtype=dtype)
+        if out.dtype == np.float16 and np.abs(emb).max(initial=0) > np.finfo(np.float16).max:
+            out = out.astype(np.float32)  # out of half range: keep full precision
         out[offset: offset + len(emb)] = emb
         offset += len(emb)
         shown.update(len(emb))
