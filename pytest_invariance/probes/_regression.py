@@ -40,6 +40,10 @@ class LinearRegressionProbe(ProbeMixin):
     standard deviation of the absolute error; in per-class mode the mean over classes of
     the per-class std, as the paper averages over the ten labels (Fig. 3).
 
+    The fit is computed from sufficient statistics (:func:`functional.group_moments`, one
+    blocked float64 pass over ``X``); they stay on the probe as ``moments_`` (one group per
+    regressor), e.g. to pool them into the one-regressor fit (``moments_.pooled()``).
+
     Examples
     --------
     >>> rng = np.random.default_rng(0)
