@@ -42,10 +42,10 @@ def spectrum(X: Any, k: int | None = None) -> dict[str, Any]:
     >>> spectrum(X, k=1)["top_k_share"] > 0.9
     True
     """
-    X = check_features(X).astype(np.float64)
-    if X.shape[0] < 2:
+    Xc = check_features(X).astype(np.float64)
+    if Xc.shape[0] < 2:
         raise DataError("spectrum needs at least 2 samples to centre the data matrix.")
-    Xc = X - X.mean(0)
+    Xc -= Xc.mean(0)  # in place: one float64 copy of X, not two
     ev = np.clip(np.linalg.eigvalsh(Xc.T @ Xc)[::-1], 0.0, None)
     total = ev.sum()
     if total == 0:
@@ -79,11 +79,11 @@ def spectrum_estimate(X: Any, k: int, n_bootstrap: int = 200, random_state: int 
     ``k / min(n - 1, d)``: the share of k components when variance is spread evenly.
     ``full`` is ``spectrum(X, k)`` when the caller already has it.
     """
-    X = check_features(X).astype(np.float64)
-    full = full if full is not None else spectrum(X, k)
-    n, d = X.shape
+    Xc = check_features(X).astype(np.float64)
+    full = full if full is not None else spectrum(Xc, k)
+    n, d = Xc.shape
     r = min(k + oversample, d)
-    Xc = X - X.mean(0)
+    Xc -= Xc.mean(0)
     # The leading subspace of (at most) the first 20,000 rows, from their scatter matrix:
     # the right singular vectors of Xc[:20000] at a quarter of an SVD's cost.
     head = Xc[: min(n, 20000)]
@@ -97,7 +97,7 @@ def spectrum_estimate(X: Any, k: int, n_bootstrap: int = 200, random_state: int 
         w = counts / n
         mu_p, mu_x = w @ P, w @ Xc
         total = w @ sq - (mu_x**2).sum(1)
-        cov = np.empty((len(w), r, r))
+        cov = np.zeros((len(w), r, r))
         cov[:, iu[0], iu[1]] = w @ PP
         cov -= mu_p[:, :, None] * mu_p[:, None, :]
         # eigvalsh reads the lower triangle: mirror the upper one. One batched call per block.

@@ -181,11 +181,11 @@ def class_means(X: NDArray[np.floating], codes: NDArray[np.integer], n_groups: i
 
 def nearest_centroid(X: NDArray[np.floating], centroids: NDArray[np.floating], metric: str = "cosine") -> NDArray[np.float64]:
     """Similarity of each sample to each centroid [n, k] (higher = nearer): cosine or -euclidean."""
-    X = np.asarray(X, dtype=np.float64)
+    X = np.array(X, dtype=np.float64)  # a copy: normalised in place below
     if metric == "cosine":
-        xn = np.linalg.norm(X, axis=1, keepdims=True)
+        X /= np.linalg.norm(X, axis=1, keepdims=True)
         cn = np.linalg.norm(centroids, axis=1, keepdims=True)
-        return (X / xn) @ (centroids / np.maximum(cn, 1e-300)).T  # type: ignore[no-any-return]
+        return X @ (centroids / np.maximum(cn, 1e-300)).T  # type: ignore[no-any-return]
     d2 = (X**2).sum(1)[:, None] - 2 * X @ centroids.T + (centroids**2).sum(1)[None, :]
     return -d2  # type: ignore[no-any-return]
 
