@@ -15,6 +15,7 @@ from .settings import Settings
 if TYPE_CHECKING:
     import numpy as np
 
+    from ._figures import FigureCache
     from .data._source import ImageSet
     from .embeddings import EmbeddingCache, Preprocess
     from .models import Embedder
@@ -72,6 +73,7 @@ class Audit:
         self._models: dict[tuple[str, str], "Embedder"] = {}
         self._memo: dict[Any, Any] = {}
         self._cache: "EmbeddingCache | None" = None
+        self._figures: "FigureCache | None" = None
         self.baseline_checks: dict[tuple[str, str], dict[str, Any]] | None = None
         self.baseline_tag: str | None = None
 
@@ -131,26 +133,70 @@ class Audit:
             self._cache = EmbeddingCache(self.settings.resolve_path(self.settings.cache_dir))  # type: ignore[arg-type]
         return self._cache
 
-    def embed(self, ref: ModelRef, images: "ImageSet", *, layer: str | None = None, label: str = "") -> "np.ndarray":
-        """Embeddings of ``images`` at ``layer`` (default: the ref's layer), cached on disk and in memory."""
-        from .embeddings import extract, progress_wanted
+    @property
+    def progress(self) -> bool:
+        """Whether to draw progress bars (on a terminal and not in CI, unless told)."""
+        from .embeddings import progress_wanted
+
+        return progress_wanted(self.settings.progress)
+
+    def embed(self, ref: ModelRef, images: "ImageSet", *, layer: str | None = None, label: str = "",
+              keep: bool = True, dtype: str = "float32") -> "np.ndarray":
+        """Embeddings of ``images`` at ``layer`` (default: the ref's layer), cached on disk and,
+        with ``keep``, in memory (a study's large training set passes ``keep=False``).
+        ``dtype="float16"`` rounds them to half precision (see :func:`extract`)."""
+        from .embeddings import extract
 
         layer = layer or ref.layer
-        key = ("embed", ref.embedder.sha256, layer, images.fingerprint, ref.preprocess.key(), ref.pool)
-        return self._remember(key, f"embedding {label or ref.name} at layer {layer} could not run", lambda: extract(
+        key = ("embed", ref.embedder.sha256, layer, images.fingerprint, ref.preprocess.key(), ref.pool, dtype)
+        was_kept = key in self._memo
+        out = self._remember(key, f"embedding {label or ref.name} at layer {layer} could not run", lambda: extract(
             ref.embedder, images, layer=layer, preprocess=ref.preprocess, pool=ref.pool,
             batch_size=self.settings.batch_size, cache=self.cache, workers=self.settings.workers,
-            progress=progress_wanted(self.settings.progress), label=label or f"{ref.name}:{layer}"))
+            progress=self.progress, label=label or f"{ref.name}:{layer}", dtype=dtype))
+        if not keep and not was_kept:
+            del self._memo[key]  # a failure raised above and stays remembered
+        return out
 
-    def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
+    @property
+    def figures(self) -> "FigureCache | None":
+        """The on-disk figure cache, ``<cache dir>/figures`` (None with --invariance-no-cache)."""
+        from ._figures import FigureCache
+
+        if self.cache is None:
+            return None
+        if self._figures is None:
+            self._figures = FigureCache(self.cache.dir / "figures")
+        return self._figures
+
+    def memo(self, key: Any, compute: Callable[[], Any], *, disk: "dict[str, Any] | None" = None) -> Any:
         """Compute a study's results once per process and share them between tests.
 
         A failure is remembered like a result: the first test gets one
         :class:`~pytest_invariance.errors.StudyError` naming the command-line fix, every
         later test of the same key a short one that refers back to it; the study is not
         run again.
+
+        With ``disk`` (what determines the results: input digests, protocol, ...), they are
+        also kept on disk under that key plus the seed, plugin version and source digest
+        (:func:`pytest_invariance._figures.figure_key`), so a rerun reads them back.
         """
-        return self._remember(key, study_name(key), compute)
+        if disk is None:
+            return self._remember(key, study_name(key), compute)
+        return self._remember(key, study_name(key), lambda: self._on_disk(disk, compute))
+
+    def _on_disk(self, disk: dict[str, Any], compute: Callable[[], Any]) -> Any:
+        store = self.figures
+        if store is None:
+            return compute()
+        from ._figures import figure_key
+
+        full = figure_key({**disk, "seed": self.seed})
+        value = store.load(full)
+        if value is None:
+            value = compute()
+            store.store(full, value)
+        return value
 
     def _remember(self, key: Any, what: str, compute: Callable[[], Any]) -> Any:
         from .errors import StudyError

@@ -10,12 +10,21 @@ from .settings import Settings
 
 def write_outputs(s: Settings, collected: dict[str, Any], run: dict[str, Any]) -> list[str]:
     """Write JSON, history and report; return the summary lines for the terminal."""
+    from ._progress import Steps, progress_wanted
+
+    with Steps(3, "invariance outputs", progress_wanted(s.progress)) as step:
+        return _write_outputs(s, collected, run, step)
+
+
+def _write_outputs(s: Settings, collected: dict[str, Any], run: dict[str, Any], step: Any) -> list[str]:
+    step.next("results.json")
     checks = sorted(collected["checks"], key=lambda c: (c["nodeid"], c["metric"] or ""))
     doc = {"run": run, "checks": checks}
     json_path = s.resolve_path(s.json)
     atomic_write_bytes(json_path, json.dumps(doc, indent=1, allow_nan=False).encode())  # type: ignore[arg-type]
     lines = [f"invariance: results {json_path}"]
     history_rows = None
+    step.next("history")
     try:
         from .history import HistoryStore
 
@@ -30,6 +39,7 @@ def write_outputs(s: Settings, collected: dict[str, Any], run: dict[str, Any]) -
     if not s.no_report:
         from .report import write_report
 
+        step.next("HTML report")
         path = s.resolve_path(s.report)
         write_report(doc, path, plots=collected["plots"], history=history_rows)  # type: ignore[arg-type]
         lines.append(f"invariance: report {path}")

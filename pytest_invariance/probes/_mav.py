@@ -56,8 +56,9 @@ class MAVProbe(ProbeMixin):
         self.confidence = confidence
         self.random_state = random_state
 
-    def _check_X(self, X: Any) -> NDArray[np.float64]:
-        X = check_features(X).astype(np.float64)
+    def _check_X(self, X: Any) -> NDArray[Any]:
+        # Kept in its dtype: sums are taken in float64 (F.class_sums), no float64 copy of X.
+        X = check_features(X)
         if self.metric == "cosine":
             zero = np.flatnonzero(~X.any(1))
             if zero.size:

@@ -40,6 +40,10 @@ class LinearRegressionProbe(ProbeMixin):
     standard deviation of the absolute error; in per-class mode the mean over classes of
     the per-class std, as the paper averages over the ten labels (Fig. 3).
 
+    The fit is computed from sufficient statistics (:func:`functional.group_moments`, one
+    blocked float64 pass over ``X``); they stay on the probe as ``moments_`` (one group per
+    regressor), e.g. to pool them into the one-regressor fit (``moments_.pooled()``).
+
     Examples
     --------
     >>> rng = np.random.default_rng(0)
@@ -88,15 +92,15 @@ class LinearRegressionProbe(ProbeMixin):
                             f"known classes: {self.classes_[:10].tolist()}.")
         return np.searchsorted(self.classes_, c)  # type: ignore[no-any-return]
 
-    def _fit_groups(self, X: NDArray[Any], y: NDArray[np.float64], g: NDArray[np.int64], k: int) -> tuple[Any, Any]:
-        coefs, bs = [], []
-        for c in range(k):
-            rows = g == c
-            # y may be [n] or [n, m]: m targets share one eigendecomposition of the Gram matrix.
-            coef, b = F.ridge_fit(X[rows], y[rows], self.alpha, self._device)
-            coefs.append(coef[:, None] if coef.ndim == 1 else coef.T)
-            bs.append(np.atleast_1d(b))
-        return np.stack(coefs), np.stack(bs)  # [k, d, m], [k, m]
+    def _fit_groups(self, X: NDArray[Any], y: NDArray[np.float64], g: NDArray[np.int64], k: int) -> None:
+        """One regressor per group from its moments; keeps each group's eigendecomposition
+        so that the permutation refits only need new cross-products."""
+        mo = self.moments_ = F.group_moments(X, g, k, y[:, None], self._device)
+        self._eig = [F.ridge_eig(mo.scatter[c], self.alpha) for c in range(k)]
+        self._x_means = mo.means
+        fits = [F.ridge_solve(*self._eig[c], mo.cross[c], mo.means[c], mo.y_means[c]) for c in range(k)]
+        self.coef_ = np.stack([coef[0] for coef, _ in fits])  # [k, d]
+        self.intercept_ = np.array([b[0] for _, b in fits])  # [k]
 
     def fit(self, X: Any, y: Any, classes: Any = None) -> "LinearRegressionProbe":
         self._validate_params()
@@ -116,8 +120,7 @@ class LinearRegressionProbe(ProbeMixin):
         if np.ptp(y) == 0:
             raise DataError("y is constant; there is no factor to predict. Check the factor labels.")
         self.n_features_in_ = X.shape[1]
-        coef, b = self._fit_groups(X, y, g, len(self.classes_))
-        self.coef_, self.intercept_ = coef[:, :, 0], b[:, 0]  # [k, d], [k]
+        self._fit_groups(X, y, g, len(self.classes_))
         self._train = (X, y, g)
         self.train_mean_ = np.bincount(g, weights=y) / counts
         return self
@@ -164,12 +167,13 @@ class LinearRegressionProbe(ProbeMixin):
                 for c in range(len(self.classes_)):
                     rows = np.flatnonzero(gtr == c)
                     Yp[rows] = ytr[rows][np.argsort(keys[:, rows], axis=1)].T
-                coef, b = self._fit_groups(Xtr, Yp, gtr, len(self.classes_))  # [K, d, k], [K, k]
                 Xte = np.asarray(X, dtype=np.float64)
                 P = np.empty((len(Xte), len(keys)))
                 for c in range(len(self.classes_)):
-                    rows = g == c
-                    P[rows] = Xte[rows] @ coef[c] + b[c]
+                    rows = np.flatnonzero(gtr == c)
+                    cross = F.centred_cross(Xtr, rows, self._x_means[c], Yp[rows])
+                    coef, b = F.ridge_solve(*self._eig[c], cross, self._x_means[c], Yp[rows].mean(0))
+                    P[g == c] = Xte[g == c] @ coef.T + b
                 return np.abs(P - y[:, None]).mean(0)  # type: ignore[no-any-return]
 
             rng_keys = np.random.default_rng(self.random_state).random(len(ytr))

@@ -7,7 +7,7 @@ re-exported here so that this module is the one place to look for the math.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,7 +18,8 @@ from ._structure import BlockDiagonalization, block_diagonalize, spectrum, spect
 
 __all__ = [
     "SVMSolution", "fit_squared_hinge_svm", "BlockDiagonalization", "block_diagonalize", "spectrum",
-    "spectrum_estimate", "to_plus_minus", "binary_rates", "ridge_fit", "class_sums", "class_means",
+    "spectrum_estimate", "to_plus_minus", "binary_rates", "ridge_fit", "ridge_eig", "ridge_solve", "group_moments", "centred_cross",
+    "Moments", "class_sums", "class_means",
     "nearest_centroid", "bin_labels", "bin_index",
 ]
 
@@ -50,43 +51,126 @@ def binary_rates(y: NDArray[np.floating], pred: NDArray[np.floating]) -> dict[st
     return {"fn_rate": fn, "fp_rate": fp, "balanced_error": (fn + fp) / 2, "accuracy": (y == pred).mean(0)}
 
 
+_BLOCK = 8192  # rows per block: a float64 copy of a block stays small (33 MB at d=512)
+
+
+class Moments(NamedTuple):
+    """Sufficient statistics of a least-squares fit per group (float64, mergeable by group).
+
+    counts : [k]; means : [k, d] feature means; scatter : [k, d, d] sum of
+    (x - mean)(x - mean)^T; cross : [k, d, m] sum of (x - mean)(y - y_mean)^T; y_means : [k, m].
+    """
+
+    counts: NDArray[np.int64]
+    means: NDArray[np.float64]
+    scatter: NDArray[np.float64]
+    cross: NDArray[np.float64]
+    y_means: NDArray[np.float64]
+
+    def pooled(self) -> "Moments":
+        """The moments of all groups together (k = 1), exactly: within- plus between-group scatter."""
+        n = self.counts.astype(np.float64)
+        mean, y_mean = n @ self.means / n.sum(), n @ self.y_means / n.sum()
+        dx, dy = self.means - mean, self.y_means - y_mean
+        scatter = self.scatter.sum(0) + (dx * n[:, None]).T @ dx
+        cross = self.cross.sum(0) + (dx * n[:, None]).T @ dy
+        return Moments(np.array([self.counts.sum()]), mean[None], scatter[None], cross[None], y_mean[None])
+
+
+def _rows_of(codes: NDArray[np.integer], n_groups: int) -> list[NDArray[np.int64]]:
+    order = np.argsort(codes, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(codes, minlength=n_groups))[:-1])
+
+
+def group_moments(X: NDArray[np.floating], codes: NDArray[np.integer], n_groups: int, Y: NDArray[np.floating],
+                  device: str = "cpu") -> Moments:
+    """Per-group :class:`Moments` of features ``X [n, d]`` and targets ``Y [n, m]``.
+
+    One pass in blocks of rows, each converted to float64 and centred on its group's
+    mean before the product, so float32 ``X`` is never copied whole and the scatter keeps
+    full precision (no ``sum x x^T - n mean mean^T`` cancellation).
+    """
+    import torch
+
+    X, Y = np.asarray(X), np.asarray(Y, dtype=np.float64)
+    d, m = X.shape[1], Y.shape[1]
+    counts = np.bincount(codes, minlength=n_groups)
+    means, y_means = np.zeros((n_groups, d)), np.zeros((n_groups, m))
+    scatter, cross = np.zeros((n_groups, d, d)), np.zeros((n_groups, d, m))
+    for g, rows in enumerate(_rows_of(np.asarray(codes), n_groups)):
+        if not len(rows):
+            continue
+        means[g] = X[rows].sum(0, dtype=np.float64) / len(rows)
+        y_means[g] = Y[rows].mean(0)
+        mu, ymu = torch.as_tensor(means[g], device=device), torch.as_tensor(y_means[g], device=device)
+        S = torch.zeros((d, d), dtype=torch.float64, device=device)
+        C = torch.zeros((d, m), dtype=torch.float64, device=device)
+        for s in range(0, len(rows), _BLOCK):
+            blk = rows[s: s + _BLOCK]
+            xc = torch.as_tensor(X[blk], device=device).double() - mu
+            S += xc.T @ xc
+            C += xc.T @ (torch.as_tensor(Y[blk], device=device) - ymu)
+        scatter[g], cross[g] = S.cpu().numpy(), C.cpu().numpy()
+    return Moments(counts, means, scatter, cross, y_means)
+
+
+def centred_cross(X: NDArray[np.floating], rows: NDArray[np.int64], mean: NDArray[np.float64],
+                  Y: NDArray[np.floating]) -> NDArray[np.float64]:
+    """``sum (x - mean)(y - y_mean)^T`` over ``X[rows]`` for targets ``Y [len(rows), m]``, in blocks."""
+    Y = np.asarray(Y, dtype=np.float64)
+    Yc = Y - Y.mean(0)
+    out = np.zeros((X.shape[1], Y.shape[1]))
+    for s in range(0, len(rows), _BLOCK):
+        out += (X[rows[s: s + _BLOCK]].astype(np.float64) - mean).T @ Yc[s: s + _BLOCK]
+    return out
+
+
+def ridge_eig(scatter: NDArray[np.float64], alpha: float, rcond: float = 1e-10) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``(inv [d], V [d, d])`` with ``(scatter + alpha I)^+ = V diag(inv) V^T``.
+
+    With ``alpha=0``, eigenvalues below ``rcond * max`` count as zero: the minimum-norm
+    least-squares solution (what ``sklearn.linear_model.LinearRegression`` returns for
+    collinear or constant features).
+    """
+    lam, V = np.linalg.eigh(scatter)
+    inv = 1.0 / (lam + alpha) if alpha else np.zeros_like(lam)
+    if alpha == 0:
+        keep = lam > rcond * max(lam.max(), 1e-300)
+        inv[keep] = 1.0 / lam[keep]
+    return inv, V
+
+
+def ridge_solve(inv: NDArray[np.float64], V: NDArray[np.float64], cross: NDArray[np.float64],
+                x_mean: NDArray[np.float64], y_mean: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Coefficients ``[m, d]`` and intercepts ``[m]`` from :func:`ridge_eig` and the centred cross-products."""
+    coef = V @ (inv[:, None] * (V.T @ cross))
+    return coef.T, y_mean - x_mean @ coef
+
+
 def ridge_fit(X: NDArray[np.floating], y: NDArray[np.floating], alpha: float, device: str = "cpu",
               rcond: float = 1e-10) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Least squares with an unpenalised intercept: ``min ||y - Xw - b||^2 + alpha ||w||^2``.
 
-    ``y`` may be [n] or [n, k]. Solved in float64 through the eigendecomposition of the
-    centred Gram matrix; with ``alpha=0``, eigenvalues below ``rcond * max`` are treated
-    as zero, giving the minimum-norm solution (what ``sklearn.linear_model.LinearRegression``
-    returns for collinear or constant features). Returns ``(coef [d] or [k, d], intercept)``.
+    ``y`` may be [n] or [n, k]. Solved in float64 from the :func:`group_moments` of one
+    group through the eigendecomposition of the centred scatter matrix (:func:`ridge_eig`).
+    Returns ``(coef [d] or [k, d], intercept)``.
     """
-    import torch
-
-    Xt = torch.as_tensor(np.asarray(X), dtype=torch.float64, device=device)
-    yt = torch.as_tensor(np.asarray(y), dtype=torch.float64, device=device)
-    one = yt.ndim == 1
-    yt = yt[:, None] if one else yt
-    xm, ym = Xt.mean(0), yt.mean(0)
-    Xc = Xt - xm
-    lam, V = torch.linalg.eigh(Xc.T @ Xc)
-    inv = 1.0 / (lam + alpha)
-    if alpha == 0:
-        inv = torch.where(lam > rcond * lam.max().clamp(min=1e-300), inv, torch.zeros_like(inv))
-    coef = V @ (inv[:, None] * (V.T @ (Xc.T @ (yt - ym))))
-    intercept = ym - xm @ coef
-    coef_np, b_np = coef.T.cpu().numpy(), intercept.cpu().numpy()
-    return (coef_np[0], b_np[0]) if one else (coef_np, b_np)
+    y = np.asarray(y, dtype=np.float64)
+    one = y.ndim == 1
+    mo = group_moments(X, np.zeros(len(y), dtype=np.int64), 1, y[:, None] if one else y, device)
+    coef, b = ridge_solve(*ridge_eig(mo.scatter[0], alpha, rcond), mo.cross[0], mo.means[0], mo.y_means[0])
+    return (coef[0], b[0]) if one else (coef, b)
 
 
 def class_sums(X: NDArray[np.floating], codes: NDArray[np.integer], n_groups: int) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
-    """Per-group feature sums and counts; mergeable across batches by addition."""
-    # Sort once and sum contiguous runs: np.add.at is unbuffered and ~10x slower here.
-    codes = np.asarray(codes)
-    order = np.argsort(codes, kind="stable")
+    """Per-group feature sums (float64) and counts; mergeable across batches by addition."""
+    X, codes = np.asarray(X), np.asarray(codes)
     counts = np.bincount(codes, minlength=n_groups)
     sums = np.zeros((n_groups, X.shape[1]))
-    present = np.flatnonzero(counts)
-    starts = np.concatenate([[0], np.cumsum(counts[present])[:-1]])
-    sums[present] = np.add.reduceat(np.asarray(X, dtype=np.float64)[order], starts, axis=0)
+    # One gather per group, summed in float64 without a float64 copy of X.
+    for g, rows in enumerate(_rows_of(codes, n_groups)):
+        if len(rows):
+            sums[g] = X[rows].sum(0, dtype=np.float64)
     return sums, counts
 
 
@@ -97,11 +181,11 @@ def class_means(X: NDArray[np.floating], codes: NDArray[np.integer], n_groups: i
 
 def nearest_centroid(X: NDArray[np.floating], centroids: NDArray[np.floating], metric: str = "cosine") -> NDArray[np.float64]:
     """Similarity of each sample to each centroid [n, k] (higher = nearer): cosine or -euclidean."""
-    X = np.asarray(X, dtype=np.float64)
+    X = np.array(X, dtype=np.float64)  # a copy: normalised in place below
     if metric == "cosine":
-        xn = np.linalg.norm(X, axis=1, keepdims=True)
+        X /= np.linalg.norm(X, axis=1, keepdims=True)
         cn = np.linalg.norm(centroids, axis=1, keepdims=True)
-        return (X / xn) @ (centroids / np.maximum(cn, 1e-300)).T  # type: ignore[no-any-return]
+        return X @ (centroids / np.maximum(cn, 1e-300)).T  # type: ignore[no-any-return]
     d2 = (X**2).sum(1)[:, None] - 2 * X @ centroids.T + (centroids**2).sum(1)[None, :]
     return -d2  # type: ignore[no-any-return]
 

@@ -15,7 +15,7 @@ Choices where the paper is silent:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -92,71 +92,123 @@ TRAINED = {"mav_accuracy": "greater", "mav_accuracy_drop": None, "angle_mae": "l
            "per_angle_mav_accuracy": "greater"}
 
 
-def run_study(audit: "Audit", ref: "ModelRef", protocol: Protocol) -> dict[str, Any]:
-    """Every figure of the suite. With ``train_per_class``, the probes are refit on
-    ``n_refits`` seeded training subsets and each trained figure is their mean, with a CI
-    that covers the choice of subset (:func:`~pytest_invariance.probes.stats.repeated_estimate`)."""
-    from ..probes import spectrum_estimate
+def refit_seeds(seed: int, protocol: Protocol) -> list[int | None]:
+    """One training set per refit: the full set (``[None]``), or with ``train_per_class``
+    ``n_refits`` seeded subsets."""
+    from ..probes.stats import repeat_seed
 
-    seed, nb = audit.seed, protocol.n_bootstrap
+    return [repeat_seed(seed, r) for r in range(protocol.n_refits)] if protocol.train_per_class else [None]
+
+
+def study_inputs(audit: "Audit", ref: "ModelRef", protocol: Protocol) -> dict[str, Any]:
+    """Every array the study reads: test embeddings, labels, angles and logits, and the
+    rotated training embeddings, labels and angles of each refit (``train``: a list)."""
     test = rotated(audit, "test", protocol)
-    Xte = audit.embed(ref, test, label=f"{ref.name} test")
-    yte, ate = test.labels["label"].to_numpy(), test.labels["rotation"].to_numpy()
-    out: dict[str, Any] = {}
-
-    soft = None
+    arrays: dict[str, Any] = {"Xte": audit.embed(ref, test, label=f"{ref.name} test"),
+                              "yte": test.labels["label"].to_numpy(), "ate": test.labels["rotation"].to_numpy()}
+    # The 350,000 x D training embeddings feed only the fits (class means, least squares over
+    # 35,000 rows each), where half precision moves no figure by more than 1e-5
+    # (docs/performance.md): stored as float16 and not kept in memory after the study.
+    arrays["train"] = []
+    for s in refit_seeds(audit.seed, protocol):
+        train = rotated(audit, "train", protocol, s)
+        arrays["train"].append({
+            "Xtr": audit.embed(ref, train, label=f"{ref.name} train", keep=False, dtype="float16"),
+            "ytr": train.labels["label"].to_numpy(), "atr": train.labels["rotation"].to_numpy()})
     layer = logits_layer(ref)
     if layer is not None:
-        logits = audit.embed(ref, test, layer=layer, label=f"{ref.name} logits")
-        if logits.shape[1] == 10:
+        arrays["logits"] = audit.embed(ref, test, layer=layer, label=f"{ref.name} logits")
+    return arrays
+
+
+def run_study(audit: "Audit", ref: "ModelRef", protocol: Protocol) -> dict[str, Any]:
+    """Every figure of the suite for one model, through the figure cache.
+
+    With ``train_per_class``, the probes are refit on ``n_refits`` seeded training subsets
+    and each trained figure is their mean, with a CI that covers the choice of subset
+    (:func:`~pytest_invariance.probes.stats.repeated_estimate`).
+
+    The cache key holds the digests of every input array, the protocol and the model's
+    name (it titles the plots), plus the seed, plugin version and source digest that
+    :meth:`Audit.memo` adds: a change to any of them recomputes.
+    """
+    from .._figures import array_digest
+
+    inputs = study_inputs(audit, ref, protocol)
+    digests = {k: array_digest(v) for k, v in inputs.items() if k != "train"}
+    digests["train"] = [{k: array_digest(v) for k, v in t.items()} for t in inputs["train"]]
+    disk = {"study": "mnist_rotation", "name": ref.name, "protocol": asdict(protocol), "inputs": digests}
+    return audit.memo(("mnist_rotation", ref.name, digests["Xte"]),  # type: ignore[no-any-return]
+                      lambda: compute_study(ref.name, inputs, protocol, audit.seed, audit.progress), disk=disk)
+
+
+def compute_study(name: str, inputs: dict[str, Any], protocol: Protocol, seed: int,
+                  progress: bool = False) -> dict[str, Any]:
+    """The figures from the arrays of :func:`study_inputs` (see the module docstring)."""
+    from .._progress import Steps
+    from ..probes import spectrum, spectrum_estimate
+    from ..probes.stats import repeated_estimate
+
+    nb = protocol.n_bootstrap
+    Xte, yte, ate = inputs["Xte"], inputs["yte"], inputs["ate"]
+    out: dict[str, Any] = {}
+    seeds = refit_seeds(seed, protocol)
+    with Steps(3 + 4 * len(seeds), f"{name} study", progress) as step:
+        step.next("softmax")
+        soft = None
+        logits = inputs.get("logits")
+        if logits is not None and logits.shape[1] == 10:
             soft = logits.argmax(1) == yte
             out["softmax_accuracy"] = accuracy_estimate(soft, 0.1, n_bootstrap=nb, seed=seed)
 
-    out.update(trained_figures(audit, ref, protocol, Xte, yte, ate, soft))
-    out["top10_variance_share"] = spectrum_estimate(Xte, k=10, n_bootstrap=min(nb, 200), random_state=seed)
-    out["plots"] = study_plots(ref.name, Xte, yte, ate, protocol, seed)
+        fits = [_trained_figures(t, seed if s is None else s, nb, Xte, yte, ate, soft, step)
+                for t, s in zip(inputs["train"], seeds)]
+        if len(fits) == 1:
+            out.update(fits[0])
+        else:
+            out.update({k: repeated_estimate([f[k] for f in fits], alternative=alt)
+                        for k, alt in TRAINED.items() if k in fits[0]})
+
+        step.next("spectrum bootstrap")
+        spec = spectrum(Xte, k=10)
+        out["top10_variance_share"] = spectrum_estimate(Xte, k=10, n_bootstrap=min(nb, 200), random_state=seed,
+                                                        full=spec)
+        step.next("plots")
+        out["plots"] = study_plots(name, Xte, yte, ate, protocol, seed, spec["singular_values"])
     return out
 
 
-def trained_figures(audit: "Audit", ref: "ModelRef", protocol: Protocol, Xte: np.ndarray, yte: np.ndarray,
-                    ate: np.ndarray, soft: np.ndarray | None) -> dict[str, Estimate]:
-    """The figures of :data:`TRAINED`: one fit on all training images, or with
-    ``train_per_class`` the combination of ``n_refits`` fits on seeded subsets."""
-    from ..probes.stats import repeat_seed, repeated_estimate
-
-    seeds = [repeat_seed(audit.seed, r) for r in range(protocol.n_refits)] if protocol.train_per_class else [None]
-    fits = [_trained_figures(audit, ref, protocol, s, Xte, yte, ate, soft) for s in seeds]
-    if len(fits) == 1:
-        return fits[0]
-    return {name: repeated_estimate([f[name] for f in fits], alternative=alt)
-            for name, alt in TRAINED.items() if name in fits[0]}
-
-
-def _trained_figures(audit: "Audit", ref: "ModelRef", protocol: Protocol, subset_seed: int | None,
-                     Xte: np.ndarray, yte: np.ndarray, ate: np.ndarray, soft: np.ndarray | None) -> dict[str, Any]:
-    """The figures of probes fitted on one (seeded) rotated training set."""
+def _trained_figures(train: dict[str, np.ndarray], seed: int, nb: int, Xte: np.ndarray, yte: np.ndarray,
+                     ate: np.ndarray, soft: np.ndarray | None, step: Any) -> dict[str, Any]:
+    """The figures of :data:`TRAINED` from probes fitted on one rotated training set."""
     from ..probes import LinearRegressionProbe, MAVProbe
+    from ..probes import functional as F
 
-    seed, nb = audit.seed if subset_seed is None else subset_seed, protocol.n_bootstrap
-    train = rotated(audit, "train", protocol, subset_seed)
-    Xtr = audit.embed(ref, train, label=f"{ref.name} train")
-    ytr, atr = train.labels["label"].to_numpy(), train.labels["rotation"].to_numpy()
+    Xtr, ytr, atr = train["Xtr"], train["ytr"], train["atr"]
     out: dict[str, Any] = {}
-
+    step.next("MAV")
     mav = MAVProbe(random_state=seed, n_bootstrap=nb).fit(Xtr, ytr)
     mav_pred = mav.predict(Xte)
     out["mav_accuracy"] = mav.evaluate(Xte, yte)["accuracy"]
     if soft is not None:
         out["mav_accuracy_drop"] = paired_drop(soft, mav_pred == yte, nb, seed)
 
+    step.next("angle regression")
     per_class = LinearRegressionProbe(per_class=True, random_state=seed, n_bootstrap=nb).fit(Xtr, atr, classes=ytr)
+    step.next("angle permutations")
     angle = per_class.evaluate(Xte, ate, classes=yte)
     out["angle_mae"], out["angle_mae_std"] = angle["mae"], angle["mae_std"]
 
-    glob = LinearRegressionProbe(random_state=seed, n_bootstrap=nb).fit(Xtr, atr)
-    est_angle = glob.predict(Xte)
+    step.next("per-angle MAV")
+    # The one regressor on all training features is the per-class fits' pooled moments
+    # (the same least-squares solution, without a second pass over the training rows).
+    pooled = per_class.moments_.pooled()
+    coef, b = F.ridge_solve(*F.ridge_eig(pooled.scatter[0], 0.0), pooled.cross[0], pooled.means[0],
+                            pooled.y_means[0])
+    est_angle = Xte @ coef[0] + b[0]
     per_angle = MAVProbe(random_state=seed, n_bootstrap=nb).fit(Xtr, ytr, factor=atr)
     out["per_angle_mav_accuracy"] = per_angle.evaluate(Xte, yte, factor=est_angle)["accuracy"]
+    return out
     return out
 
 
@@ -172,7 +224,7 @@ def paired_drop(first: np.ndarray, second: np.ndarray, n_bootstrap: int, seed: i
 
 
 def study_plots(name: str, X: np.ndarray, y: np.ndarray, angle: np.ndarray, protocol: Protocol,
-                seed: int) -> dict[str, dict[str, Any]]:
+                seed: int, singular_values: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
     """Scree (Fig. 6), heat map sorted by class then angle (Fig. 7), block diagonalization (Fig. 8)."""
     from ..probes import block_diagonalize, spectrum
     from ..report import plots
@@ -182,7 +234,8 @@ def study_plots(name: str, X: np.ndarray, y: np.ndarray, angle: np.ndarray, prot
              for c in np.unique(y) for a in protocol.angles]
     order = np.concatenate(cells)  # class-major, angle-minor: the paper's column order
     D = X[order].T  # features x samples
-    spec = spectrum(X, k=10)
+    if singular_values is None:
+        singular_values = spectrum(X, k=10)["singular_values"]
     bd = block_diagonalize(D, y[order])
     # Row blocks: rows are stacked by assigned label (dead rows, -1, last), so a block
     # ends where the running count of rows per label does.
@@ -190,7 +243,7 @@ def study_plots(name: str, X: np.ndarray, y: np.ndarray, angle: np.ndarray, prot
     boundaries = np.cumsum(np.bincount(assigned[assigned >= 0], minlength=10)).tolist()
     col_bounds = np.cumsum(np.bincount(y[order], minlength=10))[:-1].tolist()
     return {
-        "scree": plots.scree_plot(spec["singular_values"], k=10, title=f"{name}: scree of the rotated test set"),
+        "scree": plots.scree_plot(singular_values, k=10, title=f"{name}: scree of the rotated test set"),
         "heatmap": plots.heatmap(D, row_label="feature", col_label="test samples by digit, angles ascending within",
                                  title=f"{name}: ip1 features sorted by class then angle", col_groups=y[order]),
         "block_diagonal": plots.block_diagonal_plot(bd.reordered, boundaries, col_boundaries=col_bounds,
