@@ -85,7 +85,8 @@ def fp16_effect(model: str, suite, protocol, cache: Path, device: str) -> None: 
     audit = Audit(Settings(rootdir=str(ROOT), cache_dir=str(cache), device=device, progress="off"))
     ref = audit.model(suite, model)
     half = study_inputs(audit, ref, protocol)
-    full = dict(half, Xtr=audit.embed(ref, rotated(audit, "train", protocol), keep=False))
+    full = dict(half, train=[dict(half["train"][0], Xtr=audit.embed(ref, rotated(audit, "train", protocol),
+                                                                    keep=False))])
     a, b = (compute_study(model, x, protocol, audit.seed) for x in (full, half))
     worst = 0.0
     for name, ea in a.items():

@@ -91,7 +91,7 @@ def test_reduced_mnist_protocol_cis_cover_the_seed(tmp_path):
     from pytest_invariance._audit import Audit
     from pytest_invariance.checks import Suite
     from pytest_invariance.settings import Settings
-    from pytest_invariance.studies.mnist_rotation import Protocol, rotated, trained_figures
+    from pytest_invariance.studies.mnist_rotation import Protocol, refit_seeds, rotated, study_inputs, trained_figures
 
     suite = Suite.find(Path(__file__).resolve().parents[1] / "audits" / "mnist_rotation")
     protocol = Protocol(angles=(-45.0, 0.0, 45.0), train_per_class=200, n_bootstrap=100, n_refits=3)
@@ -109,7 +109,8 @@ def test_reduced_mnist_protocol_cis_cover_the_seed(tmp_path):
             keep = np.tile(first[: len(y) // 3], 3)  # the same images at each of the 3 angles
             Xte = audit.embed(ref, test)[keep]
             yte, ate = y[keep], test.labels["rotation"].to_numpy()[keep]
-        out = trained_figures(audit, ref, protocol, Xte, yte, ate, None)
+        train_sets = study_inputs(audit, ref, protocol)["train"]
+        out = trained_figures(train_sets, refit_seeds(seed, protocol), protocol.n_bootstrap, Xte, yte, ate, None)
         for name in figures:
             figures[name].append(out[name])
     for name, ests in figures.items():

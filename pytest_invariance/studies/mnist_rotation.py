@@ -147,7 +147,6 @@ def compute_study(name: str, inputs: dict[str, Any], protocol: Protocol, seed: i
     """The figures from the arrays of :func:`study_inputs` (see the module docstring)."""
     from .._progress import Steps
     from ..probes import spectrum, spectrum_estimate
-    from ..probes.stats import repeated_estimate
 
     nb = protocol.n_bootstrap
     Xte, yte, ate = inputs["Xte"], inputs["yte"], inputs["ate"]
@@ -161,13 +160,8 @@ def compute_study(name: str, inputs: dict[str, Any], protocol: Protocol, seed: i
             soft = logits.argmax(1) == yte
             out["softmax_accuracy"] = accuracy_estimate(soft, 0.1, n_bootstrap=nb, seed=seed)
 
-        fits = [_trained_figures(t, seed if s is None else s, nb, Xte, yte, ate, soft, step)
-                for t, s in zip(inputs["train"], seeds)]
-        if len(fits) == 1:
-            out.update(fits[0])
-        else:
-            out.update({k: repeated_estimate([f[k] for f in fits], alternative=alt)
-                        for k, alt in TRAINED.items() if k in fits[0]})
+        out.update(trained_figures(inputs["train"], [seed if s is None else s for s in seeds], nb,
+                                   Xte, yte, ate, soft, step))
 
         step.next("spectrum bootstrap")
         spec = spectrum(Xte, k=10)
@@ -176,6 +170,22 @@ def compute_study(name: str, inputs: dict[str, Any], protocol: Protocol, seed: i
         step.next("plots")
         out["plots"] = study_plots(name, Xte, yte, ate, protocol, seed, spec["singular_values"])
     return out
+
+
+def trained_figures(train_sets: list[dict[str, np.ndarray]], seeds: list[int], n_bootstrap: int,
+                    Xte: np.ndarray, yte: np.ndarray, ate: np.ndarray, soft: np.ndarray | None,
+                    step: Any = None) -> dict[str, Estimate]:
+    """The figures of :data:`TRAINED`: from one training set, or the combination of the
+    fits on several seeded subsets (``train_sets[i]`` fitted with ``seeds[i]``) by
+    :func:`~pytest_invariance.probes.stats.repeated_estimate`."""
+    from .._progress import Steps
+    from ..probes.stats import repeated_estimate
+
+    step = step or Steps(4 * len(seeds), "", False)
+    fits = [_trained_figures(t, s, n_bootstrap, Xte, yte, ate, soft, step) for t, s in zip(train_sets, seeds)]
+    if len(fits) == 1:
+        return fits[0]
+    return {k: repeated_estimate([f[k] for f in fits], alternative=alt) for k, alt in TRAINED.items() if k in fits[0]}
 
 
 def _trained_figures(train: dict[str, np.ndarray], seed: int, nb: int, Xte: np.ndarray, yte: np.ndarray,
