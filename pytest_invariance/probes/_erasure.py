@@ -20,6 +20,8 @@ from ._estimate import Estimate
 from ._validation import Device, Interval, Options, ProbeMixin, check_features, check_lengths, resolve_device
 from .stats import bootstrap_ci
 
+_CHUNK = 65536  # rows per float64 block
+
 
 def concept_matrix(z: Any, kind: str) -> NDArray[np.float64]:
     """The concept as LEACE's ``z`` [n, k]: the value itself, or one-hot columns of its levels.
@@ -92,23 +94,28 @@ class LeaceErasure(ProbeMixin):
         X = check_features(X)
         Z = concept_matrix(z, self.kind)
         check_lengths(len(X), z=Z)
-        x = torch.as_tensor(X, dtype=torch.float64, device=self._device)
-        self.eraser_ = ce.LeaceEraser.fit(x, torch.as_tensor(Z, dtype=torch.float64, device=self._device),
-                                          svd_tol=self.svd_tol)
+        fitter = ce.LeaceFitter(X.shape[1], Z.shape[1], device=self._device, dtype=torch.float64,
+                                svd_tol=self.svd_tol)
+        for s in range(0, len(X), _CHUNK):  # streamed moments: no float64 copy of a large X
+            fitter.update(torch.as_tensor(X[s : s + _CHUNK], dtype=torch.float64, device=self._device),
+                          torch.as_tensor(Z[s : s + _CHUNK], dtype=torch.float64, device=self._device))
+        self.eraser_ = fitter.eraser
         self.rank_ = int((self.eraser_.proj_left.abs().sum(0) > 0).sum())
         self.n_features_in_ = X.shape[1]
         return self
 
-    def transform(self, X: Any) -> NDArray[np.float64]:
-        """The erased embeddings, [n, d] float64."""
+    def transform(self, X: Any) -> NDArray[np.floating]:
+        """The erased embeddings, [n, d], in X's float dtype (computed in float64)."""
         import torch
 
         self._check_is_fitted("eraser_")
         X = check_features(X)
         self._check_n_features(X)
-        out = [self.eraser_(torch.as_tensor(X[s : s + 65536], dtype=torch.float64, device=self._device)).cpu().numpy()
-               for s in range(0, len(X), 65536)]
-        return np.concatenate(out)  # type: ignore[no-any-return]
+        out = np.empty(X.shape, X.dtype if np.issubdtype(X.dtype, np.floating) else np.float64)
+        for s in range(0, len(X), _CHUNK):
+            x = torch.as_tensor(X[s : s + _CHUNK], dtype=torch.float64, device=self._device)
+            out[s : s + _CHUNK] = self.eraser_(x).cpu().numpy()
+        return out
 
 
 def erasure_cost(before_rows: Any, after_rows: Any, *, scale: float = 100.0, n_bootstrap: int = 1000,
