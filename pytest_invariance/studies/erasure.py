@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 
 from ..probes._estimate import Estimate
+from ..probes._validation import resolve_device
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -72,7 +73,8 @@ def factor_extras(Xtr: "NDArray[Any]", ytr: "NDArray[Any]", Xte: "NDArray[Any]",
         ``{metric}_mlp``, ``{metric}_control``, ``{metric}_selectivity`` and the same
         with ``_mlp_`` for the MLP.
     linear_rows : callable
-        ``linear_rows(Xtr, ytr, Xte) -> predictions [n_test]``: the suite's linear probe.
+        ``linear_rows(Xtr, Ytr [n, k], Xte) -> predictions [n_test, k]``: the suite's linear
+        probe, fitted on the real and the control labels at once.
     chance : callable
         ``chance(ytr, yte)`` -> the MAE of the know-nothing prediction (the linear
         probe's chance), applied to the real and to the control labels.
@@ -89,7 +91,8 @@ def factor_extras(Xtr: "NDArray[Any]", ytr: "NDArray[Any]", Xte: "NDArray[Any]",
     mlp = MLPProbe(hidden=cfg.mlp_hidden, max_train=cfg.mlp_max_train, device=device, n_bootstrap=0,
                    random_state=seed).fit(Xtr, np.column_stack([ytr, ctr]), classes=classes[0], groups=groups_train)
     pred = mlp.predict(Xte, classes=classes[1])
-    rows = {"": (np.abs(linear_rows(Xtr, ytr, Xte) - yte), np.abs(linear_rows(Xtr, ctr, Xte) - cte)),
+    lin = linear_rows(Xtr, np.column_stack([ytr, ctr]), Xte)
+    rows = {"": (np.abs(lin[:, 0] - yte), np.abs(lin[:, 1] - cte)),
             "_mlp": (np.abs(pred[:, 0] - yte), np.abs(pred[:, 1] - cte))}
     kw = dict(n_bootstrap=nb, random_state=seed)
     about = {"_mlp": {"probe": f"MLP, 1 hidden layer of {cfg.mlp_hidden}", "train_rows": mlp.n_train_,
@@ -110,12 +113,20 @@ def factor_extras(Xtr: "NDArray[Any]", ytr: "NDArray[Any]", Xte: "NDArray[Any]",
 # ----------------------------------------------------------------------------- rotated MNIST
 
 
-def _per_class_linear(ytr_class: "NDArray[Any]", yte_class: "NDArray[Any]") -> Rows:
-    from ..probes import LinearRegressionProbe
+def _per_class_linear(ytr_class: "NDArray[Any]", yte_class: "NDArray[Any]", device: str) -> Rows:
+    """The suite's per-class least squares (§4.1), several target columns per fit: the
+    same :func:`..probes.functional.ridge_fit` as :class:`LinearRegressionProbe` with
+    ``alpha=0``, one Gram matrix per class shared by the columns."""
+    from ..probes.functional import ridge_fit
 
-    def rows(X: "NDArray[Any]", y: "NDArray[Any]", Xt: "NDArray[Any]") -> "NDArray[np.float64]":
-        p = LinearRegressionProbe(per_class=True, n_bootstrap=0, n_permutations=0).fit(X, y, classes=ytr_class)
-        return p.predict(Xt, classes=yte_class)
+    def rows(X: "NDArray[Any]", Y: "NDArray[Any]", Xt: "NDArray[Any]") -> "NDArray[np.float64]":
+        Y = np.asarray(Y, np.float64).reshape(len(Y), -1)
+        out = np.empty((len(Xt), Y.shape[1]))
+        for c in np.unique(ytr_class):
+            tr, te = ytr_class == c, yte_class == c
+            coef, b = ridge_fit(X[tr], Y[tr], 0.0, device)
+            out[te] = np.asarray(Xt[te], np.float64) @ coef.T + b
+        return out
 
     return rows
 
@@ -136,7 +147,8 @@ def mnist_extras(audit: "Audit", ref: "ModelRef", protocol: "Protocol", cfg: Pro
     same embeddings (cached) and splits; see the module notes for the choices.
     """
     d = _mnist_data(audit, ref, protocol)
-    linear, chance = _per_class_linear(d["ytr"], d["yte"]), _per_class_chance(d["ytr"], d["yte"])
+    dev = resolve_device(audit.settings.device)
+    linear, chance = _per_class_linear(d["ytr"], d["yte"], dev), _per_class_chance(d["ytr"], d["yte"])
     return factor_extras(d["Xtr"], d["atr"], d["Xte"], d["ate"], metric="angle_mae", linear_rows=linear,
                          chance=chance, classes=(d["ytr"], d["yte"]), groups_train=d["src"], cfg=cfg,
                          device=audit.settings.device, seed=audit.seed)
@@ -164,6 +176,7 @@ def mnist_erasure(audit: "Audit", ref: "ModelRef", protocol: "Protocol", cfg: Pr
     ``mav_accuracy_erasure_cost`` (points, paired CI) and ``plots`` (table, bars).
     """
     from ..probes import LeaceErasure, MAVProbe, MLPProbe, erasure_cost, row_scores_estimate
+    from ..probes.functional import nearest_centroid
 
     d = _mnist_data(audit, ref, protocol)
     seed, nb, dev = audit.seed, cfg.n_bootstrap, audit.settings.device
@@ -171,18 +184,23 @@ def mnist_erasure(audit: "Audit", ref: "ModelRef", protocol: "Protocol", cfg: Pr
     concept = d["atr"][:, None] * (d["ytr"][:, None] == classes[None, :])  # the angle within each class
     eraser = LeaceErasure(device=dev).fit(d["Xtr"], concept)
     Etr, Ete = eraser.transform(d["Xtr"]), eraser.transform(d["Xte"])
-    linear, chance = _per_class_linear(d["ytr"], d["yte"]), _per_class_chance(d["ytr"], d["yte"])
+    linear = _per_class_linear(d["ytr"], d["yte"], resolve_device(dev))
+    chance = _per_class_chance(d["ytr"], d["yte"])
     c = chance(d["atr"], d["ate"])
     kw = dict(n_bootstrap=nb, random_state=seed)
     note = {"erased": f"LEACE of angle x one-hot(class), {eraser.rank_} directions, fitted on the training split"}
     out: dict[str, Any] = {"angle_mae_erased": row_scores_estimate(
-        np.abs(linear(Etr, d["atr"], Ete) - d["ate"]), chance=c, probe="linear", **kw, **note)}
+        np.abs(linear(Etr, d["atr"], Ete)[:, 0] - d["ate"]), chance=c, probe="linear", **kw, **note)}
     mlp = MLPProbe(hidden=cfg.mlp_hidden, max_train=cfg.mlp_max_train, device=dev, n_bootstrap=0,
                    random_state=seed).fit(Etr, d["atr"], classes=d["ytr"], groups=d["src"])
     out["angle_mae_mlp_erased"] = row_scores_estimate(np.abs(mlp.predict(Ete, classes=d["yte"]) - d["ate"]),
                                                       chance=c, probe="MLP", **kw, **note)
-    hits = {k: (MAVProbe(n_bootstrap=0).fit(a, d["ytr"]).predict(b) == d["yte"]).astype(float)
-            for k, (a, b) in {"before": (d["Xtr"], d["Xte"]), "after": (Etr, Ete)}.items()}
+    # LEACE is affine, so the class means of the erased features are the erased class
+    # means: the MAVs need not be refitted on an erased copy of the 350,000 training rows.
+    mav = MAVProbe(n_bootstrap=0).fit(d["Xtr"], d["ytr"])
+    sim_after = nearest_centroid(Ete, eraser.transform(mav.centroids_))
+    hits = {"before": (mav.predict(d["Xte"]) == d["yte"]).astype(float),
+            "after": (mav.classes_[sim_after.argmax(1)] == d["yte"]).astype(float)}
     out["mav_accuracy_erased"] = row_scores_estimate(hits["after"], chance=0.1, **kw, **note)
     out["mav_accuracy_erasure_cost"] = erasure_cost(hits["before"], hits["after"], **kw, **note)
     rows = [{"panel": "angle MAE (°)", "name": "linear", "before": before["angle_mae"],
@@ -222,12 +240,14 @@ def _identity_ridge(groups_train: "NDArray[Any]", seed: int) -> Rows:
     """The face suite's linear probe: ridge, penalty by 5-fold CV over training identities."""
     from .faces import ALPHAS, _ridge_predict
 
-    def rows(X: "NDArray[Any]", y: "NDArray[Any]", Xt: "NDArray[Any]") -> "NDArray[np.float64]":
+    def rows(X: "NDArray[Any]", Y: "NDArray[Any]", Xt: "NDArray[Any]") -> "NDArray[np.float64]":
         X, Xt = np.asarray(X, np.float64), np.asarray(Xt, np.float64)
+        Y = np.asarray(Y, np.float64).reshape(len(Y), -1)
         uniq = np.random.default_rng(seed).permutation(np.unique(groups_train))
         folds = [np.isin(groups_train, part) for part in np.array_split(uniq, min(5, len(uniq)))]
-        cv = sum(np.abs(_ridge_predict(X[~f], y[~f, None], X[f], ALPHAS)[..., 0] - y[f]).mean(axis=1) for f in folds)
-        return _ridge_predict(X, y[:, None], Xt, ALPHAS)[int(np.argmin(cv)), :, 0]  # type: ignore[no-any-return]
+        cv = sum(np.abs(_ridge_predict(X[~f], Y[~f], X[f], ALPHAS) - Y[f]).mean(axis=1) for f in folds)
+        best = cv.argmin(axis=0)  # [k]: the penalty each column's CV picked
+        return _ridge_predict(X, Y, Xt, ALPHAS)[best, :, np.arange(Y.shape[1])].T  # type: ignore[no-any-return]
 
     return rows
 
@@ -280,8 +300,8 @@ def perturbation_extras(audit: "Audit", ref: "ModelRef", images: Any, spec: Any,
     kw: dict[str, Any] = dict(n_bootstrap=nb, random_state=seed, groups=ids[~tr],
                               erased=f"LEACE of the {spec.name} level, fitted on the training identities")
     c = _mean_chance(target[tr], target[~tr])
-    before = {"linear": np.abs(linear(X[tr], target[tr], X[~tr]) - target[~tr])}
-    after = {"linear": np.abs(linear(E[tr], target[tr], E[~tr]) - target[~tr])}
+    before = {"linear": np.abs(linear(X[tr], target[tr], X[~tr])[:, 0] - target[~tr])}
+    after = {"linear": np.abs(linear(E[tr], target[tr], E[~tr])[:, 0] - target[~tr])}
     for name, data, store in (("MLP", X, before), ("MLP", E, after)):
         mlp = MLPProbe(hidden=cfg.mlp_hidden, max_train=cfg.mlp_max_train, device=dev, n_bootstrap=0,
                        random_state=seed).fit(data[tr], target[tr], groups=ids[tr])
@@ -295,7 +315,9 @@ def perturbation_extras(audit: "Audit", ref: "ModelRef", images: Any, spec: Any,
     te = ~tr
     task = {k: _enrollment_rows(F[te], ids[te], level_of[te], neutral, far) for k, F in (("before", X), ("after", E))}
     for key, label in (("rank1", "rank-1"), ("tar", f"TAR@FAR={far:g}")):
-        b, a = (row_scores_estimate(task[k][key], chance=None, **kw) for k in ("before", "after"))
+        probe_ids = ids[te][level_of[te] != neutral]
+        b, a = (row_scores_estimate(task[k][key], chance=None, **{**kw, "groups": probe_ids})
+                for k in ("before", "after"))
         out[f"{key}_{spec.name}_erased"] = a
         kw_cost = {k: v for k, v in kw.items() if k != "groups"}
         out[f"{key}_{spec.name}_erasure_cost"] = erasure_cost(task["before"][key], task["after"][key], **kw_cost)
