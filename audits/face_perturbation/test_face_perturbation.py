@@ -70,26 +70,35 @@ def _extras(audit, ref, factor: str, erase: bool) -> dict:
         erase=erase))
 
 
-@pytest.mark.parametrize("factor", list(SPECS))
-def test_factor_mlp(factor, invariance_model, invariance_audit, invariance_check):
-    fig = _extras(invariance_audit, invariance_model, factor, invariance_audit.settings.erase)
-    base = {"model": invariance_model.name, "factor": factor}
-    for metric in (f"{factor}_mae_mlp", f"{factor}_mae_mlp_control", f"{factor}_mae_mlp_selectivity",
-                   f"{factor}_mae_control", f"{factor}_mae_selectivity"):
-        invariance_check(metric, fig[metric], details=dict(base))
+@pytest.fixture
+def extras(factor, invariance_model, invariance_audit) -> dict:
+    # Run in setup, like the study: one that cannot run is a pytest ERROR.
+    return _extras(invariance_audit, invariance_model, factor, invariance_audit.settings.erase)
 
 
-@pytest.mark.parametrize("factor", list(SPECS))
-def test_factor_erasure(factor, invariance_model, invariance_audit, invariance_check):
+@pytest.fixture
+def erased(factor, invariance_model, invariance_audit) -> dict:
     from pytest_invariance.studies.erasure import ERASE_HINT
 
     if not invariance_audit.settings.erase:
         pytest.skip(ERASE_HINT)
-    fig = _extras(invariance_audit, invariance_model, factor, True)
+    return _extras(invariance_audit, invariance_model, factor, True)
+
+
+@pytest.mark.parametrize("factor", list(SPECS))
+def test_factor_mlp(factor, extras, invariance_model, invariance_check):
     base = {"model": invariance_model.name, "factor": factor}
-    plots = fig["plots"]
-    invariance_check(f"{factor}_mae_erased", fig[f"{factor}_mae_erased"], details=dict(base),
+    for metric in (f"{factor}_mae_mlp", f"{factor}_mae_mlp_control", f"{factor}_mae_mlp_selectivity",
+                   f"{factor}_mae_control", f"{factor}_mae_selectivity"):
+        invariance_check(metric, extras[metric], details=dict(base))
+
+
+@pytest.mark.parametrize("factor", list(SPECS))
+def test_factor_erasure(factor, erased, invariance_model, invariance_check):
+    base = {"model": invariance_model.name, "factor": factor}
+    plots = erased["plots"]
+    invariance_check(f"{factor}_mae_erased", erased[f"{factor}_mae_erased"], details=dict(base),
                      plots=[plots["erasure_table"], plots["erasure_bars"]])
     for metric in (f"{factor}_mae_mlp_erased", f"rank1_{factor}_erased", f"rank1_{factor}_erasure_cost",
                    f"tar_{factor}_erased", f"tar_{factor}_erasure_cost"):
-        invariance_check(metric, fig[metric], details=dict(base))
+        invariance_check(metric, erased[metric], details=dict(base))

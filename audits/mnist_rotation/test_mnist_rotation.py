@@ -71,16 +71,20 @@ def test_angle_mae_selectivity(invariance_check, extras, invariance_model):
         _check(invariance_check, extras, invariance_model, metric)
 
 
-def test_angle_erasure(invariance_check, invariance_model, invariance_audit, invariance_suite, study, extras):
+@pytest.fixture
+def erased(invariance_model, invariance_audit, invariance_suite, study, extras):
     from pytest_invariance.studies.erasure import ERASE_HINT, ProbeExtras, mnist_erasure
 
     if not invariance_audit.settings.erase:
         pytest.skip(ERASE_HINT)
     cfg = ProbeExtras.from_config(invariance_suite.section("probes"))
     protocol = Protocol.from_config(invariance_suite.section("protocol"))
-    erased = invariance_audit.memo(
+    return invariance_audit.memo(
         ("mnist_rotation.erasure", invariance_model.embedder.sha256, invariance_model.layer),
         lambda: mnist_erasure(invariance_audit, invariance_model, protocol, cfg, {**study, **extras}))
+
+
+def test_angle_erasure(invariance_check, invariance_model, erased):
     _check(invariance_check, erased, invariance_model, "angle_mae_erased", plots=("erasure_table", "erasure_bars"))
     for metric in ("angle_mae_mlp_erased", "mav_accuracy_erased", "mav_accuracy_erasure_cost"):
         _check(invariance_check, erased, invariance_model, metric)

@@ -57,7 +57,7 @@ def control_labels(y_train: Any, groups_train: Any, groups_test: Any, *, random_
     return labels[: len(gtr)], labels[len(gtr):]
 
 
-def input_clusters(X_train: Any, X_test: Any, *, n_clusters: int = 100, max_fit: int = 5_000,
+def input_clusters(X_train: Any, X_test: Any, *, n_clusters: int = 100, max_fit: int = 20_000,
                    random_state: int = 0) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """k-means clusters of the inputs, the groups of a control task when no identity is known.
 
