@@ -195,6 +195,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--invariance-threshold", parse_threshold, [], "override a threshold's value, METRIC=VALUE or QUALIFIER.METRIC=VALUE",
            multiple=True, metavar="M=V"),
     Option("--invariance-skip-bad", None, False, "skip unreadable or unlabelled images (and report how many) instead of failing"),
+    Option("--invariance-erase", None, False, "also erase each leaking factor with LEACE (concept-erasure) and "
+           "report the probes and the task before/after (slower)"),
     Option("--invariance-progress", parse_progress, "auto", "progress bar: auto (on a terminal, not in CI), on, off", metavar="MODE"),
 )
 
@@ -229,6 +231,7 @@ class Settings:
     threshold: tuple[tuple[str, float], ...] = ()
     skip_bad: bool = False
     progress: str = "auto"
+    erase: bool = False
     rootdir: str = "."  # base of paths still relative: the folder where pytest was started
 
     def resolve_path(self, p: str | None) -> Path | None:

@@ -53,3 +53,52 @@ def test_factor(factor, study, invariance_model, invariance_check):
         "per_level": {f"{lv:g}": round(e.value, 4) for lv, e in zip(fig["levels"], r1)},
         "note": f"gallery = the unperturbed images (level {fig['neutral']:g}); at that level the probes are "
                 "the gallery images themselves, so rank-1 = 1 by construction; the other levels are the figures"})
+
+
+# --- Stronger probes and concept erasure (pytest_invariance.studies.erasure; docs/probes.md).
+
+
+def _extras(audit, ref, factor: str, erase: bool) -> dict:
+    from pytest_invariance.data.faces import load_lfw_faces
+    from pytest_invariance.studies.erasure import ProbeExtras, perturbation_extras
+
+    data, (spec, neutral) = CONFIG.get("data", {}), SPECS[factor]
+    cfg = ProbeExtras.from_config(CONFIG.get("probes", {}))
+    return audit.memo(("face_perturbation.extras", ref.name, ref.layer, factor, erase), lambda: perturbation_extras(
+        audit, ref, load_lfw_faces(), spec, neutral, identity=data.get("identity", "identity"),
+        train_fraction=data.get("train_fraction", 0.7), absolute=factor in data.get("absolute", ()), cfg=cfg,
+        erase=erase))
+
+
+@pytest.fixture
+def extras(factor, invariance_model, invariance_audit) -> dict:
+    # Run in setup, like the study: one that cannot run is a pytest ERROR.
+    return _extras(invariance_audit, invariance_model, factor, invariance_audit.settings.erase)
+
+
+@pytest.fixture
+def erased(factor, invariance_model, invariance_audit) -> dict:
+    from pytest_invariance.studies.erasure import ERASE_HINT
+
+    if not invariance_audit.settings.erase:
+        pytest.skip(ERASE_HINT)
+    return _extras(invariance_audit, invariance_model, factor, True)
+
+
+@pytest.mark.parametrize("factor", list(SPECS))
+def test_factor_mlp(factor, extras, invariance_model, invariance_check):
+    base = {"model": invariance_model.name, "factor": factor}
+    for metric in (f"{factor}_mae_mlp", f"{factor}_mae_mlp_control", f"{factor}_mae_mlp_selectivity",
+                   f"{factor}_mae_control", f"{factor}_mae_selectivity"):
+        invariance_check(metric, extras[metric], details=dict(base))
+
+
+@pytest.mark.parametrize("factor", list(SPECS))
+def test_factor_erasure(factor, erased, invariance_model, invariance_check):
+    base = {"model": invariance_model.name, "factor": factor}
+    plots = erased["plots"]
+    invariance_check(f"{factor}_mae_erased", erased[f"{factor}_mae_erased"], details=dict(base),
+                     plots=[plots["erasure_table"], plots["erasure_bars"]])
+    for metric in (f"{factor}_mae_mlp_erased", f"rank1_{factor}_erased", f"rank1_{factor}_erasure_cost",
+                   f"tar_{factor}_erased", f"tar_{factor}_erasure_cost"):
+        invariance_check(metric, erased[metric], details=dict(base))

@@ -46,3 +46,45 @@ def test_angle_mae(invariance_check, study, invariance_model):
 def test_top10_variance_share(invariance_check, study, invariance_model):
     _check(invariance_check, study, invariance_model, "top10_variance_share",
            plots=("scree", "heatmap", "block_diagonal"))
+
+
+# --- Stronger probes and concept erasure (pytest_invariance.studies.erasure; docs/probes.md).
+
+
+@pytest.fixture
+def extras(invariance_model, invariance_audit, invariance_suite, study):
+    from pytest_invariance.studies.erasure import ProbeExtras, mnist_extras
+
+    cfg = ProbeExtras.from_config(invariance_suite.section("probes"))
+    protocol = Protocol.from_config(invariance_suite.section("protocol"))
+    return invariance_audit.memo(("mnist_rotation.extras", invariance_model.embedder.sha256, invariance_model.layer),
+                                 lambda: mnist_extras(invariance_audit, invariance_model, protocol, cfg))
+
+
+def test_angle_mae_mlp(invariance_check, extras, invariance_model):
+    for metric in ("angle_mae_mlp", "angle_mae_mlp_control", "angle_mae_mlp_selectivity"):
+        _check(invariance_check, extras, invariance_model, metric)
+
+
+def test_angle_mae_selectivity(invariance_check, extras, invariance_model):
+    for metric in ("angle_mae_control", "angle_mae_selectivity"):
+        _check(invariance_check, extras, invariance_model, metric)
+
+
+@pytest.fixture
+def erased(invariance_model, invariance_audit, invariance_suite, study, extras):
+    from pytest_invariance.studies.erasure import ERASE_HINT, ProbeExtras, mnist_erasure
+
+    if not invariance_audit.settings.erase:
+        pytest.skip(ERASE_HINT)
+    cfg = ProbeExtras.from_config(invariance_suite.section("probes"))
+    protocol = Protocol.from_config(invariance_suite.section("protocol"))
+    return invariance_audit.memo(
+        ("mnist_rotation.erasure", invariance_model.embedder.sha256, invariance_model.layer),
+        lambda: mnist_erasure(invariance_audit, invariance_model, protocol, cfg, {**study, **extras}))
+
+
+def test_angle_erasure(invariance_check, invariance_model, erased):
+    _check(invariance_check, erased, invariance_model, "angle_mae_erased", plots=("erasure_table", "erasure_bars"))
+    for metric in ("angle_mae_mlp_erased", "mav_accuracy_erased", "mav_accuracy_erasure_cost"):
+        _check(invariance_check, erased, invariance_model, metric)

@@ -304,3 +304,38 @@ def curve(x: ArrayLike, ys: Mapping[str, tuple[ArrayLike, ArrayLike | None, Arra
     ax.legend(fontsize=8)
     ax.set_title(title)
     return _svg(fig, title, "curve")
+
+
+def before_after_bars(rows: Sequence[Mapping[str, Any]], title: str) -> dict[str, str]:
+    """Concept erasure at a glance: one panel per ``panel`` (leakage, task), a pair of bars
+    (before, after erasure) per ``name``, CI whiskers and the chance level as a tick.
+
+    Rows are ``{"panel", "name", "before": (value, lo, hi), "after": (value, lo, hi), "chance"}``.
+
+    Examples
+    --------
+    >>> before_after_bars([{"panel": "angle MAE (°)", "name": "linear", "before": (7.2, 7.1, 7.3),
+    ...                     "after": (25.7, 25.6, 25.8), "chance": 25.7}], "t")["kind"]
+    'before_after_bars'
+    """
+    panels = list(dict.fromkeys(str(r["panel"]) for r in rows))
+    fig = _new_figure(3.2 * len(panels) + 0.6, 3.4)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        members = [r for r in rows if str(r["panel"]) == panel]
+        xs = np.arange(len(members))
+        for k, (key, colour) in enumerate((("before", "#4a6fa5"), ("after", "#c0504d"))):
+            vals = [float(r[key][0]) for r in members]
+            errs = np.array([_err(float(r[key][0]), r[key][1:]) for r in members]).reshape(-1, 2).T
+            ax.bar(xs + (k - 0.5) * 0.38, vals, 0.38, yerr=errs, capsize=2, color=colour,
+                   label=f"{key} erasure")
+        for x, r in zip(xs, members):
+            if r.get("chance") is not None:
+                ax.hlines(float(r["chance"]), x - 0.4, x + 0.4, colors="black", linestyles="dashed",
+                          label="chance" if x == 0 else None)
+        ax.set_xticks(xs, [str(r["name"]) for r in members])
+        ax.set_ylabel(panel)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    return _svg(fig, title, "before_after_bars")

@@ -1,0 +1,326 @@
+"""Beyond the paper's linear figures: MLP probes, control-task selectivity, LEACE erasure.
+
+The paper (§3.2) expects non-linear probes to read more than linear ones, and its second
+half asks whether a representation can be made invariant. For each leaking factor of a
+suite this module measures, on the suite's own splits:
+
+* ``*_mlp``: the factor read by a one-hidden-layer MLP (:class:`~..probes.MLPProbe`),
+  beside the linear figure, with the same chance level;
+* ``*_control`` and ``*_selectivity`` for both probes (Hewitt & Liang, 2019): the score on
+  a control task whose labels are fixed per input cluster, and real minus control;
+* with ``--invariance-erase``, LEACE (Belrose et al., 2023) fitted on the training split
+  and applied to test: both probes again (``*_erased``), and what the edit costs the task
+  (``*_erasure_cost``, percentage points), with a table and a before/after figure.
+
+Choices, all seeded by ``--invariance-seed``:
+
+* the MLP is fitted on at most ``[probes] mlp_max_train`` training rows (rotated MNIST has
+  350,000), holding out whole source images (or identities) for early stopping;
+* control groups are k-means clusters (``control_clusters``) of the training embeddings,
+  test rows assigned to the nearest centre; their CIs resample clusters;
+* rotated MNIST's angle is erased within each class (the concept is ``angle x one-hot(class)``,
+  ten columns), because the suite's probe is per class and every training image appears
+  at every angle, so the within-class cross-covariance is then zero as well.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import numpy as np
+
+from ..probes._estimate import Estimate
+from ..probes._validation import resolve_device
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from .._audit import Audit, ModelRef
+    from .mnist_rotation import Protocol
+
+ERASE_HINT = "concept erasure is opt-in: pass --invariance-erase"
+
+
+@dataclass(frozen=True)
+class ProbeExtras:
+    """The ``[probes]`` table of a suite's invariance.toml."""
+
+    mlp_hidden: int = 128
+    mlp_max_train: int = 20_000
+    control_clusters: int = 100
+    n_bootstrap: int = 1000
+
+    @classmethod
+    def from_config(cls, table: Mapping[str, Any]) -> "ProbeExtras":
+        return cls(**dict(table))
+
+
+Rows = Callable[["NDArray[Any]", "NDArray[Any]", "NDArray[Any]"], "NDArray[np.float64]"]
+
+
+def factor_extras(Xtr: "NDArray[Any]", ytr: "NDArray[Any]", Xte: "NDArray[Any]", yte: "NDArray[Any]", *,
+                  metric: str, linear_rows: Rows, chance: Callable[["NDArray[Any]", "NDArray[Any]"], float],
+                  classes: tuple[Any, Any] = (None, None), groups_train: Any = None,
+                  cfg: ProbeExtras, device: str, seed: int) -> dict[str, Estimate]:
+    """MLP, control and selectivity figures for one regressed factor (errors: lower is better).
+
+    Parameters
+    ----------
+    Xtr, ytr, Xte, yte : arrays
+        Embeddings [n, d] and factor values [n] of the train and test splits.
+    metric : str
+        Name of the linear figure, e.g. ``"angle_mae"``; the keys returned are
+        ``{metric}_mlp``, ``{metric}_control``, ``{metric}_selectivity`` and the same
+        with ``_mlp_`` for the MLP.
+    linear_rows : callable
+        ``linear_rows(Xtr, Ytr [n, k], Xte) -> predictions [n_test, k]``: the suite's linear
+        probe, fitted on the real and the control labels at once.
+    chance : callable
+        ``chance(ytr, yte)`` -> the MAE of the know-nothing prediction (the linear
+        probe's chance), applied to the real and to the control labels.
+    classes : (train, test) or (None, None)
+        Class of each row when the suite's probe is per class (one-hot input to the MLP).
+    groups_train : array, optional
+        Source image or identity of each training row, held out together for early stopping.
+    """
+    from ..probes import MLPProbe, control_labels, input_clusters, row_scores_estimate, selectivity
+
+    nb = cfg.n_bootstrap
+    gtr, gte = input_clusters(Xtr, Xte, n_clusters=cfg.control_clusters, random_state=seed)
+    ctr, cte = control_labels(ytr, gtr, gte, random_state=seed)
+    mlp = MLPProbe(hidden=cfg.mlp_hidden, max_train=cfg.mlp_max_train, device=device, n_bootstrap=0,
+                   random_state=seed).fit(Xtr, np.column_stack([ytr, ctr]), classes=classes[0], groups=groups_train)
+    pred = mlp.predict(Xte, classes=classes[1])
+    lin = linear_rows(Xtr, np.column_stack([ytr, ctr]), Xte)
+    rows = {"": (np.abs(lin[:, 0] - yte), np.abs(lin[:, 1] - cte)),
+            "_mlp": (np.abs(pred[:, 0] - yte), np.abs(pred[:, 1] - cte))}
+    kw = dict(n_bootstrap=nb, random_state=seed)
+    about = {"_mlp": {"probe": f"MLP, 1 hidden layer of {cfg.mlp_hidden}", "train_rows": mlp.n_train_,
+                      "best_epoch": mlp.weights_.epochs.tolist()}, "": {"probe": "linear"}}
+    ctrl_note = {"control": f"labels fixed per k-means cluster ({cfg.control_clusters}) of the embeddings, "
+                            "drawn from the training labels"}
+    out: dict[str, Estimate] = {}
+    for tag, (real, ctrl) in rows.items():
+        if tag:
+            out[f"{metric}{tag}"] = row_scores_estimate(real, chance=chance(ytr, yte), **kw, **about[tag])
+        out[f"{metric}{tag}_control"] = row_scores_estimate(ctrl, chance=chance(ctr, cte), groups=gte, **kw,
+                                                            **about[tag], **ctrl_note)
+        out[f"{metric}{tag}_selectivity"] = selectivity(real, ctrl, higher_is_better=False, groups=gte, **kw,
+                                                        **about[tag], **ctrl_note)
+    return out
+
+
+# ----------------------------------------------------------------------------- rotated MNIST
+
+
+def _per_class_linear(ytr_class: "NDArray[Any]", yte_class: "NDArray[Any]", device: str) -> Rows:
+    """The suite's per-class least squares (§4.1), several target columns per fit: the
+    same :func:`..probes.functional.ridge_fit` as :class:`LinearRegressionProbe` with
+    ``alpha=0``, one Gram matrix per class shared by the columns."""
+    from ..probes.functional import ridge_fit
+
+    def rows(X: "NDArray[Any]", Y: "NDArray[Any]", Xt: "NDArray[Any]") -> "NDArray[np.float64]":
+        Y = np.asarray(Y, np.float64).reshape(len(Y), -1)
+        out = np.empty((len(Xt), Y.shape[1]))
+        for c in np.unique(ytr_class):
+            tr, te = ytr_class == c, yte_class == c
+            coef, b = ridge_fit(X[tr], Y[tr], 0.0, device)
+            out[te] = np.asarray(Xt[te], np.float64) @ coef.T + b
+        return out
+
+    return rows
+
+
+def _per_class_chance(ytr_class: "NDArray[Any]", yte_class: "NDArray[Any]") -> Callable[..., float]:
+    def chance(y: "NDArray[Any]", yt: "NDArray[Any]") -> float:
+        k = max(ytr_class.max(), yte_class.max()) + 1
+        means = np.bincount(ytr_class, weights=y, minlength=k) / np.maximum(np.bincount(ytr_class, minlength=k), 1)
+        return float(np.abs(means[yte_class] - yt).mean())
+
+    return chance
+
+
+def mnist_extras(audit: "Audit", ref: "ModelRef", protocol: "Protocol", cfg: ProbeExtras) -> dict[str, Any]:
+    """``angle_mae_mlp`` and the control/selectivity figures of the rotated-MNIST suite.
+
+    The probes of :func:`..studies.mnist_rotation.run_study` (per class, §4.1), on the
+    same embeddings (cached) and splits; see the module notes for the choices.
+    """
+    d = _mnist_data(audit, ref, protocol)
+    dev = resolve_device(audit.settings.device)
+    linear, chance = _per_class_linear(d["ytr"], d["yte"], dev), _per_class_chance(d["ytr"], d["yte"])
+    return factor_extras(d["Xtr"], d["atr"], d["Xte"], d["ate"], metric="angle_mae", linear_rows=linear,
+                         chance=chance, classes=(d["ytr"], d["yte"]), groups_train=d["src"], cfg=cfg,
+                         device=audit.settings.device, seed=audit.seed)
+
+
+def _mnist_data(audit: "Audit", ref: "ModelRef", protocol: "Protocol") -> dict[str, Any]:
+    from .mnist_rotation import rotated
+
+    train, test = rotated(audit, "train", protocol), rotated(audit, "test", protocol)
+    return {"Xtr": audit.embed(ref, train, label=f"{ref.name} train"),
+            "Xte": audit.embed(ref, test, label=f"{ref.name} test"),
+            "ytr": train.labels["label"].to_numpy(), "yte": test.labels["label"].to_numpy(),
+            "atr": train.labels["rotation"].to_numpy(float), "ate": test.labels["rotation"].to_numpy(float),
+            "src": train.labels["source_index"].to_numpy()}
+
+
+def mnist_erasure(audit: "Audit", ref: "ModelRef", protocol: "Protocol", cfg: ProbeExtras,
+                  before: Mapping[str, Estimate]) -> dict[str, Any]:
+    """LEACE of the angle (within class) from ip1: angle MAE before/after, MAV accuracy cost.
+
+    ``before`` holds the unerased ``angle_mae``, ``angle_mae_mlp`` and ``mav_accuracy``
+    (from the study and :func:`mnist_extras`), for the table and the figure.
+    Returns ``angle_mae_erased`` (linear, must sit at chance), ``angle_mae_mlp_erased``
+    (what is left to a non-linear probe), ``mav_accuracy_erased``,
+    ``mav_accuracy_erasure_cost`` (points, paired CI) and ``plots`` (table, bars).
+    """
+    from ..probes import LeaceErasure, MAVProbe, MLPProbe, erasure_cost, row_scores_estimate
+    from ..probes.functional import nearest_centroid
+
+    d = _mnist_data(audit, ref, protocol)
+    seed, nb, dev = audit.seed, cfg.n_bootstrap, audit.settings.device
+    classes = np.unique(d["ytr"])
+    concept = d["atr"][:, None] * (d["ytr"][:, None] == classes[None, :])  # the angle within each class
+    eraser = LeaceErasure(device=dev).fit(d["Xtr"], concept)
+    Etr, Ete = eraser.transform(d["Xtr"]), eraser.transform(d["Xte"])
+    linear = _per_class_linear(d["ytr"], d["yte"], resolve_device(dev))
+    chance = _per_class_chance(d["ytr"], d["yte"])
+    c = chance(d["atr"], d["ate"])
+    kw = dict(n_bootstrap=nb, random_state=seed)
+    note = {"erased": f"LEACE of angle x one-hot(class), {eraser.rank_} directions, fitted on the training split"}
+    out: dict[str, Any] = {"angle_mae_erased": row_scores_estimate(
+        np.abs(linear(Etr, d["atr"], Ete)[:, 0] - d["ate"]), chance=c, probe="linear", **kw, **note)}
+    mlp = MLPProbe(hidden=cfg.mlp_hidden, max_train=cfg.mlp_max_train, device=dev, n_bootstrap=0,
+                   random_state=seed).fit(Etr, d["atr"], classes=d["ytr"], groups=d["src"])
+    out["angle_mae_mlp_erased"] = row_scores_estimate(np.abs(mlp.predict(Ete, classes=d["yte"]) - d["ate"]),
+                                                      chance=c, probe="MLP", **kw, **note)
+    # LEACE is affine, so the class means of the erased features are the erased class
+    # means: the MAVs need not be refitted on an erased copy of the 350,000 training rows.
+    mav = MAVProbe(n_bootstrap=0).fit(d["Xtr"], d["ytr"])
+    sim_after = nearest_centroid(Ete, eraser.transform(mav.centroids_))
+    hits = {"before": (mav.predict(d["Xte"]) == d["yte"]).astype(float),
+            "after": (mav.classes_[sim_after.argmax(1)] == d["yte"]).astype(float)}
+    out["mav_accuracy_erased"] = row_scores_estimate(hits["after"], chance=0.1, **kw, **note)
+    out["mav_accuracy_erasure_cost"] = erasure_cost(hits["before"], hits["after"], **kw, **note)
+    rows = [{"panel": "angle MAE (°)", "name": "linear", "before": before["angle_mae"],
+             "after": out["angle_mae_erased"]},
+            {"panel": "angle MAE (°)", "name": "MLP", "before": before["angle_mae_mlp"],
+             "after": out["angle_mae_mlp_erased"]},
+            {"panel": "MAV accuracy", "name": "task", "before": before["mav_accuracy"],
+             "after": out["mav_accuracy_erased"]}]
+    out["plots"] = erasure_plots(ref.name, rows, "rotated MNIST test")
+    return out
+
+
+def erasure_plots(name: str, rows: list[dict[str, Any]], unit: str) -> dict[str, dict[str, Any]]:
+    """The per-suite erasure table and the before/after bars, from rows of
+    ``{"panel", "name", "before": Estimate, "after": Estimate}``."""
+    from ..report import plots
+
+    def cell(e: Estimate) -> str:
+        return f"{e.value:.4g} [{e.ci_low:.4g}, {e.ci_high:.4g}]"
+
+    table = {"title": f"{name}: LEACE concept erasure (before -> after, 95% CI)", "kind": "table",
+             "columns": ["figure", "probe", "before", "after", "chance"],
+             "rows": [[r["panel"], r["name"], cell(r["before"]), cell(r["after"]),
+                       "–" if r["after"].chance is None else f"{r['after'].chance:.4g}"] for r in rows]}
+    bars = plots.before_after_bars(
+        [{"panel": r["panel"], "name": r["name"], "chance": r["after"].chance,
+          "before": (r["before"].value, r["before"].ci_low, r["before"].ci_high),
+          "after": (r["after"].value, r["after"].ci_low, r["after"].ci_high)} for r in rows],
+        f"{name}: leakage and task before/after LEACE ({unit})")
+    return {"erasure_table": table, "erasure_bars": bars}
+
+
+# ----------------------------------------------------------------------------- face perturbations
+
+
+def _identity_ridge(groups_train: "NDArray[Any]", seed: int) -> Rows:
+    """The face suite's linear probe: ridge, penalty by 5-fold CV over training identities."""
+    from .faces import ALPHAS, _ridge_predict
+
+    def rows(X: "NDArray[Any]", Y: "NDArray[Any]", Xt: "NDArray[Any]") -> "NDArray[np.float64]":
+        X, Xt = np.asarray(X, np.float64), np.asarray(Xt, np.float64)
+        Y = np.asarray(Y, np.float64).reshape(len(Y), -1)
+        uniq = np.random.default_rng(seed).permutation(np.unique(groups_train))
+        folds = [np.isin(groups_train, part) for part in np.array_split(uniq, min(5, len(uniq)))]
+        cv = sum(np.abs(_ridge_predict(X[~f], Y[~f], X[f], ALPHAS) - Y[f]).mean(axis=1) for f in folds)
+        best = cv.argmin(axis=0)  # [k]: the penalty each column's CV picked
+        return _ridge_predict(X, Y, Xt, ALPHAS)[best, :, np.arange(Y.shape[1])].T  # type: ignore[no-any-return]
+
+    return rows
+
+
+def _mean_chance(y: "NDArray[Any]", yt: "NDArray[Any]") -> float:
+    return float(np.abs(np.mean(y) - yt).mean())
+
+
+def _enrollment_rows(X: "NDArray[Any]", ids: "NDArray[Any]", level_of: "NDArray[Any]", neutral: float,
+                     far: float) -> dict[str, "NDArray[np.float64]"]:
+    """Per perturbed probe row: rank-1 hit against the neutral gallery, and verification
+    accept at the threshold where impostor pairs are accepted at rate ``far``."""
+    Z = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    g = level_of == neutral
+    sim = Z[~g] @ Z[g].T
+    same = ids[~g][:, None] == ids[g][None, :]
+    thr = np.quantile(sim[~same], 1 - far)
+    genuine = np.where(same, sim, -np.inf).max(1)
+    return {"rank1": (ids[g][sim.argmax(1)] == ids[~g]).astype(float), "tar": (genuine > thr).astype(float)}
+
+
+def perturbation_extras(audit: "Audit", ref: "ModelRef", images: Any, spec: Any, neutral: float, *,
+                        identity: str, train_fraction: float, absolute: bool, cfg: ProbeExtras,
+                        erase: bool, far: float = 0.01) -> dict[str, Any]:
+    """``{factor}_mae_mlp``, control and selectivity figures of the face perturbation suite,
+    and with ``erase`` the LEACE table: factor MAE (linear, MLP) and enrollment of the test
+    identities (rank-1 against the neutral gallery, TAR at ``far``) before and after.
+
+    Same rows and identity-disjoint split as :func:`..studies.faces.perturbation_study`.
+    """
+    from ..data import PerturbedImageSet
+    from ..probes import LeaceErasure, MLPProbe, erasure_cost, row_scores_estimate
+    from .faces import identity_split
+
+    seed, dev, nb = audit.seed, audit.settings.device, cfg.n_bootstrap
+    X = audit.embed(ref, PerturbedImageSet(images, spec), label=f"{ref.name} {spec.name}")
+    levels = np.asarray(spec.levels, dtype=np.float64)
+    level_of = np.repeat(levels, len(images))
+    target = np.abs(level_of - neutral) if absolute else level_of
+    ids = np.tile(images.labels[identity].to_numpy(), len(levels))
+    tr = identity_split(ids, train_fraction, seed)
+    metric = f"{spec.name}_mae"
+    linear = _identity_ridge(ids[tr], seed)
+    out: dict[str, Any] = factor_extras(X[tr], target[tr], X[~tr], target[~tr], metric=metric, linear_rows=linear,
+                                        chance=_mean_chance, groups_train=ids[tr], cfg=cfg, device=dev, seed=seed)
+    if not erase:
+        return out
+    eraser = LeaceErasure(device=dev).fit(X[tr], target[tr])
+    E = eraser.transform(X)
+    kw: dict[str, Any] = dict(n_bootstrap=nb, random_state=seed, groups=ids[~tr],
+                              erased=f"LEACE of the {spec.name} level, fitted on the training identities")
+    c = _mean_chance(target[tr], target[~tr])
+    before = {"linear": np.abs(linear(X[tr], target[tr], X[~tr])[:, 0] - target[~tr])}
+    after = {"linear": np.abs(linear(E[tr], target[tr], E[~tr])[:, 0] - target[~tr])}
+    for name, data, store in (("MLP", X, before), ("MLP", E, after)):
+        mlp = MLPProbe(hidden=cfg.mlp_hidden, max_train=cfg.mlp_max_train, device=dev, n_bootstrap=0,
+                       random_state=seed).fit(data[tr], target[tr], groups=ids[tr])
+        store[name] = np.abs(mlp.predict(data[~tr]) - target[~tr])
+    rows = []
+    for probe in ("linear", "MLP"):
+        suffix = "" if probe == "linear" else "_mlp"
+        b, a = (row_scores_estimate(r[probe], chance=c, probe=probe, **kw) for r in (before, after))
+        out[f"{metric}{suffix}_erased"] = a
+        rows.append({"panel": f"{spec.name} MAE ({spec.unit})", "name": probe, "before": b, "after": a})
+    te = ~tr
+    task = {k: _enrollment_rows(F[te], ids[te], level_of[te], neutral, far) for k, F in (("before", X), ("after", E))}
+    for key, label in (("rank1", "rank-1"), ("tar", f"TAR@FAR={far:g}")):
+        probe_ids = ids[te][level_of[te] != neutral]
+        b, a = (row_scores_estimate(task[k][key], chance=None, **{**kw, "groups": probe_ids})
+                for k in ("before", "after"))
+        out[f"{key}_{spec.name}_erased"] = a
+        kw_cost = {k: v for k, v in kw.items() if k != "groups"}
+        out[f"{key}_{spec.name}_erasure_cost"] = erasure_cost(task["before"][key], task["after"][key], **kw_cost)
+        rows.append({"panel": "enrollment (test identities)", "name": label, "before": b, "after": a})
+    out["plots"] = erasure_plots(f"{ref.name} {spec.name}", rows, spec.unit)
+    return out
