@@ -24,7 +24,8 @@ SUITE = Path(__file__).resolve().parents[1] / "audits" / "mnist_rotation"
 def figures(tmp_path_factory):
     audit = Audit(Settings(rootdir=str(tmp_path_factory.mktemp("root")), device="cpu", progress="off"))
     ref = audit.model(Suite.find(SUITE), "lenet")
-    protocol = Protocol(angles=(-45.0, 0.0, 45.0), train_per_class=300, heatmap_per_cell=5, n_bootstrap=100)
+    protocol = Protocol(angles=(-45.0, 0.0, 45.0), train_per_class=300, heatmap_per_cell=5, n_bootstrap=100,
+                        n_refits=1)  # one training subset: the extras refit the study's probe on it
     cfg = ProbeExtras(mlp_max_train=4000, control_clusters=20, n_bootstrap=100)
     study = run_study(audit, ref, protocol)
     extras = mnist_extras(audit, ref, protocol, cfg)
