@@ -16,3 +16,9 @@ __all__ = [
     "AttributeSVMProbe", "BlockDiagonalization", "Estimate", "LinearRegressionProbe", "MAVProbe",
     "block_diagonalize", "bootstrap_ci", "p_value", "permutation_chance", "spectrum", "spectrum_estimate",
 ]
+
+# factors suite (issue 12)
+from ._multinomial import MultinomialProbe, balanced_accuracy  # noqa: E402
+from ._verification import enrollment_figures, far_threshold, tar_at_far  # noqa: E402
+
+__all__ += ["MultinomialProbe", "balanced_accuracy", "enrollment_figures", "far_threshold", "tar_at_far"]
