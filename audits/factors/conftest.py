@@ -29,7 +29,7 @@ def _folder(config: pytest.Config) -> Any:
 def _load(config: pytest.Config) -> Any:
     from pytest_invariance.data.factor_folder import load_factor_folder
     from pytest_invariance.errors import InvarianceError
-    from pytest_invariance.studies.factors import gated_columns
+    from pytest_invariance.studies.factors import gated_metrics
 
     settings = config.stash[SETTINGS_KEY]
     root = settings.resolve_path(settings.data_dir)
@@ -40,7 +40,7 @@ def _load(config: pytest.Config) -> Any:
     try:
         folder = load_factor_folder(root, types=dict(settings.factor_type), seed=settings.seed,
                                     skip_bad=settings.skip_bad)
-        return folder, gated_columns(folder, settings)
+        return folder, gated_metrics(folder, settings)
     except InvarianceError as exc:
         return exc
 
@@ -68,7 +68,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture(scope="session")
 def invariance_factor_folder(pytestconfig: pytest.Config) -> Any:
-    """(FactorFolder, gated columns) of --invariance-data-dir."""
+    """(FactorFolder, {gated factor: gated metrics}) of --invariance-data-dir."""
     return _folder(pytestconfig)
 
 

@@ -115,7 +115,8 @@ class _Problems:
             fixes.append("fix or remove those rows, or pass --invariance-skip-bad to leave those images out")
         if self.columns:
             fixes.append(f"fix the columns, or pass {TYPE_OPTION} COL=TYPE (binary|categorical|continuous|ignore)")
-        return "\n".join(lines) + "\n" + "; ".join(fixes).capitalize() + "."
+        text = "; ".join(fixes)
+        return "\n".join(lines) + "\n" + text[:1].upper() + text[1:] + "."
 
 
 def _read_rows(csv_path: Path, problems: _Problems) -> tuple[list[str], list[list[str]]]:

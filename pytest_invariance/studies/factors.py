@@ -61,35 +61,37 @@ def default_limit(metric: str, chance: float | None) -> dict[str, float]:
             "rank1": {"min": 0.5}, "tar": {"min": 0.5}}[metric]
 
 
-def gated_columns(folder: "FactorFolder", settings: "Settings") -> list[str]:
-    """Columns that must be invariant, in CSV order.
+def gated_metrics(folder: "FactorFolder", settings: "Settings") -> dict[str, tuple[str, ...]]:
+    """Gated factors and, per factor, the metrics that get a gate.
 
-    From ``--invariance-gate`` (``all`` = every factor), the folder's ``[gate] columns``,
-    and any factor named in a threshold (``[thresholds]`` or ``--invariance-threshold``
-    ``COL.metric=V``). Raises one DataError naming unknown columns and thresholds whose
-    metric the column's type does not measure.
+    ``--invariance-gate COL`` (``all`` = every factor) and the folder's ``[gate] columns``
+    gate every figure of the column; a threshold (``[thresholds]`` or
+    ``--invariance-threshold COL.metric=V``) gates that one figure. Raises one DataError
+    naming unknown columns and thresholds whose metric the column's type does not have.
     """
     cli = [c for group in settings.gate for c in group]
     toml = [str(c) for c in folder.config.get("gate", {}).get("columns", [])]
-    keys = [*folder.config.get("thresholds", {}), *dict(settings.threshold)]
     wanted = list(folder.factors) if any(c.lower() == "all" for c in cli + toml) else cli + toml
     problems = [f"{c!r} is not a factor" for c in wanted if c not in folder.factors]
     problems += [f"threshold {k!r} names column {k.split('.')[0]!r}, which is not a factor"
-                 for k in folder.config.get("thresholds", {}) if k.split(".")[0] not in folder.factors]
-    named = []
-    for k in keys:
+                 for k in folder.config.get("thresholds", {}) if k.rpartition(".")[0] not in folder.factors]
+    out: dict[str, set[str]] = {c: set(_all_metrics(folder, c)) for c in wanted if c in folder.factors}
+    for k in [*folder.config.get("thresholds", {}), *dict(settings.threshold)]:
         col, _, metric = k.rpartition(".")
         if col in folder.factors:
-            allowed = METRICS[folder.factors[col].type] + ("rank1", "tar")
-            if metric not in allowed:
+            if metric not in _all_metrics(folder, col):
                 problems.append(f"threshold {k!r}: a {folder.factors[col].type} factor has no {metric!r} "
-                                f"(use {', '.join(allowed)})")
-            named.append(col)
+                                f"(use {', '.join(_all_metrics(folder, col))})")
+            out.setdefault(col, set()).add(metric)
     if problems:
         raise DataError(f"gating for {folder.root}: {'; '.join(problems)} (factors: {', '.join(folder.factors)}); "
                         f"fix {GATE_OPTION}, --invariance-threshold or the folder's invariance.toml")
-    chosen = set(wanted) | set(named)
-    return [c for c in folder.factors if c in chosen]
+    return {c: tuple(sorted(out[c])) for c in folder.factors if c in out}
+
+
+def _all_metrics(folder: "FactorFolder", col: str) -> tuple[str, ...]:
+    t = folder.factors[col].type
+    return METRICS[t] + (("rank1", "tar") if t != "continuous" and folder.identity is not None else ())
 
 
 def folder_thresholds(folder: "FactorFolder") -> dict[str, Threshold]:
@@ -254,11 +256,21 @@ def leakage_score(metric: str, est: Estimate) -> tuple[float, float, float]:
     return s(est.value), lo, hi
 
 
-def overview_plot(results: Mapping[str, Mapping[str, Any]], gated: Iterable[str], title: str) -> dict[str, Any]:
-    """One picture: every factor's headline figure against its chance level."""
+def overview_plots(results: Mapping[str, Mapping[str, Any]], gated: Mapping[str, Iterable[str]],
+                   title: str) -> list[dict[str, Any]]:
+    """The overview picture (every factor's headline figure against chance) and a table
+    with one row per factor: type, probe, figure, CI, chance, gate."""
+    table = {"title": f"{title}: one row per factor", "kind": "table",
+             "columns": ["factor", "type", "probe", "figure", "value", "95% CI", "chance", "gate"],
+             "rows": [[name, r["type"], r["probe"], r["headline"], f"{e.value:.4g}", f"[{e.ci_low:.4g}, {e.ci_high:.4g}]",
+                       f"{e.chance:.4g}", ", ".join(gated.get(name, ())) or "measured only"]
+                      for name, r in results.items() for e in [r["figures"][r["headline"]]]]}
+    return [_overview_picture(results, set(gated), title), table]
+
+
+def _overview_picture(results: Mapping[str, Mapping[str, Any]], gated: set[str], title: str) -> dict[str, Any]:
     from ..report.plots import factor_overview
 
-    gated = set(gated)
     rows = []
     for name, r in results.items():
         m = r["headline"]
