@@ -126,7 +126,10 @@ def _read_rows(csv_path: Path, problems: _Problems) -> tuple[list[str], list[lis
         raise DataError(f"{csv_path}: the header must contain an 'image' column (path relative to "
                         f"{csv_path.parent}); got {rows[:1]}")
     header = [h.strip() for h in rows[0]]
-    dupes = sorted({h for h in header if header.count(h) > 1})
+    unnamed = [i + 1 for i, h in enumerate(header) if not h]
+    if unnamed:
+        problems.columns.append(f"column(s) {unnamed} of the header have no name; name them or remove them")
+    dupes = sorted({h for h in header if header.count(h) > 1 and h})
     if dupes:
         problems.columns.append(f"column name(s) {dupes} appear more than once in the header")
     col, good, seen = header.index("image"), [], set()
@@ -352,7 +355,7 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
     factors = {}
     min_per_class = int(data_cfg.get("min_per_class", MIN_PER_CLASS))
     for j, col in enumerate(header):
-        if col in RESERVED:
+        if col in RESERVED or not col:
             continue
         f = _infer(col, [r[j] for r in table], declared.get(col), problems, images)
         if f is not None and _check_counts(f, split, problems, min_per_class):
