@@ -89,14 +89,18 @@ class MultinomialProbe(ProbeMixin):
 
         return LogisticRegression(C=C, class_weight="balanced", max_iter=self.max_iter)
 
-    def _fit_one(self, X: NDArray[np.float64], y: NDArray[Any], C: float) -> Any:
+    def _fit_one(self, X: NDArray[np.float64], y: NDArray[Any], C: float, start: Any = None) -> Any:
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
 
+        model = self._new(C)
+        if start is not None:
+            model.set_params(warm_start=True)
+            model.coef_, model.intercept_ = start.coef_.copy(), start.intercept_.copy()
         with warnings.catch_warnings():  # a C that has not converged in max_iter simply scores worse on val
             warnings.simplefilter("ignore", ConvergenceWarning)
-            return self._new(C).fit(X, y)
+            return model.fit(X, y)
 
     def fit(self, X_train: Any, y_train: Any, X_val: Any, y_val: Any) -> "MultinomialProbe":
         """Fit at every C on train; keep the C with the best balanced accuracy on val."""
@@ -111,7 +115,11 @@ class MultinomialProbe(ProbeMixin):
         self.n_features_in_ = X.shape[1]
         self.mean_, self.scale_ = X.mean(0), X.std(0) + 1e-12
         Z, Zv = (X - self.mean_) / self.scale_, (Xv - self.mean_) / self.scale_
-        fits = [self._fit_one(Z, y, float(C)) for C in self.C_grid]
+        fits, start = [], None
+        for C in sorted(self.C_grid):  # warm start along the path: each fit starts at the previous optimum
+            fits.append(self._fit_one(Z, y, float(C), start))
+            start = fits[-1]
+        fits = [fits[i] for i in np.argsort(np.argsort(np.asarray(self.C_grid, float)))]
         self.val_balanced_accuracy_ = np.array([balanced_accuracy(yv, m.predict(Zv))[0] for m in fits])
         best = int(self.val_balanced_accuracy_.argmax())
         self.C_, self.model_ = float(self.C_grid[best]), fits[best]
