@@ -184,8 +184,12 @@ def _continuous(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, te
 
     # every penalty's validation predictions from one SVD of the training embeddings
     pred = _ridge_predict(np.asarray(X[tr], np.float64), y[tr, None], np.asarray(X[va], np.float64), ALPHAS)[..., 0]
-    val_mae = np.abs(pred - y[va]).mean(axis=1)
-    alpha = float(ALPHAS[int(np.argmin(val_mae))])
+    err = np.abs(pred - y[va])  # [alphas, n_val]
+    best = int(err.mean(axis=1).argmin())
+    # one-standard-error rule: the strongest penalty within one SE of the best, so a factor
+    # the embedding does not hold gets (nearly) the training mean, not a fit to val noise
+    ok = err.mean(axis=1) <= err[best].mean() + err[best].std() / np.sqrt(len(va))
+    alpha = float(ALPHAS[int(np.flatnonzero(ok).max())])
     fitted = LinearRegressionProbe(alpha=alpha, random_state=seed).fit(X[tr], y[tr])
     mae = fitted.evaluate(X[te], y[te])["mae"]
     mae.details.update(alpha=alpha)
