@@ -81,7 +81,7 @@ def check_overrides(settings: "Settings", suites: list["Suite"]) -> None:
         if metric not in metrics:
             raise pytest.UsageError(f"--invariance-threshold {key}={value:g}: no selected suite has metric "
                                     f"{metric!r}; known metrics: {known}")
-        if qualifier and qualifier not in qualifiers:
+        if qualifier and qualifier not in qualifiers and "*" not in qualifiers:  # "*": named by the user's data
             raise pytest.UsageError(f"--invariance-threshold {key}={value:g}: no selected suite has qualifier "
                                     f"{qualifier!r}; known qualifiers: {', '.join(sorted(qualifiers)) or 'none'}")
     for tol in settings.tolerance:

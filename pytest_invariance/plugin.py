@@ -477,7 +477,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     outcomes = config.stash.get(OUTCOMES_KEY, None)
     lines = [] if outcomes is None else outcomes.summary_lines(config.stash[SETTINGS_KEY])
-    lines += config.stash.get(COLLECTED_KEY, {}).get("summary") or []
+    collected = config.stash.get(COLLECTED_KEY, {})
+    lines += collected.get("summary") or []
+    if collected.get("checks"):
+        from .studies.factors import gate_summary
+
+        lines += [line for line in [gate_summary(collected["checks"])] if line]
     if lines:
         terminalreporter.write_sep("-", "invariance")
         for line in lines:

@@ -75,6 +75,21 @@ def parse_threshold(value: str) -> tuple[str, float]:
     return m.group(1), f
 
 
+def parse_factor_type(value: str) -> tuple[str, str]:
+    m = re.fullmatch(r"\s*([^=]+?)\s*=\s*(binary|categorical|continuous|ignore)\s*", value, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not COLUMN=TYPE with TYPE binary, categorical, continuous or ignore, like 'yaw=continuous'")
+    return m.group(1), m.group(2).lower()
+
+
+def parse_gate(value: str) -> tuple[str, ...]:
+    cols = tuple(c.strip() for c in value.split(",") if c.strip())
+    if not cols:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a comma-separated list of columns like 'Smiling,yaw' (or 'all')")
+    return cols
+
+
 def parse_tolerance(value: str) -> Any:
     """'METRIC=ABS' or 'METRIC=PCT%' -> history.Tolerance (raises ArgumentTypeError)."""
     from .history import parse_tolerance as _parse
@@ -194,6 +209,10 @@ OPTIONS: tuple[Option, ...] = (
            multiple=True, metavar="M=T"),
     Option("--invariance-threshold", parse_threshold, [], "override a threshold's value, METRIC=VALUE or QUALIFIER.METRIC=VALUE",
            multiple=True, metavar="M=V"),
+    Option("--invariance-factor-type", parse_factor_type, [], "factors suite: type of a label column, "
+           "COLUMN=binary|categorical|continuous|ignore (default: inferred)", multiple=True, metavar="COL=TYPE"),
+    Option("--invariance-gate", parse_gate, [], "factors suite: columns that must be invariant (gated), "
+           "comma-separated, or 'all'; the others are measured only", multiple=True, metavar="COLS"),
     Option("--invariance-skip-bad", None, False, "skip unreadable or unlabelled images (and report how many) instead of failing"),
     Option("--invariance-erase", None, False, "also erase each leaking factor with LEACE (concept-erasure) and "
            "report the probes and the task before/after (slower)"),
@@ -229,6 +248,8 @@ class Settings:
     baseline: str | None = None
     tolerance: tuple[Any, ...] = ()
     threshold: tuple[tuple[str, float], ...] = ()
+    factor_type: tuple[tuple[str, str], ...] = ()
+    gate: tuple[tuple[str, ...], ...] = ()
     skip_bad: bool = False
     progress: str = "auto"
     erase: bool = False

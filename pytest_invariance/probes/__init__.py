@@ -21,3 +21,9 @@ __all__ = [
     "input_clusters", "p_value", "permutation_chance", "row_scores_estimate", "selectivity", "spectrum",
     "spectrum_estimate",
 ]
+
+# factors suite (issue 12)
+from ._multinomial import MultinomialProbe, balanced_accuracy  # noqa: E402
+from ._verification import enrollment_figures, far_threshold, tar_at_far  # noqa: E402
+
+__all__ += ["MultinomialProbe", "balanced_accuracy", "enrollment_figures", "far_threshold", "tar_at_far"]

@@ -339,3 +339,39 @@ def before_after_bars(rows: Sequence[Mapping[str, Any]], title: str) -> dict[str
     axes[0].legend(fontsize=7)
     fig.suptitle(title)
     return _svg(fig, title, "before_after_bars")
+
+
+def factor_overview(rows: Sequence[Mapping[str, Any]], title: str) -> dict[str, str]:
+    """Every factor's figure against its chance level, on one shared axis.
+
+    Each row is ``{"factor", "label", "score", "ci": (lo, hi), "gated": bool}`` where
+    ``score`` maps the factor's own figure onto 0 = chance, 1 = fully recoverable (see
+    :func:`pytest_invariance.studies.factors.leakage_score`); ``label`` carries the raw
+    figure and its chance, shown at the right of the dot.
+
+    Examples
+    --------
+    >>> factor_overview([{"factor": "blur", "label": "MAE 0.1 (chance 0.3)", "score": 0.6,
+    ...                   "ci": (0.5, 0.7), "gated": True}], "t")["kind"]
+    'factor_overview'
+    """
+    y = np.arange(len(rows))[::-1]
+    fig = _new_figure(7.5, 1.3 + 0.32 * max(len(rows), 1))
+    ax = fig.add_subplot()
+    for yi, r in zip(y, rows):
+        score = float(r["score"])
+        lo, hi = _err(score, r.get("ci"))
+        colour = "#c0504d" if r.get("gated") else "#4a6fa5"
+        ax.errorbar(score, yi, xerr=[[lo], [hi]], fmt="o", color=colour, capsize=3)
+        ax.annotate(str(r.get("label", "")), (1.02, yi), xycoords=("axes fraction", "data"), va="center",
+                    fontsize=7, annotation_clip=False)
+    ax.axvline(0.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(y, [f"{r['factor']}{' (gated)' if r.get('gated') else ''}" for r in rows])
+    ax.set_xlim(-0.25, 1.05)
+    ax.set_xlabel("recovered from the embedding: 0 = chance, 1 = perfectly (95% CI)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title)
+    return _svg(fig, title, "factor_overview")
+
+
+__all__ += ["factor_overview"]

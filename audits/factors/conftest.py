@@ -1,0 +1,96 @@
+"""Load the user's folder once, at collection: its factors and levels become the test ids.
+
+No --invariance-data-dir (or no labels.csv under it) is one skip line; a bad folder is
+one collection ERROR listing every problem (the tests never run on bad data).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_invariance.plugin import SETTINGS_KEY
+from pytest_invariance.studies.faces import default_model_missing
+
+FOLDER_KEY = pytest.StashKey[Any]()
+
+
+def _folder(config: pytest.Config) -> Any:
+    """(folder, gated) or a skip reason (str); raises CollectError once per process on bad data."""
+    if FOLDER_KEY not in config.stash:
+        config.stash[FOLDER_KEY] = _load(config)
+    found = config.stash[FOLDER_KEY]
+    if isinstance(found, Exception):
+        raise pytest.Collector.CollectError(f"factors suite: {found}")
+    return found
+
+
+def _load(config: pytest.Config) -> Any:
+    from pytest_invariance.data.factor_folder import load_factor_folder
+    from pytest_invariance.errors import InvarianceError
+    from pytest_invariance.studies.factors import gated_metrics
+
+    settings = config.stash[SETTINGS_KEY]
+    root = settings.resolve_path(settings.data_dir)
+    if root is None:
+        return "factors: no data: pass --invariance-data-dir DIR holding your images and DIR/labels.csv"
+    if not (root / "labels.csv").is_file():
+        return f"factors: no {root / 'labels.csv'} (image,[split],[identity],factor columns...)"
+    try:
+        folder = load_factor_folder(root, types=dict(settings.factor_type), seed=settings.seed,
+                                    skip_bad=settings.skip_bad)
+        return folder, gated_metrics(folder, settings)
+    except InvarianceError as exc:
+        return exc
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    names = [n for n in ("factor", "enrolled") if n in metafunc.fixturenames]
+    if not names:
+        return
+    found = _folder(metafunc.config)
+    if isinstance(found, str):
+        metafunc.parametrize(names[0], [pytest.param(None, id="no-data", marks=pytest.mark.skip(reason=found))])
+        return
+    folder, _ = found
+    if names[0] == "factor":
+        metafunc.parametrize("factor", list(folder.factors))
+        return
+    pairs = [(n, lv) for n, f in folder.factors.items() if f.type != "continuous" for lv in f.levels]
+    if folder.identity is None or not pairs:
+        why = "no identity column" if folder.identity is None else "no binary or categorical factor"
+        metafunc.parametrize("enrolled", [pytest.param(None, id="no-identity",
+                                                       marks=pytest.mark.skip(reason=f"factors: enrollment: {why}"))])
+        return
+    metafunc.parametrize("enrolled", pairs, ids=[f"{n}={lv}" for n, lv in pairs])
+
+
+@pytest.fixture(scope="session")
+def invariance_factor_folder(pytestconfig: pytest.Config) -> Any:
+    """(FactorFolder, {gated factor: gated metrics}) of --invariance-data-dir."""
+    return _folder(pytestconfig)
+
+
+@pytest.fixture
+def invariance_suite(request: pytest.FixtureRequest, invariance_factor_folder: Any) -> Any:
+    """This suite's config with the data folder's [preprocess] and [thresholds] laid over it."""
+    from pytest_invariance.checks import Suite
+    from pytest_invariance.studies.factors import folder_thresholds
+
+    base = Suite.find(Path(__file__).parent)
+    folder, _ = invariance_factor_folder
+    config = dict(base.config)
+    if "preprocess" in folder.config:
+        config["preprocess"] = {**folder.config["preprocess"], "adapt_size": folder.config["preprocess"].get(
+            "adapt_size", "size" not in folder.config["preprocess"])}
+    return Suite(base.name, base.root, config, {**base.thresholds, **folder_thresholds(folder)})
+
+
+@pytest.fixture(autouse=True)
+def _bundled_model_present(invariance_settings: Any) -> None:
+    from pytest_invariance.checks import Suite
+
+    reason = default_model_missing(Suite.find(Path(__file__).parent), invariance_settings)
+    if reason:
+        pytest.skip(reason)

@@ -1,0 +1,59 @@
+"""Each factor of the user's folder probed by its type; with identities, enrollment per level.
+
+Test ids are the CSV's column names (``test_factor[model-Smiling]``) and, for enrollment,
+``COLUMN=LEVEL``. Only gated columns get a threshold; the others are measured and reported.
+"""
+from __future__ import annotations
+
+import pytest
+
+from pytest_invariance.studies.factors import (METRICS, default_limit, enrollment_study, factor_figures,
+                                               overview_plots)
+
+
+def _figures(audit, ref, folder, name):
+    return audit.memo(("factors", ref.name, ref.layer, ref.embedder.sha256, folder.images.fingerprint, name),
+                      lambda: factor_figures(audit, ref, folder, name))
+
+
+def _base(ref, folder, gated, name) -> dict:
+    f = folder.factors[name]
+    return {"model": ref.name, "factor": name, "type": f.type, "type_source": "inferred" if f.inferred else "declared",
+            "gated": name in gated, "factors_gated": {k: list(v) for k, v in gated.items()}, "split": folder.split_source,
+            "n_skipped": folder.n_skipped, "levels": list(f.levels) or None, "positive_level": f.positive}
+
+
+def test_factor(factor, invariance_model, invariance_audit, invariance_check, invariance_factor_folder):
+    folder, gated = invariance_factor_folder
+    fig = _figures(invariance_audit, invariance_model, folder, factor)
+    plots = None
+    if factor == next(iter(folder.factors)):  # the overview rides on the first factor's headline check
+        every = {n: _figures(invariance_audit, invariance_model, folder, n) for n in folder.factors}
+        plots = overview_plots(every, gated, f"Factors of {folder.root.name} in {invariance_model.name}:"
+                                             f"{invariance_model.layer} (test split)")
+    for metric in METRICS[fig["type"]]:
+        est = fig["figures"][metric]
+        limit = default_limit(metric, est.chance) if metric in gated.get(factor, ()) else {}
+        headline = metric == fig["headline"]
+        invariance_check(metric, est, **limit, plots=plots if headline else None, details={
+            **_base(invariance_model, folder, gated, factor), "probe": fig["probe"], "n_split": fig["n"],
+            "headline": headline, "gated": metric in gated.get(factor, ())})
+
+
+def test_enrollment(enrolled, invariance_model, invariance_audit, invariance_check, invariance_factor_folder):
+    folder, gated = invariance_factor_folder
+    name, level = enrolled
+    ref = invariance_model
+    study = invariance_audit.memo(("factors-enroll", ref.name, ref.layer, ref.embedder.sha256,
+                                   folder.images.fingerprint, name),
+                                  lambda: enrollment_study(invariance_audit, ref, folder, name))
+    figs = study["levels"][level]
+    if figs is None:
+        pytest.skip(f"factors: no identity has an image at {name}={level} besides its gallery image")
+    for metric in ("rank1", "tar"):
+        limit = default_limit(metric, None) if metric in gated.get(name, ()) else {}
+        invariance_check(metric, figs[metric], **limit, details={
+            **_base(ref, folder, gated, name), "bin": f"{name}={level}", "level": level,
+            "gallery_level": study["reference"], "gallery": study["gallery"],
+            "probe": "cosine nearest gallery entry" if metric == "rank1" else "cosine threshold at FAR 1e-3",
+            "gated": metric in gated.get(name, ())})

