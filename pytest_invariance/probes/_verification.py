@@ -116,7 +116,8 @@ def enrollment_figures(gallery: NDArray[np.floating], gallery_ids: NDArray[Any],
     impostor = S[mask].reshape(len(P), len(G) - 1)
     hit = (S.argmax(axis=1) == own).astype(np.float64)
     tar, thr = tar_at_far(genuine, impostor, far)
-    counts = bootstrap_counts(len(P), n_bootstrap, random_state) if n_bootstrap else []
+    # bootstrap_counts yields its blocks once; both figures read the same draw.
+    counts = list(bootstrap_counts(len(P), n_bootstrap, random_state)) if n_bootstrap else []
     alpha = (1 - confidence) / 2
 
     def ci(samples: list[NDArray[np.float64]]) -> tuple[float, float]:
