@@ -52,9 +52,9 @@ def parse_model_spec(value: str) -> str:
 
 
 def parse_layer(value: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_./:\-\[\]]+", value.strip()):
+    if not re.fullmatch(r"[A-Za-z0-9_./:\-\[\]]+(#[1-9][0-9]*)?", value.strip()):
         raise argparse.ArgumentTypeError(
-            f"{value!r} is not a layer spec like 'ip1', 'layer4' or 'backbone.layer4'"
+            f"{value!r} is not a layer spec like 'ip1', 'layer4', 'backbone.layer4' or 'layer1.0.relu#2'"
         )
     return value.strip()
 

@@ -100,6 +100,24 @@ def test_module_called_twice_every_backend_refuses_the_bare_name_and_reads_each_
     np.testing.assert_allclose(model.embed(X.numpy(), "block"), ref["block.relu#2"], atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["factory", "scripted", "traced", "export"])
+def test_layer_changed_in_place_later_is_read_as_computed(kind, tmp_path, factory_package):
+    # BasicBlock's ReLU(inplace=True) overwrites bn1's output and `out += identity` bn2's:
+    # the audit must read each layer as it was produced, not after those in-place ops.
+    m = Blocks().eval()
+    torch.save(m.state_dict(), factory_package / "blocks.pt")
+    spec = "zoo.nets:blocks" if kind == "factory" else save_all_kinds(m, tmp_path, X)[kind]
+    model = load_model(spec, device="cpu")
+    with torch.no_grad():
+        s = m.stem(X)
+        bn1 = m.block.bn1(m.block.conv1(s))
+        bn2 = m.block.bn2(m.block.conv2(torch.relu(bn1)))
+    for layer, expect in (("block.bn1", bn1), ("block.bn2", bn2)):
+        assert (expect < 0).any()  # so a ReLU-ed or summed copy could not pass
+        np.testing.assert_allclose(model.embed(X.numpy(), layer), expect.mean((2, 3)).numpy(), atol=1e-5,
+                                   err_msg=f"{kind} {layer}")
+
+
 # ------------------------------------------------------------------ 7. batch independence, training mode
 
 
@@ -306,3 +324,14 @@ def test_permute_in_plain_code_that_keeps_the_shape_is_refused(tmp_path):
         expect = m.body.conv(X).mean((2, 3)).numpy()  # the 10 channel means
     got = load_model(path, device="cpu", layer_layout="nhwc").embed(X.numpy(), "body")
     np.testing.assert_allclose(got, expect, atol=1e-5)
+
+
+def test_call_index_is_accepted_by_the_layer_option():
+    import argparse
+
+    from pytest_invariance.settings import parse_layer
+
+    assert parse_layer("layer1.0.relu#2") == "layer1.0.relu#2"
+    for bad in ("layer1.0.relu#0", "layer1.0.relu#", "a#1#2"):
+        with pytest.raises(argparse.ArgumentTypeError, match="layer1.0.relu#2"):
+            parse_layer(bad)

@@ -245,7 +245,7 @@ def _script_layer_fn(module: Any, layer: str, index: int | None, where: str) -> 
             layout = script_value_layout(mod, node.output())
             if layout == "param":
                 layout = "nchw" if not stages else None
-        values = [node.output()] if last else list(node.inputs())[1:]
+        values = [_copied(graph, node.output()) if last else v for v in ([node.output()] if last else list(node.inputs())[1:])]
         while len(list(graph.outputs())):
             graph.eraseOutput(0)
         for v in values:
@@ -265,6 +265,21 @@ def _script_layer_fn(module: Any, layer: str, index: int | None, where: str) -> 
         return args[0]
 
     return run, layout
+
+
+def _copied(graph: Any, value: Any) -> Any:
+    """``aten::clone`` of ``value`` inserted right after it is computed, so that in-place ops
+    later in the (kept) graph cannot change what the cut graph returns."""
+    node = value.node()
+    import torch
+
+    none = graph.create("prim::Constant")  # memory_format=None
+    none.output().setType(torch._C.NoneType.get())
+    none.insertAfter(node)
+    clone = graph.create("aten::clone", [value, none.output()])
+    clone.insertAfter(none)
+    clone.output().setType(value.type())
+    return clone.output()
 
 
 def _first(out: Any) -> Any:
@@ -317,7 +332,9 @@ class TorchEmbedder:
         marks: list[int] = []
 
         def on_target(_m: Any, _i: Any, out: Any) -> None:
-            captured.append(_first(out))
+            # A copy now: a later in-place op (torchvision's `out += identity`, ReLU(inplace=True))
+            # would otherwise change the activation read after the forward.
+            captured.append(_first(out).clone())
             marks.append(len(calls) - 1)
 
         def on_any(m: Any, _i: Any, out: Any) -> None:
