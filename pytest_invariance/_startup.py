@@ -108,9 +108,14 @@ def prepare_outputs(settings: "Settings") -> None:
             raise pytest.UsageError(f"--invariance-cache-dir {cache}: cannot write there ({problem}); "
                                     "pass a writable folder or --invariance-no-cache")
     _check_history(settings)
+
+
+def remove_stale_outputs(settings: "Settings") -> None:
+    """A run refused or dead before its end must not leave the last run's green results in place."""
     for value in (settings.json, settings.report):
-        # A run that dies before its end must not leave the last run's green results in place.
-        settings.resolve_path(value).unlink(missing_ok=True)  # type: ignore[union-attr]
+        path = settings.resolve_path(value)
+        if path is not None and path.is_file():
+            path.unlink()
 
 
 def _unwritable(path: Path) -> str | None:
@@ -143,9 +148,12 @@ def _check_history(settings: "Settings") -> None:
 
 
 def run_all(config: pytest.Config, settings: "Settings", collected: dict[str, Any]) -> None:
-    check_options(settings)
     suites = find_suites(config)
+    audit_run = bool(suites or settings.model or settings.data_dir) and not config.option.collectonly
+    if audit_run:
+        remove_stale_outputs(settings)  # first: any check below may refuse the run
+    check_options(settings)
     check_overrides(settings, suites)
-    if (suites or settings.model or settings.data_dir) and not config.option.collectonly:
+    if audit_run:
         collected["audit_run"] = True
         prepare_outputs(settings)

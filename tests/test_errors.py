@@ -168,6 +168,16 @@ def test_crashed_run_replaces_the_previous_green_results(study):
     assert "could not run" in (study.path / "reports" / "index.html").read_text()
 
 
+def test_refused_run_leaves_no_previous_green_results(study):
+    _write_images(study.path / "images")
+    study.runpytest_subprocess("audits").assert_outcomes(passed=3)
+    assert (study.path / "reports" / "results.json").is_file()
+    result = study.runpytest_subprocess("audits", "--invariance-threshold", "no_such_metric=3")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert not (study.path / "reports" / "results.json").exists()
+    assert not (study.path / "reports" / "index.html").exists()
+
+
 def test_unwritable_output_is_found_at_start_up(toy):
     (toy.path / "blocker").write_text("a file where a folder is needed")
     result = toy.runpytest_subprocess("audits", "--invariance-json", "blocker/results.json")
