@@ -336,7 +336,9 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
         for r in rows:
             if r[header.index("split")] not in SPLITS:
                 problems.row(r[header.index("image")], "split is not train/val/test")
-    for name, reason in unreadable({n: on_disk[n] for n in names if n in on_disk}).items():
+    # With skip_bad every image is decoded now, so a truncated one is left out and counted
+    # instead of failing the study later (without it, that failure names --invariance-skip-bad).
+    for name, reason in unreadable({n: on_disk[n] for n in names if n in on_disk}, decode=skip_bad).items():
         problems.row(name, reason)
     if "identity" in header:
         for r in rows:

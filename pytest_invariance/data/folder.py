@@ -97,11 +97,12 @@ def check_size(size: tuple[int, int] | None) -> tuple[int, int] | None:
     return int(size[0]), int(size[1])
 
 
-def unreadable(files: dict[str, Path]) -> dict[str, str]:
-    """Items (name -> path) whose image header PIL cannot read; cheap, no pixel decoding."""
+def unreadable(files: dict[str, Path], decode: bool = False) -> dict[str, str]:
+    """Items (name -> path) whose image header PIL cannot read (cheap), or with ``decode``
+    whose pixels cannot be decoded (finds truncated files; a full decode of each)."""
     from ._decode import scan_images
 
-    return scan_images(files).problems
+    return scan_images(files, decode=decode).problems
 
 
 def add_problems(problems: dict[str, str], names: Iterable[str], reason: str) -> None:
