@@ -88,7 +88,14 @@ def probe(suite: Suite, ref: "ModelRef", seed: int = 0) -> str | None:
     e = ref.embedder
     shape = fed_shape(suite, ref)
     if shape is None:
-        return None
+        # A suite that feeds the model at its own size (factors): the inference-mode check
+        # still runs, at the size the model declares or the preprocessing sets.
+        c, h, w = (tuple(e.input_shape) + (None, None, None))[:3] if e.input_shape else (None, None, None)
+        h, w = ref.preprocess.size or (h, w)
+        c = ref.preprocess.channels or c or 3
+        if h is None or w is None:
+            return None
+        shape = (int(c), int(h), int(w))
     took = f"{e.path} expects input {e.contract.describe()}"
     if any(h is not None and h != f for h, f in zip(e.input_shape, shape)):
         return f"{took} but suite {suite.name} feeds float32[N, {', '.join(map(str, shape))}] (NCHW)"
@@ -97,7 +104,7 @@ def probe(suite: Suite, ref: "ModelRef", seed: int = 0) -> str | None:
         raise EmbeddingError(f"{took}: a uint8 model gets 0-255 pixels and normalises them itself; "
                              "drop scale/mean/std/prewhiten from --invariance-preprocess")
     rng = np.random.default_rng(seed)
-    x = p(torch.from_numpy(rng.random((4, *suite.input_shape), dtype=np.float32)))  # type: ignore[misc]
+    x = p(torch.from_numpy(rng.random((4, *(suite.input_shape or shape)), dtype=np.float32)))
     try:
         together = e.embed(x.numpy(), ref.layer, pool=ref.pool)
     except InputShapeError as exc:

@@ -129,8 +129,9 @@ def test_factory_in_training_mode_is_put_in_eval_and_batch_1_equals_batch_100(fa
     np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
+@pytest.mark.parametrize("suite_size", [True, False], ids=["suite-size", "preprocess-size"])
 @pytest.mark.parametrize("kind", ["export", "traced", "onnx"])
-def test_exported_in_training_mode_is_refused_in_one_line(kind, tmp_path):
+def test_exported_in_training_mode_is_refused_in_one_line(kind, suite_size, tmp_path):
     from pytest_invariance._audit import ModelRef
     from pytest_invariance._model_check import probe
     from pytest_invariance.checks import Suite
@@ -150,8 +151,10 @@ def test_exported_in_training_mode_is_refused_in_one_line(kind, tmp_path):
                           do_constant_folding=False, input_names=["input"], output_names=["output"],
                           dynamic_axes={"input": {0: "n"}, "output": {0: "n"}})
     model = load_model(str(path), device="cpu")
-    suite = Suite("s", tmp_path, {"suite": {"input": [3, 12, 12]}})
-    ref = ModelRef("m", model, model.default_layer, Preprocess(), user=True)
+    # A suite that declares no input size (factors feeds the model at its own size) is checked too.
+    suite = Suite("s", tmp_path, {"suite": {"input": [3, 12, 12]}} if suite_size else {})
+    ref = ModelRef("m", model, model.default_layer, Preprocess() if suite_size else Preprocess(size=(12, 12)),
+                   user=True)
     with pytest.raises(EmbeddingError, match=r"gives different embeddings for the same image in a batch of 4 and "
                                              r"alone .* not in inference mode .* re-export it after model.eval\(\)$"):
         probe(suite, ref)
