@@ -396,3 +396,15 @@ def test_suite_rows_gates_and_summary(suite, grid_model, lfw_folder):
     assert by["noise_flag", "fn_rate"]["threshold"] is None and by["rotation", "r2"]["threshold"] is None
     assert by["rotation", "mae"]["details"]["gated"] and not by["rotation", "r2"]["details"]["gated"]
     assert "nothing gated" not in result.stdout.str()
+
+
+def test_misspelled_column_in_a_command_line_threshold_is_refused(tmp_path):
+    from pytest_invariance.settings import Settings
+    from pytest_invariance.studies.factors import gated_metrics
+
+    f = load_factor_folder(_write(tmp_path / "d", _table()))
+    assert gated_metrics(f, Settings(threshold=[("amount.mae", 3.0)]))["amount"] == ("mae",)
+    with pytest.raises(DataError, match=r"--invariance-threshold 'amout.mae' names column 'amout', which is not a factor"):
+        gated_metrics(f, Settings(threshold=[("amout.mae", 3.0)]))
+    # a qualifier another selected suite knows (a CelebA attribute) is left to that suite
+    assert gated_metrics(f, Settings(threshold=[("Smiling.fn_rate", 0.45)]), {"Smiling"}) == {}

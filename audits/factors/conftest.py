@@ -40,7 +40,11 @@ def _load(config: pytest.Config) -> Any:
     try:
         folder = load_factor_folder(root, types=dict(settings.factor_type), seed=settings.seed,
                                     skip_bad=settings.skip_bad)
-        return folder, gated_metrics(folder, settings)
+        # Qualifiers the other selected suites know (a CelebA attribute threshold is not a typo here).
+        from pytest_invariance._startup import find_suites
+
+        others = {q for suite in find_suites(config) for q in suite.qualifiers()} - {"*"}
+        return folder, gated_metrics(folder, settings, others)
     except InvarianceError as exc:
         return exc
 

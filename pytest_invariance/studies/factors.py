@@ -64,7 +64,8 @@ def default_limit(metric: str, chance: float | None) -> dict[str, float]:
             "rank1": {"min": 0.5}, "tar": {"min": 0.5}}[metric]
 
 
-def gated_metrics(folder: "FactorFolder", settings: "Settings") -> dict[str, tuple[str, ...]]:
+def gated_metrics(folder: "FactorFolder", settings: "Settings",
+                  other_qualifiers: "Iterable[str]" = ()) -> dict[str, tuple[str, ...]]:
     """Gated factors and, per factor, the metrics that get a gate.
 
     ``--invariance-gate COL`` (``all`` = every factor) and the folder's ``[gate] columns``
@@ -72,6 +73,9 @@ def gated_metrics(folder: "FactorFolder", settings: "Settings") -> dict[str, tup
     TAR); a threshold (``[thresholds]`` or
     ``--invariance-threshold COL.metric=V``) gates that one figure. Raises one DataError
     naming unknown columns and thresholds whose metric the column's type does not have.
+    A command-line ``COL.metric`` threshold whose ``COL`` is neither a column nor one of
+    ``other_qualifiers`` (those of the other selected suites, e.g. CelebA attributes) is a
+    misspelled column: refused, not silently left ungated.
     """
     cli = [c for group in settings.gate for c in group]
     toml = [str(c) for c in folder.config.get("gate", {}).get("columns", [])]
@@ -79,6 +83,11 @@ def gated_metrics(folder: "FactorFolder", settings: "Settings") -> dict[str, tup
     problems = [f"{c!r} is not a factor" for c in wanted if c not in folder.factors]
     problems += [f"threshold {k!r} names column {k.split('.')[0]!r}, which is not a factor"
                  for k in folder.config.get("thresholds", {}) if k.rpartition(".")[0] not in folder.factors]
+    others = set(other_qualifiers)
+    problems += [f"--invariance-threshold {k!r} names column {k.rpartition('.')[0]!r}, which is not a factor"
+                 for k, _ in settings.threshold
+                 if k.rpartition(".")[0] and k.rpartition(".")[0] not in folder.factors
+                 and k.rpartition(".")[0] not in others]
     out: dict[str, set[str]] = {c: set(_all_metrics(folder, c, gate=True)) for c in wanted if c in folder.factors}
     for k in [*folder.config.get("thresholds", {}), *dict(settings.threshold)]:
         col, _, metric = k.rpartition(".")
