@@ -97,16 +97,31 @@ class FigureCache:
 
     def load(self, key: Mapping[str, Any]) -> Any:
         """The stored value, or None (also for an unreadable entry, which is then recomputed)."""
+        from .errors import warn
+
         p = self._path(key)
+        if not p.exists():
+            self.misses += 1
+            return None
         try:
             entry = json.loads(p.read_text())
+            # Like the embedding cache: an edited or damaged entry must never change a verdict.
+            if entry["sha256"] != _value_digest(entry["value"]):
+                raise ValueError("its figures do not match their sha256")
             value = _decode(entry["value"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            warn(f"figure cache entry {p.name} is damaged ({exc}); recomputing it")
+            p.unlink(missing_ok=True)
             self.misses += 1
             return None
         self.hits += 1
         return value
 
     def store(self, key: Mapping[str, Any], value: Any) -> None:
-        entry = {"key": key, "value": _encode(value)}
+        encoded = _encode(value)
+        entry = {"key": key, "value": encoded, "sha256": _value_digest(encoded)}
         atomic_write_bytes(self._path(key), json.dumps(entry, default=str).encode())
+
+
+def _value_digest(encoded: Any) -> str:
+    return hashlib.sha256(json.dumps(encoded, sort_keys=True, default=str).encode()).hexdigest()

@@ -80,6 +80,22 @@ def test_unreadable_entry_is_recomputed(tmp_path):
     assert study.runs == 2
 
 
+def test_edited_figure_never_changes_a_verdict(tmp_path):
+    import json
+
+    study, x = Counted(), np.arange(4.0)
+    first = _run(tmp_path, study, x)
+    (entry,) = (tmp_path / ".cache/invariance/figures").glob("*.json")
+    doc = json.loads(entry.read_text())
+    doc["value"]["mean"]["__estimate__"]["value"] = 99.0  # a FAIL edited into a PASS
+    entry.write_text(json.dumps(doc))
+    from pytest_invariance.errors import InvarianceWarning
+
+    with pytest.warns(InvarianceWarning, match=r"figure cache entry .* is damaged .*sha256"):
+        again = _run(tmp_path, study, x)
+    assert study.runs == 2 and again["mean"].value == first["mean"].value
+
+
 def test_source_digest_covers_the_probes():
     files = {p.name for p in Path(_figures.__file__).parent.rglob("*.py")}
     assert {"_regression.py", "_mav.py", "stats.py", "mnist_rotation.py"} <= files
