@@ -103,3 +103,10 @@ def write_toy_suite(folder: str | Path, model_path: str, layer: str) -> Path:
     (suite / "invariance.toml").write_text(TOY_SUITE_TOML.format(name=Path(model_path).stem, path=model_path, layer=layer))
     (suite / "test_toy.py").write_text(TOY_SUITE_TEST)
     return suite
+
+
+def read_results(pytester: Any, name: str = "reports/results.json") -> dict[str, Any]:
+    """The results.json a ``pytester`` run wrote (``name`` relative to its folder)."""
+    import json
+
+    return json.loads((Path(pytester.path) / name).read_text())  # type: ignore[no-any-return]

@@ -14,7 +14,7 @@ import onnx  # noqa: E402,F401  (see test_plugin.py: C extensions are imported u
 import torch.onnx  # noqa: E402,F401
 
 from pytest_invariance._outcomes import EXIT_NOTHING_AUDITED, EXIT_TOOL_ERROR  # noqa: E402
-from pytest_invariance.testing import export_onnx, tiny_cnn, write_toy_suite  # noqa: E402
+from pytest_invariance.testing import export_onnx, read_results as results, tiny_cnn  # noqa: E402
 
 # Three tests share one study over a folder of real image files; the study's runs are
 # counted in a file so the test can tell that a failed study is not run again.
@@ -56,22 +56,11 @@ def _write_images(folder, truncate: str | None = None):
 
 
 @pytest.fixture
-def toy(pytester):
-    suite = write_toy_suite(pytester.path, "tiny.onnx", "output")
-    export_onnx(tiny_cnn(), suite / "tiny.onnx")
-    return pytester
-
-
-@pytest.fixture
 def study(toy):
     (toy.path / "audits" / "toy" / "test_toy.py").write_text(STUDY_SUITE)
     toml = toy.path / "audits" / "toy" / "invariance.toml"
     toml.write_text(toml.read_text() + "\n[preprocess]\nchannels = 1   # the JPEGs are RGB\n")
     return toy
-
-
-def results(pytester, name="reports/results.json"):
-    return json.loads((pytester.path / name).read_text())
 
 
 # --------------------------------------------------------------------------- 1. one ERROR per study

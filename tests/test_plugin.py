@@ -1,8 +1,6 @@
 """The plugin through pytester: options, errors before collection, checks, JSON, cache, xdist."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
 pytest.importorskip("torch")
@@ -12,18 +10,7 @@ pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402,F401
 import torch.onnx  # noqa: E402,F401
 
-from pytest_invariance.testing import export_onnx, tiny_cnn, write_toy_suite  # noqa: E402
-
-
-@pytest.fixture
-def toy(pytester):
-    suite = write_toy_suite(pytester.path, "tiny.onnx", "output")
-    export_onnx(tiny_cnn(), suite / "tiny.onnx")
-    return pytester
-
-
-def results(pytester):
-    return json.loads((pytester.path / "reports" / "results.json").read_text())
+from pytest_invariance.testing import export_onnx, read_results as results, tiny_cnn  # noqa: E402
 
 
 def test_help_lists_options(pytester):

@@ -1,8 +1,6 @@
 """Model options through pytester: factory specs, preprocessing, pool, and one-line refusals before the tests."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
 pytest.importorskip("torch")
@@ -10,18 +8,7 @@ pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402,F401  (C extensions imported once, up front; see test_plugin.py)
 import torch.onnx  # noqa: E402,F401
 
-from pytest_invariance.testing import export_onnx, tiny_cnn, write_toy_suite  # noqa: E402
-
-
-@pytest.fixture
-def toy(pytester):
-    suite = write_toy_suite(pytester.path, "tiny.onnx", "output")
-    export_onnx(tiny_cnn(), suite / "tiny.onnx")
-    return pytester
-
-
-def results(pytester):
-    return json.loads((pytester.path / "reports" / "results.json").read_text())
+from pytest_invariance.testing import export_onnx, read_results as results, tiny_cnn  # noqa: E402
 
 
 def test_factory_spec_from_the_command_line_is_not_a_path(toy):
