@@ -408,3 +408,19 @@ def test_misspelled_column_in_a_command_line_threshold_is_refused(tmp_path):
         gated_metrics(f, Settings(threshold=[("amout.mae", 3.0)]))
     # a qualifier another selected suite knows (a CelebA attribute) is left to that suite
     assert gated_metrics(f, Settings(threshold=[("Smiling.fn_rate", 0.45)]), {"Smiling"}) == {}
+
+
+def test_a_bare_metric_threshold_gates_that_figure_of_every_factor_that_has_it(tmp_path):
+    from pytest_invariance.settings import Settings
+    from pytest_invariance.studies.factors import gated_metrics
+
+    f = load_factor_folder(_write(tmp_path / "d", _table()))
+    continuous = {c for c, fac in f.factors.items() if fac.type == "continuous"}
+    assert continuous and continuous != set(f.factors)
+    gated = gated_metrics(f, Settings(threshold=[("mae", 3.0)]))
+    assert {c for c, m in gated.items() if "mae" in m} == continuous
+    assert all(m == ("mae",) for m in gated.values())
+    # a bare metric that no factor has is refused, unless another selected suite may have it
+    with pytest.raises(DataError, match=r"threshold 'rank1': no factor has a 'rank1' figure"):
+        gated_metrics(f, Settings(threshold=[("rank1", 0.5)]))
+    assert gated_metrics(f, Settings(threshold=[("rank1", 0.5)]), {"lenet"}) == {}

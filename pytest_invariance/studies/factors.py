@@ -91,7 +91,13 @@ def gated_metrics(folder: "FactorFolder", settings: "Settings",
     out: dict[str, set[str]] = {c: set(_all_metrics(folder, c, gate=True)) for c in wanted if c in folder.factors}
     for k in [*folder.config.get("thresholds", {}), *dict(settings.threshold)]:
         col, _, metric = k.rpartition(".")
-        if col in folder.factors:
+        if not col:  # a bare METRIC=V gates that figure of every factor that has it
+            having = [c for c in folder.factors if metric in _all_metrics(folder, c)]
+            if not having and not others:
+                problems.append(f"threshold {k!r}: no factor has a {metric!r} figure")
+            for c in having:
+                out.setdefault(c, set()).add(metric)
+        elif col in folder.factors:
             if metric not in _all_metrics(folder, col):
                 problems.append(f"threshold {k!r}: a {folder.factors[col].type} factor has no {metric!r} "
                                 f"(use {', '.join(_all_metrics(folder, col))})")
