@@ -60,7 +60,7 @@ def parse_layer(value: str) -> str:
 
 
 def parse_threshold(value: str) -> tuple[str, float]:
-    m = re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)\s*=\s*([-+0-9.eE]+%?)\s*", value)
+    m = re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)\s*=\s*(\S+?)\s*", value)
     if not m:
         raise argparse.ArgumentTypeError(
             f"{value!r} is not METRIC=VALUE like 'mav_accuracy=0.9' or 'Smiling.fn_rate=0.45'"

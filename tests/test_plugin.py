@@ -30,6 +30,9 @@ def test_help_lists_options(pytester):
     (["--device", "gpu"], "*'gpu' is not a device; use auto, cpu, cuda or cuda:N*"),
     (["--invariance-batch-size", "0"], "*'0' is not a positive integer*"),
     (["--invariance-threshold", "mav_accuracy"], "*is not METRIC=VALUE*"),
+    (["--invariance-threshold", "mae=nan"], "*'mae=nan': a threshold must be a finite number*"),
+    (["--invariance-threshold", "mae=-inf"], "*'mae=-inf': a threshold must be a finite number*"),
+    (["--invariance-threshold", "mae=ten"], "*'mae=ten': 'ten' is not a number*"),
 ])
 def test_bad_option_values_fail_before_collection(pytester, args, line):
     result = pytester.runpytest(*args)
