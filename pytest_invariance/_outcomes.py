@@ -85,6 +85,7 @@ def mark_tool_error(item: pytest.Item, call: pytest.CallInfo[Any], report: pytes
         exc.first_nodeid = item.nodeid  # later tests of the study refer back here
     line = one_line(exc)
     report.invariance_error = line  # type: ignore[attr-defined]
+    report.invariance_error_first = not isinstance(exc, StudyError) or exc.first  # type: ignore[attr-defined]
     if item.config.option.tbstyle != "long":
         report.longrepr = line
 
@@ -104,6 +105,7 @@ class Outcomes:
     def __init__(self, collected: dict[str, Any]):
         self.collected = collected
         self.errors: dict[str, str] = {}       # nodeid -> one line (audit tests)
+        self.first_errors: dict[str, str] = {}  # the same, less the ones that refer back to another
         self.skipped: dict[str, str] = {}      # nodeid -> reason (audit tests)
         self.audited: set[str] = set()         # audit tests that ran to a verdict
         self.failed_tests: set[str] = set()    # any test FAILED (not an error), audit or not
@@ -131,6 +133,8 @@ class Outcomes:
             error = getattr(report, "invariance_error", None) or (report.when != "call" and _last_line(report))
             if error and audit:
                 self.errors.setdefault(report.nodeid, error)
+                if getattr(report, "invariance_error_first", True):
+                    self.first_errors.setdefault(report.nodeid, error)
             elif error:
                 self.other_errors += 1
             else:
@@ -205,7 +209,8 @@ class Outcomes:
             f"invariance: checks failed: {len(failed)}" + (f" ({regressed} of them regressions)" if regressed else ""),
             f"invariance: known leaks (xfail): {len(known)}",
             f"invariance: could not run (errors): {len(self.errors)} tests"
-            + (f"; first: {next(iter(sorted(self.errors.items())))[1]}" if self.errors else ""),
+            # quote a root cause, never a "see that error" back-reference
+            + (f"; first: {next(iter((self.first_errors or self.errors).values()))}" if self.errors else ""),
         ]
         if self.skipped:
             reasons = Counter(self.skipped.values()).most_common()

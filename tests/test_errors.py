@@ -348,3 +348,22 @@ def test_unknown_baseline_without_model_is_a_usage_error(toy):
     result = toy.runpytest_subprocess("audits", "--invariance-baseline", "v0")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --invariance-baseline v0: version 'v0' is not in *; stored versions: v1"])
+
+
+def test_summary_quotes_the_root_cause_not_a_back_reference():
+    from types import SimpleNamespace
+
+    from pytest_invariance._outcomes import Outcomes
+    from pytest_invariance.settings import Settings
+
+    def error(nodeid: str, line: str, first: bool) -> SimpleNamespace:
+        return SimpleNamespace(nodeid=nodeid, invariance_item={"suite": "toy"}, failed=True, skipped=False,
+                               passed=False, when="setup", invariance_error=line, invariance_error_first=first)
+
+    outcomes = Outcomes({"checks": [], "plots": {}})
+    # the study fails first in a test that sorts last; the back-reference sorts first
+    outcomes.pytest_runtest_logreport(error("t.py::test_z", "study toy could not run: DataError: img3.jpg", True))
+    outcomes.pytest_runtest_logreport(error("t.py::test_a", "study toy (reported at t.py::test_z): DataError; "
+                                            "see that error", False))
+    line = next(ln for ln in outcomes.summary_lines(Settings()) if "could not run" in ln)
+    assert line.endswith("first: study toy could not run: DataError: img3.jpg") and "2 tests" in line
