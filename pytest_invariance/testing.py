@@ -84,6 +84,21 @@ def tiny_cnn(seed: int = 0, *, nan: bool = False) -> Any:
     return cls(nan=nan).eval()
 
 
+def grid_cnn(out_channels: int, kernel: int, grid: int, *, padding: int = 0, seed: int = 0) -> Any:
+    """Seeded ``conv`` (3 -> ``out_channels``, ``kernel`` x ``kernel``) -> ReLU -> average
+    pool of ``grid`` x ``grid`` windows -> flatten: features that keep coarse position, so
+    that probes find planted image factors. Input [N, 3, H, W]; output
+    [N, out_channels * (H' // grid) * (W' // grid)]."""
+    from collections import OrderedDict
+
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    return nn.Sequential(OrderedDict(conv=nn.Conv2d(3, out_channels, kernel, padding=padding), act=nn.ReLU(),
+                                     pool=nn.AvgPool2d(grid), flat=nn.Flatten(1))).eval()
+
+
 def export_onnx(module: Any, path: str | Path, input_shape: tuple[int, ...] = (1, 28, 28),
                 output_names: tuple[str, ...] = ("output",)) -> Path:
     """Export with the TorchScript-based exporter (no onnxscript needed), dynamic batch."""

@@ -67,18 +67,6 @@ def test_erasure_puts_the_linear_probe_at_chance_and_costs_what_mav_says(figures
 # ----------------------------------------------------------------------------- face perturbations
 
 
-class _Tiny(torch.nn.Module):
-    """conv 5x5 -> ReLU -> 4x4 average grid: 64 features that keep coarse position."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 4, 5)
-        self.pool = torch.nn.AvgPool2d(7)
-
-    def forward(self, x):
-        return self.pool(torch.relu(self.conv(x))).flatten(1)
-
 
 def test_face_perturbation_extras_on_a_tiny_model(tmp_path):
     from pytest_invariance.data.faces import load_lfw_faces
@@ -86,9 +74,9 @@ def test_face_perturbation_extras_on_a_tiny_model(tmp_path):
     from pytest_invariance._audit import ModelRef
     from pytest_invariance.data import PerturbationSpec
     from pytest_invariance.studies.erasure import perturbation_extras
-    from pytest_invariance.testing import export_onnx
+    from pytest_invariance.testing import export_onnx, grid_cnn
 
-    path = export_onnx(_Tiny().eval(), tmp_path / "tiny.onnx", (3, 32, 32))
+    path = export_onnx(grid_cnn(4, 5, 7), tmp_path / "tiny.onnx", (3, 32, 32))
     audit = Audit(Settings(no_cache=True, device="cpu", progress="off"))
     emb = audit.load(str(path))
     ref = ModelRef("tiny", emb, emb.default_layer, Preprocess(size=(32, 32), channels=3, prewhiten=True), user=True)

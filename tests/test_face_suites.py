@@ -18,7 +18,7 @@ import torch.onnx  # noqa: F401  - and re-importing these C extensions would abo
 from PIL import Image
 
 from pytest_invariance.data.celeba import ATTRIBUTES
-from pytest_invariance.testing import export_onnx
+from pytest_invariance.testing import export_onnx, grid_cnn
 
 SPLIT_SIZES = {"train": 500, "val": 150, "test": 300}
 PLANTED, NOISE = "Smiling", "Wearing_Necklace"
@@ -85,22 +85,10 @@ def make_celeba(root, seed: int = 0, *, pose: bool = True, square: int | None = 
     return {"attrs": attrs, "yaw": yaw, "pitch": pitch}
 
 
-class _Tiny(torch.nn.Module):
-    """conv 5x5 -> ReLU -> 4x4 average grid: 64 features that keep coarse position."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 4, 5)
-        self.pool = torch.nn.AvgPool2d(7)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(torch.relu(self.conv(x))).flatten(1)
-
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    return export_onnx(_Tiny().eval(), tmp_path_factory.mktemp("model") / "tiny.onnx", (3, 32, 32))
+    return export_onnx(grid_cnn(4, 5, 7), tmp_path_factory.mktemp("model") / "tiny.onnx", (3, 32, 32))
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from PIL import Image
 
 from pytest_invariance.data.factor_folder import load_factor_folder, seeded_split
 from pytest_invariance.errors import DataError
-from pytest_invariance.testing import export_onnx
+from pytest_invariance.testing import export_onnx, grid_cnn
 
 REPO = Path(__file__).resolve().parents[1]
 PLANTED = {"rotation": "mae", "blur": "balanced_accuracy", "occluded": "balanced_error"}
@@ -36,22 +36,10 @@ def _builder():
     return mod.make_lfw_folder
 
 
-class _Grid(torch.nn.Module):
-    """3x3 conv (8 channels) -> ReLU -> 4x4 grid of averages: 128 features with coarse position."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.pool = torch.nn.AvgPool2d(16)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(torch.relu(self.conv(x))).flatten(1)
-
 
 @pytest.fixture(scope="module")
 def grid_model(tmp_path_factory):
-    return export_onnx(_Grid().eval(), tmp_path_factory.mktemp("model") / "grid.onnx", (3, 64, 64))
+    return export_onnx(grid_cnn(8, 3, 16, padding=1), tmp_path_factory.mktemp("model") / "grid.onnx", (3, 64, 64))
 
 
 @pytest.fixture(scope="module")
