@@ -86,13 +86,13 @@ def sample_batch(shape: tuple[int | None, ...] | None, seed: int = 0) -> "np.nda
     return np.random.default_rng(seed).random((1, *shape), dtype=np.float32)  # type: ignore[arg-type]
 
 
-def describe_layers(embedder: "Embedder", trace: list[tuple[str, tuple[int | None, ...]]]) -> list[str]:
+def describe_layers(trace: list[tuple[str, tuple[int | None, ...]]], default: str) -> list[str]:
     """Lines of ``--invariance-list-layers``: each layer and its output shape, in forward order."""
     width = max((len(n) for n, _ in trace), default=0)
     lines = []
     for name, shape in trace:
         dims = "[" + ", ".join("N" if i == 0 else "?" if d is None else str(d) for i, d in enumerate(shape)) + "]" \
             if shape else "[?]"
-        mark = "  (default)" if name == embedder.default_layer else ""
+        mark = "  (default)" if name == default else ""
         lines.append(f"{name:<{width}}  {dims}{mark}")
     return lines
