@@ -5,7 +5,7 @@ torch or onnxruntime until a model is actually loaded.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -32,10 +32,23 @@ class ModelRef:
     user: bool  # given with --model (else the suite's bundled default)
     outputs: dict[str, str] = field(default_factory=dict)  # role -> layer, e.g. {"logits": "logits"}
     pool: str = "auto"
+    layers: tuple[str, ...] = ()  # every layer of the run for this model, forward order (a sweep)
+    projections: dict[str, Any] = field(default_factory=dict)  # layer -> random projection record
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            self.layers = (self.layer,)
+
+    def at(self, layer: str) -> "ModelRef":
+        """The same model read at another layer of the sweep."""
+        from dataclasses import replace
+
+        return replace(self, layer=layer)
 
     def info(self) -> dict[str, Any]:
         e = self.embedder
         return {"model": self.name, "model_path": e.path, "model_sha256": e.sha256, "layer": self.layer,
+                "layers": list(self.layers), "projection": self.projections.get(self.layer),
                 "backend": e.backend, "device": e.device, "provider": e.provider, "pool": self.pool,
                 **e.contract.to_dict(), "preprocessing": self.preprocess.to_dict()}
 
@@ -55,6 +68,14 @@ def model_spec(settings: Settings) -> str | None:
     return settings.model if is_factory_spec(settings.model) else str(settings.resolve_path(settings.model))
 
 
+def trace_shape(emb: "Embedder", suite: Suite, pre: "Preprocess") -> tuple[int | None, int | None, int | None]:
+    """``(C, H, W)`` of the one image a layer trace runs: what the suite feeds, else what the model declares."""
+    c, h, w = emb.input_shape
+    want = suite.input_shape or (None, None, None)
+    size = pre.size or ((h, w) if h and w else want[1:])
+    return (pre.channels or c or want[0] or 3, size[0], size[1])
+
+
 def model_names(settings: Settings, suite: Suite) -> list[str]:
     """The names a suite's tests are parametrized over: the --model's, or the suite's own."""
     if settings.model:
@@ -72,6 +93,7 @@ class Audit:
         self.settings = settings
         self._models: dict[tuple[str, str], "Embedder"] = {}
         self._memo: dict[Any, Any] = {}
+        self._projections: dict[tuple[str, str], dict[str, Any]] = {}
         self._cache: "EmbeddingCache | None" = None
         self._figures: "FigureCache | None" = None
         self.baseline_checks: dict[tuple[str, str], dict[str, Any]] | None = None
@@ -95,15 +117,57 @@ class Audit:
                                    layer_layout=self.settings.layer_layout))
         return self._models[key]
 
-    def model(self, suite: Suite, name: str) -> ModelRef:
-        """The user's --model when given, else the suite's ``[models.NAME]`` entry."""
+    def model(self, suite: Suite, name: str, layer: str | None = None) -> ModelRef:
+        """The user's --model when given, else the suite's ``[models.NAME]`` entry, read at
+        ``layer`` (default: the first of the run's layers, see :meth:`layers`)."""
+        ref = self._model(suite, name)
+        layers = self.layers(suite, name)
+        if layer is not None and layer not in layers:
+            raise KeyError(f"layer {layer!r} is not among the selected layers of {name}: {', '.join(layers)}")
+        return replace(ref, layer=layer or layers[0], layers=layers,
+                       projections=self._projections.setdefault((ref.embedder.sha256, ref.pool), {}))
+
+    def layers(self, suite: Suite, name: str) -> tuple[str, ...]:
+        """The layers this run reads from the model, in forward order (resolved once per model).
+
+        ``--layer`` (repeatable) and ``--invariance-layers`` resolved against the model's
+        layers (:func:`~pytest_invariance.models._layers.select_layers`); with neither, the
+        one default: the suite's declared layer or the model's output.
+
+        Raises
+        ------
+        StudyError
+            Wrapping the LayerNotFoundError of a name or glob that matches no layer.
+        """
+        ref = self._model(suite, name)
+        patterns = self.settings.layer_patterns
+        if not patterns:
+            return (ref.layer,)
+        emb = ref.embedder
+        key = ("layers", emb.sha256, tuple(patterns))
+        return self._remember(key, f"layers of {name} could not be selected",  # type: ignore[no-any-return]
+                              lambda: tuple(self._select(suite, ref, patterns)))
+
+    def _select(self, suite: Suite, ref: ModelRef, patterns: list[str]) -> list[str]:
+        from .models._layers import OPT_LAYERS, is_glob, sample_batch, select_layers
+
+        emb = ref.embedder
+        option = OPT_LAYERS if self.settings.layers else "--layer"
+        if len(patterns) == 1 and not is_glob(patterns[0]):
+            return select_layers([], emb.layers(), patterns, option, emb.path)
+        trace = emb.trace_layers(sample_batch(trace_shape(emb, suite, ref.preprocess), self.seed))
+        return select_layers([n for n, _ in trace], emb.layers(), patterns, option, emb.path)
+
+    def _model(self, suite: Suite, name: str) -> ModelRef:
         from .embeddings import Preprocess
 
         pre = suite.section("preprocess")
         if self.settings.model:
             emb = self.load(model_spec(self.settings))  # type: ignore[arg-type]
-            layer = self.settings.layer or suite.section("suite").get("user_layer") or emb.default_layer
-            if layer.partition("#")[0] not in emb.layers():
+            layer = suite.section("suite").get("user_layer") or emb.default_layer
+            if self.settings.layer_patterns:
+                layer = emb.default_layer  # replaced by the selected layers (see model())
+            elif layer.partition("#")[0] not in emb.layers():
                 from .models._common import unknown_layer
 
                 raise unknown_layer(layer, emb.layers(), emb.path)
@@ -144,19 +208,40 @@ class Audit:
               keep: bool = True, dtype: str = "float32") -> "np.ndarray":
         """Embeddings of ``images`` at ``layer`` (default: the ref's layer), cached on disk and,
         with ``keep``, in memory (a study's large training set passes ``keep=False``).
-        ``dtype="float16"`` rounds them to half precision (see :func:`extract`)."""
-        from .embeddings import extract
+        ``dtype="float16"`` rounds them to half precision (see :func:`extract`).
+
+        The first call for an image set extracts every layer of the sweep (``ref.layers``)
+        in the same pass and keeps them for the tests of the other layers (with ``keep``;
+        else they are read back from the disk cache).
+        """
+        from .embeddings import extract_layers
 
         layer = layer or ref.layer
-        key = ("embed", ref.embedder.sha256, layer, images.fingerprint, ref.preprocess.key(), ref.pool, dtype)
-        was_kept = key in self._memo
-        out = self._remember(key, f"embedding {label or ref.name} at layer {layer} could not run", lambda: extract(
-            ref.embedder, images, layer=layer, preprocess=ref.preprocess, pool=ref.pool,
-            batch_size=self.settings.batch_size, cache=self.cache, workers=self.settings.workers,
-            progress=self.progress, label=label or f"{ref.name}:{layer}", dtype=dtype))
+        s = self.settings
+
+        def key(la: str) -> tuple[Any, ...]:
+            return ("embed", ref.embedder.sha256, la, images.fingerprint, ref.preprocess.key(), ref.pool, dtype,
+                    s.max_dim)
+
+        was_kept = key(layer) in self._memo
+        group = [layer] + ([la for la in ref.layers if la != layer and key(la) not in self._memo]
+                           if layer in ref.layers and not was_kept else [])
+
+        def run() -> "np.ndarray":
+            out = extract_layers(
+                ref.embedder, images, group, preprocess=ref.preprocess, pool=ref.pool, batch_size=s.batch_size,
+                cache=self.cache, workers=s.workers, progress=self.progress,
+                label=label or f"{ref.name}:{layer if len(group) == 1 else f'{len(group)} layers'}", dtype=dtype,
+                max_dim=s.max_dim, seed=s.seed, projections=ref.projections)
+            if keep:
+                for la in group[1:]:
+                    self._memo[key(la)] = out[la]
+            return out[layer]
+
+        out = self._remember(key(layer), f"embedding {label or ref.name} at layer {layer} could not run", run)
         if not keep and not was_kept:
-            del self._memo[key]  # a failure raised above and stays remembered
-        return out
+            del self._memo[key(layer)]  # a failure raised above and stays remembered
+        return out  # type: ignore[no-any-return]
 
     @property
     def figures(self) -> "FigureCache | None":

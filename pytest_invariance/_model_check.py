@@ -57,7 +57,8 @@ def probe_suites(audit: "Audit", suites: Iterable[Suite]) -> tuple[dict[str, str
             reasons[str(suite.root)] = reason
             lines.append(f"invariance: suite {suite.name}: skipped: {reason}")
         else:
-            lines.append(f"invariance: suite {suite.name}: {ref.name} layer={ref.layer} pool={ref.pool} "
+            shown = ref.layer if len(ref.layers) == 1 else f"{len(ref.layers)} layers ({ref.layers[0]} ... {ref.layers[-1]})"
+            lines.append(f"invariance: suite {suite.name}: {ref.name} layer={shown} pool={ref.pool} "
                          f"preprocessing: {ref.preprocess.describe()}")
     return reasons, lines
 
@@ -78,7 +79,8 @@ def probe(suite: Suite, ref: "ModelRef", seed: int = 0) -> str | None:
     Raises an InvarianceError (one line) when it fits but cannot be read correctly: an
     ambiguous read-out, preprocessing a uint8 model cannot take, or embeddings that depend
     on which images share a batch (a model exported in training mode: batch statistics,
-    dropout). Compares a batch of 4 against the same images one at a time, to 1e-4.
+    dropout). Compares a batch of 4 against the same images one at a time, to 1e-4, at
+    every selected layer (``ref.layers``), all read in the same forward.
     """
     import numpy as np
     import torch
@@ -105,8 +107,9 @@ def probe(suite: Suite, ref: "ModelRef", seed: int = 0) -> str | None:
                              "drop scale/mean/std/prewhiten from --invariance-preprocess")
     rng = np.random.default_rng(seed)
     x = p(torch.from_numpy(rng.random((4, *(suite.input_shape or shape)), dtype=np.float32)))
+    layers = list(ref.layers)
     try:
-        together = e.embed(x.numpy(), ref.layer, pool=ref.pool)
+        together = e.embed_many(x.numpy(), layers, pool=ref.pool)
     except InputShapeError as exc:
         return str(exc)
     except InvarianceError:
@@ -114,12 +117,14 @@ def probe(suite: Suite, ref: "ModelRef", seed: int = 0) -> str | None:
     except Exception as exc:  # the backend's own error: the model does not take this input
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
         return f"{e.path} fails on suite {suite.name}'s input float32[N, {', '.join(map(str, shape))}]: {first}"
-    alone = np.concatenate([e.embed(x[i:i + 1].numpy(), ref.layer, pool=ref.pool) for i in range(len(x))])
-    scale = float(np.abs(together).max()) + 1e-6
-    if not np.allclose(together, alone, atol=1e-4 * scale, rtol=1e-4):
-        raise EmbeddingError(
-            f"{e.path} layer {ref.layer!r} gives different embeddings for the same image in a batch of 4 and alone "
-            f"(max difference {float(np.abs(together - alone).max()):.3g}): it is not in inference mode "
-            "(BatchNorm on batch statistics, active dropout); re-export it after model.eval()"
-        )
+    singles = [e.embed_many(x[i:i + 1].numpy(), layers, pool=ref.pool) for i in range(len(x))]
+    for layer in layers:
+        alone = np.concatenate([one[layer] for one in singles])
+        scale = float(np.abs(together[layer]).max()) + 1e-6
+        if not np.allclose(together[layer], alone, atol=1e-4 * scale, rtol=1e-4):
+            raise EmbeddingError(
+                f"{e.path} layer {layer!r} gives different embeddings for the same image in a batch of 4 and alone "
+                f"(max difference {float(np.abs(together[layer] - alone).max()):.3g}): it is not in inference mode "
+                "(BatchNorm on batch statistics, active dropout); re-export it after model.eval()"
+            )
     return None

@@ -168,7 +168,8 @@ class Outcomes:
                             "threshold": None, "comparator": None, "passed": False if status == "error" else None,
                             "ci_low": None, "ci_high": None, "chance": None, "n": 0,
                             "verdict": "ERROR" if status == "error" else "SKIPPED", "status": status,
-                            "message": message, "details": dict(self.model_of.get(nodeid, {}))})
+                            "message": message, "details": dict(self.model_of.get(nodeid, {})),
+                            "layer": self.model_of.get(nodeid, {}).get("layer")})
         return out
 
     def nothing_audited(self, settings: Any) -> bool:

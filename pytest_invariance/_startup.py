@@ -2,8 +2,8 @@
 
 * ``--layer`` needs ``--model``;
 * the suites under the given paths load (unknown keys in an invariance.toml are named);
-* every ``--invariance-threshold``/``--invariance-tolerance`` names a metric (and qualifier)
-  that a selected suite emits;
+* every ``--invariance-threshold``/``--invariance-tolerance`` names a metric that a selected
+  suite emits (a qualifier that is no suite's is checked against the selected layers later);
 * the output files can be written, the history file is ours, and the previous run's
   results.json and report are removed, so they never pass for this run's.
 """
@@ -28,7 +28,8 @@ _CONFIG = "invariance.toml"  # checks._suite.CONFIG_NAME, named here so that pla
 def check_options(settings: "Settings") -> None:
     if settings.layer and not settings.model:
         raise pytest.UsageError(
-            f"--layer {settings.layer} needs --model: the bundled models use the layer their suite declares")
+            f"--layer {settings.layer[0]} needs --model: the bundled models use the layer their suite declares "
+            "(--invariance-layers selects layers of the bundled models)")
 
 
 def find_suites(config: pytest.Config) -> list["Suite"]:
@@ -81,9 +82,8 @@ def check_overrides(settings: "Settings", suites: list["Suite"]) -> None:
         if metric not in metrics:
             raise pytest.UsageError(f"--invariance-threshold {key}={value:g}: no selected suite has metric "
                                     f"{metric!r}; known metrics: {known}")
-        if qualifier and qualifier not in qualifiers and "*" not in qualifiers:  # "*": named by the user's data
-            raise pytest.UsageError(f"--invariance-threshold {key}={value:g}: no selected suite has qualifier "
-                                    f"{qualifier!r}; known qualifiers: {', '.join(sorted(qualifiers)) or 'none'}")
+        # A qualifier no suite declares may be a layer: checked against the selected
+        # layers once the models are loaded (plugin._check_layer_qualifiers).
     for tol in settings.tolerance:
         if tol.metric is not None and tol.metric not in metrics:
             raise pytest.UsageError(f"--invariance-tolerance {tol.metric}=...: no selected suite has metric "

@@ -87,6 +87,19 @@ def _resolve_settings(config: pytest.Config) -> "Settings":
     return Settings(**values)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    """``--invariance-list-layers``: print each model's layers with their shapes and exit 0
+    (no test runs); like ``--markers``, before any session starts."""
+    if not config.getoption("invariance_list_layers"):
+        return None
+    from ._layer_list import list_layers
+
+    for line in list_layers(config, _resolve_settings(config)):
+        print(line)
+    return 0
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
@@ -124,6 +137,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if settings.baseline:
         _audit(config)  # an unknown --invariance-baseline tag is a usage error now, not in a test
     if not settings.model:
+        if settings.layers or settings.threshold:
+            _select_bundled_layers(config, settings)
         return
     from ._audit import model_spec
     from ._model_check import discover_suites, probe_suites
@@ -131,18 +146,53 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
     audit = _audit(config)
     try:
-        emb = audit.load(model_spec(settings))  # type: ignore[arg-type]
-        if settings.layer and settings.layer.partition("#")[0] not in emb.layers():
-            from .models._common import unknown_layer
-
-            raise unknown_layer(settings.layer, emb.layers(), emb.path)
+        audit.load(model_spec(settings))  # type: ignore[arg-type]
         suites = discover_suites(config.args, config.invocation_params.dir, config.rootpath)
+        from .checks import Suite
+
+        # The layer selection is checked against the model even when no suite is found.
+        audit.layers(suites[0] if suites else Suite(name="", root=config.rootpath), "model")
         reasons, lines = probe_suites(audit, suites)
+        _check_layer_qualifiers(config, settings, audit)
     except (InvarianceError, ImportError) as exc:
         from .errors import StudyError
 
         raise pytest.UsageError(str(exc.cause if isinstance(exc, StudyError) else exc)) from None
     config.stash[PROBED_KEY] = (reasons, lines, {str(suite.root) for suite in suites})
+
+
+def _select_bundled_layers(config: pytest.Config, settings: "Settings") -> None:
+    """--invariance-layers on the suites' own models: every model's selection resolves, or one usage error."""
+    from ._startup import find_suites
+    from .errors import InvarianceError, StudyError
+
+    audit = _audit(config)
+    try:
+        for suite in find_suites(config):
+            for name in suite.section("models"):
+                audit.layers(suite, name)
+        _check_layer_qualifiers(config, settings, audit)
+    except (InvarianceError, ImportError) as exc:
+        raise pytest.UsageError(str(exc.cause if isinstance(exc, StudyError) else exc)) from None
+
+
+def _check_layer_qualifiers(config: pytest.Config, settings: "Settings", audit: "Audit") -> None:
+    """A threshold qualified by a layer must name a selected layer (a typo would never apply)."""
+    from ._audit import model_names
+    from ._startup import find_suites
+    from .checks._suite import threshold_layer_qualifiers
+
+    suites = find_suites(config)
+    if not threshold_layer_qualifiers(settings, suites):
+        return
+    layers = list(dict.fromkeys(la for suite in suites for name in model_names(settings, suite)
+                                for la in audit.layers(suite, name)))
+    known = sorted(set().union(*(suite.qualifiers() for suite in suites))) if suites else []
+    for key, value, qualifier in threshold_layer_qualifiers(settings, suites):
+        if qualifier not in layers:
+            raise pytest.UsageError(f"--invariance-threshold {key}={value:g}: no selected suite has qualifier "
+                                    f"{qualifier!r} and it is not a selected layer; known qualifiers: "
+                                    f"{', '.join(known) or 'none'}; selected layers: {', '.join(layers) or 'none'}")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
@@ -152,7 +202,8 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     model = s.model or "each suite's bundled default"
     backend = "onnx" if (s.model or "").endswith(".onnx") else "torch" if s.model else "per suite"
     cache = "off" if s.no_cache else str(s.resolve_path(s.cache_dir))
-    lines = [f"invariance: model={model} layer={s.layer or 'default'} backend={backend} "
+    layer = ",".join(s.layer_patterns) or "default"
+    lines = [f"invariance: model={model} layer={layer} backend={backend} "
              f"device={s.device} seed={s.seed} cache={cache}"]
     emb = _loaded_model(config)
     if emb is not None:
@@ -240,7 +291,9 @@ def _load_baseline(audit: "Audit") -> None:
         audit.baseline_checks = {}
         return
     doc = store.run(tag)
-    audit.baseline_checks = {(c.get("nodeid"), c.get("metric")): c for c in doc.get("checks", [])}
+    from .history import check_identity
+
+    audit.baseline_checks = {check_identity(c): c for c in doc.get("checks", [])}
 
 
 def _model_spec(s: "Settings") -> str | None:
@@ -301,11 +354,11 @@ def invariance_model(request: pytest.FixtureRequest, invariance_audit: "Audit",
 
     A user's model whose input does not fit the suite's protocol skips with the reason.
     """
-    name = getattr(request, "param", None)
+    name, layer = getattr(request, "param", (None, None))
     error = request.config.stash.get(PROBE_ERRORS_KEY, {}).get(str(invariance_suite.root))
     if error is not None:
         raise error
-    ref = invariance_audit.model(invariance_suite, name)
+    ref = invariance_audit.model(invariance_suite, name, layer)
     request.node.stash[MODEL_KEY] = ref
     return ref
 
@@ -317,12 +370,32 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     suite = _suite_for(metafunc.config, Path(str(metafunc.definition.path)))
     from ._audit import model_names
 
-    names = model_names(settings, suite)
-    # A user's model gets the fixed id "model" so that node ids, and with them the
-    # history's check identities, stay the same when the file name changes between
-    # releases; details.model still carries the file stem.
-    ids = ["model"] if settings.model else names
-    metafunc.parametrize("invariance_model", names, indirect=True, ids=ids)
+    params, ids = [], []
+    for name in model_names(settings, suite):
+        # A user's model gets the fixed id "model" so that node ids, and with them the
+        # history's check identities, stay the same when the file name changes between
+        # releases; details.model still carries the file stem.
+        pid = "model" if settings.model else name
+        layers = _param_layers(metafunc.config, suite, name)
+        # One layer keeps today's id, so existing baselines and history still match;
+        # a sweep adds the layer: [model-layer4].
+        params += [(name, layer) for layer in layers]
+        ids += [pid if len(layers) == 1 else f"{pid}-{layer}" for layer in layers]
+    metafunc.parametrize("invariance_model", params, indirect=True, ids=ids)
+
+
+def _param_layers(config: pytest.Config, suite: "Suite", name: str) -> list[Any]:
+    """The layers a model's tests run over; [None] (the fixture's default) when no selection
+    was given or it cannot be resolved here (then the fixture raises its one error)."""
+    settings = config.stash[SETTINGS_KEY]
+    if not settings.layer_patterns:
+        return [None]
+    from .errors import InvarianceError
+
+    try:
+        return list(_audit(config).layers(suite, name))
+    except (InvarianceError, ImportError):
+        return [None]
 
 
 @pytest.fixture
@@ -360,10 +433,13 @@ def _make_check(request: pytest.FixtureRequest, audit: "Audit", suite: "Suite") 
         details = {**(ref.info() if ref is not None else {}), **(details or {})}
         given = {k: v for k, v in dict(min=min, max=max, above=above, below=below).items() if v is not None}
         call = Threshold.from_kwargs(confident=confident, **given) if given else None
-        qualifiers = [str(details[k]) for k in ("model", "attribute", "factor", "bin", "group") if details.get(k) is not None]
+        qualifiers = [str(details[k]) for k in ("layer", "model", "attribute", "factor", "bin", "group")
+                      if details.get(k) is not None]
         threshold = resolve_threshold(metric, qualifiers, call=call, marker=marker_thresholds,
                                       suite=suite.thresholds, overrides=overrides)
         result = evaluate(node.nodeid, suite.name, metric, estimate, threshold, details)
+        if ref is not None:
+            result.layer, result.test = ref.layer, _one_layer_id(node.nodeid, ref)
         known = suite.expected_failure(metric, qualifiers)
         if known and not result.passed:
             result.details["expected_failure"] = known
@@ -376,13 +452,21 @@ def _make_check(request: pytest.FixtureRequest, audit: "Audit", suite: "Suite") 
     return check
 
 
+def _one_layer_id(nodeid: str, ref: "ModelRef") -> str:
+    """The node id this test has in a one-layer run: a sweep's ``[model-layer4]`` -> ``[model]``."""
+    if len(ref.layers) == 1:
+        return nodeid
+    head, bracket, params = nodeid.partition("[")
+    return head + bracket + params.replace(f"-{ref.layer}", "", 1)
+
+
 def _apply_baseline(audit: "Audit", result: "CheckResult") -> None:
     if audit.baseline_checks is None:
         return
     from .checks import FAIL
-    from .history import compare_to_baseline, find_tolerance
+    from .history import check_identity, compare_to_baseline, find_tolerance
 
-    base = audit.baseline_checks.get((result.nodeid, result.metric))
+    base = audit.baseline_checks.get(check_identity(result.to_dict()))
     if base is None or base.get("value") is None:
         return
     tol = find_tolerance(result.metric, audit.settings.tolerance)
@@ -495,7 +579,7 @@ def _run_block(config: pytest.Config, collected: dict[str, Any]) -> dict[str, An
     s = config.stash[SETTINGS_KEY]
     # Every audited model as its record says (ModelRef.info(), whatever fields it has);
     # run-level model fields only describe the run when one --model was audited.
-    models = {name: {k: v for k, v in info.items() if k != "model"}
+    models = {name: _model_record(info, collected.get("checks", []))
               for name, info in sorted(collected.get("models", {}).items())}
     only = next(iter(models.values()), {}) if s.model and len(models) == 1 else {}
     return {
@@ -503,13 +587,28 @@ def _run_block(config: pytest.Config, collected: dict[str, Any]) -> dict[str, An
         "model_path": _model_spec(s) if s.model else "(suite defaults)",
         "model_sha256": only.get("model_sha256"),
         "model_version": _version_tag(s, config.stash.get(AUDIT_KEY, None)),
-        "layer": only.get("layer") or s.layer or "(per model)",
+        "layer": only.get("layer") or (", ".join(only["layers"]) if only.get("layers") else "(per model)"),
         "backend": only.get("backend"), "device": only.get("device"), "provider": only.get("provider"),
         "preprocessing": only.get("preprocessing"), "models": models,
         "seed": s.seed, "started": collected["started"], "finished": _now(),
         "git_commit": _git_commit(config.rootpath), "versions": _versions(),
         "command": " ".join(["pytest", *config.invocation_params.args]),
     }
+
+
+def _model_record(info: dict[str, Any], checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """``run.models[NAME]``: the model's record with ``layers`` (forward order); ``layer`` only
+    when one was read; the random projection of each projected layer under ``projections``."""
+    out = {k: v for k, v in info.items() if k not in ("model", "projection")}
+    layers = out.get("layers") or [out.get("layer")]
+    if len(layers) > 1:
+        out.pop("layer", None)
+    projections = {c.get("layer"): (c.get("details") or {}).get("projection") for c in checks
+                   if (c.get("details") or {}).get("model") == info.get("model")
+                   and (c.get("details") or {}).get("projection")}
+    if projections:
+        out["projections"] = projections
+    return out
 
 
 def _now() -> str:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 # Option strings are constants so tests and docs refer to one spelling.
 OPT_MODEL, OPT_LAYER, OPT_DEVICE = "--model", "--layer", "--device"
+OPT_LAYERS, OPT_LIST_LAYERS, OPT_MAX_DIM = "--invariance-layers", "--invariance-list-layers", "--invariance-max-dim"
 
 
 def parse_device(value: str) -> str:
@@ -59,8 +60,22 @@ def parse_layer(value: str) -> str:
     return value.strip()
 
 
+def parse_layers(value: str) -> str:
+    """``all``, a glob, or comma-separated names and globs (resolved against the model later)."""
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a layer selection; use all, a glob like 'layer*' "
+                                         "or names like 'conv1,conv2,ip1'")
+    for item in items:
+        if item != "all" and not re.fullmatch(r"[A-Za-z0-9_./:\-\[\]*?!]+(#[1-9][0-9]*)?", item):
+            raise argparse.ArgumentTypeError(f"{item!r} in {value!r} is not a layer name or glob like 'layer4', "
+                                             "'blocks.*' or 'layer1.0.relu#2'")
+    return ",".join(items)
+
+
 def parse_threshold(value: str) -> tuple[str, float]:
-    m = re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)\s*=\s*(\S+?)\s*", value)
+    # The qualifier may be a layer name: ONNX tensors ('/blocks/blocks.3/Add_output_0'), '#k' calls.
+    m = re.fullmatch(r"\s*([A-Za-z0-9_.\-/:#\[\]]+)\s*=\s*(\S+?)\s*", value)
     if not m:
         raise argparse.ArgumentTypeError(
             f"{value!r} is not METRIC=VALUE like 'mav_accuracy=0.9' or 'Smiling.fn_rate=0.45'"
@@ -178,8 +193,15 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option(OPT_MODEL, parse_model_spec, None, "model to audit: .onnx, TorchScript .pt, torch.export .pt2, "
            "or module.path:factory (with --invariance-weights). Default: each suite's bundled model.", metavar="PATH", path=True),
-    Option(OPT_LAYER, parse_layer, None, "layer to embed from: ONNX tensor name or torch module path "
-           "(default: the model's output, or the suite's declared layer)", metavar="NAME"),
+    Option(OPT_LAYER, parse_layer, [], "layer to embed from: ONNX tensor name or torch module path "
+           "(default: the model's output, or the suite's declared layer); repeat it to audit several layers "
+           "from one forward pass", multiple=True, metavar="NAME"),
+    Option(OPT_LAYERS, parse_layers, None, "layers to audit, in forward order: all, a glob ('blocks.*') or "
+           "comma-separated names/globs; every check runs once per layer", metavar="SPEC"),
+    Option(OPT_LIST_LAYERS, None, False, "print the model's layers with their output shapes, in forward "
+           "order, and exit"),
+    Option(OPT_MAX_DIM, parse_nonneg_int, 2048, "a layer wider than this is reduced to it by a seeded "
+           "random projection (0: never)", metavar="N"),
     Option(OPT_DEVICE, parse_device, "auto", "auto|cpu|cuda[:N]; auto picks CUDA when present", metavar="DEV"),
     Option("--invariance-weights", parse_path, None, "state_dict file for a module:factory model", metavar="PATH", path=True),
     Option("--invariance-trust-pickle", None, False, "allow loading pickled full torch modules (runs code from the file)"),
@@ -225,7 +247,10 @@ class Settings:
     """Everything the fixtures need, resolved once in ``pytest_configure``."""
 
     model: str | None = None
-    layer: str | None = None
+    layer: tuple[str, ...] = ()  # --layer, repeatable
+    layers: str | None = None    # --invariance-layers spec
+    list_layers: bool = False
+    max_dim: int = 2048
     device: str = "auto"
     weights: str | None = None
     trust_pickle: bool = False
@@ -254,6 +279,13 @@ class Settings:
     progress: str = "auto"
     erase: bool = False
     rootdir: str = "."  # base of paths still relative: the folder where pytest was started
+
+    @property
+    def layer_patterns(self) -> list[str]:
+        """Every layer name and glob of ``--layer`` and ``--invariance-layers`` (``all`` is ``*``)."""
+        from .models._layers import split_spec
+
+        return list(self.layer) + (split_spec(self.layers) if self.layers else [])
 
     def resolve_path(self, p: str | None) -> Path | None:
         """``p`` as an absolute Path (see :func:`absolute_path`); None stays None."""

@@ -194,7 +194,8 @@ def test_read_only_report_folder_is_found_at_start_up(toy):
     (["--invariance-threshold", "feature_maen=1"],
      "ERROR: --invariance-threshold feature_maen=1: no selected suite has metric 'feature_maen'; known metrics: feature_mean"),
     (["--invariance-threshold", "tinny.feature_mean=1"],
-     "ERROR: --invariance-threshold tinny.feature_mean=1: no selected suite has qualifier 'tinny'; known qualifiers: tiny"),
+     "ERROR: --invariance-threshold tinny.feature_mean=1: no selected suite has qualifier 'tinny' and it is "
+     "not a selected layer; known qualifiers: tiny; selected layers: *"),
     (["--invariance-tolerance", "feature_maen=0.1"], "ERROR: --invariance-tolerance feature_maen=...: no selected suite*"),
     (["--invariance-threshold", "feature_mean=1e999"], "*a threshold must be a finite number*"),
     (["--layer", "output"], "ERROR: --layer output needs --model*"),

@@ -96,6 +96,8 @@ class CheckResult:
     verdict: str = PASS
     message: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    layer: str | None = None  # the layer the figure was read at
+    test: str | None = None   # node id as a one-layer run names it (history identity, see check_identity)
 
     def to_dict(self) -> dict[str, Any]:
         return _json_safe(asdict(self))

@@ -18,7 +18,9 @@ Example::
     "lenet.mav_accuracy_drop" = "paper 4.1: LeNet's ip1 loses 9 points under MAV"
 
 A threshold is looked up from most to least specific: ``QUALIFIER.METRIC`` for each
-qualifier the check carries, then ``METRIC``.
+qualifier the check carries, then ``METRIC``. The qualifiers are, in this order, the
+layer (``layer4.rotation_mae``, ``/blocks/blocks.3/Add_output_0.rotation_mae``), the
+model, the attribute, the factor, the bin and the group.
 """
 from __future__ import annotations
 
@@ -170,6 +172,21 @@ class Suite:
         """The documented reason when this check is a known leak (``[expected_failures]``)."""
         known = self.config.get("expected_failures", {})
         return next((str(known[k]) for k in lookup_keys(metric, list(qualifiers)) if k in known), None)
+
+
+def threshold_layer_qualifiers(settings: Any, suites: Iterable[Suite]) -> list[tuple[str, float, str]]:
+    """``(key, value, qualifier)`` of each ``--invariance-threshold`` whose qualifier no suite
+    declares: it can only be a layer (``layer4.rotation_mae``), checked once layers are selected."""
+    suites = list(suites)
+    known: set[str] = set().union(*(s.qualifiers() for s in suites)) if suites else set()
+    if "*" in known:  # qualifiers named by the user's data (factors suite)
+        return []
+    out = []
+    for key, value in settings.threshold:
+        qualifier = key.rpartition(".")[0]
+        if qualifier and qualifier not in known:
+            out.append((key, value, qualifier))
+    return out
 
 
 def lookup_keys(metric: str, qualifiers: Iterable[str]) -> list[str]:

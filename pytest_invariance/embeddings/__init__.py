@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ._cache import EmbeddingCache, atomic_write_bytes, cache_key
-from ._extract import extract, progress_wanted
+from ._extract import extract, extract_layers, progress_wanted
+from ._project import LayerProjection
 from ._preprocess import Preprocess
 
-__all__ = ["EmbeddingCache", "Preprocess", "atomic_write_bytes", "cache_key", "extract", "progress_wanted"]
+__all__ = ["EmbeddingCache", "Preprocess", "atomic_write_bytes", "cache_key", "extract", "extract_layers", "progress_wanted", "LayerProjection"]

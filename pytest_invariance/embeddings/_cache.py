@@ -90,6 +90,14 @@ class EmbeddingCache:
         (self.dir / f"{key}.json").unlink(missing_ok=True)
         return None
 
+    def record(self, key: str) -> dict[str, Any]:
+        """The JSON record of an entry (what its key was made of), ``{}`` when unreadable."""
+        try:
+            meta = json.loads((self.dir / f"{key}.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return meta if isinstance(meta, dict) else {}
+
     def _verify(self, key: str, p: Path, rows: int | None) -> tuple[str | None, np.ndarray | None]:
         try:
             meta = json.loads((self.dir / f"{key}.json").read_text())

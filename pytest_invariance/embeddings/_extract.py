@@ -1,7 +1,8 @@
 """Batched, streaming extraction: ImageSet -> float32 [N, D], through the cache."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,7 +31,8 @@ def _check_finite(out: np.ndarray, offset: int, what: str) -> None:
 def extract(embedder: "Embedder", images: "ImageSet", *, layer: str | None = None,
             preprocess: Preprocess | None = None, pool: str = "auto", batch_size: int = 256,
             cache: EmbeddingCache | None = None, workers: int = 0,
-            progress: bool = False, label: str = "", dtype: str = "float32") -> np.ndarray:
+            progress: bool = False, label: str = "", dtype: str = "float32",
+            max_dim: int = 0, seed: int = 0) -> np.ndarray:
     """Embed every image of ``images`` at ``layer``; cached on the full key.
 
     Returns ``[len(images), D]`` in the order of ``images.labels``, float32, or with
@@ -39,62 +41,131 @@ def extract(embedder: "Embedder", images: "ImageSet", *, layer: str | None = Non
     layer whose values exceed float16's range (65,504) stays float32. ``pool`` says
     how a layer of rank > 2 becomes one vector (see :mod:`pytest_invariance.models._pool`);
     the key covers it, the model's input contract and its layer-layout override.
+    One layer of :func:`extract_layers` (same cache entries).
 
     Examples
     --------
     See ``tests/test_extract.py``; the audits call this through the
     ``invariance_embed`` fixture.
     """
-    preprocess = preprocess or Preprocess()
     layer = layer or embedder.default_layer
-    key_parts = {"model": embedder.sha256, "layer": layer, "data": images.fingerprint,
-                 "preprocess": preprocess.key(), "pool": pool, "contract": embedder.contract.to_dict(),
-                 "layer_layout": getattr(embedder, "layer_layout", "auto"), "version": __version__}
-    if dtype != "float32":
-        key_parts["dtype"] = dtype
+    return extract_layers(embedder, images, [layer], preprocess=preprocess, pool=pool, batch_size=batch_size,
+                          cache=cache, workers=workers, progress=progress, label=label, dtype=dtype,
+                          max_dim=max_dim, seed=seed)[layer]
+
+
+def extract_layers(embedder: "Embedder", images: "ImageSet", layers: list[str], *,
+                   preprocess: Preprocess | None = None, pool: str = "auto", batch_size: int = 256,
+                   cache: EmbeddingCache | None = None, workers: int = 0, progress: bool = False,
+                   label: str = "", dtype: str = "float32", max_dim: int = 0, seed: int = 0,
+                   projections: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Embed ``images`` at every one of ``layers`` in one pass over the data: ``{layer: [N, D_layer]}``.
+
+    Each layer has its own cache entry, keyed as a one-layer extraction, so a sweep and
+    a single-layer run share entries; only the layers missing from the cache are run,
+    all of them in the same forward passes (:meth:`Embedder.embed_many`). A layer wider
+    than ``max_dim`` (0: no cap) is reduced by the seeded random projection of
+    :class:`~pytest_invariance.embeddings._project.LayerProjection`; what was done is
+    written into ``projections[layer]`` (None when the layer was kept as is).
+    """
+    preprocess = preprocess or Preprocess()
+    layers = list(dict.fromkeys(layers))
+    parts = {layer: _key_parts(embedder, images, layer, preprocess, pool, dtype) for layer in layers}
+    projections = {} if projections is None else projections
     if cache is None:
-        return _run(embedder, images, layer, preprocess, pool, batch_size, workers, progress, label, dtype)
-    key = cache_key(key_parts)
-    with cache.locked(key):
-        hit = cache.load(key, rows=len(images))
-        if hit is not None:
-            cache.hits += 1
-            return hit
-        cache.misses += 1
-        out = _run(embedder, images, layer, preprocess, pool, batch_size, workers, progress, label, dtype)
-        cache.store(key, out, {**key_parts, "model_path": embedder.path, "n": len(out), "dim": out.shape[1]})
+        out = _run(embedder, images, layers, preprocess, pool, batch_size, workers, progress, label, dtype,
+                   max_dim, seed, projections)
         return out
+    found: dict[str, np.ndarray] = {}
+    with ExitStack() as stack:
+        plain = {layer: cache_key(parts[layer]) for layer in layers}
+        for key in sorted(set(plain.values())):  # one order for every process: no deadlock
+            stack.enter_context(cache.locked(key))
+        for layer in layers:
+            hit = _load(cache, parts[layer], len(images), max_dim, seed)
+            if hit is not None:
+                found[layer], projections[layer] = hit
+        cache.hits += len(found)
+        todo = [layer for layer in layers if layer not in found]
+        cache.misses += len(todo)
+        if todo:
+            new = _run(embedder, images, todo, preprocess, pool, batch_size, workers, progress, label, dtype,
+                       max_dim, seed, projections)
+            for layer, arr in new.items():
+                proj = projections.get(layer)
+                key = cache_key(_projected(parts[layer], max_dim, seed)) if proj else plain[layer]
+                cache.store(key, arr, {**parts[layer], "model_path": embedder.path, "n": len(arr),
+                                       "dim": arr.shape[1], "projection": proj})
+                found[layer] = arr
+    return {layer: found[layer] for layer in layers}
 
 
-def _run(embedder: "Embedder", images: "ImageSet", layer: str, preprocess: Preprocess, pool: str,
-         batch_size: int, workers: int, progress: bool, label: str, dtype: str = "float32") -> np.ndarray:
+def _key_parts(embedder: "Embedder", images: "ImageSet", layer: str, preprocess: Preprocess, pool: str,
+               dtype: str) -> dict[str, Any]:
+    parts = {"model": embedder.sha256, "layer": layer, "data": images.fingerprint,
+             "preprocess": preprocess.key(), "pool": pool, "contract": embedder.contract.to_dict(),
+             "layer_layout": getattr(embedder, "layer_layout", "auto"), "version": __version__}
+    if dtype != "float32":
+        parts["dtype"] = dtype
+    return parts
+
+
+def _projected(parts: dict[str, Any], max_dim: int, seed: int) -> dict[str, Any]:
+    return {**parts, "projection": {"max_dim": max_dim, "seed": seed}}
+
+
+def _load(cache: EmbeddingCache, parts: dict[str, Any], rows: int, max_dim: int,
+          seed: int) -> tuple[np.ndarray, dict[str, Any] | None] | None:
+    """A cached layer usable under this cap: an unprojected entry no wider than ``max_dim``
+    (whatever the seed), else the entry projected with this (cap, seed)."""
+    plain = cache.load(cache_key(parts), rows=rows)
+    if plain is not None and (not max_dim or plain.shape[1] <= max_dim):
+        return plain, None
+    key = cache_key(_projected(parts, max_dim, seed))
+    hit = cache.load(key, rows=rows) if max_dim else None
+    if hit is None:
+        return None
+    return hit, cache.record(key).get("projection")
+
+
+def _run(embedder: "Embedder", images: "ImageSet", layers: list[str], preprocess: Preprocess, pool: str,
+         batch_size: int, workers: int, progress: bool, label: str, dtype: str, max_dim: int, seed: int,
+         projections: dict[str, Any]) -> dict[str, np.ndarray]:
     from torch.utils.data import DataLoader
+
+    from ._project import LayerProjection
 
     cuda = embedder.device.startswith("cuda")
     from ..data._source import collate
 
     loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=cuda, persistent_workers=False, collate_fn=collate)
-    shown = bar(len(images), label or f"{embedder.name}:{layer}", progress, unit="img")
-    out: np.ndarray | None = None
+    what = layers[0] if len(layers) == 1 else f"{len(layers)} layers"
+    shown = bar(len(images), label or f"{embedder.name}:{what}", progress, unit="img")
+    out: dict[str, np.ndarray] = {}
+    project: dict[str, LayerProjection] = {}
     offset = 0
     for batch in loader:
         if embedder.backend == "torch":
             # torch models take the tensor as is: on CUDA the pinned batch is copied
             # asynchronously and preprocessed on the GPU.
             x = preprocess(batch.to(embedder.device, non_blocking=True) if cuda else batch)
-            emb = embedder.embed(x, layer, pool=pool)
+            embs = embedder.embed_many(x, layers, pool=pool)
         else:
-            emb = embedder.embed(preprocess(batch).numpy(), layer, pool=pool)
-        _check_finite(emb, offset, f"{embedder.name} layer {layer}")
-        if out is None:  # allocate once we know D; never hold the images themselves
-            out = np.empty((len(images), emb.shape[1]), dtype=dtype)
-        if out.dtype == np.float16 and np.abs(emb).max(initial=0) > np.finfo(np.float16).max:
-            out = out.astype(np.float32)  # out of half range: keep full precision
-        out[offset: offset + len(emb)] = emb
+            embs = embedder.embed_many(preprocess(batch).numpy(), layers, pool=pool)
+        for layer, emb in embs.items():
+            _check_finite(emb, offset, f"{embedder.name} layer {layer}")
+            if layer not in out:  # allocate once we know D; never hold the images themselves
+                project[layer] = LayerProjection(emb.shape[1], max_dim=max_dim, seed=seed)
+                projections[layer] = project[layer].record()
+                out[layer] = np.empty((len(images), min(emb.shape[1], max_dim or emb.shape[1])), dtype=dtype)
+            emb = project[layer](emb)
+            if out[layer].dtype == np.float16 and np.abs(emb).max(initial=0) > np.finfo(np.float16).max:
+                out[layer] = out[layer].astype(np.float32)  # out of half range: keep full precision
+            out[layer][offset: offset + len(emb)] = emb
         offset += len(emb)
         shown.update(len(emb))
     shown.close()
-    if out is None:
+    if not out:
         raise EmbeddingError(f"{label or images!r}: no images to embed")
     return out

@@ -9,6 +9,7 @@ from ._baseline import (
     Tolerance,
     ToleranceError,
     annotate_regressions,
+    check_identity,
     compare_to_baseline,
     find_tolerance,
     parse_tolerance,
@@ -26,5 +27,5 @@ from ._store import (
 __all__ = [
     "HistoryStore", "HistoryError", "UnknownVersionError", "TrendPoint", "default_tag",
     "SCHEMA_VERSION", "LATEST", "Tolerance", "ToleranceError", "parse_tolerance",
-    "compare_to_baseline", "find_tolerance", "annotate_regressions",
+    "compare_to_baseline", "find_tolerance", "annotate_regressions", "check_identity",
 ]

@@ -190,6 +190,25 @@ def find_tolerance(metric: str, tolerances: Iterable[Tolerance]) -> Tolerance | 
     return catch_all
 
 
+def check_identity(check: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    """What makes two checks (of two runs) the same check: ``(test, layer, metric)``.
+
+    ``test`` is the node id as a one-layer run names it (a sweep's ``[model-layer4]`` is
+    ``[model]``), which holds the suite (file), the test, the model and the parametrized
+    qualifiers; ``layer`` the layer it read (``details.layer`` for results written before
+    checks carried it). A sweep's layer4 is thus compared with a one-layer run of layer4.
+
+    Examples
+    --------
+    >>> check_identity({"nodeid": "t[model-ip1]", "test": "t[model]", "layer": "ip1", "metric": "acc"})
+    ('t[model]', 'ip1', 'acc')
+    >>> check_identity({"nodeid": "t[model]", "metric": "acc", "details": {"layer": "ip1"}})
+    ('t[model]', 'ip1', 'acc')
+    """
+    layer = check.get("layer") or (check.get("details") or {}).get("layer")
+    return check.get("test") or check.get("nodeid"), layer, check.get("metric")
+
+
 def annotate_regressions(
     checks: list[dict[str, Any]],
     baseline_checks: Iterable[Mapping[str, Any]],
@@ -199,7 +218,7 @@ def annotate_regressions(
 ) -> list[dict[str, Any]]:
     """Add ``details.baseline``, ``details.delta`` and ``details.regressed`` to each check.
 
-    Checks are matched on ``(nodeid, metric)``; checks with no counterpart in the
+    Checks are matched on :func:`check_identity`; checks with no counterpart in the
     baseline are left untouched. The check dicts are modified in place (and returned)
     so the plugin can turn ``details["regressed"]`` into a failure before writing JSON.
 
@@ -216,10 +235,10 @@ def annotate_regressions(
     [0.09999999999999998]
     """
     tolerances = list(tolerances)
-    by_key = {(b.get("nodeid"), b.get("metric")): b for b in baseline_checks}
+    by_key = {check_identity(b): b for b in baseline_checks}
     regressed = []
     for check in checks:
-        base = by_key.get((check.get("nodeid"), check.get("metric")))
+        base = by_key.get(check_identity(check))
         if base is None or not _finite(base.get("value")):
             continue
         tol = find_tolerance(str(check.get("metric")), tolerances)

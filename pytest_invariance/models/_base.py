@@ -50,6 +50,20 @@ class Embedder(Protocol):
         """The raw activation of ``layer`` (any rank, float32) for ``float32[N, C, H, W]`` images."""
         ...
 
+    def forward_many(self, batch: "NDArray[np.float32]", layers: list[str]) -> "dict[str, NDArray[np.float32]]":
+        """Raw activations of every one of ``layers`` from one forward pass (ONNX: one session
+        with all of them as outputs; torch: a hook on each module)."""
+        ...
+
+    def embed_many(self, batch: "NDArray[np.float32]", layers: list[str], *,
+                   pool: str = "auto") -> "dict[str, NDArray[np.float32]]":
+        """``{layer: float32[N, D_layer]}``: :meth:`forward_many`, each layer pooled by ``pool``."""
+        ...
+
+    def trace_layers(self, batch: "NDArray[np.float32] | None" = None) -> list[tuple[str, tuple[int | None, ...]]]:
+        """``(layer, output shape)`` in forward order; shapes from one forward of ``batch`` when given."""
+        ...
+
     def activation_layout(self, layer: str) -> str | None:
         """``"nchw"``/``"nhwc"`` of a 4-D activation as the model's graph tells, else None."""
         ...

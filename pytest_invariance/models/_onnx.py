@@ -76,7 +76,7 @@ class OnnxEmbedder:
         self.layer_layout = layer_layout
         self.default_layer = graph.output[0].name
         self._float_types = self._tensor_types()
-        self._sessions: dict[str, Any] = {}
+        self._sessions: dict[tuple[str, ...], Any] = {}
 
     def _read(self, onnx: Any) -> Any:
         try:
@@ -141,23 +141,29 @@ class OnnxEmbedder:
         # float32/16/64; 0 = unknown (shape inference could not tell): keep those.
         return [n for n, t in self._float_types.items() if t in (0, 1, 10, 11)]
 
-    def _session(self, layer: str) -> Any:
-        if layer in self._sessions:
-            return self._sessions[layer]
-        if layer not in self._float_types:
-            raise unknown_layer(layer, self.layers(), self.path)
+    def _session(self, layers: tuple[str, ...]) -> Any:
+        """One session whose outputs are all of ``layers`` (cached per set of layers)."""
+        key = tuple(sorted(set(layers)))
+        if key in self._sessions:
+            return self._sessions[key]
+        for layer in key:
+            if layer not in self._float_types:
+                raise unknown_layer(layer, self.layers(), self.path)
         onnx = require("onnx", "loading .onnx models")
         ort = require("onnxruntime", "loading .onnx models")
         model = self._model
-        if layer not in {o.name for o in model.graph.output}:
+        missing = [la for la in key if la not in {o.name for o in model.graph.output}]
+        if missing:
             model = onnx.ModelProto()
             model.CopyFrom(self._model)
-            info = next((v for v in model.graph.value_info if v.name == layer), None)
-            model.graph.output.append(info if info is not None else onnx.helper.make_empty_tensor_value_info(layer))
+            infos = {v.name: v for v in model.graph.value_info}
+            for layer in missing:
+                info = infos.get(layer)
+                model.graph.output.append(info if info is not None else onnx.helper.make_empty_tensor_value_info(layer))
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=self._providers)
-        self._sessions[layer] = sess
+        self._sessions[key] = sess
         return sess
 
     def activation_layout(self, layer: str) -> str | None:
@@ -166,19 +172,40 @@ class OnnxEmbedder:
             return self.layer_layout
         return activation_layout(self._model.graph, layer, self.contract.layout)
 
+    def forward_many(self, batch: np.ndarray, layers: list[str]) -> dict[str, np.ndarray]:
+        """Raw activations of every one of ``layers`` from one session run per batch chunk."""
+        layers = list(dict.fromkeys(layers))
+        for layer in layers:
+            if split_call(layer)[1] is not None:
+                raise unknown_layer(layer, self.layers(), self.path)  # ONNX tensors are produced once
+        check_batch(batch, self.input_shape, self.path)
+        sess = self._session(tuple(layers))
+        x = self.contract.cast(np.asarray(batch, dtype=np.float32))
+        outs = run_batched(lambda chunk: list(sess.run(layers, {self.input_name: chunk})), x, self.contract.batch)
+        return {layer: np.asarray(out) for layer, out in zip(layers, outs)}
+
     def forward(self, batch: np.ndarray, layer: str) -> np.ndarray:
         """The raw activation of ``layer`` for float32 NCHW ``batch`` (any batch size)."""
-        name, index = split_call(layer)
-        if index is not None:
-            raise unknown_layer(layer, self.layers(), self.path)  # ONNX tensors are produced once
-        check_batch(batch, self.input_shape, self.path)
-        sess = self._session(layer)
-        x = self.contract.cast(np.asarray(batch, dtype=np.float32))
-        (out,) = run_batched(lambda chunk: sess.run([layer], {self.input_name: chunk})[0], x, self.contract.batch)
-        return np.asarray(out)
+        return self.forward_many(batch, [layer])[layer]
+
+    def embed_many(self, batch: np.ndarray, layers: list[str], *, pool: str = "auto") -> dict[str, np.ndarray]:
+        """Every one of ``layers`` pooled to ``[N, D_layer]`` (see :mod:`._pool`), from one forward."""
+        return {layer: pool_activation(out, pool, self.activation_layout(layer) if out.ndim == 4 else None,
+                                       f"{self.path} layer {layer!r}")
+                for layer, out in self.forward_many(batch, layers).items()}
 
     def embed(self, batch: np.ndarray, layer: str, *, pool: str = "auto") -> np.ndarray:
-        out = self.forward(batch, layer)
-        return pool_activation(out, pool, self.activation_layout(layer) if out.ndim == 4 else None,
-                               f"{self.path} layer {layer!r}")
+        return self.embed_many(batch, [layer], pool=pool)[layer]
 
+    def trace_layers(self, batch: np.ndarray | None = None) -> list[tuple[str, tuple[int | None, ...]]]:
+        """``(layer, output shape)`` of every layer in forward (graph) order.
+
+        With a ``batch``, the shapes are those of one real forward of it (all tensors as
+        outputs of one session); without, what shape inference declares (None: unknown).
+        """
+        if batch is None:
+            g = self._model.graph
+            dims = {v.name: tuple(_dims(v)) for v in list(g.value_info) + list(g.output)}
+            return [(la, dims.get(la, ())) for la in self.layers()]
+        outs = self.forward_many(batch, self.layers())
+        return [(la, tuple(outs[la].shape)) for la in self.layers()]

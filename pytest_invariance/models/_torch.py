@@ -323,64 +323,80 @@ class TorchEmbedder:
         # Names starting with "_" are torch.export's internals (guards), not layers.
         return [OUTPUT] + [n for n, _ in self.module.named_modules() if n and not n.startswith("_")]
 
-    def _hooked(self, x: Any, name: str, index: int | None, layer: str, want_layout: bool) -> Any:
+    def _hooked(self, x: Any, layers: list[str]) -> dict[str, Any]:
+        """One forward with a hook on every requested module: ``{layer: activation}``."""
         import torch
 
-        target = self.module if name == OUTPUT else dict(self.module.named_modules())[name]
-        captured: list[Any] = []
+        parsed = {layer: split_call(layer) for layer in layers}
+        modules = dict(self.module.named_modules())
+        captured: dict[str, list[Any]] = {name: [] for name, _ in parsed.values()}
+        marks: dict[str, list[int]] = {name: [] for name, _ in parsed.values()}
         calls: list[tuple[Any, tuple[int, ...], bool]] = []
-        marks: list[int] = []
+        want_layout = any(layer not in self._layouts for layer in layers)
 
-        def on_target(_m: Any, _i: Any, out: Any) -> None:
-            # A copy now: a later in-place op (torchvision's `out += identity`, ReLU(inplace=True))
-            # would otherwise change the activation read after the forward.
-            captured.append(_first(out).clone())
-            marks.append(len(calls) - 1)
+        def hook(name: str) -> Callable[[Any, Any, Any], None]:
+            def on_target(_m: Any, _i: Any, out: Any) -> None:
+                # A copy now: a later in-place op (torchvision's `out += identity`, ReLU(inplace=True))
+                # would otherwise change the activation read after the forward.
+                captured[name].append(_first(out).clone())
+                marks[name].append(len(calls) - 1)
+            return on_target
 
         def on_any(m: Any, _i: Any, out: Any) -> None:
             o = _first(out)
             calls.append((m, tuple(o.shape) if hasattr(o, "shape") else (), not any(True for _ in m.children())))
 
+        # The global hook runs before a module's own hooks, so a mark points at its own call.
         handles = [torch.nn.modules.module.register_module_forward_hook(on_any)] if want_layout else []
-        if name != OUTPUT:
-            handles.append(target.register_forward_hook(on_target))
+        handles += [modules[name].register_forward_hook(hook(name)) for name in captured if name != OUTPUT]
         try:
             out = self.module(x)
         finally:
             for h in handles:
                 h.remove()
-        if name == OUTPUT:
-            captured, marks = [_first(out)], [len(calls) - 1]
-        act = pick_call(captured, layer, index, self.path)
-        if want_layout:
-            self._layouts[layer] = layout_from_calls(calls, marks[0 if index is None else index - 1])
-        return act
+        if OUTPUT in captured:
+            captured[OUTPUT], marks[OUTPUT] = [_first(out)], [len(calls) - 1]
+        acts = {}
+        for layer, (name, index) in parsed.items():
+            acts[layer] = pick_call(captured[name], layer, index, self.path)
+            if want_layout and layer not in self._layouts:
+                self._layouts[layer] = layout_from_calls(calls, marks[name][0 if index is None else index - 1])
+        return acts
 
-    def _run(self, x: Any, layer: str) -> Any:
+    def _script_run(self, x: Any, layer: str) -> Any:
+        """A TorchScript module cannot be hooked: its forward graph is cut at ``layer``."""
+        name, index = split_call(layer)
+        if name == OUTPUT:
+            if layer not in self._script:
+                ret = next(iter(self.module.graph.return_node().inputs()))
+                lay = script_value_layout(self.module, ret)
+                self._script[layer] = (self.module, "nchw" if lay == "param" else lay)
+            return _first(self.module(x))
+        if layer not in self._script:
+            self._script[layer] = _script_layer_fn(self.module, name, index, self.path)
+        return self._script[layer][0](x)
+
+    def _run(self, x: Any, layers: list[str]) -> dict[str, Any]:
         import torch
 
-        name, index = split_call(layer)
-        if name != OUTPUT and name not in self.layers():
-            raise unknown_layer(name, self.layers(), self.path)
+        known = set(self.layers())
+        for layer in layers:
+            name = split_call(layer)[0]
+            if name not in known:
+                raise unknown_layer(name, self.layers(), self.path)
         if isinstance(self.module, torch.jit.ScriptModule):
-            if name == OUTPUT:
-                if layer not in self._script:
-                    ret = next(iter(self.module.graph.return_node().inputs()))
-                    lay = script_value_layout(self.module, ret)
-                    self._script[layer] = (self.module, "nchw" if lay == "param" else lay)
-                return _first(self.module(x))
-            if layer not in self._script:
-                self._script[layer] = _script_layer_fn(self.module, name, index, self.path)
-            return self._script[layer][0](x)
-        return self._hooked(x, name, index, layer, want_layout=layer not in self._layouts)
+            # One cut graph per layer (each runs the forward up to its layer): TorchScript
+            # has no hooks, so a sweep costs more than one pass here (docs/models.md).
+            return {layer: self._script_run(x, layer) for layer in layers}
+        return self._hooked(x, layers)
 
     def activation_layout(self, layer: str) -> str | None:
         if self.layer_layout in LAYOUTS:
             return self.layer_layout
         return self._script[layer][1] if layer in self._script else self._layouts.get(layer)
 
-    def forward(self, batch: Any, layer: str) -> np.ndarray:
-        """Raw activation (float32 numpy) of ``layer`` for an NCHW batch (numpy or torch, any size)."""
+    def _input(self, batch: Any) -> Any:
+        """An NCHW batch (numpy or torch) -> the model's layout and dtype, on its device."""
         torch = require("torch", "")
         check_batch(batch, self.input_shape, self.path)
         x = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
@@ -389,20 +405,70 @@ class TorchEmbedder:
             x = x.permute(0, 2, 3, 1)
         x = torch.round(x * 255).clamp(0, 255).to(torch.uint8) if self.contract.dtype == "uint8" \
             else x.to(getattr(torch, self.contract.dtype))
-        x = x.contiguous()
+        return x.contiguous()
 
-        def call(chunk: Any) -> np.ndarray:
+    def forward_many(self, batch: Any, layers: list[str]) -> dict[str, np.ndarray]:
+        """Raw activations (float32 numpy) of every one of ``layers`` from one forward per chunk."""
+        torch = require("torch", "")
+        layers = list(dict.fromkeys(layers))
+        x = self._input(batch)
+
+        def call(chunk: Any) -> list[np.ndarray]:
             with torch.inference_mode():
-                out = self._run(chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(chunk).to(self.device), layer)
-            return out.float().cpu().numpy()
+                t = chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(chunk).to(self.device)
+                acts = self._run(t, layers)
+            return [acts[layer].float().cpu().numpy() for layer in layers]
 
         if self.contract.batch and len(x) != self.contract.batch:
-            (out,) = run_batched(call, x.cpu().numpy(), self.contract.batch)
-            return out
-        return call(x)
+            outs = run_batched(call, x.cpu().numpy(), self.contract.batch)
+        else:
+            outs = call(x)
+        return dict(zip(layers, outs))
+
+    def forward(self, batch: Any, layer: str) -> np.ndarray:
+        """Raw activation (float32 numpy) of ``layer`` for an NCHW batch (numpy or torch, any size)."""
+        return self.forward_many(batch, [layer])[layer]
+
+    def embed_many(self, batch: Any, layers: list[str], *, pool: str = "auto") -> dict[str, np.ndarray]:
+        """Every one of ``layers`` pooled to ``[N, D_layer]`` (see :mod:`._pool`), from one forward."""
+        return {layer: pool_activation(out, pool, self.activation_layout(layer) if out.ndim == 4 else None,
+                                       f"{self.path} layer {layer!r}")
+                for layer, out in self.forward_many(batch, layers).items()}
 
     def embed(self, batch: Any, layer: str, *, pool: str = "auto") -> np.ndarray:
         """``batch``: numpy array or torch tensor ``[N, C, H, W]`` (a tensor may already be on the device)."""
-        out = self.forward(batch, layer)
-        return pool_activation(out, pool, self.activation_layout(layer) if out.ndim == 4 else None,
-                               f"{self.path} layer {layer!r}")
+        return self.embed_many(batch, [layer], pool=pool)[layer]
+
+    def trace_layers(self, batch: Any = None) -> list[tuple[str, tuple[int | None, ...]]]:
+        """``(layer, output shape)`` of every module call in forward order (when each finishes),
+        ``name#k`` for the k-th call of a module run several times, then ``output``.
+
+        Needs a ``batch`` (one forward with a hook on every module); without one, or for
+        TorchScript (no hooks), the modules in definition order with unknown shapes.
+        """
+        import torch
+
+        if batch is None or isinstance(self.module, torch.jit.ScriptModule):
+            return [(la, ()) for la in self.layers()[1:] + [OUTPUT]]
+        names = {id(m): n for n, m in self.module.named_modules() if n and not n.startswith("_")}
+        seen: list[tuple[str, tuple[int, ...]]] = []
+
+        def on_any(m: Any, _i: Any, out: Any) -> None:
+            o = _first(out)
+            if id(m) in names:
+                seen.append((names[id(m)], tuple(o.shape) if hasattr(o, "shape") else ()))
+
+        handle = torch.nn.modules.module.register_module_forward_hook(on_any)
+        try:
+            with torch.inference_mode():
+                out = _first(self.module(self._input(batch)))
+        finally:
+            handle.remove()
+        counts: dict[str, int] = {}
+        for name, _ in seen:
+            counts[name] = counts.get(name, 0) + 1
+        order, k = [], dict.fromkeys(counts, 0)
+        for name, shape in seen:
+            k[name] += 1
+            order.append((f"{name}#{k[name]}" if counts[name] > 1 else name, shape))
+        return order + [(OUTPUT, tuple(out.shape))]

@@ -1,0 +1,98 @@
+"""Which layers a run reads: ``--layer`` (repeatable) and ``--invariance-layers``.
+
+``--invariance-layers`` takes ``all``, a glob (``blocks.*``, ``*/Relu_output_0``) or a
+comma-separated list of names and globs. Every spec is resolved against the model's
+layers in forward order (:meth:`Embedder.trace_layers`), so a sweep's layers, its test
+ids and its depth curves run from input to output whatever order they were typed in.
+A name that is not a layer, or a glob that matches none, is one error naming the option.
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import TYPE_CHECKING, Iterable
+
+from ..errors import LayerNotFoundError
+from ._common import split_call, unknown_layer
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ._base import Embedder
+
+OPT_LAYERS = "--invariance-layers"
+OPT_LIST_LAYERS = "--invariance-list-layers"
+_GLOB = set("*?[")
+
+
+def is_glob(spec: str) -> bool:
+    return bool(_GLOB & set(spec))
+
+
+def split_spec(spec: str) -> list[str]:
+    """``'a, b*,c'`` -> ``['a', 'b*', 'c']``; ``'all'`` -> ``['*']``."""
+    items = [s.strip() for s in spec.split(",") if s.strip()]
+    return ["*" if s == "all" else s for s in items]
+
+
+def select_layers(order: list[str], known: Iterable[str], patterns: list[str], option: str,
+                  model: str) -> list[str]:
+    """The layers named by ``patterns`` (names or globs), in the forward ``order``.
+
+    Parameters
+    ----------
+    order : list of str
+        Every layer in forward order (``name#k`` for repeated calls).
+    known : iterable of str
+        Names the backend accepts (a bare module name of a repeated module is known but
+        not in ``order``; asking for it is refused by the backend with the ``#k`` names).
+    patterns : list of str
+        Names and globs; a name is kept even when the trace could not place it.
+    option : str
+        The option that named them, for the error message.
+
+    Raises
+    ------
+    LayerNotFoundError
+        A name that is not a layer, or a glob that matches none; the message names ``option``.
+    """
+    known = set(known)
+    chosen: set[str] = set()
+    extra: list[str] = []
+    for pat in patterns:
+        if is_glob(pat):
+            hits = [la for la in order if fnmatch.fnmatchcase(la, pat)]
+            if not hits:
+                shown = ", ".join(order[:12]) + (f", ... ({len(order)} in all)" if len(order) > 12 else "")
+                raise LayerNotFoundError(f"{option} {pat!r} matches no layer of {model}; "
+                                         f"layers in forward order: {shown} ({OPT_LIST_LAYERS} lists them all)")
+            chosen.update(hits)
+        elif pat in order:
+            chosen.add(pat)
+        elif split_call(pat)[0] in known:
+            if pat not in extra:
+                extra.append(pat)  # e.g. 'relu#2' of a module the trace did not list, or TorchScript
+        else:
+            err = unknown_layer(pat, sorted(known), model)
+            raise LayerNotFoundError(f"{option} {pat}: {err}") from None
+    return [la for la in order if la in chosen] + extra
+
+
+def sample_batch(shape: tuple[int | None, ...] | None, seed: int = 0) -> "np.ndarray | None":
+    """One seeded random image ``float32[1, C, H, W]`` for a trace, or None when H or W is unknown."""
+    import numpy as np
+
+    if not shape or any(d is None for d in shape):
+        return None
+    return np.random.default_rng(seed).random((1, *shape), dtype=np.float32)  # type: ignore[arg-type]
+
+
+def describe_layers(trace: list[tuple[str, tuple[int | None, ...]]], default: str) -> list[str]:
+    """Lines of ``--invariance-list-layers``: each layer and its output shape, in forward order."""
+    width = max((len(n) for n, _ in trace), default=0)
+    lines = []
+    for name, shape in trace:
+        dims = "[" + ", ".join("N" if i == 0 else "?" if d is None else str(d) for i, d in enumerate(shape)) + "]" \
+            if shape else "[?]"
+        mark = "  (default)" if name == default else ""
+        lines.append(f"{name:<{width}}  {dims}{mark}")
+    return lines

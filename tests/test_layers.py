@@ -1,0 +1,286 @@
+"""Layer as a dimension (issue 13, items 1-3): several layers from one forward pass, per-layer
+checks, identities, baselines and thresholds, the random projection, --invariance-list-layers."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")  # before onnxruntime: importing onnx after it can abort the process
+ort = pytest.importorskip("onnxruntime")
+resnet = pytest.importorskip("torchvision.models.resnet")
+
+from torch import nn  # noqa: E402
+
+from pytest_invariance.data import ArrayImageSet  # noqa: E402
+from pytest_invariance.embeddings import EmbeddingCache, LayerProjection, Preprocess, extract, extract_layers  # noqa: E402
+from pytest_invariance.errors import LayerNotFoundError  # noqa: E402
+from pytest_invariance.models import load_model  # noqa: E402
+from pytest_invariance.models._layers import select_layers  # noqa: E402
+from pytest_invariance.testing import export_onnx, read_results, tiny_cnn  # noqa: E402
+
+X = np.random.default_rng(0).random((6, 3, 12, 12), dtype=np.float32)
+
+
+class Blocks(nn.Module):
+    """stem conv -> torchvision BasicBlock (its ``relu`` runs twice) -> pooled head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = resnet.BasicBlock(8, 8)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+        for bn in (self.block.bn1, self.block.bn2):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.stem(x)))
+
+
+class TinyViT(nn.Module):
+    """4x4 patches -> 9 tokens + CLS, one attention block, ``norm`` tokens [N, 10, 16], CLS head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.patch = nn.Conv2d(3, 16, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, 16))
+        self.pos = nn.Parameter(torch.randn(1, 10, 16))
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], 1) + self.pos
+        t = t + self.attn(t, t, t, need_weights=False)[0]
+        return self.head(self.norm(t)[:, 0])
+
+
+def _images(n: int, name: str) -> ArrayImageSet:
+    import pandas as pd
+
+    return ArrayImageSet(np.random.default_rng(1).integers(0, 256, (n, 28, 28), dtype=np.uint8),
+                         pd.DataFrame({"label": np.arange(n) % 3}), name=name)
+
+
+def _export(m: nn.Module, tmp_path, name: str) -> str:
+    path = tmp_path / f"{name}.pt2"
+    torch.export.save(torch.export.export(m.eval(), (torch.from_numpy(X),),
+                                          dynamic_shapes=({0: torch.export.Dim("n", min=1)},)), str(path))
+    return str(path)
+
+
+# ------------------------------------------------------------------ one pass equals separate passes
+
+
+def test_onnx_one_session_run_reads_every_layer_as_separate_runs_do(tmp_path, monkeypatch):
+    path = export_onnx(Blocks().eval(), tmp_path / "blocks.onnx", input_shape=(3, 12, 12))
+    model = load_model(str(path), device="cpu")
+    layers = [la for la, _ in model.trace_layers(X[:1]) if la.endswith(("Conv_output_0", "Relu_output_0"))]
+    layers += [model.default_layer]
+    assert len(layers) >= 4
+    alone = {la: load_model(str(path), device="cpu").embed(X, la) for la in layers}
+    runs = []
+    real_run = ort.InferenceSession.run
+    monkeypatch.setattr(ort.InferenceSession, "run", lambda self, *a, **k: runs.append(a[0]) or real_run(self, *a, **k))
+    together = model.embed_many(X, layers)
+    assert runs == [layers]  # one session run with every layer as an output
+    for la in layers:
+        # Equal up to float32 rounding: onnxruntime fuses ops differently when an
+        # intermediate tensor is also an output.
+        np.testing.assert_allclose(together[la], alone[la], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("net,layers", [
+    (Blocks, ["stem", "block.relu#1", "block.bn2", "block.relu#2", "block", "output"]),
+    (TinyViT, ["attn", "norm", "output"]),  # token layers read by their CLS token
+])
+def test_torch_hooks_read_every_layer_in_one_forward_as_separate_runs_do(net, layers, tmp_path):
+    m = net().eval()
+    model = load_model(_export(m, tmp_path, net.__name__), device="cpu")
+    pool = "cls" if net is TinyViT else "auto"
+    alone = {la: load_model(_export(m, tmp_path, net.__name__), device="cpu").embed(X, la, pool=pool)
+             for la in layers}
+    calls = []
+    model.module.register_forward_pre_hook(lambda *_: calls.append(1))
+    got = model.embed_many(X, layers, pool=pool)
+    assert len(calls) == 1
+    for la, arr in alone.items():
+        np.testing.assert_array_equal(got[la], arr)
+    # And against the model computed by hand.
+    with torch.no_grad():
+        x = torch.from_numpy(X)
+        if net is Blocks:
+            s = m.stem(x)
+            first = torch.relu(m.block.bn1(m.block.conv1(s)))
+            np.testing.assert_allclose(got["stem"], s.mean((2, 3)).numpy(), atol=1e-5)
+            np.testing.assert_allclose(got["block.relu#1"], first.mean((2, 3)).numpy(), atol=1e-5)
+        else:
+            t = m.patch(x).flatten(2).transpose(1, 2)
+            t = torch.cat([m.cls.expand(len(x), -1, -1), t], 1) + m.pos
+            t = t + m.attn(t, t, t, need_weights=False)[0]
+            np.testing.assert_allclose(got["norm"], m.norm(t)[:, 0].numpy(), atol=1e-5)
+            np.testing.assert_allclose(got["output"], m(x).numpy(), atol=1e-5)
+
+
+def test_layers_are_resolved_in_forward_order_by_names_and_globs(tmp_path):
+    model = load_model(_export(Blocks(), tmp_path, "b"), device="cpu")
+    order = [la for la, _ in model.trace_layers(X[:1])]
+    assert order.index("block.relu#1") < order.index("block.relu#2") < order.index("block")
+    assert order[-1] == "output"
+    assert select_layers(order, model.layers(), ["output", "stem", "block.relu#*"], "--invariance-layers",
+                         model.path) == ["stem", "block.relu#1", "block.relu#2", "output"]
+    assert select_layers(order, model.layers(), ["*"], "--invariance-layers", model.path) == order
+    with pytest.raises(LayerNotFoundError, match=r"--invariance-layers 'layer9\*' matches no layer"):
+        select_layers(order, model.layers(), ["layer9*"], "--invariance-layers", model.path)
+    with pytest.raises(LayerNotFoundError, match=r"--invariance-layers stme: layer 'stme' is not in .*'stem'"):
+        select_layers(order, model.layers(), ["stme"], "--invariance-layers", model.path)
+
+
+def test_sweep_and_single_layer_extractions_share_cache_entries(tmp_path):
+    path = export_onnx(tiny_cnn(), tmp_path / "tiny.onnx")
+    model = load_model(str(path), device="cpu")
+    images = _images(40, "n")
+    layers = [la for la, _ in model.trace_layers()][:3] + [model.default_layer]
+    cache = EmbeddingCache(tmp_path / "cache")
+    sweep = extract_layers(model, images, layers, preprocess=Preprocess(), batch_size=16, cache=cache)
+    assert (cache.hits, cache.misses) == (0, len(layers))
+    for la in layers:
+        fresh = extract(load_model(str(path), device="cpu"), images, layer=la, batch_size=7)
+        np.testing.assert_allclose(sweep[la], fresh, rtol=1e-6, atol=1e-7)  # nor batch size, nor other layers
+        np.testing.assert_array_equal(extract(model, images, layer=la, cache=cache), fresh)
+    assert (cache.hits, cache.misses) == (len(layers), len(layers))  # the single-layer runs read the sweep's entries
+
+
+# ------------------------------------------------------------------ random projection
+
+
+def test_projection_is_seeded_recorded_and_equals_sklearn_on_the_whole_matrix(tmp_path):
+    from sklearn.random_projection import SparseRandomProjection
+
+    path = export_onnx(tiny_cnn(), tmp_path / "tiny.onnx")
+    model = load_model(str(path), device="cpu")
+    images = _images(30, "p")
+    conv = next(la for la, _ in model.trace_layers() if la.endswith("Conv_output_0"))
+    full = extract(model, images, layer=conv, pool="flatten")  # [30, 8 * 24 * 24]
+    proj: dict = {}
+    small = extract_layers(model, images, [conv, model.default_layer], pool="flatten", batch_size=7,
+                           max_dim=64, seed=5, projections=proj)
+    assert proj[conv] == {"method": proj[conv]["method"], "seed": 5, "in_dim": full.shape[1], "out_dim": 64}
+    assert proj[model.default_layer] is None and small[model.default_layer].shape == (30, 10)
+    ref = SparseRandomProjection(n_components=64, random_state=5).fit(full).transform(full)
+    np.testing.assert_allclose(small[conv], ref, rtol=1e-5, atol=1e-5)
+    again = extract_layers(model, images, [conv], pool="flatten", max_dim=64, seed=5)[conv]
+    other = extract_layers(model, images, [conv], pool="flatten", max_dim=64, seed=6)[conv]
+    np.testing.assert_array_equal(small[conv], again)
+    assert not np.allclose(small[conv], other)
+    # Distances survive up to the JL error: about 1/sqrt(64) here.
+    d_full = np.linalg.norm(full[:, None] - full[None], axis=-1)[np.triu_indices(30, 1)]
+    d_proj = np.linalg.norm(small[conv][:, None] - small[conv][None], axis=-1)[np.triu_indices(30, 1)]
+    assert np.median(np.abs(d_proj / d_full - 1)) < 0.2
+
+
+def test_projection_off_and_below_cap_keep_the_layer():
+    x = np.random.default_rng(0).random((3, 100), dtype=np.float32)
+    assert LayerProjection(100, max_dim=0, seed=0)(x) is x
+    assert LayerProjection(100, max_dim=100, seed=0).record() is None
+
+
+# ------------------------------------------------------------------ through pytest
+
+
+def _toy_layers(toy) -> list[str]:
+    model = load_model(str(toy.path / "audits" / "toy" / "tiny.onnx"), device="cpu")
+    return [la for la, _ in model.trace_layers()]
+
+
+def test_sweep_runs_each_check_per_layer_with_ids_json_and_run_models(toy):
+    layers = _toy_layers(toy)
+    conv, out = layers[0], layers[-1]
+    result = toy.runpytest_subprocess("audits", "--model", "audits/toy/tiny.onnx", "--invariance-layers",
+                                      f"output,{conv}", "-v", "--invariance-progress", "off")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines([f"*test_features?model-{conv}? PASSED*", "*test_features?model-output? PASSED*"])
+    doc = read_results(toy)
+    assert [c["layer"] for c in doc["checks"]] == [conv, "output"]  # sorted by nodeid: forward order here
+    assert {c["test"] for c in doc["checks"]} == {"audits/toy/test_toy.py::test_features[model]"}
+    assert doc["run"]["models"]["tiny"]["layers"] == [conv, "output"] and "layer" not in doc["run"]["models"]["tiny"]
+    assert out == "output"
+    # The figures equal one-layer runs' (same cache entries): compare with a fresh single-layer run.
+    single = toy.runpytest_subprocess("audits", "--model", "audits/toy/tiny.onnx", "--layer", conv,
+                                      "--invariance-no-cache", "--invariance-json", "one.json")
+    assert single.ret == 0
+    one = json.loads((toy.path / "one.json").read_text())
+    (c1,) = one["checks"]
+    assert c1["nodeid"].endswith("test_features[model]") and c1["layer"] == conv
+    assert one["run"]["models"]["tiny"]["layer"] == conv and one["run"]["models"]["tiny"]["layers"] == [conv]
+    assert c1["value"] == doc["checks"][0]["value"]
+
+
+def test_layer_qualified_threshold_applies_to_that_layer_only(toy):
+    conv = _toy_layers(toy)[0]
+    result = toy.runpytest_subprocess("audits", "--model", "audits/toy/tiny.onnx", "--invariance-layers",
+                                      f"{conv},output", "--invariance-threshold", f"{conv}.feature_mean=-1000")
+    assert result.ret == 1
+    by_layer = {c["layer"]: c for c in read_results(toy)["checks"]}
+    assert by_layer[conv]["threshold"] == -1000 and not by_layer[conv]["passed"]
+    assert by_layer["output"]["threshold"] == 1000 and by_layer["output"]["passed"]
+    bad = toy.runpytest_subprocess("audits", "--model", "audits/toy/tiny.onnx", "--invariance-layers",
+                                   f"{conv},output", "--invariance-threshold", "conv9.feature_mean=-1000")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["ERROR: --invariance-threshold conv9.feature_mean=-1000: no selected suite has "
+                              f"qualifier 'conv9' and it is not a selected layer; known qualifiers: tiny; "
+                              f"selected layers: {conv}, output"])
+
+
+def test_baseline_compares_layer_with_layer_across_sweep_and_single_runs(toy):
+    conv = _toy_layers(toy)[0]
+    args = ["audits", "--model", "audits/toy/tiny.onnx"]
+    assert toy.runpytest_subprocess(*args, "--layer", conv, "--model-version", "v1").ret == 0
+    sweep = toy.runpytest_subprocess(*args, "--invariance-layers", f"{conv},output", "--model-version", "v2",
+                                     "--invariance-baseline", "v1")
+    assert sweep.ret == 0
+    by_layer = {c["layer"]: c for c in read_results(toy)["checks"]}
+    assert by_layer[conv]["details"]["baseline"] == "v1" and abs(by_layer[conv]["details"]["delta"]) < 1e-6
+    assert "baseline" not in by_layer["output"]["details"]  # v1 never read 'output'
+
+
+def test_unknown_layer_or_empty_glob_is_one_start_up_error(toy):
+    for spec, line in [("conv9", "ERROR: --invariance-layers conv9: layer 'conv9' is not in *"),
+                       ("blocks.*", "ERROR: --invariance-layers 'blocks.*' matches no layer of *")]:
+        result = toy.runpytest_subprocess("audits", "--model", "audits/toy/tiny.onnx", "--invariance-layers", spec)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([line])
+        assert "collected" not in result.stdout.str()
+
+
+def test_list_layers_prints_names_and_shapes_in_forward_order_and_runs_nothing(toy):
+    result = toy.runpytest_subprocess("audits", "--model", "audits/toy/tiny.onnx", "--invariance-list-layers")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines([
+        "*tiny.onnx (suite toy): * layers in forward order, shapes of one forward of a 1x28x28 input",
+        "  /conv/Conv_output_0 * ?N, 8, 24, 24?",
+        "  /act/Relu_output_0 * ?N, 8, 24, 24?",
+        "  output * ?N, 10?  (default)",
+    ])
+    assert "passed" not in result.stdout.str() and not (toy.path / "reports" / "results.json").exists()
+
+
+def test_projection_is_recorded_in_every_check_and_run_models(toy):
+    conv = _toy_layers(toy)[0]
+    result = toy.runpytest_subprocess("audits", "--model", "audits/toy/tiny.onnx", "--invariance-layers",
+                                      f"{conv},output", "--invariance-pool", "flatten", "--invariance-max-dim", "16",
+                                      "--invariance-seed", "3")
+    assert result.ret == 0, result.stdout.str()
+    doc = read_results(toy)
+    by_layer = {c["layer"]: c for c in doc["checks"]}
+    assert by_layer[conv]["details"]["projection"]["seed"] == 3
+    assert (by_layer[conv]["details"]["projection"]["in_dim"], by_layer[conv]["details"]["projection"]["out_dim"]) \
+        == (8 * 24 * 24, 16)
+    assert by_layer["output"]["details"]["projection"] is None
+    assert doc["run"]["models"]["tiny"]["projections"] == {conv: by_layer[conv]["details"]["projection"]}
