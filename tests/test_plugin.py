@@ -61,7 +61,7 @@ def test_bad_model_file_is_one_clear_error(pytester, content, line):
 
 def test_unknown_layer_lists_real_names(toy):
     result = toy.runpytest_subprocess("--model", "audits/toy/tiny.onnx", "--layer", "ip1")
-    result.stderr.fnmatch_lines(["ERROR: layer 'ip1' is not in *Available layers: *output*"])
+    result.stderr.fnmatch_lines(["ERROR: --layer ip1: layer 'ip1' is not in *Available layers: *output*"])
 
 
 def test_check_records_json_report_and_history(toy):
