@@ -155,7 +155,9 @@ class Audit:
         option = OPT_LAYERS if self.settings.layers else "--layer"
         if len(patterns) == 1 and not is_glob(patterns[0]):
             return select_layers([], emb.layers(), patterns, option, emb.path)
-        trace = emb.trace_layers(sample_batch(trace_shape(emb, suite, ref.preprocess), self.seed))
+        # ONNX graph order is forward order; torch needs one forward to know it.
+        sample = sample_batch(trace_shape(emb, suite, ref.preprocess), self.seed) if emb.backend == "torch" else None
+        trace = emb.trace_layers(sample)
         return select_layers([n for n, _ in trace], emb.layers(), patterns, option, emb.path)
 
     def _model(self, suite: Suite, name: str) -> ModelRef:

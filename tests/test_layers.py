@@ -157,6 +157,25 @@ def test_sweep_and_single_layer_extractions_share_cache_entries(tmp_path):
     assert (cache.hits, cache.misses) == (len(layers), len(layers))  # the single-layer runs read the sweep's entries
 
 
+def test_images_per_forward_are_cut_to_bound_the_raw_activations(tmp_path, monkeypatch):
+    from pytest_invariance.embeddings import _extract
+
+    path = export_onnx(tiny_cnn(), tmp_path / "tiny.onnx")
+    model = load_model(str(path), device="cpu")
+    images = _images(20, "c")
+    layers = [la for la, _ in model.trace_layers()]
+    whole = extract_layers(model, images, layers, batch_size=20)
+    seen = []
+    real = model.forward_many
+    monkeypatch.setattr(model, "forward_many", lambda x, ls: seen.append(len(x)) or real(x, ls))
+    per_image = 8 * 24 * 24 * 4 * 2 + 8 * 4 * 4 * 4 + 128 * 4 + 10 * 4  # conv, relu, pool, flatten, output
+    monkeypatch.setattr(_extract, "_RAW_BYTES", 3 * per_image)
+    cut = extract_layers(model, images, layers, batch_size=20)
+    assert seen == [1, 3, 3, 3, 3, 3, 3, 1]  # one image to measure, then 3 per forward
+    for la in layers:
+        np.testing.assert_allclose(cut[la], whole[la], rtol=1e-6, atol=1e-7)
+
+
 # ------------------------------------------------------------------ random projection
 
 

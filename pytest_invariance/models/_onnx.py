@@ -17,7 +17,7 @@ from ._common import check_batch, split_call, unknown_layer
 from ._contract import LAYOUTS, InputContract, ambiguous_layout, chw_of, layout_from_shape, run_batched
 from ._identity import onnx_external_files, sha256_files
 from ._onnx_layout import activation_layout, input_layout_from_graph
-from ._pool import pool_activation
+from ._pool import pool_outputs
 
 # TensorProto element types -> the dtype names of InputContract.
 _ELEM = {1: "float32", 10: "float16", 11: "float64", 2: "uint8"}
@@ -190,9 +190,7 @@ class OnnxEmbedder:
 
     def embed_many(self, batch: np.ndarray, layers: list[str], *, pool: str = "auto") -> dict[str, np.ndarray]:
         """Every one of ``layers`` pooled to ``[N, D_layer]`` (see :mod:`._pool`), from one forward."""
-        return {layer: pool_activation(out, pool, self.activation_layout(layer) if out.ndim == 4 else None,
-                                       f"{self.path} layer {layer!r}")
-                for layer, out in self.forward_many(batch, layers).items()}
+        return pool_outputs(self, self.forward_many(batch, layers), pool)
 
     def embed(self, batch: np.ndarray, layer: str, *, pool: str = "auto") -> np.ndarray:
         return self.embed_many(batch, [layer], pool=pool)[layer]

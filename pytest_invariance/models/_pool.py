@@ -18,6 +18,8 @@ it cannot:
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..errors import EmbeddingError
@@ -55,6 +57,13 @@ def pool_activation(a: np.ndarray, pool: str, layout: str | None, where: str) ->
     if a.ndim == 4:
         return _f32(_spatial(a, pool, layout, where))
     raise EmbeddingError(f"{where} has shape {list(a.shape)}; only {OPT_POOL} flatten reads a rank-{a.ndim} tensor")
+
+
+def pool_outputs(embedder: Any, outs: dict[str, np.ndarray], pool: str) -> dict[str, np.ndarray]:
+    """``{layer: raw activation}`` of ``embedder`` -> ``{layer: float32[N, D]}`` by :func:`pool_activation`."""
+    return {layer: pool_activation(out, pool, embedder.activation_layout(layer) if np.ndim(out) == 4 else None,
+                                   f"{embedder.path} layer {layer!r}")
+            for layer, out in outs.items()}
 
 
 def _tokens(a: np.ndarray, pool: str, where: str) -> np.ndarray:

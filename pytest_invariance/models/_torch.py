@@ -24,7 +24,7 @@ from ..errors import InputShapeError, LayerNotFoundError, ModelLoadError
 from ._common import check_batch, pick_call, split_call, unknown_layer
 from ._contract import LAYOUTS, InputContract, ambiguous_layout, chw_of, layout_from_shape, run_batched
 from ._identity import factory_digest, files_read, sha256_file, sha256_files
-from ._pool import pool_activation
+from ._pool import pool_outputs
 from ._torch_layout import layout_from_calls, script_value_layout
 
 OUTPUT = "output"  # the layer name of the model's own output
@@ -431,9 +431,7 @@ class TorchEmbedder:
 
     def embed_many(self, batch: Any, layers: list[str], *, pool: str = "auto") -> dict[str, np.ndarray]:
         """Every one of ``layers`` pooled to ``[N, D_layer]`` (see :mod:`._pool`), from one forward."""
-        return {layer: pool_activation(out, pool, self.activation_layout(layer) if out.ndim == 4 else None,
-                                       f"{self.path} layer {layer!r}")
-                for layer, out in self.forward_many(batch, layers).items()}
+        return pool_outputs(self, self.forward_many(batch, layers), pool)
 
     def embed(self, batch: Any, layer: str, *, pool: str = "auto") -> np.ndarray:
         """``batch``: numpy array or torch tensor ``[N, C, H, W]`` (a tensor may already be on the device)."""
