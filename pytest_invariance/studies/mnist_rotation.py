@@ -158,7 +158,8 @@ def compute_study(name: str, inputs: dict[str, Any], protocol: Protocol, seed: i
         logits = inputs.get("logits")
         if logits is not None and logits.shape[1] == 10:
             soft = logits.argmax(1) == yte
-            out["softmax_accuracy"] = accuracy_estimate(soft, 0.1, n_bootstrap=nb, seed=seed)
+            out["softmax_accuracy"] = accuracy_estimate(soft, 0.1, n_bootstrap=nb, seed=seed,
+                                                        per_class_error=per_class_stats(1.0 - soft, yte)[0])
 
         out.update(trained_figures(inputs["train"], [seed if s is None else s for s in seeds], nb,
                                    Xte, yte, ate, soft, step))
@@ -185,7 +186,12 @@ def trained_figures(train_sets: list[dict[str, np.ndarray]], seeds: list[int], n
     fits = [_trained_figures(t, s, n_bootstrap, Xte, yte, ate, soft, step) for t, s in zip(train_sets, seeds)]
     if len(fits) == 1:
         return fits[0]
-    return {k: repeated_estimate([f[k] for f in fits], alternative=alt) for k, alt in TRAINED.items() if k in fits[0]}
+    out = {k: repeated_estimate([f[k] for f in fits], alternative=alt) for k, alt in TRAINED.items() if k in fits[0]}
+    for k, est in out.items():  # per-digit breakdowns (Fig. 3, 4): the mean over the refits, like the figure
+        for key in PER_CLASS_DETAILS & set(est.details):
+            per_fit = [f[k].details[key] for f in fits]
+            est.details[key] = {c: float(np.mean([d[c] for d in per_fit])) for c in per_fit[0]}
+    return out
 
 
 def _trained_figures(train: dict[str, np.ndarray], seed: int, nb: int, Xte: np.ndarray, yte: np.ndarray,
@@ -208,6 +214,9 @@ def _trained_figures(train: dict[str, np.ndarray], seed: int, nb: int, Xte: np.n
     step.next("angle permutations")
     angle = per_class.evaluate(Xte, ate, classes=yte)
     out["angle_mae"], out["angle_mae_std"] = angle["mae"], angle["mae_std"]
+    # Fig. 3: mean and std of the absolute error per digit, from the regressor of its label
+    mean, std = per_class_stats(np.abs(per_class.predict(Xte, classes=yte) - ate), yte)
+    out["angle_mae"].details.update(per_class_mae=mean, per_class_mae_std=std)
 
     step.next("per-angle MAV")
     # The one regressor on all training features is the per-class fits' pooled moments
@@ -219,7 +228,28 @@ def _trained_figures(train: dict[str, np.ndarray], seed: int, nb: int, Xte: np.n
     per_angle = MAVProbe(random_state=seed, n_bootstrap=nb).fit(Xtr, ytr, factor=atr)
     out["per_angle_mav_accuracy"] = per_angle.evaluate(Xte, yte, factor=est_angle)["accuracy"]
     return out
-    return out
+
+
+#: Per-digit breakdowns a figure's details may carry (class -> value).
+PER_CLASS_DETAILS = {"per_class_error", "per_class_mae", "per_class_mae_std"}
+
+
+def per_class_stats(values: np.ndarray, classes: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and sample standard deviation (ddof 1, as ``mae_std``) of ``values`` per class,
+    keyed by the class as a string (JSON keys).
+
+    Examples
+    --------
+    >>> per_class_stats(np.array([1.0, 3.0, 5.0, 5.0]), np.array([0, 0, 1, 1]))
+    ({'0': 2.0, '1': 5.0}, {'0': 1.4142135623730951, '1': 0.0})
+    """
+    values = np.asarray(values, dtype=np.float64)
+    mean, std = {}, {}
+    for c in np.unique(classes):
+        v = values[classes == c]
+        mean[str(c)] = float(v.mean())
+        std[str(c)] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    return mean, std
 
 
 def paired_drop(first: np.ndarray, second: np.ndarray, n_bootstrap: int, seed: int) -> Estimate:
