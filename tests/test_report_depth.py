@@ -200,3 +200,13 @@ def test_report_draws_curves_and_fig3_fig4():
     # the curve's points are in the report as a table too, forward order
     table = html[html.index('class="depth-table"'):]
     assert table.index("conv1") < table.index("conv2") < table.index(">ip1<")
+
+
+def test_series_follow_the_checks_test_field_when_present():
+    doc = depth_doc()
+    for c in doc["checks"]:
+        c["test"] = c["nodeid"].replace(f"-{c['layer']}]", "]")
+    rows = depth_table(doc)
+    assert {r["test"] for r in rows} == {"audits/mnist_rotation/test_mnist_rotation.py::test_angle_mae[lenet]",
+                                         "audits/mnist_rotation/test_mnist_rotation.py::test_mav_accuracy[lenet]"}
+    assert len(rows) == 6

@@ -52,8 +52,9 @@ def check_model(check: Mapping[str, Any]) -> str | None:
 
 
 def test_name(check: Mapping[str, Any]) -> str:
-    """The test function of the node id, without its parameters (``file::test``)."""
-    return str(check.get("nodeid") or "").split("[", 1)[0]
+    """The check's ``test`` (its node id as a one-layer run names it), else the node id
+    without its parameters (``file::test``), which may name the layer."""
+    return str(check.get("test") or str(check.get("nodeid") or "").split("[", 1)[0])
 
 
 def series_key(check: Mapping[str, Any]) -> tuple[str, str, str, str, str]:
