@@ -61,6 +61,8 @@ def test_per_digit_breakdowns_add_up_to_the_figures(study, tmp_path):
         err = study[name].details["per_class_error"]
         assert sorted(err, key=int) == [str(d) for d in range(10)]
         assert sum(share[d] * e for d, e in err.items()) == pytest.approx(1 - study[name].value, abs=1e-9), name
+        counts = study[name].details["per_class_n"]
+        assert counts == {d: 3 * int(np.sum(y == int(d))) for d in err}, name  # three angles
     angle = study["angle_mae"].details
     assert sum(share[d] * m for d, m in angle["per_class_mae"].items()) == pytest.approx(study["angle_mae"].value)
     # angle_mae_std is the mean over digits of the per-digit std (paper Fig. 3)

@@ -150,10 +150,11 @@ def per_digit_doc(rng):
         for metric in ("softmax_accuracy", "mav_accuracy", "per_angle_mav_accuracy"):
             if model == "mu_lenet" and metric == "softmax_accuracy":
                 continue  # mu-LeNet has no classifier
-            err = {str(d): float(rng.uniform(0, 0.2)) for d in range(10)}
+            n = {str(d): int(rng.integers(6000, 8000)) for d in range(10)}
+            err = {str(d): int(rng.integers(0, 0.2 * n[str(d)])) / n[str(d)] for d in range(10)}
             role = {"role": "task"} if metric == "mav_accuracy" else {}
-            checks.append(_check(model, "ip1", metric, 0.9, per_class_error=err, **role))
-            truth[model, metric] = err
+            checks.append(_check(model, "ip1", metric, 0.9, per_class_error=err, per_class_n=n, **role))
+            truth[model, metric] = err, n
     return {"run": {"models": {"lenet": {}, "mu_lenet": {}, "pair_lenet": {}}}, "checks": checks}, truth
 
 
@@ -174,9 +175,26 @@ def test_fig3_fig4_data_equal_hand_computation():
     assert series == ["lenet softmax", "lenet MAV", "lenet per-angle MAV", "mu_lenet MAV", "mu_lenet per-angle MAV",
                       "pair_lenet softmax", "pair_lenet MAV", "pair_lenet per-angle MAV"]
     got = [r for r in fig["fig4"] if r["series"] == "mu_lenet MAV"]
-    err = truth["mu_lenet", "mav_accuracy"]
+    err, n = truth["mu_lenet", "mav_accuracy"]
     assert [r["error"] for r in got[:10]] == [err[d] for d in digits]
     assert got[10]["class"] == "mean" and got[10]["error"] == pytest.approx(sum(err.values()) / 10)
+    # per digit: the Wilson interval of errors / images (scipy as reference)
+    from scipy.stats import binomtest
+
+    for r in got[:10]:
+        ref = binomtest(round(err[r["class"]] * n[r["class"]]), n[r["class"]]).proportion_ci(method="wilson")
+        assert (r["ci_low"], r["ci_high"]) == pytest.approx((ref.low, ref.high), abs=1e-12)
+    # the mean over digits: normal interval of a mean of independent proportions
+    half = 1.959963984540054 * np.sqrt(sum(err[d] * (1 - err[d]) / n[d] for d in digits)) / 10
+    assert (got[10]["ci_low"], got[10]["ci_high"]) == pytest.approx((got[10]["error"] - half, got[10]["error"] + half))
+
+
+def test_fig4_without_counts_has_no_interval():
+    doc, _ = per_digit_doc(np.random.default_rng(4))
+    for c in doc["checks"]:
+        c["details"].pop("per_class_n", None)
+    (fig,) = digit_figures(doc)
+    assert all(r["ci_low"] is None and r["ci_high"] is None for r in fig["fig4"])
 
 
 def _decoded_svgs(html, kind):
@@ -196,7 +214,8 @@ def test_report_draws_curves_and_fig3_fig4():
     assert [[p["title"] for p in g["panels"]] for g in depth_panels(doc)] == [["angle_mae", "mav_accuracy"]]
     assert [alt for _, alt in _decoded_svgs(html, "angle_error_bars")] == [
         "Fig. 3: absolute angle error per digit (mnist_rotation, layer ip1)"]
-    assert len(_decoded_svgs(html, "error_bars")) == 1
+    assert [alt for _, alt in _decoded_svgs(html, "error_bars")] == [
+        "Fig. 4: classification error per digit, 95% CI (mnist_rotation, layer ip1)"]
     # the curve's points are in the report as a table too, forward order
     table = html[html.index('class="depth-table"'):]
     assert table.index("conv1") < table.index("conv2") < table.index(">ip1<")

@@ -45,8 +45,10 @@ def digit_plots(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
             out.append(plots.angle_error_bars(
                 f["fig3"], title=f"Fig. 3: absolute angle error per digit ({where})"))
         if f["fig4"]:
-            bars = [{"series": r["series"], "class": r["class"], "value": 100.0 * r["error"]} for r in f["fig4"]]
+            bars = [{"series": r["series"], "class": r["class"], "value": 100.0 * r["error"],
+                     "lo": None if r["ci_low"] is None else 100.0 * r["ci_low"],
+                     "hi": None if r["ci_high"] is None else 100.0 * r["ci_high"]} for r in f["fig4"]]
             dark = [r["series"] for r in f["fig4"] if r["technique"] == "softmax"]
             out.append(plots.class_bars(bars, "classification error (%)",
-                                        f"Fig. 4: classification error per digit ({where})", "error_bars", dark))
+                                        f"Fig. 4: classification error per digit, 95% CI ({where})", "error_bars", dark))
     return out

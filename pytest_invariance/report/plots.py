@@ -263,11 +263,23 @@ def bin_table(rows: Sequence[Mapping[str, Any]], title: str = "Absolute yaw erro
             "columns": [f"bin ({unit})", f"MAE ({unit})", f"95% CI ({unit})", "count"], "rows": body}
 
 
+def _whisker(row: Mapping[str, Any] | None) -> tuple[float, float]:
+    """(down, up) whisker lengths of a bar: ``err`` (±), else ``lo``/``hi`` bounds."""
+    if row is None:
+        return 0.0, 0.0
+    if row.get("err") is not None:
+        return float(row["err"]), float(row["err"])
+    if row.get("lo") is None or row.get("hi") is None:
+        return 0.0, 0.0
+    v = float(row["value"])
+    return max(v - float(row["lo"]), 0.0), max(float(row["hi"]) - v, 0.0)
+
+
 def class_bars(rows: Sequence[Mapping[str, Any]], ylabel: str, title: str, kind: str = "class_bars",
                dark: Sequence[str] = ()) -> dict[str, str]:
     """Grouped bars: one group per ``class`` (in order of appearance), one bar per
-    ``series``, with ± ``err`` whiskers when given. Rows are ``{"series", "class", "value",
-    "err"?}``; series named in ``dark`` are drawn in shades of grey (the paper's black
+    ``series``, with ± ``err`` whiskers, or whiskers to ``lo``/``hi``, when given. Rows are
+    ``{"series", "class", "value", "err"?, "lo"?, "hi"?}``; series named in ``dark`` are drawn in shades of grey (the paper's black
     softmax bars in Fig. 4), the others in colour.
 
     Examples
@@ -286,9 +298,10 @@ def class_bars(rows: Sequence[Mapping[str, Any]], ylabel: str, title: str, kind:
     for i, name in enumerate(series):
         xs = np.arange(len(classes)) + (i - (len(series) - 1) / 2) * width
         vals = [float(cell[name, c]["value"]) if (name, c) in cell else np.nan for c in classes]
-        errs = [float(cell[name, c].get("err") or 0.0) if (name, c) in cell else 0.0 for c in classes]
+        errs = np.array([_whisker(cell.get((name, c))) for c in classes]).reshape(-1, 2).T
         colour = next(greys, "#444444") if name in dark else next(colours, None)
-        ax.bar(xs, vals, width, yerr=errs if any(errs) else None, capsize=2, label=name, color=colour)
+        ax.bar(xs, vals, width, yerr=errs if errs.any() else None, capsize=2, label=name, color=colour,
+               error_kw={"linewidth": 0.8})
     ax.set_xticks(np.arange(len(classes)), classes)
     ax.set_xlabel("class")
     ax.set_ylabel(ylabel)

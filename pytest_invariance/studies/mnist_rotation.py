@@ -159,7 +159,8 @@ def compute_study(name: str, inputs: dict[str, Any], protocol: Protocol, seed: i
         if logits is not None and logits.shape[1] == 10:
             soft = logits.argmax(1) == yte
             out["softmax_accuracy"] = accuracy_estimate(soft, 0.1, n_bootstrap=nb, seed=seed,
-                                                        per_class_error=per_class_stats(1.0 - soft, yte)[0])
+                                                        per_class_error=per_class_stats(1.0 - soft, yte)[0],
+                                                        per_class_n=class_counts(yte))
 
         out.update(trained_figures(inputs["train"], [seed if s is None else s for s in seeds], nb,
                                    Xte, yte, ate, soft, step))
@@ -227,6 +228,8 @@ def _trained_figures(train: dict[str, np.ndarray], seed: int, nb: int, Xte: np.n
     est_angle = Xte @ coef[0] + b[0]
     per_angle = MAVProbe(random_state=seed, n_bootstrap=nb).fit(Xtr, ytr, factor=atr)
     out["per_angle_mav_accuracy"] = per_angle.evaluate(Xte, yte, factor=est_angle)["accuracy"]
+    for key in ("mav_accuracy", "per_angle_mav_accuracy"):  # Fig. 4's per-digit intervals need the counts
+        out[key].details["per_class_n"] = class_counts(yte)
     return out
 
 
@@ -250,6 +253,12 @@ def per_class_stats(values: np.ndarray, classes: np.ndarray) -> tuple[dict[str, 
         mean[str(c)] = float(v.mean())
         std[str(c)] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
     return mean, std
+
+
+def class_counts(classes: np.ndarray) -> dict[str, int]:
+    """Test samples per class, keyed as :func:`per_class_stats` keys them."""
+    values, counts = np.unique(classes, return_counts=True)
+    return {str(c): int(n) for c, n in zip(values, counts)}
 
 
 def paired_drop(first: np.ndarray, second: np.ndarray, n_bootstrap: int, seed: int) -> Estimate:
