@@ -229,3 +229,11 @@ def test_series_follow_the_checks_test_field_when_present():
     assert {r["test"] for r in rows} == {"audits/mnist_rotation/test_mnist_rotation.py::test_angle_mae[lenet]",
                                          "audits/mnist_rotation/test_mnist_rotation.py::test_mav_accuracy[lenet]"}
     assert len(rows) == 6
+
+
+def test_overview_columns_follow_the_run_models_not_the_worst_first_order():
+    doc = depth_doc()
+    doc["run"]["models"] = {"mu_lenet": {"layers": ["ip1"]}, "lenet": {"layers": LAYERS}}
+    doc["checks"][0] = _check("lenet", "ip1", "angle_mae", 9.4, 0.4, 10.0, ">")  # lenet fails: sorted first
+    labels = [c["label"] for c in build_context(doc, None, None, None)["overview"]["columns"]]
+    assert labels == ["mu_lenet · ip1", "lenet · conv1", "lenet · conv2", "lenet · ip1"]

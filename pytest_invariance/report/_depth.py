@@ -69,13 +69,13 @@ def _measured(check: Mapping[str, Any]) -> bool:
 
 def layer_orders(doc: Mapping[str, Any]) -> dict[str, list[str]]:
     """Model name -> its layers in forward order: ``run.models[NAME]["layers"]``, then any
-    layer the checks name that the list lacks, in order of first appearance."""
+    layer the checks name that the list lacks, in order of first appearance. Models come
+    in the order of ``run.models``, then of first appearance."""
     models = (doc.get("run") or {}).get("models") or {}
     out: dict[str, list[str]] = {}
     for name, info in models.items() if isinstance(models, Mapping) else ():
         listed = info.get("layers") if isinstance(info, Mapping) else None
-        if isinstance(listed, (list, tuple)):
-            out[str(name)] = [str(x) for x in listed]
+        out[str(name)] = [str(x) for x in listed] if isinstance(listed, (list, tuple)) else []
     for c in doc.get("checks") or ():
         model, layer = check_model(c), check_layer(c)
         if model is not None and layer is not None and layer not in out.setdefault(model, []):
@@ -171,7 +171,8 @@ def overview_matrix(entries: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]
 
     ``entries`` are ``(view, check)`` pairs, ``view`` from :func:`~._context.check_view`
     (its ``anchor``, ``status``, ``margin``). Rows are (suite, metric, qualifier); columns
-    (model, layer) in the models' order and each model's forward order. A column is titled
+    (model, layer) in the order of ``orders`` (:func:`layer_orders`: models, then each
+    model's forward order). A column is titled
     by its layer when one model was audited, by its model when every model has one layer,
     else by both. Returns ``{"columns": [{"model", "layer", "label"}], "rows": [{"suite",
     "metric", "qualifier", "cells": [cell or None per column]}]}``; a cell holds the
@@ -194,7 +195,7 @@ def overview_matrix(entries: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]
         if old is None or (m is not None and (old["margin"] is None or m < old["margin"])):
             cells[row][col] = {"anchor": view.get("anchor"), "status": view.get("status"), "margin": m,
                                "margin_str": view.get("margin_str"), "colour": margin_colour(m), "title": title}
-    model_order = list(dict.fromkeys(c[0] for c in columns))
+    model_order = [m for m in dict.fromkeys([*orders, *(c[0] for c in columns)]) if any(c[0] == m for c in columns)]
 
     def col_rank(c: tuple[str, str]) -> tuple[int, int]:
         layers = list(orders.get(c[0], ()))
