@@ -67,3 +67,17 @@ def test_per_digit_breakdowns_add_up_to_the_figures(study, tmp_path):
     assert sum(share[d] * m for d, m in angle["per_class_mae"].items()) == pytest.approx(study["angle_mae"].value)
     # angle_mae_std is the mean over digits of the per-digit std (paper Fig. 3)
     assert np.mean(list(angle["per_class_mae_std"].values())) == pytest.approx(study["angle_mae_std"].value)
+
+
+def test_a_layer_with_negative_activations_gets_every_figure_and_says_why_no_fig8():
+    """A sweep over depth reads conv outputs before their ReLU: Eq. 1 cannot take them, the
+    figures must still come (a plot is no reason for a study to fail)."""
+    from pytest_invariance.studies.mnist_rotation import study_plots
+
+    rng = np.random.default_rng(0)
+    y, angle = np.repeat(np.arange(10), 6), np.tile([-45.0, 0.0, 45.0], 20)
+    X = rng.normal(size=(60, 12))
+    out = study_plots("conv1", X, y, angle, Protocol(angles=(-45.0, 0.0, 45.0), heatmap_per_cell=2), seed=0)
+    assert out["block_diagonal"]["kind"] == "table" and "negative" in out["block_diagonal"]["rows"][0][0]
+    assert study_plots("ip1", np.abs(X), y, angle, Protocol(angles=(-45.0, 0.0, 45.0), heatmap_per_cell=2),
+                       seed=0)["block_diagonal"]["kind"] == "block_diagonal"

@@ -275,7 +275,7 @@ def paired_drop(first: np.ndarray, second: np.ndarray, n_bootstrap: int, seed: i
 def study_plots(name: str, X: np.ndarray, y: np.ndarray, angle: np.ndarray, protocol: Protocol,
                 seed: int, singular_values: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
     """Scree (Fig. 6), heat map sorted by class then angle (Fig. 7), block diagonalization (Fig. 8)."""
-    from ..probes import block_diagonalize, spectrum
+    from ..probes import spectrum
     from ..report import plots
 
     rng = np.random.default_rng(seed)
@@ -285,16 +285,29 @@ def study_plots(name: str, X: np.ndarray, y: np.ndarray, angle: np.ndarray, prot
     D = X[order].T  # features x samples
     if singular_values is None:
         singular_values = spectrum(X, k=10)["singular_values"]
-    bd = block_diagonalize(D, y[order])
+    return {
+        "scree": plots.scree_plot(singular_values, k=10, title=f"{name}: scree of the rotated test set"),
+        "heatmap": plots.heatmap(D, row_label="feature", col_label="test samples by digit, angles ascending within",
+                                 title=f"{name}: features sorted by class then angle", col_groups=y[order]),
+        "block_diagonal": _block_diagonal(name, D, y[order]),
+    }
+
+
+def _block_diagonal(name: str, D: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Fig. 8, or a one-row table saying why not: Eq. 1 is a ratio of activations, so a layer
+    with negative values (a conv output before its ReLU, in a sweep over depth) has none."""
+    from ..probes import block_diagonalize
+    from ..report import plots
+
+    if D.min() < 0:
+        return {"title": f"{name}: block diagonalization (Eq. 1) not drawn", "kind": "table", "columns": ["why"],
+                "rows": [[f"the layer has negative activations (min {D.min():.3g}); Eq. 1 needs non-negative "
+                          "ones, such as post-ReLU features"]]}
+    bd = block_diagonalize(D, y)
     # Row blocks: rows are stacked by assigned label (dead rows, -1, last), so a block
     # ends where the running count of rows per label does.
     assigned = np.asarray(bd.assignment)
     boundaries = np.cumsum(np.bincount(assigned[assigned >= 0], minlength=10)).tolist()
-    col_bounds = np.cumsum(np.bincount(y[order], minlength=10))[:-1].tolist()
-    return {
-        "scree": plots.scree_plot(singular_values, k=10, title=f"{name}: scree of the rotated test set"),
-        "heatmap": plots.heatmap(D, row_label="feature", col_label="test samples by digit, angles ascending within",
-                                 title=f"{name}: ip1 features sorted by class then angle", col_groups=y[order]),
-        "block_diagonal": plots.block_diagonal_plot(bd.reordered, boundaries, col_boundaries=col_bounds,
-                                                    title=f"{name}: block-diagonalized (Eq. 1)"),
-    }
+    col_bounds = np.cumsum(np.bincount(y, minlength=10))[:-1].tolist()
+    return plots.block_diagonal_plot(bd.reordered, boundaries, col_boundaries=col_bounds,
+                                     title=f"{name}: block-diagonalized (Eq. 1)")
