@@ -308,7 +308,8 @@ def class_bars(rows: Sequence[Mapping[str, Any]], ylabel: str, title: str, kind:
     ax.grid(axis="y", alpha=0.3)
     # outside the axes: with ten groups of bars there is no empty corner
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    ax.set_title(title)
+    # a long title (a layer's tensor name) breaks before its parenthesis, never off the figure
+    ax.set_title(title.replace(" (", "\n(", 1) if len(title) > 60 else title, fontsize=10)
     return _svg(fig, title, kind)
 
 
@@ -447,7 +448,9 @@ def depth_curves(panels: Sequence[Mapping[str, Any]], title: str) -> dict[str, s
             level = arr(p.get(key), n)
             if np.isfinite(level).any():
                 ax.stairs(level, edges, baseline=None, label=label, **style)
-        ax.set_xticks(xs, [str(x) for x in p["layers"]], rotation=30 if n > 4 else 0, fontsize=7)
+        names = [str(x) for x in p["layers"]]
+        slanted = n > 4 or max(map(len, names)) * n > 24  # long ONNX tensor names would overlap
+        ax.set_xticks(xs, names, rotation=35 if slanted else 0, ha="right" if slanted else "center", fontsize=6)
         ax.tick_params(axis="y", labelsize=7)
         ax.set_title(("task: " if p.get("task") else "") + str(p["title"]), fontsize=8)
         ax.grid(alpha=0.3)
