@@ -237,3 +237,28 @@ def test_overview_columns_follow_the_run_models_not_the_worst_first_order():
     doc["checks"][0] = _check("lenet", "ip1", "angle_mae", 9.4, 0.4, 10.0, ">")  # lenet fails: sorted first
     labels = [c["label"] for c in build_context(doc, None, None, None)["overview"]["columns"]]
     assert labels == ["mu_lenet · ip1", "lenet · conv1", "lenet · conv2", "lenet · ip1"]
+
+
+def test_a_sweep_writes_depth_rows_in_forward_order_and_draws_them(toy):
+    """A real run over every layer of a small ONNX CNN: node ids sort the layers by name
+    (``/act`` before ``/conv``), the depth rows follow the network, as the model lists them."""
+    pytest.importorskip("jinja2")
+    from pytest_invariance.models import load_model
+    from pytest_invariance.testing import read_results
+
+    forward = [name for name, _ in load_model(str(toy.path / "audits" / "toy" / "tiny.onnx"), device="cpu")
+               .trace_layers()]
+    result = toy.runpytest_subprocess("audits", "--model", "audits/toy/tiny.onnx", "--invariance-layers", "all",
+                                      "--invariance-progress", "off")
+    assert result.ret == 0, result.stdout.str()
+    doc = read_results(toy)
+    assert [c["layer"] for c in doc["checks"]] != forward  # so the order below is not the file's
+    rows = doc["depth"]
+    assert [r["layer"] for r in rows] == forward and [r["layer_index"] for r in rows] == list(range(len(forward)))
+    by_layer = {c["layer"]: c for c in doc["checks"]}
+    assert [r["value"] for r in rows] == [by_layer[la]["value"] for la in forward]
+    assert {(r["model"], r["metric"], r["threshold"]) for r in rows} == {("tiny", "feature_mean", 1000.0)}
+    html = (toy.path / "reports" / "index.html").read_text()
+    assert 'id="overview-matrix"' in html and html.count("plot-depth_curves") == 1
+    heads = re.findall(r'<th class="col" title="[^"]*">([^<]*)</th>', html)
+    assert heads == forward  # one model: the matrix's columns are its layers, forward order
