@@ -58,13 +58,14 @@ def wilson(p: float, n: int | float, z: float = _Z95) -> tuple[float, float]:
 
 
 def _error_rows(per_class: Mapping[str, float], counts: Mapping[str, Any] | None) -> list[tuple[str, float, Any, Any]]:
+    """(class, error, ci_low, ci_high) per class and for the mean; no counts: no interval."""
     rows = []
     for k, v in _with_mean(per_class):
-        if counts is None or (k != MEAN and not counts.get(k)):
+        if counts is None:
             rows.append((k, v, None, None))
         elif k == MEAN:
-            keys = [c for c in per_class]
-            half = _Z95 * math.sqrt(sum(per_class[c] * (1 - per_class[c]) / float(counts[c]) for c in keys)) / len(keys)
+            var = sum(p * (1 - p) / float(counts[c]) for c, p in per_class.items())
+            half = _Z95 * math.sqrt(var) / len(per_class)
             rows.append((k, v, max(v - half, 0.0), min(v + half, 1.0)))
         else:
             rows.append((k, v, *wilson(v, float(counts[k]))))
@@ -73,8 +74,9 @@ def _error_rows(per_class: Mapping[str, float], counts: Mapping[str, Any] | None
 
 def digit_figures(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     """``[{"suite", "layer", "fig3": [{"model", "class", "mean", "std"}], "fig4": [{"series",
-    "model", "technique", "class", "error", "ci_low", "ci_high"}]}]`` (no counts: CI None); a figure with no data is an empty list,
-    and a (suite, layer) with neither is left out. Errors are fractions, angles as measured.
+    "model", "technique", "class", "error", "ci_low", "ci_high"}]}]``; errors are fractions
+    (CI None without the counts), angles as measured. A figure with no data is an empty list;
+    a (suite, layer) with neither is left out.
     """
     models = list(((doc.get("run") or {}).get("models") or {}))
     out: dict[tuple[str, str], dict[str, Any]] = {}
