@@ -28,8 +28,9 @@ def depth_figures(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
         rows = []
         for p in g["panels"]:
             for i, layer in enumerate(p["layers"]):
-                rows.append([p["title"], layer, fnum(p["value"][i]), f"[{fnum(p['ci_low'][i])}, {fnum(p['ci_high'][i])}]",
-                             fnum(p["chance"][i]), fnum(p["threshold"][i])])
+                ci = f"[{fnum(p['ci_low'][i])}, {fnum(p['ci_high'][i])}]"
+                rows.append([p["title"], layer, fnum(p["value"][i]), ci, fnum(p["chance"][i]),
+                             fnum(p["threshold"][i])])
         out.append({"title": title, "plot": plots.depth_curves(g["panels"], title), "rows": rows})
     return out
 
@@ -49,6 +50,6 @@ def digit_plots(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
                      "lo": None if r["ci_low"] is None else 100.0 * r["ci_low"],
                      "hi": None if r["ci_high"] is None else 100.0 * r["ci_high"]} for r in f["fig4"]]
             dark = [r["series"] for r in f["fig4"] if r["technique"] == "softmax"]
-            out.append(plots.class_bars(bars, "classification error (%)",
-                                        f"Fig. 4: classification error per digit, 95% CI ({where})", "error_bars", dark))
+            title = f"Fig. 4: classification error per digit, 95% CI ({where})"
+            out.append(plots.class_bars(bars, "classification error (%)", title, "error_bars", dark))
     return out

@@ -279,8 +279,8 @@ def class_bars(rows: Sequence[Mapping[str, Any]], ylabel: str, title: str, kind:
                dark: Sequence[str] = ()) -> dict[str, str]:
     """Grouped bars: one group per ``class`` (in order of appearance), one bar per
     ``series``, with ± ``err`` whiskers, or whiskers to ``lo``/``hi``, when given. Rows are
-    ``{"series", "class", "value", "err"?, "lo"?, "hi"?}``; series named in ``dark`` are drawn in shades of grey (the paper's black
-    softmax bars in Fig. 4), the others in colour.
+    ``{"series", "class", "value", "err"?, "lo"?, "hi"?}``; series named in ``dark`` are
+    drawn in shades of grey (the paper's black softmax bars in Fig. 4), the others in colour.
 
     Examples
     --------
