@@ -19,10 +19,18 @@ def write_outputs(s: Settings, collected: dict[str, Any], run: dict[str, Any]) -
 def _write_outputs(s: Settings, collected: dict[str, Any], run: dict[str, Any], step: Any) -> list[str]:
     step.next("results.json")
     checks = sorted(collected["checks"], key=lambda c: (c["nodeid"], c["metric"] or ""))
-    doc = {"run": run, "checks": checks}
+    doc: dict[str, Any] = {"run": run, "checks": checks}
+    lines = []
+    try:  # the figures across layers, as a table (report.depth_table)
+        from .report._depth import depth_table
+
+        doc["depth"] = depth_table(doc)
+    except ValueError as exc:  # two checks with one identity: no row can be trusted
+        doc["depth"] = []
+        lines.append(f"invariance: depth table left empty ({exc})")
     json_path = s.resolve_path(s.json)
     atomic_write_bytes(json_path, json.dumps(doc, indent=1, allow_nan=False).encode())  # type: ignore[arg-type]
-    lines = [f"invariance: results {json_path}"]
+    lines.insert(0, f"invariance: results {json_path}")
     history_rows = None
     step.next("history")
     try:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -47,3 +48,36 @@ def test_plots_are_self_contained(study):
     assert set(study["plots"]) == {"scree", "heatmap", "block_diagonal"}
     for plot in study["plots"].values():
         assert plot.get("svg") or plot.get("png")
+
+
+def test_per_digit_breakdowns_add_up_to_the_figures(study, tmp_path):
+    """Fig. 3/4 come from per-digit details; weighted by each digit's test count they give the
+    gated figure back (for refit figures: the refits' mean, like the figure)."""
+    from pytest_invariance.data.mnist import load_mnist
+
+    y = load_mnist("test", cache_dir=tmp_path).labels["label"].to_numpy()
+    share = {str(d): float(np.mean(y == d)) for d in range(10)}  # every angle has every test image
+    for name in ("softmax_accuracy", "mav_accuracy", "per_angle_mav_accuracy"):
+        err = study[name].details["per_class_error"]
+        assert sorted(err, key=int) == [str(d) for d in range(10)]
+        assert sum(share[d] * e for d, e in err.items()) == pytest.approx(1 - study[name].value, abs=1e-9), name
+        counts = study[name].details["per_class_n"]
+        assert counts == {d: 3 * int(np.sum(y == int(d))) for d in err}, name  # three angles
+    angle = study["angle_mae"].details
+    assert sum(share[d] * m for d, m in angle["per_class_mae"].items()) == pytest.approx(study["angle_mae"].value)
+    # angle_mae_std is the mean over digits of the per-digit std (paper Fig. 3)
+    assert np.mean(list(angle["per_class_mae_std"].values())) == pytest.approx(study["angle_mae_std"].value)
+
+
+def test_a_layer_with_negative_activations_gets_every_figure_and_says_why_no_fig8():
+    """A sweep over depth reads conv outputs before their ReLU: Eq. 1 cannot take them, the
+    figures must still come (a plot is no reason for a study to fail)."""
+    from pytest_invariance.studies.mnist_rotation import study_plots
+
+    rng = np.random.default_rng(0)
+    y, angle = np.repeat(np.arange(10), 6), np.tile([-45.0, 0.0, 45.0], 20)
+    X = rng.normal(size=(60, 12))
+    out = study_plots("conv1", X, y, angle, Protocol(angles=(-45.0, 0.0, 45.0), heatmap_per_cell=2), seed=0)
+    assert out["block_diagonal"]["kind"] == "table" and "negative" in out["block_diagonal"]["rows"][0][0]
+    assert study_plots("ip1", np.abs(X), y, angle, Protocol(angles=(-45.0, 0.0, 45.0), heatmap_per_cell=2),
+                       seed=0)["block_diagonal"]["kind"] == "block_diagonal"

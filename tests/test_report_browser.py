@@ -79,3 +79,42 @@ def test_report_renders_offline(driver, tmp_path):
 
     errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
     assert errors == []
+
+
+def test_depth_matrix_and_paper_figures_render(driver, tmp_path):
+    """The overview matrix, the depth curves and paper Fig. 3/4 are drawn, offline, without errors."""
+    from selenium.webdriver.common.by import By
+
+    from test_report_depth import LAYERS, depth_doc, per_digit_doc
+
+    import numpy as np
+
+    doc, _ = per_digit_doc(np.random.default_rng(0))
+    doc["checks"] += [c for c in depth_doc()["checks"] if c["layer"] != "ip1"]
+    doc["run"]["models"]["lenet"]["layers"] = LAYERS
+    driver.get(write_report(doc, tmp_path / "index.html").as_uri())
+
+    matrix = driver.find_element(By.ID, "overview-matrix")
+    heads = [th.text for th in matrix.find_elements(By.CSS_SELECTOR, "th.col")]
+    assert heads == ["lenet · conv1", "lenet · conv2", "lenet · ip1", "mu_lenet · ip1", "pair_lenet · ip1"]
+    cell = matrix.find_element(By.CSS_SELECTOR, "td.cell a")
+    target = cell.get_attribute("href").split("#", 1)[1]
+    assert driver.find_element(By.ID, target).tag_name == "section"
+    # the cell's colour is the margin's (rgb of margin_colour)
+    assert cell.find_element(By.XPATH, "..").value_of_css_property("background-color").startswith("rgb")
+
+    for selector, count in (("#depth ~ .depth-figure img.plot-depth_curves", 1),
+                            ("#digit-figures img.plot-angle_error_bars", 1),
+                            ("#digit-figures img.plot-error_bars", 1)):
+        images = driver.find_elements(By.CSS_SELECTOR, selector)
+        assert len(images) == count, selector
+        for img in images:
+            complete, width = driver.execute_script(
+                "return [arguments[0].complete, arguments[0].naturalWidth]", img)
+            assert complete and width > 200, img.get_attribute("alt")
+            assert img.size["width"] > 200 and img.size["height"] > 100
+    resources = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert [r for r in resources if not r.startswith(("data:", "file:"))] == []
+    assert driver.save_screenshot(str(tmp_path / "depth.png"))
+    errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    assert errors == []

@@ -49,7 +49,7 @@ def test_factor(factor, study, invariance_model, invariance_check):
     k = fig["strongest"]
     r1 = fig["rank1"]
     invariance_check(f"rank1_{factor}", r1[k], plots=[fig["plot"]], details={
-        **base, "level": fig["levels"][k], "gallery_level": fig["neutral"],
+        **base, "role": "task", "level": fig["levels"][k], "gallery_level": fig["neutral"],
         "per_level": {f"{lv:g}": round(e.value, 4) for lv, e in zip(fig["levels"], r1)},
         "note": f"gallery = the unperturbed images (level {fig['neutral']:g}); at that level the probes are "
                 "the gallery images themselves, so rank-1 = 1 by construction; the other levels are the figures"})

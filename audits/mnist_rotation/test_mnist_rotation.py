@@ -16,10 +16,11 @@ def study(invariance_model, invariance_audit, invariance_suite):
                                  lambda: run_study(invariance_audit, invariance_model, protocol))
 
 
-def _check(check, study, model, metric, plots=()):
+def _check(check, study, model, metric, plots=(), **details):
     if metric not in study:
         pytest.skip(f"{model.name} has no classifier output, so {metric} is not defined")
-    check(metric, study[metric], details={"model": model.name}, plots=[study["plots"][p] for p in plots])
+    check(metric, study[metric], details={"model": model.name, **details},
+          plots=[study["plots"][p] for p in plots])
 
 
 def test_softmax_accuracy(invariance_check, study, invariance_model):
@@ -27,7 +28,8 @@ def test_softmax_accuracy(invariance_check, study, invariance_model):
 
 
 def test_mav_accuracy(invariance_check, study, invariance_model):
-    _check(invariance_check, study, invariance_model, "mav_accuracy")
+    # the task at the audited layer: the report draws it beside the angle across depth
+    _check(invariance_check, study, invariance_model, "mav_accuracy", role="task")
 
 
 def test_mav_accuracy_drop(invariance_check, study, invariance_model):

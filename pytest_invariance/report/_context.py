@@ -228,6 +228,8 @@ def build_context(doc: Mapping[str, Any], plots: Mapping[Any, Sequence[Mapping[s
     for v in views:
         if v["plots_at"] and not by_anchor[v["plots_at"]]["plots"]:
             v["plots_at"] = None
-    return {"checks": views, "summary": summarize(views),
+    from ._depth import layer_orders, overview_matrix
+
+    return {"checks": views, "summary": summarize(views), "overview": overview_matrix(pairs, layer_orders(doc)),
             "worst": [v for v in views if v["status"] != "PASS" or v["margin"] is not None][:_N_WORST]}
 

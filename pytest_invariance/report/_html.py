@@ -22,7 +22,8 @@ from .. import __version__
 from ..history._baseline import compare_to_baseline
 from ..history._store import default_tag
 from .._io import atomic_write_text
-from ._context import build_context, fnum
+from ._context import _plot_view, build_context, fnum
+from ._views import depth_figures, digit_plots
 
 if TYPE_CHECKING:
     import jinja2
@@ -111,8 +112,13 @@ def render_report(doc: Mapping[str, Any], *, plots: Mapping[Any, Sequence[Mappin
     model = Path(str(run.get("model_path"))).name if run.get("model_path") else "default models"
     ctx = build_context(doc, plots, history, current)
     model_columns, models = _models(run)
+    try:
+        depth, depth_error = [dict(f, plot=_plot_view(f["plot"])) for f in depth_figures(doc)], None
+    except ValueError as exc:  # two checks with one identity: no curve can be trusted
+        depth, depth_error = [], str(exc)
+    digits = [p for p in map(_plot_view, digit_plots(doc)) if p is not None]
     return _environment().get_template("report.html").render(
-        model_columns=model_columns, models=models,
+        model_columns=model_columns, models=models, depth=depth, depth_error=depth_error, digits=digits,
         title=title or f"Invariance audit: {model}", header=_header(run), run=run,
         generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         generator=f"pytest-invariance {__version__}", has_history=history is not None, **ctx)

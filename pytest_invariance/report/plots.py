@@ -263,27 +263,62 @@ def bin_table(rows: Sequence[Mapping[str, Any]], title: str = "Absolute yaw erro
             "columns": [f"bin ({unit})", f"MAE ({unit})", f"95% CI ({unit})", "count"], "rows": body}
 
 
+def _whisker(row: Mapping[str, Any] | None) -> tuple[float, float]:
+    """(down, up) whisker lengths of a bar: ``err`` (±), else ``lo``/``hi`` bounds."""
+    if row is None:
+        return 0.0, 0.0
+    if row.get("err") is not None:
+        return float(row["err"]), float(row["err"])
+    if row.get("lo") is None or row.get("hi") is None:
+        return 0.0, 0.0
+    v = float(row["value"])
+    return max(v - float(row["lo"]), 0.0), max(float(row["hi"]) - v, 0.0)
+
+
+def class_bars(rows: Sequence[Mapping[str, Any]], ylabel: str, title: str, kind: str = "class_bars",
+               dark: Sequence[str] = ()) -> dict[str, str]:
+    """Grouped bars: one group per ``class`` (in order of appearance), one bar per
+    ``series``, with ± ``err`` whiskers, or whiskers to ``lo``/``hi``, when given. Rows are
+    ``{"series", "class", "value", "err"?, "lo"?, "hi"?}``; series named in ``dark`` are
+    drawn in shades of grey (the paper's black softmax bars in Fig. 4), the others in colour.
+
+    Examples
+    --------
+    >>> class_bars([{"series": "lenet MAV", "class": "0", "value": 0.1}], "error", "t")["kind"]
+    'class_bars'
+    """
+    series = list(dict.fromkeys(str(r["series"]) for r in rows))
+    classes = list(dict.fromkeys(str(r["class"]) for r in rows))
+    cell = {(str(r["series"]), str(r["class"])): r for r in rows}
+    fig = _new_figure(max(7.0, 0.11 * len(series) * len(classes) + 2.5), 3.6)
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(series), 1)
+    greys = iter(("#222222", "#666666", "#999999", "#bbbbbb"))
+    colours = iter(("#c0504d", "#4a6fa5", "#2e8b57", "#e69f00", "#8064a2", "#4bacc6", "#f79646", "#9bbb59"))
+    for i, name in enumerate(series):
+        xs = np.arange(len(classes)) + (i - (len(series) - 1) / 2) * width
+        vals = [float(cell[name, c]["value"]) if (name, c) in cell else np.nan for c in classes]
+        errs = np.array([_whisker(cell.get((name, c))) for c in classes]).reshape(-1, 2).T
+        colour = next(greys, "#444444") if name in dark else next(colours, None)
+        ax.bar(xs, vals, width, yerr=errs if errs.any() else None, capsize=2, label=name, color=colour,
+               error_kw={"linewidth": 0.8})
+    ax.set_xticks(np.arange(len(classes)), classes)
+    ax.set_xlabel("class")
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    # outside the axes: with ten groups of bars there is no empty corner
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    # a long title (a layer's tensor name) breaks before its parenthesis, never off the figure
+    ax.set_title(title.replace(" (", "\n(", 1) if len(title) > 60 else title, fontsize=10)
+    return _svg(fig, title, kind)
+
+
 def angle_error_bars(rows: Sequence[Mapping[str, Any]], title: str = "Absolute angle error",
                      unit: str = "°") -> dict[str, str]:
     """Mean ± std absolute angle error per class, one bar colour per model (paper Fig. 3).
     Rows are ``{"model", "class", "mean", "std"}``."""
-    models = list(dict.fromkeys(str(r["model"]) for r in rows))
-    classes = list(dict.fromkeys(str(r["class"]) for r in rows))
-    cell = {(str(r["model"]), str(r["class"])): r for r in rows}
-    fig = _new_figure(7.0, 3.4)
-    ax = fig.add_subplot()
-    width = 0.8 / max(len(models), 1)
-    for i, m in enumerate(models):
-        xs = np.arange(len(classes)) + (i - (len(models) - 1) / 2) * width
-        means = [float(cell[m, c]["mean"]) if (m, c) in cell else np.nan for c in classes]
-        stds = [float(cell[m, c].get("std") or 0.0) if (m, c) in cell else 0.0 for c in classes]
-        ax.bar(xs, means, width, yerr=stds, capsize=2, label=m)
-    ax.set_xticks(np.arange(len(classes)), classes)
-    ax.set_xlabel("class")
-    ax.set_ylabel(f"absolute error ({unit}), mean ± std")
-    ax.legend(fontsize=8)
-    ax.set_title(title)
-    return _svg(fig, title, "angle_error_bars")
+    bars = [{"series": r["model"], "class": r["class"], "value": r["mean"], "err": r.get("std")} for r in rows]
+    return class_bars(bars, f"absolute error ({unit}), mean ± std", title, "angle_error_bars")
 
 
 def curve(x: ArrayLike, ys: Mapping[str, tuple[ArrayLike, ArrayLike | None, ArrayLike | None]],
@@ -374,4 +409,56 @@ def factor_overview(rows: Sequence[Mapping[str, Any]], title: str) -> dict[str, 
     return _svg(fig, title, "factor_overview")
 
 
-__all__ += ["factor_overview"]
+def depth_curves(panels: Sequence[Mapping[str, Any]], title: str) -> dict[str, str]:
+    """Figures across a network's depth, one small panel per metric, layers in forward order.
+
+    Each panel is ``{"title", "layers": [name, ...], "value", "ci_low", "ci_high",
+    "chance", "threshold": [one per layer, None where absent], "task": bool}``. The
+    figure is a line with its CI band; chance is a dashed grey line and the threshold a
+    dotted red one (a step where a layer has its own). Task panels (what the network is
+    for: identification rank-1, MAV accuracy) are drawn in green, so a reader sees in one
+    row where a factor stops being readable and what the task has at that depth.
+
+    Examples
+    --------
+    >>> depth_curves([{"title": "angle_mae", "layers": ["conv1", "ip1"], "value": [20.0, 7.0],
+    ...                "ci_low": [19.0, 6.5], "ci_high": [21.0, 7.5], "chance": [25.7, 25.7],
+    ...                "threshold": [10.0, 10.0]}], "t")["kind"]
+    'depth_curves'
+    """
+    ncols = min(len(panels), 4)
+    nrows = -(-len(panels) // max(ncols, 1))
+    fig = _new_figure(2.6 * max(ncols, 1) + 0.4, 2.3 * max(nrows, 1) + 0.5)
+    axes = fig.subplots(max(nrows, 1), max(ncols, 1), squeeze=False).ravel()
+
+    def arr(v: Sequence[Any] | None, n: int) -> NDArray[np.float64]:
+        return np.array([np.nan if x is None else float(x) for x in (v or [None] * n)], dtype=np.float64)
+
+    for ax, p in zip(axes, panels):
+        n = len(p["layers"])
+        xs = np.arange(n)
+        colour = "#2e8b57" if p.get("task") else "#4a6fa5"
+        ax.plot(xs, arr(p["value"], n), marker="o", markersize=3, color=colour, label="figure")
+        lo, hi = arr(p.get("ci_low"), n), arr(p.get("ci_high"), n)
+        ax.fill_between(xs, lo, hi, color=colour, alpha=0.2, linewidth=0, label="95% CI")
+        # chance and threshold hold per layer: a level across each layer's slot
+        edges = np.arange(n + 1) - 0.5
+        for key, style, label in (("chance", dict(color="grey", linestyle="--", linewidth=1), "chance"),
+                                  ("threshold", dict(color="red", linestyle=":", linewidth=1.4), "threshold")):
+            level = arr(p.get(key), n)
+            if np.isfinite(level).any():
+                ax.stairs(level, edges, baseline=None, label=label, **style)
+        names = [str(x) for x in p["layers"]]
+        slanted = n > 4 or max(map(len, names)) * n > 24  # long ONNX tensor names would overlap
+        ax.set_xticks(xs, names, rotation=35 if slanted else 0, ha="right" if slanted else "center", fontsize=6)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_title(("task: " if p.get("task") else "") + str(p["title"]), fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=6)
+    fig.suptitle(title, fontsize=10)
+    return _svg(fig, title, "depth_curves")
+
+
+__all__ += ["factor_overview", "class_bars", "depth_curves"]

@@ -158,7 +158,9 @@ def compute_study(name: str, inputs: dict[str, Any], protocol: Protocol, seed: i
         logits = inputs.get("logits")
         if logits is not None and logits.shape[1] == 10:
             soft = logits.argmax(1) == yte
-            out["softmax_accuracy"] = accuracy_estimate(soft, 0.1, n_bootstrap=nb, seed=seed)
+            out["softmax_accuracy"] = accuracy_estimate(soft, 0.1, n_bootstrap=nb, seed=seed,
+                                                        per_class_error=per_class_stats(1.0 - soft, yte)[0],
+                                                        per_class_n=class_counts(yte))
 
         out.update(trained_figures(inputs["train"], [seed if s is None else s for s in seeds], nb,
                                    Xte, yte, ate, soft, step))
@@ -185,7 +187,12 @@ def trained_figures(train_sets: list[dict[str, np.ndarray]], seeds: list[int], n
     fits = [_trained_figures(t, s, n_bootstrap, Xte, yte, ate, soft, step) for t, s in zip(train_sets, seeds)]
     if len(fits) == 1:
         return fits[0]
-    return {k: repeated_estimate([f[k] for f in fits], alternative=alt) for k, alt in TRAINED.items() if k in fits[0]}
+    out = {k: repeated_estimate([f[k] for f in fits], alternative=alt) for k, alt in TRAINED.items() if k in fits[0]}
+    for k, est in out.items():  # per-digit breakdowns (Fig. 3, 4): the mean over the refits, like the figure
+        for key in PER_CLASS_DETAILS & set(est.details):
+            per_fit = [f[k].details[key] for f in fits]
+            est.details[key] = {c: float(np.mean([d[c] for d in per_fit])) for c in per_fit[0]}
+    return out
 
 
 def _trained_figures(train: dict[str, np.ndarray], seed: int, nb: int, Xte: np.ndarray, yte: np.ndarray,
@@ -208,6 +215,9 @@ def _trained_figures(train: dict[str, np.ndarray], seed: int, nb: int, Xte: np.n
     step.next("angle permutations")
     angle = per_class.evaluate(Xte, ate, classes=yte)
     out["angle_mae"], out["angle_mae_std"] = angle["mae"], angle["mae_std"]
+    # Fig. 3: mean and std of the absolute error per digit, from the regressor of its label
+    mean, std = per_class_stats(np.abs(per_class.predict(Xte, classes=yte) - ate), yte)
+    out["angle_mae"].details.update(per_class_mae=mean, per_class_mae_std=std)
 
     step.next("per-angle MAV")
     # The one regressor on all training features is the per-class fits' pooled moments
@@ -218,8 +228,37 @@ def _trained_figures(train: dict[str, np.ndarray], seed: int, nb: int, Xte: np.n
     est_angle = Xte @ coef[0] + b[0]
     per_angle = MAVProbe(random_state=seed, n_bootstrap=nb).fit(Xtr, ytr, factor=atr)
     out["per_angle_mav_accuracy"] = per_angle.evaluate(Xte, yte, factor=est_angle)["accuracy"]
+    for key in ("mav_accuracy", "per_angle_mav_accuracy"):  # Fig. 4's per-digit intervals need the counts
+        out[key].details["per_class_n"] = class_counts(yte)
     return out
-    return out
+
+
+#: Per-digit breakdowns a figure's details may carry (class -> value).
+PER_CLASS_DETAILS = {"per_class_error", "per_class_mae", "per_class_mae_std"}
+
+
+def per_class_stats(values: np.ndarray, classes: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and sample standard deviation (ddof 1, as ``mae_std``) of ``values`` per class,
+    keyed by the class as a string (JSON keys).
+
+    Examples
+    --------
+    >>> per_class_stats(np.array([1.0, 3.0, 5.0, 5.0]), np.array([0, 0, 1, 1]))
+    ({'0': 2.0, '1': 5.0}, {'0': 1.4142135623730951, '1': 0.0})
+    """
+    values = np.asarray(values, dtype=np.float64)
+    mean, std = {}, {}
+    for c in np.unique(classes):
+        v = values[classes == c]
+        mean[str(c)] = float(v.mean())
+        std[str(c)] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    return mean, std
+
+
+def class_counts(classes: np.ndarray) -> dict[str, int]:
+    """Test samples per class, keyed as :func:`per_class_stats` keys them."""
+    values, counts = np.unique(classes, return_counts=True)
+    return {str(c): int(n) for c, n in zip(values, counts)}
 
 
 def paired_drop(first: np.ndarray, second: np.ndarray, n_bootstrap: int, seed: int) -> Estimate:
@@ -236,7 +275,7 @@ def paired_drop(first: np.ndarray, second: np.ndarray, n_bootstrap: int, seed: i
 def study_plots(name: str, X: np.ndarray, y: np.ndarray, angle: np.ndarray, protocol: Protocol,
                 seed: int, singular_values: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
     """Scree (Fig. 6), heat map sorted by class then angle (Fig. 7), block diagonalization (Fig. 8)."""
-    from ..probes import block_diagonalize, spectrum
+    from ..probes import spectrum
     from ..report import plots
 
     rng = np.random.default_rng(seed)
@@ -246,16 +285,29 @@ def study_plots(name: str, X: np.ndarray, y: np.ndarray, angle: np.ndarray, prot
     D = X[order].T  # features x samples
     if singular_values is None:
         singular_values = spectrum(X, k=10)["singular_values"]
-    bd = block_diagonalize(D, y[order])
+    return {
+        "scree": plots.scree_plot(singular_values, k=10, title=f"{name}: scree of the rotated test set"),
+        "heatmap": plots.heatmap(D, row_label="feature", col_label="test samples by digit, angles ascending within",
+                                 title=f"{name}: features sorted by class then angle", col_groups=y[order]),
+        "block_diagonal": _block_diagonal(name, D, y[order]),
+    }
+
+
+def _block_diagonal(name: str, D: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Fig. 8, or a one-row table saying why not: Eq. 1 is a ratio of activations, so a layer
+    with negative values (a conv output before its ReLU, in a sweep over depth) has none."""
+    from ..probes import block_diagonalize
+    from ..report import plots
+
+    if D.min() < 0:
+        return {"title": f"{name}: block diagonalization (Eq. 1) not drawn", "kind": "table", "columns": ["why"],
+                "rows": [[f"the layer has negative activations (min {D.min():.3g}); Eq. 1 needs non-negative "
+                          "ones, such as post-ReLU features"]]}
+    bd = block_diagonalize(D, y)
     # Row blocks: rows are stacked by assigned label (dead rows, -1, last), so a block
     # ends where the running count of rows per label does.
     assigned = np.asarray(bd.assignment)
     boundaries = np.cumsum(np.bincount(assigned[assigned >= 0], minlength=10)).tolist()
-    col_bounds = np.cumsum(np.bincount(y[order], minlength=10))[:-1].tolist()
-    return {
-        "scree": plots.scree_plot(singular_values, k=10, title=f"{name}: scree of the rotated test set"),
-        "heatmap": plots.heatmap(D, row_label="feature", col_label="test samples by digit, angles ascending within",
-                                 title=f"{name}: ip1 features sorted by class then angle", col_groups=y[order]),
-        "block_diagonal": plots.block_diagonal_plot(bd.reordered, boundaries, col_boundaries=col_bounds,
-                                                    title=f"{name}: block-diagonalized (Eq. 1)"),
-    }
+    col_bounds = np.cumsum(np.bincount(y, minlength=10))[:-1].tolist()
+    return plots.block_diagonal_plot(bd.reordered, boundaries, col_boundaries=col_bounds,
+                                     title=f"{name}: block-diagonalized (Eq. 1)")
