@@ -49,7 +49,7 @@ N_BOOTSTRAP = 1000
 
 def default_model_missing(suite: "Suite", settings: "Settings") -> str | None:
     """One-line skip reason when no --model is given and a bundled model file is absent."""
-    if settings.model:
+    if settings.model or settings.embeddings:
         return None
     for name, entry in suite.section("models").items():
         path = (suite.root / entry["path"]).resolve()

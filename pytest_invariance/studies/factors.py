@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 
-from ..checks import Threshold
+from ..checks import Suite, Threshold
 from ..errors import DataError
 from ..probes._estimate import Estimate
 from ..probes.stats import bootstrap_ci
@@ -134,6 +134,15 @@ def folder_thresholds(folder: "FactorFolder") -> dict[str, Threshold]:
 
 
 METRIC_NAMES = {m for ms in METRICS.values() for m in ms} | {"rank1", "tar"}
+
+
+def folder_suite(base: "Suite", folder: "FactorFolder") -> "Suite":
+    """The factors suite's config with the data folder's [preprocess] and [thresholds] laid over it."""
+    config = dict(base.config)
+    if "preprocess" in folder.config:
+        config["preprocess"] = {**folder.config["preprocess"], "adapt_size": folder.config["preprocess"].get(
+            "adapt_size", "size" not in folder.config["preprocess"])}
+    return Suite(base.name, base.root, config, {**base.thresholds, **folder_thresholds(folder)})
 
 
 def gate_summary(checks: Iterable[Mapping[str, Any]]) -> str | None:
