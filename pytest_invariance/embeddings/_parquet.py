@@ -127,7 +127,7 @@ def canonical(d: dict[str, Any]) -> dict[str, Any]:
 
 def _is_vector(t: "pa.DataType") -> bool:
     pa = require_pyarrow()
-    if isinstance(t, pa.ExtensionType):
+    if isinstance(t, pa.BaseExtensionType):  # e.g. arrow.fixed_shape_tensor
         t = t.storage_type
     return (pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)) and \
         pa.types.is_floating(t.value_type)
@@ -137,7 +137,7 @@ def to_matrix(column: "pa.ChunkedArray | pa.Array", name: str) -> np.ndarray:
     """A vector column -> float32 ``[rows, D]``; a null, ragged or non-finite vector is an error."""
     pa = require_pyarrow()
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if isinstance(arr.type, pa.ExtensionType):
+    if isinstance(arr, pa.ExtensionArray):
         arr = arr.storage
     if arr.null_count:
         raise EmbeddingError(f"column {name!r} has {arr.null_count} null vectors")
@@ -294,6 +294,7 @@ class ParquetEmbeddings:
 
     def positions(self, ids: Sequence[str], what: str = "") -> np.ndarray:
         """Row of each id over all shards; ids without a row are one error with counts and examples."""
+        ids = [normalize_id(i) for i in ids]
         pos = np.fromiter((self._index.get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
         missing = np.flatnonzero(pos < 0)
         if missing.size:
@@ -308,6 +309,7 @@ class ParquetEmbeddings:
         import pyarrow.parquet as pq
 
         self.check_layer(layer)
+        ids = [normalize_id(i) for i in ids]
         pos = self.positions(ids, what)
         out: np.ndarray | None = None
         files = self._file[pos]
