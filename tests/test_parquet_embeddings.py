@@ -162,7 +162,7 @@ def test_local_ray_extraction_equals_in_process(shards, faces, tmp_path):
     root, model = faces
     job = suite_job(Settings(model=str(model), data_dir=str(root), no_cache=True), REPO / "audits" / "factors",
                     [], 64)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # a local instance
     try:
         run_ray(job, tmp_path / "ray", actors=2)
     finally:
