@@ -89,3 +89,22 @@ def test_streamed_class_means_equal_in_memory_and_sklearn(digits, shards):
     np.testing.assert_allclose(streamed.centroids_, NearestCentroid().fit(X, c).centroids_, rtol=1e-6)
     assert streamed.evaluate(X, c)["accuracy"].value == memory.evaluate(X, c)["accuracy"].value
     assert max(len(b) for _, b in shards.iter_batches("pixels", max_rows=64)) <= 64
+
+
+def test_svm_subsample_is_the_seeded_rows_and_is_reported(digits):
+    from pytest_invariance.probes import AttributeSVMProbe
+
+    X, _, c, _ = digits
+    Y = (c >= 5)[:, None].astype(int)
+    tr, va, te = np.arange(0, 1000), np.arange(1000, 1400), np.arange(1400, len(X))
+    kw = dict(n_permutations=0, n_bootstrap=50, random_state=3)
+    sub = AttributeSVMProbe(max_train_rows=300, **kw).fit(X[tr], Y[tr], X[va], Y[va])
+    keep = np.sort(np.random.default_rng(3).choice(1000, 300, replace=False))
+    ref = AttributeSVMProbe(**kw).fit(X[tr][keep], Y[tr][keep], X[va], Y[va])
+    np.testing.assert_array_equal(sub.coef_, ref.coef_)
+    again = AttributeSVMProbe(max_train_rows=300, **kw).fit(X[tr], Y[tr], X[va], Y[va])
+    np.testing.assert_array_equal(sub.coef_, again.coef_)  # same seed, same rows, same numbers
+    d = sub.evaluate(X[te], Y[te])["attr_0"]["balanced_error"].details
+    assert (d["train_rows"], d["train_rows_given"]) == (300, 1000) and "seeded" in d["subsample"]
+    with pytest.raises(Exception, match="'max_train_rows' parameter of AttributeSVMProbe"):
+        AttributeSVMProbe(max_train_rows=0).fit(X[tr], Y[tr], X[va], Y[va])

@@ -171,7 +171,8 @@ def factor_figures(audit: "Audit", ref: "ModelRef", folder: "FactorFolder", name
     if f.type == "binary":
         from ..probes import AttributeSVMProbe
 
-        probe = AttributeSVMProbe(device=audit.settings.device, random_state=audit.seed).fit(
+        probe = AttributeSVMProbe(device=audit.settings.device, random_state=audit.seed,
+                                  max_train_rows=audit.settings.max_rows).fit(
             X[tr], y[tr, None], X[va], y[va, None], names=[name])
         q = float(probe.predict(X[te]).mean())
         figs = {m: _binary_chance(m, e, q, f.positive) for m, e in probe.evaluate(X[te], y[te, None])[name].items()}
