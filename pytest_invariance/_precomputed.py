@@ -1,8 +1,8 @@
 """``--invariance-embeddings`` at start-up: the shards are checked once, on the controller.
 
 Each fault is one usage error before any test runs: shards that cannot be read, that
-disagree, hold an id twice, or were made from another model, layer, pool or
-preprocessing than the run's. Suites that make their own images (``[suite]
+disagree, hold an id twice, lack a row for a CelebA image a suite audits, or were made
+from another model, layer, pool or preprocessing than the run's. Suites that make their own images (``[suite]
 precomputed = false``: perturbation levels, MNIST arrays) are skipped with one line,
 since no outside pipeline can know ids for those images.
 """
@@ -15,6 +15,7 @@ import pytest
 if TYPE_CHECKING:
     from ._audit import Audit
     from .checks import Suite
+    from .embeddings._parquet import ParquetEmbeddings
 
 OPT = "--invariance-embeddings"
 
@@ -52,8 +53,31 @@ def check_at_start(audit: "Audit", suites: Iterable["Suite"]) -> tuple[dict[str,
             if s.model:
                 src.check_run(sha256=ref.embedder.sha256, layer=ref.layer, pool=ref.pool,
                               preprocessing=ref.preprocess.to_dict())
+            _check_celeba_ids(audit, suite, src)
     except InvarianceError as exc:
         from .errors import StudyError
 
         raise pytest.UsageError(str(exc.cause if isinstance(exc, StudyError) else exc)) from None
     return reasons, lines
+
+
+def _check_celeba_ids(audit: "Audit", suite: "Suite", src: "ParquetEmbeddings") -> None:
+    """Every CelebA image a suite audits must have a row: one error now, not per study.
+
+    Skipped when CelebA is not found (the suite skips with its own line) and with
+    --invariance-skip-bad (which decodes every image first; the study checks then).
+    The factors folder is checked where it is loaded, at collection (audits/factors/conftest.py).
+    """
+    from .embeddings._parquet import image_ids
+    from .errors import DatasetNotFoundError
+    from .studies.faces import celeba_for_suite, find_celeba
+
+    if "celeba" not in suite.config or audit.settings.skip_bad:
+        return
+    try:
+        if find_celeba(audit.settings)[0] is None:
+            return
+    except DatasetNotFoundError:
+        return  # a near-miss layout is the suite's one error
+    for split, images in celeba_for_suite(audit, suite).items():
+        src.positions(image_ids(images) or [], f"{suite.name} CelebA {split}")

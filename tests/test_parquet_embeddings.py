@@ -249,3 +249,64 @@ def test_suites_that_make_their_own_images_are_not_joinable():
         assert reason and reason.startswith(f"{name}: --invariance-embeddings cannot be joined to this suite")
     for name in ("face_attributes", "face_pose", "factors"):
         assert not_joinable(Suite.load(REPO / "audits" / name / "invariance.toml")) is None
+
+
+# ----------------------------------------------------------------------------- another pipeline's CelebA shards
+
+
+def _own_celeba_shards(folder: Path, celeba: dict, drop: int = 0) -> Path:
+    """Embeddings from 'another pipeline': 16 float64 dims, Smiling written into dim 0, written
+    with plain pyarrow (list<double>, rows shuffled, two shards), no preprocessing recorded."""
+    from pytest_invariance.data.celeba import ATTRIBUTES
+
+    n = len(celeba["attrs"])
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(n, 16))
+    X[:, 0] += 3.0 * celeba["attrs"][:, ATTRIBUTES.index("Smiling")]
+    ids = np.array([f"{i + 1:06d}.jpg" for i in range(n)])
+    keep = rng.permutation(n)[: n - drop]
+    folder.mkdir()
+    for k, part in enumerate(np.array_split(keep, 2)):
+        t = pa.table({"id": ids[part], "vec": pa.array(list(X[part]), pa.list_(pa.float64()))})
+        pq.write_table(t.replace_schema_metadata({"invariance.model_sha256": "ef" * 32, "invariance.model": "mine",
+                                                  "invariance.pool": "auto"}), folder / f"{k}.parquet")
+    return folder
+
+
+@pytest.fixture
+def face_suites(pytester):
+    for name in ("face_attributes", "face_perturbation"):
+        shutil.copytree(REPO / "audits" / name, pytester.path / "audits" / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    return pytester
+
+
+def test_own_celeba_shards_are_audited_without_the_model(face_suites, tmp_path):
+    from test_face_suites import make_celeba
+
+    celeba = make_celeba(face_suites.path / "data" / "celeba")
+    emb = _own_celeba_shards(tmp_path / "emb", celeba)
+    ran, doc = _run(face_suites, "audits/face_attributes", "audits/face_perturbation", "-k",
+                    "Smiling or Wearing_Necklace or rotation", "--invariance-data-dir=data",
+                    f"--invariance-embeddings={emb}")
+    ran.assert_outcomes(passed=1, failed=1, skipped=3)  # Smiling leaks; the perturbation suite cannot join
+    ran.stdout.fnmatch_lines(["*face_perturbation: --invariance-embeddings cannot be joined to this suite (it "
+                              "perturbs its faces itself: the levels have no ids)*"])
+    by = {(c["details"].get("attribute"), c["metric"]): c for c in doc["checks"] if c["status"] in ("passed", "failed")}
+    assert by["Smiling", "fn_rate"]["value"] < 0.1 and by["Smiling", "fn_rate"]["details"]["model"] == "mine"
+    assert by["Wearing_Necklace", "fn_rate"]["ci_low"] <= 0.5 <= by["Wearing_Necklace", "fn_rate"]["ci_high"]
+    assert doc["run"]["embeddings_source"]["model_sha256"] == "ef" * 32 and doc["run"]["model_version"] == "ef" * 6
+
+
+def test_own_celeba_shards_missing_rows_stop_the_run_once(face_suites, tmp_path):
+    from test_face_suites import make_celeba
+
+    celeba = make_celeba(face_suites.path / "data" / "celeba")
+    emb = _own_celeba_shards(tmp_path / "emb", celeba, drop=30)
+    ran, doc = _run(face_suites, "audits/face_attributes", "--invariance-data-dir=data",
+                    f"--invariance-embeddings={emb}", "-n", "2")
+    assert ran.ret == 4 and doc is None
+    err = ran.stderr.str()
+    assert err.count("have no row") == 1 and "extract embeddings for every image the suite audits" in err
+    ran.stderr.fnmatch_lines(["ERROR: --invariance-embeddings *: * of * images of face_attributes CelebA * "
+                              "have no row (e.g. *"])
