@@ -262,6 +262,10 @@ class Audit:
         The first call for an image set extracts every layer of the sweep (``ref.layers``)
         in the same pass and keeps them for the tests of the other layers (with ``keep``;
         else they are read back from the disk cache).
+
+        With ``--invariance-embeddings`` the rows are read from the Parquet shards by image
+        id instead (:mod:`pytest_invariance.embeddings._parquet`), so every suite takes
+        either source without code of its own.
         """
         from .embeddings import extract_layers
 

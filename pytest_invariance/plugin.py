@@ -205,8 +205,9 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     s = config.stash.get(SETTINGS_KEY, None)
     if s is None:
         return None
-    model = s.model or "each suite's bundled default"
-    backend = "onnx" if (s.model or "").endswith(".onnx") else "torch" if s.model else "per suite"
+    model = s.model or (f"precomputed embeddings {s.embeddings}" if s.embeddings else "each suite's bundled default")
+    backend = "onnx" if (s.model or "").endswith(".onnx") else "torch" if s.model else \
+        "parquet" if s.embeddings else "per suite"
     cache = "off" if s.no_cache else str(s.resolve_path(s.cache_dir))
     layer = ",".join(s.layer_patterns) or "default"
     lines = [f"invariance: model={model} layer={layer} backend={backend} "
