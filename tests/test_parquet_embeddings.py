@@ -23,7 +23,7 @@ import torch
 
 from pytest_invariance.embeddings._parquet import ParquetEmbeddings, ShardMeta, to_matrix, write_shard
 from pytest_invariance.errors import DataError, InvalidParameterError
-from pytest_invariance.testing import export_onnx
+from pytest_invariance.testing import export_onnx, grid_cnn
 
 REPO = Path(__file__).resolve().parents[1]
 SHA = "ab" * 32
@@ -110,17 +110,6 @@ def test_mismatched_metadata_is_refused_naming_the_option(tmp_path):
 # ----------------------------------------------------------------------------- through pytest
 
 
-class _Grid(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.pool = torch.nn.AvgPool2d(16)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(torch.relu(self.conv(x))).flatten(1)
-
-
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
     spec = importlib.util.spec_from_file_location("make_factor_folder", REPO / "scripts" / "make_factor_folder.py")
@@ -129,7 +118,7 @@ def faces(tmp_path_factory):
     root = tmp_path_factory.mktemp("lfw") / "faces"
     mod.make_lfw_folder(root, n_faces=40, per_face=4, seed=0)
     (root / "invariance.toml").write_text('[preprocess]\nsize = [64, 64]\nchannels = 3\n')
-    model = export_onnx(_Grid().eval(), tmp_path_factory.mktemp("model") / "grid.onnx", (3, 64, 64))
+    model = export_onnx(grid_cnn(8, 3, 16, padding=1), tmp_path_factory.mktemp("model") / "grid.onnx", (3, 64, 64))
     return root, model
 
 
@@ -208,7 +197,7 @@ def test_audit_of_the_shards_equals_the_audit_of_the_model(suite, faces, shards)
 
 def test_shards_of_another_model_are_refused_once(suite, faces, shards, tmp_path):
     root, _ = faces
-    other = export_onnx(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten()), tmp_path / "o.onnx",
+    other = export_onnx(grid_cnn(4, 3, 16, seed=1), tmp_path / "o.onnx",
                         (3, 64, 64))
     ran, doc = _run(suite, "audits/factors", f"--invariance-data-dir={root}", f"--model={other}",
                     f"--invariance-embeddings={shards}", "-n", "2")
