@@ -19,7 +19,7 @@ import onnx  # noqa: F401  - imported once here (pytester restores sys.modules b
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
+import torch  # noqa: F401  - imported once here, like onnx
 
 from pytest_invariance.embeddings._parquet import ParquetEmbeddings, ShardMeta, to_matrix, write_shard
 from pytest_invariance.errors import DataError, InvalidParameterError
@@ -197,8 +197,7 @@ def test_audit_of_the_shards_equals_the_audit_of_the_model(suite, faces, shards)
 
 def test_shards_of_another_model_are_refused_once(suite, faces, shards, tmp_path):
     root, _ = faces
-    other = export_onnx(grid_cnn(4, 3, 16, seed=1), tmp_path / "o.onnx",
-                        (3, 64, 64))
+    other = export_onnx(grid_cnn(4, 3, 16, seed=1), tmp_path / "o.onnx", (3, 64, 64))
     ran, doc = _run(suite, "audits/factors", f"--invariance-data-dir={root}", f"--model={other}",
                     f"--invariance-embeddings={shards}", "-n", "2")
     assert ran.ret == 4 and doc is None  # a usage error before any test
