@@ -206,7 +206,8 @@ class Audit:
         from .embeddings._parquet import ParquetModel
 
         src = embeddings_source(self.settings)
-        layer = self.settings.layer or src.default_layer()
+        # With --layer/--invariance-layers, model() replaces this by the selected layers.
+        layer = src.meta.layers[0] if self.settings.layer_patterns else src.default_layer()
         src.check_run(sha256=None, layer=layer, pool=self.settings.pool, preprocessing=None)
         pre = {k: tuple(v) if isinstance(v, list) else v for k, v in (src.meta.preprocessing or {}).items()}
         return ModelRef(src.model_name, ParquetModel(src), layer, Preprocess(**pre), user=True,  # type: ignore[arg-type]
@@ -234,7 +235,13 @@ class Audit:
                 f"--invariance-embeddings: {label or 'this suite'} embeds images the plugin makes itself "
                 "(perturbation levels or array datasets), which have no id to join on; run it without "
                 "--invariance-embeddings")
-        return src.lookup(ids, layer, label)
+        from .embeddings._project import LayerProjection
+
+        X = src.lookup(ids, layer, label)
+        # The shards hold raw widths: the cap projects them as extraction would (same seed, same matrix).
+        proj = LayerProjection(X.shape[1], max_dim=self.settings.max_dim, seed=self.settings.seed)
+        ref.projections[layer] = proj.record()
+        return proj(X)
 
     @property
     def cache(self) -> "EmbeddingCache | None":

@@ -50,9 +50,9 @@ def check_at_start(audit: "Audit", suites: Iterable["Suite"]) -> tuple[dict[str,
                 lines.append(f"invariance: suite {suite.name}: skipped: {reason}")
                 continue
             ref = audit.model(suite, model_names(s, suite)[0])
-            if s.model:
-                src.check_run(sha256=ref.embedder.sha256, layer=ref.layer, pool=ref.pool,
-                              preprocessing=ref.preprocess.to_dict())
+            for layer in ref.layers:  # every selected layer must be a column, made this way
+                src.check_run(sha256=ref.embedder.sha256 if s.model else None, layer=layer, pool=ref.pool,
+                              preprocessing=ref.preprocess.to_dict() if s.model else None)
             _check_celeba_ids(audit, suite, src)
     except InvarianceError as exc:
         from .errors import StudyError

@@ -81,7 +81,7 @@ def cmd_extract(args: argparse.Namespace, out: TextIO) -> int:
 
     here = Path.cwd()
     settings = Settings(model=absolute_path(args.model, here) if args.model else None,
-                        layer=args.layer[0] if args.layer else None, device=args.device, pool=args.pool,
+                        layer=tuple(args.layer), device=args.device, pool=args.pool,
                         preprocess=tuple(args.preprocess), batch_size=args.batch_size, seed=args.seed,
                         data_dir=absolute_path(args.data_dir, here) if args.data_dir else None,
                         no_cache=True, progress=args.progress, rootdir=str(here))

@@ -298,3 +298,28 @@ def test_own_celeba_shards_missing_rows_stop_the_run_once(face_suites, tmp_path)
     assert err.count("have no row") == 1 and "extract embeddings for every image the suite audits" in err
     ran.stderr.fnmatch_lines(["ERROR: --invariance-embeddings *: * of * images of face_attributes CelebA * "
                               "have no row (e.g. *"])
+
+
+def test_a_layer_sweep_reads_every_selected_layer_from_the_shards(suite, faces, tmp_path):
+    from pytest_invariance.cli import main
+
+    root, model = faces
+    layers = ["/pool/AveragePool_output_0", "output"]
+    out = tmp_path / "sweep"
+    assert main(["extract", "--suite", str(REPO / "audits" / "factors"), "--data-dir", str(root), "--model",
+                 str(model), "--out", str(out), "--layer", layers[0], "--layer", layers[1], "--progress", "off"]) == 0
+    assert ParquetEmbeddings(out).meta.layers == tuple(layers)  # one pass, one column per layer
+    args = ("audits/factors/test_factors.py::test_factor", "-k", "occluded", f"--invariance-data-dir={root}",
+            f"--layer={layers[0]}", f"--layer={layers[1]}")
+    ran, by_model = _run(suite, *args, f"--model={model}")
+    ran.assert_outcomes(passed=2)
+    ran, by_shards = _run(suite, *args, f"--invariance-embeddings={out}")
+    ran.assert_outcomes(passed=2)
+    fig = lambda doc: {(c["nodeid"], c["layer"], c["metric"]): (c["value"], c["ci_low"], c["ci_high"])  # noqa: E731
+                       for c in doc["checks"]}
+    assert fig(by_shards) == fig(by_model) and {k[1] for k in fig(by_model)} == set(layers)
+    assert by_shards["run"]["models"][by_shards["run"]["embeddings_source"]["model"]]["layers"] == layers
+    ran, _ = _run(suite, "audits/factors", f"--invariance-data-dir={root}", f"--invariance-embeddings={out}")
+    assert ran.ret == 4
+    ran.stderr.fnmatch_lines(["ERROR: --invariance-embeddings * holds layers /pool/AveragePool_output_0, output; "
+                              "pick with --layer NAME (repeatable) or --invariance-layers all"])

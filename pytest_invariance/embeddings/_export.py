@@ -95,13 +95,13 @@ class ExtractJob:
 
 
 def embed_shard(job: ExtractJob, embedder: Any, first: int, stop: int, out: Path) -> tuple[str, int]:
-    """Embed global rows [first, stop) at every layer and write ``part-<first>.parquet``."""
-    from ._extract import extract
+    """Embed global rows [first, stop) at every layer, in one forward pass, and write
+    ``part-<first>.parquet`` (raw widths: a run's --invariance-max-dim projects on reading)."""
+    from ._extract import extract_layers
 
     view = job.rows(first, stop)
-    vectors = {layer: extract(embedder, view, layer=layer, preprocess=job.preprocess, pool=job.pool,
-                              batch_size=job.settings.batch_size, cache=None, workers=job.settings.workers)
-               for layer in job.layers}
+    vectors = extract_layers(embedder, view, list(job.layers), preprocess=job.preprocess, pool=job.pool,
+                             batch_size=job.settings.batch_size, cache=None, workers=job.settings.workers)
     path = write_shard(out / f"part-{first:09d}.parquet", view.ids() or [], vectors, job.meta)
     return str(path), stop - first
 
@@ -237,13 +237,13 @@ def folder_job(settings: "Settings", image_dir: Path, layers: Sequence[str], sha
     paths = [found[n] for n in names]
     images = FileImageSet(paths, pd.DataFrame({"image": names}), size=size,  # type: ignore[arg-type]
                           fingerprint=files_fingerprint(paths, [], "extract", size))
-    ref = ModelRef(emb.name, emb, settings.layer or emb.default_layer, pre, True, pool=settings.pool)
+    ref = ModelRef(emb.name, emb, (settings.layer or (emb.default_layer,))[0], pre, True, pool=settings.pool)
     return _job(settings, spec, ref, layers, {"images": images}, shard_rows, f"folder {image_dir}")  # type: ignore[arg-type]
 
 
 def _job(settings: "Settings", spec: str, ref: "ModelRef", layers: Sequence[str], images: dict[str, ImageSet],
          shard_rows: int, dataset: str) -> ExtractJob:
-    layers = list(layers) or [ref.layer]
+    layers = list(layers) or list(ref.layers)
     known = ref.embedder.layers()
     for layer in layers:
         if layer.partition("#")[0] not in known:

@@ -367,7 +367,7 @@ class ParquetEmbeddings:
     def default_layer(self) -> str:
         if len(self.meta.layers) > 1:
             raise InvalidParameterError(f"{OPT_EMBEDDINGS} {self.path} holds layers {', '.join(self.meta.layers)}; "
-                                        "pick one with --layer NAME")
+                                        "pick with --layer NAME (repeatable) or --invariance-layers all")
         return self.meta.layers[0]
 
 
@@ -400,11 +400,20 @@ class ParquetModel:
     def layers(self) -> list[str]:
         return list(self.source.meta.layers)
 
+    def trace_layers(self, batch: Any = None) -> list[tuple[str, tuple[int, ...]]]:
+        """The recorded layers in forward order (what ``--invariance-layers`` globs select from)."""
+        return [(name, ()) for name in self.source.meta.layers]
+
     def embed(self, batch: Any, layer: str, *, pool: str = "auto") -> np.ndarray:
         raise EmbeddingError(f"{OPT_EMBEDDINGS} {self.path}: precomputed embeddings cannot embed new images "
                              "(this suite makes its own); run it with --model instead")
 
     forward = embed
+
+    def embed_many(self, batch: Any, layers: list[str], *, pool: str = "auto") -> dict[str, np.ndarray]:
+        return {layers[0]: self.embed(batch, layers[0], pool=pool)}
+
+    forward_many = embed_many
 
     def activation_layout(self, layer: str) -> str | None:
         return None
