@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ._figures import FigureCache
     from .data._source import ImageSet
     from .embeddings import EmbeddingCache, Preprocess
+    from .embeddings._parquet import ParquetEmbeddings
     from .models import Embedder
 
 
@@ -77,13 +78,23 @@ def trace_shape(emb: "Embedder", suite: Suite, pre: "Preprocess") -> tuple[int |
 
 
 def model_names(settings: Settings, suite: Suite) -> list[str]:
-    """The names a suite's tests are parametrized over: the --model's, or the suite's own."""
+    """The names a suite's tests are parametrized over: the --model's (or the precomputed
+    embeddings' model without --model), or the suite's own."""
+    if settings.embeddings and not settings.model:
+        return [embeddings_source(settings).model_name]
     if settings.model:
         from .models import is_factory_spec
 
         spec = settings.model
         return [spec.split(":")[-1] if is_factory_spec(spec) else Path(spec).stem]
     return list(suite.section("models"))
+
+
+def embeddings_source(settings: Settings) -> "ParquetEmbeddings":
+    """The ``--invariance-embeddings`` reader (opened once per process)."""
+    from .embeddings._parquet import open_embeddings
+
+    return open_embeddings(str(settings.resolve_path(settings.embeddings)))
 
 
 class Audit:
@@ -164,6 +175,8 @@ class Audit:
         from .embeddings import Preprocess
 
         pre = suite.section("preprocess")
+        if self.settings.embeddings and not self.settings.model:
+            return self._precomputed_model()
         if self.settings.model:
             emb = self.load(model_spec(self.settings))  # type: ignore[arg-type]
             layer = suite.section("suite").get("user_layer") or emb.default_layer
@@ -188,6 +201,49 @@ class Audit:
         outputs = {k: v for k, v in entry.items() if k not in ("path", "layer", "preprocess", "pool")}
         return ModelRef(name, emb, entry.get("layer", emb.default_layer), Preprocess(**pre), False, outputs,
                         pool=entry.get("pool", "auto"))
+
+    def _precomputed_model(self) -> ModelRef:
+        """The shards as the model: their recorded name, sha256, layer, pool and preprocessing."""
+        from .embeddings import Preprocess
+        from .embeddings._parquet import ParquetModel
+
+        src = embeddings_source(self.settings)
+        # With --layer/--invariance-layers, model() replaces this by the selected layers.
+        layer = src.meta.layers[0] if self.settings.layer_patterns else src.default_layer()
+        src.check_run(sha256=None, layer=layer, pool=self.settings.pool, preprocessing=None)
+        pre = {k: tuple(v) if isinstance(v, list) else v for k, v in (src.meta.preprocessing or {}).items()}
+        return ModelRef(src.model_name, ParquetModel(src), layer, Preprocess(**pre), user=True,  # type: ignore[arg-type]
+                        pool=src.meta.pool or "auto")
+
+    def embeddings_source(self) -> dict[str, Any]:
+        """``run.embeddings_source``: the Parquet shards read, or extraction by the model."""
+        if self.settings.embeddings:
+            return embeddings_source(self.settings).describe()
+        return {"kind": "model", "cache": None if self.settings.no_cache else str(self.settings.resolve_path(
+            self.settings.cache_dir))}
+
+    def _lookup(self, ref: ModelRef, images: "ImageSet", layer: str, label: str) -> "np.ndarray":
+        from .embeddings._parquet import image_ids
+
+        src = embeddings_source(self.settings)
+        if self.settings.model:  # the shards must come from this model, read this way
+            src.check_run(sha256=ref.embedder.sha256, layer=layer, pool=ref.pool,
+                          preprocessing=ref.preprocess.to_dict())
+        ids = image_ids(images)
+        if ids is None:
+            from .errors import InvalidParameterError
+
+            raise InvalidParameterError(
+                f"--invariance-embeddings: {label or 'this suite'} embeds images the plugin makes itself "
+                "(perturbation levels or array datasets), which have no id to join on; run it without "
+                "--invariance-embeddings")
+        from .embeddings._project import LayerProjection
+
+        X = src.lookup(ids, layer, label)
+        # The shards hold raw widths: the cap projects them as extraction would (same seed, same matrix).
+        proj = LayerProjection(X.shape[1], max_dim=self.settings.max_dim, seed=self.settings.seed)
+        ref.projections[layer] = proj.record()
+        return proj(X)
 
     @property
     def cache(self) -> "EmbeddingCache | None":
@@ -215,11 +271,23 @@ class Audit:
         The first call for an image set extracts every layer of the sweep (``ref.layers``)
         in the same pass and keeps them for the tests of the other layers (with ``keep``;
         else they are read back from the disk cache).
+
+        With ``--invariance-embeddings`` the rows are read from the Parquet shards by image
+        id instead (:mod:`pytest_invariance.embeddings._parquet`), so every suite takes
+        either source without code of its own.
         """
         from .embeddings import extract_layers
 
         layer = layer or ref.layer
         s = self.settings
+        if s.embeddings:  # precomputed: joined by image id, never extracted
+            lookup = ("lookup", layer, images.fingerprint, dtype)
+            kept = lookup in self._memo
+            got = self._remember(lookup, f"embedding {label or ref.name} at layer {layer} could not be read",
+                                 lambda: _as_dtype(self._lookup(ref, images, layer, label), dtype))
+            if not keep and not kept:
+                del self._memo[lookup]
+            return got  # type: ignore[no-any-return]
 
         def key(la: str) -> tuple[Any, ...]:
             return ("embed", ref.embedder.sha256, la, images.fingerprint, ref.preprocess.key(), ref.pool, dtype,
@@ -306,6 +374,15 @@ class Audit:
             raise err from exc
         self._memo[key] = value
         return value
+
+
+def _as_dtype(X: "np.ndarray", dtype: str) -> "np.ndarray":
+    """The rounding :func:`~pytest_invariance.embeddings.extract` applies: float16 unless out of its range."""
+    import numpy as np
+
+    if dtype == "float16" and np.abs(X).max(initial=0) > np.finfo(np.float16).max:
+        return X
+    return X.astype(dtype, copy=False)
 
 
 def study_name(key: Any) -> str:

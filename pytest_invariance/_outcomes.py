@@ -173,7 +173,7 @@ class Outcomes:
         return out
 
     def nothing_audited(self, settings: Any) -> bool:
-        given = bool(settings.model or settings.data_dir)
+        given = bool(settings.model or settings.data_dir or settings.embeddings)
         return given and bool(self.audit_items) and not self.audited and not self.errors
 
     def exit_status(self, exitstatus: int, settings: Any) -> int:
@@ -220,7 +220,8 @@ class Outcomes:
             if len(reasons) > 5:
                 lines.append(f"    ... {len(reasons) - 5} more reasons")
         if self.nothing_audited(settings):
-            given = "--model" if settings.model else "--invariance-data-dir"
+            given = "--model" if settings.model else "--invariance-embeddings" if settings.embeddings \
+                else "--invariance-data-dir"
             lines.append(f"invariance: NOTHING AUDITED: {given} was given but every audit test skipped "
                          f"(exit status {EXIT_NOTHING_AUDITED}); see the reasons above")
         return lines

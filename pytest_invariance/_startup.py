@@ -26,7 +26,7 @@ _CONFIG = "invariance.toml"  # checks._suite.CONFIG_NAME, named here so that pla
 
 
 def check_options(settings: "Settings") -> None:
-    if settings.layer and not settings.model:
+    if settings.layer and not settings.model and not settings.embeddings:
         raise pytest.UsageError(
             f"--layer {settings.layer[0]} needs --model: the bundled models use the layer their suite declares "
             "(--invariance-layers selects layers of the bundled models)")
@@ -149,7 +149,7 @@ def _check_history(settings: "Settings") -> None:
 
 def run_all(config: pytest.Config, settings: "Settings", collected: dict[str, Any]) -> None:
     suites = find_suites(config)
-    audit_run = bool(suites or settings.model or settings.data_dir) and not config.option.collectonly
+    audit_run = bool(suites or settings.model or settings.data_dir or settings.embeddings) and not config.option.collectonly
     if audit_run:
         remove_stale_outputs(settings)  # first: any check below may refuse the run
     check_options(settings)

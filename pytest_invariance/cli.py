@@ -1,7 +1,9 @@
-"""``pytest-invariance`` command: inspect and compare stored audit runs.
+"""``pytest-invariance`` command: inspect and compare stored audit runs; extract embeddings.
 
     pytest-invariance history [--history reports/history.sqlite]
     pytest-invariance compare TAG_A TAG_B [--history ...] [--out reports/compare.html]
+    pytest-invariance extract (--suite DIR | --images DIR) --out DIR [--model PATH] [--layer NAME]...
+                              [--ray [--ray-address ADDR] [--actors N] [--num-gpus F]]
 
 ``compare`` judges B against A (A is the baseline): "worse" means B moved toward
 violating the check's threshold by more than the two runs' combined CI half-width.
@@ -12,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from .errors import InvarianceError
 
@@ -23,8 +25,8 @@ _MAX_ROWS = 20  # the terminal table is a teaser; the HTML has everything
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pytest-invariance", description="Inspect and compare stored invariance audit runs.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{history,compare}")
+        prog="pytest-invariance", description="Inspect and compare stored invariance audit runs; extract embeddings to Parquet.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{history,compare,extract}")
     hist = sub.add_parser("history", help="list stored model versions, oldest first")
     hist.add_argument("--history", default=DEFAULT_HISTORY, metavar="PATH",
                       help=f"history database (default {DEFAULT_HISTORY})")
@@ -35,7 +37,72 @@ def _parser() -> argparse.ArgumentParser:
                       help=f"history database (default {DEFAULT_HISTORY})")
     comp.add_argument("--out", default=DEFAULT_COMPARE_OUT, metavar="PATH",
                       help=f"HTML file to write (default {DEFAULT_COMPARE_OUT})")
+    _extract_parser(sub)
     return parser
+
+
+def _extract_parser(sub: Any) -> None:
+    from .settings import parse_device, parse_layer, parse_pool, parse_positive_int, parse_preprocess
+
+    ext = sub.add_parser("extract", help="embed a suite's images (or a folder) into Parquet shards for "
+                         "--invariance-embeddings (docs/scale.md)")
+    src = ext.add_mutually_exclusive_group(required=True)
+    src.add_argument("--suite", metavar="DIR", help="the images a suite audits, read out as it reads them "
+                     "(CelebA suites, factors); with --data-dir")
+    src.add_argument("--images", metavar="DIR", help="every image below DIR; ids are paths relative to DIR")
+    ext.add_argument("--out", required=True, metavar="DIR", help="folder of the shards (must hold none yet)")
+    ext.add_argument("--overwrite", action="store_true", help="delete the shards already in --out first")
+    ext.add_argument("--model", metavar="PATH", help="model file or module:factory (default: the suite's own)")
+    ext.add_argument("--layer", type=parse_layer, action="append", default=[], metavar="NAME",
+                     help="layer to write (repeat for several; default: the audit's layer)")
+    ext.add_argument("--data-dir", metavar="DIR", help="as --invariance-data-dir")
+    ext.add_argument("--preprocess", type=parse_preprocess, action="append", default=[], metavar="K=V",
+                     help="as --invariance-preprocess")
+    ext.add_argument("--pool", type=parse_pool, default="auto", metavar="MODE", help="as --invariance-pool")
+    ext.add_argument("--device", type=parse_device, default="auto", metavar="DEV")
+    ext.add_argument("--batch-size", type=parse_positive_int, default=256, metavar="N")
+    ext.add_argument("--shard-rows", type=parse_positive_int, default=4096, metavar="N", help="rows per shard")
+    ext.add_argument("--seed", type=int, default=0, metavar="N", help="as --invariance-seed (seeded splits)")
+    ext.add_argument("--progress", choices=("auto", "on", "off"), default="auto")
+    ext.add_argument("--ray", action="store_true", help="run on Ray Data (pip install 'pytest-invariance[ray]')")
+    ext.add_argument("--ray-address", metavar="ADDR", help="ray.init(address=ADDR): an existing cluster, e.g. 'auto'")
+    ext.add_argument("--actors", type=parse_positive_int, default=1, metavar="N", help="Ray actor pool size")
+    ext.add_argument("--num-gpus", type=float, default=None, metavar="F",
+                     help="GPUs per actor (default: 1 when the cluster has GPUs, else 0)")
+
+
+def cmd_extract(args: argparse.Namespace, out: TextIO) -> int:
+    """Write the shards; print one line: how many rows, shards, where, how fast."""
+    import time
+    from pathlib import Path
+
+    from .embeddings._export import folder_job, run_local, run_ray, suite_job
+    from .settings import Settings, absolute_path
+
+    here = Path.cwd()
+    settings = Settings(model=absolute_path(args.model, here) if args.model else None,
+                        layer=tuple(args.layer), device=args.device, pool=args.pool,
+                        preprocess=tuple(args.preprocess), batch_size=args.batch_size, seed=args.seed,
+                        data_dir=absolute_path(args.data_dir, here) if args.data_dir else None,
+                        no_cache=True, progress=args.progress, rootdir=str(here))
+    if args.suite:
+        job = suite_job(settings, Path(args.suite).resolve(), args.layer, args.shard_rows)
+    else:
+        job = folder_job(settings, Path(args.images).resolve(), args.layer, args.shard_rows)
+    dest = Path(args.out)
+    start = time.perf_counter()
+    if args.ray:
+        paths = run_ray(job, dest, address=args.ray_address, actors=args.actors, num_gpus=args.num_gpus,
+                        overwrite=args.overwrite)
+    else:
+        from ._progress import progress_wanted
+
+        paths = run_local(job, dest, progress=progress_wanted(args.progress), overwrite=args.overwrite)
+    took = time.perf_counter() - start
+    print(f"extract: {job.total} images x {len(job.layers)} layers ({', '.join(job.layers)}) of {job.meta.model} "
+          f"-> {len(paths)} shards in {dest} ({took:.1f} s, {job.total / max(took, 1e-9):.1f} images/s"
+          f"{', Ray' if args.ray else ''})", file=out)
+    return 0
 
 
 def _cut(text: str, width: int) -> str:
@@ -111,8 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "history":
             return cmd_history(args.history, sys.stdout)
+        if args.command == "extract":
+            return cmd_extract(args, sys.stdout)
         return cmd_compare(args.tag_a, args.tag_b, args.history, args.out, sys.stdout)
-    except (InvarianceError, OSError) as exc:
+    except (InvarianceError, OSError, ImportError) as exc:
         print(f"pytest-invariance: error: {exc}", file=sys.stderr)
         return 2
 

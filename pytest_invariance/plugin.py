@@ -34,6 +34,7 @@ MODEL_KEY = pytest.StashKey["ModelRef"]()
 OUTCOMES_KEY = pytest.StashKey["Outcomes"]()
 PROBED_KEY = pytest.StashKey[tuple]()  # (suite root -> reason the model does not fit, header lines, roots probed)
 PROBE_ERRORS_KEY = pytest.StashKey[dict]()  # suite root -> error of a model that fits but cannot be read
+PRECOMPUTED_KEY = pytest.StashKey[list]()  # header lines of --invariance-embeddings
 MARKER = "invariance"
 
 
@@ -136,6 +137,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     run_all(config, settings, config.stash[COLLECTED_KEY])
     if settings.baseline:
         _audit(config)  # an unknown --invariance-baseline tag is a usage error now, not in a test
+    if settings.embeddings:
+        from ._precomputed import check_at_start
+        from ._startup import find_suites
+
+        config.stash[PRECOMPUTED_KEY] = check_at_start(_audit(config), find_suites(config))[1]
     if not settings.model:
         if settings.layers or settings.threshold:
             _select_bundled_layers(config, settings)
@@ -199,8 +205,9 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     s = config.stash.get(SETTINGS_KEY, None)
     if s is None:
         return None
-    model = s.model or "each suite's bundled default"
-    backend = "onnx" if (s.model or "").endswith(".onnx") else "torch" if s.model else "per suite"
+    model = s.model or (f"precomputed embeddings {s.embeddings}" if s.embeddings else "each suite's bundled default")
+    backend = "onnx" if (s.model or "").endswith(".onnx") else "torch" if s.model else \
+        "parquet" if s.embeddings else "per suite"
     cache = "off" if s.no_cache else str(s.resolve_path(s.cache_dir))
     layer = ",".join(s.layer_patterns) or "default"
     lines = [f"invariance: model={model} layer={layer} backend={backend} "
@@ -214,6 +221,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         lines.append(f"invariance: input {c.describe()}, layout from {c.layout_source}{batches}; "
                      f"pool={s.pool}; preprocessing (suites may set size/channels): "
                      f"{Preprocess(**dict(s.preprocess)).describe()}")
+    lines.extend(config.stash.get(PRECOMPUTED_KEY, []))
     lines.extend(config.stash.get(PROBED_KEY, ({}, [], set()))[1])
     return lines
 
@@ -240,6 +248,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     cannot be read fails the suite's tests as ERRORs through the fixture, not the worker.
     """
     s = config.stash[SETTINGS_KEY]
+    if s.embeddings:
+        _skip_unjoinable(config, items)
     if not s.model or not items:
         return
     from ._model_check import probe_suites
@@ -263,6 +273,17 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         if root in reasons:
             for item in suite_items:
                 item.add_marker(pytest.mark.skip(reason=reasons[root]))
+
+
+def _skip_unjoinable(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With --invariance-embeddings, skip (one reason per suite) suites that make their own images."""
+    from ._precomputed import not_joinable
+
+    for item in items:
+        if "invariance_model" in getattr(item, "fixturenames", ()):
+            reason = not_joinable(_suite_for(config, Path(str(item.path))))
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def _audit(config: pytest.Config) -> "Audit":
@@ -306,6 +327,13 @@ def _version_tag(s: "Settings", audit: "Audit | None" = None) -> str:
     """--model-version, else the model's sha256[:12] (every file it loads), else 'suite-defaults'."""
     if s.model_version:
         return s.model_version
+    if s.embeddings and not s.model:
+        from ._audit import embeddings_source
+
+        try:
+            return (embeddings_source(s).meta.model_sha256 or "precomputed")[:12]
+        except Exception:  # unreadable shards are reported once by pytest_sessionstart
+            return "unreadable-embeddings"
     if s.model:
         from ._audit import Audit
 
@@ -375,7 +403,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         # A user's model gets the fixed id "model" so that node ids, and with them the
         # history's check identities, stay the same when the file name changes between
         # releases; details.model still carries the file stem.
-        pid = "model" if settings.model else name
+        pid = "model" if settings.model or settings.embeddings else name
         layers = _param_layers(metafunc.config, suite, name)
         # One layer keeps today's id, so existing baselines and history still match;
         # a sweep adds the layer: [model-layer4].
@@ -581,15 +609,16 @@ def _run_block(config: pytest.Config, collected: dict[str, Any]) -> dict[str, An
     # run-level model fields only describe the run when one --model was audited.
     models = {name: _model_record(info, collected.get("checks", []))
               for name, info in sorted(collected.get("models", {}).items())}
-    only = next(iter(models.values()), {}) if s.model and len(models) == 1 else {}
+    only = next(iter(models.values()), {}) if (s.model or s.embeddings) and len(models) == 1 else {}
     return {
         "plugin_version": __version__,
-        "model_path": _model_spec(s) if s.model else "(suite defaults)",
+        "model_path": _model_spec(s) if s.model else only.get("model_path") or "(suite defaults)",
         "model_sha256": only.get("model_sha256"),
         "model_version": _version_tag(s, config.stash.get(AUDIT_KEY, None)),
         "layer": only.get("layer") or (", ".join(only["layers"]) if only.get("layers") else "(per model)"),
         "backend": only.get("backend"), "device": only.get("device"), "provider": only.get("provider"),
         "preprocessing": only.get("preprocessing"), "models": models,
+        "embeddings_source": _embeddings_source(config),
         "seed": s.seed, "started": collected["started"], "finished": _now(),
         "git_commit": _git_commit(config.rootpath), "versions": _versions(),
         "command": " ".join(["pytest", *config.invocation_params.args]),
@@ -609,6 +638,16 @@ def _model_record(info: dict[str, Any], checks: list[dict[str, Any]]) -> dict[st
     if projections:
         out["projections"] = projections
     return out
+
+
+def _embeddings_source(config: pytest.Config) -> dict[str, Any]:
+    from ._audit import Audit
+
+    audit = config.stash.get(AUDIT_KEY, None) or Audit(config.stash[SETTINGS_KEY])
+    try:
+        return audit.embeddings_source()
+    except Exception as exc:  # unreadable shards were refused at start-up; say so, do not crash the write
+        return {"kind": "parquet", "path": config.stash[SETTINGS_KEY].embeddings, "error": str(exc)}
 
 
 def _now() -> str:

@@ -238,6 +238,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("--invariance-skip-bad", None, False, "skip unreadable or unlabelled images (and report how many) instead of failing"),
     Option("--invariance-erase", None, False, "also erase each leaking factor with LEACE (concept-erasure) and "
            "report the probes and the task before/after (slower)"),
+    Option("--invariance-embeddings", parse_path, None, "precomputed embeddings: a Parquet file or folder of shards "
+           "(an id column, one vector column per layer; see docs/scale.md) joined to the suites' images by id, "
+           "instead of running the model", metavar="PATH", path=True),
+    Option("--invariance-max-rows", parse_positive_int, None, "rows of embeddings held at once by the streamed "
+           "probes, and the seeded subsample of training rows the SVM probes fit on (docs/scale.md)", metavar="N"),
     Option("--invariance-progress", parse_progress, "auto", "progress bar: auto (on a terminal, not in CI), on, off", metavar="MODE"),
 )
 
@@ -278,6 +283,8 @@ class Settings:
     skip_bad: bool = False
     progress: str = "auto"
     erase: bool = False
+    embeddings: str | None = None
+    max_rows: int | None = None
     rootdir: str = "."  # base of paths still relative: the folder where pytest was started
 
     @property

@@ -44,6 +44,11 @@ def _load(config: pytest.Config) -> Any:
         from pytest_invariance._startup import find_suites
 
         others = {q for suite in find_suites(config) for q in suite.qualifiers()} - {"*"}
+        if settings.embeddings:  # every image needs a row: missing ids are this one collection error
+            from pytest_invariance._audit import embeddings_source
+            from pytest_invariance.embeddings._parquet import image_ids
+
+            embeddings_source(settings).positions(image_ids(folder.images), f"{root / 'labels.csv'}")
         return folder, gated_metrics(folder, settings, others)
     except InvarianceError as exc:
         return exc
@@ -80,15 +85,10 @@ def invariance_factor_folder(pytestconfig: pytest.Config) -> Any:
 def invariance_suite(request: pytest.FixtureRequest, invariance_factor_folder: Any) -> Any:
     """This suite's config with the data folder's [preprocess] and [thresholds] laid over it."""
     from pytest_invariance.checks import Suite
-    from pytest_invariance.studies.factors import folder_thresholds
+    from pytest_invariance.studies.factors import folder_suite
 
-    base = Suite.find(Path(__file__).parent)
     folder, _ = invariance_factor_folder
-    config = dict(base.config)
-    if "preprocess" in folder.config:
-        config["preprocess"] = {**folder.config["preprocess"], "adapt_size": folder.config["preprocess"].get(
-            "adapt_size", "size" not in folder.config["preprocess"])}
-    return Suite(base.name, base.root, config, {**base.thresholds, **folder_thresholds(folder)})
+    return folder_suite(Suite.find(Path(__file__).parent), folder)
 
 
 @pytest.fixture(autouse=True)

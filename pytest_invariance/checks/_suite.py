@@ -43,7 +43,7 @@ CONFIG_NAME = "invariance.toml"
 # is an error instead of a silently ignored setting. None: free keys (names chosen by the
 # suite, e.g. models, factors, threshold keys). A new table a study reads goes here.
 TABLE_KEYS: dict[str, frozenset[str] | None] = {
-    "suite": frozenset({"name", "input", "user_layer", "metrics", "qualifiers", "description"}),
+    "suite": frozenset({"name", "input", "user_layer", "metrics", "qualifiers", "description", "precomputed"}),
     "preprocess": frozenset({"size", "channels", "scale", "mean", "std", "prewhiten", "adapt_size",
                              "pool", "input_layout", "layout", "dtype", "channel_order"}),
     "models": None,

@@ -45,6 +45,11 @@ class ImageSet:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self[0].shape)  # type: ignore[return-value]
 
+    def ids(self) -> list[str] | None:
+        """Each item's id for joining precomputed embeddings (``--invariance-embeddings``),
+        or None: images the plugin makes itself (arrays, perturbations) have none."""
+        return None
+
 
 class ArrayImageSet(ImageSet):
     """Images held as a compact uint8 (or float) array ``[N, H, W]`` or ``[N, C, H, W]``.

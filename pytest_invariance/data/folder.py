@@ -66,6 +66,13 @@ class FileImageSet(ImageSet):
         self.conversions = dict(conversions or {})
         self.fingerprint = fingerprint
 
+    def ids(self) -> list[str] | None:
+        """CelebA's ``image_id`` (file name) or a labels.csv's ``image`` path, as written."""
+        for col in ("image_id", "image"):
+            if col in self.labels.columns:
+                return [str(v) for v in self.labels[col]]
+        return None
+
     def __getitem__(self, index: int) -> "torch.Tensor":
         import torch
         from PIL import Image

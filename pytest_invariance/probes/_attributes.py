@@ -9,7 +9,7 @@ from numpy.typing import NDArray
 from ..errors import DataError, warn
 from . import functional as F
 from ._estimate import Estimate
-from ._validation import (Device, Grid, Interval, ProbeMixin, check_features, check_lengths,
+from ._validation import (Device, Grid, Interval, Options, ProbeMixin, check_features, check_lengths,
                           check_not_constant, resolve_device)
 from .stats import bootstrap_ci, p_value, permutation_chance
 
@@ -49,6 +49,11 @@ class AttributeSVMProbe(ProbeMixin):
     min_class_count : int
         An attribute with fewer present or absent examples in any split is not measured
         (see :meth:`not_measurable`); the others are.
+    max_train_rows : int or None
+        Fit on a seeded uniform subsample of at most this many training rows
+        (``--invariance-max-rows``; rows drawn by ``random_state``, kept in order): bounds
+        the solver's memory. The bootstrap CI covers the test rows only, not the choice
+        of subsample; docs/scale.md measures how much the figures move with it.
 
     Features are used as given: the solver standardises them internally by an exact change
     of variables, so ``coef_`` is in the original units and the objective is liblinear's
@@ -82,11 +87,13 @@ class AttributeSVMProbe(ProbeMixin):
         "confidence": [Interval("float", 0, 1)],
         "random_state": [Interval("int", 0, None, "left")],
         "min_class_count": [Interval("int", 1, None, "left")],
+        "max_train_rows": [Options((None,)), Interval("int", 1, None, "left")],
     }
 
     def __init__(self, *, C_grid: Sequence[float] = (0.001, 0.01, 0.1, 1.0, 10.0), device: str = "cpu",
                  max_iter: int = 100, tol: float = 1e-4, n_bootstrap: int = 1000, n_permutations: int = 20,
-                 confidence: float = 0.95, random_state: int = 0, min_class_count: int = 5) -> None:
+                 confidence: float = 0.95, random_state: int = 0, min_class_count: int = 5,
+                 max_train_rows: int | None = None) -> None:
         self.C_grid = C_grid
         self.device = device
         self.max_iter = max_iter
@@ -96,6 +103,7 @@ class AttributeSVMProbe(ProbeMixin):
         self.confidence = confidence
         self.random_state = random_state
         self.min_class_count = min_class_count
+        self.max_train_rows = max_train_rows
 
     def _class_counts(self, Y: NDArray[np.float32]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         n_pos = (Y > 0).sum(0)
@@ -134,6 +142,11 @@ class AttributeSVMProbe(ProbeMixin):
         Y, Yv = F.to_plus_minus(Y_train, "Y_train"), F.to_plus_minus(Y_val, "Y_val")
         check_lengths(len(X), Y_train=Y)
         check_lengths(len(Xv), Y_val=Yv)
+        self.train_rows_ = (len(X), len(X))  # (used, given)
+        if self.max_train_rows is not None and len(X) > self.max_train_rows:
+            keep = np.sort(np.random.default_rng(self.random_state).choice(len(X), self.max_train_rows, replace=False))
+            self.train_rows_ = (len(keep), len(X))
+            X, Y = X[keep], Y[keep]
         if Xv.shape[1] != X.shape[1] or Yv.shape[1] != Y.shape[1]:
             raise DataError(f"validation split has {Xv.shape[1]} features / {Yv.shape[1]} targets but the "
                             f"training split has {X.shape[1]} / {Y.shape[1]}; pass splits of the same table.")
@@ -240,6 +253,9 @@ class AttributeSVMProbe(ProbeMixin):
             name = self.names_[a]
             base = {"C": float(self.C_[a]), "n_pos": int(pos[:, t].sum()), "n_neg": int(neg[:, t].sum()),
                     "converged": bool(self.converged_[a]), "n_iter": int(self.n_iter_[a])}
+            if self.train_rows_[0] < self.train_rows_[1]:
+                base["train_rows"], base["train_rows_given"] = self.train_rows_
+                base["subsample"] = "seeded uniform (--invariance-max-rows); the CI does not cover it"
             out[name] = {}
             for i, m in enumerate(METRICS):
                 details = dict(base)

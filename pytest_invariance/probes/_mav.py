@@ -91,6 +91,32 @@ class MAVProbe(ProbeMixin):
         self.majority_ = float(np.bincount(codes).max() / len(codes))
         return self
 
+    def fit_stream(self, batches: Iterable[tuple[Any, Any]], *, classes: Any) -> "MAVProbe":
+        """Fit from batches ``(X, y)`` never held together: per-class sums and counts
+        (:func:`~.functional.class_sums`) add up exactly, so the MAVs equal :meth:`fit`'s.
+        ``classes``: every class that occurs. (Per-level MAVs, ``factor=``, need :meth:`fit`.)
+        """
+        self._validate_params()
+        self.classes_ = np.unique(np.asarray(classes))
+        k = len(self.classes_)
+        if k < 2:
+            raise DataError("MAVProbe needs at least 2 classes to classify; got one.")
+        sums, counts = None, np.zeros(k, dtype=np.int64)
+        for X, y in batches:
+            X, y = self._check_X(X), np.asarray(y)
+            check_lengths(len(X), y=y)
+            unknown = ~np.isin(y, self.classes_)
+            if unknown.any():
+                raise DataError(f"labels {np.unique(y[unknown])[:5].tolist()} are not in classes=.")
+            s, c = F.class_sums(X, np.searchsorted(self.classes_, y), k)
+            sums, counts = (s if sums is None else sums + s), counts + c
+        if sums is None:
+            raise DataError("fit_stream got no batches.")
+        self.n_features_in_, self.levels_, self.counts_ = sums.shape[1], None, counts
+        self.centroids_ = sums / np.maximum(counts, 1)[:, None]
+        self.majority_ = float(counts.max() / counts.sum())
+        return self
+
     def _scores(self, X: NDArray[np.float64], factor: Any) -> NDArray[np.float64]:
         """[n, n_classes] similarities to the MAVs of each sample's level."""
         if self.levels_ is None:

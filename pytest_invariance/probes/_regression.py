@@ -1,7 +1,7 @@
 """§3.2 / §4.1: linear regression of a continuous factor (|yaw|, rotation angle)."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -95,7 +95,11 @@ class LinearRegressionProbe(ProbeMixin):
     def _fit_groups(self, X: NDArray[Any], y: NDArray[np.float64], g: NDArray[np.int64], k: int) -> None:
         """One regressor per group from its moments; keeps each group's eigendecomposition
         so that the permutation refits only need new cross-products."""
-        mo = self.moments_ = F.group_moments(X, g, k, y[:, None], self._device)
+        self._fit_moments(F.group_moments(X, g, k, y[:, None], self._device))
+
+    def _fit_moments(self, mo: F.Moments) -> None:
+        k = len(mo.counts)
+        self.moments_ = mo
         self._eig = [F.ridge_eig(mo.scatter[c], self.alpha) for c in range(k)]
         self._x_means = mo.means
         fits = [F.ridge_solve(*self._eig[c], mo.cross[c], mo.means[c], mo.y_means[c]) for c in range(k)]
@@ -123,6 +127,36 @@ class LinearRegressionProbe(ProbeMixin):
         self._fit_groups(X, y, g, len(self.classes_))
         self._train = (X, y, g)
         self.train_mean_ = np.bincount(g, weights=y) / counts
+        return self
+
+    def fit_stream(self, batches: Iterable[tuple[Any, ...]], *, classes: Any = None) -> "LinearRegressionProbe":
+        """Fit from batches ``(X, y)`` (or ``(X, y, classes)`` with ``per_class``) that are
+        never held together: their :class:`~.functional.Moments` are merged exactly
+        (:func:`~.functional.merge_moments`), so the fit equals :meth:`fit` on all rows.
+        ``classes``: every class that occurs (per-class mode). No rows are kept, so
+        :meth:`evaluate` reports no permutation p-value after a streamed fit.
+        """
+        self._validate_params()
+        self._device = resolve_device(self.device)
+        if self.per_class and classes is None:
+            raise DataError("fit_stream with per_class=True needs classes= (every class that occurs).")
+        self.classes_ = np.unique(np.asarray(classes)) if self.per_class else np.array([0])
+        mo: F.Moments | None = None
+        for batch in batches:
+            X, y = check_features(batch[0]), check_target_vector(batch[1])
+            check_lengths(len(X), y=y)
+            g = self._groups(len(X), batch[2] if self.per_class else None, fitting=False)
+            part = F.group_moments(X, g, len(self.classes_), y[:, None], self._device)
+            mo = part if mo is None else F.merge_moments(mo, part)
+        if mo is None:
+            raise DataError("fit_stream got no batches.")
+        if self.alpha == 0 and mo.counts.min() <= mo.means.shape[1]:
+            raise DataError(f"least squares with {mo.means.shape[1]} features needs more than {mo.means.shape[1]} "
+                            f"samples per regressor but one has {mo.counts.min()}; set alpha > 0 (ridge).")
+        self.n_features_in_ = mo.means.shape[1]
+        self._fit_moments(mo)
+        self._train = None
+        self.train_mean_ = mo.y_means[:, 0]
         return self
 
     def predict(self, X: Any, classes: Any = None) -> NDArray[np.float64]:
@@ -156,7 +190,9 @@ class LinearRegressionProbe(ProbeMixin):
         chance = float(np.abs(self.train_mean_[g] - y).mean())
         details: dict[str, Any] = {"chance_method": "MAE of predicting the training mean", "alpha": self.alpha}
         pv = None
-        if self.n_permutations > 0:
+        if self.n_permutations > 0 and self._train is None:
+            details["permutation"] = "not run: streamed fit (training rows not kept)"
+        elif self.n_permutations > 0:
             Xtr, ytr, gtr = self._train
 
             def refit(keys: NDArray[np.float64]) -> NDArray[np.float64]:

@@ -19,7 +19,7 @@ from ._structure import BlockDiagonalization, block_diagonalize, spectrum, spect
 __all__ = [
     "SVMSolution", "fit_squared_hinge_svm", "BlockDiagonalization", "block_diagonalize", "spectrum",
     "spectrum_estimate", "to_plus_minus", "binary_rates", "ridge_fit", "ridge_eig", "ridge_solve", "group_moments", "centred_cross",
-    "Moments", "class_sums", "class_means",
+    "Moments", "merge_moments", "class_sums", "class_means",
     "nearest_centroid", "bin_labels", "bin_index",
 ]
 
@@ -75,6 +75,18 @@ class Moments(NamedTuple):
         scatter = self.scatter.sum(0) + (dx * n[:, None]).T @ dx
         cross = self.cross.sum(0) + (dx * n[:, None]).T @ dy
         return Moments(np.array([self.counts.sum()]), mean[None], scatter[None], cross[None], y_mean[None])
+
+
+def merge_moments(a: Moments, b: Moments) -> Moments:
+    """The moments of the rows of ``a`` and ``b`` together, group by group, exactly
+    (Chan et al.'s pairwise update): what a streamed fit accumulates shard by shard."""
+    na, nb = a.counts.astype(np.float64), b.counts.astype(np.float64)
+    n = na + nb
+    wb = np.divide(nb, n, out=np.zeros_like(n), where=n > 0)  # share of b in each group
+    dx, dy = b.means - a.means, b.y_means - a.y_means
+    between = np.divide(na * nb, n, out=np.zeros_like(n), where=n > 0)[:, None, None]
+    return Moments(a.counts + b.counts, a.means + wb[:, None] * dx, a.scatter + b.scatter + between * (dx[:, :, None] * dx[:, None, :]),
+                   a.cross + b.cross + between * (dx[:, :, None] * dy[:, None, :]), a.y_means + wb[:, None] * dy)
 
 
 def _rows_of(codes: NDArray[np.integer], n_groups: int) -> list[NDArray[np.int64]]:

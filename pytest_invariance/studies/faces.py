@@ -49,7 +49,7 @@ N_BOOTSTRAP = 1000
 
 def default_model_missing(suite: "Suite", settings: "Settings") -> str | None:
     """One-line skip reason when no --model is given and a bundled model file is absent."""
-    if settings.model:
+    if settings.model or settings.embeddings:
         return None
     for name, entry in suite.section("models").items():
         path = (suite.root / entry["path"]).resolve()
@@ -231,7 +231,8 @@ def attribute_study(audit: "Audit", ref: "ModelRef", splits: Mapping[str, ImageS
 
     X = {s: audit.embed(ref, splits[s], label=f"{ref.name} CelebA {s}") for s in ("train", "val", "test")}
     Y = {s: splits[s].labels[list(attributes)].to_numpy() for s in X}
-    kw: dict[str, Any] = {"device": audit.settings.device, "random_state": audit.seed}
+    kw: dict[str, Any] = {"device": audit.settings.device, "random_state": audit.seed,
+                          "max_train_rows": audit.settings.max_rows}
     if C_grid is not None:
         kw["C_grid"] = tuple(C_grid)
     probe = AttributeSVMProbe(**kw).fit(X["train"], Y["train"], X["val"], Y["val"], names=list(attributes))

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 
-from ..checks import Threshold
+from ..checks import Suite, Threshold
 from ..errors import DataError
 from ..probes._estimate import Estimate
 from ..probes.stats import bootstrap_ci
@@ -136,6 +136,15 @@ def folder_thresholds(folder: "FactorFolder") -> dict[str, Threshold]:
 METRIC_NAMES = {m for ms in METRICS.values() for m in ms} | {"rank1", "tar"}
 
 
+def folder_suite(base: "Suite", folder: "FactorFolder") -> "Suite":
+    """The factors suite's config with the data folder's [preprocess] and [thresholds] laid over it."""
+    config = dict(base.config)
+    if "preprocess" in folder.config:
+        config["preprocess"] = {**folder.config["preprocess"], "adapt_size": folder.config["preprocess"].get(
+            "adapt_size", "size" not in folder.config["preprocess"])}
+    return Suite(base.name, base.root, config, {**base.thresholds, **folder_thresholds(folder)})
+
+
 def gate_summary(checks: Iterable[Mapping[str, Any]]) -> str | None:
     """One terminal line when the factors suite ran with nothing gated."""
     rows = [c for c in checks if c.get("details", {}).get("factors_gated") is not None]
@@ -162,7 +171,8 @@ def factor_figures(audit: "Audit", ref: "ModelRef", folder: "FactorFolder", name
     if f.type == "binary":
         from ..probes import AttributeSVMProbe
 
-        probe = AttributeSVMProbe(device=audit.settings.device, random_state=audit.seed).fit(
+        probe = AttributeSVMProbe(device=audit.settings.device, random_state=audit.seed,
+                                  max_train_rows=audit.settings.max_rows).fit(
             X[tr], y[tr, None], X[va], y[va, None], names=[name])
         q = float(probe.predict(X[te]).mean())
         figs = {m: _binary_chance(m, e, q, f.positive) for m, e in probe.evaluate(X[te], y[te, None])[name].items()}

@@ -1,0 +1,83 @@
+"""``--invariance-embeddings`` at start-up: the shards are checked once, on the controller.
+
+Each fault is one usage error before any test runs: shards that cannot be read, that
+disagree, hold an id twice, lack a row for a CelebA image a suite audits, or were made
+from another model, layer, pool or preprocessing than the run's. Suites that make their own images (``[suite]
+precomputed = false``: perturbation levels, MNIST arrays) are skipped with one line,
+since no outside pipeline can know ids for those images.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
+import pytest
+
+if TYPE_CHECKING:
+    from ._audit import Audit
+    from .checks import Suite
+    from .embeddings._parquet import ParquetEmbeddings
+
+OPT = "--invariance-embeddings"
+
+
+def not_joinable(suite: "Suite") -> str | None:
+    """Skip reason of a suite whose images have no ids, else None."""
+    declared = suite.section("suite").get("precomputed", True)
+    if declared is True:
+        return None
+    why = declared if isinstance(declared, str) else "it makes its own images"
+    return f"{suite.name}: {OPT} cannot be joined to this suite ({why}); run it without {OPT}"
+
+
+def check_at_start(audit: "Audit", suites: Iterable["Suite"]) -> tuple[dict[str, str], list[str]]:
+    """Open and check the shards against every joinable suite's model read-out.
+
+    Returns ({suite root: skip reason}, header lines); raises pytest.UsageError (one line).
+    """
+    from ._audit import embeddings_source, model_names
+    from .errors import InvarianceError
+
+    s = audit.settings
+    reasons: dict[str, str] = {}
+    try:
+        src = embeddings_source(s)
+        lines = [f"invariance: embeddings from {src.path} ({len(src.files)} shards, {src.n_rows} rows, "
+                 f"layers {', '.join(src.meta.layers)}, model sha256 {(src.meta.model_sha256 or '-')[:12]})"]
+        for suite in suites:
+            reason = not_joinable(suite)
+            if reason:
+                reasons[str(suite.root)] = reason
+                lines.append(f"invariance: suite {suite.name}: skipped: {reason}")
+                continue
+            ref = audit.model(suite, model_names(s, suite)[0])
+            for layer in ref.layers:  # every selected layer must be a column, made this way
+                src.check_run(sha256=ref.embedder.sha256 if s.model else None, layer=layer, pool=ref.pool,
+                              preprocessing=ref.preprocess.to_dict() if s.model else None)
+            _check_celeba_ids(audit, suite, src)
+    except InvarianceError as exc:
+        from .errors import StudyError
+
+        raise pytest.UsageError(str(exc.cause if isinstance(exc, StudyError) else exc)) from None
+    return reasons, lines
+
+
+def _check_celeba_ids(audit: "Audit", suite: "Suite", src: "ParquetEmbeddings") -> None:
+    """Every CelebA image a suite audits must have a row: one error now, not per study.
+
+    Skipped when CelebA is not found (the suite skips with its own line) and with
+    --invariance-skip-bad (which decodes every image first; the study checks then).
+    The factors folder is checked where it is loaded, at collection (audits/factors/conftest.py).
+    """
+    from .embeddings._parquet import image_ids
+    from .errors import DatasetNotFoundError
+    from .studies.faces import celeba_for_suite, find_celeba
+
+    if "celeba" not in suite.config or audit.settings.skip_bad:
+        return
+    try:
+        if find_celeba(audit.settings)[0] is None:
+            return
+    except DatasetNotFoundError:
+        return  # a near-miss layout is the suite's one error
+    for split, images in celeba_for_suite(audit, suite).items():
+        src.positions(image_ids(images) or [], f"{suite.name} CelebA {split}")

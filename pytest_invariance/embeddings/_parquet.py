@@ -1,0 +1,419 @@
+"""Precomputed embeddings in Parquet: the format ``pytest-invariance extract`` writes and
+``--invariance-embeddings`` reads (pyarrow does the reading and writing).
+
+Format (one file, or a folder of ``*.parquet`` shards searched recursively):
+
+* an ``id`` column (string): the image's id, joined to a suite's labels
+  (:func:`image_ids`): CelebA's ``image_id`` (file name, e.g. ``000001.jpg``) or the
+  factors suite's ``image`` path exactly as written in ``labels.csv``;
+* one vector column per layer, named by the layer: ``fixed_size_list<float>``, a
+  ``list<float>`` of one length, or the ``arrow.fixed_shape_tensor`` extension type
+  (flattened); float16/32/64 values, read as float32;
+* schema metadata, every value a string: ``invariance.model_sha256``,
+  ``invariance.layers`` (JSON list in forward order), ``invariance.pool``,
+  ``invariance.preprocessing`` (JSON of :meth:`Preprocess.to_dict`), optionally
+  ``invariance.model`` (a name), ``invariance.ids`` and ``invariance.dataset`` (free text).
+
+Every shard must record the same metadata. Ids must be unique over all shards; the
+images a suite audits must all have a row. Each fault is one error with counts and
+examples, never a silently shorter or misaligned matrix.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import DataError, EmbeddingError, InvalidParameterError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from ..data._source import ImageSet
+
+OPT_EMBEDDINGS = "--invariance-embeddings"
+ID_COLUMN = "id"
+PREFIX = "invariance."
+FORMAT_VERSION = "1"
+_EXAMPLES = 5  # ids quoted in an error message
+
+
+def require_pyarrow() -> Any:
+    try:
+        import pyarrow
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise ImportError("reading or writing Parquet embeddings requires pyarrow: pip install pyarrow") from exc
+    return pyarrow
+
+
+def normalize_id(value: Any) -> str:
+    """One spelling per image: forward slashes, no ``./`` (``img\\a.jpg`` == ``./img/a.jpg``)."""
+    return str(PurePosixPath(str(value).replace("\\", "/")))
+
+
+def image_ids(images: "ImageSet") -> list[str] | None:
+    """The ids of ``images`` in row order, or None when the plugin makes the images itself
+    (perturbation levels, MNIST arrays): such rows have no id another pipeline could know."""
+    ids = images.ids()
+    return None if ids is None else [normalize_id(v) for v in ids]
+
+
+# ----------------------------------------------------------------------------- metadata
+
+
+@dataclass(frozen=True)
+class ShardMeta:
+    """What a shard records about how its embeddings were made."""
+
+    model_sha256: str | None
+    layers: tuple[str, ...]
+    pool: str | None
+    preprocessing: dict[str, Any] | None
+    model: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)  # ids, dataset, format, ...
+
+    def to_metadata(self) -> dict[bytes, bytes]:
+        meta = {"format": FORMAT_VERSION, "model_sha256": self.model_sha256 or "", "layers": json.dumps(list(self.layers)),
+                "pool": self.pool or "", "preprocessing": json.dumps(self.preprocessing, sort_keys=True),
+                "model": self.model or "", **self.extra}
+        return {(PREFIX + k).encode(): str(v).encode() for k, v in meta.items()}
+
+    @classmethod
+    def from_schema(cls, schema: "pa.Schema", where: str) -> "ShardMeta":
+        raw = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()
+               if k.decode().startswith(PREFIX)}
+        meta = {k[len(PREFIX):]: v for k, v in raw.items()}
+        vectors = [f.name for f in schema if f.name != ID_COLUMN and _is_vector(f.type)]
+        try:
+            layers = tuple(json.loads(meta["layers"])) if meta.get("layers") else tuple(vectors)
+            pre = json.loads(meta["preprocessing"]) if meta.get("preprocessing") else None
+        except ValueError as exc:
+            raise DataError(f"{where}: metadata {PREFIX}layers/preprocessing is not JSON ({exc})") from None
+        if pre is not None:
+            pre = _canonical_preprocess(pre, where)
+        missing = [name for name in layers if name not in vectors]
+        if missing:
+            raise DataError(f"{where}: metadata names layer {missing[0]!r} but the file has no vector column of that "
+                            f"name; vector columns: {vectors or 'none'}")
+        if not layers:
+            raise DataError(f"{where}: no vector column (fixed_size_list<float>, list<float> or fixed_shape_tensor) "
+                            f"besides {ID_COLUMN!r}; columns: {schema.names}")
+        extra = {k: v for k, v in meta.items() if k not in ("model_sha256", "layers", "pool", "preprocessing", "model")}
+        return cls(meta.get("model_sha256") or None, layers, meta.get("pool") or None, pre, meta.get("model") or None,
+                   extra)
+
+    def identity(self) -> tuple[Any, ...]:
+        return (self.model_sha256, self.layers, self.pool, json.dumps(self.preprocessing, sort_keys=True))
+
+
+def _canonical_preprocess(pre: Any, where: str) -> dict[str, Any]:
+    from ._preprocess import Preprocess
+
+    try:
+        return canonical(Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()}).to_dict())
+    except (TypeError, AttributeError, InvalidParameterError) as exc:
+        raise DataError(f"{where}: metadata {PREFIX}preprocessing {pre!r} is not a preprocessing ({exc})") from None
+
+
+def canonical(d: dict[str, Any]) -> dict[str, Any]:
+    """JSON round trip so tuples and lists compare equal."""
+    return json.loads(json.dumps(d, sort_keys=True))  # type: ignore[no-any-return]
+
+
+def _is_vector(t: "pa.DataType") -> bool:
+    pa = require_pyarrow()
+    if isinstance(t, pa.BaseExtensionType):  # e.g. arrow.fixed_shape_tensor
+        t = t.storage_type
+    return (pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)) and \
+        pa.types.is_floating(t.value_type)
+
+
+def to_matrix(column: "pa.ChunkedArray | pa.Array", name: str) -> np.ndarray:
+    """A vector column -> float32 ``[rows, D]``; a null, ragged or non-finite vector is an error."""
+    pa = require_pyarrow()
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if isinstance(arr, pa.ExtensionArray):
+        arr = arr.storage
+    if arr.null_count:
+        raise EmbeddingError(f"column {name!r} has {arr.null_count} null vectors")
+    n = len(arr)
+    if pa.types.is_fixed_size_list(arr.type):
+        d = arr.type.list_size
+    else:
+        lengths = np.asarray(arr.value_lengths())
+        d = int(lengths[0]) if n else 0
+        if n and (lengths != d).any():
+            raise EmbeddingError(f"column {name!r} holds vectors of lengths {sorted(set(lengths.tolist()))[:5]}; "
+                                 "every vector of a layer must have the same length")
+    values = arr.flatten()
+    if values.null_count:
+        raise EmbeddingError(f"column {name!r} has {values.null_count} null values inside its vectors")
+    out = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(n, d)
+    return out
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_shard(path: str | os.PathLike[str], ids: Sequence[str], vectors: dict[str, np.ndarray],
+                meta: ShardMeta) -> Path:
+    """Write one shard atomically (temp file renamed into place): ``id`` plus one
+    ``fixed_size_list<float32>`` column per layer of ``vectors`` ([rows, D] each)."""
+    pa = require_pyarrow()
+    import pyarrow.parquet as pq
+
+    from .._io import atomic_write_bytes
+
+    columns: dict[str, Any] = {ID_COLUMN: pa.array([str(i) for i in ids], pa.string())}
+    for layer, X in vectors.items():
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        columns[layer] = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), X.shape[1])
+    table = pa.table(columns).replace_schema_metadata(meta.to_metadata())
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    return path
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def shard_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"{OPT_EMBEDDINGS} {path}: no such file or folder")
+    files = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
+    if not files:
+        raise DataError(f"{OPT_EMBEDDINGS} {path}: the folder holds no *.parquet shard")
+    return files
+
+
+def _examples(values: Sequence[Any]) -> str:
+    shown = ", ".join(repr(v) for v in list(values)[:_EXAMPLES])
+    return shown + (", ..." if len(values) > _EXAMPLES else "")
+
+
+class ParquetEmbeddings:
+    """Embeddings read from Parquet shards, looked up by image id.
+
+    Parameters
+    ----------
+    path : str or Path
+        One ``.parquet`` file or a folder of shards (searched recursively).
+
+    Attributes
+    ----------
+    meta : ShardMeta
+        What every shard records (model sha256, layers, pool, preprocessing).
+    files : list of Path
+    n_rows : int
+
+    Raises
+    ------
+    DataError
+        No shard; unreadable file; shards that record different metadata; an ``id``
+        column missing or with nulls; an id present more than once (counts and examples).
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> _ = write_shard(os.path.join(d, "a.parquet"), ["x.jpg", "y.jpg"], {"emb": np.eye(2, dtype=np.float32)},
+    ...                 ShardMeta("ab" * 32, ("emb",), "auto", None))
+    >>> ParquetEmbeddings(d).lookup(["y.jpg"], "emb")
+    array([[0., 1.]], dtype=float32)
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        require_pyarrow()
+        import pyarrow.parquet as pq
+
+        self.path = Path(path)
+        self.files = shard_files(self.path)
+        metas, ids, file_of = [], [], []
+        for i, f in enumerate(self.files):
+            try:
+                schema = pq.read_schema(f)
+                if ID_COLUMN not in schema.names:
+                    raise DataError(f"{f}: no {ID_COLUMN!r} column; columns: {schema.names}")
+                col = pq.read_table(f, columns=[ID_COLUMN]).column(ID_COLUMN)
+            except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+                raise DataError(f"{OPT_EMBEDDINGS}: {f} is not a readable Parquet file ({exc})") from None
+            if col.null_count:
+                raise DataError(f"{f}: {col.null_count} rows have a null {ID_COLUMN!r}")
+            metas.append(ShardMeta.from_schema(schema, str(f)))
+            ids.extend(normalize_id(v) for v in col.to_pylist())
+            file_of.append(np.full(len(col), i, dtype=np.int32))
+        self.meta = metas[0]
+        for f, m in zip(self.files[1:], metas[1:]):
+            if m.identity() != self.meta.identity():
+                raise DataError(f"{OPT_EMBEDDINGS}: shards disagree: {self.files[0].name} records {self._says(self.meta)} "
+                                f"but {f.name} records {self._says(m)}; every shard must come from one extraction")
+        self._ids = np.asarray(ids, dtype=object)
+        self._file = np.concatenate(file_of)
+        self._row = np.concatenate([np.arange(len(a)) for a in file_of])
+        self.n_rows = len(self._ids)
+        self._index = self._build_index()
+
+    @staticmethod
+    def _says(m: ShardMeta) -> str:
+        return f"model_sha256={m.model_sha256} layers={list(m.layers)} pool={m.pool} preprocessing={m.preprocessing}"
+
+    def _build_index(self) -> dict[str, int]:
+        import pandas as pd
+
+        counts = pd.Series(self._ids).value_counts()
+        dup = counts[counts > 1]
+        if len(dup):
+            raise DataError(f"{OPT_EMBEDDINGS} {self.path}: {len(dup)} ids occur more than once "
+                            f"({int(dup.sum())} rows of {self.n_rows}), e.g. {_examples(list(dup.index))}; "
+                            "each image must have exactly one row")
+        return {v: i for i, v in enumerate(self._ids)}
+
+    # -- identity ---------------------------------------------------------------------
+
+    @property
+    def model_name(self) -> str:
+        return self.meta.model or (self.path.stem if self.path.is_file() else self.path.name)
+
+    def describe(self) -> dict[str, Any]:
+        """``run.embeddings_source`` of results.json."""
+        return {"kind": "parquet", "path": str(self.path), "shards": len(self.files), "rows": self.n_rows,
+                "model": self.model_name, "model_sha256": self.meta.model_sha256, "layers": list(self.meta.layers),
+                "pool": self.meta.pool, "preprocessing": self.meta.preprocessing, **self.meta.extra}
+
+    # -- reading ----------------------------------------------------------------------
+
+    def positions(self, ids: Sequence[str], what: str = "") -> np.ndarray:
+        """Row of each id over all shards; ids without a row are one error with counts and examples."""
+        ids = [normalize_id(i) for i in ids]
+        pos = np.fromiter((self._index.get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+        missing = np.flatnonzero(pos < 0)
+        if missing.size:
+            raise DataError(f"{OPT_EMBEDDINGS} {self.path}: {missing.size} of {len(ids)} images{' of ' + what if what else ''} "
+                            f"have no row (e.g. {_examples([ids[i] for i in missing])}); the shards hold "
+                            f"{self.n_rows} ids (e.g. {_examples(list(self._ids[:_EXAMPLES]))}); "
+                            "extract embeddings for every image the suite audits")
+        return pos
+
+    def lookup(self, ids: Sequence[str], layer: str, what: str = "") -> np.ndarray:
+        """float32 ``[len(ids), D]`` of ``layer`` in the order of ``ids``, one shard in memory at a time."""
+        import pyarrow.parquet as pq
+
+        self.check_layer(layer)
+        ids = [normalize_id(i) for i in ids]
+        pos = self.positions(ids, what)
+        out: np.ndarray | None = None
+        files = self._file[pos]
+        for fi in np.unique(files):
+            sel = np.flatnonzero(files == fi)
+            X = to_matrix(pq.read_table(self.files[fi], columns=[layer]).column(layer), layer)[self._row[pos[sel]]]
+            if out is None:
+                out = np.empty((len(ids), X.shape[1]), dtype=np.float32)
+            out[sel] = X
+        if out is None:
+            raise EmbeddingError(f"{what or 'images'}: no images to look up")
+        bad = ~np.isfinite(out).all(axis=1)
+        if bad.any():
+            raise EmbeddingError(f"{OPT_EMBEDDINGS} {self.path}: layer {layer!r} has NaN/Inf in {int(bad.sum())} rows, "
+                                 f"e.g. ids {_examples([ids[i] for i in np.flatnonzero(bad)])}")
+        return out
+
+    def iter_batches(self, layer: str, max_rows: int | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
+        """``(ids, float32 [<= max_rows, D])`` over all shards in file order; the memory
+        bound of the streamed probes (:mod:`pytest_invariance.probes._streamed`)."""
+        import pyarrow.parquet as pq
+
+        self.check_layer(layer)
+        for f in self.files:
+            pf = pq.ParquetFile(f)
+            for batch in pf.iter_batches(batch_size=max_rows or 65536, columns=[ID_COLUMN, layer]):
+                ids = [normalize_id(v) for v in batch.column(0).to_pylist()]
+                yield ids, to_matrix(batch.column(1), layer)
+
+    def check_layer(self, layer: str) -> None:
+        if layer not in self.meta.layers:
+            raise InvalidParameterError(f"--layer {layer}: {self.path} has no vector column {layer!r}; "
+                                        f"its layers: {', '.join(self.meta.layers)}")
+
+    def check_run(self, *, sha256: str | None, layer: str, pool: str, preprocessing: dict[str, Any] | None) -> None:
+        """Refuse, in one line naming the option, shards made another way than this run asks.
+
+        ``sha256``: the --model's (None without --model: the shards are the model).
+        ``preprocessing``: the run's (None: not compared).
+        """
+        m = self.meta
+        if sha256 is not None and m.model_sha256 != sha256:
+            raise InvalidParameterError(
+                f"{OPT_EMBEDDINGS} {self.path}: the shards record model sha256 {m.model_sha256 or '(none)'} but "
+                f"--model has {sha256}; pass the --model they were extracted from, or drop --model")
+        self.check_layer(layer)
+        if pool != "auto" and m.pool != pool or sha256 is not None and (m.pool or "auto") != pool:
+            raise InvalidParameterError(f"--invariance-pool {pool}: the shards of {self.path} were pooled with "
+                                        f"{m.pool or '(not recorded)'}; pass --invariance-pool {m.pool or 'MODE'}")
+        if preprocessing is not None and m.preprocessing != canonical(preprocessing):
+            raise InvalidParameterError(
+                f"--invariance-preprocess: the shards of {self.path} record preprocessing {m.preprocessing} but this "
+                f"run feeds {canonical(preprocessing)}; pass --invariance-preprocess to match, or re-extract")
+
+    def default_layer(self) -> str:
+        if len(self.meta.layers) > 1:
+            raise InvalidParameterError(f"{OPT_EMBEDDINGS} {self.path} holds layers {', '.join(self.meta.layers)}; "
+                                        "pick with --layer NAME (repeatable) or --invariance-layers all")
+        return self.meta.layers[0]
+
+
+@lru_cache(maxsize=4)
+def open_embeddings(path: str) -> ParquetEmbeddings:
+    """One reader per path and process (the id index is built once)."""
+    return ParquetEmbeddings(path)
+
+
+class ParquetModel:
+    """Stands where an :class:`~pytest_invariance.models.Embedder` stands when the shards
+    are the model (``--invariance-embeddings`` without ``--model``): it has the recorded
+    identity and layers but cannot embed new images."""
+
+    backend = "parquet"
+    device = "none"
+    provider = "none"
+    input_shape: tuple[int | None, int | None, int | None] = (None, None, None)
+
+    def __init__(self, source: ParquetEmbeddings):
+        from ..models._contract import InputContract
+
+        self.source = source
+        self.path = str(source.path)
+        self.name = source.model_name
+        self.sha256 = source.meta.model_sha256 or "unrecorded"
+        self.contract = InputContract(layout_source="precomputed embeddings")
+        self.default_layer = source.meta.layers[-1]
+
+    def layers(self) -> list[str]:
+        return list(self.source.meta.layers)
+
+    def trace_layers(self, batch: Any = None) -> list[tuple[str, tuple[int, ...]]]:
+        """The recorded layers in forward order (what ``--invariance-layers`` globs select from)."""
+        return [(name, ()) for name in self.source.meta.layers]
+
+    def embed(self, batch: Any, layer: str, *, pool: str = "auto") -> np.ndarray:
+        raise EmbeddingError(f"{OPT_EMBEDDINGS} {self.path}: precomputed embeddings cannot embed new images "
+                             "(this suite makes its own); run it with --model instead")
+
+    forward = embed
+
+    def embed_many(self, batch: Any, layers: list[str], *, pool: str = "auto") -> dict[str, np.ndarray]:
+        return {layers[0]: self.embed(batch, layers[0], pool=pool)}
+
+    forward_many = embed_many
+
+    def activation_layout(self, layer: str) -> str | None:
+        return None

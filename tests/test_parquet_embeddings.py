@@ -1,0 +1,325 @@
+"""Precomputed embeddings (--invariance-embeddings) and ``pytest-invariance extract``.
+
+Shards are written here two ways: by the plugin's ``extract`` over a labelled folder of
+real faces (the 100 LFW faces shipped with scikit-image, factors planted by
+``scripts/make_factor_folder.py``) with a small seeded conv net exported to ONNX, and by
+hand with pyarrow the way another pipeline would (float64 lists, tensor extension type,
+shuffled rows, extra ids). The audit of the shards must give the figures of the audit
+that runs the model; bad shards must give one clear error each.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx  # noqa: F401  - imported once here (pytester restores sys.modules between tests)
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch  # noqa: F401  - imported once here, like onnx
+
+from pytest_invariance.embeddings._parquet import ParquetEmbeddings, ShardMeta, to_matrix, write_shard
+from pytest_invariance.errors import DataError, InvalidParameterError
+from pytest_invariance.testing import export_onnx, grid_cnn
+
+REPO = Path(__file__).resolve().parents[1]
+SHA = "ab" * 32
+
+
+def _meta(layers=("emb",), **kw):
+    return ShardMeta(kw.pop("sha", SHA), tuple(layers), kw.pop("pool", "auto"), kw.pop("pre", None), "toy", **kw)
+
+
+# ----------------------------------------------------------------------------- the format
+
+
+def test_round_trip_and_join_by_id_over_shards(tmp_path):
+    rng = np.random.default_rng(0)
+    ids = [f"img/{i:03d}.jpg" for i in range(50)]
+    X, Y = rng.normal(size=(50, 7)).astype(np.float32), rng.normal(size=(50, 3)).astype(np.float32)
+    order = rng.permutation(50)  # shards hold the rows in another order than the suite asks
+    for k, part in enumerate(np.array_split(order, 3)):
+        write_shard(tmp_path / "d" / f"s{k}.parquet", [ids[i] for i in part], {"a": X[part], "b": Y[part]},
+                    _meta(("a", "b")))
+    src = ParquetEmbeddings(tmp_path / "d")
+    assert src.n_rows == 50 and len(src.files) == 3 and src.meta.layers == ("a", "b")
+    want = [ids[i] for i in (7, 3, 49, 0)] + ["./img/011.jpg"]  # ids are normalized paths
+    np.testing.assert_array_equal(src.lookup(want, "a"), X[[7, 3, 49, 0, 11]])
+    np.testing.assert_array_equal(src.lookup(want, "b"), Y[[7, 3, 49, 0, 11]])
+    streamed = {i: x for b_ids, b in src.iter_batches("a", max_rows=4) for i, x in zip(b_ids, b)}
+    assert len(streamed) == 50 and all(np.array_equal(streamed[ids[i]], X[i]) for i in range(50))
+    assert max(len(b) for _, b in src.iter_batches("a", max_rows=4)) == 4
+
+
+def test_vectors_written_by_another_pipeline_are_read(tmp_path):
+    """float64 list<>, float16 fixed-size lists and the fixed_shape_tensor extension type."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(6, 4))
+    lists = pa.array(list(X), pa.list_(pa.float64()))
+    halves = pa.FixedSizeListArray.from_arrays(pa.array(X.astype(np.float16).ravel()), 4)
+    tensor = pa.FixedShapeTensorArray.from_numpy_ndarray(X.reshape(6, 2, 2).astype(np.float32))
+    np.testing.assert_allclose(to_matrix(lists, "l"), X.astype(np.float32))
+    np.testing.assert_array_equal(to_matrix(halves, "h"), X.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(to_matrix(tensor, "t"), X.astype(np.float32))
+    t = pa.table({"id": [str(i) for i in range(6)], "penultimate": tensor})
+    pq.write_table(t.replace_schema_metadata({"invariance.model_sha256": SHA}), tmp_path / "x.parquet")
+    src = ParquetEmbeddings(tmp_path / "x.parquet")  # layers: the vector columns, when not listed
+    assert src.meta.layers == ("penultimate",) and src.default_layer() == "penultimate"
+    with pytest.raises(Exception, match="lengths"):
+        to_matrix(pa.array([[1.0, 2.0], [1.0]], pa.list_(pa.float32())), "ragged")
+
+
+def test_duplicate_ids_are_one_error_with_counts_and_examples(tmp_path):
+    write_shard(tmp_path / "a.parquet", ["x", "y", "z"], {"emb": np.zeros((3, 2))}, _meta())
+    write_shard(tmp_path / "b.parquet", ["y", "z", "w"], {"emb": np.ones((3, 2))}, _meta())
+    with pytest.raises(DataError, match=r"2 ids occur more than once \(4 rows of 6\), e\.g\. 'y', 'z'"):
+        ParquetEmbeddings(tmp_path)
+
+
+def test_missing_ids_are_one_error_with_counts_and_examples(tmp_path):
+    write_shard(tmp_path / "a.parquet", ["x", "y"], {"emb": np.ones((2, 2))}, _meta())
+    with pytest.raises(DataError, match=r"2 of 3 images of test split have no row \(e\.g\. 'q', 'r'\)"):
+        ParquetEmbeddings(tmp_path).lookup(["x", "q", "r"], "emb", "test split")
+
+
+def test_mismatched_metadata_is_refused_naming_the_option(tmp_path):
+    pre = {"size": [64, 64], "channels": 3}
+    write_shard(tmp_path / "a.parquet", ["x"], {"emb": np.ones((1, 2))}, _meta(pool="gap", pre=pre))
+    src = ParquetEmbeddings(tmp_path)
+    from pytest_invariance.embeddings import Preprocess
+
+    ok = Preprocess(size=(64, 64), channels=3).to_dict()
+    src.check_run(sha256=SHA, layer="emb", pool="gap", preprocessing=ok)
+    cases = [(dict(sha256="cd" * 32), "--model"), (dict(layer="fc"), "--layer fc"),
+             (dict(pool="auto"), "--invariance-pool auto"),
+             (dict(preprocessing=Preprocess(size=(64, 64), channels=3, prewhiten=True).to_dict()),
+              "--invariance-preprocess")]
+    for change, option in cases:
+        kw = {"sha256": SHA, "layer": "emb", "pool": "gap", "preprocessing": ok, **change}
+        with pytest.raises(InvalidParameterError, match=option) as err:
+            src.check_run(**kw)
+        assert "\n" not in str(err.value)
+    write_shard(tmp_path / "b.parquet", ["y"], {"emb": np.ones((1, 2))}, _meta(pool="auto", pre=pre))
+    with pytest.raises(DataError, match="shards disagree: a.parquet records .*pool=gap.* but b.parquet"):
+        ParquetEmbeddings(tmp_path)
+
+
+# ----------------------------------------------------------------------------- through pytest
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    spec = importlib.util.spec_from_file_location("make_factor_folder", REPO / "scripts" / "make_factor_folder.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    root = tmp_path_factory.mktemp("lfw") / "faces"
+    mod.make_lfw_folder(root, n_faces=40, per_face=4, seed=0)
+    (root / "invariance.toml").write_text('[preprocess]\nsize = [64, 64]\nchannels = 3\n')
+    model = export_onnx(grid_cnn(8, 3, 16, padding=1), tmp_path_factory.mktemp("model") / "grid.onnx", (3, 64, 64))
+    return root, model
+
+
+@pytest.fixture(scope="module")
+def shards(faces, tmp_path_factory):
+    from pytest_invariance.cli import main
+
+    root, model = faces
+    out = tmp_path_factory.mktemp("emb") / "shards"
+    assert main(["extract", "--suite", str(REPO / "audits" / "factors"), "--data-dir", str(root), "--model",
+                 str(model), "--out", str(out), "--shard-rows", "64", "--progress", "off"]) == 0
+    return out
+
+
+def test_extract_writes_the_format(shards, faces):
+    src = ParquetEmbeddings(shards)
+    assert src.n_rows == 160 and [p.name for p in src.files] == ["part-000000000.parquet", "part-000000064.parquet",
+                                                                   "part-000000128.parquet"]
+    from pytest_invariance.models._common import sha256_file
+
+    assert src.meta.model_sha256 == sha256_file(faces[1]) and src.meta.layers == ("output",)
+    assert src.meta.preprocessing["size"] == [64, 64] and src.meta.pool == "auto"
+
+
+def test_local_ray_extraction_equals_in_process(shards, faces, tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'pytest-invariance[ray]'")
+    from pytest_invariance.embeddings._export import run_ray, suite_job
+    from pytest_invariance.settings import Settings
+
+    root, model = faces
+    job = suite_job(Settings(model=str(model), data_dir=str(root), no_cache=True), REPO / "audits" / "factors",
+                    [], 64)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # a local instance
+    try:
+        run_ray(job, tmp_path / "ray", actors=2)
+    finally:
+        ray.shutdown()
+    a, b = ParquetEmbeddings(tmp_path / "ray"), ParquetEmbeddings(shards)
+    assert [p.name for p in a.files] == [p.name for p in b.files] and a.meta == b.meta
+    ids = list(b._ids)
+    np.testing.assert_allclose(a.lookup(ids, "output"), b.lookup(ids, "output"), rtol=0, atol=1e-6)
+
+
+@pytest.fixture
+def suite(pytester):
+    shutil.copytree(REPO / "audits" / "factors", pytester.path / "audits" / "factors",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return pytester
+
+
+def _run(pytester, *args):
+    out = pytester.path / "results.json"
+    if out.exists():
+        out.unlink()
+    result = pytester.runpytest_subprocess(*args, "-p", "no:cacheprovider", "--invariance-no-report",
+                                           f"--invariance-json={out}", "--invariance-history=h.sqlite",
+                                           "--invariance-no-cache", "-rs")
+    return result, (json.loads(out.read_text()) if out.exists() else None)
+
+
+def test_audit_of_the_shards_equals_the_audit_of_the_model(suite, faces, shards):
+    root, model = faces
+    args = ("audits/factors/test_factors.py::test_factor", "-k", "occluded or rotation", f"--invariance-data-dir={root}")
+    ran, by_model = _run(suite, *args, f"--model={model}")
+    ran.assert_outcomes(passed=2)
+    ran, by_shards = _run(suite, *args, f"--invariance-embeddings={shards}")
+    ran.assert_outcomes(passed=2)
+    ran.stdout.fnmatch_lines([f"invariance: embeddings from {shards} (3 shards, 160 rows, layers output, *"])
+    assert by_model["run"]["embeddings_source"]["kind"] == "model"
+    src = by_shards["run"]["embeddings_source"]
+    assert src["kind"] == "parquet" and src["path"] == str(shards) and src["rows"] == 160
+    assert by_shards["run"]["model_sha256"] == by_model["run"]["model_sha256"]
+    fig = lambda doc: {(c["nodeid"], c["metric"]): (c["value"], c["ci_low"], c["ci_high"]) for c in doc["checks"]}  # noqa: E731
+    assert fig(by_shards) == fig(by_model) and len(fig(by_model)) >= 5
+
+
+def test_shards_of_another_model_are_refused_once(suite, faces, shards, tmp_path):
+    root, _ = faces
+    other = export_onnx(grid_cnn(4, 3, 16, seed=1), tmp_path / "o.onnx", (3, 64, 64))
+    ran, doc = _run(suite, "audits/factors", f"--invariance-data-dir={root}", f"--model={other}",
+                    f"--invariance-embeddings={shards}", "-n", "2")
+    assert ran.ret == 4 and doc is None  # a usage error before any test
+    assert ran.stderr.str().count("the shards record model sha256") == 1
+    ran.stderr.fnmatch_lines(["ERROR: --invariance-embeddings * --model has *; pass the --model they were "
+                              "extracted from, or drop --model"])
+
+
+def test_duplicate_ids_stop_the_run_at_start_up(suite, faces, shards, tmp_path):
+    bad = tmp_path / "dup"
+    shutil.copytree(shards, bad)
+    shutil.copy(bad / "part-000000064.parquet", bad / "again.parquet")
+    ran, doc = _run(suite, "audits/factors", f"--invariance-data-dir={faces[0]}", f"--invariance-embeddings={bad}",
+                    "-n", "2")
+    assert ran.ret == 4 and doc is None
+    assert ran.stderr.str().count("ids occur more than once") == 1
+    ran.stderr.fnmatch_lines(["ERROR: --invariance-embeddings *: 64 ids occur more than once (128 rows of 224), e.g. *"])
+
+
+def test_missing_ids_are_one_collection_error(suite, faces, shards, tmp_path):
+    part = tmp_path / "part"
+    part.mkdir()
+    shutil.copy(shards / "part-000000000.parquet", part)
+    ran, doc = _run(suite, "audits/factors", f"--invariance-data-dir={faces[0]}", f"--invariance-embeddings={part}",
+                    "-n", "2")
+    ran.assert_outcomes(errors=1)
+    assert ran.stdout.str().count("96 of 160 images of") == 1
+    assert not doc["checks"] or all(c["status"] != "passed" for c in doc["checks"])
+
+
+def test_suites_that_make_their_own_images_are_not_joinable():
+    from pytest_invariance._precomputed import not_joinable
+    from pytest_invariance.checks import Suite
+
+    for name in ("mnist_rotation", "face_perturbation"):
+        reason = not_joinable(Suite.load(REPO / "audits" / name / "invariance.toml"))
+        assert reason and reason.startswith(f"{name}: --invariance-embeddings cannot be joined to this suite")
+    for name in ("face_attributes", "face_pose", "factors"):
+        assert not_joinable(Suite.load(REPO / "audits" / name / "invariance.toml")) is None
+
+
+# ----------------------------------------------------------------------------- another pipeline's CelebA shards
+
+
+def _own_celeba_shards(folder: Path, celeba: dict, drop: int = 0) -> Path:
+    """Embeddings from 'another pipeline': 16 float64 dims, Smiling written into dim 0, written
+    with plain pyarrow (list<double>, rows shuffled, two shards), no preprocessing recorded."""
+    from pytest_invariance.data.celeba import ATTRIBUTES
+
+    n = len(celeba["attrs"])
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(n, 16))
+    X[:, 0] += 3.0 * celeba["attrs"][:, ATTRIBUTES.index("Smiling")]
+    ids = np.array([f"{i + 1:06d}.jpg" for i in range(n)])
+    keep = rng.permutation(n)[: n - drop]
+    folder.mkdir()
+    for k, part in enumerate(np.array_split(keep, 2)):
+        t = pa.table({"id": ids[part], "vec": pa.array(list(X[part]), pa.list_(pa.float64()))})
+        pq.write_table(t.replace_schema_metadata({"invariance.model_sha256": "ef" * 32, "invariance.model": "mine",
+                                                  "invariance.pool": "auto"}), folder / f"{k}.parquet")
+    return folder
+
+
+@pytest.fixture
+def face_suites(pytester):
+    for name in ("face_attributes", "face_perturbation"):
+        shutil.copytree(REPO / "audits" / name, pytester.path / "audits" / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    return pytester
+
+
+def test_own_celeba_shards_are_audited_without_the_model(face_suites, tmp_path):
+    from test_face_suites import make_celeba
+
+    celeba = make_celeba(face_suites.path / "data" / "celeba")
+    emb = _own_celeba_shards(tmp_path / "emb", celeba)
+    ran, doc = _run(face_suites, "audits/face_attributes", "audits/face_perturbation", "-k",
+                    "Smiling or Wearing_Necklace or rotation", "--invariance-data-dir=data",
+                    f"--invariance-embeddings={emb}")
+    ran.assert_outcomes(passed=1, failed=1, skipped=3)  # Smiling leaks; the perturbation suite cannot join
+    ran.stdout.fnmatch_lines(["*face_perturbation: --invariance-embeddings cannot be joined to this suite (it "
+                              "perturbs its faces itself: the levels have no ids)*"])
+    by = {(c["details"].get("attribute"), c["metric"]): c for c in doc["checks"] if c["status"] in ("passed", "failed")}
+    assert by["Smiling", "fn_rate"]["value"] < 0.1 and by["Smiling", "fn_rate"]["details"]["model"] == "mine"
+    assert by["Wearing_Necklace", "fn_rate"]["ci_low"] <= 0.5 <= by["Wearing_Necklace", "fn_rate"]["ci_high"]
+    assert doc["run"]["embeddings_source"]["model_sha256"] == "ef" * 32 and doc["run"]["model_version"] == "ef" * 6
+
+
+def test_own_celeba_shards_missing_rows_stop_the_run_once(face_suites, tmp_path):
+    from test_face_suites import make_celeba
+
+    celeba = make_celeba(face_suites.path / "data" / "celeba")
+    emb = _own_celeba_shards(tmp_path / "emb", celeba, drop=30)
+    ran, doc = _run(face_suites, "audits/face_attributes", "--invariance-data-dir=data",
+                    f"--invariance-embeddings={emb}", "-n", "2")
+    assert ran.ret == 4 and doc is None
+    err = ran.stderr.str()
+    assert err.count("have no row") == 1 and "extract embeddings for every image the suite audits" in err
+    ran.stderr.fnmatch_lines(["ERROR: --invariance-embeddings *: * of * images of face_attributes CelebA * "
+                              "have no row (e.g. *"])
+
+
+def test_a_layer_sweep_reads_every_selected_layer_from_the_shards(suite, faces, tmp_path):
+    from pytest_invariance.cli import main
+
+    root, model = faces
+    layers = ["/pool/AveragePool_output_0", "output"]
+    out = tmp_path / "sweep"
+    assert main(["extract", "--suite", str(REPO / "audits" / "factors"), "--data-dir", str(root), "--model",
+                 str(model), "--out", str(out), "--layer", layers[0], "--layer", layers[1], "--progress", "off"]) == 0
+    assert ParquetEmbeddings(out).meta.layers == tuple(layers)  # one pass, one column per layer
+    args = ("audits/factors/test_factors.py::test_factor", "-k", "occluded", f"--invariance-data-dir={root}",
+            f"--layer={layers[0]}", f"--layer={layers[1]}")
+    ran, by_model = _run(suite, *args, f"--model={model}")
+    ran.assert_outcomes(passed=2)
+    ran, by_shards = _run(suite, *args, f"--invariance-embeddings={out}")
+    ran.assert_outcomes(passed=2)
+    fig = lambda doc: {(c["nodeid"], c["layer"], c["metric"]): (c["value"], c["ci_low"], c["ci_high"])  # noqa: E731
+                       for c in doc["checks"]}
+    assert fig(by_shards) == fig(by_model) and {k[1] for k in fig(by_model)} == set(layers)
+    assert by_shards["run"]["models"][by_shards["run"]["embeddings_source"]["model"]]["layers"] == layers
+    ran, _ = _run(suite, "audits/factors", f"--invariance-data-dir={root}", f"--invariance-embeddings={out}")
+    assert ran.ret == 4
+    ran.stderr.fnmatch_lines(["ERROR: --invariance-embeddings * holds layers /pool/AveragePool_output_0, output; "
+                              "pick with --layer NAME (repeatable) or --invariance-layers all"])
