@@ -116,7 +116,7 @@ def test_same_seed_same_weights(real_batch):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-@pytest.mark.parametrize("name", ["lenet", "mu_lenet", "pair_lenet"])
+@pytest.mark.parametrize("name", ["lenet", "mu_lenet", "pair_lenet", "group_lenet"])
 def test_exported_onnx_models(name, real_batch):
     ort = pytest.importorskip("onnxruntime")
     path = MODELS_DIR / f"{name}.onnx"
@@ -139,7 +139,7 @@ def test_exported_onnx_models(name, real_batch):
         targets = np.load(MODELS_DIR / "mu_lenet_targets.npz")["targets"]
         assert L.mav_cosine_accuracy(out["ip1"], y.numpy(), targets) > 0.8
     # The torch state_dict shipped next to it gives the same features.
-    net = {"lenet": L.LeNet, "mu_lenet": L.MuLeNet, "pair_lenet": L.PairLeNet}[name]()
+    net = {"lenet": L.LeNet, "mu_lenet": L.MuLeNet, "pair_lenet": L.PairLeNet, "group_lenet": L.PairLeNet}[name]()
     net.load_state_dict(torch.load(MODELS_DIR / f"{name}.pt", weights_only=True))
     with torch.no_grad():
         np.testing.assert_allclose(net.eval()(x[:64])[0].numpy(), out["ip1"][:64], atol=1e-4)
@@ -303,3 +303,55 @@ def test_train_script_records_settings_and_exports_the_best(tmp_path, real_batch
     net.load_state_dict(torch.load(tmp_path / "lenet.pt", weights_only=True))
     with torch.no_grad():
         assert float(np.mean(net.eval()(x)[1].argmax(1).numpy() == y.numpy())) == pytest.approx(acc, abs=1e-5)
+
+
+def test_compare_angle_matches_sklearn(tmp_path):
+    """compare_angle.py's figures equal scikit-learn fits on the same ONNX features."""
+    import importlib.util
+
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.linear_model import LinearRegression
+
+    spec = importlib.util.spec_from_file_location("compare_angle", MODELS_DIR.parent / "compare_angle.py")
+    cmp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cmp)
+    train = cmp.train
+    # Two untrained-but-different LeNets are enough: the script only reads their ip1.
+    for seed, name in ((0, "a"), (1, "b")):
+        torch.manual_seed(seed)
+        torch.onnx.export(L.LeNet().eval(), (torch.zeros(2, 1, 28, 28),), str(tmp_path / f"{name}.onnx"),
+                          input_names=["input"], output_names=["ip1", "logits"],
+                          dynamic_axes={n: {0: "N"} for n in ("input", "ip1", "logits")}, dynamo=False)
+    out = tmp_path / "cmp.json"
+    try:
+        cmp.main(["--models", "a,b", "--dir", str(tmp_path), "--train-images", "1000", "--test-images", "60",
+                  "--threads", "1", "--json", str(out)])
+    except Exception as exc:  # noqa: BLE001 - any missing MNIST source means: skip
+        if "MNIST" not in str(exc):
+            raise
+        pytest.skip(f"MNIST not available: {exc}")
+    got = json.loads(out.read_text())
+    ns = argparse.Namespace(data_dir=None, cache_dir=None, train_images=1000, val_images=None, test_images=60)
+    tr, te = train.rotated("train", ns), train.rotated("test", ns)
+    ang_tr, ang_te = np.repeat(train.ANGLES, 1000), np.repeat(train.ANGLES, 60)
+    for name in ("a", "b"):
+        f_tr = train.onnx_outputs(tmp_path / f"{name}.onnx", tr)["ip1"].astype(np.float64)
+        f_te = train.onnx_outputs(tmp_path / f"{name}.onnx", te)["ip1"].astype(np.float64)
+        d_tr, d_te = tr.labels.numpy(), te.labels.numpy()
+        pred = np.empty(len(f_te))
+        for c in np.unique(d_te):
+            reg = LinearRegression().fit(f_tr[d_tr == c], ang_tr[d_tr == c])
+            pred[d_te == c] = reg.predict(f_te[d_te == c])
+        # The probe solves the normal equations, sklearn a QR/SVD least squares: on an untrained
+        # net's nearly collinear ReLU features they agree to ~0.2 %; a wrong class or angle
+        # order would be off by degrees.
+        assert got[name]["angle_mae"]["value"] == pytest.approx(np.abs(pred - ang_te).mean(), rel=1e-2)
+        lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(f_tr, ang_tr)
+        assert got[name]["angle_acc"]["value"] == pytest.approx(np.mean(lda.predict(f_te) == ang_te))
+        assert got[name]["angle_acc_chance"] == pytest.approx(1 / 7)
+        for m in ("angle_mae", "angle_acc"):
+            assert got[name][m]["ci_low"] <= got[name][m]["value"] <= got[name][m]["ci_high"]
+    diff = got["b - a"]
+    for m in ("angle_mae", "angle_acc"):
+        assert diff[m]["value"] == pytest.approx(got["b"][m]["value"] - got["a"][m]["value"])
+        assert diff[m]["ci_low"] <= diff[m]["value"] <= diff[m]["ci_high"]
