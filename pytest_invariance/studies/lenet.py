@@ -17,7 +17,11 @@ name         what a torch forward hook on it returns
 Images enter as ``float32[N, 1, 28, 28]`` = uint8 / 256 (Caffe's ``scale: 0.00390625``).
 Training uses Caffe's ``lenet_solver.prototxt`` (SGD, lr 0.01, momentum 0.9, weight
 decay 5e-4, ``inv`` policy gamma 1e-4 power 0.75, bias lr x2, xavier init) unless told
-otherwise; the batch size is a parameter (Caffe: 64).
+otherwise (``SolverConfig.optimizer="adam"``: Adam, Kingma & Ba 2015, under the same
+``inv`` decay); the batch size is a parameter (Caffe: 64).
+
+:func:`train_group_lenet` is the extension the paper proposes at the end of section 5:
+groups of several images of one class pulled toward their group mean.
 """
 from __future__ import annotations
 
@@ -198,6 +202,8 @@ class SolverConfig:
     evals_per_epoch: int = 2
     patience: int = 2  # validation rounds without improvement before stopping
     seed: int = 0
+    optimizer: str = "sgd"  # "sgd" (Caffe's solver) or "adam"
+    max_seconds: float | None = None  # wall-clock cap: stop at the first step past it, keep the best
 
 
 @dataclass
@@ -213,41 +219,65 @@ class TrainResult:
     wall_s: float
     stopped_early: bool
     history: list[dict[str, float]] = field(default_factory=list)
+    #: why training ended: "patience", "max_epochs" or "max_seconds"
+    stop_reason: str = "max_epochs"
 
 
 def make_optimizer(model: nn.Module, cfg: SolverConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """SGD with Caffe's bias ``lr_mult: 2`` and the ``inv`` learning-rate policy."""
-    weights = [p for n, p in model.named_parameters() if not n.endswith("bias")]
-    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
-    opt = torch.optim.SGD(
-        [{"params": weights, "lr": cfg.base_lr}, {"params": biases, "lr": 2 * cfg.base_lr}],
-        lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-    )
+    """The optimizer under Caffe's ``inv`` learning-rate policy.
+
+    ``cfg.optimizer == "sgd"``: SGD with momentum, weight decay and Caffe's bias
+    ``lr_mult: 2``. ``"adam"``: Adam at ``base_lr`` with ``weight_decay`` as L2 and
+    ``momentum`` unused (Adam's step size does not depend on the gradient's scale, so
+    no per-group multiplier). Raises ``ValueError`` for any other name.
+    """
+    if cfg.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=cfg.base_lr,
+                                                      weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "sgd":
+        weights = [p for n, p in model.named_parameters() if not n.endswith("bias")]
+        biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+        opt = torch.optim.SGD(
+            [{"params": weights, "lr": cfg.base_lr}, {"params": biases, "lr": 2 * cfg.base_lr}],
+            lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        )
+    else:
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', not {cfg.optimizer!r}")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: (1 + cfg.gamma * it) ** (-cfg.power))
     return opt, sched
 
 
 def fit(model: LeNet, n_train: int, loss_fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
         evaluate: Callable[[LeNet], float], cfg: SolverConfig, metric: str,
-        log: Callable[[str], None] = print) -> TrainResult:
-    """Generic seeded SGD loop with early stopping on a higher-is-better validation metric.
+        log: Callable[[str], None] = print,
+        order_fn: Callable[[torch.Generator], torch.Tensor] | None = None) -> TrainResult:
+    """Generic seeded training loop with early stopping on a higher-is-better validation metric.
 
     ``loss_fn(index, generator)`` returns the mean loss of the training items ``index``;
     the generator is the run's only source of randomness (order, pairing).
+    ``order_fn(generator)`` gives one epoch's item order (default: a random permutation of
+    ``n_train``); batches are consecutive ``cfg.batch_size`` slices of it.
+
+    The metric is evaluated ``cfg.evals_per_epoch`` times per epoch, at the last step and
+    at the first step past ``cfg.max_seconds``. Training ends after ``cfg.patience``
+    evaluations without a strict improvement, at ``cfg.max_epochs`` or at the time cap,
+    whichever comes first; the model is returned with the best evaluation's weights.
     """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt, sched = make_optimizer(model, cfg)
     per_epoch = n_train // cfg.batch_size
+    if per_epoch < 1:
+        raise ValueError(f"{n_train} training items do not fill one batch of {cfg.batch_size}")
     total = int(round(cfg.max_epochs * per_epoch))
     eval_every = max(1, per_epoch // cfg.evals_per_epoch)
     best, best_it, bad, it, history = -np.inf, 0, 0, 0, []
     best_state = {k: v.clone() for k, v in model.state_dict().items()}
     t0 = time.perf_counter()
-    stopped = False
-    while it < total and not stopped:
-        order = torch.randperm(n_train, generator=gen)
-        for b in range(per_epoch):
+    reason = ""
+    while not reason:
+        order = order_fn(gen) if order_fn is not None else torch.randperm(n_train, generator=gen)
+        for b in range(len(order) // cfg.batch_size):
             model.train()
             loss = loss_fn(order[b * cfg.batch_size : (b + 1) * cfg.batch_size], gen)
             opt.zero_grad(set_to_none=True)
@@ -255,10 +285,11 @@ def fit(model: LeNet, n_train: int, loss_fn: Callable[[torch.Tensor, torch.Gener
             opt.step()
             sched.step()
             it += 1
-            if it % eval_every == 0 or it == total:
+            over_time = cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds
+            if it % eval_every == 0 or it >= total or over_time:
                 value = evaluate(model)
                 history.append({"iteration": it, "epoch": it / per_epoch, "loss": loss.item(), metric: value,
-                                "wall_s": time.perf_counter() - t0})
+                                "lr": opt.param_groups[0]["lr"], "wall_s": time.perf_counter() - t0})
                 log(f"  it {it:6d} ep {it / per_epoch:5.2f} loss {loss.item():.4f} {metric} {value:.4f} "
                     f"({time.perf_counter() - t0:.0f}s)")
                 if value > best:
@@ -266,12 +297,17 @@ def fit(model: LeNet, n_train: int, loss_fn: Callable[[torch.Tensor, torch.Gener
                     best_state = {k: v.clone() for k, v in model.state_dict().items()}
                 else:
                     bad += 1
-                    stopped = bad >= cfg.patience
-            if it >= total or stopped:
+                    reason = "patience" if bad >= cfg.patience else ""
+            if not reason and it >= total:
+                reason = "max_epochs"
+            if not reason and over_time:
+                reason = "max_seconds"
+            if reason:
                 break
     model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(model, metric, float(best), best_it, it, it / per_epoch, time.perf_counter() - t0, stopped, history)
+    return TrainResult(model, metric, float(best), best_it, it, it / per_epoch, time.perf_counter() - t0,
+                       reason == "patience", history, reason)
 
 
 def train_lenet(train: ImageArrays, val: ImageArrays, cfg: SolverConfig, log: Callable[[str], None] = print) -> TrainResult:
@@ -372,3 +408,76 @@ def train_pair_lenet(train: ImageArrays, val: ImageArrays, cfg: SolverConfig,
         return float(np.mean(predict(m, val)["logits"].argmax(1) == val.labels.numpy()))
 
     return fit(model, len(train), loss_fn, evaluate, cfg, "val_softmax_acc", log)
+
+
+def group_loss(model: LeNet, x: torch.Tensor, y: torch.Tensor, group_size: int,
+               weights: dict[str, float] = PAIR_WEIGHTS) -> torch.Tensor:
+    """Softmax loss on every image plus each layer's within-group variance.
+
+    ``x`` holds ``len(x) // group_size`` consecutive groups of ``group_size`` images,
+    each group of one class. Per layer and group, the term is the unbiased variance of
+    the activations around the group mean, averaged over elements:
+    ``sum_i mean((a_i - m)**2) / (K - 1)``. It equals the mean of
+    ``0.5 * mean((a_i - a_j)**2)`` over the group's ordered pairs ``i != j``, so for
+    ``K = 2`` it is PAIR-LeNet's Euclidean term (:func:`pair_loss`) on that pair, and for
+    every ``K`` its expectation is the same (the per-element class variance). Terms are
+    averaged over groups and weighted by ``weights``. Paper, section 5: "use several
+    images of one class ... and try to reduce batch-wise distances".
+
+    Parameters
+    ----------
+    x : float32[G * K, 1, 28, 28]
+    y : int64[G * K], constant within each group
+    group_size : K >= 2
+    """
+    k = group_size
+    if k < 2 or len(x) % k:
+        raise ValueError(f"group_size must be >= 2 and divide the batch ({len(x)}), not {k}")
+    acts = model.activations(x)
+    loss = F.cross_entropy(acts["ip2"], y)
+    for name, w in weights.items():
+        a = acts[name].reshape(len(x) // k, k, -1)
+        loss = loss + w * (a - a.mean(1, keepdim=True)).pow(2).sum(1).mean() / (k - 1)
+    return loss
+
+
+def class_groups(labels: torch.Tensor, group_size: int, gen: torch.Generator) -> torch.Tensor:
+    """One epoch's order as shuffled groups of ``group_size`` same-class items.
+
+    Each class's items are shuffled and cut into groups (the remainder, fewer than
+    ``group_size`` per class, sits out this epoch); the groups are then shuffled. So every
+    group is a fresh random draw from all of its class's items, as the paper asks.
+    """
+    groups = []
+    for c in labels.unique().tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        n = len(idx) // group_size * group_size
+        groups.append(idx[:n].reshape(-1, group_size))
+    g = torch.cat(groups)
+    return g[torch.randperm(len(g), generator=gen)].flatten()
+
+
+def train_group_lenet(train: ImageArrays, val: ImageArrays, cfg: SolverConfig, group_size: int,
+                      log: Callable[[str], None] = print) -> TrainResult:
+    """Train a :class:`PairLeNet` with :func:`group_loss` on groups of ``group_size``.
+
+    A batch is ``cfg.batch_size // group_size`` groups (``cfg.batch_size`` must be a
+    multiple of ``group_size``), each of one class, drawn by :func:`class_groups`. An
+    epoch visits every item about once, so it costs one LeNet epoch (PAIR: two).
+    Validation metric: rotated-val softmax accuracy.
+    """
+    if cfg.batch_size % group_size:
+        raise ValueError(f"batch size {cfg.batch_size} is not a multiple of the group size {group_size}")
+    torch.manual_seed(cfg.seed)
+    model = PairLeNet()
+
+    def loss_fn(index: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        x, y = train.batch(index)
+        return group_loss(model, x, y, group_size)
+
+    def evaluate(m: LeNet) -> float:
+        return float(np.mean(predict(m, val)["logits"].argmax(1) == val.labels.numpy()))
+
+    return fit(model, len(train), loss_fn, evaluate, cfg, "val_softmax_acc", log,
+               order_fn=lambda gen: class_groups(train.labels, group_size, gen))
