@@ -203,9 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.group_size < 2 or args.batch_size % args.group_size:
-        p.error(f"--group-size must be >= 2 and divide --batch-size {args.batch_size}, not {args.group_size}")
     names = ["lenet", "mu_lenet", "pair_lenet"] if args.model == "all" else [args.model]
+    if "group_lenet" in names and (args.group_size < 2 or args.batch_size % args.group_size):
+        p.error(f"--group-size must be >= 2 and divide --batch-size {args.batch_size}, not {args.group_size}")
     if "mu_lenet" in names and "lenet" not in names and not (args.out / "lenet.onnx").is_file():
         p.error(f"mu_lenet needs {args.out / 'lenet.onnx'}: train --model lenet first")
     t0 = time.perf_counter()
