@@ -35,10 +35,14 @@ class ModelRef:
     pool: str = "auto"
     layers: tuple[str, ...] = ()  # every layer of the run for this model, forward order (a sweep)
     projections: dict[str, Any] = field(default_factory=dict)  # layer -> random projection record
+    # The layer the suite (or the model's default output) names: known leaks are documented there.
+    declared_layer: str | None = None
 
     def __post_init__(self) -> None:
         if not self.layers:
             self.layers = (self.layer,)
+        if self.declared_layer is None:
+            self.declared_layer = self.layer
 
     def at(self, layer: str) -> "ModelRef":
         """The same model read at another layer of the sweep."""
@@ -191,7 +195,8 @@ class Audit:
             if pre.pop("adapt_size", None) and h and w:
                 pre["size"] = (h, w)
             pre.update(dict(self.settings.preprocess))
-            return ModelRef(emb.name, emb, layer, Preprocess(**pre), user=True, pool=self.settings.pool)
+            return ModelRef(emb.name, emb, layer, Preprocess(**pre), user=True, pool=self.settings.pool,
+                            declared_layer=suite.section("suite").get("user_layer") or emb.default_layer)
         entry = suite.section("models").get(name)
         if entry is None:
             raise KeyError(f"suite {suite.name} has no model {name!r}")
