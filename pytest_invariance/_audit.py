@@ -382,12 +382,10 @@ class Audit:
 
 
 def _as_dtype(X: "np.ndarray", dtype: str) -> "np.ndarray":
-    """The rounding :func:`~pytest_invariance.embeddings.extract` applies: float16 unless out of its range."""
-    import numpy as np
+    """The rounding :func:`~pytest_invariance.embeddings.extract` applies (one rule for both)."""
+    from .embeddings._extract import as_dtype
 
-    if dtype == "float16" and np.abs(X).max(initial=0) > np.finfo(np.float16).max:
-        return X
-    return X.astype(dtype, copy=False)
+    return as_dtype(X, dtype)
 
 
 def study_name(key: Any) -> str:

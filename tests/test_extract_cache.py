@@ -78,3 +78,25 @@ def test_batched_fetch_equals_per_item(images):
     batched = fetch_batch(s, idx).numpy()
     single = np.stack([s[i].numpy() for i in idx])
     np.testing.assert_allclose(batched, single, atol=1e-6)
+
+
+def test_float16_extraction_does_not_depend_on_where_the_first_overflow_falls(model):
+    # Dark images stay in half range; the last one, bright and scaled up, does not: the whole
+    # layer must then be full float32, whatever the batch size (no half-rounded rows before it).
+    pixels = np.zeros((20, 28, 28), dtype=np.uint8)
+    pixels[::3] = 40
+    pixels[-1] = 255
+    images = ArrayImageSet(pixels, pd.DataFrame({"y": np.arange(20) % 2}), name="overflow")
+    pre = Preprocess(scale=3e5)
+    full = extract(model, images, preprocess=pre, batch_size=20)
+    assert np.abs(full).max() > np.finfo(np.float16).max > np.abs(full[:-1]).max()
+    for batch_size in (4, 7, 20):
+        half = extract(model, images, preprocess=pre, batch_size=batch_size, dtype="float16")
+        assert half.dtype == np.float32
+        np.testing.assert_array_equal(half, full)
+    # in range everywhere: rounded to half precision, the same for every batch size
+    small = extract(model, images, preprocess=Preprocess(scale=1.0), batch_size=20)
+    for batch_size in (4, 20):
+        half = extract(model, images, preprocess=Preprocess(scale=1.0), batch_size=batch_size, dtype="float16")
+        assert half.dtype == np.float16
+        np.testing.assert_array_equal(half, small.astype(np.float16))

@@ -151,13 +151,39 @@ def _store(out: dict[str, np.ndarray], project: dict[str, Any], projections: dic
         out[layer] = np.empty((rows, min(emb.shape[1], max_dim or emb.shape[1])), dtype=dtype)
     emb = project[layer](emb)
     if out[layer].dtype == np.float16 and np.abs(emb).max(initial=0) > np.finfo(np.float16).max:
-        out[layer] = out[layer].astype(np.float32)  # out of half range: keep full precision
+        raise _HalfOverflow(layer)  # the rows before were rounded already: start again in float32
     out[layer][offset: offset + len(emb)] = emb
+
+
+class _HalfOverflow(Exception):
+    """A layer's values left float16's range part-way through a half-precision extraction."""
+
+
+def as_dtype(X: np.ndarray, dtype: str) -> np.ndarray:
+    """``X`` rounded to ``dtype``; ``"float16"`` keeps float32 when a value is out of half range
+    (65,504). The rule is applied to the whole layer, so it never depends on the batch size."""
+    if dtype == "float16" and np.abs(X).max(initial=0) > np.finfo(np.float16).max:
+        return X
+    return X.astype(dtype, copy=False)
 
 
 def _run(embedder: "Embedder", images: "ImageSet", layers: list[str], preprocess: Preprocess, pool: str,
          batch_size: int, workers: int, progress: bool, label: str, dtype: str, max_dim: int, seed: int,
          projections: dict[str, Any]) -> dict[str, np.ndarray]:
+    """One pass over ``images`` for ``layers`` in ``dtype``; a float16 pass whose values overflow
+    is run again in float32 and then rounded layer by layer (:func:`as_dtype`)."""
+    try:
+        return _run_pass(embedder, images, layers, preprocess, pool, batch_size, workers, progress, label,
+                         dtype, max_dim, seed, projections)
+    except _HalfOverflow:
+        full = _run_pass(embedder, images, layers, preprocess, pool, batch_size, workers, progress, label,
+                         "float32", max_dim, seed, projections)
+        return {layer: as_dtype(arr, dtype) for layer, arr in full.items()}
+
+
+def _run_pass(embedder: "Embedder", images: "ImageSet", layers: list[str], preprocess: Preprocess, pool: str,
+              batch_size: int, workers: int, progress: bool, label: str, dtype: str, max_dim: int, seed: int,
+              projections: dict[str, Any]) -> dict[str, np.ndarray]:
     from torch.utils.data import DataLoader
 
     from ._project import LayerProjection
@@ -173,29 +199,31 @@ def _run(embedder: "Embedder", images: "ImageSet", layers: list[str], preprocess
     project: dict[str, LayerProjection] = {}
     per_pass = 1  # images per forward until the first one tells how large the activations are
     offset = 0
-    for batch in loader:
-        if embedder.backend == "torch":
-            # torch models take the tensor as is: on CUDA the pinned batch is copied
-            # asynchronously and preprocessed on the GPU.
-            x = preprocess(batch.to(embedder.device, non_blocking=True) if cuda else batch)
-        else:
-            x = preprocess(batch).numpy()
-        start = 0
-        while start < len(x):
-            chunk = x[start:start + per_pass]
-            n = len(chunk)
-            raw = embedder.forward_many(chunk, layers)
-            if start == 0 and offset == 0:
-                per_pass = _images_per_pass(raw, n, batch_size)
-            embs = pool_outputs(embedder, raw, pool)
-            del raw  # the raw maps of every layer: the largest arrays of a sweep
-            for layer, emb in embs.items():
-                _store(out, project, projections, layer, emb, offset, len(images), max_dim, seed, dtype,
-                       f"{embedder.name} layer {layer}")
-            offset += n
-            start += n
-            shown.update(n)
-    shown.close()
+    try:
+        for batch in loader:
+            if embedder.backend == "torch":
+                # torch models take the tensor as is: on CUDA the pinned batch is copied
+                # asynchronously and preprocessed on the GPU.
+                x = preprocess(batch.to(embedder.device, non_blocking=True) if cuda else batch)
+            else:
+                x = preprocess(batch).numpy()
+            start = 0
+            while start < len(x):
+                chunk = x[start:start + per_pass]
+                n = len(chunk)
+                raw = embedder.forward_many(chunk, layers)
+                if start == 0 and offset == 0:
+                    per_pass = _images_per_pass(raw, n, batch_size)
+                embs = pool_outputs(embedder, raw, pool)
+                del raw  # the raw maps of every layer: the largest arrays of a sweep
+                for layer, emb in embs.items():
+                    _store(out, project, projections, layer, emb, offset, len(images), max_dim, seed, dtype,
+                           f"{embedder.name} layer {layer}")
+                offset += n
+                start += n
+                shown.update(n)
+    finally:
+        shown.close()
     if not out:
         raise EmbeddingError(f"{label or images!r}: no images to embed")
     return out
