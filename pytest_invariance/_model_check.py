@@ -73,6 +73,25 @@ def fed_shape(suite: Suite, ref: "ModelRef") -> tuple[int, int, int] | None:
     return int(c), int(h), int(w)
 
 
+def layer_widths(suite: Suite, ref: "ModelRef", seed: int = 0) -> dict[str, int] | None:
+    """Width of each selected layer's embedding (after the pool rule) from one forward of a
+    seeded random image at the size the suite feeds; None when no size is known."""
+    import numpy as np
+    import torch
+
+    e = ref.embedder
+    shape = fed_shape(suite, ref)
+    if shape is None:
+        c, h, w = (tuple(e.input_shape) + (None, None, None))[:3] if e.input_shape else (None, None, None)
+        h, w = ref.preprocess.size or (h, w)
+        if h is None or w is None:
+            return None
+        shape = (int(ref.preprocess.channels or c or 3), int(h), int(w))
+    rng = np.random.default_rng(seed)
+    x = ref.preprocess(torch.from_numpy(rng.random((1, *(suite.input_shape or shape)), dtype=np.float32)))
+    return {layer: int(v.shape[1]) for layer, v in e.embed_many(x.numpy(), list(ref.layers), pool=ref.pool).items()}
+
+
 def probe(suite: Suite, ref: "ModelRef", seed: int = 0) -> str | None:
     """One forward before the tests: the reason the model does not fit the suite, or None.
 

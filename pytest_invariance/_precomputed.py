@@ -15,6 +15,7 @@ import pytest
 if TYPE_CHECKING:
     from ._audit import Audit
     from .checks import Suite
+    from ._audit import ModelRef
     from .embeddings._parquet import ParquetEmbeddings
 
 OPT = "--invariance-embeddings"
@@ -53,12 +54,30 @@ def check_at_start(audit: "Audit", suites: Iterable["Suite"]) -> tuple[dict[str,
             for layer in ref.layers:  # every selected layer must be a column, made this way
                 src.check_run(sha256=ref.embedder.sha256 if s.model else None, layer=layer, pool=ref.pool,
                               preprocessing=ref.preprocess.to_dict() if s.model else None)
+            if s.model:
+                _check_widths(audit, suite, ref, src)
             _check_celeba_ids(audit, suite, src)
     except InvarianceError as exc:
         from .errors import StudyError
 
         raise pytest.UsageError(str(exc.cause if isinstance(exc, StudyError) else exc)) from None
     return reasons, lines
+
+
+def _check_widths(audit: "Audit", suite: "Suite", ref: "ModelRef", src: "ParquetEmbeddings") -> None:
+    """With --model, each layer's vectors must be as wide as the model's read-out of that layer:
+    metadata can be copied, the width cannot lie (a mismatch would probe other numbers)."""
+    from ._model_check import layer_widths
+    from .errors import InvalidParameterError
+
+    widths = layer_widths(suite, ref, audit.seed)
+    for layer, width in (widths or {}).items():
+        have = src.width(layer)
+        if have != width:
+            raise InvalidParameterError(
+                f"--invariance-embeddings {src.path}: layer {layer!r} holds {have}-wide vectors but --model "
+                f"{ref.embedder.path} reads {width} there (pool {ref.pool}); re-extract the shards with this "
+                "model (pytest-invariance extract), or drop --model")
 
 
 def _check_celeba_ids(audit: "Audit", suite: "Suite", src: "ParquetEmbeddings") -> None:

@@ -206,6 +206,28 @@ def test_shards_of_another_model_are_refused_once(suite, faces, shards, tmp_path
                               "extracted from, or drop --model"])
 
 
+def test_shards_narrower_than_the_models_layer_are_refused_once(suite, faces, shards, tmp_path):
+    # the metadata is the model's (copied), the vectors are not: only their width can tell
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    narrow = tmp_path / "narrow"
+    narrow.mkdir()
+    for f in sorted(shards.glob("*.parquet")):
+        table = pq.read_table(f)
+        layer = [c for c in table.column_names if c != "id"][0]
+        X = np.stack(table.column(layer).to_numpy(zero_copy_only=False))[:, :16].astype(np.float32)
+        cut = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), 16)
+        pq.write_table(table.set_column(table.column_names.index(layer), layer, cut)
+                       .replace_schema_metadata(table.schema.metadata), narrow / f.name)
+    root, model = faces
+    ran, doc = _run(suite, "audits/factors", f"--invariance-data-dir={root}", f"--model={model}",
+                    f"--invariance-embeddings={narrow}")
+    assert ran.ret == 4 and doc is None  # a usage error before any test, not 16-wide figures
+    ran.stderr.fnmatch_lines(["ERROR: --invariance-embeddings *: layer * holds 16-wide vectors but --model * reads "
+                              "128 there (pool auto); re-extract the shards with this model*"])
+
+
 def test_duplicate_ids_stop_the_run_at_start_up(suite, faces, shards, tmp_path):
     bad = tmp_path / "dup"
     shutil.copytree(shards, bad)

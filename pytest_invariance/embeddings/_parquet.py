@@ -304,6 +304,14 @@ class ParquetEmbeddings:
                             "extract embeddings for every image the suite audits")
         return pos
 
+    def width(self, layer: str) -> int:
+        """Length of ``layer``'s vectors, read from the first shard's first row."""
+        import pyarrow.parquet as pq
+
+        self.check_layer(layer)
+        column = pq.read_table(self.files[0], columns=[layer]).column(layer)
+        return int(to_matrix(column.slice(0, 1), layer).shape[1])
+
     def lookup(self, ids: Sequence[str], layer: str, what: str = "") -> np.ndarray:
         """float32 ``[len(ids), D]`` of ``layer`` in the order of ``ids``, one shard in memory at a time."""
         import pyarrow.parquet as pq
