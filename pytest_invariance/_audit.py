@@ -183,13 +183,14 @@ class Audit:
             return self._precomputed_model()
         if self.settings.model:
             emb = self.load(model_spec(self.settings))  # type: ignore[arg-type]
-            layer = suite.section("suite").get("user_layer") or emb.default_layer
             if self.settings.layer_patterns:
                 layer = emb.default_layer  # replaced by the selected layers (see model())
-            elif layer.partition("#")[0] not in emb.layers():
-                from .models._common import unknown_layer
+            else:
+                from .models._common import default_layer, unknown_layer
 
-                raise unknown_layer(layer, emb.layers(), emb.path)
+                layer = suite.section("suite").get("user_layer") or default_layer(emb)
+                if layer.partition("#")[0] not in emb.layers():
+                    raise unknown_layer(layer, emb.layers(), emb.path)
             pre = {k: v for k, v in pre.items() if k in PROTOCOL_KEYS}
             c, h, w = emb.input_shape
             if pre.pop("adapt_size", None) and h and w:

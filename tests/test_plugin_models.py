@@ -69,3 +69,54 @@ def test_models_that_cannot_be_read_are_one_line_before_any_test(toy, kind, line
     result.stderr.fnmatch_lines([line])
     out = result.stdout.str() + result.stderr.str()
     assert "Traceback" not in out and "FAILED" not in out and out.count(name) <= 3
+
+
+def _two_heads(order: str):
+    """tiny_cnn's 10 outputs as the embedding, plus a 3-way head: returned in ``order``."""
+    import torch
+    from torch import nn
+
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = tiny_cnn(seed=4), nn.Linear(10, 3)
+
+        def forward(self, x):
+            e = self.body(x)
+            return (e, self.head(e)) if order == "embedding,logits" else (self.head(e), e)
+
+    torch.manual_seed(1)
+    return TwoHeads().eval()
+
+
+@pytest.mark.parametrize("order", ["embedding,logits", "logits,embedding"])
+def test_a_model_with_several_outputs_is_refused_until_one_is_named(toy, order):
+    export_onnx(_two_heads(order), toy.path / "two.onnx", output_names=tuple(order.split(",")))
+    result = toy.runpytest_subprocess("audits", "--model", "two.onnx", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *two.onnx has 2 outputs (*); which one is the embedding is not known: "
+                                 "name it with --layer NAME"])
+    assert "'embedding' [?, 10]" in result.stderr.str() and "'logits' [?, 3]" in result.stderr.str()
+    assert "FAILED" not in result.stdout.str()
+    # Named, it reads that output: the figure equals the embedding model's own output.
+    result = toy.runpytest_subprocess("audits", "--model", "two.onnx", "--layer", "embedding", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    named = results(toy)["checks"][0]["value"]
+    export_onnx(tiny_cnn(seed=4), toy.path / "one.onnx")
+    toy.runpytest_subprocess("audits", "--model", "one.onnx", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    assert named == pytest.approx(results(toy)["checks"][0]["value"], abs=1e-6)
+
+
+def test_a_torch_model_returning_several_values_is_refused_at_start_up(toy):
+    from pathlib import Path
+
+    (toy.path / "heads.py").write_text(f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+                                       "from test_plugin_models import _two_heads\n\n"
+                                       "def make():\n    return _two_heads('logits,embedding')\n")
+    result = toy.runpytest_subprocess("audits", "--model", "heads:make", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: heads:make returns 2 values (0: [[]4, 3[]], 1: [[]4, 10[]]), so its 'output' "
+                                 "layer is ambiguous; name the module that produces the embedding with --layer*"])
+    assert "FAILED" not in result.stdout.str() and "Traceback" not in result.stdout.str()
+    result = toy.runpytest_subprocess("audits", "--model", "heads:make", "--layer", "body", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)

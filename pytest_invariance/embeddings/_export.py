@@ -20,6 +20,7 @@ import numpy as np
 from ..data._source import ImageSet, fetch_batch
 from ..errors import DataError, InvalidParameterError
 from ._parquet import ShardMeta, write_shard
+from ..models._common import default_layer
 
 if TYPE_CHECKING:
     import torch
@@ -237,7 +238,7 @@ def folder_job(settings: "Settings", image_dir: Path, layers: Sequence[str], sha
     paths = [found[n] for n in names]
     images = FileImageSet(paths, pd.DataFrame({"image": names}), size=size,  # type: ignore[arg-type]
                           fingerprint=files_fingerprint(paths, [], "extract", size))
-    ref = ModelRef(emb.name, emb, (settings.layer or (emb.default_layer,))[0], pre, True, pool=settings.pool)
+    ref = ModelRef(emb.name, emb, (settings.layer or (default_layer(emb),))[0], pre, True, pool=settings.pool)
     return _job(settings, spec, ref, layers, {"images": images}, shard_rows, f"folder {image_dir}")  # type: ignore[arg-type]
 
 

@@ -29,6 +29,18 @@ def unknown_layer(layer: str, available: list[str], model: str) -> LayerNotFound
     return LayerNotFoundError(f"layer {layer!r} is not in {model}.{hint} Available layers: {shown}")
 
 
+def default_layer(embedder: "object", option: str = "--layer") -> str:
+    """The layer read when none is named: the model's output. A graph with several outputs
+    (``embedding, logits`` in either order) is refused, naming them: reading the first
+    would audit whichever the exporter happened to list first."""
+    shapes = getattr(embedder, "output_shapes", lambda: {})()
+    if len(shapes) > 1:
+        shown = ", ".join(f"{n!r} [{', '.join('?' if d is None else str(d) for d in dims)}]" for n, dims in shapes.items())
+        raise LayerNotFoundError(f"{getattr(embedder, 'path', 'the model')} has {len(shapes)} outputs ({shown}); "
+                                 f"which one is the embedding is not known: name it with {option} NAME")
+    return embedder.default_layer  # type: ignore[attr-defined, no-any-return]
+
+
 def check_batch(batch: "np.ndarray | object", input_shape: tuple[int | None, ...], model: str) -> None:
     """Raise InputShapeError unless ``batch`` is ``[N, C, H, W]`` matching the declared (C, H, W)."""
     shape = tuple(batch.shape)  # type: ignore[attr-defined]

@@ -74,7 +74,8 @@ class OnnxEmbedder:
         self.contract = self._read_contract(input_layout)
         self.input_shape = self.contract.chw
         self.layer_layout = layer_layout
-        self.default_layer = graph.output[0].name
+        self.outputs = [o.name for o in graph.output]
+        self.default_layer = self.outputs[0]
         self._float_types = self._tensor_types()
         self._sessions: dict[tuple[str, ...], Any] = {}
 
@@ -136,6 +137,10 @@ class OnnxEmbedder:
         for out in g.output:
             order.setdefault(out.name, out.type.tensor_type.elem_type)
         return order
+
+    def output_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        """Each graph output's declared shape (None: dynamic)."""
+        return {o.name: tuple(_dims(o)) for o in self._model.graph.output}
 
     def layers(self) -> list[str]:
         # float32/16/64; 0 = unknown (shape inference could not tell): keep those.

@@ -286,6 +286,19 @@ def _first(out: Any) -> Any:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def _model_output(out: Any, path: str) -> Any:
+    """The model's own output as one tensor. A model that returns several (``(embedding,
+    logits)``) is refused: which one is the embedding is not ours to guess."""
+    if isinstance(out, dict) or (isinstance(out, (tuple, list)) and len(out) != 1):
+        parts = list(out.items()) if isinstance(out, dict) else list(enumerate(out))
+        shown = ", ".join(f"{k}: {list(v.shape) if hasattr(v, 'shape') else type(v).__name__}" for k, v in parts)
+        raise LayerNotFoundError(
+            f"{path} returns {len(parts)} values ({shown}), so its 'output' layer is ambiguous; name the "
+            "module that produces the embedding with --layer (see --invariance-list-layers), or pass "
+            "--model module:factory returning a model whose output is the embedding")
+    return _first(out)
+
+
 class TorchEmbedder:
     """A torch model; layers are module paths (``named_modules``) plus ``output``, ``#k`` for the k-th call."""
 
@@ -355,7 +368,7 @@ class TorchEmbedder:
             for h in handles:
                 h.remove()
         if OUTPUT in captured:
-            captured[OUTPUT], marks[OUTPUT] = [_first(out)], [len(calls) - 1]
+            captured[OUTPUT], marks[OUTPUT] = [_model_output(out, self.path)], [len(calls) - 1]
         acts = {}
         for layer, (name, index) in parsed.items():
             acts[layer] = pick_call(captured[name], layer, index, self.path)
@@ -371,7 +384,7 @@ class TorchEmbedder:
                 ret = next(iter(self.module.graph.return_node().inputs()))
                 lay = script_value_layout(self.module, ret)
                 self._script[layer] = (self.module, "nchw" if lay == "param" else lay)
-            return _first(self.module(x))
+            return _model_output(self.module(x), self.path)
         if layer not in self._script:
             self._script[layer] = _script_layer_fn(self.module, name, index, self.path)
         return self._script[layer][0](x)
@@ -459,7 +472,7 @@ class TorchEmbedder:
         handle = torch.nn.modules.module.register_module_forward_hook(on_any)
         try:
             with torch.inference_mode():
-                out = _first(self.module(self._input(batch)))
+                out = self.module(self._input(batch))
         finally:
             handle.remove()
         counts: dict[str, int] = {}
@@ -469,4 +482,6 @@ class TorchEmbedder:
         for name, shape in seen:
             k[name] += 1
             order.append((f"{name}#{k[name]}" if counts[name] > 1 else name, shape))
-        return order + [(OUTPUT, tuple(out.shape))]
+        # A model that returns several values has no single 'output' layer (see _model_output).
+        single = not isinstance(out, dict) and (not isinstance(out, (tuple, list)) or len(out) == 1)
+        return order + ([(OUTPUT, tuple(_first(out).shape))] if single else [])

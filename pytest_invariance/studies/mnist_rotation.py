@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data import PerturbationSpec, PerturbedImageSet
+from ..errors import LayerNotFoundError
 from ..probes._estimate import Estimate
 
 if TYPE_CHECKING:
@@ -72,12 +73,13 @@ def rotated(audit: "Audit", split: str, protocol: Protocol, subset_seed: int | N
 
 
 def logits_layer(ref: "ModelRef") -> str | None:
-    """The classifier output: declared for bundled models; for a user's model, its output
-    when that is not the audited layer and has one column per digit."""
+    """The classifier output: declared for bundled models; for a user's model, its one
+    output that is not the audited layer (ONNX: the graph's outputs; torch: ``output``).
+    The study uses it only when it has one column per digit."""
     if "logits" in ref.outputs:
         return ref.outputs["logits"]
-    out = ref.embedder.default_layer
-    return out if out != ref.layer else None
+    outs = [o for o in getattr(ref.embedder, "outputs", [ref.embedder.default_layer]) if o != ref.layer]
+    return outs[0] if len(outs) == 1 else None
 
 
 def accuracy_estimate(correct: np.ndarray, chance: float, *, n_bootstrap: int, seed: int, **details: Any) -> Estimate:
@@ -117,7 +119,10 @@ def study_inputs(audit: "Audit", ref: "ModelRef", protocol: Protocol) -> dict[st
             "ytr": train.labels["label"].to_numpy(), "atr": train.labels["rotation"].to_numpy()})
     layer = logits_layer(ref)
     if layer is not None:
-        arrays["logits"] = audit.embed(ref, test, layer=layer, label=f"{ref.name} logits")
+        try:
+            arrays["logits"] = audit.embed(ref, test, layer=layer, label=f"{ref.name} logits")
+        except LayerNotFoundError:  # a torch model returning several values: no single classifier output
+            pass
     return arrays
 
 
