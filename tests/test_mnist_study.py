@@ -81,3 +81,18 @@ def test_a_layer_with_negative_activations_gets_every_figure_and_says_why_no_fig
     assert out["block_diagonal"]["kind"] == "table" and "negative" in out["block_diagonal"]["rows"][0][0]
     assert study_plots("ip1", np.abs(X), y, angle, Protocol(angles=(-45.0, 0.0, 45.0), heatmap_per_cell=2),
                        seed=0)["block_diagonal"]["kind"] == "block_diagonal"
+
+
+def test_a_user_models_classifier_is_its_one_other_output():
+    """A --model LeNet (outputs ip1, logits) gets softmax figures from ``logits``, whichever is audited."""
+    from pytest_invariance._audit import ModelRef
+    from pytest_invariance.embeddings import Preprocess
+    from pytest_invariance.models import load_model
+    from pytest_invariance.studies.mnist_rotation import logits_layer
+
+    root = Path(__file__).resolve().parents[1] / "audits" / "mnist_rotation" / "models"
+    two = load_model(str(root / "lenet.onnx"))
+    assert logits_layer(ModelRef("lenet", two, "ip1", Preprocess(), True)) == "logits"
+    assert logits_layer(ModelRef("lenet", two, "logits", Preprocess(), True)) == "ip1"  # 500 columns: unused
+    one = load_model(str(root / "mu_lenet.onnx"))  # ip1 only: no classifier
+    assert logits_layer(ModelRef("mu_lenet", one, "ip1", Preprocess(), True)) is None
