@@ -378,3 +378,26 @@ def test_crop_box_follows_each_images_size_or_landmarks():
     boxes, how = crop_boxes(lab, box)
     np.testing.assert_allclose(boxes[0], [50, 80, 256, 256], atol=1e-9)
     assert how["method"] == "box placed from each image's landmarks"
+
+
+def test_high_bit_depth_gray_is_scaled_by_its_format_not_its_pixels(tmp_path):
+    """A dark 16-bit photo stays dark; float and 32-bit images with no white level are refused."""
+    from pytest_invariance.data._decode import open_rgb
+
+    face = _face(5).mean(axis=2) / 255.0  # [0, 1]
+    stored = {"full": np.rint(face * 65535), "dark": np.rint(face * 65535 / 256)}
+    means = {}
+    for name, a in stored.items():
+        Image.fromarray(a.astype(np.uint16)).save(tmp_path / f"{name}.png")
+        with open_rgb(tmp_path / f"{name}.png") as im:
+            means[name] = np.asarray(im, np.float64).mean() / 255
+    assert means["full"] == pytest.approx(face.mean(), abs=2e-3)
+    assert means["dark"] == pytest.approx(face.mean() / 256, abs=2e-3)  # was read 256x brighter
+    Image.fromarray(face.astype(np.float32)).save(tmp_path / "unit.tif")
+    with open_rgb(tmp_path / "unit.tif") as im:
+        assert np.asarray(im, np.float64).mean() / 255 == pytest.approx(face.mean(), abs=2e-3)
+    Image.fromarray((face * 300).astype(np.float32)).save(tmp_path / "wide.tif")
+    Image.fromarray((face * 70000).astype(np.int32)).save(tmp_path / "int32.tif")
+    for name in ("wide.tif", "int32.tif"):
+        with pytest.raises(ValueError, match="does not say which value is white"):
+            open_rgb(tmp_path / name)

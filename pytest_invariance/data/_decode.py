@@ -5,7 +5,7 @@ Every file-backed loader decodes through :func:`open_rgb`:
 - the EXIF orientation tag is applied (``PIL.ImageOps.exif_transpose``), so a phone photo
   stored sideways with "rotate 90" metadata is seen upright;
 - any other mode becomes 8-bit RGB: grayscale (``L``, ``I;16``, ``I``, ``F``, ``1``) is
-  repeated into three channels, CMYK is converted by PIL's naive formula (no ICC
+  repeated into three channels (16-bit scaled by its bit depth, :func:`white_level`), CMYK is converted by PIL's naive formula (no ICC
   profile), palette images are expanded, and images with transparency (``RGBA``, ``LA``,
   ``PA``, palette with a transparent colour) are composited on WHITE, the background a
   viewer draws, so a transparent margin does not turn into black pixels.
@@ -59,13 +59,32 @@ def to_rgb(im: "Image.Image") -> "Image.Image":
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     if im.mode.startswith("I") or im.mode == "F":
-        # 16-bit / float gray: map the range to 8 bits instead of clipping at 255
         import numpy as np
 
         a = np.asarray(im, dtype=np.float64)
-        top = 1.0 if im.mode == "F" and a.max() <= 1.0 else 65535.0 if a.max() > 255 else 255.0
-        im = Image.fromarray(np.clip(np.rint(a / top * 255), 0, 255).astype(np.uint8))
+        im = Image.fromarray(np.clip(np.rint(a / white_level(im, a) * 255), 0, 255).astype(np.uint8))
     return im.convert("RGB")
+
+
+def white_level(im: "Image.Image", pixels: "object") -> float:
+    """The value of white in a high-bit-depth gray image, from its format, never from its
+    pixels: a dark 16-bit photo (max 201) is dark, not 8-bit (a data-dependent rule made
+    it 256x brighter than its full-range twin).
+
+    ``I;16*`` (16-bit PNG, TIFF): 65535; ``I`` from a PNG (16-bit stored in 32): 65535;
+    ``F`` with values in [0, 1]: 1. Raises ValueError for 32-bit integer images of other
+    formats and float images outside [0, 1], whose white level the file does not say.
+    """
+    import numpy as np
+
+    a = np.asarray(pixels)
+    if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):
+        return 65535.0
+    if im.mode == "F" and a.size and 0.0 <= float(a.min()) and float(a.max()) <= 1.0:
+        return 1.0
+    kind = "32-bit integer" if im.mode == "I" else "floating-point"
+    raise ValueError(f"{kind} gray image (mode {im.mode}, values {float(a.min()):g} to {float(a.max()):g}): the file "
+                     "does not say which value is white; save it as 8- or 16-bit (or float in [0, 1])")
 
 
 def open_rgb(path: Path) -> "Image.Image":
