@@ -401,3 +401,27 @@ def test_high_bit_depth_gray_is_scaled_by_its_format_not_its_pixels(tmp_path):
     for name in ("wide.tif", "int32.tif"):
         with pytest.raises(ValueError, match="does not say which value is white"):
             open_rgb(tmp_path / name)
+
+
+def test_an_image_edited_in_place_with_its_mtime_restored_changes_the_fingerprint(tmp_path):
+    """cp -p / rsync -a / unpacking an archive restore mtimes: the cache key must see the bytes."""
+    import os
+
+    from pytest_invariance.data.folder import files_fingerprint
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.bmp")
+        Image.fromarray(_face(i)).save(paths[-1])  # BMP: every file the same size
+    before = files_fingerprint(paths, [], "x")
+    st = paths[1].stat()
+    Image.fromarray(_face(7)).save(paths[1])  # another face, same size
+    os.utime(paths[1], ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert paths[1].stat().st_size == st.st_size and paths[1].stat().st_mtime_ns == st.st_mtime_ns
+    assert files_fingerprint(paths, [], "x") != before
+    # moved to another folder with the same bytes: the same key (no needless re-extraction)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for p in paths:
+        (moved / p.name).write_bytes(p.read_bytes())
+    assert files_fingerprint([moved / p.name for p in paths], [], "x") == files_fingerprint(paths, [], "x")
