@@ -3,7 +3,8 @@
 Synthetic features with planted linear signal: a correlated, non-negative (ReLU-like)
 embedding; attribute t is the sign of a noisy random projection, thresholded to a
 CelebA-like positive rate (one attribute at 2 %, like Bald). sklearn fits
-``LinearSVC(class_weight="balanced")`` once per attribute per C, on a subset of the
+``LinearSVC(class_weight="balanced")`` once per attribute per C on the same rows in the probe's units
+(centred, divided by their RMS spread: ``functional.spread``), on a subset of the
 attributes (``--sklearn-targets``) and optionally of the training rows
 (``--sklearn-n-train``); its time is extrapolated linearly to all attributes (fits are
 independent, so this part is exact) and, if rows were subsampled, linearly in rows
@@ -59,6 +60,11 @@ def run_ours(args, Xtr, Ytr, Xv, Yv, Xte, Yte, grid):
 def run_sklearn(args, Xtr, Ytr, Xv, Yv, Xte, Yte, grid, targets):
     from sklearn.svm import LinearSVC
 
+    from pytest_invariance.probes.functional import spread
+
+    # the probe's units: training rows centred and divided by their RMS spread
+    mean, rms = spread(Xtr)
+    Xtr, Xv, Xte = ((A - mean) / rms for A in (Xtr, Xv, Xte))
     bal, t0, c0 = [], time.perf_counter(), time.process_time()
     for t in targets:
         best, best_model = -1.0, None

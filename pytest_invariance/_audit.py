@@ -193,8 +193,11 @@ class Audit:
                     raise unknown_layer(layer, emb.layers(), emb.path)
             pre = {k: v for k, v in pre.items() if k in PROTOCOL_KEYS}
             c, h, w = emb.input_shape
-            if pre.pop("adapt_size", None) and h and w:
+            adapt = pre.pop("adapt_size", None)
+            if adapt and h and w:
                 pre["size"] = (h, w)
+            elif isinstance(adapt, list):  # a dynamic-size model: the size the suite's data is fed at
+                pre["size"] = tuple(adapt)
             pre.update(dict(self.settings.preprocess))
             return ModelRef(emb.name, emb, layer, Preprocess(**pre), user=True, pool=self.settings.pool,
                             declared_layer=suite.section("suite").get("user_layer") or emb.default_layer)

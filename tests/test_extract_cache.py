@@ -100,3 +100,64 @@ def test_float16_extraction_does_not_depend_on_where_the_first_overflow_falls(mo
         half = extract(model, images, preprocess=Preprocess(scale=1.0), batch_size=batch_size, dtype="float16")
         assert half.dtype == np.float16
         np.testing.assert_array_equal(half, small.astype(np.float16))
+
+
+def test_image_files_are_decoded_straight_to_the_models_size(tmp_path):
+    """A fixed-size model reads files resized once (files at its own size: not resized at all),
+    whatever size the loader was set to; a dynamic-size model on the factors suite is fed
+    the folder's size and its preprocessing says so."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    from pytest_invariance._audit import Audit
+    from pathlib import Path
+
+    from pytest_invariance.checks import Suite
+    from pytest_invariance.data.factor_folder import FactorFolder
+    from pytest_invariance.data.folder import FileImageSet, files_fingerprint
+    from pytest_invariance.settings import Settings
+    from pytest_invariance.studies.factors import folder_suite
+    from pytest_invariance.testing import grid_cnn
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    paths = [tmp_path / f"{i}.png" for i in range(6)]
+    for p, a in zip(paths, pixels):
+        Image.fromarray(a).save(p)
+    images = FileImageSet(paths, pd.DataFrame({"image": [p.name for p in paths]}), size=(160, 160),
+                          fingerprint=files_fingerprint(paths, []))
+    import torch
+
+    fixed = export_onnx(grid_cnn(4, 3, 5), tmp_path / "fixed.onnx", input_shape=(3, 32, 32))
+    got = extract(load_model(str(fixed)), images, preprocess=Preprocess(size=(32, 32)))
+    sess = ort.InferenceSession(str(fixed), providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"input": (pixels.transpose(0, 3, 1, 2) / np.float32(255)).astype(np.float32)})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # was 32 -> 160 -> 32: ~1e-3 off
+
+    # dynamic H, W: fed the folder's [data] size, recorded in its preprocessing
+    torch.onnx.export(grid_cnn(4, 3, 5), torch.zeros(1, 3, 32, 32), str(tmp_path / "dyn.onnx"), dynamo=False,
+                      input_names=["input"], output_names=["output"],
+                      dynamic_axes={"input": {0: "n", 2: "h", 3: "w"}, "output": {0: "n"}})
+
+    folder = FactorFolder(tmp_path, images, {}, np.array(["train"] * 6), "seeded", None)
+    base = Suite.load(Path(__file__).resolve().parents[1] / "audits" / "factors" / "invariance.toml")
+    suite = folder_suite(base, folder)
+    for path, size in ((tmp_path / "dyn.onnx", (160, 160)), (fixed, (32, 32))):
+        ref = Audit(Settings(model=str(path))).model(suite, "facenet")
+        assert ref.preprocess.size == size and f"size={size[0]}x{size[1]}" in ref.preprocess.describe()
+
+
+def test_a_nan_embedding_names_its_image_file(tmp_path):
+    from PIL import Image
+
+    from pytest_invariance.data.folder import FileImageSet, files_fingerprint
+    from pytest_invariance.errors import EmbeddingError
+
+    paths = [tmp_path / f"face_{i}.png" for i in range(3)]
+    for p in paths:
+        Image.fromarray(np.zeros((28, 28), np.uint8)).save(p)
+    images = FileImageSet(paths, pd.DataFrame({"image": [p.name for p in paths]}), size=(28, 28),
+                          fingerprint=files_fingerprint(paths, []))
+    nan = load_model(str(export_onnx(tiny_cnn(nan=True), tmp_path / "nan.onnx")))
+    with pytest.raises(EmbeddingError, match=r"embedding of image 'face_0.png' \(row 0\) contains NaN/Inf"):
+        extract(nan, images, preprocess=Preprocess(channels=1))

@@ -155,11 +155,20 @@ def test_unscaled_post_relu_features_match_liblinear(transform):
     X = Z + 1000 if transform == "offset by 1000" else Z * 100
     tr, te = slice(0, 1500), slice(1500, n)
     for C in (0.01, 1.0):
+        # the solver alone, on the raw features: liblinear's optimum
+        sol = fit_squared_hinge_svm(X[tr], np.where(y[tr, None] > 0, 1.0, -1.0), np.array([C]), np.array([0]),
+                                    tol=1e-4, max_iter=100)  # the probe's defaults
+        raw = svm.LinearSVC(C=C, class_weight="balanced", tol=1e-6, max_iter=50_000).fit(X[tr], y[tr])
+        ours = _liblinear_objective(X[tr], y[tr], sol.coef[0], sol.intercept[0], C)
+        theirs = _liblinear_objective(X[tr], y[tr], raw.coef_[0], raw.intercept_[0], C)
+        assert sol.converged.all() and abs(ours - theirs) / theirs < 1e-3, (C, ours, theirs)
+        # the probe: liblinear's optimum on the rows in spread units, weights mapped back
         p = AttributeSVMProbe(C_grid=(C,), n_permutations=0, n_bootstrap=0).fit(X[tr], y[tr, None], X[tr], y[tr, None])
-        ref = svm.LinearSVC(C=C, class_weight="balanced", tol=1e-6, max_iter=50_000).fit(X[tr], y[tr])
+        Z = (X - p.center_) / p.scale_
+        ref = svm.LinearSVC(C=C, class_weight="balanced", tol=1e-6, max_iter=50_000).fit(Z[tr], y[tr])
         assert p.converged_.all()
-        ours = _liblinear_objective(X[tr], y[tr], p.coef_[0], p.intercept_[0], C)
-        theirs = _liblinear_objective(X[tr], y[tr], ref.coef_[0], ref.intercept_[0], C)
+        ours = _liblinear_objective(Z[tr], y[tr], p.coef_[0] * p.scale_, p.intercept_[0] + p.center_ @ p.coef_[0], C)
+        theirs = _liblinear_objective(Z[tr], y[tr], ref.coef_[0], ref.intercept_[0], C)
         assert abs(ours - theirs) / theirs < 1e-3, (C, ours, theirs)
         got = 1 - p.evaluate(X[te], y[te, None])["attr_0"]["balanced_error"].value
-        assert got == pytest.approx(bal_acc(y[te], ref.predict(X[te])), abs=0.005)
+        assert got == pytest.approx(bal_acc(y[te], ref.predict(Z[te])), abs=0.005)

@@ -66,6 +66,16 @@ class FileImageSet(ImageSet):
         self.conversions = dict(conversions or {})
         self.fingerprint = fingerprint
 
+    def at_size(self, size: tuple[int, int] | None) -> "FileImageSet":
+        """The same images decoded straight to ``size`` (H, W): one resampling from the
+        file instead of two (the loader's size, then the model's). None: unchanged."""
+        if size is None or tuple(size) == self.size:
+            return self
+        size = (int(size[0]), int(size[1]))
+        fp = hashlib.sha256(f"{self.fingerprint}|size={size}".encode()).hexdigest()[:32]
+        return FileImageSet(self.paths, self.labels, size=size, fingerprint=fp, boxes=self.boxes,
+                            n_skipped=self.n_skipped, conversions=self.conversions)
+
     def ids(self) -> list[str] | None:
         """CelebA's ``image_id`` (file name) or a labels.csv's ``image`` path, as written."""
         for col in ("image_id", "image"):

@@ -244,6 +244,9 @@ def folder_job(settings: "Settings", image_dir: Path, layers: Sequence[str], sha
 
 def _job(settings: "Settings", spec: str, ref: "ModelRef", layers: Sequence[str], images: dict[str, ImageSet],
          shard_rows: int, dataset: str) -> ExtractJob:
+    from ._extract import decoded_at
+
+    images = {k: decoded_at(v, ref.preprocess) for k, v in images.items()}  # as the audit decodes them
     layers = list(layers) or list(ref.layers)
     known = ref.embedder.layers()
     for layer in layers:

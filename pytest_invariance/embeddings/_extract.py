@@ -18,12 +18,13 @@ if TYPE_CHECKING:
     from ..models import Embedder
 
 
-def _check_finite(out: np.ndarray, offset: int, what: str) -> None:
+def _check_finite(out: np.ndarray, offset: int, what: str, ids: "list[str] | None" = None) -> None:
     bad = ~np.isfinite(out)
     if bad.any():
-        row = int(np.nonzero(bad.any(axis=1))[0][0])
+        row = offset + int(np.nonzero(bad.any(axis=1))[0][0])
+        which = f"image {ids[row]!r} (row {row})" if ids else f"sample {row}"
         raise EmbeddingError(
-            f"{what}: embedding of sample {offset + row} contains NaN/Inf "
+            f"{what}: embedding of {which} contains NaN/Inf "
             f"({int(bad.any(axis=1).sum())} bad samples in this batch); check the model's numerics "
             "at this layer and the preprocessing (scale/mean/std)"
         )
@@ -55,6 +56,14 @@ def extract(embedder: "Embedder", images: "ImageSet", *, layer: str | None = Non
                           max_dim=max_dim, seed=seed)[layer]
 
 
+def decoded_at(images: "ImageSet", preprocess: Preprocess) -> "ImageSet":
+    """Image files decoded straight to the size the model is fed (one resampling, not the
+    loader's size and then the model's: 64x64 files went 64 -> 160 -> 64); other image
+    sets as they are."""
+    at_size = getattr(images, "at_size", None)
+    return at_size(preprocess.size) if at_size is not None and preprocess.size else images
+
+
 def extract_layers(embedder: "Embedder", images: "ImageSet", layers: list[str], *,
                    preprocess: Preprocess | None = None, pool: str = "auto", batch_size: int = 256,
                    cache: EmbeddingCache | None = None, workers: int = 0, progress: bool = False,
@@ -70,6 +79,7 @@ def extract_layers(embedder: "Embedder", images: "ImageSet", layers: list[str], 
     written into ``projections[layer]`` (None when the layer was kept as is).
     """
     preprocess = preprocess or Preprocess()
+    images = decoded_at(images, preprocess)
     layers = list(dict.fromkeys(layers))
     parts = {layer: _key_parts(embedder, images, layer, preprocess, pool, dtype) for layer in layers}
     projections = {} if projections is None else projections
@@ -140,11 +150,12 @@ def _images_per_pass(raw: dict[str, np.ndarray], n: int, batch_size: int) -> int
 
 
 def _store(out: dict[str, np.ndarray], project: dict[str, Any], projections: dict[str, Any], layer: str,
-           emb: np.ndarray, offset: int, rows: int, max_dim: int, seed: int, dtype: str, what: str) -> None:
+           emb: np.ndarray, offset: int, rows: int, max_dim: int, seed: int, dtype: str, what: str,
+           ids: "list[str] | None" = None) -> None:
     """Check, project and write one layer's rows ``offset:offset+len(emb)`` of ``out[layer]``."""
     from ._project import LayerProjection
 
-    _check_finite(emb, offset, what)
+    _check_finite(emb, offset, what, ids)
     if layer not in out:  # allocate once we know D; never hold the images themselves
         project[layer] = LayerProjection(emb.shape[1], max_dim=max_dim, seed=seed)
         projections[layer] = project[layer].record()
@@ -197,6 +208,7 @@ def _run_pass(embedder: "Embedder", images: "ImageSet", layers: list[str], prepr
     shown = bar(len(images), label or f"{embedder.name}:{what}", progress, unit="img")
     out: dict[str, np.ndarray] = {}
     project: dict[str, LayerProjection] = {}
+    ids = images.ids()  # to name an image whose embedding is NaN
     per_pass = 1  # images per forward until the first one tells how large the activations are
     offset = 0
     try:
@@ -218,7 +230,7 @@ def _run_pass(embedder: "Embedder", images: "ImageSet", layers: list[str], prepr
                 del raw  # the raw maps of every layer: the largest arrays of a sweep
                 for layer, emb in embs.items():
                     _store(out, project, projections, layer, emb, offset, len(images), max_dim, seed, dtype,
-                           f"{embedder.name} layer {layer}")
+                           f"{embedder.name} layer {layer}", ids)
                 offset += n
                 start += n
                 shown.update(n)

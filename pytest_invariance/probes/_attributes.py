@@ -55,15 +55,21 @@ class AttributeSVMProbe(ProbeMixin):
         the solver's memory. The bootstrap CI covers the test rows only, not the choice
         of subsample; docs/scale.md measures how much the figures move with it.
 
-    Features are used as given: the solver standardises them internally by an exact change
-    of variables, so ``coef_`` is in the original units and the objective is liblinear's
-    even for unscaled features (large offsets, raw activations). A fit that stops at
+    Units: the SVM is fit on the training rows centred at their mean and divided by their
+    RMS distance to it (:func:`functional.spread`), so C means the same for every
+    embedding and a figure does not change when the embedding is scaled or shifted (with
+    liblinear's objective on raw features, a fixed C grid lands elsewhere on the
+    bias-variance trade-off for each scale: an embedding scaled by 1e-3 got constant
+    predictions). The objective is liblinear's on those rows; ``coef_`` and
+    ``intercept_`` are mapped back to the embedding's units. A fit that stops at
     ``max_iter`` warns and is flagged ``converged = False`` in the figures' details.
 
     Attributes
     ----------
     coef_ : ndarray [T, d]
     intercept_, C_ : ndarray [T]
+    center_ : ndarray [d], scale_ : float
+        The training rows' mean and RMS spread (the SVM's units).
     names_ : list of str
     val_balanced_accuracy_ : ndarray [T, len(C_grid)]
 
@@ -130,8 +136,13 @@ class AttributeSVMProbe(ProbeMixin):
                 out.setdefault(self.names_[t], r)
         return out
 
-    def _solve(self, X: NDArray[Any], Y: NDArray[np.float32], C: NDArray[np.float64], tgt: NDArray[np.int64]) -> F.SVMSolution:
-        return F.fit_squared_hinge_svm(X, Y, C, tgt, tol=self.tol, max_iter=self.max_iter, device=self._device)
+    def _solve(self, Z: NDArray[Any], Y: NDArray[np.float32], C: NDArray[np.float64], tgt: NDArray[np.int64]) -> F.SVMSolution:
+        """Fit on the training rows in spread units ``Z``; weights returned in the embedding's units."""
+        from dataclasses import replace
+
+        sol = F.fit_squared_hinge_svm(Z, Y, C, tgt, tol=self.tol, max_iter=self.max_iter, device=self._device)
+        coef = sol.coef / self.scale_
+        return replace(sol, coef=coef, intercept=sol.intercept - coef @ self.center_)
 
     def fit(self, X_train: Any, Y_train: Any, X_val: Any, Y_val: Any, names: Sequence[str] | None = None) -> "AttributeSVMProbe":
         """Fit every measurable attribute at every C on the training split; keep the best C on validation."""
@@ -168,8 +179,10 @@ class AttributeSVMProbe(ProbeMixin):
         grid = np.asarray(self.C_grid, dtype=np.float64)
         self.n_features_in_ = X.shape[1]
         m = np.flatnonzero(self.measurable_)
-        self._X_train, self._Y_train = X, Y[:, m]  # kept for the permutation refits in evaluate
-        sol = self._solve(X, Y[:, m], np.tile(grid, len(m)), np.repeat(np.arange(len(m)), len(grid)))
+        self.center_, self.scale_ = F.spread(X)
+        Z = ((X - self.center_) / self.scale_).astype(np.float64 if X.dtype == np.float64 else np.float32)
+        self._X_train, self._Y_train = Z, Y[:, m]  # kept for the permutation refits in evaluate
+        sol = self._solve(Z, Y[:, m], np.tile(grid, len(m)), np.repeat(np.arange(len(m)), len(grid)))
         pred = np.where(Xv @ sol.coef.T + sol.intercept > 0, 1.0, -1.0)
         bal = 1.0 - F.binary_rates(np.repeat(Yv[:, m], len(grid), axis=1), pred)["balanced_error"]
         # Both classes are in validation (measurable), so every score is defined.

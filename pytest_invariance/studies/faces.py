@@ -417,7 +417,16 @@ def perturbation_study(audit: "Audit", ref: "ModelRef", images: ImageSet,
     return out
 
 
-ALPHAS = tuple(10.0 ** np.arange(-6, 5))  # unit-norm embeddings need small penalties too
+# Ridge penalties in units of the training rows' mean squared spread (see _ridge_predict):
+# 1e-6 is least squares in all but name, 1e4 predicts the training mean.
+ALPHAS = tuple(10.0 ** np.arange(-6, 5))
+
+
+def penalty_unit(singular_values: "NDArray[np.float64]", n: int) -> float:
+    """``rms**2`` of :func:`~pytest_invariance.probes.functional.spread` from the centred
+    training rows' singular values: the unit of a relative ridge penalty (1 if constant)."""
+    unit = float((singular_values ** 2).sum()) / max(n, 1)
+    return unit if unit > 0 else 1.0
 
 
 def repeated_regression(X: "NDArray[np.floating]", y: "NDArray[np.floating]", groups: "NDArray[Any]",
@@ -473,17 +482,23 @@ def factor_regression(X: "NDArray[np.floating]", y: "NDArray[np.floating]", trai
     mae, chance = per_group.mean(axis=0)
     return Estimate(float(mae), float(lo[0]), float(hi[0]), chance=float(chance), n=len(yte),
                     p_value=float((1 + (boot[:, 0] >= boot[:, 1]).sum()) / (len(boot) + 1)),
-                    details={"alpha": float(ALPHAS[best[0]]), "permutation_mae": float(err[1:].mean()),
+                    details={"alpha": float(ALPHAS[best[0]]), "alpha_unit": "mean squared spread of the training rows",
+                             "permutation_mae": float(err[1:].mean()),
                              "train_identities": len(uniq), "test_identities": len(g),
                              "mae_over_chance": float(mae / chance) if chance else None})
 
 
 def _ridge_predict(Xtr: "NDArray[np.float64]", Ytr: "NDArray[np.floating]", Xte: "NDArray[np.float64]",
                    alphas: Sequence[float]) -> "NDArray[np.float64]":
-    """Ridge predictions ``[len(alphas), len(Xte), k]`` for ``k`` target columns, from one SVD."""
+    """Ridge predictions ``[len(alphas), len(Xte), k]`` for ``k`` target columns, from one SVD.
+
+    ``alphas`` are relative to the training rows' mean squared distance to their mean
+    (:func:`~pytest_invariance.probes.functional.spread`): the penalty is
+    ``alpha * rms**2``, so the predictions do not change when the embedding is scaled.
+    """
     mx, my = Xtr.mean(axis=0), Ytr.mean(axis=0)
     U, s, Vt = np.linalg.svd(Xtr - mx, full_matrices=False)
-    shrink = s / (s**2 + np.asarray(alphas, np.float64)[:, None])  # [A, r]
+    shrink = s / (s**2 + np.asarray(alphas, np.float64)[:, None] * penalty_unit(s, len(Xtr)))  # [A, r]
     proj = (Xte - mx) @ Vt.T  # [m, r]
     return (proj[None] * shrink[:, None, :]) @ (U.T @ (Ytr - my)) + my
 

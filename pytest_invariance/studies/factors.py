@@ -28,6 +28,7 @@ from ..checks import Suite, Threshold
 from ..errors import DataError
 from ..probes._estimate import Estimate
 from ..probes.stats import bootstrap_ci
+from .faces import ALPHAS  # one ridge grid, relative to the embedding's spread
 
 if TYPE_CHECKING:
     from .._audit import Audit, ModelRef
@@ -42,7 +43,6 @@ METRICS = {"binary": ("fn_rate", "fp_rate", "balanced_error"), "categorical": ("
 # mean (the balanced error) is gated by --invariance-gate; a threshold can still gate either.
 GATED_BY_DEFAULT = {"binary": ("balanced_error",), "categorical": ("balanced_accuracy",), "continuous": ("mae", "r2")}
 HEADLINE = {"binary": "balanced_error", "categorical": "balanced_accuracy", "continuous": "mae"}
-ALPHAS = tuple(10.0 ** np.arange(-6, 5))
 FAR = 1e-3
 GATE_OPTION = "--invariance-gate"
 
@@ -142,6 +142,12 @@ def folder_suite(base: "Suite", folder: "FactorFolder") -> "Suite":
     if "preprocess" in folder.config:
         config["preprocess"] = {**folder.config["preprocess"], "adapt_size": folder.config["preprocess"].get(
             "adapt_size", "size" not in folder.config["preprocess"])}
+    pre = dict(config.get("preprocess", {}))
+    if pre.get("adapt_size") is True and folder.images.size:
+        # a --model is fed its own H, W; one with a dynamic size the folder's [data] size,
+        # which its preprocessing then records (it was fed 160x160 and said "none")
+        pre["adapt_size"] = list(folder.images.size)
+    config["preprocess"] = pre
     return Suite(base.name, base.root, config, {**base.thresholds, **folder_thresholds(folder)})
 
 
@@ -204,6 +210,7 @@ def _binary_chance(metric: str, e: Estimate, q: float, positive: str | None) -> 
 def _continuous(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, te: np.ndarray,
                 seed: int) -> dict[str, Estimate]:
     from ..probes import LinearRegressionProbe
+    from ..probes.functional import spread
 
     from .faces import _ridge_predict
 
@@ -215,9 +222,10 @@ def _continuous(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, te
     # the embedding does not hold gets (nearly) the training mean, not a fit to val noise
     ok = err.mean(axis=1) <= err[best].mean() + err[best].std() / np.sqrt(len(va))
     alpha = float(ALPHAS[int(np.flatnonzero(ok).max())])
-    fitted = LinearRegressionProbe(alpha=alpha, random_state=seed).fit(X[tr], y[tr])
+    # the same penalty as the validation fits: relative to the training rows' spread
+    fitted = LinearRegressionProbe(alpha=alpha * spread(X[tr])[1] ** 2, random_state=seed).fit(X[tr], y[tr])
     mae = fitted.evaluate(X[te], y[te])["mae"]
-    mae.details.update(alpha=alpha)
+    mae.details.update(alpha=alpha, alpha_unit="mean squared spread of the training rows")
     sq_err = (fitted.predict(X[te]) - y[te]) ** 2
     sq_dev = (y[te] - y[tr].mean()) ** 2
 
