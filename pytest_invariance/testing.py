@@ -125,3 +125,26 @@ def read_results(pytester: Any, name: str = "reports/results.json") -> dict[str,
     import json
 
     return json.loads((Path(pytester.path) / name).read_text())  # type: ignore[no-any-return]
+
+
+def copy_suite(pytester: Any, *names: str) -> Any:
+    """Copy the repository's ``audits/<name>`` suites into the ``pytester`` folder; returns it."""
+    import shutil
+
+    repo = Path(__file__).resolve().parents[1]
+    for name in names:
+        shutil.copytree(repo / "audits" / name, Path(pytester.path) / "audits" / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    return pytester
+
+
+def run_and_read(pytester: Any, *args: str) -> tuple[Any, dict[str, Any] | None]:
+    """``pytest *args`` in a subprocess of ``pytester``, with no report, cache or shared
+    history, and the results.json it wrote (None when the run stopped before writing one)."""
+    out = Path(pytester.path) / "results.json"
+    if out.exists():
+        out.unlink()
+    result = pytester.runpytest_subprocess(*args, "-p", "no:cacheprovider", "--invariance-no-report",
+                                           f"--invariance-json={out}", "--invariance-history=h.sqlite",
+                                           "--invariance-no-cache", "-rs")
+    return result, (read_results(pytester, out.name) if out.exists() else None)

@@ -18,7 +18,7 @@ import torch.onnx  # noqa: F401  - and re-importing these C extensions would abo
 from PIL import Image
 
 from pytest_invariance.data.celeba import ATTRIBUTES
-from pytest_invariance.testing import export_onnx, grid_cnn
+from pytest_invariance.testing import copy_suite, export_onnx, grid_cnn, run_and_read
 
 SPLIT_SIZES = {"train": 500, "val": 150, "test": 300}
 PLANTED, NOISE = "Smiling", "Wearing_Necklace"
@@ -94,21 +94,12 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture
 def suites(pytester):
     """The real face suites, copied into the pytester folder."""
-    import shutil
-
-    for name in ("face_attributes", "face_pose", "face_perturbation"):
-        shutil.copytree(REPO / "audits" / name, pytester.path / "audits" / name,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    return pytester
+    return copy_suite(pytester, "face_attributes", "face_pose", "face_perturbation")
 
 
 def _run(pytester, *args):
-    out = pytester.path / "results.json"
-    result = pytester.runpytest_subprocess(*args, "-p", "no:cacheprovider", "--invariance-no-report",
-                                           f"--invariance-json={out}", "--invariance-history=h.sqlite",
-                                           "--invariance-no-cache", "-rs")
-    checks = json.loads(out.read_text())["checks"] if out.exists() else []
-    return result, checks
+    result, doc = run_and_read(pytester, *args)
+    return result, (doc or {}).get("checks", [])
 
 
 def test_celeba_suites_skip_without_data_dir(suites, tiny_model):

@@ -9,7 +9,6 @@ checked against references computed another way (scikit-learn, numbers by hand).
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from PIL import Image
 
 from pytest_invariance.data.factor_folder import load_factor_folder, seeded_split
 from pytest_invariance.errors import DataError
-from pytest_invariance.testing import export_onnx, grid_cnn
+from pytest_invariance.testing import copy_suite, export_onnx, grid_cnn, run_and_read
 
 REPO = Path(__file__).resolve().parents[1]
 PLANTED = {"rotation": "mae", "blur": "balanced_accuracy", "occluded": "balanced_error"}
@@ -331,19 +330,12 @@ def test_enrollment_gallery_at_the_most_common_level(lfw_study):
 
 @pytest.fixture
 def suite(pytester):
-    import shutil
-
-    shutil.copytree(REPO / "audits" / "factors", pytester.path / "audits" / "factors",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    return pytester
+    return copy_suite(pytester, "factors")
 
 
 def _run(pytester, *args):
-    out = pytester.path / "results.json"
-    result = pytester.runpytest_subprocess(*args, "-p", "no:cacheprovider", "--invariance-no-report",
-                                           f"--invariance-json={out}", "--invariance-history=h.sqlite",
-                                           "--invariance-no-cache", "-rs")
-    return result, (json.loads(out.read_text())["checks"] if out.exists() else [])
+    result, doc = run_and_read(pytester, *args)
+    return result, (doc or {}).get("checks", [])
 
 
 def test_suite_skips_in_one_line_without_data_dir(suite, grid_model):
