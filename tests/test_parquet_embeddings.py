@@ -10,7 +10,6 @@ that runs the model; bad shards must give one clear error each.
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch  # noqa: F401  - imported once here, like onnx
 
 from pytest_invariance.embeddings._parquet import ParquetEmbeddings, ShardMeta, to_matrix, write_shard
 from pytest_invariance.errors import DataError, InvalidParameterError
-from pytest_invariance.testing import export_onnx, grid_cnn
+from pytest_invariance.testing import copy_suite, export_onnx, grid_cnn, run_and_read
 
 REPO = Path(__file__).resolve().parents[1]
 SHA = "ab" * 32
@@ -164,19 +163,10 @@ def test_local_ray_extraction_equals_in_process(shards, faces, tmp_path):
 
 @pytest.fixture
 def suite(pytester):
-    shutil.copytree(REPO / "audits" / "factors", pytester.path / "audits" / "factors",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    return pytester
+    return copy_suite(pytester, "factors")
 
 
-def _run(pytester, *args):
-    out = pytester.path / "results.json"
-    if out.exists():
-        out.unlink()
-    result = pytester.runpytest_subprocess(*args, "-p", "no:cacheprovider", "--invariance-no-report",
-                                           f"--invariance-json={out}", "--invariance-history=h.sqlite",
-                                           "--invariance-no-cache", "-rs")
-    return result, (json.loads(out.read_text()) if out.exists() else None)
+_run = run_and_read
 
 
 def test_audit_of_the_shards_equals_the_audit_of_the_model(suite, faces, shards):
@@ -226,6 +216,52 @@ def test_shards_narrower_than_the_models_layer_are_refused_once(suite, faces, sh
     assert ran.ret == 4 and doc is None  # a usage error before any test, not 16-wide figures
     ran.stderr.fnmatch_lines(["ERROR: --invariance-embeddings *: layer * holds 16-wide vectors but --model * reads "
                               "128 there (pool auto); re-extract the shards with this model*"])
+
+
+def _spoil(shards: Path, out: Path, kind: str) -> tuple[str, str]:
+    """Copy the shards, spoiling row 5 of the second one the way a pipeline might; returns
+    (the spoiled file's name, what the error must say)."""
+    shutil.copytree(shards, out)
+    f = out / "part-000000064.parquet"
+    table = pq.read_table(f)
+    X = np.stack(table.column("output").to_numpy(zero_copy_only=False)).astype(np.float64)
+    rows = list(X)
+    if kind == "nan":
+        rows[5] = rows[5].copy()
+        rows[5][3] = np.nan
+        col, says = pa.array(rows, pa.list_(pa.float64())), "1 vectors with NaN or Inf"
+    elif kind == "inf":
+        X[5, 0], X[9, 1] = np.inf, -np.inf
+        col, says = pa.FixedSizeListArray.from_arrays(pa.array(X.astype(np.float32).ravel()), X.shape[1]), \
+            "2 vectors with NaN or Inf"
+    elif kind == "ragged":
+        rows[5] = rows[5][:-1]
+        col, says = pa.array(rows, pa.list_(pa.float32())), "1 vectors whose length is not 128 (lengths [127])"
+    elif kind == "null":
+        rows[5] = None
+        col, says = pa.array(rows, pa.list_(pa.float32())), "1 null vectors"
+    elif kind == "narrower_shard":  # one shard of another width: ragged over shards
+        col, says = pa.FixedSizeListArray.from_arrays(pa.array(X[:, :64].astype(np.float32).ravel()), 64), \
+            "holds 64-wide vectors but part-000000000.parquet holds 128-wide ones"
+    else:  # strings: not numbers at all
+        col, says = pa.array([[str(v) for v in r] for r in rows], pa.list_(pa.string())), \
+            "metadata names layer 'output' but it is list<element: string>, not a list of numbers"
+    pq.write_table(table.set_column(1, "output", col).replace_schema_metadata(table.schema.metadata), f)
+    return f.name, says
+
+
+@pytest.mark.parametrize("kind", ["nan", "inf", "ragged", "null", "narrower_shard", "strings"])
+def test_bad_vectors_stop_the_run_once_at_start_up(suite, faces, shards, tmp_path, kind):
+    name, says = _spoil(shards, tmp_path / "bad", kind)
+    ran, doc = _run(suite, "audits/factors", f"--invariance-data-dir={faces[0]}",
+                    f"--invariance-embeddings={tmp_path / 'bad'}", "-n", "2")
+    assert ran.ret == 4 and doc is None  # a usage error before any test, not an ERROR per test
+    err = ran.stderr.str()
+    assert err.count(says) == 1 and f"{name}: column 'output'" in err.replace("metadata names layer", "column"), err
+    assert "--invariance-embeddings" in err
+    if kind in ("nan", "ragged", "null"):  # the row's id is quoted
+        ids = pq.read_table(tmp_path / "bad" / name, columns=["id"]).column("id").to_pylist()
+        assert f"(e.g. ids {ids[5]!r})" in err
 
 
 def test_duplicate_ids_stop_the_run_at_start_up(suite, faces, shards, tmp_path):
@@ -285,10 +321,7 @@ def _own_celeba_shards(folder: Path, celeba: dict, drop: int = 0) -> Path:
 
 @pytest.fixture
 def face_suites(pytester):
-    for name in ("face_attributes", "face_perturbation"):
-        shutil.copytree(REPO / "audits" / name, pytester.path / "audits" / name,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    return pytester
+    return copy_suite(pytester, "face_attributes", "face_perturbation")
 
 
 def test_own_celeba_shards_are_audited_without_the_model(face_suites, tmp_path):

@@ -98,11 +98,14 @@ class ShardMeta:
             pre = _canonical_preprocess(pre, where)
         missing = [name for name in layers if name not in vectors]
         if missing:
-            raise DataError(f"{where}: metadata names layer {missing[0]!r} but the file has no vector column of that "
-                            f"name; vector columns: {vectors or 'none'}")
+            kind = {f.name: f.type for f in schema}.get(missing[0])
+            have = f"it is {kind}, not a list of numbers" if kind is not None else "the file has no column of that name"
+            raise DataError(f"{OPT_EMBEDDINGS}: {where}: metadata names layer {missing[0]!r} but {have}; vector "
+                            f"columns: {vectors or 'none'}")
         if not layers:
-            raise DataError(f"{where}: no vector column (fixed_size_list<float>, list<float> or fixed_shape_tensor) "
-                            f"besides {ID_COLUMN!r}; columns: {schema.names}")
+            raise DataError(f"{OPT_EMBEDDINGS}: {where}: no vector column (a fixed_size_list, list or fixed_shape_tensor "
+                            f"of floats or integers) besides {ID_COLUMN!r}; columns: "
+                            f"{', '.join(f'{f.name} ({f.type})' for f in schema)}")
         extra = {k: v for k, v in meta.items() if k not in ("model_sha256", "layers", "pool", "preprocessing", "model")}
         return cls(meta.get("model_sha256") or None, layers, meta.get("pool") or None, pre, meta.get("model") or None,
                    extra)
@@ -125,12 +128,68 @@ def canonical(d: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(d, sort_keys=True))  # type: ignore[no-any-return]
 
 
-def _is_vector(t: "pa.DataType") -> bool:
+def _is_list(t: "pa.DataType") -> bool:
     pa = require_pyarrow()
     if isinstance(t, pa.BaseExtensionType):  # e.g. arrow.fixed_shape_tensor
         t = t.storage_type
-    return (pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)) and \
-        pa.types.is_floating(t.value_type)
+    return bool(pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t))
+
+
+def _is_vector(t: "pa.DataType") -> bool:
+    """A list of numbers: floats, or integers (quantised embeddings; read as float32)."""
+    pa = require_pyarrow()
+    if isinstance(t, pa.BaseExtensionType):
+        t = t.storage_type
+    return _is_list(t) and (pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type))
+
+
+def check_vectors(path: Path, layers: Sequence[str], ids: Sequence[str], batch_rows: int = 65536) -> dict[str, int]:
+    """Width of each layer's vectors in shard ``path``, read ``batch_rows`` rows at a time
+    (pyarrow compute on each batch; no layer is held whole).
+
+    Raises DataError, one line naming the file, the column, how many rows and example
+    ids, for: null vectors, null values in a vector, vectors of different lengths, NaN or Inf.
+    ``ids``: the shard's ids in row order (for the examples).
+    """
+    pa = require_pyarrow()
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    widths: dict[str, int] = {}
+    pf = pq.ParquetFile(path)
+    for layer in layers:
+        first, width = 0, None
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=[layer]):
+            arr = batch.column(0)
+            if isinstance(arr, pa.ExtensionArray):
+                arr = arr.storage
+            faults = []
+            null = np.flatnonzero(np.asarray(arr.is_null()))
+            if null.size:
+                faults.append(("null vectors", null))
+            lengths = np.asarray(pc.list_value_length(arr).fill_null(-1), dtype=np.int64)
+            width = int(lengths[lengths >= 0][0]) if width is None and (lengths >= 0).any() else width
+            ragged = np.flatnonzero((lengths >= 0) & (lengths != width))
+            if ragged.size:
+                faults.append((f"vectors whose length is not {width} (lengths "
+                               f"{sorted(set(lengths[ragged].tolist()))[:5]})", ragged))
+            values = pc.list_flatten(arr)
+            parent = np.asarray(pc.list_parent_indices(arr))
+            if values.null_count:
+                faults.append(("vectors with null values", np.unique(parent[np.asarray(values.is_null())])))
+            finite = pc.is_finite(pc.cast(values, pa.float64())).fill_null(True)
+            if not pc.all(finite).as_py():
+                faults.append(("vectors with NaN or Inf", np.unique(parent[~np.asarray(finite)])))
+            if faults:
+                what, rows = faults[0]
+                raise DataError(f"{OPT_EMBEDDINGS}: {path}: column {layer!r} has {rows.size} {what} in rows "
+                                f"{first}-{first + len(arr) - 1} (e.g. ids {_examples([ids[first + r] for r in rows])}); "
+                                "every row needs one finite vector of one length per layer: repair or re-extract "
+                                "the shards")
+            first += len(arr)
+        if width is not None:
+            widths[layer] = width
+    return widths
 
 
 def to_matrix(column: "pa.ChunkedArray | pa.Array", name: str) -> np.ndarray:
@@ -220,7 +279,9 @@ class ParquetEmbeddings:
     ------
     DataError
         No shard; unreadable file; shards that record different metadata; an ``id``
-        column missing or with nulls; an id present more than once (counts and examples).
+        column missing or with nulls; an id present more than once (counts and examples);
+        a null, ragged, NaN or Inf vector, or a layer of another width in another shard
+        (:func:`check_vectors`: every vector is read once, a batch at a time).
 
     Examples
     --------
@@ -239,6 +300,8 @@ class ParquetEmbeddings:
         self.path = Path(path)
         self.files = shard_files(self.path)
         metas, ids, file_of = [], [], []
+        self.widths: dict[str, int] = {}  # layer -> vector length, the same in every shard
+        self._width_from: dict[str, Path] = {}
         for i, f in enumerate(self.files):
             try:
                 schema = pq.read_schema(f)
@@ -250,13 +313,20 @@ class ParquetEmbeddings:
             if col.null_count:
                 raise DataError(f"{f}: {col.null_count} rows have a null {ID_COLUMN!r}")
             metas.append(ShardMeta.from_schema(schema, str(f)))
-            ids.extend(normalize_id(v) for v in col.to_pylist())
+            if metas[-1].identity() != metas[0].identity():
+                raise DataError(f"{OPT_EMBEDDINGS}: shards disagree: {self.files[0].name} records {self._says(metas[0])} "
+                                f"but {f.name} records {self._says(metas[-1])}; every shard must come from one extraction")
+            shard_ids = [normalize_id(v) for v in col.to_pylist()]
+            # Every vector is checked now, one batch at a time: a bad row is one start-up error, not a test's.
+            for layer, width in check_vectors(f, metas[-1].layers, shard_ids).items():
+                if self.widths.setdefault(layer, width) != width:
+                    raise DataError(f"{OPT_EMBEDDINGS}: {f}: column {layer!r} holds {width}-wide vectors but "
+                                    f"{self._width_from[layer].name} holds {self.widths[layer]}-wide ones (e.g. id "
+                                    f"{shard_ids[0]!r}); every shard must come from one extraction")
+                self._width_from.setdefault(layer, f)
+            ids.extend(shard_ids)
             file_of.append(np.full(len(col), i, dtype=np.int32))
         self.meta = metas[0]
-        for f, m in zip(self.files[1:], metas[1:]):
-            if m.identity() != self.meta.identity():
-                raise DataError(f"{OPT_EMBEDDINGS}: shards disagree: {self.files[0].name} records {self._says(self.meta)} "
-                                f"but {f.name} records {self._says(m)}; every shard must come from one extraction")
         self._ids = np.asarray(ids, dtype=object)
         self._file = np.concatenate(file_of)
         self._row = np.concatenate([np.arange(len(a)) for a in file_of])
@@ -305,12 +375,11 @@ class ParquetEmbeddings:
         return pos
 
     def width(self, layer: str) -> int:
-        """Length of ``layer``'s vectors, read from the first shard's first row."""
-        import pyarrow.parquet as pq
-
+        """Length of ``layer``'s vectors (checked equal over all shards when opened)."""
         self.check_layer(layer)
-        column = pq.read_table(self.files[0], columns=[layer]).column(layer)
-        return int(to_matrix(column.slice(0, 1), layer).shape[1])
+        if layer not in self.widths:
+            raise DataError(f"{OPT_EMBEDDINGS} {self.path}: the shards hold no rows")
+        return self.widths[layer]
 
     def lookup(self, ids: Sequence[str], layer: str, what: str = "") -> np.ndarray:
         """float32 ``[len(ids), D]`` of ``layer`` in the order of ``ids``, one shard in memory at a time."""
@@ -329,11 +398,7 @@ class ParquetEmbeddings:
             out[sel] = X
         if out is None:
             raise EmbeddingError(f"{what or 'images'}: no images to look up")
-        bad = ~np.isfinite(out).all(axis=1)
-        if bad.any():
-            raise EmbeddingError(f"{OPT_EMBEDDINGS} {self.path}: layer {layer!r} has NaN/Inf in {int(bad.sum())} rows, "
-                                 f"e.g. ids {_examples([ids[i] for i in np.flatnonzero(bad)])}")
-        return out
+        return out  # finite: every vector was checked when the shards were opened
 
     def iter_batches(self, layer: str, max_rows: int | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
         """``(ids, float32 [<= max_rows, D])`` over all shards in file order; the memory
