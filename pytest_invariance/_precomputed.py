@@ -1,7 +1,8 @@
 """``--invariance-embeddings`` at start-up: the shards are checked once, on the controller.
 
 Each fault is one usage error before any test runs: shards that cannot be read, that
-disagree, hold an id twice, lack a row for a CelebA image a suite audits, or were made
+do not record how their vectors were made (unless --invariance-embeddings-unverified), that
+disagree, hold an id twice, hold a bad vector, lack a row for a CelebA image a suite audits, or were made
 from another model, layer, pool or preprocessing than the run's. Suites that make their own images (``[suite]
 precomputed = false``: perturbation levels, MNIST arrays) are skipped with one line,
 since no outside pipeline can know ids for those images.
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from .embeddings._parquet import ParquetEmbeddings
 
 OPT = "--invariance-embeddings"
+OPT_UNVERIFIED = "--invariance-embeddings-unverified"
 
 
 def not_joinable(suite: "Suite") -> str | None:
@@ -42,8 +44,12 @@ def check_at_start(audit: "Audit", suites: Iterable["Suite"]) -> tuple[dict[str,
     reasons: dict[str, str] = {}
     try:
         src = embeddings_source(s)
+        src.check_provenance(unverified=s.embeddings_unverified, layers_named=bool(s.layer))
         lines = [f"invariance: embeddings from {src.path} ({len(src.files)} shards, {src.n_rows} rows, "
                  f"layers {', '.join(src.meta.layers)}, model sha256 {(src.meta.model_sha256 or '-')[:12]})"]
+        if src.meta.unrecorded:
+            lines.append(f"invariance: embeddings NOT verified: the shards do not record "
+                         f"{', '.join(src.meta.unrecorded)} (accepted by {'--layer' if not s.embeddings_unverified else OPT_UNVERIFIED})")
         for suite in suites:
             reason = not_joinable(suite)
             if reason:

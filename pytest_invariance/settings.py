@@ -241,6 +241,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--invariance-embeddings", parse_path, None, "precomputed embeddings: a Parquet file or folder of shards "
            "(an id column, one vector column per layer; see docs/scale.md) joined to the suites' images by id, "
            "instead of running the model", metavar="PATH", path=True),
+    Option("--invariance-embeddings-unverified", None, False, "audit --invariance-embeddings whose metadata does "
+           "not record the model sha256, layers, pool or preprocessing (results.json then records them as "
+           "unverified); without it such shards are refused"),
     Option("--invariance-max-rows", parse_positive_int, None, "rows of embeddings held at once by the streamed "
            "probes, and the seeded subsample of training rows the SVM probes fit on (docs/scale.md)", metavar="N"),
     Option("--invariance-progress", parse_progress, "auto", "progress bar: auto (on a terminal, not in CI), on, off", metavar="MODE"),
@@ -284,6 +287,7 @@ class Settings:
     progress: str = "auto"
     erase: bool = False
     embeddings: str | None = None
+    embeddings_unverified: bool = False
     max_rows: int | None = None
     rootdir: str = "."  # base of paths still relative: the folder where pytest was started
 

@@ -264,6 +264,38 @@ def test_bad_vectors_stop_the_run_once_at_start_up(suite, faces, shards, tmp_pat
         assert f"(e.g. ids {ids[5]!r})" in err
 
 
+def test_shards_that_do_not_say_how_they_were_made_are_refused_unless_accepted(suite, faces, shards, tmp_path):
+    bare, partial = tmp_path / "bare", tmp_path / "partial"
+    for folder, keep in ((bare, ()), (partial, ("invariance.model_sha256",))):
+        folder.mkdir()
+        for f in sorted(shards.glob("*.parquet")):
+            table = pq.read_table(f)
+            meta = {k: v for k, v in table.schema.metadata.items() if k.decode() in keep}
+            pq.write_table(table.replace_schema_metadata(meta or None), folder / f.name)
+    root, model = faces
+    args = ("audits/factors/test_factors.py::test_factor", "-k", "occluded", f"--invariance-data-dir={root}")
+    ran, doc = _run(suite, *args, f"--invariance-embeddings={bare}", "-n", "2")
+    assert ran.ret == 4 and doc is None
+    assert ran.stderr.str().count("the shards do not record") == 1
+    ran.stderr.fnmatch_lines(["ERROR: --invariance-embeddings *: the shards do not record model_sha256, layers, pool, "
+                              "preprocessing (metadata *), so the audit cannot tell *, or pass "
+                              "--invariance-embeddings-unverified to audit them as they are*"])
+    # naming the column says which layer; the pool and preprocessing still are not said
+    ran, doc = _run(suite, *args, f"--invariance-embeddings={partial}", "--layer=output")
+    assert ran.ret == 4 and doc is None
+    ran.stderr.fnmatch_lines(["ERROR: *: the shards do not record pool, preprocessing (metadata invariance.pool, "
+                              "invariance.preprocessing)*--invariance-embeddings-unverified to audit them as they are"])
+    ran, by_model = _run(suite, *args, f"--model={model}")
+    ran.assert_outcomes(passed=1)
+    ran, doc = _run(suite, *args, f"--invariance-embeddings={bare}", "--invariance-embeddings-unverified")
+    ran.assert_outcomes(passed=1)
+    src = doc["run"]["embeddings_source"]
+    assert src["verified"] is False and src["unrecorded"] == ["model_sha256", "layers", "pool", "preprocessing"]
+    fig = lambda d: sorted((c["metric"], c["value"]) for c in d["checks"])  # noqa: E731
+    assert fig(doc) == fig(by_model)  # the vectors are the model's: accepted, they give its figures
+    assert by_model["run"]["embeddings_source"]["kind"] == "model"
+
+
 def test_duplicate_ids_stop_the_run_at_start_up(suite, faces, shards, tmp_path):
     bad = tmp_path / "dup"
     shutil.copytree(shards, bad)
@@ -329,10 +361,20 @@ def test_own_celeba_shards_are_audited_without_the_model(face_suites, tmp_path):
 
     celeba = make_celeba(face_suites.path / "data" / "celeba")
     emb = _own_celeba_shards(tmp_path / "emb", celeba)
-    ran, doc = _run(face_suites, "audits/face_attributes", "audits/face_perturbation", "-k",
-                    "Smiling or Wearing_Necklace or rotation", "--invariance-data-dir=data",
-                    f"--invariance-embeddings={emb}")
-    ran.assert_outcomes(passed=1, failed=1, skipped=3)  # Smiling leaks; the perturbation suite cannot join
+    args = ("audits/face_attributes", "audits/face_perturbation", "-k", "Smiling or Wearing_Necklace or rotation",
+            "--invariance-data-dir=data", f"--invariance-embeddings={emb}")
+    ran, doc = _run(face_suites, *args)  # they record no layers and no preprocessing
+    assert ran.ret == 4 and doc is None
+    ran.stderr.fnmatch_lines(["ERROR: --invariance-embeddings *: the shards do not record layers, preprocessing "
+                              "(metadata invariance.layers, invariance.preprocessing)*pass "
+                              "--invariance-embeddings-unverified to audit them as they are (or name the columns "
+                              "with --layer)"])
+    ran, doc = _run(face_suites, *args, "--invariance-embeddings-unverified")
+    ran.assert_outcomes(passed=1, failed=1, skipped=3)
+    ran.stdout.fnmatch_lines(["invariance: embeddings NOT verified: the shards do not record layers, preprocessing "
+                              "(accepted by --invariance-embeddings-unverified)"])
+    src = doc["run"]["embeddings_source"]
+    assert src["verified"] is False and src["unrecorded"] == ["layers", "preprocessing"]  # Smiling leaks; the perturbation suite cannot join
     ran.stdout.fnmatch_lines(["*face_perturbation: --invariance-embeddings cannot be joined to this suite (it "
                               "perturbs its faces itself: the levels have no ids)*"])
     by = {(c["details"].get("attribute"), c["metric"]): c for c in doc["checks"] if c["status"] in ("passed", "failed")}
@@ -347,7 +389,7 @@ def test_own_celeba_shards_missing_rows_stop_the_run_once(face_suites, tmp_path)
     celeba = make_celeba(face_suites.path / "data" / "celeba")
     emb = _own_celeba_shards(tmp_path / "emb", celeba, drop=30)
     ran, doc = _run(face_suites, "audits/face_attributes", "--invariance-data-dir=data",
-                    f"--invariance-embeddings={emb}", "-n", "2")
+                    f"--invariance-embeddings={emb}", "--invariance-embeddings-unverified", "-n", "2")
     assert ran.ret == 4 and doc is None
     err = ran.stderr.str()
     assert err.count("have no row") == 1 and "extract embeddings for every image the suite audits" in err

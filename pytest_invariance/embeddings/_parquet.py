@@ -41,6 +41,9 @@ ID_COLUMN = "id"
 PREFIX = "invariance."
 FORMAT_VERSION = "1"
 _EXAMPLES = 5  # ids quoted in an error message
+# What the metadata must record for an audit to know what the vectors are (docs/scale.md).
+PROVENANCE = ("model_sha256", "layers", "pool", "preprocessing")
+OPT_UNVERIFIED = "--invariance-embeddings-unverified"
 
 
 def require_pyarrow() -> Any:
@@ -76,10 +79,11 @@ class ShardMeta:
     preprocessing: dict[str, Any] | None
     model: str | None = None
     extra: dict[str, str] = field(default_factory=dict)  # ids, dataset, format, ...
+    unrecorded: tuple[str, ...] = ()  # of PROVENANCE, what the metadata does not say
 
     def to_metadata(self) -> dict[bytes, bytes]:
         meta = {"format": FORMAT_VERSION, "model_sha256": self.model_sha256 or "", "layers": json.dumps(list(self.layers)),
-                "pool": self.pool or "", "preprocessing": json.dumps(self.preprocessing, sort_keys=True),
+                "pool": self.pool or "", "preprocessing": "" if self.preprocessing is None else json.dumps(self.preprocessing, sort_keys=True),
                 "model": self.model or "", **self.extra}
         return {(PREFIX + k).encode(): str(v).encode() for k, v in meta.items()}
 
@@ -107,8 +111,11 @@ class ShardMeta:
                             f"of floats or integers) besides {ID_COLUMN!r}; columns: "
                             f"{', '.join(f'{f.name} ({f.type})' for f in schema)}")
         extra = {k: v for k, v in meta.items() if k not in ("model_sha256", "layers", "pool", "preprocessing", "model")}
+        said = {"model_sha256": meta.get("model_sha256"), "layers": meta.get("layers"), "pool": meta.get("pool"),
+                "preprocessing": pre}
+        unrecorded = tuple(k for k in PROVENANCE if not said[k])
         return cls(meta.get("model_sha256") or None, layers, meta.get("pool") or None, pre, meta.get("model") or None,
-                   extra)
+                   extra, unrecorded)
 
     def identity(self) -> tuple[Any, ...]:
         return (self.model_sha256, self.layers, self.pool, json.dumps(self.preprocessing, sort_keys=True))
@@ -358,7 +365,21 @@ class ParquetEmbeddings:
         """``run.embeddings_source`` of results.json."""
         return {"kind": "parquet", "path": str(self.path), "shards": len(self.files), "rows": self.n_rows,
                 "model": self.model_name, "model_sha256": self.meta.model_sha256, "layers": list(self.meta.layers),
-                "pool": self.meta.pool, "preprocessing": self.meta.preprocessing, **self.meta.extra}
+                "pool": self.meta.pool, "preprocessing": self.meta.preprocessing, **self.meta.extra,
+                "verified": not self.meta.unrecorded, "unrecorded": list(self.meta.unrecorded)}
+
+    def check_provenance(self, *, unverified: bool, layers_named: bool) -> None:
+        """Refuse shards whose metadata does not say how their vectors were made, unless the
+        user accepts that (``unverified``: --invariance-embeddings-unverified). Unrecorded
+        layers are also accepted when the user names the columns (``layers_named``: --layer)."""
+        missing = [k for k in self.meta.unrecorded if not (k == "layers" and layers_named)]
+        if missing and not unverified:
+            raise InvalidParameterError(
+                f"{OPT_EMBEDDINGS} {self.path}: the shards do not record {', '.join(missing)} (metadata "
+                f"{', '.join(PREFIX + k for k in missing)}), so the audit cannot tell which model, layer, pool or "
+                f"preprocessing made the vectors; write that metadata (docs/scale.md), re-extract with "
+                f"pytest-invariance extract, or pass {OPT_UNVERIFIED} to audit them as they are"
+                + (" (or name the columns with --layer)" if "layers" in missing else ""))
 
     # -- reading ----------------------------------------------------------------------
 
@@ -421,18 +442,20 @@ class ParquetEmbeddings:
         """Refuse, in one line naming the option, shards made another way than this run asks.
 
         ``sha256``: the --model's (None without --model: the shards are the model).
-        ``preprocessing``: the run's (None: not compared).
+        ``preprocessing``: the run's (None: not compared). A field the shards do not record
+        is not compared: :meth:`check_provenance` refuses such shards at start-up unless the
+        user accepts them unverified.
         """
         m = self.meta
-        if sha256 is not None and m.model_sha256 != sha256:
+        if sha256 is not None and m.model_sha256 is not None and m.model_sha256 != sha256:
             raise InvalidParameterError(
-                f"{OPT_EMBEDDINGS} {self.path}: the shards record model sha256 {m.model_sha256 or '(none)'} but "
+                f"{OPT_EMBEDDINGS} {self.path}: the shards record model sha256 {m.model_sha256} but "
                 f"--model has {sha256}; pass the --model they were extracted from, or drop --model")
         self.check_layer(layer)
-        if pool != "auto" and m.pool != pool or sha256 is not None and (m.pool or "auto") != pool:
+        if m.pool is not None and (pool != "auto" and m.pool != pool or sha256 is not None and m.pool != pool):
             raise InvalidParameterError(f"--invariance-pool {pool}: the shards of {self.path} were pooled with "
-                                        f"{m.pool or '(not recorded)'}; pass --invariance-pool {m.pool or 'MODE'}")
-        if preprocessing is not None and m.preprocessing != canonical(preprocessing):
+                                        f"{m.pool}; pass --invariance-pool {m.pool}")
+        if preprocessing is not None and m.preprocessing is not None and m.preprocessing != canonical(preprocessing):
             raise InvalidParameterError(
                 f"--invariance-preprocess: the shards of {self.path} record preprocessing {m.preprocessing} but this "
                 f"run feeds {canonical(preprocessing)}; pass --invariance-preprocess to match, or re-extract")
