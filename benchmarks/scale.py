@@ -36,14 +36,15 @@ def _faces(folder: Path, n: int) -> Path:
 
 
 def bench_extract(args: argparse.Namespace) -> None:
-    from pytest_invariance.embeddings._export import folder_job, run_local, run_ray
+    from pytest_invariance._extract_plan import folder_job
+    from pytest_invariance.embeddings._export import run_local, run_ray
     from pytest_invariance.settings import Settings, parse_preprocess
 
     with tempfile.TemporaryDirectory() as tmp:
         images = _faces(Path(tmp), args.n)
-        settings = Settings(model=str(Path(args.model).resolve()), layer=args.layer, no_cache=True,
+        settings = Settings(model=str(Path(args.model).resolve()), layer=(args.layer,) if args.layer else (), no_cache=True,
                             batch_size=args.batch_size, preprocess=tuple(parse_preprocess(p) for p in args.preprocess))
-        job = folder_job(settings, images, [args.layer] if args.layer else [], args.shard_rows)
+        job = folder_job(settings, images, args.shard_rows)
         local = []
         for r in range(args.rounds):
             t = time.perf_counter()

@@ -50,11 +50,13 @@ def _extract_parser(sub: Any) -> None:
     src.add_argument("--suite", metavar="DIR", help="the images a suite audits, read out as it reads them "
                      "(CelebA suites, factors); with --data-dir")
     src.add_argument("--images", metavar="DIR", help="every image below DIR; ids are paths relative to DIR")
-    ext.add_argument("--out", required=True, metavar="DIR", help="folder of the shards (must hold none yet)")
-    ext.add_argument("--overwrite", action="store_true", help="delete the shards already in --out first")
+    ext.add_argument("--out", required=True, metavar="DIR", help="folder of the shards: new or empty; written "
+                     "into a hidden sibling and renamed when complete")
+    ext.add_argument("--overwrite", action="store_true", help="replace an --out that holds shards (only shards) "
+                     "once the new ones are complete")
     ext.add_argument("--model", metavar="PATH", help="model file or module:factory (default: the suite's own)")
     ext.add_argument("--layer", type=parse_layer, action="append", default=[], metavar="NAME",
-                     help="layer to write (repeat for several; default: the audit's layer)")
+                     help="layer to write (repeat for several, written in forward order; default: the audit's layer)")
     ext.add_argument("--data-dir", metavar="DIR", help="as --invariance-data-dir")
     ext.add_argument("--preprocess", type=parse_preprocess, action="append", default=[], metavar="K=V",
                      help="as --invariance-preprocess")
@@ -76,7 +78,8 @@ def cmd_extract(args: argparse.Namespace, out: TextIO) -> int:
     import time
     from pathlib import Path
 
-    from .embeddings._export import folder_job, run_local, run_ray, suite_job
+    from ._extract_plan import folder_job, suite_job
+    from .embeddings._export import run_local, run_ray
     from .settings import Settings, absolute_path
 
     here = Path.cwd()
@@ -86,9 +89,9 @@ def cmd_extract(args: argparse.Namespace, out: TextIO) -> int:
                         data_dir=absolute_path(args.data_dir, here) if args.data_dir else None,
                         no_cache=True, progress=args.progress, rootdir=str(here))
     if args.suite:
-        job = suite_job(settings, Path(args.suite).resolve(), args.layer, args.shard_rows)
+        job = suite_job(settings, Path(args.suite).resolve(), args.shard_rows)
     else:
-        job = folder_job(settings, Path(args.images).resolve(), args.layer, args.shard_rows)
+        job = folder_job(settings, Path(args.images).resolve(), args.shard_rows)
     dest = Path(args.out)
     start = time.perf_counter()
     if args.ray:

@@ -142,14 +142,43 @@ def test_extract_writes_the_format(shards, faces):
     assert src.meta.preprocessing["size"] == [64, 64] and src.meta.pool == "auto"
 
 
+def test_extract_leaves_no_half_written_out_and_does_not_clobber(faces, shards, tmp_path, capsys):
+    from PIL import Image
+
+    from pytest_invariance.cli import main
+
+    root, model = faces
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, f in enumerate(sorted(p for p in (root / "img").rglob("*") if p.is_file())[:12]):
+        Image.open(f).save(images / f"{i:02d}.png")
+    (images / "99.png").write_bytes(b"not a png")  # the last shard fails to decode
+    out = tmp_path / "out"
+    args = ["extract", "--images", str(images), "--model", str(model), "--preprocess", "size=64",
+            "--shard-rows", "4", "--progress", "off"]
+    assert main([*args, "--out", str(out)]) == 2  # after three shards were written
+    assert "99.png" in capsys.readouterr().err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["images"]  # no partial sibling
+    (images / "99.png").unlink()
+    assert main([*args, "--out", str(out)]) == 0 and len(ParquetEmbeddings(out).files) == 3
+    # an --out that is not empty is never replaced without --overwrite, and never when it holds other files
+    assert main([*args, "--out", str(out), "--shard-rows", "6"]) == 2
+    assert "is not empty (3 files" in capsys.readouterr().err and len(ParquetEmbeddings(out).files) == 3
+    assert main([*args, "--out", str(out), "--shard-rows", "6", "--overwrite"]) == 0
+    assert len(ParquetEmbeddings(out).files) == 2
+    (out / "notes.txt").write_text("mine")
+    assert main([*args, "--out", str(out), "--overwrite"]) == 2
+    assert "not Parquet shards (e.g. notes.txt)" in capsys.readouterr().err and (out / "notes.txt").exists()
+
+
 def test_local_ray_extraction_equals_in_process(shards, faces, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'pytest-invariance[ray]'")
-    from pytest_invariance.embeddings._export import run_ray, suite_job
+    from pytest_invariance._extract_plan import suite_job
+    from pytest_invariance.embeddings._export import run_ray
     from pytest_invariance.settings import Settings
 
     root, model = faces
-    job = suite_job(Settings(model=str(model), data_dir=str(root), no_cache=True), REPO / "audits" / "factors",
-                    [], 64)
+    job = suite_job(Settings(model=str(model), data_dir=str(root), no_cache=True), REPO / "audits" / "factors", 64)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # a local instance
     try:
         run_ray(job, tmp_path / "ray", actors=2)
@@ -406,6 +435,10 @@ def test_a_layer_sweep_reads_every_selected_layer_from_the_shards(suite, faces, 
     assert main(["extract", "--suite", str(REPO / "audits" / "factors"), "--data-dir", str(root), "--model",
                  str(model), "--out", str(out), "--layer", layers[0], "--layer", layers[1], "--progress", "off"]) == 0
     assert ParquetEmbeddings(out).meta.layers == tuple(layers)  # one pass, one column per layer
+    typed = tmp_path / "typed"  # typed last-first: the shards still list them in forward order
+    assert main(["extract", "--suite", str(REPO / "audits" / "factors"), "--data-dir", str(root), "--model",
+                 str(model), "--out", str(typed), "--layer", layers[1], "--layer", layers[0], "--progress", "off"]) == 0
+    assert ParquetEmbeddings(typed).meta.layers == tuple(layers)
     args = ("audits/factors/test_factors.py::test_factor", "-k", "occluded", f"--invariance-data-dir={root}",
             f"--layer={layers[0]}", f"--layer={layers[1]}")
     ran, by_model = _run(suite, *args, f"--model={model}")

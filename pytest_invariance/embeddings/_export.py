@@ -11,21 +11,21 @@ the driver never holds the embeddings; ``num_gpus`` per actor puts each on a GPU
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from ..data._source import ImageSet, fetch_batch
 from ..errors import DataError, InvalidParameterError
 from ._parquet import ShardMeta, write_shard
-from ..models._common import default_layer
 
 if TYPE_CHECKING:
     import torch
 
-    from .._audit import ModelRef
     from ..settings import Settings
     from ._preprocess import Preprocess
 
@@ -53,7 +53,8 @@ class RowsView(ImageSet):
 class ExtractJob:
     """What to embed and how: image sets (ids must be unique over all), model, read-out.
 
-    ``model_spec`` is what :meth:`Audit.load` takes, so an actor can load the model itself.
+    ``model_spec`` is what :func:`~pytest_invariance.models.load_model` takes, so an actor
+    can load the model itself. Planned from a suite or a folder by :mod:`pytest_invariance._extract_plan`.
     """
 
     settings: "Settings"
@@ -75,6 +76,14 @@ class ExtractJob:
         if len(set(ids)) != len(ids):
             raise DataError(f"extract: {len(ids) - len(set(ids))} ids repeat over {list(self.images)}; "
                             "each image must have one id")
+
+    def load(self) -> Any:
+        """The model, loaded as the audit loads ``--model`` (each Ray actor loads its own)."""
+        from ..models import load_model
+
+        s = self.settings
+        return load_model(self.model_spec, device=s.device, weights=s.weights, trust_pickle=s.trust_pickle,
+                          input_layout=s.input_layout, layer_layout=s.layer_layout)
 
     @property
     def total(self) -> int:
@@ -107,40 +116,67 @@ def embed_shard(job: ExtractJob, embedder: Any, first: int, stop: int, out: Path
     return str(path), stop - first
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    old = sorted(out.rglob("*.parquet")) if out.is_dir() else []
-    if old and not overwrite:
-        raise InvalidParameterError(f"--out {out} already holds {len(old)} Parquet shards (e.g. {old[0].name}); "
-                                    "shards of two extractions must not mix: pass an empty folder or --overwrite")
-    for p in old:
-        p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+def _check_out(out: Path, overwrite: bool) -> None:
+    """--out must be new or empty; --overwrite replaces a folder that holds only shards."""
+    held = sorted(p for p in out.rglob("*") if p.is_file()) if out.is_dir() else []
+    if out.exists() and not out.is_dir():
+        raise InvalidParameterError(f"--out {out} is a file; pass a folder")
+    if held and not overwrite:
+        raise InvalidParameterError(f"--out {out} is not empty ({len(held)} files, e.g. {held[0].name}); shards of two "
+                                    "extractions must not mix: pass a new folder, or --overwrite to replace its shards")
+    other = [p for p in held if p.suffix != ".parquet"]
+    if other:
+        raise InvalidParameterError(f"--out {out} holds {len(other)} files that are not Parquet shards (e.g. "
+                                    f"{other[0].name}); --overwrite replaces a folder of shards only: pass a new folder")
+
+
+def _publish(out: Path, overwrite: bool, write: Callable[[Path], list[str]]) -> list[str]:
+    """Run ``write`` into a hidden sibling of ``out`` and rename it to ``out`` when it is
+    complete, so a failed extraction leaves no empty or half-written --out behind."""
+    _check_out(out, overwrite)
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        paths = write(tmp)
+        if out.exists():  # --overwrite: the old shards go only once the new ones are complete
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return sorted(str(out / Path(p).relative_to(tmp)) for p in paths)
 
 
 def run_local(job: ExtractJob, out: Path, *, progress: bool = True, overwrite: bool = False) -> list[str]:
     """Extract in this process (the default, and what CI runs); returns the shard paths."""
-    from .._audit import Audit
     from .._progress import bar
 
-    _prepare_out(out, overwrite)
-    embedder = Audit(job.settings).load(job.model_spec)
-    shown = bar(job.total, f"extract {embedder.name}", progress, unit="img")
-    paths = []
-    for first, stop in job.shards():
-        paths.append(embed_shard(job, embedder, first, stop, out)[0])
-        shown.update(stop - first)
-    shown.close()
-    return paths
+    def write(folder: Path) -> list[str]:
+        embedder = job.load()
+        shown = bar(job.total, f"extract {embedder.name}", progress, unit="img")
+        paths = []
+        for first, stop in job.shards():
+            paths.append(embed_shard(job, embedder, first, stop, folder)[0])
+            shown.update(stop - first)
+        shown.close()
+        return paths
+
+    return _publish(out, overwrite, write)
 
 
 class ShardWriter:
     """Ray Data callable class: one model per actor; each batch of row numbers -> shards."""
 
     def __init__(self, job: ExtractJob, out: str):
-        from .._audit import Audit
-
         self.job, self.out = job, Path(out)
-        self.embedder = Audit(job.settings).load(job.model_spec)
+        self.embedder = job.load()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths, counts = [], []
@@ -164,96 +200,15 @@ def run_ray(job: ExtractJob, out: Path, *, address: str | None = None, actors: i
         import ray
     except ImportError as exc:
         raise ImportError("extract --ray requires Ray Data: pip install 'pytest-invariance[ray]'") from exc
-    _prepare_out(out, overwrite)
-    if not ray.is_initialized():
-        ray.init(address=address)
-    if num_gpus is None:
-        num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    items = [{"first": a, "stop": b} for a, b in job.shards()]
-    ds = ray.data.from_items(items).map_batches(
-        ShardWriter, fn_constructor_kwargs={"job": job, "out": str(out.resolve())}, batch_size=1,
-        concurrency=actors, num_gpus=num_gpus)
-    return sorted(str(p) for p in ds.to_pandas()["path"])
 
+    def write(folder: Path) -> list[str]:
+        if not ray.is_initialized():
+            ray.init(address=address)
+        gpus = (1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0) if num_gpus is None else num_gpus
+        items = [{"first": a, "stop": b} for a, b in job.shards()]
+        ds = ray.data.from_items(items).map_batches(
+            ShardWriter, fn_constructor_kwargs={"job": job, "out": str(folder)}, batch_size=1,
+            concurrency=actors, num_gpus=gpus)
+        return [str(p) for p in ds.to_pandas()["path"]]
 
-# ----------------------------------------------------------------------------- planning
-
-
-def suite_job(settings: "Settings", suite_dir: Path, layers: Sequence[str], shard_rows: int) -> ExtractJob:
-    """The images a suite audits (CelebA splits, or the factors folder of --data-dir), read
-    out as that suite reads them, so that ``--invariance-embeddings`` joins without a mismatch."""
-    from .._audit import Audit, model_names, model_spec
-    from ..checks import Suite
-
-    audit = Audit(settings)
-    suite = Suite.find(suite_dir)
-    if not suite.config:
-        raise InvalidParameterError(f"--suite {suite_dir}: no invariance.toml there or above")
-    if suite.section("suite").get("precomputed", True) is not True:
-        raise InvalidParameterError(f"--suite {suite.name}: {suite.section('suite')['precomputed']}; nothing to extract")
-    if suite.name == "factors":
-        from ..data.factor_folder import load_factor_folder
-        from ..studies.factors import folder_suite
-
-        root = settings.resolve_path(settings.data_dir)
-        if root is None:
-            raise InvalidParameterError("--suite factors needs --data-dir DIR holding labels.csv and the images")
-        folder = load_factor_folder(root, types=dict(settings.factor_type), seed=settings.seed,
-                                    skip_bad=settings.skip_bad)
-        suite, images = folder_suite(suite, folder), {"factors": folder.images}
-    elif "celeba" in suite.config:
-        from ..studies.faces import celeba_for_suite
-
-        images = dict(celeba_for_suite(audit, suite))
-    else:
-        raise InvalidParameterError(f"--suite {suite.name}: extract knows the images of CelebA suites and the factors "
-                                    "suite; for other images pass --images DIR")
-    ref = audit.model(suite, model_names(settings, suite)[0])
-    spec = model_spec(settings) or ref.embedder.path
-    return _job(settings, spec, ref, layers, images, shard_rows, f"suite {suite.name}")
-
-
-def folder_job(settings: "Settings", image_dir: Path, layers: Sequence[str], shard_rows: int) -> ExtractJob:
-    """Every image under ``image_dir``; ids are paths relative to it (the factors suite's
-    ``image`` column when ``image_dir`` is the data folder)."""
-    from .._audit import Audit, model_spec
-    from .._audit import ModelRef
-    from ..data.folder import FileImageSet, files_fingerprint, list_images
-    from ._preprocess import Preprocess
-
-    if not settings.model:
-        raise InvalidParameterError("--images needs --model")
-    found = list_images(image_dir)
-    if not found:
-        raise DataError(f"--images {image_dir}: no image files below it")
-    spec = model_spec(settings)
-    emb = Audit(settings).load(spec)  # type: ignore[arg-type]
-    pre = Preprocess(**dict(settings.preprocess))
-    size = pre.size or (emb.input_shape[1], emb.input_shape[2])
-    if None in size:
-        raise InvalidParameterError(f"--images: {emb.path} has a dynamic input size; pass --preprocess size=HxW")
-    import pandas as pd
-
-    names = sorted(found)
-    paths = [found[n] for n in names]
-    images = FileImageSet(paths, pd.DataFrame({"image": names}), size=size,  # type: ignore[arg-type]
-                          fingerprint=files_fingerprint(paths, [], "extract", size))
-    ref = ModelRef(emb.name, emb, (settings.layer or (default_layer(emb),))[0], pre, True, pool=settings.pool)
-    return _job(settings, spec, ref, layers, {"images": images}, shard_rows, f"folder {image_dir}")  # type: ignore[arg-type]
-
-
-def _job(settings: "Settings", spec: str, ref: "ModelRef", layers: Sequence[str], images: dict[str, ImageSet],
-         shard_rows: int, dataset: str) -> ExtractJob:
-    from ._extract import decoded_at
-
-    images = {k: decoded_at(v, ref.preprocess) for k, v in images.items()}  # as the audit decodes them
-    layers = list(layers) or list(ref.layers)
-    known = ref.embedder.layers()
-    for layer in layers:
-        if layer.partition("#")[0] not in known:
-            from ..models._common import unknown_layer
-
-            raise unknown_layer(layer, known, ref.embedder.path)
-    meta = ShardMeta(ref.embedder.sha256, tuple(layers), ref.pool, ref.preprocess.to_dict(), ref.name,
-                     {"dataset": dataset, "ids": "CelebA image_id or the image path relative to the data folder"})
-    return ExtractJob(settings, spec, layers, ref.preprocess, ref.pool, images, meta, shard_rows)
+    return _publish(out, overwrite, write)
