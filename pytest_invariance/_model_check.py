@@ -52,7 +52,7 @@ def probe_suites(audit: "Audit", suites: Iterable[Suite]) -> tuple[dict[str, str
     reasons, lines = {}, []
     for suite in suites:
         ref = audit.model(suite, model_names(audit.settings, suite)[0])
-        reason = probe(suite, ref, seed=audit.seed)
+        reason = forward_probe(audit, suite, ref)[0]
         if reason:
             reasons[str(suite.root)] = reason
             lines.append(f"invariance: suite {suite.name}: skipped: {reason}")
@@ -73,23 +73,32 @@ def fed_shape(suite: Suite, ref: "ModelRef") -> tuple[int, int, int] | None:
     return int(c), int(h), int(w)
 
 
-def layer_widths(suite: Suite, ref: "ModelRef", seed: int = 0) -> dict[str, int] | None:
-    """Width of each selected layer's embedding (after the pool rule) from one forward of a
-    seeded random image at the size the suite feeds; None when no size is known."""
-    import numpy as np
-    import torch
-
-    e = ref.embedder
+def probe_shape(suite: Suite, ref: "ModelRef") -> tuple[int, int, int] | None:
+    """``(C, H, W)`` of the start-up forward: what the suite feeds, else (a suite that feeds
+    the model at its own size, like factors) the size the preprocessing sets or the model
+    declares; None when no size is known."""
     shape = fed_shape(suite, ref)
-    if shape is None:
-        c, h, w = (tuple(e.input_shape) + (None, None, None))[:3] if e.input_shape else (None, None, None)
-        h, w = ref.preprocess.size or (h, w)
-        if h is None or w is None:
-            return None
-        shape = (int(ref.preprocess.channels or c or 3), int(h), int(w))
-    rng = np.random.default_rng(seed)
-    x = ref.preprocess(torch.from_numpy(rng.random((1, *(suite.input_shape or shape)), dtype=np.float32)))
-    return {layer: int(v.shape[1]) for layer, v in e.embed_many(x.numpy(), list(ref.layers), pool=ref.pool).items()}
+    if shape is not None:
+        return shape
+    e = ref.embedder
+    c, h, w = (tuple(e.input_shape) + (None, None, None))[:3] if e.input_shape else (None, None, None)
+    h, w = ref.preprocess.size or (h, w)
+    if h is None or w is None:
+        return None
+    return int(ref.preprocess.channels or c or 3), int(h), int(w)
+
+
+def forward_probe(audit: "Audit", suite: Suite, ref: "ModelRef") -> tuple[str | None, dict[str, int] | None]:
+    """:func:`probe` once per suite and read-out in this process: (the reason the model does
+    not fit the suite or None, each selected layer's embedding width or None when no size
+    is known). The width check of --invariance-embeddings reuses the same forward."""
+    import json
+
+    key = ("start-up probe", str(suite.root), ref.embedder.sha256, tuple(ref.layers), ref.pool,
+           json.dumps(ref.preprocess.to_dict(), sort_keys=True, default=str))
+    if key not in audit._memo:  # only successes are kept: an error is raised to the caller each time
+        audit._memo[key] = _probe(suite, ref, audit.seed)
+    return audit._memo[key]  # type: ignore[no-any-return]
 
 
 def probe(suite: Suite, ref: "ModelRef", seed: int = 0) -> str | None:
@@ -101,25 +110,22 @@ def probe(suite: Suite, ref: "ModelRef", seed: int = 0) -> str | None:
     dropout). Compares a batch of 4 against the same images one at a time, to 1e-4, at
     every selected layer (``ref.layers``), all read in the same forward.
     """
+    return _probe(suite, ref, seed)[0]
+
+
+def _probe(suite: Suite, ref: "ModelRef", seed: int) -> tuple[str | None, dict[str, int] | None]:
     import numpy as np
     import torch
 
     from .errors import EmbeddingError, InputShapeError, InvarianceError
 
     e = ref.embedder
-    shape = fed_shape(suite, ref)
+    shape = probe_shape(suite, ref)
     if shape is None:
-        # A suite that feeds the model at its own size (factors): the inference-mode check
-        # still runs, at the size the model declares or the preprocessing sets.
-        c, h, w = (tuple(e.input_shape) + (None, None, None))[:3] if e.input_shape else (None, None, None)
-        h, w = ref.preprocess.size or (h, w)
-        c = ref.preprocess.channels or c or 3
-        if h is None or w is None:
-            return None
-        shape = (int(c), int(h), int(w))
+        return None, None
     took = f"{e.path} expects input {e.contract.describe()}"
     if any(h is not None and h != f for h, f in zip(e.input_shape, shape)):
-        return f"{took} but suite {suite.name} feeds float32[N, {', '.join(map(str, shape))}] (NCHW)"
+        return f"{took} but suite {suite.name} feeds float32[N, {', '.join(map(str, shape))}] (NCHW)", None
     p = ref.preprocess
     if e.contract.dtype == "uint8" and (p.scale != 1.0 or p.mean != (0.0,) or p.std != (1.0,) or p.prewhiten):
         raise EmbeddingError(f"{took}: a uint8 model gets 0-255 pixels and normalises them itself; "
@@ -130,12 +136,12 @@ def probe(suite: Suite, ref: "ModelRef", seed: int = 0) -> str | None:
     try:
         together = e.embed_many(x.numpy(), layers, pool=ref.pool)
     except InputShapeError as exc:
-        return str(exc)
+        return str(exc), None
     except InvarianceError:
         raise
     except Exception as exc:  # the backend's own error: the model does not take this input
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
-        return f"{e.path} fails on suite {suite.name}'s input float32[N, {', '.join(map(str, shape))}]: {first}"
+        return f"{e.path} fails on suite {suite.name}'s input float32[N, {', '.join(map(str, shape))}]: {first}", None
     singles = [e.embed_many(x[i:i + 1].numpy(), layers, pool=ref.pool) for i in range(len(x))]
     for layer in layers:
         alone = np.concatenate([one[layer] for one in singles])
@@ -146,4 +152,4 @@ def probe(suite: Suite, ref: "ModelRef", seed: int = 0) -> str | None:
                 f"(max difference {float(np.abs(together[layer] - alone).max()):.3g}): it is not in inference mode "
                 "(BatchNorm on batch statistics, active dropout); re-export it after model.eval()"
             )
-    return None
+    return None, {layer: int(v.shape[1]) for layer, v in together.items()}

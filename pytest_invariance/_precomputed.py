@@ -73,10 +73,10 @@ def check_at_start(audit: "Audit", suites: Iterable["Suite"]) -> tuple[dict[str,
 def _check_widths(audit: "Audit", suite: "Suite", ref: "ModelRef", src: "ParquetEmbeddings") -> None:
     """With --model, each layer's vectors must be as wide as the model's read-out of that layer:
     metadata can be copied, the width cannot lie (a mismatch would probe other numbers)."""
-    from ._model_check import layer_widths
+    from ._model_check import forward_probe
     from .errors import InvalidParameterError
 
-    widths = layer_widths(suite, ref, audit.seed)
+    widths = forward_probe(audit, suite, ref)[1]  # the start-up probe's forward (None: the suite is skipped)
     for layer, width in (widths or {}).items():
         have = src.width(layer)
         if have != width:
