@@ -56,6 +56,11 @@ def check_at_start(audit: "Audit", suites: Iterable["Suite"]) -> tuple[dict[str,
                 reasons[str(suite.root)] = reason
                 lines.append(f"invariance: suite {suite.name}: skipped: {reason}")
                 continue
+            if s.model and suite.name == "factors" and s.data_dir:  # the data folder's own [preprocess]
+                from .data.factor_folder import read_config
+                from .studies.factors import folder_preprocess
+
+                suite = folder_preprocess(suite, read_config(s.resolve_path(s.data_dir)))  # type: ignore[arg-type]
             ref = audit.model(suite, model_names(s, suite)[0])
             for layer in ref.layers:  # every selected layer must be a column, made this way
                 src.check_run(sha256=ref.embedder.sha256 if s.model else None, layer=layer, pool=ref.pool,

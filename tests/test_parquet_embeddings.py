@@ -325,6 +325,20 @@ def test_shards_that_do_not_say_how_they_were_made_are_refused_unless_accepted(s
     assert by_model["run"]["embeddings_source"]["kind"] == "model"
 
 
+def test_the_data_folders_own_preprocessing_is_checked_at_start_up(suite, faces, shards, tmp_path):
+    root, model = faces
+    other = tmp_path / "faces"
+    shutil.copytree(root, other)  # the same images, now asking to be read at 48 x 48
+    (other / "invariance.toml").write_text('[preprocess]\nsize = [48, 48]\nchannels = 3\n')
+    ran, doc = _run(suite, "audits/factors", f"--invariance-data-dir={other}", f"--model={model}",
+                    f"--invariance-embeddings={shards}", "-n", "2")
+    assert ran.ret == 4 and doc is None  # before any test, not one ERROR per study
+    assert ran.stderr.str().count("the shards of") == 1
+    ran.stderr.fnmatch_lines(["ERROR: --invariance-preprocess: the shards of * record preprocessing *'size': "
+                              "[[]64, 64[]]* but this run feeds *'size': [[]48, 48[]]*; pass --invariance-preprocess to "
+                              "match, or re-extract"])
+
+
 def test_duplicate_ids_stop_the_run_at_start_up(suite, faces, shards, tmp_path):
     bad = tmp_path / "dup"
     shutil.copytree(shards, bad)

@@ -138,10 +138,7 @@ METRIC_NAMES = {m for ms in METRICS.values() for m in ms} | {"rank1", "tar"}
 
 def folder_suite(base: "Suite", folder: "FactorFolder") -> "Suite":
     """The factors suite's config with the data folder's [preprocess] and [thresholds] laid over it."""
-    config = dict(base.config)
-    if "preprocess" in folder.config:
-        config["preprocess"] = {**folder.config["preprocess"], "adapt_size": folder.config["preprocess"].get(
-            "adapt_size", "size" not in folder.config["preprocess"])}
+    config = dict(folder_preprocess(base, folder.config).config)
     pre = dict(config.get("preprocess", {}))
     if pre.get("adapt_size") is True and folder.images.size:
         # a --model is fed its own H, W; one with a dynamic size the folder's [data] size,
@@ -149,6 +146,16 @@ def folder_suite(base: "Suite", folder: "FactorFolder") -> "Suite":
         pre["adapt_size"] = list(folder.images.size)
     config["preprocess"] = pre
     return Suite(base.name, base.root, config, {**base.thresholds, **folder_thresholds(folder)})
+
+
+def folder_preprocess(base: "Suite", folder_config: Mapping[str, Any]) -> "Suite":
+    """The suite with the data folder's ``[preprocess]`` (its ``invariance.toml``) laid over
+    its own: what the start-up check of --invariance-embeddings needs, without loading the folder."""
+    config = dict(base.config)
+    if "preprocess" in folder_config:
+        pre = folder_config["preprocess"]
+        config["preprocess"] = {**pre, "adapt_size": pre.get("adapt_size", "size" not in pre)}
+    return Suite(base.name, base.root, config, base.thresholds)
 
 
 def gate_summary(checks: Iterable[Mapping[str, Any]]) -> str | None:
