@@ -378,6 +378,23 @@ def test_suite_rows_gates_and_summary(suite, grid_model, lfw_folder):
     assert "nothing gated" not in result.stdout.str()
 
 
+def test_max_rows_fits_the_regressions_from_chunks_with_the_same_figures(suite, grid_model, lfw_folder):
+    args = ("audits/factors/test_factors.py::test_factor", f"--model={grid_model}",
+            f"--invariance-data-dir={lfw_folder}", "-k", "rotation or noise_value")
+    result, whole = _run(suite, *args)
+    result.assert_outcomes(passed=2)
+    result, chunked = _run(suite, *args, "--invariance-max-rows=40")  # well under the training rows
+    result.assert_outcomes(passed=2)
+    fig = lambda checks: {(c["details"]["factor"], c["metric"]): c for c in checks}  # noqa: E731
+    a, b = fig(whole), fig(chunked)
+    assert set(a) == set(b) == {(f, m) for f in ("rotation", "noise_value") for m in ("mae", "r2")}
+    for key in a:
+        np.testing.assert_allclose([b[key][k] for k in ("value", "ci_low", "ci_high")],
+                                   [a[key][k] for k in ("value", "ci_low", "ci_high")], rtol=0, atol=1e-9)
+        assert b[key]["details"].get("alpha") == a[key]["details"].get("alpha")
+    assert b["rotation", "mae"]["details"]["permutation"] == "not run: streamed fit (training rows not kept)"
+
+
 def test_misspelled_column_in_a_command_line_threshold_is_refused(tmp_path):
     from pytest_invariance.settings import Settings
     from pytest_invariance.studies.factors import gated_metrics

@@ -117,6 +117,14 @@ class MAVProbe(ProbeMixin):
         self.majority_ = float(counts.max() / counts.sum())
         return self
 
+    def fit_rows(self, X: Any, y: Any, *, max_rows: int | None = None) -> "MAVProbe":
+        """:meth:`fit` when ``max_rows`` is None, else :meth:`fit_stream` over chunks of at
+        most ``max_rows`` rows (``--invariance-max-rows``): the same MAVs (exact sums)."""
+        if not max_rows or len(X) <= max_rows:
+            return self.fit(X, y)
+        y = np.asarray(y)
+        return self.fit_stream(((X[i], y[i]) for i in F.row_chunks(len(X), max_rows)), classes=np.unique(y))
+
     def _scores(self, X: NDArray[np.float64], factor: Any) -> NDArray[np.float64]:
         """[n, n_classes] similarities to the MAVs of each sample's level."""
         if self.levels_ is None:

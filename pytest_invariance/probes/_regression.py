@@ -159,6 +159,16 @@ class LinearRegressionProbe(ProbeMixin):
         self.train_mean_ = mo.y_means[:, 0]
         return self
 
+    def fit_rows(self, X: Any, y: Any, classes: Any = None, *, max_rows: int | None = None) -> "LinearRegressionProbe":
+        """:meth:`fit` when ``max_rows`` is None, else :meth:`fit_stream` over chunks of at most
+        ``max_rows`` rows of ``X`` (``--invariance-max-rows``): the same coefficients (exact
+        merged moments), no float64 copy of more than a chunk, and no permutation p-value."""
+        if not max_rows or len(X) <= max_rows:
+            return self.fit(X, y, classes)
+        y, c = np.asarray(y), None if classes is None else np.asarray(classes)
+        chunks = F.row_chunks(len(X), max_rows)
+        return self.fit_stream(((X[i], y[i]) if c is None else (X[i], y[i], c[i]) for i in chunks), classes=c)
+
     def predict(self, X: Any, classes: Any = None) -> NDArray[np.float64]:
         self._check_is_fitted("coef_")
         X = check_features(X)

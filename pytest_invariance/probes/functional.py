@@ -8,7 +8,7 @@ re-exported here so that this module is the one place to look for the math.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -77,6 +77,16 @@ class Moments(NamedTuple):
         scatter = self.scatter.sum(0) + (dx * n[:, None]).T @ dx
         cross = self.cross.sum(0) + (dx * n[:, None]).T @ dy
         return Moments(np.array([self.counts.sum()]), mean[None], scatter[None], cross[None], y_mean[None])
+
+
+def row_chunks(rows: NDArray[np.integer] | int, max_rows: int | None) -> Iterator[NDArray[np.int64]]:
+    """Row indices of ``rows`` (an index array, or ``n`` for ``0..n-1``) in consecutive
+    chunks of at most ``max_rows`` (all at once when None): how the studies feed the
+    streamed fits under ``--invariance-max-rows``."""
+    idx = np.arange(rows) if isinstance(rows, (int, np.integer)) else np.asarray(rows)
+    step = max(1, int(max_rows or len(idx) or 1))
+    for a in range(0, len(idx), step):
+        yield idx[a:a + step]
 
 
 def merge_moments(a: Moments, b: Moments) -> Moments:

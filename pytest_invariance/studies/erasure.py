@@ -216,7 +216,7 @@ def mnist_erasure(audit: "Audit", ref: "ModelRef", protocol: "Protocol", cfg: Pr
                                                       chance=c, probe="MLP", **kw, **note)
     # LEACE is affine, so the class means of the erased features are the erased class
     # means: the MAVs need not be refitted on an erased copy of the 350,000 training rows.
-    mav = MAVProbe(n_bootstrap=0).fit(d["Xtr"], d["ytr"])
+    mav = MAVProbe(n_bootstrap=0).fit_rows(d["Xtr"], d["ytr"], max_rows=audit.settings.max_rows)
     sim_after = nearest_centroid(Ete, eraser.transform(mav.centroids_))
     hits = {"before": (mav.predict(d["Xte"]) == d["yte"]).astype(float),
             "after": (mav.classes_[sim_after.argmax(1)] == d["yte"]).astype(float)}

@@ -316,7 +316,7 @@ def pose_study(audit: "Audit", ref: "ModelRef", train: ImageSet, test: ImageSet,
         ytr, yte = (train.labels[col].to_numpy(float), test.labels[col].to_numpy(float))
         if absolute:
             ytr, yte = np.abs(ytr), np.abs(yte)
-        probe = LinearRegressionProbe(random_state=audit.seed).fit(Xtr, ytr)
+        probe = LinearRegressionProbe(random_state=audit.seed).fit_rows(Xtr, ytr, max_rows=audit.settings.max_rows)
         rows = _bins_by_magnitude(np.abs(probe.predict(Xte) - yte), yte, probe.train_mean_[0], bins, audit.seed)
         rows.append({"bin": "total", "estimate": probe.evaluate(Xte, yte)["mae"], "count": len(yte)})
         target = f"|{col}|" if absolute else col

@@ -198,7 +198,7 @@ def factor_figures(audit: "Audit", ref: "ModelRef", folder: "FactorFolder", name
         figs = probe.evaluate(X[te], y[te])
         figs["balanced_accuracy"].details["levels_named"] = list(f.levels)
     else:
-        figs = _continuous(X, y, tr, va, te, audit.seed)
+        figs = _continuous(X, y, tr, va, te, audit.seed, audit.settings.max_rows)
     return {"type": f.type, "probe": PROBES[f.type], "figures": {m: figs[m] for m in METRICS[f.type]},
             "headline": HEADLINE[f.type], "n": {"train": len(tr), "val": len(va), "test": len(te)}}
 
@@ -215,14 +215,16 @@ def _binary_chance(metric: str, e: Estimate, q: float, positive: str | None) -> 
 
 
 def _continuous(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, te: np.ndarray,
-                seed: int) -> dict[str, Estimate]:
+                seed: int, max_rows: int | None = None) -> dict[str, Estimate]:
     from ..probes import LinearRegressionProbe
     from ..probes.functional import spread
 
     from .faces import _ridge_predict
 
-    # every penalty's validation predictions from one SVD of the training embeddings
-    pred = _ridge_predict(np.asarray(X[tr], np.float64), y[tr, None], np.asarray(X[va], np.float64), ALPHAS)[..., 0]
+    if max_rows and len(tr) > max_rows:  # --invariance-max-rows: the same predictions from merged moments
+        pred = _ridge_predict_streamed(X, y, tr, X[va], max_rows)
+    else:  # every penalty's validation predictions from one SVD of the training embeddings
+        pred = _ridge_predict(np.asarray(X[tr], np.float64), y[tr, None], np.asarray(X[va], np.float64), ALPHAS)[..., 0]
     err = np.abs(pred - y[va])  # [alphas, n_val]
     best = int(err.mean(axis=1).argmin())
     # one-standard-error rule: the strongest penalty within one SE of the best, so a factor
@@ -230,7 +232,8 @@ def _continuous(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, te
     ok = err.mean(axis=1) <= err[best].mean() + err[best].std() / np.sqrt(len(va))
     alpha = float(ALPHAS[int(np.flatnonzero(ok).max())])
     # the same penalty as the validation fits: relative to the training rows' spread
-    fitted = LinearRegressionProbe(alpha=alpha * spread(X[tr])[1] ** 2, random_state=seed).fit(X[tr], y[tr])
+    fitted = LinearRegressionProbe(alpha=alpha * spread(X[tr])[1] ** 2, random_state=seed).fit_rows(
+        X[tr], y[tr], max_rows=max_rows)
     mae = fitted.evaluate(X[te], y[te])["mae"]
     mae.details.update(alpha=alpha, alpha_unit="mean squared spread of the training rows")
     sq_err = (fitted.predict(X[te]) - y[te]) ** 2
@@ -243,6 +246,27 @@ def _continuous(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, te
     r2_est = Estimate(float(r2(np.ones((1, len(te))))[0]), float(lo), float(hi), chance=0.0, n=len(te),
                       details={"alpha": alpha, "definition": "1 - SSE / SSE of predicting the training mean"})
     return {"mae": mae, "r2": r2_est}
+
+
+def _ridge_predict_streamed(X: np.ndarray, y: np.ndarray, tr: np.ndarray, Xva: np.ndarray,
+                            max_rows: int) -> np.ndarray:
+    """:func:`~.faces._ridge_predict` ``[alphas, n_val]`` from the training rows' moments,
+    merged over chunks of at most ``max_rows`` rows: ``(S + a I)^-1 c`` through one
+    eigendecomposition of the centred scatter ``S`` (``S = V diag(s^2) V^T`` of the SVD)."""
+    from ..probes import functional as F
+    from .faces import penalty_unit
+
+    mo = None
+    for i in F.row_chunks(tr, max_rows):
+        part = F.group_moments(X[i], np.zeros(len(i), np.int64), 1, y[i, None])
+        mo = part if mo is None else F.merge_moments(mo, part)
+    lam, V = np.linalg.eigh(mo.scatter[0])  # type: ignore[union-attr]
+    lam = np.clip(lam, 0.0, None)
+    proj = (np.asarray(Xva, np.float64) - mo.means[0]) @ V  # type: ignore[union-attr]
+    along = V.T @ mo.cross[0][:, 0]  # type: ignore[union-attr]
+    unit = penalty_unit(np.sqrt(lam), len(tr))  # alphas are relative to the rows' spread, as there
+    shrink = 1.0 / (lam[None, :] + np.asarray(ALPHAS, np.float64)[:, None] * unit)  # [A, d]
+    return (proj[None] * (shrink * along)[:, None, :]).sum(-1) + mo.y_means[0, 0]  # type: ignore[union-attr, no-any-return]
 
 
 def reference_level(folder: "FactorFolder", f: "Factor") -> str:

@@ -142,14 +142,19 @@ def run_study(audit: "Audit", ref: "ModelRef", protocol: Protocol) -> dict[str, 
     inputs = study_inputs(audit, ref, protocol)
     digests = {k: array_digest(v) for k, v in inputs.items() if k != "train"}
     digests["train"] = [{k: array_digest(v) for k, v in t.items()} for t in inputs["train"]]
-    disk = {"study": "mnist_rotation", "name": ref.name, "protocol": asdict(protocol), "inputs": digests}
+    max_rows = audit.settings.max_rows  # streamed fits: no permutation p-values, so part of the key
+    disk = {"study": "mnist_rotation", "name": ref.name, "protocol": asdict(protocol), "inputs": digests,
+            **({"max_rows": max_rows} if max_rows else {})}
     return audit.memo(("mnist_rotation", ref.name, digests["Xte"]),  # type: ignore[no-any-return]
-                      lambda: compute_study(ref.name, inputs, protocol, audit.seed, audit.progress), disk=disk)
+                      lambda: compute_study(ref.name, inputs, protocol, audit.seed, audit.progress, max_rows),
+                      disk=disk)
 
 
 def compute_study(name: str, inputs: dict[str, Any], protocol: Protocol, seed: int,
-                  progress: bool = False) -> dict[str, Any]:
-    """The figures from the arrays of :func:`study_inputs` (see the module docstring)."""
+                  progress: bool = False, max_rows: int | None = None) -> dict[str, Any]:
+    """The figures from the arrays of :func:`study_inputs` (see the module docstring);
+    ``max_rows`` (--invariance-max-rows): the MAV and angle regressions are fitted from
+    chunks of at most that many training rows (the same figures, no permutation p-value)."""
     from .._progress import Steps
     from ..probes import spectrum, spectrum_estimate
 
@@ -168,7 +173,7 @@ def compute_study(name: str, inputs: dict[str, Any], protocol: Protocol, seed: i
                                                         per_class_n=class_counts(yte))
 
         out.update(trained_figures(inputs["train"], [seed if s is None else s for s in seeds], nb,
-                                   Xte, yte, ate, soft, step))
+                                   Xte, yte, ate, soft, step, max_rows))
 
         step.next("spectrum bootstrap")
         spec = spectrum(Xte, k=10)
@@ -181,7 +186,7 @@ def compute_study(name: str, inputs: dict[str, Any], protocol: Protocol, seed: i
 
 def trained_figures(train_sets: list[dict[str, np.ndarray]], seeds: list[int], n_bootstrap: int,
                     Xte: np.ndarray, yte: np.ndarray, ate: np.ndarray, soft: np.ndarray | None,
-                    step: Any = None) -> dict[str, Estimate]:
+                    step: Any = None, max_rows: int | None = None) -> dict[str, Estimate]:
     """The figures of :data:`TRAINED`: from one training set, or the combination of the
     fits on several seeded subsets (``train_sets[i]`` fitted with ``seeds[i]``) by
     :func:`~pytest_invariance.probes.stats.repeated_estimate`."""
@@ -189,7 +194,7 @@ def trained_figures(train_sets: list[dict[str, np.ndarray]], seeds: list[int], n
     from ..probes.stats import repeated_estimate
 
     step = step or Steps(4 * len(seeds), "", False)
-    fits = [_trained_figures(t, s, n_bootstrap, Xte, yte, ate, soft, step) for t, s in zip(train_sets, seeds)]
+    fits = [_trained_figures(t, s, n_bootstrap, Xte, yte, ate, soft, step, max_rows) for t, s in zip(train_sets, seeds)]
     if len(fits) == 1:
         return fits[0]
     out = {k: repeated_estimate([f[k] for f in fits], alternative=alt) for k, alt in TRAINED.items() if k in fits[0]}
@@ -201,7 +206,7 @@ def trained_figures(train_sets: list[dict[str, np.ndarray]], seeds: list[int], n
 
 
 def _trained_figures(train: dict[str, np.ndarray], seed: int, nb: int, Xte: np.ndarray, yte: np.ndarray,
-                     ate: np.ndarray, soft: np.ndarray | None, step: Any) -> dict[str, Any]:
+                     ate: np.ndarray, soft: np.ndarray | None, step: Any, max_rows: int | None = None) -> dict[str, Any]:
     """The figures of :data:`TRAINED` from probes fitted on one rotated training set."""
     from ..probes import LinearRegressionProbe, MAVProbe
     from ..probes import functional as F
@@ -209,14 +214,15 @@ def _trained_figures(train: dict[str, np.ndarray], seed: int, nb: int, Xte: np.n
     Xtr, ytr, atr = train["Xtr"], train["ytr"], train["atr"]
     out: dict[str, Any] = {}
     step.next("MAV")
-    mav = MAVProbe(random_state=seed, n_bootstrap=nb).fit(Xtr, ytr)
+    mav = MAVProbe(random_state=seed, n_bootstrap=nb).fit_rows(Xtr, ytr, max_rows=max_rows)
     mav_pred = mav.predict(Xte)
     out["mav_accuracy"] = mav.evaluate(Xte, yte)["accuracy"]
     if soft is not None:
         out["mav_accuracy_drop"] = paired_drop(soft, mav_pred == yte, nb, seed)
 
     step.next("angle regression")
-    per_class = LinearRegressionProbe(per_class=True, random_state=seed, n_bootstrap=nb).fit(Xtr, atr, classes=ytr)
+    per_class = LinearRegressionProbe(per_class=True, random_state=seed, n_bootstrap=nb).fit_rows(
+        Xtr, atr, classes=ytr, max_rows=max_rows)
     step.next("angle permutations")
     angle = per_class.evaluate(Xte, ate, classes=yte)
     out["angle_mae"], out["angle_mae_std"] = angle["mae"], angle["mae_std"]
