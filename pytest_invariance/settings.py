@@ -245,7 +245,8 @@ OPTIONS: tuple[Option, ...] = (
            "not record the model sha256, layers, pool or preprocessing (results.json then records them as "
            "unverified); without it such shards are refused"),
     Option("--invariance-max-rows", parse_positive_int, None, "rows of embeddings held at once by the streamed "
-           "probes, and the seeded subsample of training rows the SVM probes fit on (docs/scale.md)", metavar="N"),
+           "probes and the regression and class-mean fits, and the seeded subsample of training rows the SVM "
+           "probes fit on (docs/scale.md)", metavar="N"),
     Option("--invariance-progress", parse_progress, "auto", "progress bar: auto (on a terminal, not in CI), on, off", metavar="MODE"),
 )
 
