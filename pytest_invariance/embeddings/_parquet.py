@@ -423,7 +423,7 @@ class ParquetEmbeddings:
 
     def iter_batches(self, layer: str, max_rows: int | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
         """``(ids, float32 [<= max_rows, D])`` over all shards in file order; the memory
-        bound of the streamed probes (:mod:`pytest_invariance.probes._streamed`)."""
+        bound of the streamed fits (``fit_stream`` of the regression and MAV probes)."""
         import pyarrow.parquet as pq
 
         self.check_layer(layer)
