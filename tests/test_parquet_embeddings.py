@@ -69,6 +69,11 @@ def test_vectors_written_by_another_pipeline_are_read(tmp_path):
     assert src.meta.layers == ("penultimate",) and src.default_layer() == "penultimate"
     with pytest.raises(Exception, match="lengths"):
         to_matrix(pa.array([[1.0, 2.0], [1.0]], pa.list_(pa.float32())), "ragged")
+    q = np.round(X * 20).astype(np.int8)  # quantised embeddings: integers are numbers, read exactly
+    pq.write_table(pa.table({"id": [str(i) for i in range(6)], "q": pa.array(list(q), pa.list_(pa.int8()))})
+                   .replace_schema_metadata({"invariance.model_sha256": SHA}), tmp_path / "q.parquet")
+    np.testing.assert_array_equal(ParquetEmbeddings(tmp_path / "q.parquet").lookup(["5", "0"], "q"),
+                                  q[[5, 0]].astype(np.float32))
 
 
 def test_duplicate_ids_are_one_error_with_counts_and_examples(tmp_path):
