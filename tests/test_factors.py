@@ -176,6 +176,24 @@ def test_every_problem_is_listed_in_one_error_and_rows_can_be_skipped(tmp_path):
     assert f.n_skipped == 4 and "i011.png" not in list(f.images.labels["image"])
 
 
+@pytest.mark.parametrize("cells", [("inf",), ("1e400", "-inf"), ("-nan", "Infinity", "inf", "1e999", "-1e309", "inf")])
+def test_non_finite_label_cells_are_one_column_error_naming_them(tmp_path, cells):
+    t = _table()
+    t["amount"] = [str(v) for v in t["amount"]]
+    for k, cell in enumerate(cells):
+        t["amount"][2 * k + 1] = cell
+    root = _write(tmp_path / "d", t)
+    expected = [f"i{2 * k + 1:03d}.png" for k in range(len(cells))]
+    assert sum(not np.isfinite(float(c)) for c in cells) == len(cells)  # the reference: numpy's reading
+    for kwargs in ({}, {"skip_bad": True}, {"types": {"amount": "continuous"}}):
+        with pytest.raises(DataError) as exc:  # a column problem: --invariance-skip-bad cannot skip it
+            load_factor_folder(root, **kwargs)
+        msg = str(exc.value)
+        assert f"column 'amount' has {len(cells)} non-finite number(s)" in msg and "1 problem(s)" in msg
+        assert all(name in msg for name in expected[:5])
+        assert ("and 1 more" in msg) == (len(cells) > 5)
+
+
 def test_rgba_and_palette_images_load_as_rgb(tmp_path):
     root = _write(tmp_path / "d", _table(), mode="RGBA")
     Image.new("P", (8, 8)).save(root / "i001.png")

@@ -12,6 +12,7 @@ Every problem is gathered before anything is raised, so a bad folder gives ONE
 from __future__ import annotations
 
 import csv
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,6 +178,18 @@ def _infer(name: str, cells: list[str], declared: str | None, problems: _Problem
                                 f"{'; '.join(' / '.join(c) for c in clash[:_SHOW])}; spell each level one way")
         return None
     mostly_numeric = sum(numeric) >= 0.8 * len(values)
+    if mostly_numeric or declared == "continuous":
+        # inf, -inf, 1e400 (overflows to inf), -nan parse as numbers but are no figure a probe
+        # can fit or an error can be measured against: refuse here, naming the cells, not later
+        # in a study whose failure would blame the model.
+        bad = [(images[present[i]], values[i]) for i, ok in enumerate(numeric)
+               if ok and not math.isfinite(float(values[i]))]
+        if bad:
+            shown = ", ".join(f"{img}: {v!r}" for img, v in bad[:_SHOW])
+            more = f" and {len(bad) - _SHOW} more" if len(bad) > _SHOW else ""
+            problems.columns.append(f"column {name!r} has {len(bad)} non-finite number(s) ({shown}{more}); "
+                                    "write a finite number or leave the cell empty (unknown)")
+            return None
     if mostly_numeric and not all(numeric) and declared != "categorical":
         bad = [(images[present[i]], values[i]) for i, ok in enumerate(numeric) if not ok]
         shown = ", ".join(f"{img}: {v!r}" for img, v in bad[:_SHOW])
