@@ -113,6 +113,7 @@ class Audit:
         self._figures: "FigureCache | None" = None
         self.baseline_checks: dict[tuple[str, str], dict[str, Any]] | None = None
         self.baseline_tag: str | None = None
+        self.baseline_run: dict[str, Any] | None = None  # the stored run block of that version
 
     @property
     def seed(self) -> int:

@@ -114,6 +114,8 @@ class Outcomes:
         self.audit_items: set[str] = set()
         self.model_of: dict[str, dict[str, Any]] = {}  # nodeid -> model name and layer
         self.output_error = False              # results.json / report could not be written
+        self.baseline_error = False            # --invariance-baseline shares no check with this run
+        self.status: int | None = None         # the exit status, once the session has finished
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         audit = getattr(report, "invariance_item", None)
@@ -178,9 +180,15 @@ class Outcomes:
 
     def exit_status(self, exitstatus: int, settings: Any) -> int:
         """The run's exit status: 1 only for failed gates and regressions (and failed tests)."""
+        self.status = self._exit_status(exitstatus, settings)
+        return self.status
+
+    def _exit_status(self, exitstatus: int, settings: Any) -> int:
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            return exitstatus  # Ctrl-C: nothing else can be said about a run that did not finish
         if self.failed_tests:
             return exitstatus
-        if self.output_error and exitstatus == pytest.ExitCode.OK:
+        if (self.output_error or self.baseline_error) and exitstatus == pytest.ExitCode.OK:
             return EXIT_TOOL_ERROR
         if self.errors and exitstatus == pytest.ExitCode.TESTS_FAILED and not self.other_errors:
             return EXIT_TOOL_ERROR
@@ -219,7 +227,11 @@ class Outcomes:
             lines += [f"    {n} x {reason}" for reason, n in reasons[:5]]
             if len(reasons) > 5:
                 lines.append(f"    ... {len(reasons) - 5} more reasons")
-        if self.nothing_audited(settings):
+        if self.status == pytest.ExitCode.INTERRUPTED:
+            lines.append(f"invariance: INTERRUPTED (exit status {int(pytest.ExitCode.INTERRUPTED)}): "
+                         f"{len(self.audited)} audit test(s) reached a verdict before it; the "
+                         "figures are partial and this run is never an --invariance-baseline 'latest'")
+        elif self.nothing_audited(settings):
             given = "--model" if settings.model else "--invariance-embeddings" if settings.embeddings \
                 else "--invariance-data-dir"
             lines.append(f"invariance: NOTHING AUDITED: {given} was given but every audit test skipped "

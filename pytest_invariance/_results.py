@@ -34,14 +34,20 @@ def _write_outputs(s: Settings, collected: dict[str, Any], run: dict[str, Any], 
     history_rows = None
     step.next("history")
     try:
-        from .history import HistoryStore
+        from .history import HistoryStore, not_a_baseline
 
         store = HistoryStore(s.resolve_path(s.history))  # type: ignore[arg-type]
-        # Skipped tests measured nothing: the history keeps figures and errors only.
-        store.record({**doc, "checks": [c for c in checks if c.get("status") != "skipped"]},
-                     run["model_version"], run.get("git_commit"))
-        history_rows = store.trend_rows()
-        lines.append(f"invariance: history {s.resolve_path(s.history)} (version {run['model_version']})")
+        why = not_a_baseline(doc)
+        if why in ("interrupted", "audited nothing"):
+            # Partial or empty figures would replace a stored run of the same version.
+            lines.append(f"invariance: history {s.resolve_path(s.history)} not written: this run {why}")
+        else:
+            # Skipped tests measured nothing: the history keeps figures and errors only.
+            store.record({**doc, "checks": [c for c in checks if c.get("status") != "skipped"]},
+                         run["model_version"], run.get("git_commit"))
+            lines.append(f"invariance: history {s.resolve_path(s.history)} (version {run['model_version']})"
+                         + (f"; not an --invariance-baseline 'latest' ({why})" if why else ""))
+        history_rows = store.trend_rows() if store.path.is_file() else None
     except Exception as exc:  # the history is a convenience: never lose the JSON over it
         lines.append(f"invariance: history not written ({type(exc).__name__}: {exc})")
     if not s.no_report:

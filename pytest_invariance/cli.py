@@ -114,21 +114,25 @@ def _cut(text: str, width: int) -> str:
 
 def cmd_history(path: str, out: TextIO) -> int:
     """Print one line per stored version: tag, number of checks, failures, git commit."""
-    from .history import HistoryStore
+    from .history import HistoryStore, not_a_baseline
 
     store = HistoryStore(path)
     tags = store.versions()
     if not tags:
         print(f"no versions stored in {path}", file=out)
         return 0
-    print(f"{'version':<16} {'recorded':<25} {'checks':>6} {'failed':>6}  git commit", file=out)
+    print(f"{'version':<16} {'recorded':<25} {'checks':>6} {'failed':>6} {'errors':>6}  {'git commit':<12}  "
+          "baseline", file=out)
     for tag in tags:
         doc = store.run(tag)
-        checks = doc.get("checks") or []
-        failed = sum(c.get("verdict") in ("FAIL", "ERROR") for c in checks)
+        entries = doc.get("checks") or []
+        # an ERROR entry is a test that measured nothing: no check, counted apart from failures
+        errors = sum(c.get("verdict") == "ERROR" for c in entries)
+        failed = sum(c.get("verdict") == "FAIL" for c in entries)
         commit = str(doc["run"].get("git_commit") or "")[:12]
-        print(f"{tag:<16} {doc['run'].get('recorded_at', ''):<25} {len(checks):>6} {failed:>6}  {commit}",
-              file=out)
+        why = not_a_baseline(doc)
+        print(f"{tag:<16} {doc['run'].get('recorded_at', ''):<25} {len(entries) - errors:>6} {failed:>6} "
+              f"{errors:>6}  {commit:<12}  {'no: ' + why if why else 'yes'}", file=out)
     return 0
 
 

@@ -312,6 +312,7 @@ def _load_baseline(audit: "Audit") -> None:
         audit.baseline_checks = {}
         return
     doc = store.run(tag)
+    audit.baseline_run = doc.get("run") or {}
     from .history import check_identity
 
     audit.baseline_checks = {check_identity(c): c for c in doc.get("checks", [])}
@@ -580,6 +581,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
         collected["checks"] += outcomes.error_entries()
         notes, note_lines = run_notes(collected["checks"])
+        if settings.baseline and status != pytest.ExitCode.INTERRUPTED:
+            from .history import baseline_report
+
+            audit = _audit(config)
+            notes["baseline"], line, outcomes.baseline_error = baseline_report(
+                collected["checks"], settings.baseline, audit.baseline_tag,
+                audit.baseline_run, str(settings.resolve_path(settings.history)))
+            note_lines.insert(0, line)
+            status = outcomes.exit_status(int(session.exitstatus), settings)
         run = {**_run_block(config, collected), **outcomes.run_fields(status), **notes}
         try:
             collected["summary"] = write_outputs(settings, collected, run) + note_lines

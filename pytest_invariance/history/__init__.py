@@ -9,6 +9,7 @@ from ._baseline import (
     Tolerance,
     ToleranceError,
     annotate_regressions,
+    baseline_report,
     check_identity,
     compare_to_baseline,
     find_tolerance,
@@ -22,10 +23,12 @@ from ._store import (
     TrendPoint,
     UnknownVersionError,
     default_tag,
+    not_a_baseline,
 )
 
 __all__ = [
     "HistoryStore", "HistoryError", "UnknownVersionError", "TrendPoint", "default_tag",
     "SCHEMA_VERSION", "LATEST", "Tolerance", "ToleranceError", "parse_tolerance",
-    "compare_to_baseline", "find_tolerance", "annotate_regressions", "check_identity",
+    "compare_to_baseline", "find_tolerance", "annotate_regressions", "check_identity", "not_a_baseline",
+    "baseline_report",
 ]

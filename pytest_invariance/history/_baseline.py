@@ -22,6 +22,7 @@ __all__ = [
     "compare_to_baseline",
     "find_tolerance",
     "annotate_regressions",
+    "baseline_report",
 ]
 
 _HIGHER_IS_BETTER = {">": True, ">=": True, "<": False, "<=": False}
@@ -256,3 +257,50 @@ def annotate_regressions(
         if bad:
             regressed.append(check)
     return regressed
+
+
+def baseline_report(checks: Iterable[Mapping[str, Any]], spec: str, tag: str | None,
+                    stored_run: Mapping[str, Any] | None, history: str) -> tuple[dict[str, Any], str, bool]:
+    """What the comparison with ``--invariance-baseline`` covered, after the run.
+
+    Parameters
+    ----------
+    checks : iterable of dict
+        This run's checks; a compared one carries ``details.baseline_value``.
+    spec : str
+        The option's value (a tag or ``"latest"``).
+    tag : str or None
+        The stored version it resolved to; None when ``latest`` found no earlier complete run.
+    stored_run : dict or None
+        That version's ``run`` block (``recorded_at``, ``plugin_version``, ``git_commit``).
+    history : str
+        The history file, for the message.
+
+    Returns
+    -------
+    fields : dict
+        results.json's ``run.baseline``: spec, tag, recorded_at, plugin_version, and the
+        checks measured, compared and regressed.
+    line : str
+        One terminal line naming the baseline and how many checks it covered.
+    error : bool
+        True when a baseline was found but shares no check with this run: nothing was
+        compared, so a pass would say nothing about regressions.
+    """
+    measured = [c for c in checks if c.get("status") in ("passed", "failed", "xfail") and _finite(c.get("value"))]
+    compared = [c for c in measured if (c.get("details") or {}).get("baseline_value") is not None]
+    regressed = sum(bool((c.get("details") or {}).get("regressed")) for c in compared)
+    run = dict(stored_run or {})
+    fields = {"spec": spec, "tag": tag, "recorded_at": run.get("recorded_at"),
+              "plugin_version": run.get("plugin_version"), "git_commit": run.get("git_commit"),
+              "checks": len(measured), "compared": len(compared), "regressed": regressed}
+    if tag is None:
+        return fields, (f"invariance: baseline: none - --invariance-baseline {spec} found no earlier complete run "
+                        f"in {history}; nothing compared (a first run)"), False
+    when = f"recorded {run.get('recorded_at') or '?'}, plugin {run.get('plugin_version') or '?'}"
+    if measured and not compared:
+        return fields, (f"invariance: ERROR --invariance-baseline {spec} is version {tag} ({when}), which shares "
+                        f"no check with this run's {len(measured)}: nothing was compared; pass "
+                        f"--invariance-baseline TAG of a run of the same suites, model and layers"), True
+    return fields, (f"invariance: baseline {tag} ({when}): {len(compared)} of {len(measured)} checks compared, "
+                    f"{regressed} regressed"), False

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from ..errors import InvarianceError
 
 __all__ = ["HistoryStore", "HistoryError", "UnknownVersionError", "TrendPoint", "default_tag",
-           "SCHEMA_VERSION", "LATEST"]
+           "SCHEMA_VERSION", "LATEST", "not_a_baseline"]
 
 SCHEMA_VERSION = 1
 LATEST = "latest"
@@ -91,6 +91,34 @@ def default_tag(doc: dict[str, Any]) -> str:
         return str(sha)[:12]
     started = str(run.get("started") or datetime.now(timezone.utc).isoformat())
     return "run-" + "".join(ch for ch in started if ch.isalnum())[:15]
+
+
+def not_a_baseline(doc: dict[str, Any]) -> str | None:
+    """Why a stored run may not be the ``latest`` baseline, or None when it may.
+
+    A run that was interrupted, audited nothing, or had a tool error (a pytest ERROR) lacks
+    figures a later run would be compared with; as ``latest`` it would turn those comparisons
+    into silent passes. Documents without ``run.tests`` (written by hand or by older plugins)
+    are taken as complete.
+
+    Examples
+    --------
+    >>> not_a_baseline({"run": {"interrupted": True}})
+    'interrupted'
+    >>> not_a_baseline({"run": {"tests": {"audited": 3, "errors": 2}}})
+    '2 tool error(s)'
+    >>> not_a_baseline({"run": {"tests": {"audited": 3, "errors": 0}}}) is None
+    True
+    """
+    run = doc.get("run") or {}
+    tests = run.get("tests") or {}
+    if run.get("interrupted"):
+        return "interrupted"
+    if tests.get("audited") == 0:
+        return "audited nothing"
+    if tests.get("errors"):
+        return f"{tests['errors']} tool error(s)"
+    return None
 
 
 def _num(x: Any) -> float | None:
@@ -265,8 +293,10 @@ class HistoryStore:
         ``current`` is already stored (a re-run, or recorded before comparing) it is
         the version just before it, otherwise the newest stored version. So the
         plugin may call this before or after :meth:`record` and gets the same answer,
-        and a model is never compared with itself. Returns None when there is no
-        such version (first run, or no database yet) - the caller skips comparison.
+        and a model is never compared with itself. Versions whose run was interrupted,
+        audited nothing or had tool errors (:func:`not_a_baseline`) are passed over.
+        Returns None when there is no such version (first run, or no database yet) -
+        the caller says so and skips comparison.
 
         Raises
         ------
@@ -282,7 +312,7 @@ class HistoryStore:
         tags = self.versions()
         if current in tags:
             tags = tags[: tags.index(current)]
-        return tags[-1] if tags else None
+        return next((t for t in reversed(tags) if not_a_baseline(self.run(t)) is None), None)
 
     def values(self, tag: str) -> dict[tuple[str, str], float | None]:
         """``{(nodeid, metric): value}`` of one stored version."""
