@@ -413,6 +413,46 @@ def test_max_rows_fits_the_regressions_from_chunks_with_the_same_figures(suite, 
     assert b["rotation", "mae"]["details"]["permutation"] == "not run: streamed fit (training rows not kept)"
 
 
+def test_run_counts_skipped_and_converted_images_once_per_image(suite, grid_model, lfw_folder, tmp_path):
+    import io
+    import shutil
+
+    root = tmp_path / "faces"
+    shutil.copytree(lfw_folder, root)
+    (root / "invariance.toml").write_text('[preprocess]\nsize = [64, 64]\nchannels = 3\n')
+    names = sorted(pd.read_csv(root / "labels.csv")["image"])
+    modes = {"RGBA": "PNG", "CMYK": "JPEG", "P": "PNG", "I;16": "PNG", "L": "JPEG"}
+    for k, name in enumerate(names):  # PIL reads by content, not by file name
+        mode, fmt = list(modes.items())[k // 2] if k < 2 * len(modes) else ("RGB", "JPEG")
+        with Image.open(root / name) as im:
+            rgb = im.convert("RGB")
+        im = rgb.convert(mode) if mode != "I;16" else Image.fromarray(
+            np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)
+        im.save(root / name, fmt)
+    buf = io.BytesIO()
+    with Image.open(root / names[-1]) as im:
+        im.convert("RGB").save(buf, "JPEG")
+    (root / names[-1]).write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    # the reference: each kept file's stored mode, read with PIL, mapped by hand
+    kind = {"RGBA": "alpha", "CMYK": "cmyk", "P": "palette", "I;16": "grayscale", "L": "grayscale"}
+    expected: dict = {}
+    for name in names[:-1]:
+        with Image.open(root / name) as im:
+            if im.mode in kind:
+                expected[kind[im.mode]] = expected.get(kind[im.mode], 0) + 1
+    assert expected == {"alpha": 2, "cmyk": 2, "palette": 2, "grayscale": 4}
+    result, checks = _run(suite, "audits/factors/test_factors.py::test_factor", f"--model={grid_model}",
+                          f"--invariance-data-dir={root}", "-k", "rotation or occluded", "--invariance-skip-bad",
+                          "-n", "2")
+    result.assert_outcomes(passed=2)
+    run = json.loads((suite.path / "results.json").read_text())["run"]
+    assert run["n_skipped"] == 1 and run["conversions"] == expected  # two tests, two workers: counted once
+    assert all(c["n_skipped"] == 1 for c in checks)
+    result.stdout.fnmatch_lines([
+        "invariance: 1 image(s) left out as unreadable or undecodable (--invariance-skip-bad): folder 1",
+        "invariance: images converted on decoding: alpha 2, cmyk 2, grayscale 4, palette 2"])
+
+
 def test_misspelled_column_in_a_command_line_threshold_is_refused(tmp_path):
     from pytest_invariance.settings import Settings
     from pytest_invariance.studies.factors import gated_metrics

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_invariance.studies.faces import data_notes
 from pytest_invariance.studies.factors import (METRICS, default_limit, enrollment_study, factor_figures,
                                                overview_plots)
 
@@ -20,7 +21,9 @@ def _base(ref, folder, gated, name) -> dict:
     f = folder.factors[name]
     return {"model": ref.name, "factor": name, "type": f.type, "type_source": "inferred" if f.inferred else "declared",
             "gated": name in gated, "factors_gated": {k: list(v) for k, v in gated.items()}, "split": folder.split_source,
-            "n_skipped": folder.n_skipped, "levels": list(f.levels) or None, "positive_level": f.positive}
+            "n_skipped": folder.n_skipped, "levels": list(f.levels) or None, "positive_level": f.positive,
+            # the run's image counts (skipped, conversions) come from here, once per folder
+            "data": data_notes({"folder": folder.images})}
 
 
 def test_factor(factor, invariance_model, invariance_audit, invariance_check, invariance_factor_folder):

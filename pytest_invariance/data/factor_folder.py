@@ -21,7 +21,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import DataError, DatasetNotFoundError
-from .folder import FileImageSet, files_fingerprint, list_images, unreadable
+from ._decode import scan_images
+from .folder import FileImageSet, files_fingerprint, list_images
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -351,7 +352,8 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
                 problems.row(r[header.index("image")], "split is not train/val/test")
     # With skip_bad every image is decoded now, so a truncated one is left out and counted
     # instead of failing the study later (without it, that failure names --invariance-skip-bad).
-    for name, reason in unreadable({n: on_disk[n] for n in names if n in on_disk}, decode=skip_bad).items():
+    scan = scan_images({n: on_disk[n] for n in names if n in on_disk}, decode=skip_bad)
+    for name, reason in scan.problems.items():
         problems.row(name, reason)
     if "identity" in header:
         for r in rows:
@@ -386,5 +388,8 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
 
     labels = pd.DataFrame({"image": images, "split": split})
     fp = files_fingerprint(paths, [csv_path], "factors", size, seed, source)
-    return FactorFolder(root, FileImageSet(paths, labels, size=size, fingerprint=fp, n_skipped=len(problems.rows)),
+    # conversions of the images kept (a bad file converts nothing): each image counted once
+    scan = scan_images({n: on_disk[n] for n in images})
+    return FactorFolder(root, FileImageSet(paths, labels, size=size, fingerprint=fp, n_skipped=len(problems.rows),
+                                           conversions=scan.conversions),
                         factors, split, source, identity, config, len(problems.rows))

@@ -252,10 +252,13 @@ def load_image_folder(image_dir: str | os.PathLike[str], labels_csv: str | os.Pa
         add_problems(problems, odd, "split is not train/val/test")
         table = table[table["split"] == split]
     table = table[~table["image"].isin(problems)]
-    problems.update(unreadable({name: on_disk[name] for name in table["image"]}))
+    from ._decode import scan_images
+
+    scan = scan_images({name: on_disk[name] for name in table["image"]})
+    problems.update(scan.problems)
     table = table[~table["image"].isin(problems)]
     n_skipped = raise_or_skip(f"{labels_csv}", problems, skip_bad)
     paths = [on_disk[name] for name in table["image"]]
     labels = table.apply(_numeric).reset_index(drop=True)
     fp = files_fingerprint(paths, [labels_csv], "folder", split, size, image_column)
-    return FileImageSet(paths, labels, size=size, fingerprint=fp, n_skipped=n_skipped)
+    return FileImageSet(paths, labels, size=size, fingerprint=fp, n_skipped=n_skipped, conversions=scan.conversions)

@@ -249,8 +249,9 @@ def attribute_study(audit: "Audit", ref: "ModelRef", splits: Mapping[str, ImageS
 
 def data_notes(splits: Mapping[str, ImageSet]) -> dict[str, Any]:
     """Per split what the loader did: ``n``, ``n_skipped``, ``conversions``, ``crop`` (JSON-able)."""
-    return {s: dict(getattr(images, "notes", None) or {"n": len(images),
-                                                        "n_skipped": int(getattr(images, "n_skipped", 0))})
+    return {s: dict(getattr(images, "notes", None) or {
+                "n": len(images), "n_skipped": int(getattr(images, "n_skipped", 0)),
+                "conversions": dict(getattr(images, "conversions", None) or {})})
             for s, images in splits.items()}
 
 
