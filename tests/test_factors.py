@@ -415,6 +415,7 @@ def test_max_rows_fits_the_regressions_from_chunks_with_the_same_figures(suite, 
 
 def test_run_counts_skipped_and_converted_images_once_per_image(suite, grid_model, lfw_folder, tmp_path):
     import io
+    import json
     import shutil
 
     root = tmp_path / "faces"
