@@ -149,3 +149,32 @@ def test_erasure_bad_input():
         LeaceErasure().fit(X, np.ones(50))
     with pytest.raises(DataError, match="same test rows"):
         erasure_cost([1, 0], [1, 0, 1])
+
+
+def test_transform_in_place_equals_a_copy_across_blocks(monkeypatch):
+    # Erasing a large training set in place (out=X) must give the same numbers as a copy,
+    # block boundaries included (the block size is shrunk so that 3 blocks are written).
+    from pytest_invariance.probes import _erasure
+
+    monkeypatch.setattr(_erasure, "_CHUNK", 700)
+    X, a = planted_linear()
+    X32 = X.astype(np.float32)
+    eraser = LeaceErasure().fit(X32, a)
+    copy = eraser.transform(X32)
+    inplace = X32.copy()
+    assert eraser.transform(inplace, out=inplace) is inplace
+    np.testing.assert_array_equal(inplace, copy)
+    with pytest.raises(DataError, match="out must be a float array"):
+        eraser.transform(X32, out=np.empty((3, 3)))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_features_with_a_non_finite_value_are_refused_in_any_block(monkeypatch, bad):
+    from pytest_invariance.probes import _validation
+
+    monkeypatch.setattr(_validation, "_FINITE_BLOCK", 64)  # 8 rows of 8 per block
+    X = np.random.default_rng(0).normal(size=(100, 8)).astype(np.float16)
+    assert _validation.check_features(X) is not None
+    X[93, 5] = bad
+    with pytest.raises(Exception, match=r"NaN or Inf in 1 rows \(first: \[93\]\)"):
+        _validation.check_features(X)

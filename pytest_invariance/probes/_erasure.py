@@ -104,14 +104,21 @@ class LeaceErasure(ProbeMixin):
         self.n_features_in_ = X.shape[1]
         return self
 
-    def transform(self, X: Any) -> NDArray[np.floating]:
-        """The erased embeddings, [n, d], in X's float dtype (computed in float64)."""
+    def transform(self, X: Any, out: NDArray[np.floating] | None = None) -> NDArray[np.floating]:
+        """The erased embeddings, [n, d], in X's float dtype (computed in float64).
+
+        ``out``: an array of X's shape to write them to; it may be ``X`` itself (a float
+        array), which is then erased in place, block by block, with no second copy of it.
+        """
         import torch
 
         self._check_is_fitted("eraser_")
         X = check_features(X)
         self._check_n_features(X)
-        out = np.empty(X.shape, X.dtype if np.issubdtype(X.dtype, np.floating) else np.float64)
+        if out is None:
+            out = np.empty(X.shape, X.dtype if np.issubdtype(X.dtype, np.floating) else np.float64)
+        elif out.shape != X.shape or not np.issubdtype(out.dtype, np.floating):
+            raise DataError(f"out must be a float array of X's shape {X.shape}; got {out.dtype} {out.shape}.")
         for s in range(0, len(X), _CHUNK):
             x = torch.as_tensor(X[s : s + _CHUNK], dtype=torch.float64, device=self._device)
             out[s : s + _CHUNK] = self.eraser_(x).cpu().numpy()

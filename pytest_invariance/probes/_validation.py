@@ -127,14 +127,27 @@ def check_features(X: Any, name: str = "X") -> NDArray[np.float64]:
         raise EmbeddingError(f"{name} is empty (shape {arr.shape}); pass at least one sample and one feature.")
     if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
         raise EmbeddingError(f"{name} must hold real numbers; got dtype {arr.dtype}.")
-    finite = np.isfinite(arr)
-    if not finite.all():
-        rows = np.flatnonzero(~finite.all(axis=1))
+    if not _all_finite(arr):
+        rows = np.flatnonzero(~np.isfinite(arr).all(axis=1))
         raise EmbeddingError(
             f"{name} contains NaN or Inf in {rows.size} rows (first: {rows[:5].tolist()}); "
             "drop or repair those embeddings before probing."
         )
     return arr
+
+
+_FINITE_BLOCK = 1 << 22  # values per block: no full-size boolean temporary for a large X
+
+
+def _all_finite(arr: NDArray[Any]) -> bool:
+    """Whether every value is finite: a block's min and max are finite exactly when all its
+    values are (NaN propagates through both), without an ``isfinite`` array of X's size."""
+    if not np.issubdtype(arr.dtype, np.floating):
+        return True
+    flat = arr.reshape(len(arr), -1)
+    rows = max(1, _FINITE_BLOCK // max(flat.shape[1], 1))
+    return all(np.isfinite(flat[s: s + rows].min()) and np.isfinite(flat[s: s + rows].max())
+               for s in range(0, len(flat), rows))
 
 
 def check_lengths(n: int, **arrays: Any) -> None:

@@ -202,7 +202,12 @@ def mnist_erasure(audit: "Audit", ref: "ModelRef", protocol: "Protocol", cfg: Pr
     classes = np.unique(d["ytr"])
     concept = d["atr"][:, None] * (d["ytr"][:, None] == classes[None, :])  # the angle within each class
     eraser = LeaceErasure(device=dev).fit(d["Xtr"], concept)
-    Etr, Ete = eraser.transform(d["Xtr"]), eraser.transform(d["Xte"])
+    # LEACE is affine, so the class means of the erased features are the erased class
+    # means: the MAVs need not be refitted on erased training rows.
+    mav = MAVProbe(n_bootstrap=0).fit_rows(d["Xtr"], d["ytr"], max_rows=audit.settings.max_rows)
+    # The float32 training rows were read for this function alone (keep=False): erased in
+    # place, so their 700 MB (rotated MNIST, d=500) are not held twice.
+    Etr, Ete = eraser.transform(d["Xtr"], out=d.pop("Xtr")), eraser.transform(d["Xte"])
     linear = _per_class_linear(d["ytr"], d["yte"], resolve_device(dev))
     chance = _per_class_chance(d["ytr"], d["yte"])
     c = chance(d["atr"], d["ate"])
@@ -214,9 +219,6 @@ def mnist_erasure(audit: "Audit", ref: "ModelRef", protocol: "Protocol", cfg: Pr
                    random_state=seed).fit(Etr, d["atr"], classes=d["ytr"], groups=d["src"])
     out["angle_mae_mlp_erased"] = row_scores_estimate(np.abs(mlp.predict(Ete, classes=d["yte"]) - d["ate"]),
                                                       chance=c, probe="MLP", **kw, **note)
-    # LEACE is affine, so the class means of the erased features are the erased class
-    # means: the MAVs need not be refitted on an erased copy of the 350,000 training rows.
-    mav = MAVProbe(n_bootstrap=0).fit_rows(d["Xtr"], d["ytr"], max_rows=audit.settings.max_rows)
     sim_after = nearest_centroid(Ete, eraser.transform(mav.centroids_))
     hits = {"before": (mav.predict(d["Xte"]) == d["yte"]).astype(float),
             "after": (mav.classes_[sim_after.argmax(1)] == d["yte"]).astype(float)}
