@@ -63,3 +63,36 @@ def test_extraction_draws_a_bar(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "__stderr__", err)
     extract(model, images, batch_size=8, progress=True, label="tiny test")
     assert "tiny test" in err.getvalue() and "/20 " in err.getvalue()  # redrawn at most every 0.1 s
+
+
+@pytest.mark.parametrize("shown", [True, False])
+def test_probe_extras_and_perturbation_splits_show_their_steps(monkeypatch, shown):
+    # The MLP/control extras and the 20-split face regression run for minutes on real
+    # suites: each names its steps on a terminal, and writes nothing when not wanted.
+    from pytest_invariance.studies.erasure import ProbeExtras, factor_extras
+    from pytest_invariance.studies.faces import repeated_regression
+
+    err = Tty()
+    monkeypatch.setattr(sys, "__stderr__", err)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 6))
+    y = X @ np.arange(6.0) + rng.normal(size=300)
+
+    def linear(Xa, Ya, Xt):  # least squares with an intercept, by numpy
+        A = np.column_stack([Xa, np.ones(len(Xa))])
+        coef = np.linalg.lstsq(A, Ya, rcond=None)[0]
+        return np.column_stack([Xt, np.ones(len(Xt))]) @ coef
+
+    factor_extras(X[:200], y[:200], X[200:], y[200:], metric="yaw_mae", linear_rows=linear,
+                  chance=lambda a, b: float(np.abs(a.mean() - b).mean()),
+                  cfg=ProbeExtras(mlp_hidden=8, mlp_max_train=200, control_clusters=4, n_bootstrap=20),
+                  device="cpu", seed=0, progress=shown, name="tiny")
+    with bar(3, "tiny yaw splits", shown, unit="fit") as b:
+        repeated_regression(X, y, np.repeat(np.arange(30), 10), 0.7, 0, 3, on_split=b.update)
+    text = err.getvalue()
+    if shown:
+        for step in ("tiny yaw_mae extras", "control clusters", "MLP probe", "linear probe", "bootstrap",
+                     "tiny yaw splits"):
+            assert step in text
+    else:
+        assert text == ""

@@ -61,7 +61,8 @@ Rows = Callable[["NDArray[Any]", "NDArray[Any]", "NDArray[Any]"], "NDArray[np.fl
 def factor_extras(Xtr: "NDArray[Any]", ytr: "NDArray[Any]", Xte: "NDArray[Any]", yte: "NDArray[Any]", *,
                   metric: str, linear_rows: Rows, chance: Callable[["NDArray[Any]", "NDArray[Any]"], float],
                   classes: tuple[Any, Any] = (None, None), groups_train: Any = None,
-                  cfg: ProbeExtras, device: str, seed: int) -> dict[str, Estimate]:
+                  cfg: ProbeExtras, device: str, seed: int, progress: bool = False,
+                  name: str = "") -> dict[str, Estimate]:
     """MLP, control and selectivity figures for one regressed factor (errors: lower is better).
 
     Parameters
@@ -82,18 +83,36 @@ def factor_extras(Xtr: "NDArray[Any]", ytr: "NDArray[Any]", Xte: "NDArray[Any]",
         Class of each row when the suite's probe is per class (one-hot input to the MLP).
     groups_train : array, optional
         Source image or identity of each training row, held out together for early stopping.
+    progress, name : bool, str
+        A progress line named ``name`` over the steps (see :mod:`.._progress`).
     """
+    from .._progress import Steps
+
+    with Steps(4, f"{name} {metric} extras".strip(), progress) as step:
+        step.next("control clusters")
+        return _factor_extras(Xtr, ytr, Xte, yte, metric=metric, linear_rows=linear_rows, chance=chance,
+                              classes=classes, groups_train=groups_train, cfg=cfg, device=device, seed=seed,
+                              step=step)
+
+
+def _factor_extras(Xtr: "NDArray[Any]", ytr: "NDArray[Any]", Xte: "NDArray[Any]", yte: "NDArray[Any]", *,
+                   metric: str, linear_rows: Rows, chance: Callable[["NDArray[Any]", "NDArray[Any]"], float],
+                   classes: tuple[Any, Any], groups_train: Any, cfg: ProbeExtras, device: str, seed: int,
+                   step: Any) -> dict[str, Estimate]:
     from ..probes import MLPProbe, control_labels, input_clusters, row_scores_estimate, selectivity
 
     nb = cfg.n_bootstrap
     gtr, gte = input_clusters(Xtr, Xte, n_clusters=cfg.control_clusters, random_state=seed)
     ctr, cte = control_labels(ytr, gtr, gte, random_state=seed)
+    step.next("MLP probe")
     mlp = MLPProbe(hidden=cfg.mlp_hidden, max_train=cfg.mlp_max_train, device=device, n_bootstrap=0,
                    random_state=seed).fit(Xtr, np.column_stack([ytr, ctr]), classes=classes[0], groups=groups_train)
     pred = mlp.predict(Xte, classes=classes[1])
+    step.next("linear probe")
     lin = linear_rows(Xtr, np.column_stack([ytr, ctr]), Xte)
     rows = {"": (np.abs(lin[:, 0] - yte), np.abs(lin[:, 1] - cte)),
             "_mlp": (np.abs(pred[:, 0] - yte), np.abs(pred[:, 1] - cte))}
+    step.next("bootstrap")
     kw = dict(n_bootstrap=nb, random_state=seed)
     about = {"_mlp": {"probe": f"MLP, 1 hidden layer of {cfg.mlp_hidden}", "train_rows": mlp.n_train_,
                       "best_epoch": mlp.weights_.epochs.tolist()}, "": {"probe": "linear"}}
@@ -161,7 +180,8 @@ def mnist_extras(audit: "Audit", ref: "ModelRef", protocol: "Protocol", cfg: Pro
         linear, chance = _per_class_linear(d["ytr"], d["yte"], dev), _per_class_chance(d["ytr"], d["yte"])
         return factor_extras(d["Xtr"], d["atr"], d["Xte"], d["ate"], metric="angle_mae", linear_rows=linear,
                              chance=chance, classes=(d["ytr"], d["yte"]), groups_train=d["src"], cfg=cfg,
-                             device=audit.settings.device, seed=audit.seed)
+                             device=audit.settings.device, seed=audit.seed, progress=audit.progress,
+                             name=ref.name)
 
     # Through the figure cache like the study itself: a warm rerun refits nothing.
     disk = {"study": "mnist_rotation.extras", "protocol": asdict(protocol), "probes": asdict(cfg),
@@ -194,42 +214,50 @@ def mnist_erasure(audit: "Audit", ref: "ModelRef", protocol: "Protocol", cfg: Pr
     (what is left to a non-linear probe), ``mav_accuracy_erased``,
     ``mav_accuracy_erasure_cost`` (points, paired CI) and ``plots`` (table, bars).
     """
+    from .._progress import Steps
     from ..probes import LeaceErasure, MAVProbe, MLPProbe, erasure_cost, row_scores_estimate
     from ..probes.functional import nearest_centroid
 
-    d = _mnist_data(audit, ref, protocol, dtype="float32")
-    seed, nb, dev = audit.seed, cfg.n_bootstrap, audit.settings.device
-    classes = np.unique(d["ytr"])
-    concept = d["atr"][:, None] * (d["ytr"][:, None] == classes[None, :])  # the angle within each class
-    eraser = LeaceErasure(device=dev).fit(d["Xtr"], concept)
-    # LEACE is affine, so the class means of the erased features are the erased class
-    # means: the MAVs need not be refitted on erased training rows.
-    mav = MAVProbe(n_bootstrap=0).fit_rows(d["Xtr"], d["ytr"], max_rows=audit.settings.max_rows)
-    # The float32 training rows were read for this function alone (keep=False): erased in
-    # place, so their 700 MB (rotated MNIST, d=500) are not held twice.
-    Etr, Ete = eraser.transform(d["Xtr"], out=d.pop("Xtr")), eraser.transform(d["Xte"])
-    linear = _per_class_linear(d["ytr"], d["yte"], resolve_device(dev))
-    chance = _per_class_chance(d["ytr"], d["yte"])
-    c = chance(d["atr"], d["ate"])
-    kw = dict(n_bootstrap=nb, random_state=seed)
-    note = {"erased": f"LEACE of angle x one-hot(class), {eraser.rank_} directions, fitted on the training split"}
-    out: dict[str, Any] = {"angle_mae_erased": row_scores_estimate(
-        np.abs(linear(Etr, d["atr"], Ete)[:, 0] - d["ate"]), chance=c, probe="linear", **kw, **note)}
-    mlp = MLPProbe(hidden=cfg.mlp_hidden, max_train=cfg.mlp_max_train, device=dev, n_bootstrap=0,
-                   random_state=seed).fit(Etr, d["atr"], classes=d["ytr"], groups=d["src"])
-    out["angle_mae_mlp_erased"] = row_scores_estimate(np.abs(mlp.predict(Ete, classes=d["yte"]) - d["ate"]),
-                                                      chance=c, probe="MLP", **kw, **note)
-    sim_after = nearest_centroid(Ete, eraser.transform(mav.centroids_))
-    hits = {"before": (mav.predict(d["Xte"]) == d["yte"]).astype(float),
-            "after": (mav.classes_[sim_after.argmax(1)] == d["yte"]).astype(float)}
-    out["mav_accuracy_erased"] = row_scores_estimate(hits["after"], chance=0.1, **kw, **note)
-    out["mav_accuracy_erasure_cost"] = erasure_cost(hits["before"], hits["after"], **kw, **note)
-    rows = [{"panel": "angle MAE (°)", "name": "linear", "before": before["angle_mae"],
-             "after": out["angle_mae_erased"]},
-            {"panel": "angle MAE (°)", "name": "MLP", "before": before["angle_mae_mlp"],
-             "after": out["angle_mae_mlp_erased"]},
-            {"panel": "MAV accuracy", "name": "task", "before": before["mav_accuracy"],
-             "after": out["mav_accuracy_erased"]}]
+    with Steps(6, f"{ref.name} LEACE erasure", audit.progress) as step:
+        step.next("training embeddings")
+        d = _mnist_data(audit, ref, protocol, dtype="float32")
+        seed, nb, dev = audit.seed, cfg.n_bootstrap, audit.settings.device
+        classes = np.unique(d["ytr"])
+        concept = d["atr"][:, None] * (d["ytr"][:, None] == classes[None, :])  # the angle within each class
+        step.next("LEACE fit")
+        eraser = LeaceErasure(device=dev).fit(d["Xtr"], concept)
+        # LEACE is affine, so the class means of the erased features are the erased class
+        # means: the MAVs need not be refitted on erased training rows.
+        mav = MAVProbe(n_bootstrap=0).fit_rows(d["Xtr"], d["ytr"], max_rows=audit.settings.max_rows)
+        step.next("erase")
+        # The float32 training rows were read for this function alone (keep=False): erased in
+        # place, so their 700 MB (rotated MNIST, d=500) are not held twice.
+        Etr, Ete = eraser.transform(d["Xtr"], out=d.pop("Xtr")), eraser.transform(d["Xte"])
+        step.next("linear probe")
+        linear = _per_class_linear(d["ytr"], d["yte"], resolve_device(dev))
+        chance = _per_class_chance(d["ytr"], d["yte"])
+        c = chance(d["atr"], d["ate"])
+        kw = dict(n_bootstrap=nb, random_state=seed)
+        note = {"erased": f"LEACE of angle x one-hot(class), {eraser.rank_} directions, fitted on the training split"}
+        out: dict[str, Any] = {"angle_mae_erased": row_scores_estimate(
+            np.abs(linear(Etr, d["atr"], Ete)[:, 0] - d["ate"]), chance=c, probe="linear", **kw, **note)}
+        step.next("MLP probe")
+        mlp = MLPProbe(hidden=cfg.mlp_hidden, max_train=cfg.mlp_max_train, device=dev, n_bootstrap=0,
+                       random_state=seed).fit(Etr, d["atr"], classes=d["ytr"], groups=d["src"])
+        out["angle_mae_mlp_erased"] = row_scores_estimate(np.abs(mlp.predict(Ete, classes=d["yte"]) - d["ate"]),
+                                                          chance=c, probe="MLP", **kw, **note)
+        step.next("MAV and bootstrap")
+        sim_after = nearest_centroid(Ete, eraser.transform(mav.centroids_))
+        hits = {"before": (mav.predict(d["Xte"]) == d["yte"]).astype(float),
+                "after": (mav.classes_[sim_after.argmax(1)] == d["yte"]).astype(float)}
+        out["mav_accuracy_erased"] = row_scores_estimate(hits["after"], chance=0.1, **kw, **note)
+        out["mav_accuracy_erasure_cost"] = erasure_cost(hits["before"], hits["after"], **kw, **note)
+        rows = [{"panel": "angle MAE (°)", "name": "linear", "before": before["angle_mae"],
+                 "after": out["angle_mae_erased"]},
+                {"panel": "angle MAE (°)", "name": "MLP", "before": before["angle_mae_mlp"],
+                 "after": out["angle_mae_mlp_erased"]},
+                {"panel": "MAV accuracy", "name": "task", "before": before["mav_accuracy"],
+                 "after": out["mav_accuracy_erased"]}]
     out["plots"] = erasure_plots(ref.name, rows, "rotated MNIST test")
     return out
 
@@ -313,7 +341,8 @@ def perturbation_extras(audit: "Audit", ref: "ModelRef", images: Any, spec: Any,
     metric = f"{spec.name}_mae"
     linear = _identity_ridge(ids[tr], seed)
     out: dict[str, Any] = factor_extras(X[tr], target[tr], X[~tr], target[~tr], metric=metric, linear_rows=linear,
-                                        chance=_mean_chance, groups_train=ids[tr], cfg=cfg, device=dev, seed=seed)
+                                        chance=_mean_chance, groups_train=ids[tr], cfg=cfg, device=dev, seed=seed,
+                                        progress=audit.progress, name=ref.name)
     if not erase:
         return out
     eraser = LeaceErasure(device=dev).fit(X[tr], target[tr])

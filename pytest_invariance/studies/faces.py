@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -402,6 +402,8 @@ def perturbation_study(audit: "Audit", ref: "ModelRef", images: ImageSet,
         factor -> ``{"mae": Estimate, "rank1": [Estimate per level], "levels", "unit",
         "strongest": index of the gated level, "plot": rank-1 against level}``.
     """
+    from .._progress import bar
+
     out: dict[str, Any] = {}
     ids = images.labels[identity].to_numpy()
     for spec, neutral in specs:
@@ -409,8 +411,11 @@ def perturbation_study(audit: "Audit", ref: "ModelRef", images: ImageSet,
         levels = np.asarray(spec.levels)
         level_of = np.repeat(levels, len(images))
         target = np.abs(level_of - neutral) if spec.name in absolute else level_of
-        mae = repeated_regression(X, target, np.tile(ids, len(levels)), train_fraction, audit.seed, n_splits)
-        rank1 = rank1_per_level(X, ids, list(levels).index(neutral), seed=audit.seed)
+        with bar(n_splits + 1, f"{ref.name} {spec.name} splits", audit.progress, unit="fit") as shown:
+            mae = repeated_regression(X, target, np.tile(ids, len(levels)), train_fraction, audit.seed, n_splits,
+                                      on_split=shown.update)
+            rank1 = rank1_per_level(X, ids, list(levels).index(neutral), seed=audit.seed)
+            shown.update(1)
         out[spec.name] = {"mae": mae, "rank1": rank1, "levels": levels.tolist(), "unit": spec.unit,
                           "neutral": neutral, "strongest": _strongest(levels, neutral, rank1),
                           "target": f"|{spec.name} - {neutral:g}|" if spec.name in absolute else spec.name}
@@ -431,7 +436,8 @@ def penalty_unit(singular_values: "NDArray[np.float64]", n: int) -> float:
 
 
 def repeated_regression(X: "NDArray[np.floating]", y: "NDArray[np.floating]", groups: "NDArray[Any]",
-                        train_fraction: float, seed: int, n_splits: int) -> Estimate:
+                        train_fraction: float, seed: int, n_splits: int,
+                        on_split: Callable[[int], Any] | None = None) -> Estimate:
     """:func:`factor_regression` on ``n_splits`` seeded identity-disjoint splits, combined.
 
     A single 70/30 split of 100 identities moves the MAE by several times its bootstrap
@@ -449,6 +455,8 @@ def repeated_regression(X: "NDArray[np.floating]", y: "NDArray[np.floating]", gr
         for r in range(n_splits):
             s = repeat_seed(seed, r)
             ests.append(factor_regression(X, y, identity_split(groups, train_fraction, s), groups, seed=s))
+            if on_split is not None:  # a progress line's update(1)
+                on_split(1)
     return repeated_estimate(ests, alternative="less")
 
 
