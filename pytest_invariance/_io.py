@@ -6,10 +6,17 @@ import os
 import tempfile
 from os import PathLike
 from pathlib import Path
+from typing import Any, BinaryIO, Callable
 
 
 def atomic_write_bytes(path: str | PathLike[str], data: bytes) -> Path:
     """Write ``data`` through a temp file in the same folder, fsync, then ``os.replace``."""
+    return atomic_write_with(path, lambda f: f.write(data))
+
+
+def atomic_write_with(path: str | PathLike[str], write: Callable[[BinaryIO], Any]) -> Path:
+    """Like :func:`atomic_write_bytes`, with ``write(f)`` writing the bytes to the open temp
+    file: a large file is streamed, never held in memory whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The writer's pid is in the name so that remove_stale_temps() can tell a live write
@@ -17,7 +24,7 @@ def atomic_write_bytes(path: str | PathLike[str], data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)

@@ -125,3 +125,24 @@ def test_damaged_mnist_array_file_is_rebuilt(tmp_path):
             again = mnist.load_mnist("test", cache_dir=tmp_path)
         assert np.array_equal(again.images, first.images) and again.labels.equals(first.labels)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_masked_entry_built_in_blocks_equals_the_whole_array_layout(tmp_path, monkeypatch, dtype):
+    # The masked layout is built 3 rows at a time here (blocks of 16,384 in use), streamed to
+    # the file: its mask and values are those of the whole array, and it reads back exactly.
+    from pytest_invariance.embeddings import _cache
+
+    monkeypatch.setattr(_cache, "_ROWS", 3)
+    rng = np.random.default_rng(0)
+    arr = np.maximum(rng.normal(size=(11, 13)), 0).astype(dtype)  # ~half zeros, 13 bits per row
+    cache, _ = _entry(tmp_path, arr)
+    path = cache.dir / "k.npz"
+    with np.load(path) as z:
+        np.testing.assert_array_equal(z["mask"], np.packbits(arr != 0, axis=1))
+        np.testing.assert_array_equal(z["values"], arr[arr != 0])
+    got = cache.load("k", rows=11)
+    assert got.dtype == dtype and np.array_equal(got, arr)
+    assert json.loads((cache.dir / "k.json").read_text())["bytes"] == path.stat().st_size
+    dense, _ = _entry(tmp_path / "dense", np.ones((5, 4), dtype=dtype))  # too few zeros: the .npy layout
+    assert (dense.dir / "k.npy").exists() and not (dense.dir / "k.npz").exists()

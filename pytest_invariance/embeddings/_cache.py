@@ -18,7 +18,6 @@ when the cache is opened.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import shutil
 from contextlib import contextmanager
@@ -27,7 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .._io import atomic_write_bytes, remove_stale_temps
+from .._io import atomic_write_bytes, atomic_write_with, remove_stale_temps
 from ..errors import warn
 from ..models._common import sha256_file
 
@@ -62,6 +61,25 @@ def unpack_zeros(mask: np.ndarray, values: np.ndarray, shape: tuple[int, ...]) -
     if done != len(values):
         raise ValueError(f"mask sets {done} values, {len(values)} stored")
     return out
+
+
+def mask_zeros(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The sparse layout of a 2-D array, ``(packed bit mask of the non-zeros [n, ceil(d/8)],
+    non-zero values in row order)``, or None when more than 7/8 of the values are non-zero.
+    Built in blocks of rows: no boolean temporary of the array's size."""
+    n, d = arr.shape
+    counts = [int(np.count_nonzero(arr[s: s + _ROWS])) for s in range(0, n, _ROWS)]
+    if arr.size == 0 or sum(counts) > 7 / 8 * arr.size:
+        return None
+    mask = np.empty((n, (d + 7) // 8), dtype=np.uint8)
+    values = np.empty(sum(counts), dtype=arr.dtype)
+    done = 0
+    for s, k in zip(range(0, n, _ROWS), counts):
+        nonzero = arr[s: s + _ROWS] != 0
+        mask[s: s + _ROWS] = np.packbits(nonzero, axis=1)
+        values[done: done + k] = arr[s: s + _ROWS][nonzero]
+        done += k
+    return mask, values
 
 
 def _all_finite(arr: np.ndarray) -> bool:
@@ -144,22 +162,20 @@ class EmbeddingCache:
         arr = np.ascontiguousarray(arr)
         if arr.dtype not in (np.float16, np.float32):
             arr = arr.astype(np.float32)
-        buf = io.BytesIO()
-        nonzero = arr != 0
-        sparse = arr.ndim == 2 and bool(nonzero.mean() <= 7 / 8)
-        if sparse:
-            np.savez(buf, mask=np.packbits(nonzero, axis=1), values=arr[nonzero], shape=np.array(arr.shape))
-        else:
-            np.save(buf, arr, allow_pickle=False)
-        del nonzero
-        data = buf.getbuffer()  # no second copy of the bytes
-        record = {**meta, "shape": list(arr.shape), "dtype": str(arr.dtype), "bytes": len(data),
-                  "sha256": hashlib.sha256(data).hexdigest(), "layout": "masked" if sparse else "dense"}
+        masked = mask_zeros(arr) if arr.ndim == 2 else None
+        path = self._path(key, masked is not None)
         # The record goes last: an entry without one is never trusted. The other layout's
         # file of the same key (an older entry) goes first, so it cannot shadow this one.
         (self.dir / f"{key}.json").unlink(missing_ok=True)
-        self._path(key, not sparse).unlink(missing_ok=True)
-        atomic_write_bytes(self._path(key, sparse), data)  # type: ignore[arg-type]
+        self._path(key, masked is None).unlink(missing_ok=True)
+        # Streamed to the file (not through an in-memory buffer): a 350,000 x 500 training
+        # set's entry is ~150 MB that need not be held beside the array.
+        if masked is not None:
+            atomic_write_with(path, lambda f: np.savez(f, mask=masked[0], values=masked[1], shape=np.array(arr.shape)))
+        else:
+            atomic_write_with(path, lambda f: np.save(f, arr, allow_pickle=False))
+        record = {**meta, "shape": list(arr.shape), "dtype": str(arr.dtype), "bytes": path.stat().st_size,
+                  "sha256": sha256_file(path), "layout": "dense" if masked is None else "masked"}
         atomic_write_bytes(self.dir / f"{key}.json", json.dumps(record, indent=1, default=str).encode())
 
     @contextmanager
