@@ -213,13 +213,14 @@ class LinearRegressionProbe(ProbeMixin):
                 for c in range(len(self.classes_)):
                     rows = np.flatnonzero(gtr == c)
                     Yp[rows] = ytr[rows][np.argsort(keys[:, rows], axis=1)].T
-                Xte = np.asarray(X, dtype=np.float64)
+                Xte = np.asarray(X)
                 P = np.empty((len(Xte), len(keys)))
                 for c in range(len(self.classes_)):
                     rows = np.flatnonzero(gtr == c)
                     cross = F.centred_cross(Xtr, rows, self._x_means[c], Yp[rows])
                     coef, b = F.ridge_solve(*self._eig[c], cross, self._x_means[c], Yp[rows].mean(0))
-                    P[g == c] = Xte[g == c] @ coef.T + b
+                    # float64 one class at a time: no float64 copy of the whole test set
+                    P[g == c] = Xte[g == c].astype(np.float64) @ coef.T + b
                 return np.abs(P - y[:, None]).mean(0)  # type: ignore[no-any-return]
 
             rng_keys = np.random.default_rng(self.random_state).random(len(ytr))

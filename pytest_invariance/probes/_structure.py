@@ -110,7 +110,8 @@ def spectrum_estimate(X: Any, k: int, n_bootstrap: int = 200, random_state: int 
     PP = P[:, iu[0]] * P[:, iu[1]]  # [n, r(r+1)/2]: every resample's second moments in one product
 
     def share(counts: NDArray[np.float64]) -> NDArray[np.float64]:
-        w = counts / n
+        w = counts
+        w /= n  # in place (the block is bootstrap_counts' own float64 copy): no second [128, n] array
         mu_p, mu_x = w @ P, (torch.from_numpy(w) @ Xt).numpy()
         total = w @ sq - (mu_x**2).sum(1)
         cov = np.zeros((len(w), r, r))

@@ -248,14 +248,23 @@ def class_means(X: NDArray[np.floating], codes: NDArray[np.integer], n_groups: i
 
 
 def nearest_centroid(X: NDArray[np.floating], centroids: NDArray[np.floating], metric: str = "cosine") -> NDArray[np.float64]:
-    """Similarity of each sample to each centroid [n, k] (higher = nearer): cosine or -euclidean."""
-    X = np.array(X, dtype=np.float64)  # a copy: normalised in place below
+    """Similarity of each sample to each centroid [n, k] (higher = nearer): cosine or -euclidean.
+
+    Computed in float64, ``_BLOCK`` rows at a time: no float64 copy of a large ``X``.
+    """
+    X = np.asarray(X)
+    centroids = np.asarray(centroids, dtype=np.float64)
+    out = np.empty((len(X), len(centroids)))
     if metric == "cosine":
-        X /= np.linalg.norm(X, axis=1, keepdims=True)
-        cn = np.linalg.norm(centroids, axis=1, keepdims=True)
-        return X @ (centroids / np.maximum(cn, 1e-300)).T  # type: ignore[no-any-return]
-    d2 = (X**2).sum(1)[:, None] - 2 * X @ centroids.T + (centroids**2).sum(1)[None, :]
-    return -d2  # type: ignore[no-any-return]
+        C = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-300)
+    for s in range(0, len(X), _BLOCK):
+        x = np.array(X[s: s + _BLOCK], dtype=np.float64)  # a copy: normalised in place below
+        if metric == "cosine":
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            out[s: s + _BLOCK] = x @ C.T
+        else:
+            out[s: s + _BLOCK] = -((x**2).sum(1)[:, None] - 2 * x @ centroids.T + (centroids**2).sum(1)[None, :])
+    return out
 
 
 def bin_labels(edges: Any) -> list[str]:

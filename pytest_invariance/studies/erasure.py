@@ -198,7 +198,7 @@ def _mnist_data(audit: "Audit", ref: "ModelRef", protocol: "Protocol", dtype: st
     # The probes read the study's float16 training embeddings (one cache entry); LEACE asks for
     # float32 (fitted on half-precision rows, the erased linear MAE sat 2.8 deg above chance).
     return {"Xtr": audit.embed(ref, train, label=f"{ref.name} train", keep=False, dtype=dtype),
-            "Xte": audit.embed(ref, test, label=f"{ref.name} test"),
+            "Xte": audit.embed(ref, test, label=f"{ref.name} test", keep=audit.cache is None),
             "ytr": train.labels["label"].to_numpy(), "yte": test.labels["label"].to_numpy(),
             "atr": train.labels["rotation"].to_numpy(float), "ate": test.labels["rotation"].to_numpy(float),
             "src": train.labels["source_index"].to_numpy()}

@@ -106,7 +106,10 @@ def study_inputs(audit: "Audit", ref: "ModelRef", protocol: Protocol) -> dict[st
     """Every array the study reads: test embeddings, labels, angles and logits, and the
     rotated training embeddings, labels and angles of each refit (``train``: a list)."""
     test = rotated(audit, "test", protocol)
-    arrays: dict[str, Any] = {"Xte": audit.embed(ref, test, label=f"{ref.name} test"),
+    # With a disk cache, the test embeddings are read back when the extras need them rather
+    # than held for the session: 140 MB per model (rotated MNIST, d=500) while other models run.
+    keep = audit.cache is None
+    arrays: dict[str, Any] = {"Xte": audit.embed(ref, test, label=f"{ref.name} test", keep=keep),
                               "yte": test.labels["label"].to_numpy(), "ate": test.labels["rotation"].to_numpy()}
     # The 350,000 x D training embeddings feed only the fits (class means, least squares over
     # 35,000 rows each), where half precision moves no figure by more than 1e-5
@@ -120,7 +123,7 @@ def study_inputs(audit: "Audit", ref: "ModelRef", protocol: Protocol) -> dict[st
     layer = logits_layer(ref)
     if layer is not None:
         try:
-            arrays["logits"] = audit.embed(ref, test, layer=layer, label=f"{ref.name} logits")
+            arrays["logits"] = audit.embed(ref, test, layer=layer, label=f"{ref.name} logits", keep=keep)
         except LayerNotFoundError:  # a torch model returning several values: no single classifier output
             pass
     return arrays
@@ -154,7 +157,12 @@ def compute_study(name: str, inputs: dict[str, Any], protocol: Protocol, seed: i
                   progress: bool = False, max_rows: int | None = None) -> dict[str, Any]:
     """The figures from the arrays of :func:`study_inputs` (see the module docstring);
     ``max_rows`` (--invariance-max-rows): the MAV and angle regressions are fitted from
-    chunks of at most that many training rows (the same figures, no permutation p-value)."""
+    chunks of at most that many training rows (the same figures, no permutation p-value).
+
+    ``inputs["train"]`` is taken out of ``inputs`` (consumed): the training embeddings are
+    freed once the trained figures are computed, before the spectrum and plots (350 MB
+    for rotated MNIST at d=500 that need not sit under the spectrum bootstrap's peak).
+    """
     from .._progress import Steps
     from ..probes import spectrum, spectrum_estimate
 
@@ -172,7 +180,7 @@ def compute_study(name: str, inputs: dict[str, Any], protocol: Protocol, seed: i
                                                         per_class_error=per_class_stats(1.0 - soft, yte)[0],
                                                         per_class_n=class_counts(yte))
 
-        out.update(trained_figures(inputs["train"], [seed if s is None else s for s in seeds], nb,
+        out.update(trained_figures(inputs.pop("train"), [seed if s is None else s for s in seeds], nb,
                                    Xte, yte, ate, soft, step, max_rows))
 
         step.next("spectrum bootstrap")
