@@ -69,3 +69,23 @@ def test_seed_reproducible_and_errors():
         MAVProbe(metric="manhattan").fit(X, y)
     with pytest.raises(NotFittedError):
         MAVProbe().predict(X)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_similarities_in_blocks_equal_the_whole_matrix_by_hand(monkeypatch, metric):
+    # nearest_centroid works through float64 blocks of rows (no float64 copy of a large X);
+    # 5 blocks here must give what numpy gives on the whole float64 matrix.
+    from pytest_invariance.probes import functional as F
+
+    monkeypatch.setattr(F, "_BLOCK", 7)
+    rng = np.random.default_rng(0)
+    X = np.abs(rng.normal(size=(31, 6))).astype(np.float16)
+    C = rng.normal(size=(4, 6))
+    X64 = X.astype(np.float64)
+    if metric == "cosine":
+        hand = (X64 / np.linalg.norm(X64, axis=1, keepdims=True)) @ (C / np.linalg.norm(C, axis=1, keepdims=True)).T
+    else:
+        hand = -((X64[:, None, :] - C[None]) ** 2).sum(2)
+    got = F.nearest_centroid(X, C, metric)
+    np.testing.assert_allclose(got, hand, rtol=1e-12, atol=1e-12)
+    assert (got.argmax(1) == hand.argmax(1)).all()

@@ -253,7 +253,7 @@ def nearest_centroid(X: NDArray[np.floating], centroids: NDArray[np.floating], m
     Computed in float64, ``_BLOCK`` rows at a time: no float64 copy of a large ``X``.
     """
     X = np.asarray(X)
-    centroids = np.asarray(centroids, dtype=np.float64)
+    centroids = np.asarray(centroids)
     out = np.empty((len(X), len(centroids)))
     if metric == "cosine":
         C = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-300)
