@@ -1,5 +1,14 @@
 import pytest
 
+# pytester restores sys.modules after each test: a C extension first imported inside a test
+# is dropped and imported again by a later one, which aborts the process (onnx's protobuf).
+# Importing them here, before any test, keeps them loaded once for the session.
+try:
+    import onnx  # noqa: F401
+    import torch.onnx  # noqa: F401
+except ImportError:  # the tests that need them skip
+    pass
+
 pytest_plugins = "pytester"
 
 
