@@ -125,7 +125,11 @@ def _probe(suite: Suite, ref: "ModelRef", seed: int) -> tuple[str | None, dict[s
         return None, None
     took = f"{e.path} expects input {e.contract.describe()}"
     if any(h is not None and h != f for h, f in zip(e.input_shape, shape)):
-        return f"{took} but suite {suite.name} feeds float32[N, {', '.join(map(str, shape))}] (NCHW)", None
+        c, h, w = e.input_shape
+        fix = [f"channels={c}"] if c is not None and c != shape[0] else []
+        fix += [f"size={h}x{w}"] if h and w and (h, w) != tuple(shape[1:]) else []
+        return (f"{took} but suite {suite.name} feeds float32[N, {', '.join(map(str, shape))}] (NCHW)"
+                + (f"; to feed it, pass --invariance-preprocess {' '.join(fix)}" if fix else "")), None
     p = ref.preprocess
     if e.contract.dtype == "uint8" and (p.scale != 1.0 or p.mean != (0.0,) or p.std != (1.0,) or p.prewhiten):
         raise EmbeddingError(f"{took}: a uint8 model gets 0-255 pixels and normalises them itself; "
@@ -142,6 +146,12 @@ def _probe(suite: Suite, ref: "ModelRef", seed: int) -> tuple[str | None, dict[s
     except Exception as exc:  # the backend's own error: the model does not take this input
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
         return f"{e.path} fails on suite {suite.name}'s input float32[N, {', '.join(map(str, shape))}]: {first}", None
+    for layer in layers:  # before the batch comparison, whose NaN difference would blame eval mode
+        bad = int((~np.isfinite(together[layer]).all(axis=1)).sum())
+        if bad:
+            raise EmbeddingError(
+                f"{e.path} layer {layer!r} gives NaN/Inf embeddings for {bad} of {len(x)} random images at suite "
+                f"{suite.name}'s input: check the model's numerics at this layer and --invariance-preprocess")
     singles = [e.embed_many(x[i:i + 1].numpy(), layers, pool=ref.pool) for i in range(len(x))]
     for layer in layers:
         alone = np.concatenate([one[layer] for one in singles])

@@ -120,3 +120,24 @@ def test_a_torch_model_returning_several_values_is_refused_at_start_up(toy):
     assert "FAILED" not in result.stdout.str() and "Traceback" not in result.stdout.str()
     result = toy.runpytest_subprocess("audits", "--model", "heads:make", "--layer", "body", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def test_a_model_with_nan_outputs_is_named_for_its_numerics_not_eval_mode(toy):
+    export_onnx(tiny_cnn(nan=True), toy.path / "nan.onnx")
+    result = toy.runpytest_subprocess("audits", "--model", "nan.onnx", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *nan.onnx layer 'output' gives NaN/Inf embeddings for 4 of 4 random images "
+                                 "at suite toy's input: check the model's numerics at this layer and --invariance-preprocess"])
+    assert "inference mode" not in result.stderr.str()
+
+
+def test_a_model_of_other_channels_is_skipped_with_the_option_that_feeds_it(toy):
+    from pytest_invariance.testing import grid_cnn
+
+    export_onnx(grid_cnn(4, 3, 4), toy.path / "rgb.onnx", input_shape=(3, 28, 28))  # the toy suite feeds 1 channel
+    result = toy.runpytest_subprocess("audits", "--model", "rgb.onnx", "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(["*suite toy: skipped: *rgb.onnx expects input*but suite toy feeds float32[[]N, 1, 28, 28[]] "
+                                 "(NCHW); to feed it, pass --invariance-preprocess channels=3"])
+    result = toy.runpytest_subprocess("audits", "--model", "rgb.onnx", "--invariance-preprocess", "channels=3",
+                                      "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
