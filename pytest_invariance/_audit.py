@@ -165,15 +165,15 @@ class Audit:
                               lambda: tuple(self._select(suite, ref, patterns)))
 
     def _select(self, suite: Suite, ref: ModelRef, patterns: list[str]) -> list[str]:
-        from .models._layers import OPT_LAYERS, is_glob, sample_batch, select_layers
+        from .models._layers import OPT_LAYERS, is_glob, select_layers, trace_names
 
         emb = ref.embedder
         option = OPT_LAYERS if self.settings.layers else "--layer"
-        if len(patterns) == 1 and not is_glob(patterns[0]):
+        if emb.backend != "torch" and len(patterns) == 1 and not is_glob(patterns[0]):
             return select_layers([], emb.layers(), patterns, option, emb.path)
-        # ONNX graph order is forward order; torch needs one forward to know it.
-        sample = sample_batch(trace_shape(emb, suite, ref.preprocess), self.seed) if emb.backend == "torch" else None
-        trace = emb.trace_layers(sample)
+        # ONNX graph order is forward order; torch needs one forward to know it (and which
+        # modules run more than once: a bare name of those is refused here, at start-up).
+        trace, _ = trace_names(emb, trace_shape(emb, suite, ref.preprocess), self.seed)
         return select_layers([n for n, _ in trace], emb.layers(), patterns, option, emb.path)
 
     def _model(self, suite: Suite, name: str) -> ModelRef:

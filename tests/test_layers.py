@@ -252,9 +252,9 @@ def test_layer_qualified_threshold_applies_to_that_layer_only(toy):
     bad = toy.runpytest_subprocess("audits", "--model", "audits/toy/tiny.onnx", "--invariance-layers",
                                    f"{conv},output", "--invariance-threshold", "conv9.feature_mean=-1000")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
-    bad.stderr.fnmatch_lines(["ERROR: --invariance-threshold conv9.feature_mean=-1000: no selected suite has "
-                              f"qualifier 'conv9' and it is not a selected layer; known qualifiers: tiny; "
-                              f"selected layers: {conv}, output"])
+    bad.stderr.fnmatch_lines(["ERROR: --invariance-threshold conv9.feature_mean: 'conv9' is neither a selected "
+                              "layer nor a qualifier of the checks (write LAYER.METRIC, QUALIFIER.METRIC or "
+                              f"LAYER.QUALIFIER.METRIC); selected layers: {conv}, output; qualifiers: tiny"])
 
 
 def test_baseline_compares_layer_with_layer_across_sweep_and_single_runs(toy):

@@ -66,15 +66,47 @@ def select_layers(order: list[str], known: Iterable[str], patterns: list[str], o
                 raise LayerNotFoundError(f"{option} {pat!r} matches no layer of {model}; "
                                          f"layers in forward order: {shown} ({OPT_LIST_LAYERS} lists them all)")
             chosen.update(hits)
-        elif pat in order:
+        elif pat in order:  # an exact name wins over reading '#k' as a call index (ONNX 'a#1')
             chosen.add(pat)
-        elif split_call(pat)[0] in known:
-            if pat not in extra:
-                extra.append(pat)  # e.g. 'relu#2' of a module the trace did not list, or TorchScript
+        elif f"{pat}#1" in order:  # a module the forward calls more than once: which call?
+            calls = ", ".join(la for la in order if la.rpartition("#")[0] == pat)
+            raise LayerNotFoundError(f"{option} {pat}: layer {pat!r} of {model} runs more than once per forward; "
+                                     f"name one call with --layer: {calls}")
+        elif pat in known or split_call_or_none(pat) in known:
+            if pat not in extra:  # not traced (TorchScript, no forward yet): the backend checks it
+                extra.append(pat)
         else:
             err = unknown_layer(pat, sorted(known), model)
             raise LayerNotFoundError(f"{option} {pat}: {err}") from None
     return [la for la in order if la in chosen] + extra
+
+
+def split_call_or_none(layer: str) -> str | None:
+    """The module name of ``name#k``; None when the text after the last ``#`` is no call index."""
+    try:
+        return split_call(layer)[0]
+    except LayerNotFoundError:
+        return None
+
+
+# A torch model of dynamic input size whose size no suite or option gives is traced at
+# this size, for its layers' names, forward order and call counts only (not shapes).
+TRACE_SIZE = (224, 224)
+
+
+def trace_names(emb: "Embedder", shape: tuple[int | None, ...], seed: int = 0
+                ) -> tuple[list[tuple[str, tuple[int | None, ...]]], bool]:
+    """``(trace, shapes_known)``: :meth:`Embedder.trace_layers` at ``shape`` (C, H, W); when
+    H or W is unknown, names from one forward at :data:`TRACE_SIZE` with the shapes dropped
+    (a model that cannot take that size: the untraced names, as the backend lists them)."""
+    sample = sample_batch(shape, seed)
+    if sample is not None or emb.backend != "torch":
+        return emb.trace_layers(sample), sample is not None
+    try:
+        trace = emb.trace_layers(sample_batch((shape[0] or 3, *TRACE_SIZE), seed))
+    except Exception:  # noqa: BLE001 - the size is a guess; fall back to the untraced names
+        return emb.trace_layers(None), False
+    return [(name, ()) for name, _ in trace], False
 
 
 def sample_batch(shape: tuple[int | None, ...] | None, seed: int = 0) -> "np.ndarray | None":
