@@ -178,6 +178,7 @@ class Audit:
 
     def _model(self, suite: Suite, name: str) -> ModelRef:
         from .embeddings import Preprocess
+        from .models._common import names_layer
 
         pre = suite.section("preprocess")
         if self.settings.embeddings and not self.settings.model:
@@ -190,7 +191,7 @@ class Audit:
                 from .models._common import default_layer, unknown_layer
 
                 layer = suite.section("suite").get("user_layer") or default_layer(emb)
-                if layer.partition("#")[0] not in emb.layers():
+                if not names_layer(layer, emb.layers()):
                     raise unknown_layer(layer, emb.layers(), emb.path)
             pre = {k: v for k, v in pre.items() if k in PROTOCOL_KEYS}
             c, h, w = emb.input_shape

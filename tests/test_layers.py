@@ -322,3 +322,70 @@ def test_a_known_leak_is_excused_only_at_the_layer_it_was_documented_for(tmp_pat
     assert known("angle_mae", "conv1") is None  # a sweep's other layers fail as failures
     assert known("feature_mean", "ip1") == "any model" and known("feature_mean", "conv1") is None
     assert suite.expected_failure("angle_mae", ["lenet"]) == "documented at ip1"  # no sweep: as before
+
+
+# ------------------------------------------------------------------ names a new user's models really have
+
+
+def _rename_tensors(src, dst, names: dict) -> None:
+    """Rename tensors of an exported ONNX graph (node outputs, inputs and graph outputs)."""
+    import onnx
+
+    model = onnx.load(str(src))
+    for node in model.graph.node:
+        node.input[:] = [names.get(n, n) for n in node.input]
+        node.output[:] = [names.get(n, n) for n in node.output]
+    for out in model.graph.output:
+        out.name = names.get(out.name, out.name)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+
+
+@pytest.fixture
+def odd_onnx(toy):
+    """The toy suite's model with its tensors renamed to what exporters really write: '#',
+    spaces, commas, brackets, and an output ending '#1'."""
+    suite = toy.path / "audits" / "toy"
+    src = suite / "tiny.onnx"
+    conv, act = [la for la, _ in load_model(str(src), device="cpu").trace_layers()][:2]
+    names = {conv: "conv out#1", act: "feat, relu[0]", "output": "logits#1"}
+    _rename_tensors(src, suite / "odd.onnx", names)
+    return toy, names
+
+
+def test_odd_onnx_tensor_names_are_selected_exactly_and_listed(odd_onnx):
+    toy, names = odd_onnx
+    conv, act, out = names.values()
+    model = load_model(str(toy.path / "audits/toy/odd.onnx"), device="cpu")
+    assert [la for la, _ in model.trace_layers()][:2] == [conv, act] and model.default_layer == out
+    # Exact names win over '#k' call indexes and glob characters; a comma is escaped in a list.
+    order = [la for la, _ in model.trace_layers()]
+    assert select_layers(order, model.layers(), [act, conv, out], "--layer", "m") == [conv, act, out]
+    from pytest_invariance.models._layers import split_spec
+
+    assert split_spec(r"feat\, relu[0],logits#1") == [act, out]
+    listed = toy.runpytest_subprocess("audits", "--model", "audits/toy/odd.onnx", "--invariance-list-layers")
+    assert listed.ret == 0, listed.stderr.str()
+    rows = [line.split("  [")[0].strip() for line in listed.stdout.lines if line.startswith("  ")]
+    assert rows[:2] == [conv, act] and rows[-1] == out and listed.stdout.lines[-1].endswith("(default)")
+    args = ["audits", "--model", "audits/toy/odd.onnx", "--invariance-progress", "off"]
+    by_option = toy.runpytest_subprocess(*args, "--layer", conv, "--layer", act, "--layer", out)
+    assert by_option.ret == 0, by_option.stdout.str() + by_option.stderr.str()
+    first = {c["layer"]: c["value"] for c in read_results(toy)["checks"]}
+    by_list = toy.runpytest_subprocess(*args, "--invariance-layers", r"logits#1,feat\, relu[0],conv out#1")
+    assert by_list.ret == 0, by_list.stdout.str() + by_list.stderr.str()
+    second = {c["layer"]: c["value"] for c in read_results(toy)["checks"]}
+    assert list(first) == list(second) == [conv, act, out] and first == second
+    # Each figure is that tensor's mean, read by onnxruntime directly.
+    import pandas as pd
+
+    from pytest_invariance.data import ArrayImageSet
+
+    rng = np.random.default_rng(0)
+    images = ArrayImageSet(rng.integers(0, 256, (64, 28, 28), dtype=np.uint8),
+                           pd.DataFrame({"label": np.arange(64) % 4}), name="toy-noise")
+    x = np.stack([images[i][0] for i in range(64)]).astype(np.float32)
+    x = x[:, None] if x.ndim == 3 else x
+    sess = ort.InferenceSession(str(toy.path / "audits/toy/odd.onnx"))
+    raw = sess.run([out], {sess.get_inputs()[0].name: x})[0]
+    assert first[out] == pytest.approx(float(raw.mean()), rel=1e-5)

@@ -16,6 +16,7 @@ from torch import nn  # noqa: E402
 
 from pytest_invariance.errors import EmbeddingError, LayerNotFoundError, ModelLoadError  # noqa: E402
 from pytest_invariance.models import load_model  # noqa: E402
+from pytest_invariance.models._layers import select_layers  # noqa: E402
 
 X = torch.from_numpy(np.random.default_rng(0).random((5, 3, 12, 12), dtype=np.float32))
 
@@ -329,12 +330,23 @@ def test_permute_in_plain_code_that_keeps_the_shape_is_refused(tmp_path):
     np.testing.assert_allclose(got, expect, atol=1e-5)
 
 
-def test_call_index_is_accepted_by_the_layer_option():
+def test_layer_option_takes_any_name_verbatim_and_the_model_refuses_a_bad_call_index():
     import argparse
 
     from pytest_invariance.settings import parse_layer
 
-    assert parse_layer("layer1.0.relu#2") == "layer1.0.relu#2"
-    for bad in ("layer1.0.relu#0", "layer1.0.relu#", "a#1#2"):
-        with pytest.raises(argparse.ArgumentTypeError, match="layer1.0.relu#2"):
-            parse_layer(bad)
+    # ONNX tensors may be called anything: the option keeps the text, the model judges it.
+    for name in ("layer1.0.relu#2", "a#1#2", "feat, a b", "x[0]"):
+        assert parse_layer(name) == name
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a layer name"):
+        parse_layer("  ")
+    order = ["stem", "block.relu#1", "block.relu#2", "output"]
+    for bad in ("block.relu#0", "block.relu#"):
+        with pytest.raises(LayerNotFoundError, match=f"--layer {bad}: layer '{bad}' is not in m"):
+            select_layers(order, ["stem", "block.relu", "output"], [bad], "--layer", "m")
+    with pytest.raises(LayerNotFoundError, match="--layer block.relu#3: layer 'block.relu' of m runs 2 time.s. per "
+                                                 "forward; name one of: block.relu#1, block.relu#2"):
+        select_layers(order, ["stem", "block.relu", "output"], ["block.relu#3"], "--layer", "m")
+    with pytest.raises(LayerNotFoundError, match="--layer block.relu: layer 'block.relu' of m runs more than once "
+                                                 "per forward; name one call with --layer: block.relu#1, block.relu#2"):
+        select_layers(order, ["stem", "block.relu", "output"], ["block.relu"], "--layer", "m")
