@@ -389,3 +389,143 @@ def test_odd_onnx_tensor_names_are_selected_exactly_and_listed(odd_onnx):
     sess = ort.InferenceSession(str(toy.path / "audits/toy/odd.onnx"))
     raw = sess.run([out], {sess.get_inputs()[0].name: x})[0]
     assert first[out] == pytest.approx(float(raw.mean()), rel=1e-5)
+
+
+# ------------------------------------------------------------------ the factors suite swept over a user's model
+
+ZOO = '''
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+
+class Net(nn.Module):
+    """Any input size: stem conv -> BasicBlock (relu runs twice) -> tokens [N, H*W, 8] -> LayerNorm -> head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = BasicBlock(8, 8)
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        t = self.block(self.stem(x)).flatten(2).transpose(1, 2)
+        return self.head(self.norm(t).mean(1))
+
+
+def net():
+    return Net()
+'''
+
+
+@pytest.fixture
+def factors(pytester):
+    """The factors suite, a folder of 120 real PNGs (16x16) labelled with a continuous and a
+    binary column, and a dynamic-size model as a factory (zoo_nets:net) and as TorchScript."""
+    import shutil
+    from pathlib import Path
+
+    import pandas as pd
+    from PIL import Image
+
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copytree(repo / "audits" / "factors", pytester.path / "audits" / "factors",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (pytester.path / "zoo_nets.py").write_text(ZOO)
+    root = pytester.path / "data"
+    (root / "img").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(120):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / f"img/{i:03d}.png")
+        rows.append({"image": f"img/{i:03d}.png", "amount": round(float(rng.uniform(0, 10)), 2),
+                     "flag": ["no", "yes"][i % 2]})
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    (root / "invariance.toml").write_text("[data]\nsize = [16, 16]\n")
+    pytester.syspathinsert(pytester.path)
+    import zoo_nets
+
+    torch.jit.script(zoo_nets.net().eval()).save(str(pytester.path / "net_scripted.pt"))
+    sys_modules = __import__("sys").modules
+    sys_modules.pop("zoo_nets", None)
+    return pytester
+
+
+def _factors_run(pytester, *args):
+    return pytester.runpytest_subprocess("audits/factors", "--invariance-data-dir", "data", "-p", "no:cacheprovider",
+                                         "--invariance-no-report", "--invariance-progress", "off", *args)
+
+
+def test_factors_sweep_takes_thresholds_qualified_by_layer_and_factor(factors):
+    with open(factors.path / "data" / "invariance.toml", "a") as f:
+        f.write('[thresholds]\n"head.flag.balanced_error" = 0.0\n')
+    result = _factors_run(factors, "--model", "zoo_nets:net", "--invariance-layers", "stem,head", "-k", "not enrollment",
+                          "--invariance-threshold", "stem.amount.mae=1000", "--invariance-threshold", "head.mae=0")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=3, failed=1)
+    by = {(c["layer"], c["details"]["factor"], c["metric"]): c for c in read_results(factors)["checks"]}
+    assert by["stem", "amount", "mae"]["threshold"] == 1000 and not by["stem", "amount", "mae"]["passed"]
+    assert by["head", "amount", "mae"]["threshold"] == 0 and by["head", "amount", "mae"]["passed"]  # LAYER.metric
+    assert by["stem", "amount", "r2"]["threshold"] is None  # only the figure named is gated
+    assert by["head", "flag", "balanced_error"]["threshold"] == 0  # the folder's "head.flag.balanced_error"
+    assert by["stem", "flag", "balanced_error"]["threshold"] is None  # ... at that layer only
+    # The failure names its layer, and its hint relaxes that layer's figure only.
+    result.stdout.fnmatch_lines(["*mae ?layer=stem, model=net, factor=amount?: * does not satisfy*",
+                                 "*relax it with --invariance-threshold stem.amount.mae=VALUE *"])
+
+
+def test_a_threshold_key_that_reads_two_ways_is_one_error(tmp_path):
+    import pandas as pd
+    from PIL import Image
+
+    from pytest_invariance.data.factor_folder import load_factor_folder
+    from pytest_invariance.errors import DataError
+    from pytest_invariance.settings import Settings
+    from pytest_invariance.studies.factors import gated_metrics
+
+    (tmp_path / "d").mkdir()
+    for i in range(60):
+        Image.new("RGB", (8, 8), (i, i, i)).save(tmp_path / "d" / f"{i}.png")
+    pd.DataFrame({"image": [f"{i}.png" for i in range(60)], "stem": np.arange(60) / 6.0,
+                  "flag": ["a", "b"] * 30}).to_csv(tmp_path / "d" / "labels.csv", index=False)
+    f = load_factor_folder(tmp_path / "d")
+    # 'stem.mae' is the column stem's MAE or the MAE of every factor at layer stem: refused.
+    with pytest.raises(DataError, match=r"--invariance-threshold stem.mae: 'stem' reads more than one way "
+                                        r"\(layer 'stem'; qualifier 'stem'\)"):
+        gated_metrics(f, Settings(threshold=[("stem.mae", 1.0)]), layers=["stem", "head"])
+    assert gated_metrics(f, Settings(threshold=[("stem.mae", 1.0)]), layers=["conv"]) == {"stem": ("mae",)}
+    assert gated_metrics(f, Settings(threshold=[("conv.stem.mae", 1.0)]), layers=["conv"]) == {}  # at conv only
+    with pytest.raises(DataError, match=r"names column 'head', which is not a factor nor a selected layer \(conv\)"):
+        gated_metrics(f, Settings(threshold=[("head.mae", 1.0)]), layers=["conv"])
+
+
+def test_a_layer_the_pool_cannot_read_is_one_error_before_any_test(factors):
+    # The model takes any size: its layers can be checked only once the folder gives one.
+    result = _factors_run(factors, "--model", "zoo_nets:net", "--invariance-layers", "all")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result.stderr.fnmatch_lines(["ERROR: zoo_nets:net layer 'norm' is a token sequence ?N, 256, 8?; *choose "
+                                 "--invariance-pool cls (token 0) or --invariance-pool mean *"])
+    result.stdout.fnmatch_lines(["*no tests ran*"])
+    # With xdist the workers collect: one full error per worker, the other tests refer back to it.
+    spread = _factors_run(factors, "--model", "zoo_nets:net", "--invariance-layers", "all", "-n", "2")
+    out = spread.stdout.str()
+    outcomes = spread.parseoutcomes()
+    assert spread.ret != 0 and outcomes.get("errors", 0) >= 10 and "failed" not in outcomes and "passed" not in outcomes
+    # in full once per worker and once in the run's summary line
+    assert 2 <= out.count("is a token sequence") <= 3 and out.count("see that error") >= 10
+    # The option it names fixes it.
+    fixed = _factors_run(factors, "--model", "zoo_nets:net", "--invariance-layers", "stem,norm", "-k", "not enrollment",
+                         "--invariance-pool", "mean")
+    assert fixed.ret == 0, fixed.stdout.str()
+    fixed.assert_outcomes(passed=4)
+
+
+@pytest.mark.parametrize("spec", ["zoo_nets:net", "net_scripted.pt"])
+def test_bare_name_of_a_module_called_twice_is_one_start_up_error(factors, spec):
+    result = _factors_run(factors, "--model", spec, "--layer", "block.relu")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result.stderr.fnmatch_lines(["ERROR: *'block.relu' *runs *per forward; name one call with --layer: "
+                                 "block.relu#1, block.relu#2"])
+    assert "passed" not in result.stdout.str()
