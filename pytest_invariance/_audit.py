@@ -169,12 +169,19 @@ class Audit:
 
         emb = ref.embedder
         option = OPT_LAYERS if self.settings.layers else "--layer"
+        known, where = emb.layers(), emb.path
+        if self.settings.embeddings and self.settings.model:
+            # The run reads the shards: a selection expands to the layers they hold.
+            src = embeddings_source(self.settings)
+            known = [la for la in known if la in src.meta.layers]
+            where = f"the shards of --invariance-embeddings {src.path} (layers of {emb.path} they hold)"
         if emb.backend != "torch" and len(patterns) == 1 and not is_glob(patterns[0]):
-            return select_layers([], emb.layers(), patterns, option, emb.path)
+            return select_layers([], known, patterns, option, where)
         # ONNX graph order is forward order; torch needs one forward to know it (and which
         # modules run more than once: a bare name of those is refused here, at start-up).
         trace, _ = trace_names(emb, trace_shape(emb, suite, ref.preprocess), self.seed)
-        return select_layers([n for n, _ in trace], emb.layers(), patterns, option, emb.path)
+        order = [n for n, _ in trace if n in known or n.rpartition("#")[0] in known]
+        return select_layers(order, known, patterns, option, where)
 
     def _model(self, suite: Suite, name: str) -> ModelRef:
         from .embeddings import Preprocess

@@ -529,3 +529,28 @@ def test_bare_name_of_a_module_called_twice_is_one_start_up_error(factors, spec)
     result.stderr.fnmatch_lines(["ERROR: *'block.relu' *runs *per forward; name one call with --layer: "
                                  "block.relu#1, block.relu#2"])
     assert "passed" not in result.stdout.str()
+
+
+def test_shards_sweep_expands_to_the_layers_they_hold_and_extract_names_its_own_options(factors):
+    import sys
+
+    def extract(*args):
+        # A fresh process, as a user runs it (the factory's digest covers the files its build reads).
+        return factors.run(sys.executable, "-m", "pytest_invariance.cli", "extract", "--suite", "audits/factors",
+                           "--data-dir", "data", "--model", "zoo_nets:net", "--progress", "off", *args)
+
+    # Messages of the code extract shares with the plugin name extract's options, not the plugin's.
+    for layer, says in [("norm", "choose --pool cls (token 0) or --pool mean"),
+                        ("block.relu", "name one call with --layer: block.relu#1, block.relu#2")]:
+        bad = extract("--out", "bad", "--layer", layer)
+        assert bad.ret == 2 and says in bad.stderr.str() and "--invariance-" not in bad.stderr.str()
+    assert extract("--out", "shards", "--layer", "stem", "--layer", "head").ret == 0
+    run = ["--model", "zoo_nets:net", "--invariance-embeddings", "shards", "-k", "not enrollment"]
+    result = _factors_run(factors, *run, "--invariance-layers", "all")
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    assert {c["layer"] for c in read_results(factors)["checks"]} == {"stem", "head"}
+    bad = _factors_run(factors, *run, "--invariance-layers", "stem,norm")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["ERROR: --invariance-layers norm: layer 'norm' is not in the shards of "
+                              "--invariance-embeddings *shards (layers of zoo_nets:net they hold). "
+                              "Available layers: head, stem"])
