@@ -19,7 +19,7 @@ from pytest_invariance.embeddings import EmbeddingCache, LayerProjection, Prepro
 from pytest_invariance.errors import LayerNotFoundError  # noqa: E402
 from pytest_invariance.models import load_model  # noqa: E402
 from pytest_invariance.models._layers import select_layers  # noqa: E402
-from pytest_invariance.testing import export_onnx, read_results, tiny_cnn  # noqa: E402
+from pytest_invariance.testing import export_onnx, read_results, tiny_cnn, tiny_vit  # noqa: E402
 
 X = np.random.default_rng(0).random((6, 3, 12, 12), dtype=np.float32)
 
@@ -39,26 +39,6 @@ class Blocks(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.block(self.stem(x)))
-
-
-class TinyViT(nn.Module):
-    """4x4 patches -> 9 tokens + CLS, one attention block, ``norm`` tokens [N, 10, 16], CLS head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(3)
-        self.patch = nn.Conv2d(3, 16, 4, stride=4)
-        self.cls = nn.Parameter(torch.randn(1, 1, 16))
-        self.pos = nn.Parameter(torch.randn(1, 10, 16))
-        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
-        self.norm = nn.LayerNorm(16)
-        self.head = nn.Linear(16, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.patch(x).flatten(2).transpose(1, 2)
-        t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], 1) + self.pos
-        t = t + self.attn(t, t, t, need_weights=False)[0]
-        return self.head(self.norm(t)[:, 0])
 
 
 def _images(n: int, name: str) -> ArrayImageSet:
@@ -98,12 +78,12 @@ def test_onnx_one_session_run_reads_every_layer_as_separate_runs_do(tmp_path, mo
 
 @pytest.mark.parametrize("net,layers", [
     (Blocks, ["stem", "block.relu#1", "block.bn2", "block.relu#2", "block", "output"]),
-    (TinyViT, ["attn", "norm", "output"]),  # token layers read by their CLS token
+    (tiny_vit, ["attn", "norm", "output"]),  # token layers read by their CLS token
 ])
 def test_torch_hooks_read_every_layer_in_one_forward_as_separate_runs_do(net, layers, tmp_path):
     m = net().eval()
     model = load_model(_export(m, tmp_path, net.__name__), device="cpu")
-    pool = "cls" if net is TinyViT else "auto"
+    pool = "cls" if net is tiny_vit else "auto"
     alone = {la: load_model(_export(m, tmp_path, net.__name__), device="cpu").embed(X, la, pool=pool)
              for la in layers}
     calls = []
@@ -121,10 +101,7 @@ def test_torch_hooks_read_every_layer_in_one_forward_as_separate_runs_do(net, la
             np.testing.assert_allclose(got["stem"], s.mean((2, 3)).numpy(), atol=1e-5)
             np.testing.assert_allclose(got["block.relu#1"], first.mean((2, 3)).numpy(), atol=1e-5)
         else:
-            t = m.patch(x).flatten(2).transpose(1, 2)
-            t = torch.cat([m.cls.expand(len(x), -1, -1), t], 1) + m.pos
-            t = t + m.attn(t, t, t, need_weights=False)[0]
-            np.testing.assert_allclose(got["norm"], m.norm(t)[:, 0].numpy(), atol=1e-5)
+            np.testing.assert_allclose(got["norm"], m.tokens(x)[:, 0].numpy(), atol=1e-5)
             np.testing.assert_allclose(got["output"], m(x).numpy(), atol=1e-5)
 
 
