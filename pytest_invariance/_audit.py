@@ -109,6 +109,8 @@ class Audit:
         self._models: dict[tuple[str, str], "Embedder"] = {}
         self._memo: dict[Any, Any] = {}
         self._projections: dict[tuple[str, str], dict[str, Any]] = {}
+        self._pending: dict[Any, Any] = {}  # other layers of a keep=False pass, without a disk cache
+        self._pending_swept: set[Any] = set()  # image sets whose keep=False pass read every layer
         self._cache: "EmbeddingCache | None" = None
         self._figures: "FigureCache | None" = None
         self.baseline_checks: dict[tuple[str, str], dict[str, Any]] | None = None
@@ -288,7 +290,8 @@ class Audit:
 
         The first call for an image set extracts every layer of the sweep (``ref.layers``)
         in the same pass and keeps them for the tests of the other layers (with ``keep``;
-        else they are read back from the disk cache).
+        else they are read back from the disk cache, or, with ``--invariance-no-cache``,
+        held until each layer's first call takes them).
 
         With ``--invariance-embeddings`` the rows are read from the Parquet shards by image
         id instead (:mod:`pytest_invariance.embeddings._parquet`), so every suite takes
@@ -311,9 +314,20 @@ class Audit:
             return ("embed", ref.embedder.sha256, la, images.fingerprint, ref.preprocess.key(), ref.pool, dtype,
                     s.max_dim)
 
+        if key(layer) in self._pending:  # read in an earlier pass over these images
+            got = self._pending.pop(key(layer))
+            if keep:
+                self._memo[key(layer)] = got
+            return got  # type: ignore[no-any-return]
         was_kept = key(layer) in self._memo
-        group = [layer] + ([la for la in ref.layers if la != layer and key(la) not in self._memo]
-                           if layer in ref.layers and not was_kept else [])
+        # Without keep or a disk cache, the other layers are read along only on the first
+        # pass (held for their tests); a later call reads its own layer alone.
+        swept = key("") in self._pending_swept
+        group = [layer] + ([la for la in ref.layers if la != layer and key(la) not in self._memo
+                            and key(la) not in self._pending]
+                           if layer in ref.layers and not was_kept and (keep or self.cache is not None or not swept) else [])
+        if not keep and self.cache is None:
+            self._pending_swept.add(key(""))
 
         def run() -> "np.ndarray":
             out = extract_layers(
@@ -321,9 +335,13 @@ class Audit:
                 cache=self.cache, workers=s.workers, progress=self.progress,
                 label=label or f"{ref.name}:{layer if len(group) == 1 else f'{len(group)} layers'}", dtype=dtype,
                 max_dim=s.max_dim, seed=s.seed, projections=ref.projections)
-            if keep:
-                for la in group[1:]:
+            for la in group[1:]:
+                if keep:
                     self._memo[key(la)] = out[la]
+                elif self.cache is None:
+                    # Not kept and no disk cache to read them back from: held until its
+                    # layer's test asks once, so the large set is still read in one pass.
+                    self._pending[key(la)] = out[la]
             return out[layer]
 
         out = self._remember(key(layer), f"embedding {label or ref.name} at layer {layer} could not run", run)

@@ -134,6 +134,32 @@ def test_sweep_and_single_layer_extractions_share_cache_entries(tmp_path):
     assert (cache.hits, cache.misses) == (len(layers), len(layers))  # the single-layer runs read the sweep's entries
 
 
+def test_without_the_cache_a_large_set_not_kept_is_still_read_in_one_pass(tmp_path, monkeypatch):
+    # A study's large training set is embedded with keep=False; with --invariance-no-cache
+    # there is no disk entry to read the other layers back from.
+    import pytest_invariance.embeddings as embeddings
+    from pytest_invariance._audit import Audit, ModelRef
+    from pytest_invariance.settings import Settings
+
+    path = export_onnx(tiny_cnn(), tmp_path / "tiny.onnx")
+    model = load_model(str(path), device="cpu")
+    layers = tuple(la for la, _ in model.trace_layers())[:2] + ("output",)
+    images = _images(30, "train")
+    passes = []
+    real = embeddings.extract_layers
+    monkeypatch.setattr(embeddings, "extract_layers", lambda e, im, group, **k: passes.append(group) or real(e, im, group, **k))
+    audit = Audit(Settings(no_cache=True, progress="off", rootdir=str(tmp_path)))
+    ref = ModelRef("tiny", model, layers[0], Preprocess(), True, layers=layers)
+    got = {la: audit.embed(ref.at(la), images, keep=False) for la in layers}
+    assert passes == [list(layers)]
+    for la in layers:  # the same numbers as a one-layer extraction
+        np.testing.assert_allclose(got[la], extract(load_model(str(path), device="cpu"), images, layer=la),
+                                   rtol=1e-6, atol=1e-7)
+    assert not audit._pending  # each handed out once, then dropped
+    audit.embed(ref.at(layers[1]), images, keep=False)
+    assert passes == [list(layers), [layers[1]]]  # not kept: asked again, read again (one layer)
+
+
 def test_images_per_forward_are_cut_to_bound_the_raw_activations(tmp_path, monkeypatch):
     from pytest_invariance.embeddings import _extract
 
