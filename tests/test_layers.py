@@ -270,6 +270,20 @@ def test_baseline_compares_layer_with_layer_across_sweep_and_single_runs(toy):
     by_layer = {c["layer"]: c for c in read_results(toy)["checks"]}
     assert by_layer[conv]["details"]["baseline"] == "v1" and abs(by_layer[conv]["details"]["delta"]) < 1e-6
     assert "baseline" not in by_layer["output"]["details"]  # v1 never read 'output'
+    # `cli compare` and the report's trends match checks the same way: (test, layer, metric).
+    from pytest_invariance.history import HistoryStore
+    from pytest_invariance.report import compare_rows
+
+    store = HistoryStore(toy.path / "reports" / "history.sqlite")
+    rows = {(r["layer"], r["change"]) for r in compare_rows(store.run("v1"), store.run("v2"))}
+    assert rows == {(conv, "same"), ("output", "new")}
+    trend = [(r["tag"], r["layer"]) for r in store.trend_rows() if r["test"].endswith("test_features[model]")]
+    assert trend == [("v1", conv), ("v2", conv), ("v2", "output")]
+    from pytest_invariance.report._context import build_context
+
+    views = build_context(read_results(toy), None, store.trend_rows(), "v2")["checks"]
+    conv_view = next(v for v in views if v["nodeid"].endswith(f"[model-{conv}]"))
+    assert [r["tag"] for r in conv_view["trend"]["rows"]] == ["v1", "v2"]
 
 
 def test_unknown_layer_or_empty_glob_is_one_start_up_error(toy):
