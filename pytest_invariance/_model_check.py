@@ -142,6 +142,10 @@ def _probe(suite: Suite, ref: "ModelRef", seed: int) -> tuple[str | None, dict[s
     except Exception as exc:  # the backend's own error: the model does not take this input
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
         return f"{e.path} fails on suite {suite.name}'s input float32[N, {', '.join(map(str, shape))}]: {first}", None
+    for layer in layers:
+        if together[layer].shape[0] != len(x):  # e.g. a shape constant: not one row per image
+            raise EmbeddingError(f"{e.path} layer {layer!r} gives {together[layer].shape[0]} rows for {len(x)} images "
+                                 "(its first axis is not the batch); leave it out of --layer / --invariance-layers")
     singles = [e.embed_many(x[i:i + 1].numpy(), layers, pool=ref.pool) for i in range(len(x))]
     for layer in layers:
         alone = np.concatenate([one[layer] for one in singles])

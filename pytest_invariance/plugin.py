@@ -174,11 +174,21 @@ def _select_bundled_layers(config: pytest.Config, settings: "Settings") -> None:
     from ._startup import find_suites
     from .errors import InvarianceError, StudyError
 
+    from ._model_check import probe
+
     audit = _audit(config)
     try:
         for suite in find_suites(config):
             for name in suite.section("models"):
                 audit.layers(suite, name)
+                if settings.layers and suite.input_shape and (suite.root / suite.section("models")[name]["path"]).is_file():
+                    try:  # every selected layer readable, before any test
+                        probe(suite, audit.model(suite, name), seed=audit.seed)
+                    except InvarianceError as exc:
+                        raise pytest.UsageError(
+                            f"{exc} (suite {suite.name}'s bundled model {name!r} takes its pool from `pool` in "
+                            f"[models.{name}] of {suite.root / 'invariance.toml'}, not from --invariance-pool; or "
+                            "leave that layer out of --invariance-layers)") from None
         _check_layer_qualifiers(config, settings, audit)
     except (InvarianceError, ImportError) as exc:
         raise pytest.UsageError(str(exc.cause if isinstance(exc, StudyError) else exc)) from None

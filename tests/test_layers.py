@@ -252,6 +252,14 @@ def test_layer_qualified_threshold_applies_to_that_layer_only(toy):
     by_layer = {c["layer"]: c for c in read_results(toy)["checks"]}
     assert by_layer[conv]["threshold"] == -1000 and not by_layer[conv]["passed"]
     assert by_layer["output"]["threshold"] == 1000 and by_layer["output"]["passed"]
+    # A layer and a model qualifier together: LAYER.QUALIFIER.METRIC, at that layer only.
+    both = toy.runpytest_subprocess("audits", "--model", "audits/toy/tiny.onnx", "--invariance-layers",
+                                    f"{conv},output", "--invariance-threshold", "output.tiny.feature_mean=-1000")
+    assert both.ret == 1
+    by_layer = {c["layer"]: c for c in read_results(toy)["checks"]}
+    assert by_layer["output"]["threshold"] == -1000 and by_layer[conv]["threshold"] == 1000
+    both.stdout.fnmatch_lines(["*feature_mean ?layer=output, model=tiny?: *",
+                               "*relax it with --invariance-threshold output.feature_mean=VALUE *"])
     bad = toy.runpytest_subprocess("audits", "--model", "audits/toy/tiny.onnx", "--invariance-layers",
                                    f"{conv},output", "--invariance-threshold", "conv9.feature_mean=-1000")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
@@ -571,3 +579,18 @@ def test_shards_sweep_expands_to_the_layers_they_hold_and_extract_names_its_own_
     bad.stderr.fnmatch_lines(["ERROR: --invariance-layers norm: layer 'norm' is not in the shards of "
                               "--invariance-embeddings *shards (layers of zoo_nets:net they hold). "
                               "Available layers: head, stem"])
+
+
+def test_a_bundled_model_sweep_with_a_layer_the_pool_cannot_read_is_one_start_up_error(pytester):
+    from pytest_invariance.testing import write_toy_suite
+
+    suite = write_toy_suite(pytester.path, "vit.onnx", "output")
+    export_onnx(tiny_vit(), suite / "vit.onnx", input_shape=(3, 12, 12))
+    toml = suite / "invariance.toml"
+    toml.write_text(toml.read_text().replace("input = [1, 28, 28]", "input = [3, 12, 12]"))
+    result = pytester.runpytest_subprocess("audits", "--invariance-layers", "all", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result.stderr.fnmatch_lines(["ERROR: *vit.onnx layer * is a token sequence ?N, *; *(suite toy's bundled model "
+                                 "'vit' takes its pool from `pool` in ?models.vit? of *invariance.toml, not from "
+                                 "--invariance-pool; or leave that layer out of --invariance-layers)"])
+    assert "collected" not in result.stdout.str()
