@@ -80,7 +80,7 @@ def names_layer(layer: str, known: "Iterable[str]") -> bool:
 
 def pick_call(outputs: list["object"], layer: str, index: int | None, model: str) -> "object":
     """The activation of the chosen call of a module that may run several times per forward."""
-    name = layer.partition("#")[0]
+    name = layer.rpartition("#")[0] if "#" in layer else layer
     if not outputs:
         raise EmbeddingError(f"layer {name!r} of {model} did not run in the forward pass; choose another --layer")
     if index is None:
