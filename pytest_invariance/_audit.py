@@ -109,6 +109,8 @@ class Audit:
         self._models: dict[tuple[str, str], "Embedder"] = {}
         self._memo: dict[Any, Any] = {}
         self._projections: dict[tuple[str, str], dict[str, Any]] = {}
+        self._pending: dict[Any, Any] = {}  # other layers of a keep=False pass, without a disk cache
+        self._pending_swept: set[Any] = set()  # image sets whose keep=False pass read every layer
         self._cache: "EmbeddingCache | None" = None
         self._figures: "FigureCache | None" = None
         self.baseline_checks: dict[tuple[str, str], dict[str, Any]] | None = None
@@ -165,19 +167,27 @@ class Audit:
                               lambda: tuple(self._select(suite, ref, patterns)))
 
     def _select(self, suite: Suite, ref: ModelRef, patterns: list[str]) -> list[str]:
-        from .models._layers import OPT_LAYERS, is_glob, sample_batch, select_layers
+        from .models._layers import OPT_LAYERS, is_glob, select_layers, trace_names
 
         emb = ref.embedder
         option = OPT_LAYERS if self.settings.layers else "--layer"
-        if len(patterns) == 1 and not is_glob(patterns[0]):
-            return select_layers([], emb.layers(), patterns, option, emb.path)
-        # ONNX graph order is forward order; torch needs one forward to know it.
-        sample = sample_batch(trace_shape(emb, suite, ref.preprocess), self.seed) if emb.backend == "torch" else None
-        trace = emb.trace_layers(sample)
-        return select_layers([n for n, _ in trace], emb.layers(), patterns, option, emb.path)
+        known, where = emb.layers(), emb.path
+        if self.settings.embeddings and self.settings.model:
+            # The run reads the shards: a selection expands to the layers they hold.
+            src = embeddings_source(self.settings)
+            known = [la for la in known if la in src.meta.layers]
+            where = f"the shards of --invariance-embeddings {src.path} (layers of {emb.path} they hold)"
+        if emb.backend != "torch" and len(patterns) == 1 and not is_glob(patterns[0]):
+            return select_layers([], known, patterns, option, where)
+        # ONNX graph order is forward order; torch needs one forward to know it (and which
+        # modules run more than once: a bare name of those is refused here, at start-up).
+        trace, _ = trace_names(emb, trace_shape(emb, suite, ref.preprocess), self.seed)
+        order = [n for n, _ in trace if n in known or n.rpartition("#")[0] in known]
+        return select_layers(order, known, patterns, option, where)
 
     def _model(self, suite: Suite, name: str) -> ModelRef:
         from .embeddings import Preprocess
+        from .models._common import names_layer
 
         pre = suite.section("preprocess")
         if self.settings.embeddings and not self.settings.model:
@@ -190,7 +200,7 @@ class Audit:
                 from .models._common import default_layer, unknown_layer
 
                 layer = suite.section("suite").get("user_layer") or default_layer(emb)
-                if layer.partition("#")[0] not in emb.layers():
+                if not names_layer(layer, emb.layers()):
                     raise unknown_layer(layer, emb.layers(), emb.path)
             pre = {k: v for k, v in pre.items() if k in PROTOCOL_KEYS}
             c, h, w = emb.input_shape
@@ -280,7 +290,8 @@ class Audit:
 
         The first call for an image set extracts every layer of the sweep (``ref.layers``)
         in the same pass and keeps them for the tests of the other layers (with ``keep``;
-        else they are read back from the disk cache).
+        else they are read back from the disk cache, or, with ``--invariance-no-cache``,
+        held until each layer's first call takes them).
 
         With ``--invariance-embeddings`` the rows are read from the Parquet shards by image
         id instead (:mod:`pytest_invariance.embeddings._parquet`), so every suite takes
@@ -303,9 +314,20 @@ class Audit:
             return ("embed", ref.embedder.sha256, la, images.fingerprint, ref.preprocess.key(), ref.pool, dtype,
                     s.max_dim)
 
+        if key(layer) in self._pending:  # read in an earlier pass over these images
+            got = self._pending.pop(key(layer))
+            if keep:
+                self._memo[key(layer)] = got
+            return got  # type: ignore[no-any-return]
         was_kept = key(layer) in self._memo
-        group = [layer] + ([la for la in ref.layers if la != layer and key(la) not in self._memo]
-                           if layer in ref.layers and not was_kept else [])
+        # Without keep or a disk cache, the other layers are read along only on the first
+        # pass (held for their tests); a later call reads its own layer alone.
+        swept = key("") in self._pending_swept
+        group = [layer] + ([la for la in ref.layers if la != layer and key(la) not in self._memo
+                            and key(la) not in self._pending]
+                           if layer in ref.layers and not was_kept and (keep or self.cache is not None or not swept) else [])
+        if not keep and self.cache is None:
+            self._pending_swept.add(key(""))
 
         def run() -> "np.ndarray":
             out = extract_layers(
@@ -313,9 +335,13 @@ class Audit:
                 cache=self.cache, workers=s.workers, progress=self.progress,
                 label=label or f"{ref.name}:{layer if len(group) == 1 else f'{len(group)} layers'}", dtype=dtype,
                 max_dim=s.max_dim, seed=s.seed, projections=ref.projections)
-            if keep:
-                for la in group[1:]:
+            for la in group[1:]:
+                if keep:
                     self._memo[key(la)] = out[la]
+                elif self.cache is None:
+                    # Not kept and no disk cache to read them back from: held until its
+                    # layer's test asks once, so the large set is still read in one pass.
+                    self._pending[key(la)] = out[la]
             return out[layer]
 
         out = self._remember(key(layer), f"embedding {label or ref.name} at layer {layer} could not run", run)

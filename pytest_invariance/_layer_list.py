@@ -21,7 +21,7 @@ def list_layers(config: pytest.Config, settings: "Settings") -> list[str]:
     from ._model_check import discover_suites
     from .checks import Suite
     from .errors import InvarianceError, StudyError
-    from .models._layers import describe_layers, sample_batch
+    from .models._layers import describe_layers, trace_names
 
     audit = Audit(settings)
     suites = discover_suites(config.args, config.invocation_params.dir, config.rootpath)
@@ -38,12 +38,16 @@ def list_layers(config: pytest.Config, settings: "Settings") -> list[str]:
             ref = audit._model(suite, name)
             emb = ref.embedder
             shape = trace_shape(emb, suite, ref.preprocess)
-            trace = emb.trace_layers(sample_batch(shape, settings.seed))
+            trace, exact = trace_names(emb, shape, settings.seed)
         except (InvarianceError, ImportError) as exc:
             raise pytest.UsageError(str(exc.cause if isinstance(exc, StudyError) else exc)) from None
         fed = "x".join("?" if d is None else str(d) for d in shape)
-        how = "shapes of one forward" if all(d is not None for d in shape) else "shapes unknown (pass --invariance-preprocess size=HxW)"
+        if exact:
+            how = f"shapes of one forward of a {fed} input"
+        else:  # a dynamic-size model no suite or option gives a size: say how to get the shapes
+            how = (f"the model takes any input size and none is known, so shapes are [?]; pass "
+                   f"--invariance-preprocess size=HxW to print them for the size your data will have")
         where = f" (suite {suite.name})" if suite.name else ""
-        lines.append(f"{emb.path}{where}: {len(trace)} layers in forward order, {how} of a {fed} input")
+        lines.append(f"{emb.path}{where}: {len(trace)} layers in forward order, {how}")
         lines += ["  " + line for line in describe_layers(trace, ref.layer)]
     return lines

@@ -147,6 +147,9 @@ def _probe(suite: Suite, ref: "ModelRef", seed: int) -> tuple[str | None, dict[s
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
         return f"{e.path} fails on suite {suite.name}'s input float32[N, {', '.join(map(str, shape))}]: {first}", None
     for layer in layers:  # before the batch comparison, whose NaN difference would blame eval mode
+        if together[layer].shape[0] != len(x):  # e.g. a shape constant: not one row per image
+            raise EmbeddingError(f"{e.path} layer {layer!r} gives {together[layer].shape[0]} rows for {len(x)} images "
+                                 "(its first axis is not the batch); leave it out of --layer / --invariance-layers")
         bad = int((~np.isfinite(together[layer]).all(axis=1)).sum())
         if bad:
             raise EmbeddingError(

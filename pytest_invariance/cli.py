@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _extract_parser(sub: Any) -> None:
-    from .settings import parse_device, parse_layer, parse_pool, parse_positive_int, parse_preprocess
+    from .settings import parse_device, parse_layer, parse_layout, parse_pool, parse_positive_int, parse_preprocess
 
     ext = sub.add_parser("extract", help="embed a suite's images (or a folder) into Parquet shards for "
                          "--invariance-embeddings (docs/scale.md)")
@@ -61,6 +61,13 @@ def _extract_parser(sub: Any) -> None:
     ext.add_argument("--preprocess", type=parse_preprocess, action="append", default=[], metavar="K=V",
                      help="as --invariance-preprocess")
     ext.add_argument("--pool", type=parse_pool, default="auto", metavar="MODE", help="as --invariance-pool")
+    ext.add_argument("--weights", metavar="PATH", help="as --invariance-weights")
+    ext.add_argument("--trust-pickle", action="store_true", help="as --invariance-trust-pickle")
+    ext.add_argument("--input-layout", type=parse_layout, default="auto", metavar="LAYOUT",
+                     help="as --invariance-input-layout")
+    ext.add_argument("--layer-layout", type=parse_layout, default="auto", metavar="LAYOUT",
+                     help="as --invariance-layer-layout")
+    ext.add_argument("--skip-bad", action="store_true", help="as --invariance-skip-bad")
     ext.add_argument("--device", type=parse_device, default="auto", metavar="DEV")
     ext.add_argument("--batch-size", type=parse_positive_int, default=256, metavar="N")
     ext.add_argument("--shard-rows", type=parse_positive_int, default=4096, metavar="N", help="rows per shard")
@@ -85,6 +92,9 @@ def cmd_extract(args: argparse.Namespace, out: TextIO) -> int:
     here = Path.cwd()
     settings = Settings(model=absolute_path(args.model, here) if args.model else None,
                         layer=tuple(args.layer), device=args.device, pool=args.pool,
+                        weights=absolute_path(args.weights, here) if args.weights else None,
+                        trust_pickle=args.trust_pickle, input_layout=args.input_layout,
+                        layer_layout=args.layer_layout, skip_bad=args.skip_bad,
                         preprocess=tuple(args.preprocess), batch_size=args.batch_size, seed=args.seed,
                         data_dir=absolute_path(args.data_dir, here) if args.data_dir else None,
                         no_cache=True, progress=args.progress, rootdir=str(here))
@@ -189,8 +199,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_extract(args, sys.stdout)
         return cmd_compare(args.tag_a, args.tag_b, args.history, args.out, sys.stdout)
     except (InvarianceError, OSError, ImportError) as exc:
-        print(f"pytest-invariance: error: {exc}", file=sys.stderr)
+        text = extract_options(str(exc)) if args.command == "extract" else str(exc)
+        print(f"pytest-invariance: error: {text}", file=sys.stderr)
         return 2
+
+
+# The plugin's options and what ``extract`` calls them: its errors (raised by the code the
+# plugin shares) must name the option of the command the user ran.
+EXTRACT_OPTIONS = {"--invariance-pool": "--pool", "--invariance-preprocess": "--preprocess",
+                   "--invariance-data-dir": "--data-dir", "--invariance-layers": "--layer",
+                   "--invariance-seed": "--seed", "--invariance-weights": "--weights",
+                   "--invariance-trust-pickle": "--trust-pickle", "--invariance-input-layout": "--input-layout",
+                   "--invariance-layer-layout": "--layer-layout", "--invariance-skip-bad": "--skip-bad",
+                   "--invariance-batch-size": "--batch-size", "--invariance-progress": "--progress"}
+
+
+def extract_options(text: str) -> str:
+    """``text`` with every plugin option ``extract`` spells its own way renamed to its spelling."""
+    import re
+
+    return re.sub(r"--invariance-[a-z-]+", lambda m: EXTRACT_OPTIONS.get(m.group(0), m.group(0)), text)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -35,6 +35,8 @@ OUTCOMES_KEY = pytest.StashKey["Outcomes"]()
 PROBED_KEY = pytest.StashKey[tuple]()  # (suite root -> reason the model does not fit, header lines, roots probed)
 PROBE_ERRORS_KEY = pytest.StashKey[dict]()  # suite root -> error of a model that fits but cannot be read
 PRECOMPUTED_KEY = pytest.StashKey[list]()  # header lines of --invariance-embeddings
+NOTED_KEY = pytest.StashKey[dict]()  # suite root -> the suite with an input size known at collection
+REPORTED_KEY = pytest.StashKey[set]()  # suite roots whose probe error a test has raised in full
 MARKER = "invariance"
 
 
@@ -172,11 +174,21 @@ def _select_bundled_layers(config: pytest.Config, settings: "Settings") -> None:
     from ._startup import find_suites
     from .errors import InvarianceError, StudyError
 
+    from ._model_check import probe
+
     audit = _audit(config)
     try:
         for suite in find_suites(config):
             for name in suite.section("models"):
                 audit.layers(suite, name)
+                if settings.layers and suite.input_shape and (suite.root / suite.section("models")[name]["path"]).is_file():
+                    try:  # every selected layer readable, before any test
+                        probe(suite, audit.model(suite, name), seed=audit.seed)
+                    except InvarianceError as exc:
+                        raise pytest.UsageError(
+                            f"{exc} (suite {suite.name}'s bundled model {name!r} takes its pool from `pool` in "
+                            f"[models.{name}] of {suite.root / 'invariance.toml'}, not from --invariance-pool; or "
+                            "leave that layer out of --invariance-layers)") from None
         _check_layer_qualifiers(config, settings, audit)
     except (InvarianceError, ImportError) as exc:
         raise pytest.UsageError(str(exc.cause if isinstance(exc, StudyError) else exc)) from None
@@ -186,19 +198,44 @@ def _check_layer_qualifiers(config: pytest.Config, settings: "Settings", audit: 
     """A threshold qualified by a layer must name a selected layer (a typo would never apply)."""
     from ._audit import model_names
     from ._startup import find_suites
-    from .checks._suite import threshold_layer_qualifiers
+    from .checks._suite import split_key, threshold_layer_qualifiers
+    from .errors import InvalidParameterError
 
     suites = find_suites(config)
     if not threshold_layer_qualifiers(settings, suites):
         return
     layers = list(dict.fromkeys(la for suite in suites for name in model_names(settings, suite)
                                 for la in audit.layers(suite, name)))
-    known = sorted(set().union(*(suite.qualifiers() for suite in suites))) if suites else []
-    for key, value, qualifier in threshold_layer_qualifiers(settings, suites):
-        if qualifier not in layers:
-            raise pytest.UsageError(f"--invariance-threshold {key}={value:g}: no selected suite has qualifier "
-                                    f"{qualifier!r} and it is not a selected layer; known qualifiers: "
-                                    f"{', '.join(known) or 'none'}; selected layers: {', '.join(layers) or 'none'}")
+    known = set().union(*(suite.qualifiers() for suite in suites)) if suites else set()
+    for key, value, _ in threshold_layer_qualifiers(settings, suites):
+        try:
+            split_key(key, layers, known, option="--invariance-threshold")
+        except InvalidParameterError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+
+def note_suite(config: pytest.Config, suite: "Suite") -> None:
+    """A suite whose ``[suite] input`` is known only at collection (the factors suite: the
+    data folder's image size) hands it over here; the --model's layers are then checked
+    at that size once, at the end of collection, before any test runs."""
+    config.stash.setdefault(NOTED_KEY, {})[str(suite.root)] = suite
+
+
+def selected_layers(config: pytest.Config, suite_dir: Path) -> list[str]:
+    """Every layer this run reads from the models of the suite at ``suite_dir``, in forward
+    order; [] when a model cannot be loaded or its layers selected (that is reported once,
+    at start-up or by the fixture)."""
+    from ._audit import model_names
+    from .checks import Suite
+    from .errors import InvarianceError
+
+    settings = config.stash[SETTINGS_KEY]
+    suite = Suite.find(suite_dir, stop=config.rootpath)
+    try:
+        return list(dict.fromkeys(la for name in model_names(settings, suite)
+                                  for la in _audit(config).layers(suite, name)))
+    except (InvarianceError, ImportError, KeyError):
+        return []
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
@@ -263,12 +300,21 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         if "invariance_model" in getattr(item, "fixturenames", ()):
             suite = _suite_for(config, Path(str(item.path)))
             by_suite.setdefault(str(suite.root), (suite, []))[1].append(item)
+    noted = config.stash.get(NOTED_KEY, {})
     for root, (suite, suite_items) in by_suite.items():
-        if root not in probed:
+        if root not in probed or root in noted:  # a size known only now: check the layers at it
             try:
-                reasons.update(probe_suites(_audit(config), [suite])[0])
+                reasons.update(probe_suites(_audit(config), [noted.get(root, suite)])[0])
             except (InvarianceError, ImportError) as exc:
-                errors[root] = exc  # raised by the fixture: an ERROR, never a crashed worker
+                if not hasattr(config, "workerinput"):  # before any test: one line, like start-up
+                    from .errors import StudyError
+
+                    raise pytest.UsageError(str(exc.cause if isinstance(exc, StudyError) else exc)) from None
+                from ._outcomes import study_error
+
+                # Raised by the fixture: an ERROR (the first test in full, the others refer
+                # back to it), never a crashed worker.
+                errors[root] = study_error(f"the --model's check on suite {suite.name} failed", exc)
                 continue
         if root in reasons:
             for item in suite_items:
@@ -386,7 +432,10 @@ def invariance_model(request: pytest.FixtureRequest, invariance_audit: "Audit",
     name, layer = getattr(request, "param", (None, None))
     error = request.config.stash.get(PROBE_ERRORS_KEY, {}).get(str(invariance_suite.root))
     if error is not None:
-        raise error
+        reported = request.config.stash.setdefault(REPORTED_KEY, set())
+        first = str(invariance_suite.root) not in reported
+        reported.add(str(invariance_suite.root))
+        raise error if first else error.again()
     ref = invariance_audit.model(invariance_suite, name, layer)
     request.node.stash[MODEL_KEY] = ref
     return ref
@@ -465,7 +514,7 @@ def _make_check(request: pytest.FixtureRequest, audit: "Audit", suite: "Suite") 
         qualifiers = [str(details[k]) for k in ("layer", "model", "attribute", "factor", "bin", "group")
                       if details.get(k) is not None]
         threshold = resolve_threshold(metric, qualifiers, call=call, marker=marker_thresholds,
-                                      suite=suite.thresholds, overrides=overrides)
+                                      suite=suite.thresholds, overrides=overrides, layer=details.get("layer"))
         result = evaluate(node.nodeid, suite.name, metric, estimate, threshold, details)
         if ref is not None:
             result.layer, result.test = ref.layer, _one_layer_id(node.nodeid, ref)

@@ -53,24 +53,22 @@ def parse_model_spec(value: str) -> str:
 
 
 def parse_layer(value: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_./:\-\[\]]+(#[1-9][0-9]*)?", value.strip()):
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not a layer spec like 'ip1', 'layer4', 'backbone.layer4' or 'layer1.0.relu#2'"
-        )
-    return value.strip()
+    """One layer name, verbatim (an ONNX tensor may be called ``feat, a#b``); checked against
+    the model's layers later."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("expected a layer name like 'ip1', 'layer4' or 'layer1.0.relu#2', got ''")
+    return value
 
 
 def parse_layers(value: str) -> str:
-    """``all``, a glob, or comma-separated names and globs (resolved against the model later)."""
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    if not items:
+    """``all``, a glob, or comma-separated names and globs (``\\,`` is a comma inside a name);
+    resolved against the model later."""
+    from .models._layers import split_spec
+
+    if not split_spec(value):
         raise argparse.ArgumentTypeError(f"{value!r} is not a layer selection; use all, a glob like 'layer*' "
                                          "or names like 'conv1,conv2,ip1'")
-    for item in items:
-        if item != "all" and not re.fullmatch(r"[A-Za-z0-9_./:\-\[\]*?!]+(#[1-9][0-9]*)?", item):
-            raise argparse.ArgumentTypeError(f"{item!r} in {value!r} is not a layer name or glob like 'layer4', "
-                                             "'blocks.*' or 'layer1.0.relu#2'")
-    return ",".join(items)
+    return value
 
 
 def parse_threshold(value: str) -> tuple[str, float]:

@@ -69,10 +69,56 @@ def _tiny_cnn_class() -> Any:
     return TinyCNN
 
 
+def _tiny_vit_class() -> Any:
+    if "TinyViT" in _CLASSES:
+        return _CLASSES["TinyViT"]
+    import torch
+    from torch import nn
+
+    class TinyViT(nn.Module):
+        """4x4 patches of a 12x12 image -> 9 tokens + CLS, one attention block, ``norm``
+        tokens [N, 10, 16]; the output is a linear head on the CLS token (``classes``
+        outputs) or, with ``classes=None``, the CLS token itself [N, 16]."""
+
+        def __init__(self, classes: int | None = 5) -> None:
+            super().__init__()
+            self.patch = nn.Conv2d(3, 16, 4, stride=4)
+            self.cls = nn.Parameter(torch.randn(1, 1, 16))
+            self.pos = nn.Parameter(torch.randn(1, 10, 16))
+            self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+            self.norm = nn.LayerNorm(16)
+            self.head = nn.Linear(16, classes) if classes else nn.Identity()
+
+        def tokens(self, x: torch.Tensor) -> torch.Tensor:
+            """The ``norm`` tokens [N, 10, 16], computed without hooks (a reference for tests)."""
+            t = self.patch(x).flatten(2).transpose(1, 2)
+            t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], 1) + self.pos
+            return self.norm(t + self.attn(t, t, t, need_weights=False)[0])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.tokens(x)[:, 0])
+
+    TinyViT.__module__, TinyViT.__qualname__ = __name__, "TinyViT"  # picklable by reference
+    _CLASSES["TinyViT"] = TinyViT
+    return TinyViT
+
+
 def __getattr__(name: str) -> Any:  # lazy: importing this module must not import torch
     if name == "TinyCNN":
         return _tiny_cnn_class()
+    if name == "TinyViT":
+        return _tiny_vit_class()
     raise AttributeError(name)
+
+
+def tiny_vit(seed: int = 3, *, classes: int | None = 5) -> Any:
+    """A seeded one-block vision transformer on [N, 3, 12, 12] in eval mode: token layers
+    (``attn``, ``norm``: [N, 10, 16]) for the pool rules, the CLS token read by ``head``."""
+    import torch
+
+    cls = __getattr__("TinyViT")
+    torch.manual_seed(seed)
+    return cls(classes=classes).eval()
 
 
 def tiny_cnn(seed: int = 0, *, nan: bool = False) -> Any:

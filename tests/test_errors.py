@@ -194,8 +194,9 @@ def test_read_only_report_folder_is_found_at_start_up(toy):
     (["--invariance-threshold", "feature_maen=1"],
      "ERROR: --invariance-threshold feature_maen=1: no selected suite has metric 'feature_maen'; known metrics: feature_mean"),
     (["--invariance-threshold", "tinny.feature_mean=1"],
-     "ERROR: --invariance-threshold tinny.feature_mean=1: no selected suite has qualifier 'tinny' and it is "
-     "not a selected layer; known qualifiers: tiny; selected layers: *"),
+     "ERROR: --invariance-threshold tinny.feature_mean: 'tinny' is neither a selected layer nor a qualifier of "
+     "the checks (write LAYER.METRIC, QUALIFIER.METRIC or LAYER.QUALIFIER.METRIC); selected layers: output; "
+     "qualifiers: tiny"),
     (["--invariance-tolerance", "feature_maen=0.1"], "ERROR: --invariance-tolerance feature_maen=...: no selected suite*"),
     (["--invariance-threshold", "feature_mean=1e999"], "*a threshold must be a finite number*"),
     (["--layer", "output"], "ERROR: --layer output needs --model*"),

@@ -19,7 +19,7 @@ from pytest_invariance.embeddings import EmbeddingCache, LayerProjection, Prepro
 from pytest_invariance.errors import LayerNotFoundError  # noqa: E402
 from pytest_invariance.models import load_model  # noqa: E402
 from pytest_invariance.models._layers import select_layers  # noqa: E402
-from pytest_invariance.testing import export_onnx, read_results, tiny_cnn  # noqa: E402
+from pytest_invariance.testing import export_onnx, read_results, tiny_cnn, tiny_vit  # noqa: E402
 
 X = np.random.default_rng(0).random((6, 3, 12, 12), dtype=np.float32)
 
@@ -39,26 +39,6 @@ class Blocks(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.block(self.stem(x)))
-
-
-class TinyViT(nn.Module):
-    """4x4 patches -> 9 tokens + CLS, one attention block, ``norm`` tokens [N, 10, 16], CLS head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(3)
-        self.patch = nn.Conv2d(3, 16, 4, stride=4)
-        self.cls = nn.Parameter(torch.randn(1, 1, 16))
-        self.pos = nn.Parameter(torch.randn(1, 10, 16))
-        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
-        self.norm = nn.LayerNorm(16)
-        self.head = nn.Linear(16, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.patch(x).flatten(2).transpose(1, 2)
-        t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], 1) + self.pos
-        t = t + self.attn(t, t, t, need_weights=False)[0]
-        return self.head(self.norm(t)[:, 0])
 
 
 def _images(n: int, name: str) -> ArrayImageSet:
@@ -98,12 +78,12 @@ def test_onnx_one_session_run_reads_every_layer_as_separate_runs_do(tmp_path, mo
 
 @pytest.mark.parametrize("net,layers", [
     (Blocks, ["stem", "block.relu#1", "block.bn2", "block.relu#2", "block", "output"]),
-    (TinyViT, ["attn", "norm", "output"]),  # token layers read by their CLS token
+    (tiny_vit, ["attn", "norm", "output"]),  # token layers read by their CLS token
 ])
 def test_torch_hooks_read_every_layer_in_one_forward_as_separate_runs_do(net, layers, tmp_path):
     m = net().eval()
     model = load_model(_export(m, tmp_path, net.__name__), device="cpu")
-    pool = "cls" if net is TinyViT else "auto"
+    pool = "cls" if net is tiny_vit else "auto"
     alone = {la: load_model(_export(m, tmp_path, net.__name__), device="cpu").embed(X, la, pool=pool)
              for la in layers}
     calls = []
@@ -121,10 +101,7 @@ def test_torch_hooks_read_every_layer_in_one_forward_as_separate_runs_do(net, la
             np.testing.assert_allclose(got["stem"], s.mean((2, 3)).numpy(), atol=1e-5)
             np.testing.assert_allclose(got["block.relu#1"], first.mean((2, 3)).numpy(), atol=1e-5)
         else:
-            t = m.patch(x).flatten(2).transpose(1, 2)
-            t = torch.cat([m.cls.expand(len(x), -1, -1), t], 1) + m.pos
-            t = t + m.attn(t, t, t, need_weights=False)[0]
-            np.testing.assert_allclose(got["norm"], m.norm(t)[:, 0].numpy(), atol=1e-5)
+            np.testing.assert_allclose(got["norm"], m.tokens(x)[:, 0].numpy(), atol=1e-5)
             np.testing.assert_allclose(got["output"], m(x).numpy(), atol=1e-5)
 
 
@@ -155,6 +132,32 @@ def test_sweep_and_single_layer_extractions_share_cache_entries(tmp_path):
         np.testing.assert_allclose(sweep[la], fresh, rtol=1e-6, atol=1e-7)  # nor batch size, nor other layers
         np.testing.assert_array_equal(extract(model, images, layer=la, cache=cache), fresh)
     assert (cache.hits, cache.misses) == (len(layers), len(layers))  # the single-layer runs read the sweep's entries
+
+
+def test_without_the_cache_a_large_set_not_kept_is_still_read_in_one_pass(tmp_path, monkeypatch):
+    # A study's large training set is embedded with keep=False; with --invariance-no-cache
+    # there is no disk entry to read the other layers back from.
+    import pytest_invariance.embeddings as embeddings
+    from pytest_invariance._audit import Audit, ModelRef
+    from pytest_invariance.settings import Settings
+
+    path = export_onnx(tiny_cnn(), tmp_path / "tiny.onnx")
+    model = load_model(str(path), device="cpu")
+    layers = tuple(la for la, _ in model.trace_layers())[:2] + ("output",)
+    images = _images(30, "train")
+    passes = []
+    real = embeddings.extract_layers
+    monkeypatch.setattr(embeddings, "extract_layers", lambda e, im, group, **k: passes.append(group) or real(e, im, group, **k))
+    audit = Audit(Settings(no_cache=True, progress="off", rootdir=str(tmp_path)))
+    ref = ModelRef("tiny", model, layers[0], Preprocess(), True, layers=layers)
+    got = {la: audit.embed(ref.at(la), images, keep=False) for la in layers}
+    assert passes == [list(layers)]
+    for la in layers:  # the same numbers as a one-layer extraction
+        np.testing.assert_allclose(got[la], extract(load_model(str(path), device="cpu"), images, layer=la),
+                                   rtol=1e-6, atol=1e-7)
+    assert not audit._pending  # each handed out once, then dropped
+    audit.embed(ref.at(layers[1]), images, keep=False)
+    assert passes == [list(layers), [layers[1]]]  # not kept: asked again, read again (one layer)
 
 
 def test_images_per_forward_are_cut_to_bound_the_raw_activations(tmp_path, monkeypatch):
@@ -249,12 +252,20 @@ def test_layer_qualified_threshold_applies_to_that_layer_only(toy):
     by_layer = {c["layer"]: c for c in read_results(toy)["checks"]}
     assert by_layer[conv]["threshold"] == -1000 and not by_layer[conv]["passed"]
     assert by_layer["output"]["threshold"] == 1000 and by_layer["output"]["passed"]
+    # A layer and a model qualifier together: LAYER.QUALIFIER.METRIC, at that layer only.
+    both = toy.runpytest_subprocess("audits", "--model", "audits/toy/tiny.onnx", "--invariance-layers",
+                                    f"{conv},output", "--invariance-threshold", "output.tiny.feature_mean=-1000")
+    assert both.ret == 1
+    by_layer = {c["layer"]: c for c in read_results(toy)["checks"]}
+    assert by_layer["output"]["threshold"] == -1000 and by_layer[conv]["threshold"] == 1000
+    both.stdout.fnmatch_lines(["*feature_mean ?layer=output, model=tiny?: *",
+                               "*relax it with --invariance-threshold output.feature_mean=VALUE *"])
     bad = toy.runpytest_subprocess("audits", "--model", "audits/toy/tiny.onnx", "--invariance-layers",
                                    f"{conv},output", "--invariance-threshold", "conv9.feature_mean=-1000")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
-    bad.stderr.fnmatch_lines(["ERROR: --invariance-threshold conv9.feature_mean=-1000: no selected suite has "
-                              f"qualifier 'conv9' and it is not a selected layer; known qualifiers: tiny; "
-                              f"selected layers: {conv}, output"])
+    bad.stderr.fnmatch_lines(["ERROR: --invariance-threshold conv9.feature_mean: 'conv9' is neither a selected "
+                              "layer nor a qualifier of the checks (write LAYER.METRIC, QUALIFIER.METRIC or "
+                              f"LAYER.QUALIFIER.METRIC); selected layers: {conv}, output; qualifiers: tiny"])
 
 
 def test_baseline_compares_layer_with_layer_across_sweep_and_single_runs(toy):
@@ -267,6 +278,20 @@ def test_baseline_compares_layer_with_layer_across_sweep_and_single_runs(toy):
     by_layer = {c["layer"]: c for c in read_results(toy)["checks"]}
     assert by_layer[conv]["details"]["baseline"] == "v1" and abs(by_layer[conv]["details"]["delta"]) < 1e-6
     assert "baseline" not in by_layer["output"]["details"]  # v1 never read 'output'
+    # `cli compare` and the report's trends match checks the same way: (test, layer, metric).
+    from pytest_invariance.history import HistoryStore
+    from pytest_invariance.report import compare_rows
+
+    store = HistoryStore(toy.path / "reports" / "history.sqlite")
+    rows = {(r["layer"], r["change"]) for r in compare_rows(store.run("v1"), store.run("v2"))}
+    assert rows == {(conv, "same"), ("output", "new")}
+    trend = [(r["tag"], r["layer"]) for r in store.trend_rows() if r["test"].endswith("test_features[model]")]
+    assert trend == [("v1", conv), ("v2", conv), ("v2", "output")]
+    from pytest_invariance.report._context import build_context
+
+    views = build_context(read_results(toy), None, store.trend_rows(), "v2")["checks"]
+    conv_view = next(v for v in views if v["nodeid"].endswith(f"[model-{conv}]"))
+    assert [r["tag"] for r in conv_view["trend"]["rows"]] == ["v1", "v2"]
 
 
 def test_unknown_layer_or_empty_glob_is_one_start_up_error(toy):
@@ -322,3 +347,250 @@ def test_a_known_leak_is_excused_only_at_the_layer_it_was_documented_for(tmp_pat
     assert known("angle_mae", "conv1") is None  # a sweep's other layers fail as failures
     assert known("feature_mean", "ip1") == "any model" and known("feature_mean", "conv1") is None
     assert suite.expected_failure("angle_mae", ["lenet"]) == "documented at ip1"  # no sweep: as before
+
+
+# ------------------------------------------------------------------ names a new user's models really have
+
+
+def _rename_tensors(src, dst, names: dict) -> None:
+    """Rename tensors of an exported ONNX graph (node outputs, inputs and graph outputs)."""
+    import onnx
+
+    model = onnx.load(str(src))
+    for node in model.graph.node:
+        node.input[:] = [names.get(n, n) for n in node.input]
+        node.output[:] = [names.get(n, n) for n in node.output]
+    for out in model.graph.output:
+        out.name = names.get(out.name, out.name)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+
+
+@pytest.fixture
+def odd_onnx(toy):
+    """The toy suite's model with its tensors renamed to what exporters really write: '#',
+    spaces, commas, brackets, and an output ending '#1'."""
+    suite = toy.path / "audits" / "toy"
+    src = suite / "tiny.onnx"
+    conv, act = [la for la, _ in load_model(str(src), device="cpu").trace_layers()][:2]
+    names = {conv: "conv out#1", act: "feat, relu[0]", "output": "logits#1"}
+    _rename_tensors(src, suite / "odd.onnx", names)
+    return toy, names
+
+
+def test_odd_onnx_tensor_names_are_selected_exactly_and_listed(odd_onnx):
+    toy, names = odd_onnx
+    conv, act, out = names.values()
+    model = load_model(str(toy.path / "audits/toy/odd.onnx"), device="cpu")
+    assert [la for la, _ in model.trace_layers()][:2] == [conv, act] and model.default_layer == out
+    # Exact names win over '#k' call indexes and glob characters; a comma is escaped in a list.
+    order = [la for la, _ in model.trace_layers()]
+    assert select_layers(order, model.layers(), [act, conv, out], "--layer", "m") == [conv, act, out]
+    from pytest_invariance.models._layers import split_spec
+
+    assert split_spec(r"feat\, relu[0],logits#1") == [act, out]
+    listed = toy.runpytest_subprocess("audits", "--model", "audits/toy/odd.onnx", "--invariance-list-layers")
+    assert listed.ret == 0, listed.stderr.str()
+    rows = [line.split("  [")[0].strip() for line in listed.stdout.lines if line.startswith("  ")]
+    assert rows[:2] == [conv, act] and rows[-1] == out and listed.stdout.lines[-1].endswith("(default)")
+    args = ["audits", "--model", "audits/toy/odd.onnx", "--invariance-progress", "off"]
+    by_option = toy.runpytest_subprocess(*args, "--layer", conv, "--layer", act, "--layer", out)
+    assert by_option.ret == 0, by_option.stdout.str() + by_option.stderr.str()
+    first = {c["layer"]: c["value"] for c in read_results(toy)["checks"]}
+    by_list = toy.runpytest_subprocess(*args, "--invariance-layers", r"logits#1,feat\, relu[0],conv out#1")
+    assert by_list.ret == 0, by_list.stdout.str() + by_list.stderr.str()
+    second = {c["layer"]: c["value"] for c in read_results(toy)["checks"]}
+    assert list(first) == list(second) == [conv, act, out] and first == second
+    # Each figure is that tensor's mean, read by onnxruntime directly.
+    import pandas as pd
+
+    from pytest_invariance.data import ArrayImageSet
+
+    rng = np.random.default_rng(0)
+    images = ArrayImageSet(rng.integers(0, 256, (64, 28, 28), dtype=np.uint8),
+                           pd.DataFrame({"label": np.arange(64) % 4}), name="toy-noise")
+    x = np.stack([images[i][0] for i in range(64)]).astype(np.float32)
+    x = x[:, None] if x.ndim == 3 else x
+    sess = ort.InferenceSession(str(toy.path / "audits/toy/odd.onnx"))
+    raw = sess.run([out], {sess.get_inputs()[0].name: x})[0]
+    assert first[out] == pytest.approx(float(raw.mean()), rel=1e-5)
+
+
+# ------------------------------------------------------------------ the factors suite swept over a user's model
+
+ZOO = '''
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+
+class Net(nn.Module):
+    """Any input size: stem conv -> BasicBlock (relu runs twice) -> tokens [N, H*W, 8] -> LayerNorm -> head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = BasicBlock(8, 8)
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        t = self.block(self.stem(x)).flatten(2).transpose(1, 2)
+        return self.head(self.norm(t).mean(1))
+
+
+def net():
+    return Net()
+'''
+
+
+@pytest.fixture
+def factors(pytester):
+    """The factors suite, a folder of 120 real PNGs (16x16) labelled with a continuous and a
+    binary column, and a dynamic-size model as a factory (zoo_nets:net) and as TorchScript."""
+    import shutil
+    from pathlib import Path
+
+    import pandas as pd
+    from PIL import Image
+
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copytree(repo / "audits" / "factors", pytester.path / "audits" / "factors",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (pytester.path / "zoo_nets.py").write_text(ZOO)
+    root = pytester.path / "data"
+    (root / "img").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(120):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / f"img/{i:03d}.png")
+        rows.append({"image": f"img/{i:03d}.png", "amount": round(float(rng.uniform(0, 10)), 2),
+                     "flag": ["no", "yes"][i % 2]})
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    (root / "invariance.toml").write_text("[data]\nsize = [16, 16]\n")
+    pytester.syspathinsert(pytester.path)
+    import zoo_nets
+
+    torch.jit.script(zoo_nets.net().eval()).save(str(pytester.path / "net_scripted.pt"))
+    sys_modules = __import__("sys").modules
+    sys_modules.pop("zoo_nets", None)
+    return pytester
+
+
+def _factors_run(pytester, *args):
+    return pytester.runpytest_subprocess("audits/factors", "--invariance-data-dir", "data", "-p", "no:cacheprovider",
+                                         "--invariance-no-report", "--invariance-progress", "off", *args)
+
+
+def test_factors_sweep_takes_thresholds_qualified_by_layer_and_factor(factors):
+    with open(factors.path / "data" / "invariance.toml", "a") as f:
+        f.write('[thresholds]\n"head.flag.balanced_error" = 0.0\n')
+    result = _factors_run(factors, "--model", "zoo_nets:net", "--invariance-layers", "stem,head", "-k", "not enrollment",
+                          "--invariance-threshold", "stem.amount.mae=1000", "--invariance-threshold", "head.mae=0")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=3, failed=1)
+    by = {(c["layer"], c["details"]["factor"], c["metric"]): c for c in read_results(factors)["checks"]}
+    assert by["stem", "amount", "mae"]["threshold"] == 1000 and not by["stem", "amount", "mae"]["passed"]
+    assert by["head", "amount", "mae"]["threshold"] == 0 and by["head", "amount", "mae"]["passed"]  # LAYER.metric
+    assert by["stem", "amount", "r2"]["threshold"] is None  # only the figure named is gated
+    assert by["head", "flag", "balanced_error"]["threshold"] == 0  # the folder's "head.flag.balanced_error"
+    assert by["stem", "flag", "balanced_error"]["threshold"] is None  # ... at that layer only
+    # The failure names its layer, and its hint relaxes that layer's figure only.
+    result.stdout.fnmatch_lines(["*mae ?layer=stem, model=net, factor=amount?: * does not satisfy*",
+                                 "*relax it with --invariance-threshold stem.amount.mae=VALUE *"])
+
+
+def test_a_threshold_key_that_reads_two_ways_is_one_error(tmp_path):
+    import pandas as pd
+    from PIL import Image
+
+    from pytest_invariance.data.factor_folder import load_factor_folder
+    from pytest_invariance.errors import DataError
+    from pytest_invariance.settings import Settings
+    from pytest_invariance.studies.factors import gated_metrics
+
+    (tmp_path / "d").mkdir()
+    for i in range(60):
+        Image.new("RGB", (8, 8), (i, i, i)).save(tmp_path / "d" / f"{i}.png")
+    pd.DataFrame({"image": [f"{i}.png" for i in range(60)], "stem": np.arange(60) / 6.0,
+                  "flag": ["a", "b"] * 30}).to_csv(tmp_path / "d" / "labels.csv", index=False)
+    f = load_factor_folder(tmp_path / "d")
+    # 'stem.mae' is the column stem's MAE or the MAE of every factor at layer stem: refused.
+    with pytest.raises(DataError, match=r"--invariance-threshold stem.mae: 'stem' reads more than one way "
+                                        r"\(layer 'stem'; qualifier 'stem'\)"):
+        gated_metrics(f, Settings(threshold=[("stem.mae", 1.0)]), layers=["stem", "head"])
+    assert gated_metrics(f, Settings(threshold=[("stem.mae", 1.0)]), layers=["conv"]) == {"stem": ("mae",)}
+    assert gated_metrics(f, Settings(threshold=[("conv.stem.mae", 1.0)]), layers=["conv"]) == {}  # at conv only
+    with pytest.raises(DataError, match=r"names column 'head', which is not a factor nor a selected layer \(conv\)"):
+        gated_metrics(f, Settings(threshold=[("head.mae", 1.0)]), layers=["conv"])
+
+
+def test_a_layer_the_pool_cannot_read_is_one_error_before_any_test(factors):
+    # The model takes any size: its layers can be checked only once the folder gives one.
+    result = _factors_run(factors, "--model", "zoo_nets:net", "--invariance-layers", "all")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result.stderr.fnmatch_lines(["ERROR: zoo_nets:net layer 'norm' is a token sequence ?N, 256, 8?; *choose "
+                                 "--invariance-pool cls (token 0) or --invariance-pool mean *"])
+    result.stdout.fnmatch_lines(["*no tests ran*"])
+    # With xdist the workers collect: one full error per worker, the other tests refer back to it.
+    spread = _factors_run(factors, "--model", "zoo_nets:net", "--invariance-layers", "all", "-n", "2")
+    out = spread.stdout.str()
+    outcomes = spread.parseoutcomes()
+    assert spread.ret != 0 and outcomes.get("errors", 0) >= 10 and "failed" not in outcomes and "passed" not in outcomes
+    # in full once per worker and once in the run's summary line
+    assert 2 <= out.count("is a token sequence") <= 3 and out.count("see that error") >= 10
+    # The option it names fixes it.
+    fixed = _factors_run(factors, "--model", "zoo_nets:net", "--invariance-layers", "stem,norm", "-k", "not enrollment",
+                         "--invariance-pool", "mean")
+    assert fixed.ret == 0, fixed.stdout.str()
+    fixed.assert_outcomes(passed=4)
+
+
+@pytest.mark.parametrize("spec", ["zoo_nets:net", "net_scripted.pt"])
+def test_bare_name_of_a_module_called_twice_is_one_start_up_error(factors, spec):
+    result = _factors_run(factors, "--model", spec, "--layer", "block.relu")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result.stderr.fnmatch_lines(["ERROR: *'block.relu' *runs *per forward; name one call with --layer: "
+                                 "block.relu#1, block.relu#2"])
+    assert "passed" not in result.stdout.str()
+
+
+def test_shards_sweep_expands_to_the_layers_they_hold_and_extract_names_its_own_options(factors):
+    import sys
+
+    def extract(*args):
+        # A fresh process, as a user runs it (the factory's digest covers the files its build reads).
+        return factors.run(sys.executable, "-m", "pytest_invariance.cli", "extract", "--suite", "audits/factors",
+                           "--data-dir", "data", "--model", "zoo_nets:net", "--progress", "off", *args)
+
+    # Messages of the code extract shares with the plugin name extract's options, not the plugin's.
+    for layer, says in [("norm", "choose --pool cls (token 0) or --pool mean"),
+                        ("block.relu", "name one call with --layer: block.relu#1, block.relu#2")]:
+        bad = extract("--out", "bad", "--layer", layer)
+        assert bad.ret == 2 and says in bad.stderr.str() and "--invariance-" not in bad.stderr.str()
+    assert extract("--out", "shards", "--layer", "stem", "--layer", "head").ret == 0
+    run = ["--model", "zoo_nets:net", "--invariance-embeddings", "shards", "-k", "not enrollment"]
+    result = _factors_run(factors, *run, "--invariance-layers", "all")
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    assert {c["layer"] for c in read_results(factors)["checks"]} == {"stem", "head"}
+    bad = _factors_run(factors, *run, "--invariance-layers", "stem,norm")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["ERROR: --invariance-layers norm: layer 'norm' is not in the shards of "
+                              "--invariance-embeddings *shards (layers of zoo_nets:net they hold). "
+                              "Available layers: head, stem"])
+
+
+def test_a_bundled_model_sweep_with_a_layer_the_pool_cannot_read_is_one_start_up_error(pytester):
+    from pytest_invariance.testing import write_toy_suite
+
+    suite = write_toy_suite(pytester.path, "vit.onnx", "output")
+    export_onnx(tiny_vit(), suite / "vit.onnx", input_shape=(3, 12, 12))
+    toml = suite / "invariance.toml"
+    toml.write_text(toml.read_text().replace("input = [1, 28, 28]", "input = [3, 12, 12]"))
+    result = pytester.runpytest_subprocess("audits", "--invariance-layers", "all", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    result.stderr.fnmatch_lines(["ERROR: *vit.onnx layer * is a token sequence ?N, *; *(suite toy's bundled model "
+                                 "'vit' takes its pool from `pool` in ?models.vit? of *invariance.toml, not from "
+                                 "--invariance-pool; or leave that layer out of --invariance-layers)"])
+    assert "collected" not in result.stdout.str()

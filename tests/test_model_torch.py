@@ -16,6 +16,8 @@ from torch import nn  # noqa: E402
 
 from pytest_invariance.errors import EmbeddingError, LayerNotFoundError, ModelLoadError  # noqa: E402
 from pytest_invariance.models import load_model  # noqa: E402
+from pytest_invariance.models._layers import select_layers  # noqa: E402
+from pytest_invariance.testing import tiny_vit  # noqa: E402
 
 X = torch.from_numpy(np.random.default_rng(0).random((5, 3, 12, 12), dtype=np.float32))
 
@@ -83,12 +85,17 @@ def factory_package(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ 6. a module called twice
 
 
-@pytest.mark.parametrize("kind", ["factory", "scripted", "traced", "export"])
-def test_module_called_twice_every_backend_refuses_the_bare_name_and_reads_each_call(kind, tmp_path, factory_package):
+@pytest.fixture(params=["factory", "scripted", "traced", "export"])
+def blocks(request, tmp_path, factory_package):
+    """``(kind, Blocks module, the same weights loaded through that torch backend)``."""
     m = Blocks().eval()
     torch.save(m.state_dict(), factory_package / "blocks.pt")
-    spec = "zoo.nets:blocks" if kind == "factory" else save_all_kinds(m, tmp_path, X)[kind]
-    model = load_model(spec, device="cpu")
+    spec = "zoo.nets:blocks" if request.param == "factory" else save_all_kinds(m, tmp_path, X)[request.param]
+    return request.param, m, load_model(spec, device="cpu")
+
+
+def test_module_called_twice_every_backend_refuses_the_bare_name_and_reads_each_call(blocks):
+    kind, m, model = blocks
     with pytest.raises(LayerNotFoundError, match=r"layer 'block.relu' of .* runs 2 times per forward; name one call "
                                                  r"with --layer: block.relu#1, block.relu#2"):
         model.embed(X.numpy(), "block.relu")
@@ -100,14 +107,10 @@ def test_module_called_twice_every_backend_refuses_the_bare_name_and_reads_each_
     np.testing.assert_allclose(model.embed(X.numpy(), "block"), ref["block.relu#2"], atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["factory", "scripted", "traced", "export"])
-def test_layer_changed_in_place_later_is_read_as_computed(kind, tmp_path, factory_package):
+def test_layer_changed_in_place_later_is_read_as_computed(blocks):
     # BasicBlock's ReLU(inplace=True) overwrites bn1's output and `out += identity` bn2's:
     # the audit must read each layer as it was produced, not after those in-place ops.
-    m = Blocks().eval()
-    torch.save(m.state_dict(), factory_package / "blocks.pt")
-    spec = "zoo.nets:blocks" if kind == "factory" else save_all_kinds(m, tmp_path, X)[kind]
-    model = load_model(spec, device="cpu")
+    kind, m, model = blocks
     with torch.no_grad():
         s = m.stem(X)
         bn1 = m.block.bn1(m.block.conv1(s))
@@ -175,28 +178,9 @@ def test_fixed_shape_export_is_fed_in_its_batch_size(tmp_path):
 # ------------------------------------------------------------------ 5. a tiny ViT
 
 
-class TinyViT(nn.Module):
-    """4x4 patches of a 12x12 image -> 9 tokens + CLS, one attention block, ``norm`` [N, 10, 16]."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(3)
-        self.patch = nn.Conv2d(3, 16, 4, stride=4)
-        self.cls = nn.Parameter(torch.randn(1, 1, 16))
-        self.pos = nn.Parameter(torch.randn(1, 10, 16))
-        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
-        self.norm = nn.LayerNorm(16)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.patch(x).flatten(2).transpose(1, 2)
-        t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], 1) + self.pos
-        t = t + self.attn(t, t, t, need_weights=False)[0]
-        return self.norm(t)[:, 0]
-
-
 @pytest.mark.parametrize("kind", ["export", "onnx"])
 def test_vit_tokens_need_cls_or_mean(kind, tmp_path):
-    m = TinyViT().eval()
+    m = tiny_vit(classes=None)
     if kind == "onnx":
         path = tmp_path / "vit.onnx"
         torch.onnx.export(m, X, str(path), dynamo=False, input_names=["input"], output_names=["output"],
@@ -329,12 +313,23 @@ def test_permute_in_plain_code_that_keeps_the_shape_is_refused(tmp_path):
     np.testing.assert_allclose(got, expect, atol=1e-5)
 
 
-def test_call_index_is_accepted_by_the_layer_option():
+def test_layer_option_takes_any_name_verbatim_and_the_model_refuses_a_bad_call_index():
     import argparse
 
     from pytest_invariance.settings import parse_layer
 
-    assert parse_layer("layer1.0.relu#2") == "layer1.0.relu#2"
-    for bad in ("layer1.0.relu#0", "layer1.0.relu#", "a#1#2"):
-        with pytest.raises(argparse.ArgumentTypeError, match="layer1.0.relu#2"):
-            parse_layer(bad)
+    # ONNX tensors may be called anything: the option keeps the text, the model judges it.
+    for name in ("layer1.0.relu#2", "a#1#2", "feat, a b", "x[0]"):
+        assert parse_layer(name) == name
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a layer name"):
+        parse_layer("  ")
+    order = ["stem", "block.relu#1", "block.relu#2", "output"]
+    for bad in ("block.relu#0", "block.relu#"):
+        with pytest.raises(LayerNotFoundError, match=f"--layer {bad}: layer '{bad}' is not in m"):
+            select_layers(order, ["stem", "block.relu", "output"], [bad], "--layer", "m")
+    with pytest.raises(LayerNotFoundError, match="--layer block.relu#3: layer 'block.relu' of m runs 2 time.s. per "
+                                                 "forward; name one of: block.relu#1, block.relu#2"):
+        select_layers(order, ["stem", "block.relu", "output"], ["block.relu#3"], "--layer", "m")
+    with pytest.raises(LayerNotFoundError, match="--layer block.relu: layer 'block.relu' of m runs more than once "
+                                                 "per forward; name one call with --layer: block.relu#1, block.relu#2"):
+        select_layers(order, ["stem", "block.relu", "output"], ["block.relu"], "--layer", "m")

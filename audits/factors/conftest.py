@@ -49,9 +49,24 @@ def _load(config: pytest.Config) -> Any:
             from pytest_invariance.embeddings._parquet import image_ids
 
             embeddings_source(settings).positions(image_ids(folder.images), f"{root / 'labels.csv'}")
-        return folder, gated_metrics(folder, settings, others)
+        from pytest_invariance.checks import Suite
+        from pytest_invariance.plugin import note_suite
+        from pytest_invariance.studies.factors import folder_suite
+
+        # Now that the images' size is known, the plugin checks the model's layers at it once,
+        # before any test (a layer the pool cannot read is one error, not one per test).
+        note_suite(config, folder_suite(Suite.find(Path(__file__).parent), folder))
+        return folder, gated_metrics(folder, settings, others, _layers(config))
     except InvarianceError as exc:
         return exc
+
+
+def _layers(config: pytest.Config) -> list[str]:
+    """The run's selected layers (threshold keys may name them); none when the model cannot
+    load (that is reported once, by the plugin)."""
+    from pytest_invariance.plugin import selected_layers
+
+    return selected_layers(config, Path(__file__).parent)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

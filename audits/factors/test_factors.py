@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_invariance.studies.faces import data_notes
-from pytest_invariance.studies.factors import (METRICS, default_limit, enrollment_study, factor_figures,
+from pytest_invariance.studies.factors import (METRICS, default_limit, enrollment_study, factor_figures, gates_at,
                                                overview_plots)
 
 
@@ -28,6 +28,7 @@ def _base(ref, folder, gated, name) -> dict:
 
 def test_factor(factor, invariance_model, invariance_audit, invariance_check, invariance_factor_folder):
     folder, gated = invariance_factor_folder
+    gated = gates_at(gated, folder, invariance_audit.settings, invariance_model.layer)
     fig = _figures(invariance_audit, invariance_model, folder, factor)
     plots = None
     if factor == next(iter(folder.factors)):  # the overview rides on the first factor's headline check
@@ -45,6 +46,7 @@ def test_factor(factor, invariance_model, invariance_audit, invariance_check, in
 
 def test_enrollment(enrolled, invariance_model, invariance_audit, invariance_check, invariance_factor_folder):
     folder, gated = invariance_factor_folder
+    gated = gates_at(gated, folder, invariance_audit.settings, invariance_model.layer)
     name, level = enrolled
     ref = invariance_model
     study = invariance_audit.memo(("factors-enroll", ref.name, ref.layer, ref.embedder.sha256,

@@ -17,10 +17,15 @@ Example::
     [expected_failures]      # known leaks: the test xfails with this reason instead of failing
     "lenet.mav_accuracy_drop" = "paper 4.1: LeNet's ip1 loses 9 points under MAV"
 
-A threshold is looked up from most to least specific: ``QUALIFIER.METRIC`` for each
-qualifier the check carries, then ``METRIC``. The qualifiers are, in this order, the
-layer (``layer4.rotation_mae``, ``/blocks/blocks.3/Add_output_0.rotation_mae``), the
-model, the attribute, the factor, the bin and the group.
+Threshold keys (here, ``--invariance-threshold KEY=V`` and a factors folder's
+``[thresholds]``) read ``[LAYER.][QUALIFIER.]METRIC``: a metric, optionally qualified by
+a layer of the run, by one other qualifier the check carries (model, attribute, factor,
+bin, group), or by both, layer first (``layer4.rotation.mae``). Names are matched whole,
+so layer names with dots or slashes work (``/blocks/blocks.3/Add_output_0.mae``). A key
+that reads two ways (a name that is both a layer and a factor, or dots that split it
+two ways) is refused (:func:`split_key`). Lookup runs from most to least specific:
+``LAYER.QUALIFIER.METRIC``, ``LAYER.METRIC``, ``QUALIFIER.METRIC`` (model, attribute,
+factor, bin, group in this order), then ``METRIC``.
 """
 from __future__ import annotations
 
@@ -199,15 +204,61 @@ def threshold_layer_qualifiers(settings: Any, suites: Iterable[Suite]) -> list[t
     return out
 
 
-def lookup_keys(metric: str, qualifiers: Iterable[str]) -> list[str]:
-    return [f"{q}.{metric}" for q in qualifiers if q] + [metric]
+def split_key(key: str, layers: Iterable[str], qualifiers: Iterable[str] | None,
+              option: str = "--invariance-threshold") -> tuple[str | None, str | None, str]:
+    """``(layer, qualifier, metric)`` of a threshold key ``[LAYER.][QUALIFIER.]METRIC``.
+
+    ``layers`` are the run's selected layers; ``qualifiers`` the names the checks carry
+    (None: any name that is not a layer). Metrics have no dots; names are matched whole.
+
+    Raises
+    ------
+    InvalidParameterError
+        One line naming ``option`` when the key reads two ways, or names neither a
+        layer nor a qualifier.
+    """
+    head, _, metric = key.rpartition(".")
+    if not head:
+        return None, None, metric
+    layers = list(dict.fromkeys(layers))
+    known = None if qualifiers is None else set(qualifiers)
+
+    def is_qualifier(q: str) -> bool:
+        return q not in layers if known is None else q in known
+
+    readings: list[tuple[str | None, str | None]] = []
+    if head in layers:
+        readings.append((head, None))
+    if is_qualifier(head):
+        readings.append((None, head))
+    readings += [(la, head[len(la) + 1:]) for la in layers
+                 if head.startswith(la + ".") and is_qualifier(head[len(la) + 1:])]
+    if len(readings) > 1:
+        shown = "; ".join(" and ".join(f"{w} {n!r}" for w, n in (("layer", la), ("qualifier", q)) if n)
+                          for la, q in readings)
+        raise InvalidParameterError(f"{option} {key}: {head!r} reads more than one way ({shown}); "
+                                    "rename the data column or select the layer by a name that is not ambiguous")
+    if not readings:
+        raise InvalidParameterError(
+            f"{option} {key}: {head!r} is neither a selected layer nor a qualifier of the checks "
+            f"(write LAYER.METRIC, QUALIFIER.METRIC or LAYER.QUALIFIER.METRIC); selected layers: "
+            f"{', '.join(layers) or 'none'}; qualifiers: {', '.join(sorted(known)) if known else 'none'}")
+    return readings[0][0], readings[0][1], metric
+
+
+def lookup_keys(metric: str, qualifiers: Iterable[str], layer: str | None = None) -> list[str]:
+    """Keys from most to least specific; ``layer`` is also among ``qualifiers`` when given."""
+    qualifiers = [q for q in qualifiers if q]
+    combined = [f"{layer}.{q}.{metric}" for q in qualifiers if q != layer] if layer else []
+    return combined + [f"{q}.{metric}" for q in qualifiers] + [metric]
 
 
 def resolve_threshold(metric: str, qualifiers: Iterable[str], *, call: Threshold | None,
                       marker: Mapping[str, Threshold], suite: Mapping[str, Threshold],
-                      overrides: Mapping[str, float]) -> Threshold | None:
-    """Suite config > marker > the call's own default; an override then replaces the value."""
-    keys = lookup_keys(metric, list(qualifiers))
+                      overrides: Mapping[str, float], layer: str | None = None) -> Threshold | None:
+    """Suite config > marker > the call's own default; an override then replaces the value.
+    ``layer``: the check's layer (first of ``qualifiers``), for ``LAYER.QUALIFIER.METRIC`` keys."""
+    keys = lookup_keys(metric, list(qualifiers), layer)
     found = call
     for source in (marker, suite):
         for k in keys:

@@ -44,8 +44,12 @@ def evaluate(nodeid: str, suite: str, metric: str, est: Estimate, threshold: Thr
 
 
 def failure_message(r: CheckResult, threshold: Threshold) -> str:
-    qual = ", ".join(f"{k}={v}" for k, v in r.details.items()
-                     if k in ("model", "attribute", "group", "bin", "factor", "level") and v is not None)
+    """The failed figure, its CI, chance and gate, the worst rows, and the one threshold key
+    that relaxes this figure alone: in a layer sweep qualified by the layer (and the
+    attribute or factor), ``LAYER.FACTOR.metric``, so other layers keep their gate."""
+    sweep = len(r.details.get("layers") or ()) > 1 and r.details.get("layer") is not None
+    shown = (("layer",) if sweep else ()) + ("model", "attribute", "group", "bin", "factor", "level")
+    qual = ", ".join(f"{k}={r.details[k]}" for k in shown if r.details.get(k) is not None)
     lines = [
         f"{r.metric}{f' [{qual}]' if qual else ''}: {_fmt(r.value)} "
         f"(CI {int(100 * r.details.get('confidence', 0.95))}% {_fmt(r.ci_low)}..{_fmt(r.ci_high)}, "
@@ -56,8 +60,12 @@ def failure_message(r: CheckResult, threshold: Threshold) -> str:
         lines.append(f"    {row}")
     if len(rows) > MAX_ROWS:
         lines.append(f"    ... {len(rows) - MAX_ROWS} more rows")
+    key = r.metric
+    if sweep:
+        inner = next((r.details[k] for k in ("attribute", "factor") if r.details.get(k) is not None), None)
+        key = ".".join(str(p) for p in (r.details["layer"], inner, r.metric) if p is not None)
     lines.append(
-        f"  next: if this leak is accepted, relax it with --invariance-threshold {r.metric}=VALUE "
+        f"  next: if this leak is accepted, relax it with --invariance-threshold {key}=VALUE "
         "or in the suite's invariance.toml, or mark the test xfail with a reason"
     )
     return "\n".join(lines)

@@ -341,9 +341,18 @@ class HistoryStore:
 
     def trend_rows(self) -> list[dict[str, Any]]:
         """Every stored figure as flat dicts, oldest version first: the ``history``
-        argument of :func:`pytest_invariance.report.write_report`."""
-        keys = ("tag", "nodeid", "metric", "value", "ci_low", "ci_high", "recorded_at")
+        argument of :func:`pytest_invariance.report.write_report`. Each row carries the
+        check's ``test`` and ``layer`` too, so a sweep's check finds the figures of the same
+        (test, layer, metric) in one-layer runs (:func:`~pytest_invariance.history.check_identity`)."""
+        from ._baseline import check_identity
+
         with self._connect() as con:
-            return [dict(zip(keys, r)) for r in con.execute(
-                "SELECT r.tag, c.nodeid, c.metric, c.value, c.ci_low, c.ci_high, r.recorded_at"
-                " FROM checks c JOIN runs r ON r.id = c.run_id ORDER BY r.id, c.nodeid, c.metric")]
+            runs = con.execute("SELECT tag, doc, recorded_at FROM runs ORDER BY id").fetchall()
+        rows: list[dict[str, Any]] = []
+        for tag, text, recorded in runs:
+            checks = {check_identity(c): c for c in json.loads(text).get("checks") or []}  # a later duplicate wins
+            for (test, layer, metric), c in sorted(checks.items(), key=lambda kv: tuple(map(str, kv[0]))):
+                rows.append({"tag": tag, "nodeid": c.get("nodeid"), "test": test, "layer": layer, "metric": metric,
+                             "value": _num(c.get("value")), "ci_low": _num(c.get("ci_low")),
+                             "ci_high": _num(c.get("ci_high")), "recorded_at": recorded})
+        return rows

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -67,9 +68,19 @@ def split_call(layer: str) -> tuple[str, int | None]:
     return name, int(k)
 
 
+def names_layer(layer: str, known: "Iterable[str]") -> bool:
+    """Whether ``layer`` is one of ``known`` or ``NAME#k`` of one: an exact name wins, so an
+    ONNX tensor called ``relu#1`` (or ``a#b``) is that tensor, never a call index."""
+    known = known if isinstance(known, (set, frozenset, dict)) else set(known)
+    if layer in known:
+        return True
+    name, sep, k = layer.rpartition("#")
+    return bool(sep) and k.isdigit() and int(k) >= 1 and name in known
+
+
 def pick_call(outputs: list["object"], layer: str, index: int | None, model: str) -> "object":
     """The activation of the chosen call of a module that may run several times per forward."""
-    name = layer.partition("#")[0]
+    name = layer.rpartition("#")[0] if "#" in layer else layer
     if not outputs:
         raise EmbeddingError(f"layer {name!r} of {model} did not run in the forward pass; choose another --layer")
     if index is None:

@@ -9,10 +9,11 @@ A name that is not a layer, or a glob that matches none, is one error naming the
 from __future__ import annotations
 
 import fnmatch
+import re
 from typing import TYPE_CHECKING, Iterable
 
 from ..errors import LayerNotFoundError
-from ._common import split_call, unknown_layer
+from ._common import names_layer, unknown_layer
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,8 +30,9 @@ def is_glob(spec: str) -> bool:
 
 
 def split_spec(spec: str) -> list[str]:
-    """``'a, b*,c'`` -> ``['a', 'b*', 'c']``; ``'all'`` -> ``['*']``."""
-    items = [s.strip() for s in spec.split(",") if s.strip()]
+    """``'a, b*,c'`` -> ``['a', 'b*', 'c']``; ``'all'`` -> ``['*']``; ``\\,`` is a comma inside
+    a name (``'feat\\, a'`` -> ``['feat, a']``; or give such a name to ``--layer``, verbatim)."""
+    items = [s.strip().replace("\\,", ",") for s in re.split(r"(?<!\\),", spec) if s.strip()]
     return ["*" if s == "all" else s for s in items]
 
 
@@ -59,22 +61,51 @@ def select_layers(order: list[str], known: Iterable[str], patterns: list[str], o
     chosen: set[str] = set()
     extra: list[str] = []
     for pat in patterns:
-        if is_glob(pat):
+        if pat in order:  # an exact name wins over a glob or a '#k' call index (ONNX 'x[0]', 'relu#1')
+            chosen.add(pat)
+        elif is_glob(pat) and pat not in known:
             hits = [la for la in order if fnmatch.fnmatchcase(la, pat)]
             if not hits:
                 shown = ", ".join(order[:12]) + (f", ... ({len(order)} in all)" if len(order) > 12 else "")
                 raise LayerNotFoundError(f"{option} {pat!r} matches no layer of {model}; "
                                          f"layers in forward order: {shown} ({OPT_LIST_LAYERS} lists them all)")
             chosen.update(hits)
-        elif pat in order:
-            chosen.add(pat)
-        elif split_call(pat)[0] in known:
-            if pat not in extra:
-                extra.append(pat)  # e.g. 'relu#2' of a module the trace did not list, or TorchScript
+        elif f"{pat}#1" in order:  # a module the forward calls more than once: which call?
+            calls = ", ".join(la for la in order if la.rpartition("#")[0] == pat)
+            raise LayerNotFoundError(f"{option} {pat}: layer {pat!r} of {model} runs more than once per forward; "
+                                     f"name one call with --layer: {calls}")
+        elif names_layer(pat, known) and (pat.rpartition("#")[0] in order or f"{pat.rpartition('#')[0]}#1" in order):
+            base = pat.rpartition("#")[0]  # traced, but without this call
+            calls = [la for la in order if la == base or la.rpartition("#")[0] == base]
+            raise LayerNotFoundError(f"{option} {pat}: layer {base!r} of {model} runs {len(calls)} time(s) per "
+                                     f"forward; name one of: {', '.join(calls)}")
+        elif names_layer(pat, known):
+            if pat not in extra:  # not traced (TorchScript, no forward yet): the backend checks it
+                extra.append(pat)
         else:
             err = unknown_layer(pat, sorted(known), model)
             raise LayerNotFoundError(f"{option} {pat}: {err}") from None
     return [la for la in order if la in chosen] + extra
+
+
+# A torch model of dynamic input size whose size no suite or option gives is traced at
+# this size, for its layers' names, forward order and call counts only (not shapes).
+TRACE_SIZE = (224, 224)
+
+
+def trace_names(emb: "Embedder", shape: tuple[int | None, ...], seed: int = 0
+                ) -> tuple[list[tuple[str, tuple[int | None, ...]]], bool]:
+    """``(trace, shapes_known)``: :meth:`Embedder.trace_layers` at ``shape`` (C, H, W); when
+    H or W is unknown, names from one forward at :data:`TRACE_SIZE` with the shapes dropped
+    (a model that cannot take that size: the untraced names, as the backend lists them)."""
+    sample = sample_batch(shape, seed)
+    if sample is not None or emb.backend != "torch":
+        return emb.trace_layers(sample), sample is not None
+    try:
+        trace = emb.trace_layers(sample_batch((shape[0] or 3, *TRACE_SIZE), seed))
+    except Exception:  # noqa: BLE001 - the size is a guess; fall back to the untraced names
+        return emb.trace_layers(None), False
+    return [(name, ()) for name, _ in trace], False
 
 
 def sample_batch(shape: tuple[int | None, ...] | None, seed: int = 0) -> "np.ndarray | None":

@@ -13,7 +13,7 @@ import numpy as np
 
 from .._optional import require
 from ..errors import InputShapeError, ModelLoadError
-from ._common import check_batch, split_call, unknown_layer
+from ._common import check_batch, unknown_layer
 from ._contract import LAYOUTS, InputContract, ambiguous_layout, chw_of, layout_from_shape, run_batched
 from ._identity import onnx_external_files, sha256_files
 from ._onnx_layout import activation_layout, input_layout_from_graph
@@ -183,10 +183,7 @@ class OnnxEmbedder:
 
     def forward_many(self, batch: np.ndarray, layers: list[str]) -> dict[str, np.ndarray]:
         """Raw activations of every one of ``layers`` from one session run per batch chunk."""
-        layers = list(dict.fromkeys(layers))
-        for layer in layers:
-            if split_call(layer)[1] is not None:
-                raise unknown_layer(layer, self.layers(), self.path)  # ONNX tensors are produced once
+        layers = list(dict.fromkeys(layers))  # names are tensor names, whole ('a#1' too): no call index
         check_batch(batch, self.input_shape, self.path)
         sess = self._session(tuple(layers))
         x = self.contract.cast(np.asarray(batch, dtype=np.float32))

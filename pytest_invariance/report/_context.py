@@ -208,13 +208,17 @@ def build_context(doc: Mapping[str, Any], plots: Mapping[Any, Sequence[Mapping[s
     pairs = sorted(((check_view(i, c), c) for i, c in enumerate(doc.get("checks") or [])),
                    key=lambda pair: _sort_key(pair[0]))
     views = [v for v, _ in pairs]
-    by_key: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    from ..history import check_identity
+
+    # A check's trend: the same (test, layer, metric) in every stored run, so a sweep's
+    # layer4 continues the one-layer runs that read layer4.
+    by_key: dict[tuple[Any, Any, Any], list[Mapping[str, Any]]] = {}
     for row in history or ():
-        by_key.setdefault((str(row.get("nodeid")), str(row.get("metric"))), []).append(row)
+        by_key.setdefault(check_identity(row), []).append(row)
     first_of_node: dict[str, dict[str, Any]] = {}
     for v, raw in pairs:
         if history is not None:
-            v["trend"] = _trend(by_key.get((v["nodeid"], v["metric"]), []), raw, current_tag)
+            v["trend"] = _trend(by_key.get(check_identity(raw), []), raw, current_tag)
         # a test's plots are shown once, under its worst check; the others link there
         first = first_of_node.setdefault(v["nodeid"], v)
         if first is not v:

@@ -163,13 +163,18 @@ def write_report(doc: Mapping[str, Any], path: str | PathLike[str], *,
 
 
 def compare_rows(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Checks of two runs matched on ``(nodeid, metric)``, regressions of B against A
-    first (default CI tolerance), then by size of the change."""
-    a = {(c.get("nodeid"), c.get("metric")): c for c in doc_a.get("checks") or []}
-    b = {(c.get("nodeid"), c.get("metric")): c for c in doc_b.get("checks") or []}
+    """Checks of two runs matched on ``(test, layer, metric)`` as the baseline matches them
+    (:func:`~pytest_invariance.history.check_identity`: a sweep's layer4 meets a one-layer
+    run of layer4), regressions of B against A first (default CI tolerance), then by size
+    of the change."""
+    from ..history import check_identity
+
+    a = {check_identity(c): c for c in doc_a.get("checks") or []}
+    b = {check_identity(c): c for c in doc_b.get("checks") or []}
     rows = []
     for key in dict.fromkeys([*a, *b]):
         ca, cb = a.get(key, {}), b.get(key, {})
+        nodeid = cb.get("nodeid") or ca.get("nodeid") or key[0]
         comp = cb.get("comparator") or ca.get("comparator")
         regressed, delta = compare_to_baseline(cb.get("value"), ca.get("value"), comp,
                                                ci=(cb.get("ci_low"), cb.get("ci_high")),
@@ -178,7 +183,7 @@ def compare_rows(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> list[dic
                                           ci=(ca.get("ci_low"), ca.get("ci_high")),
                                           baseline_ci=(cb.get("ci_low"), cb.get("ci_high")))
         rows.append({
-            "nodeid": str(key[0]), "metric": str(key[1]),
+            "nodeid": str(nodeid), "layer": key[1], "metric": str(key[2]),
             "threshold": f"{comp} {fnum(cb.get('threshold', ca.get('threshold')))}" if comp else "–",
             "a": fnum(ca.get("value")), "b": fnum(cb.get("value")),
             "a_ci": f"[{fnum(ca.get('ci_low'))}, {fnum(ca.get('ci_high'))}]" if ca else "",

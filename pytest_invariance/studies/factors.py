@@ -65,15 +65,17 @@ def default_limit(metric: str, chance: float | None) -> dict[str, float]:
 
 
 def gated_metrics(folder: "FactorFolder", settings: "Settings",
-                  other_qualifiers: "Iterable[str]" = ()) -> dict[str, tuple[str, ...]]:
-    """Gated factors and, per factor, the metrics that get a gate.
+                  other_qualifiers: "Iterable[str]" = (), layers: "Iterable[str]" = ()) -> dict[str, tuple[str, ...]]:
+    """Gated factors and, per factor, the metrics that get a gate at every layer.
 
     ``--invariance-gate COL`` (``all`` = every factor) and the folder's ``[gate] columns``
     gate the column's :data:`GATED_BY_DEFAULT` figures (and, with identities, rank-1 and
-    TAR); a threshold (``[thresholds]`` or
-    ``--invariance-threshold COL.metric=V``) gates that one figure. Raises one DataError
-    naming unknown columns and thresholds whose metric the column's type does not have.
-    A command-line ``COL.metric`` threshold whose ``COL`` is neither a column nor one of
+    TAR); a threshold (``[thresholds]`` or ``--invariance-threshold [LAYER.][COL.]metric=V``,
+    grammar in :func:`~pytest_invariance.checks._suite.split_key`) gates that one figure;
+    one qualified by a selected layer (``layers``) gates it at that layer only
+    (:func:`gates_at`). Raises one DataError naming unknown columns, keys that read two
+    ways and thresholds whose metric the column's type does not have. A command-line
+    ``COL.metric`` threshold whose ``COL`` is neither a column, a selected layer nor one of
     ``other_qualifiers`` (those of the other selected suites, e.g. CelebA attributes) is a
     misspelled column: refused, not silently left ungated.
     """
@@ -81,30 +83,71 @@ def gated_metrics(folder: "FactorFolder", settings: "Settings",
     toml = [str(c) for c in folder.config.get("gate", {}).get("columns", [])]
     wanted = list(folder.factors) if any(c.lower() == "all" for c in cli + toml) else cli + toml
     problems = [f"{c!r} is not a factor" for c in wanted if c not in folder.factors]
-    problems += [f"threshold {k!r} names column {k.split('.')[0]!r}, which is not a factor"
-                 for k in folder.config.get("thresholds", {}) if k.rpartition(".")[0] not in folder.factors]
-    others = set(other_qualifiers)
-    problems += [f"--invariance-threshold {k!r} names column {k.rpartition('.')[0]!r}, which is not a factor"
-                 for k, _ in settings.threshold
-                 if k.rpartition(".")[0] and k.rpartition(".")[0] not in folder.factors
-                 and k.rpartition(".")[0] not in others]
+    others = set(other_qualifiers) - set(folder.factors)
     out: dict[str, set[str]] = {c: set(_all_metrics(folder, c, gate=True)) for c in wanted if c in folder.factors}
-    for k in [*folder.config.get("thresholds", {}), *dict(settings.threshold)]:
-        col, _, metric = k.rpartition(".")
-        if not col:  # a bare METRIC=V gates that figure of every factor that has it
+    keys = [(k, "threshold") for k in folder.config.get("thresholds", {})]
+    keys += [(k, "--invariance-threshold") for k, _ in settings.threshold]
+    for k, source in keys:
+        read = _read_key(folder, k, source, list(layers), others if source != "threshold" else set())
+        if isinstance(read, str):
+            problems.append(read)
+            continue
+        layer, col, metric = read
+        if col in others:
+            continue  # another selected suite's qualifier (a CelebA attribute)
+        if col is None:  # METRIC=V or LAYER.METRIC=V gates that figure of every factor that has it
             having = [c for c in folder.factors if metric in _all_metrics(folder, c)]
             if not having and not others:
                 problems.append(f"threshold {k!r}: no factor has a {metric!r} figure")
-            for c in having:
+            cols = having
+        elif metric not in _all_metrics(folder, col):
+            problems.append(f"threshold {k!r}: a {folder.factors[col].type} factor has no {metric!r} "
+                            f"(use {', '.join(_all_metrics(folder, col))})")
+            cols = [col]
+        else:
+            cols = [col]
+        if layer is None:
+            for c in cols:
                 out.setdefault(c, set()).add(metric)
-        elif col in folder.factors:
-            if metric not in _all_metrics(folder, col):
-                problems.append(f"threshold {k!r}: a {folder.factors[col].type} factor has no {metric!r} "
-                                f"(use {', '.join(_all_metrics(folder, col))})")
-            out.setdefault(col, set()).add(metric)
     if problems:
         raise DataError(f"gating for {folder.root}: {'; '.join(problems)} (factors: {', '.join(folder.factors)}); "
                         f"fix {GATE_OPTION}, --invariance-threshold or the folder's invariance.toml")
+    return {c: tuple(sorted(out[c])) for c in folder.factors if c in out}
+
+
+def _read_key(folder: "FactorFolder", key: str, source: str, layers: list[str],
+              others: set[str]) -> "tuple[str | None, str | None, str] | str":
+    """``(layer, column, metric)`` of a threshold key, or the problem with it."""
+    from ..checks._suite import split_key
+    from ..errors import InvalidParameterError
+
+    try:
+        return split_key(key, layers, set(folder.factors) | others, option=source)
+    except InvalidParameterError as exc:
+        head = key.rpartition(".")[0]
+        if "more than one way" in str(exc):
+            return str(exc)
+        if source == "threshold":
+            return f"threshold {key!r} names column {head!r}, which is not a factor"
+        layer_note = f" nor a selected layer ({', '.join(layers)})" if layers else ""
+        return f"--invariance-threshold {key!r} names column {head!r}, which is not a factor{layer_note}"
+
+
+def gates_at(gated: Mapping[str, Iterable[str]], folder: "FactorFolder", settings: "Settings",
+             layer: str) -> dict[str, tuple[str, ...]]:
+    """``gated`` plus the figures gated at ``layer`` only (``LAYER.metric``, ``LAYER.COL.metric``
+    thresholds; their grammar was checked by :func:`gated_metrics`)."""
+    out = {c: set(m) for c, m in gated.items()}
+    for k in [*folder.config.get("thresholds", {}), *dict(settings.threshold)]:
+        head, _, metric = k.rpartition(".")
+        if head == layer:
+            cols = [c for c in folder.factors if metric in _all_metrics(folder, c)]
+        elif head.startswith(layer + ".") and head[len(layer) + 1:] in folder.factors:
+            cols = [head[len(layer) + 1:]]
+        else:
+            continue
+        for c in cols:
+            out.setdefault(c, set()).add(metric)
     return {c: tuple(sorted(out[c])) for c in folder.factors if c in out}
 
 
@@ -137,7 +180,9 @@ METRIC_NAMES = {m for ms in METRICS.values() for m in ms} | {"rank1", "tar"}
 
 
 def folder_suite(base: "Suite", folder: "FactorFolder") -> "Suite":
-    """The factors suite's config with the data folder's [preprocess] and [thresholds] laid over it."""
+    """The factors suite's config with the data folder's [preprocess] and [thresholds] laid over it,
+    and ``[suite] input`` = the folder's RGB images at the size the loader gives them (so the
+    model's layers can be checked before the tests, see ``plugin.note_suite``)."""
     config = dict(folder_preprocess(base, folder.config).config)
     pre = dict(config.get("preprocess", {}))
     if pre.get("adapt_size") is True and folder.images.size:
@@ -145,6 +190,8 @@ def folder_suite(base: "Suite", folder: "FactorFolder") -> "Suite":
         # which its preprocessing then records (it was fed 160x160 and said "none")
         pre["adapt_size"] = list(folder.images.size)
     config["preprocess"] = pre
+    if folder.images.size:
+        config["suite"] = {**config.get("suite", {}), "input": [3, *folder.images.size]}
     return Suite(base.name, base.root, config, {**base.thresholds, **folder_thresholds(folder)})
 
 
