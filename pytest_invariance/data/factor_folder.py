@@ -69,6 +69,9 @@ class Factor:
         return out
 
 
+DEFAULT_SIZE = (160, 160)  # (H, W) images are decoded at when [data] size is not set
+
+
 @dataclass
 class FactorFolder:
     """A loaded folder: images, factors, the split and the folder's own config."""
@@ -382,7 +385,7 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
     if not factors:
         raise DataError(f"{csv_path}: no factor columns besides {', '.join(c for c in RESERVED if c in header)}; "
                         "add one column per factor")
-    size = tuple(data_cfg.get("size", size or (160, 160)))  # type: ignore[assignment]
+    size = tuple(data_cfg.get("size", size or DEFAULT_SIZE))  # type: ignore[assignment]
     paths = [on_disk[n] for n in images]
     import pandas as pd
 

@@ -183,25 +183,30 @@ def folder_suite(base: "Suite", folder: "FactorFolder") -> "Suite":
     """The factors suite's config with the data folder's [preprocess] and [thresholds] laid over it,
     and ``[suite] input`` = the folder's RGB images at the size the loader gives them (so the
     model's layers can be checked before the tests, see ``plugin.note_suite``)."""
-    config = dict(folder_preprocess(base, folder.config).config)
-    pre = dict(config.get("preprocess", {}))
-    if pre.get("adapt_size") is True and folder.images.size:
-        # a --model is fed its own H, W; one with a dynamic size the folder's [data] size,
-        # which its preprocessing then records (it was fed 160x160 and said "none")
-        pre["adapt_size"] = list(folder.images.size)
-    config["preprocess"] = pre
+    config = dict(folder_preprocess(base, folder.config, folder.images.size).config)
     if folder.images.size:
         config["suite"] = {**config.get("suite", {}), "input": [3, *folder.images.size]}
     return Suite(base.name, base.root, config, {**base.thresholds, **folder_thresholds(folder)})
 
 
-def folder_preprocess(base: "Suite", folder_config: Mapping[str, Any]) -> "Suite":
+def folder_preprocess(base: "Suite", folder_config: Mapping[str, Any],
+                      size: "tuple[int, int] | None" = None) -> "Suite":
     """The suite with the data folder's ``[preprocess]`` (its ``invariance.toml``) laid over
-    its own: what the start-up check of --invariance-embeddings needs, without loading the folder."""
+    its own: what the start-up check of --invariance-embeddings needs, without loading the folder.
+
+    A --model is fed its own H, W; one with a dynamic size is fed the folder's decode size
+    (``size``, else its ``[data] size``, else the loader's default), which its
+    preprocessing then records (it was fed 160x160 and said "none")."""
+    from ..data.factor_folder import DEFAULT_SIZE
+
     config = dict(base.config)
+    pre = dict(config.get("preprocess", {}))
     if "preprocess" in folder_config:
-        pre = folder_config["preprocess"]
-        config["preprocess"] = {**pre, "adapt_size": pre.get("adapt_size", "size" not in pre)}
+        pre = {**folder_config["preprocess"]}
+        pre["adapt_size"] = pre.get("adapt_size", "size" not in pre)
+    if pre.get("adapt_size") is True:
+        pre["adapt_size"] = list(size or folder_config.get("data", {}).get("size", DEFAULT_SIZE))
+    config["preprocess"] = pre
     return Suite(base.name, base.root, config, base.thresholds)
 
 
