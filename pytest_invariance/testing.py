@@ -103,11 +103,42 @@ def _tiny_vit_class() -> Any:
     return TinyViT
 
 
+def _resnet_blocks_class() -> Any:
+    if "ResNetBlocks" in _CLASSES:
+        return _CLASSES["ResNetBlocks"]
+    import torch
+    from torch import nn
+    from torchvision.models import resnet
+
+    class ResNetBlocks(nn.Module):
+        """``stem`` conv -> torchvision ``BasicBlock`` (its ``relu`` runs twice per forward)
+        -> pooled linear ``head`` (4 outputs), on [N, 3, H, W]; seeded, with non-trivial
+        BatchNorm running statistics (so eval and train mode differ)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.block = resnet.BasicBlock(8, 8)
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+            for bn in (self.block.bn1, self.block.bn2):
+                bn.running_mean.uniform_(-0.5, 0.5)
+                bn.running_var.uniform_(0.5, 2.0)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.block(self.stem(x)))
+
+    ResNetBlocks.__module__, ResNetBlocks.__qualname__ = __name__, "ResNetBlocks"  # picklable by reference
+    _CLASSES["ResNetBlocks"] = ResNetBlocks
+    return ResNetBlocks
+
+
+_LAZY = {"TinyCNN": _tiny_cnn_class, "TinyViT": _tiny_vit_class, "ResNetBlocks": _resnet_blocks_class}
+
+
 def __getattr__(name: str) -> Any:  # lazy: importing this module must not import torch
-    if name == "TinyCNN":
-        return _tiny_cnn_class()
-    if name == "TinyViT":
-        return _tiny_vit_class()
+    if name in _LAZY:
+        return _LAZY[name]()
     raise AttributeError(name)
 
 

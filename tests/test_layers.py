@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")  # before onnxruntime: importing onnx after it can abort the process
 ort = pytest.importorskip("onnxruntime")
-resnet = pytest.importorskip("torchvision.models.resnet")
+pytest.importorskip("torchvision.models.resnet")
 
 from torch import nn  # noqa: E402
 
@@ -19,26 +19,9 @@ from pytest_invariance.embeddings import EmbeddingCache, LayerProjection, Prepro
 from pytest_invariance.errors import LayerNotFoundError  # noqa: E402
 from pytest_invariance.models import load_model  # noqa: E402
 from pytest_invariance.models._layers import select_layers  # noqa: E402
-from pytest_invariance.testing import export_onnx, read_results, tiny_cnn, tiny_vit  # noqa: E402
+from pytest_invariance.testing import ResNetBlocks as Blocks, export_onnx, read_results, tiny_cnn, tiny_vit  # noqa: E402
 
 X = np.random.default_rng(0).random((6, 3, 12, 12), dtype=np.float32)
-
-
-class Blocks(nn.Module):
-    """stem conv -> torchvision BasicBlock (its ``relu`` runs twice) -> pooled head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.block = resnet.BasicBlock(8, 8)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
-        for bn in (self.block.bn1, self.block.bn2):
-            bn.running_mean.uniform_(-0.5, 0.5)
-            bn.running_var.uniform_(0.5, 2.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.block(self.stem(x)))
 
 
 def _images(n: int, name: str) -> ArrayImageSet:

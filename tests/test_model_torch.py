@@ -10,33 +10,16 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
-resnet = pytest.importorskip("torchvision.models.resnet")
+pytest.importorskip("torchvision.models.resnet")
 
 from torch import nn  # noqa: E402
 
 from pytest_invariance.errors import EmbeddingError, LayerNotFoundError, ModelLoadError  # noqa: E402
 from pytest_invariance.models import load_model  # noqa: E402
 from pytest_invariance.models._layers import select_layers  # noqa: E402
-from pytest_invariance.testing import tiny_vit  # noqa: E402
+from pytest_invariance.testing import ResNetBlocks as Blocks, tiny_vit  # noqa: E402
 
 X = torch.from_numpy(np.random.default_rng(0).random((5, 3, 12, 12), dtype=np.float32))
-
-
-class Blocks(nn.Module):
-    """stem conv -> torchvision BasicBlock (its ``relu`` runs twice per forward) -> pooled head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.block = resnet.BasicBlock(8, 8)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
-        for bn in (self.block.bn1, self.block.bn2):  # non-trivial running statistics
-            bn.running_mean.uniform_(-0.5, 0.5)
-            bn.running_var.uniform_(0.5, 2.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.block(self.stem(x)))
 
 
 def block_reference(m: Blocks, x: torch.Tensor) -> dict[str, np.ndarray]:
