@@ -238,6 +238,22 @@ def selected_layers(config: pytest.Config, suite_dir: Path) -> list[str]:
         return []
 
 
+def model_layers(config: pytest.Config, suite_dir: Path) -> list[str]:
+    """Every layer name the models of the suite at ``suite_dir`` have, selected or not (a data
+    folder's threshold for a layer this run does not read is not a typo); [] as above."""
+    from ._audit import model_names
+    from .checks import Suite
+    from .errors import InvarianceError
+
+    settings = config.stash[SETTINGS_KEY]
+    suite = Suite.find(suite_dir, stop=config.rootpath)
+    try:
+        return list(dict.fromkeys(la for name in model_names(settings, suite)
+                                  for la in _audit(config).model(suite, name).embedder.layers()))
+    except (InvarianceError, ImportError, KeyError):
+        return []
+
+
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
     s = config.stash.get(SETTINGS_KEY, None)
     if s is None:

@@ -509,6 +509,39 @@ def test_a_threshold_key_that_reads_two_ways_is_one_error(tmp_path):
         gated_metrics(f, Settings(threshold=[("head.mae", 1.0)]), layers=["conv"])
 
 
+def test_a_threshold_for_a_layer_this_run_does_not_read(tmp_path):
+    """The folder's toml may gate layers of a sweep: a run of other layers leaves those keys
+    out; the same key on the command line is refused, naming --layer."""
+    import pandas as pd
+    from PIL import Image
+
+    from pytest_invariance.data.factor_folder import load_factor_folder
+    from pytest_invariance.errors import DataError
+    from pytest_invariance.settings import Settings
+    from pytest_invariance.studies.factors import gated_metrics
+
+    (tmp_path / "d").mkdir()
+    for i in range(60):
+        Image.new("RGB", (8, 8), (i, i, i)).save(tmp_path / "d" / f"{i}.png")
+    pd.DataFrame({"image": [f"{i}.png" for i in range(60)], "amount": np.arange(60) / 6.0,
+                  "flag": ["a", "b"] * 30}).to_csv(tmp_path / "d" / "labels.csv", index=False)
+    (tmp_path / "d" / "invariance.toml").write_text('[thresholds]\n"/blk/Add_output_0.amount.mae" = 100\n')
+    f = load_factor_folder(tmp_path / "d")
+    model = ["/stem/Conv_output_0", "/blk/Add_output_0", "emb"]
+    assert gated_metrics(f, Settings(), layers=["emb"], model_layers=model) == {}
+    assert gated_metrics(f, Settings(), layers=["/blk/Add_output_0"], model_layers=model) == {}  # gated at that layer
+    with pytest.raises(DataError, match=r"--invariance-threshold '/stem/Conv_output_0.mae' names layer "
+                                        r"'/stem/Conv_output_0', which this run does not read; select it with --layer"):
+        gated_metrics(f, Settings(threshold=[("/stem/Conv_output_0.mae", 1.0)]), layers=["emb"], model_layers=model)
+
+
+def test_a_factor_named_like_its_layer_keeps_its_layer_and_factor_key():
+    from pytest_invariance.checks._suite import lookup_keys
+
+    keys = lookup_keys("mae", ["rotation", "net", "rotation"], layer="rotation")
+    assert keys[:2] == ["rotation.net.mae", "rotation.rotation.mae"] and keys[-1] == "mae"
+
+
 def test_a_layer_the_pool_cannot_read_is_one_error_before_any_test(factors):
     # The model takes any size: its layers can be checked only once the folder gives one.
     result = _factors_run(factors, "--model", "zoo_nets:net", "--invariance-layers", "all")

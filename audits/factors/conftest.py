@@ -56,7 +56,7 @@ def _load(config: pytest.Config) -> Any:
         # Now that the images' size is known, the plugin checks the model's layers at it once,
         # before any test (a layer the pool cannot read is one error, not one per test).
         note_suite(config, folder_suite(Suite.find(Path(__file__).parent), folder))
-        return folder, gated_metrics(folder, settings, others, _layers(config))
+        return folder, gated_metrics(folder, settings, others, _layers(config), _model_layers(config))
     except InvarianceError as exc:
         return exc
 
@@ -67,6 +67,13 @@ def _layers(config: pytest.Config) -> list[str]:
     from pytest_invariance.plugin import selected_layers
 
     return selected_layers(config, Path(__file__).parent)
+
+
+def _model_layers(config: pytest.Config) -> list[str]:
+    """All layers of the run's models: a folder threshold for an unselected one is left out."""
+    from pytest_invariance.plugin import model_layers
+
+    return model_layers(config, Path(__file__).parent)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

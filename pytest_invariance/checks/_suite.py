@@ -247,9 +247,11 @@ def split_key(key: str, layers: Iterable[str], qualifiers: Iterable[str] | None,
 
 
 def lookup_keys(metric: str, qualifiers: Iterable[str], layer: str | None = None) -> list[str]:
-    """Keys from most to least specific; ``layer`` is also among ``qualifiers`` when given."""
+    """Keys from most to least specific; ``layer`` is also the first of ``qualifiers`` when given."""
     qualifiers = [q for q in qualifiers if q]
-    combined = [f"{layer}.{q}.{metric}" for q in qualifiers if q != layer] if layer else []
+    # only the layer's own entry is skipped: a factor of the same name keeps LAYER.FACTOR.METRIC
+    others = qualifiers[1:] if layer and qualifiers and qualifiers[0] == layer else qualifiers
+    combined = [f"{layer}.{q}.{metric}" for q in others] if layer else []
     return combined + [f"{q}.{metric}" for q in qualifiers] + [metric]
 
 

@@ -64,8 +64,8 @@ def default_limit(metric: str, chance: float | None) -> dict[str, float]:
             "rank1": {"min": 0.5}, "tar": {"min": 0.5}}[metric]
 
 
-def gated_metrics(folder: "FactorFolder", settings: "Settings",
-                  other_qualifiers: "Iterable[str]" = (), layers: "Iterable[str]" = ()) -> dict[str, tuple[str, ...]]:
+def gated_metrics(folder: "FactorFolder", settings: "Settings", other_qualifiers: "Iterable[str]" = (),
+                  layers: "Iterable[str]" = (), model_layers: "Iterable[str]" = ()) -> dict[str, tuple[str, ...]]:
     """Gated factors and, per factor, the metrics that get a gate at every layer.
 
     ``--invariance-gate COL`` (``all`` = every factor) and the folder's ``[gate] columns``
@@ -77,7 +77,9 @@ def gated_metrics(folder: "FactorFolder", settings: "Settings",
     ways and thresholds whose metric the column's type does not have. A command-line
     ``COL.metric`` threshold whose ``COL`` is neither a column, a selected layer nor one of
     ``other_qualifiers`` (those of the other selected suites, e.g. CelebA attributes) is a
-    misspelled column: refused, not silently left ungated.
+    misspelled column: refused, not silently left ungated. A key of the folder's toml that
+    names a layer of the model (``model_layers``) this run does not select is left out (it
+    gates that layer when a run selects it); on the command line it is refused, naming --layer.
     """
     cli = [c for group in settings.gate for c in group]
     toml = [str(c) for c in folder.config.get("gate", {}).get("columns", [])]
@@ -87,7 +89,18 @@ def gated_metrics(folder: "FactorFolder", settings: "Settings",
     out: dict[str, set[str]] = {c: set(_all_metrics(folder, c, gate=True)) for c in wanted if c in folder.factors}
     keys = [(k, "threshold") for k in folder.config.get("thresholds", {})]
     keys += [(k, "--invariance-threshold") for k, _ in settings.threshold]
+    selected = set(layers)
+    unselected = sorted((la for la in model_layers if la not in selected), key=len, reverse=True)
     for k, source in keys:
+        head = k.rpartition(".")[0]
+        other = next((la for la in unselected if head == la or head.startswith(la + ".")), None)
+        if other is not None and head not in folder.factors and \
+                not any(head == la or head.startswith(la + ".") for la in selected):
+            if source == "threshold":
+                continue  # a layer another run selects
+            problems.append(f"--invariance-threshold {k!r} names layer {other!r}, which this run does not "
+                            "read; select it with --layer")
+            continue
         read = _read_key(folder, k, source, list(layers), others if source != "threshold" else set())
         if isinstance(read, str):
             problems.append(read)
