@@ -183,7 +183,7 @@ class Audit:
         # modules run more than once: a bare name of those is refused here, at start-up).
         trace, _ = trace_names(emb, trace_shape(emb, suite, ref.preprocess), self.seed)
         order = [n for n, _ in trace if n in known or n.rpartition("#")[0] in known]
-        return select_layers(order, known, patterns, option, where)
+        return select_layers(order, known, patterns, option, where, calls_known=getattr(emb, "calls_traced", True))
 
     def _model(self, suite: Suite, name: str) -> ModelRef:
         from .embeddings import Preprocess

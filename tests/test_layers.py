@@ -572,6 +572,16 @@ def test_bare_name_of_a_module_called_twice_is_one_start_up_error(factors, spec)
     assert "passed" not in result.stdout.str()
 
 
+def test_a_call_of_a_module_called_twice_is_read_from_torchscript_as_from_the_factory(factors):
+    """TorchScript has no hooks: its '#k' calls are counted in its graph, not refused by the trace."""
+    figures = {}
+    for spec in ("zoo_nets:net", "net_scripted.pt"):
+        result = _factors_run(factors, "--model", spec, "--layer", "block.relu#1", "-k", "not enrollment")
+        assert result.ret == 0, result.stdout.str() + result.stderr.str()
+        figures[spec] = {(c["details"]["factor"], c["metric"]): c["value"] for c in read_results(factors)["checks"]}
+    assert figures["net_scripted.pt"] == pytest.approx(figures["zoo_nets:net"], rel=1e-5)
+
+
 def test_shards_sweep_expands_to_the_layers_they_hold_and_extract_names_its_own_options(factors):
     import sys
 

@@ -37,7 +37,7 @@ def split_spec(spec: str) -> list[str]:
 
 
 def select_layers(order: list[str], known: Iterable[str], patterns: list[str], option: str,
-                  model: str) -> list[str]:
+                  model: str, calls_known: bool = True) -> list[str]:
     """The layers named by ``patterns`` (names or globs), in the forward ``order``.
 
     Parameters
@@ -49,6 +49,9 @@ def select_layers(order: list[str], known: Iterable[str], patterns: list[str], o
         not in ``order``; asking for it is refused by the backend with the ``#k`` names).
     patterns : list of str
         Names and globs; a name is kept even when the trace could not place it.
+    calls_known : bool
+        Whether ``order`` counts each module's calls (False for TorchScript, which has no
+        hooks: a ``name#k`` is then left to the backend, which counts them in its graph).
     option : str
         The option that named them, for the error message.
 
@@ -74,7 +77,8 @@ def select_layers(order: list[str], known: Iterable[str], patterns: list[str], o
             calls = ", ".join(la for la in order if la.rpartition("#")[0] == pat)
             raise LayerNotFoundError(f"{option} {pat}: layer {pat!r} of {model} runs more than once per forward; "
                                      f"name one call with --layer: {calls}")
-        elif names_layer(pat, known) and (pat.rpartition("#")[0] in order or f"{pat.rpartition('#')[0]}#1" in order):
+        elif calls_known and names_layer(pat, known) and (pat.rpartition("#")[0] in order
+                                                          or f"{pat.rpartition('#')[0]}#1" in order):
             base = pat.rpartition("#")[0]  # traced, but without this call
             calls = [la for la in order if la == base or la.rpartition("#")[0] == base]
             raise LayerNotFoundError(f"{option} {pat}: layer {base!r} of {model} runs {len(calls)} time(s) per "

@@ -332,6 +332,13 @@ class TorchEmbedder:
         self._script: dict[str, tuple[Callable[[Any], Any], str | None]] = {}
         self._layouts: dict[str, str | None] = {}
 
+    @property
+    def calls_traced(self) -> bool:
+        """Whether :meth:`trace_layers` sees each call of a module (TorchScript: no hooks)."""
+        import torch
+
+        return not isinstance(self.module, torch.jit.ScriptModule)
+
     def layers(self) -> list[str]:
         # Names starting with "_" are torch.export's internals (guards), not layers.
         return [OUTPUT] + [n for n, _ in self.module.named_modules() if n and not n.startswith("_")]
