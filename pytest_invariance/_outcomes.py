@@ -61,7 +61,8 @@ def study_error(what: str, exc: BaseException) -> "StudyError":
         text = text[:_MAX_MESSAGE] + " ..."
     # Messages from our own errors may name a Python argument; the user types options.
     text = re.sub(r"\s*\(skip_bad=True[^)]*\)", "", text.replace("pass skip_bad=True", "pass --invariance-skip-bad"))
-    fix = "" if ("--invariance-" in text or "--model" in text or "--layer" in text) else f"; fix: {_hint(exc)}"
+    named = getattr(exc, "names_fix", False) or any(o in text for o in ("--invariance-", "--model", "--layer"))
+    fix = "" if named else f"; fix: {_hint(exc)}"
     return StudyError(f"{what}: {type(exc).__name__}: {text}{fix}", cause=exc, study=what)
 
 

@@ -480,3 +480,31 @@ def test_a_bare_metric_threshold_gates_that_figure_of_every_factor_that_has_it(t
     with pytest.raises(DataError, match=r"threshold 'rank1': no factor has a 'rank1' figure"):
         gated_metrics(f, Settings(threshold=[("rank1", 0.5)]))
     assert gated_metrics(f, Settings(threshold=[("rank1", 0.5)]), {"lenet"}) == {}
+
+
+def test_a_factor_the_probe_cannot_measure_errors_alone_and_says_why(suite, grid_model, lfw_folder, tmp_path):
+    """A rare binary column that passes the loader's counts but not the SVM's (5 of each level in
+    train and val): its own test is the one ERROR, named for the data; the first factor's test,
+    which draws the overview of every factor, still passes."""
+    import shutil
+
+    import pandas as pd
+
+    root = tmp_path / "faces"
+    shutil.copytree(lfw_folder, root)
+    table = pd.read_csv(root / "labels.csv")
+    n = len(table)
+    table["split"] = ["train"] * (n * 6 // 10) + ["val"] * (n * 2 // 10) + ["test"] * (n - n * 6 // 10 - n * 2 // 10)
+    table["rare"] = "no"
+    for split, k in (("train", 10), ("val", 3), ("test", 3)):
+        table.loc[table.index[table["split"] == split][:k], "rare"] = "yes"
+    table.drop(columns=["identity"]).to_csv(root / "labels.csv", index=False)
+    (root / "invariance.toml").write_text('[preprocess]\nsize = [64, 64]\nchannels = 3\nprewhiten = true\n')
+    first = [c for c in table.columns if c not in ("image", "split", "identity")][0]
+    result, checks = _run(suite, "audits/factors/test_factors.py::test_factor", f"--model={grid_model}",
+                          f"--invariance-data-dir={root}", "-k", f"{first} or rare")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines([f"*factor 'rare' cannot be probed: *3 present / * absent in the validation split*; "
+                                 "add images of its rarer level or leave the column out of labels.csv*"])
+    assert "--invariance-skip-bad" not in result.stdout.str()
+    assert {c["details"]["factor"] for c in checks if c["value"] is not None} == {first}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_invariance.errors import InvarianceError
 from pytest_invariance.studies.faces import data_notes
 from pytest_invariance.studies.factors import (METRICS, default_limit, enrollment_study, factor_figures, gates_at,
                                                overview_plots)
@@ -32,7 +33,12 @@ def test_factor(factor, invariance_model, invariance_audit, invariance_check, in
     fig = _figures(invariance_audit, invariance_model, folder, factor)
     plots = None
     if factor == next(iter(folder.factors)):  # the overview rides on the first factor's headline check
-        every = {n: _figures(invariance_audit, invariance_model, folder, n) for n in folder.factors}
+        every = {}
+        for n in folder.factors:
+            try:
+                every[n] = _figures(invariance_audit, invariance_model, folder, n)
+            except InvarianceError:  # that factor's own test reports it; the others are still drawn
+                pass
         plots = overview_plots(every, gated, f"Factors of {folder.root.name} in {invariance_model.name}:"
                                              f"{invariance_model.layer} (test split)")
     for metric in METRICS[fig["type"]]:

@@ -249,9 +249,17 @@ def factor_figures(audit: "Audit", ref: "ModelRef", folder: "FactorFolder", name
     if f.type == "binary":
         from ..probes import AttributeSVMProbe
 
-        probe = AttributeSVMProbe(device=audit.settings.device, random_state=audit.seed,
-                                  max_train_rows=audit.settings.max_rows).fit(
-            X[tr], y[tr, None], X[va], y[va, None], names=[name])
+        try:
+            probe = AttributeSVMProbe(device=audit.settings.device, random_state=audit.seed,
+                                      max_train_rows=audit.settings.max_rows).fit(
+                X[tr], y[tr, None], X[va], y[va, None], names=[name])
+        except DataError as exc:  # too few of a level in a split: the probe's own words name a Python argument
+            why = str(exc).split("; add data")[0]
+            rows = f" (--invariance-max-rows {audit.settings.max_rows} leaves fewer)" if audit.settings.max_rows else ""
+            err = DataError(f"factor {name!r} cannot be probed{rows}: {why}; add images of its rarer level or leave "
+                            "the column out of labels.csv")
+            err.names_fix = True  # type: ignore[attr-defined]  (no generic --invariance-skip-bad hint)
+            raise err from None
         q = float(probe.predict(X[te]).mean())
         figs = {m: _binary_chance(m, e, q, f.positive) for m, e in probe.evaluate(X[te], y[te, None])[name].items()}
     elif f.type == "categorical":
