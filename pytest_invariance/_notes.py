@@ -43,8 +43,8 @@ def run_notes(checks: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Any], list
     lines = []
     if fields["n_skipped"]:
         per = ", ".join(f"{k} {v}" for k, v in skipped.items() if v)
-        lines.append(f"invariance: {fields['n_skipped']} image(s) left out as unreadable or undecodable "
-                     f"(--invariance-skip-bad): {per}")
+        lines.append(f"invariance: {fields['n_skipped']} image(s) left out as unreadable, undecodable or badly "
+                     f"labelled (--invariance-skip-bad): {per}")
     if conversions:
         lines.append("invariance: images converted on decoding: "
                      + ", ".join(f"{k} {v}" for k, v in sorted(conversions.items())))

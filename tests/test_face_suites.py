@@ -167,7 +167,7 @@ def test_attribute_suite_on_a_mirrored_copy_as_people_have_it(suites, tiny_model
     assert crop["method"].startswith("whole image") and crop["image_sizes"] == {"128x128": 299}
     run = json.loads((suites.path / "results.json").read_text())["run"]
     assert run["n_skipped"] == 1 and run["skipped_by_split"]["test"] == 1 and "Bald" in run["not_measurable"]
-    result.stdout.fnmatch_lines(["*invariance: 1 image(s) left out as unreadable or undecodable (--invariance-skip-bad): test 1*",
+    result.stdout.fnmatch_lines(["*invariance: 1 image(s) left out as unreadable, undecodable or badly labelled (--invariance-skip-bad): test 1*",
                                  "*SKIPPED*Bald not measurable: 0 present / 150 absent in the validation split (need >= 5 of each)*"])
     result.assert_outcomes(passed=2, failed=2, skipped=1)  # Smiling and Wearing_Hat leak
 

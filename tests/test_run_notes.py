@@ -19,7 +19,7 @@ def test_notes_count_each_split_once_across_checks_and_suites():
     assert fields["conversions"] == {"grayscale": 3, "exif_orientation": 1} and fields["crop"] == ["fixed box"]
     assert fields["not_measurable"] == {"Bald": "0 present"}
     assert fields["unconverged"] == ["audits/face_attributes/test.py::t::fp_rate"]
-    assert lines[0] == ("invariance: 3 image(s) left out as unreadable or undecodable (--invariance-skip-bad): "
+    assert lines[0] == ("invariance: 3 image(s) left out as unreadable, undecodable or badly labelled (--invariance-skip-bad): "
                         "train 2, test 1")
     assert any("WARNING 1 figure(s) from probe fits that did not converge" in ln for ln in lines)
     assert run_notes([{"suite": "s", "details": {}}]) == ({"n_skipped": 0, "skipped_by_split": {}, "conversions": {},

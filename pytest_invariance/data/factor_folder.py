@@ -393,6 +393,8 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
     fp = files_fingerprint(paths, [csv_path], "factors", size, seed, source)
     # conversions of the images kept (a bad file converts nothing): each image counted once
     scan = scan_images({n: on_disk[n] for n in images})
-    return FactorFolder(root, FileImageSet(paths, labels, size=size, fingerprint=fp, n_skipped=len(problems.rows),
+    # rows of labels.csv left out; an image file with no row was never part of the set
+    left_out = sum(1 for why in problems.rows.values() if why != "image without a label row")
+    return FactorFolder(root, FileImageSet(paths, labels, size=size, fingerprint=fp, n_skipped=left_out,
                                            conversions=scan.conversions),
-                        factors, split, source, identity, config, len(problems.rows))
+                        factors, split, source, identity, config, left_out)
