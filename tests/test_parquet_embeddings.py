@@ -472,3 +472,27 @@ def test_a_layer_sweep_reads_every_selected_layer_from_the_shards(suite, faces, 
     assert ran.ret == 4
     ran.stderr.fnmatch_lines(["ERROR: --invariance-embeddings * holds layers /pool/AveragePool_output_0, output; "
                               "pick with --layer NAME (repeatable) or --invariance-layers all"])
+
+
+def test_a_terminated_extraction_leaves_nothing_and_a_killed_ones_leftovers_are_named(tmp_path):
+    """SIGTERM (what Kubernetes and Slurm send) cleans up like Ctrl-C; a folder left by SIGKILL is warned about."""
+    import os
+    import signal
+
+    from pytest_invariance.embeddings._export import _publish
+    from pytest_invariance.errors import InvarianceWarning
+
+    def write(folder):
+        (folder / "part-000000000.parquet").write_bytes(b"half")
+        os.kill(os.getpid(), signal.SIGTERM)
+        return []
+
+    out, before = tmp_path / "out", signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exc:
+        _publish(out, False, write)
+    assert exc.value.code == 128 + signal.SIGTERM and list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
+    (tmp_path / ".out.partial-1").mkdir()  # as a SIGKILLed run leaves it
+    with pytest.warns(InvarianceWarning, match=r"unfinished folder\(s\) of an earlier killed extraction"):
+        _publish(out, False, lambda folder: [])
+    assert out.is_dir()

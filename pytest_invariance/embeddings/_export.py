@@ -137,8 +137,22 @@ def _publish(out: Path, overwrite: bool, write: Callable[[Path], list[str]]) -> 
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    stale = [p for p in out.parent.glob(f".{out.name}.partial-*") if p != tmp]
+    if stale:  # left by an extraction killed outright (SIGKILL); they hold no complete result
+        from ..errors import warn
+
+        warn(f"extract: {len(stale)} unfinished folder(s) of an earlier killed extraction beside --out, e.g. "
+             f"{stale[0]}; they are not used: delete them")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    import signal
+    import threading
+
+    def _terminated(signum: int, _frame: object) -> None:  # SIGTERM (Kubernetes, Slurm): clean up like Ctrl-C
+        raise SystemExit(128 + signum)
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main else None
     try:
         paths = write(tmp)
         if out.exists():  # --overwrite: the old shards go only once the new ones are complete
@@ -151,6 +165,9 @@ def _publish(out: Path, overwrite: bool, write: Callable[[Path], list[str]]) -> 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
     return sorted(str(out / Path(p).relative_to(tmp)) for p in paths)
 
 
