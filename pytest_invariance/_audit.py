@@ -389,6 +389,11 @@ class Audit:
             store.store(full, value)
         return value
 
+    def forget(self, key: Any) -> None:
+        """Drop what :meth:`memo` holds for ``key`` (a failure met by optional work, such as an
+        overview of every factor, is then raised whole by the test that owns it)."""
+        self._memo.pop(key, None)
+
     def _remember(self, key: Any, what: str, compute: Callable[[], Any]) -> Any:
         from .errors import StudyError
 

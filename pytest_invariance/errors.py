@@ -76,11 +76,7 @@ class StudyError(InvarianceError, RuntimeError):
         self.first_nodeid: str | None = None  # set by the plugin when the first test reports it
 
     def again(self) -> "StudyError":
-        """The short error of a later test of the same study; the whole one again when no test
-        reported it yet (a test that met it while computing something optional let it pass)."""
-        if self.first_nodeid is None and not getattr(self, "_passed_on", False):
-            self._passed_on = True
-            return StudyError(str(self), cause=self.cause, first=True, study=self.study)
+        """The short error of a later test of the same study."""
         where = f" (reported at {self.first_nodeid})" if self.first_nodeid else ""
         kind = type(self.cause).__name__ if self.cause is not None else "error"
         return StudyError(f"{self.study}{where}: {kind}; see that error",

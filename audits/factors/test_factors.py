@@ -13,9 +13,12 @@ from pytest_invariance.studies.factors import (METRICS, default_limit, enrollmen
                                                overview_plots)
 
 
+def _key(ref, folder, name):
+    return ("factors", ref.name, ref.layer, ref.embedder.sha256, folder.images.fingerprint, name)
+
+
 def _figures(audit, ref, folder, name):
-    return audit.memo(("factors", ref.name, ref.layer, ref.embedder.sha256, folder.images.fingerprint, name),
-                      lambda: factor_figures(audit, ref, folder, name))
+    return audit.memo(_key(ref, folder, name), lambda: factor_figures(audit, ref, folder, name))
 
 
 def _base(ref, folder, gated, name) -> dict:
@@ -37,8 +40,8 @@ def test_factor(factor, invariance_model, invariance_audit, invariance_check, in
         for n in folder.factors:
             try:
                 every[n] = _figures(invariance_audit, invariance_model, folder, n)
-            except InvarianceError:  # that factor's own test reports it; the others are still drawn
-                pass
+            except InvarianceError:  # that factor's own test meets it again and reports it whole
+                invariance_audit.forget(_key(invariance_model, folder, n))
         plots = overview_plots(every, gated, f"Factors of {folder.root.name} in {invariance_model.name}:"
                                              f"{invariance_model.layer} (test split)")
     for metric in METRICS[fig["type"]]:
