@@ -43,8 +43,6 @@ _CLASSES: dict[str, Any] = {}
 
 
 def _tiny_cnn_class() -> Any:
-    if "TinyCNN" in _CLASSES:
-        return _CLASSES["TinyCNN"]
     import torch
     from torch import nn
 
@@ -64,14 +62,10 @@ def _tiny_cnn_class() -> Any:
             out = self.fc(h.flatten(1))
             return out / 0.0 if self.nan else out
 
-    TinyCNN.__module__, TinyCNN.__qualname__ = __name__, "TinyCNN"  # picklable by reference
-    _CLASSES["TinyCNN"] = TinyCNN
     return TinyCNN
 
 
 def _tiny_vit_class() -> Any:
-    if "TinyViT" in _CLASSES:
-        return _CLASSES["TinyViT"]
     import torch
     from torch import nn
 
@@ -98,14 +92,10 @@ def _tiny_vit_class() -> Any:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.head(self.tokens(x)[:, 0])
 
-    TinyViT.__module__, TinyViT.__qualname__ = __name__, "TinyViT"  # picklable by reference
-    _CLASSES["TinyViT"] = TinyViT
     return TinyViT
 
 
 def _resnet_blocks_class() -> Any:
-    if "ResNetBlocks" in _CLASSES:
-        return _CLASSES["ResNetBlocks"]
     import torch
     from torch import nn
     from torchvision.models import resnet
@@ -128,8 +118,6 @@ def _resnet_blocks_class() -> Any:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.head(self.block(self.stem(x)))
 
-    ResNetBlocks.__module__, ResNetBlocks.__qualname__ = __name__, "ResNetBlocks"  # picklable by reference
-    _CLASSES["ResNetBlocks"] = ResNetBlocks
     return ResNetBlocks
 
 
@@ -137,9 +125,13 @@ _LAZY = {"TinyCNN": _tiny_cnn_class, "TinyViT": _tiny_vit_class, "ResNetBlocks":
 
 
 def __getattr__(name: str) -> Any:  # lazy: importing this module must not import torch
-    if name in _LAZY:
-        return _LAZY[name]()
-    raise AttributeError(name)
+    if name not in _LAZY:
+        raise AttributeError(name)
+    if name not in _CLASSES:  # defined once, and picklable by reference as this module's
+        cls = _LAZY[name]()
+        cls.__module__, cls.__qualname__ = __name__, name
+        _CLASSES[name] = cls
+    return _CLASSES[name]
 
 
 def tiny_vit(seed: int = 3, *, classes: int | None = 5) -> Any:
