@@ -13,7 +13,7 @@ from PIL import Image
 
 from pytest_invariance.data.celeba import ATTRIBUTES, attribute_groups, load_celeba
 from pytest_invariance.data.faces import load_lfw_faces, load_sample_faces
-from pytest_invariance.data.folder import load_image_folder
+from pytest_invariance.data.folder import list_images, load_image_folder
 from pytest_invariance.errors import DataError, DatasetNotFoundError, InvalidParameterError
 
 N = 30
@@ -185,6 +185,19 @@ def test_folder_loader_types_split_and_alignment(folder):
     test = load_image_folder(*folder, "test", size=(16, 16))
     assert list(test.labels["image"]) == ["img2.png", "b/img5.png", "img8.png", "b/img11.png"]
     assert tuple(test[0].shape) == (3, 16, 16) and test.fingerprint != s.fingerprint
+
+
+def test_folder_follows_symlinked_subfolders_once_and_not_round_a_loop(folder, tmp_path):
+    # A dataset assembled from links: b/ lives elsewhere, and a link back up the tree must not loop.
+    root, csv = folder
+    direct = load_image_folder(root, csv, size=(32, 32))
+    (root / "b").rename(tmp_path / "elsewhere")
+    (root / "b").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere" / "up").symlink_to(root, target_is_directory=True)
+    linked = load_image_folder(root, csv, size=(32, 32))
+    assert list(linked.labels["image"]) == list(direct.labels["image"])
+    assert all(np.array_equal(linked[i].numpy(), direct[i].numpy()) for i in range(len(direct)))
+    assert sorted(list_images(root)) == sorted(direct.labels["image"])  # nothing under b/up/ listed
 
 
 @pytest.mark.parametrize("case, message", [

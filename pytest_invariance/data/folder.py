@@ -163,9 +163,16 @@ def files_fingerprint(paths: Sequence[Path], label_files: Sequence[Path], *extra
 
 
 def list_images(image_dir: Path) -> dict[str, Path]:
-    """Image files below ``image_dir`` keyed by POSIX path relative to it."""
+    """Image files below ``image_dir`` keyed by POSIX path relative to it.
+
+    Symlinked subfolders are followed (datasets are often assembled from links to where
+    the images are; skipping them would silently drop their rows). A link to a folder
+    that is already on the way down (a loop) is not entered."""
     found = {}
-    for root, _, files in os.walk(image_dir):
+    for root, dirs, files in os.walk(image_dir, followlinks=True):
+        parts = Path(root).relative_to(image_dir).parts
+        on_path = {os.path.realpath(Path(image_dir, *parts[:i])) for i in range(len(parts) + 1)}
+        dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(root, d)) not in on_path]
         for name in files:
             if name.lower().endswith(IMAGE_SUFFIXES):
                 p = Path(root) / name
