@@ -132,6 +132,7 @@ class Audit:
                 lambda: load_model(spec, device=self.settings.device, weights=self.settings.weights,
                                    trust_pickle=self.settings.trust_pickle,
                                    input_layout=self.settings.input_layout,
+                                   input_batch=self.settings.input_batch,
                                    layer_layout=self.settings.layer_layout))
         return self._models[key]
 
@@ -167,7 +168,7 @@ class Audit:
                               lambda: tuple(self._select(suite, ref, patterns)))
 
     def _select(self, suite: Suite, ref: ModelRef, patterns: list[str]) -> list[str]:
-        from .models._layers import OPT_LAYERS, is_glob, select_layers, trace_names
+        from .models._layers import OPT_LAYERS, is_glob, per_image, select_layers, trace_names
 
         emb = ref.embedder
         option = OPT_LAYERS if self.settings.layers else "--layer"
@@ -183,7 +184,8 @@ class Audit:
         # modules run more than once: a bare name of those is refused here, at start-up).
         trace, _ = trace_names(emb, trace_shape(emb, suite, ref.preprocess), self.seed)
         order = [n for n, _ in trace if n in known or n.rpartition("#")[0] in known]
-        return select_layers(order, known, patterns, option, where, calls_known=getattr(emb, "calls_traced", True))
+        return select_layers(order, known, patterns, option, where, calls_known=getattr(emb, "calls_traced", True),
+                             not_per_image=[n for n, shape in trace if not per_image(shape)])
 
     def _model(self, suite: Suite, name: str) -> ModelRef:
         from .embeddings import Preprocess

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from .checks import Suite
 from .checks._suite import CONFIG_NAME
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ._audit import Audit, ModelRef
 
 # Folders never searched for suites (environments, caches, VCS).
@@ -113,6 +115,23 @@ def probe(suite: Suite, ref: "ModelRef", seed: int = 0) -> str | None:
     return _probe(suite, ref, seed)[0]
 
 
+def _only_batch(e: Any, x: "np.ndarray", layers: list[str], pool: str) -> int | None:
+    """The first of the batch sizes exporters are usually traced with at which ``e`` runs
+    on copies of ``x``'s images, or None: tells a batch fixed inside the graph from a
+    model that takes none of this input."""
+    import numpy as np
+
+    for n in (1, 2, 8, 16, 32, 64):
+        if n == len(x):
+            continue
+        try:
+            e.embed_many(np.resize(x, (n, *x.shape[1:])), layers, pool=pool)
+        except Exception:  # the backend's own error at this size too
+            continue
+        return n
+    return None
+
+
 def _probe(suite: Suite, ref: "ModelRef", seed: int) -> tuple[str | None, dict[str, int] | None]:
     import numpy as np
     import torch
@@ -145,7 +164,14 @@ def _probe(suite: Suite, ref: "ModelRef", seed: int) -> tuple[str | None, dict[s
         raise
     except Exception as exc:  # the backend's own error: the model does not take this input
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
-        return f"{e.path} fails on suite {suite.name}'s input float32[N, {', '.join(map(str, shape))}]: {first}", None
+        fails = f"{e.path} fails on suite {suite.name}'s input float32[N, {', '.join(map(str, shape))}]"
+        runs_at = None if e.contract.batch else _only_batch(e, x.numpy(), layers, ref.pool)
+        if runs_at is not None:
+            raise EmbeddingError(
+                f"{fails} in a batch of {len(x)} but runs in a batch of {runs_at}: its graph fixes the batch size "
+                f"although its input declares any (e.g. len(x) or a constant reshape at export); re-export it "
+                f"with a dynamic batch, or pass --invariance-input-batch {runs_at}")
+        return f"{fails}: {first}", None
     for layer in layers:  # before the batch comparison, whose NaN difference would blame eval mode
         if together[layer].shape[0] != len(x):  # e.g. a shape constant: not one row per image
             raise EmbeddingError(f"{e.path} layer {layer!r} gives {together[layer].shape[0]} rows for {len(x)} images "

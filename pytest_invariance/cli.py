@@ -65,6 +65,8 @@ def _extract_parser(sub: Any) -> None:
     ext.add_argument("--trust-pickle", action="store_true", help="as --invariance-trust-pickle")
     ext.add_argument("--input-layout", type=parse_layout, default="auto", metavar="LAYOUT",
                      help="as --invariance-input-layout")
+    ext.add_argument("--input-batch", type=parse_positive_int, default=None, metavar="N",
+                     help="as --invariance-input-batch")
     ext.add_argument("--layer-layout", type=parse_layout, default="auto", metavar="LAYOUT",
                      help="as --invariance-layer-layout")
     ext.add_argument("--skip-bad", action="store_true", help="as --invariance-skip-bad")
@@ -93,7 +95,7 @@ def cmd_extract(args: argparse.Namespace, out: TextIO) -> int:
     settings = Settings(model=absolute_path(args.model, here) if args.model else None,
                         layer=tuple(args.layer), device=args.device, pool=args.pool,
                         weights=absolute_path(args.weights, here) if args.weights else None,
-                        trust_pickle=args.trust_pickle, input_layout=args.input_layout,
+                        trust_pickle=args.trust_pickle, input_layout=args.input_layout, input_batch=args.input_batch,
                         layer_layout=args.layer_layout, skip_bad=args.skip_bad,
                         preprocess=tuple(args.preprocess), batch_size=args.batch_size, seed=args.seed,
                         data_dir=absolute_path(args.data_dir, here) if args.data_dir else None,
@@ -210,6 +212,7 @@ EXTRACT_OPTIONS = {"--invariance-pool": "--pool", "--invariance-preprocess": "--
                    "--invariance-data-dir": "--data-dir", "--invariance-layers": "--layer",
                    "--invariance-seed": "--seed", "--invariance-weights": "--weights",
                    "--invariance-trust-pickle": "--trust-pickle", "--invariance-input-layout": "--input-layout",
+                   "--invariance-input-batch": "--input-batch",
                    "--invariance-layer-layout": "--layer-layout", "--invariance-skip-bad": "--skip-bad",
                    "--invariance-batch-size": "--batch-size", "--invariance-progress": "--progress"}
 

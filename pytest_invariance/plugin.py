@@ -268,7 +268,8 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     emb = _loaded_model(config)
     if emb is not None:
         c = emb.contract
-        batches = f"; fed in batches of {c.batch} (fixed in the file)" if c.batch else ""
+        batches = (f"; fed in batches of {c.batch} ({'--invariance-input-batch' if c.batch_source == 'option' else 'fixed in the file'})"
+                   if c.batch else "")
         from .embeddings import Preprocess
 
         lines.append(f"invariance: input {c.describe()}, layout from {c.layout_source}{batches}; "

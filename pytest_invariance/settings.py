@@ -207,6 +207,9 @@ OPTIONS: tuple[Option, ...] = (
            "of a conv map; refuses token sequences), gap, cls (token 0), mean (token mean), flatten", metavar="MODE"),
     Option("--invariance-input-layout", parse_layout, "auto", "axis order of the model's image input when its "
            "declared shape is ambiguous: nchw or nhwc", metavar="LAYOUT"),
+    Option("--invariance-input-batch", parse_positive_int, None, "feed the model exactly N images per call (the "
+           "last padded): for a graph whose batch size was fixed at export although its input declares any batch",
+           metavar="N"),
     Option("--invariance-layer-layout", parse_layout, "auto", "axis order of a 4-D layer when the graph does not "
            "tell: nchw or nhwc", metavar="LAYOUT"),
     Option("--invariance-preprocess", parse_preprocess, [], "preprocessing of --model, KEY=VALUE: size=160 or 224x224, "
@@ -263,6 +266,7 @@ class Settings:
     trust_pickle: bool = False
     pool: str = "auto"
     input_layout: str = "auto"
+    input_batch: int | None = None
     layer_layout: str = "auto"
     preprocess: tuple[tuple[str, Any], ...] = ()
     batch_size: int = 256

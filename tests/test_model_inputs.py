@@ -93,6 +93,88 @@ def test_fixed_batch_through_extract_equals_batch_size_one(tmp_path):
     np.testing.assert_allclose(a, ref, atol=1e-5)
 
 
+class TracedBatch(torch.nn.Module):
+    """A conv net whose export bakes the batch in: ``len(x)`` is a Python int when traced,
+    so the ONNX graph declares any batch but its Reshape keeps the one it was traced with;
+    ``honest`` uses the traced ``x.shape[0]`` (a Shape node) and exports with a free batch."""
+
+    def __init__(self, honest: bool = False):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv, self.fc, self.honest = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4 * 6 * 6, 5), honest
+
+    def forward(self, x):
+        h = self.conv(x).relu()
+        return self.fc(h.reshape(x.shape[0] if self.honest else len(x), -1))
+
+
+def export_traced_batch(path, honest=False, traced_with=2, any_size=False):
+    import warnings
+
+    with warnings.catch_warnings():  # the TracerWarning about len(x) is the point of this model
+        warnings.simplefilter("ignore")
+        torch.onnx.export(TracedBatch(honest).eval(), torch.rand(traced_with, 3, 8, 8), str(path), dynamo=False,
+                          input_names=["input"], output_names=["out"],
+                          dynamic_axes={"input": {0: "n", **({2: "h", 3: "w"} if any_size else {})}, "out": {0: "n"}})
+    return str(path)
+
+
+def test_a_batch_fixed_inside_the_graph_is_named_once_and_the_option_feeds_it(tmp_path):
+    from pytest_invariance._audit import ModelRef
+    from pytest_invariance._model_check import probe
+    from pytest_invariance.checks import Suite
+    from pytest_invariance.embeddings import Preprocess
+
+    path = export_traced_batch(tmp_path / "traced2.onnx")
+    suite = Suite("s", tmp_path, {"suite": {"input": [3, 8, 8]}})
+    model = load_model(path, device="cpu")
+    assert model.contract.batch is None  # the file says any batch
+    with pytest.raises(EmbeddingError, match=r"in a batch of 4 but runs in a batch of 2: its graph fixes the batch "
+                                             r"size .* pass --invariance-input-batch 2$"):
+        probe(suite, ModelRef("m", model, "out", Preprocess(), user=True))
+    fed = load_model(path, device="cpu", input_batch=2)
+    assert (fed.contract.batch, fed.contract.batch_source) == (2, "option")
+    assert probe(suite, ModelRef("m", fed, "out", Preprocess(), user=True)) is None
+    x = images(7)  # odd: the last call is padded
+    with torch.no_grad():
+        reference = TracedBatch(honest=True).eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(fed.embed(x, "out"), reference, atol=1e-5)
+    # A model that takes no batch of this input at all (its Linear wants 8x8) keeps the backend's reason.
+    wrong = load_model(export_traced_batch(tmp_path / "ok.onnx", honest=True, any_size=True), device="cpu")
+    assert "fails on suite s's input" in probe(Suite("s", tmp_path, {"suite": {"input": [3, 9, 9]}}),
+                                               ModelRef("m", wrong, "out", Preprocess(), user=True))
+    with pytest.raises(InputShapeError, match="declares a fixed batch of 1; --invariance-input-batch 2 contradicts"):
+        load_model(save(conv_graph(shape=(1, 3, 8, 8)), tmp_path / "b1.onnx"), device="cpu", input_batch=2)
+
+
+def test_a_layer_whose_first_axis_is_not_the_batch_is_never_sliced_as_rows(tmp_path):
+    # Sequence-first [T, N, D] read from a fixed-batch graph: dropping pad rows would keep the
+    # first tokens as if they were images. Refused; the layer list marks it, a glob skips it.
+    from pytest_invariance.models._layers import describe_layers, select_layers
+
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["conv"]),
+             helper.make_node("Relu", ["conv"], ["feat"]),
+             helper.make_node("Reshape", ["feat", "shape"], ["flat"]),             # [N, 4, 36]
+             helper.make_node("Transpose", ["flat"], ["tokens"], perm=[2, 0, 1]),  # [36, N, 4]
+             helper.make_node("Identity", ["w"], ["w_copy"])]                      # a weight, not a layer
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 3, 8, 8])],
+                              [out("feat"), out("tokens", rank=3), out("w_copy")],
+                              [numpy_helper.from_array(W, "w"), numpy_helper.from_array(B, "b"),
+                               numpy_helper.from_array(np.array([0, 4, -1], dtype=np.int64), "shape")])
+    model = load_model(save(graph, tmp_path / "seq.onnx"), device="cpu")
+    assert "w_copy" not in model.layers()
+    with pytest.raises(EmbeddingError, match=r"gives \(36, 2, 4\) for a batch of 2 images: its first axis is not the batch"):
+        model.forward(images(3), "tokens")
+    trace = model.trace_layers(images(1))
+    assert dict(trace)["tokens"] == (36, 2, 4) and dict(trace)["feat"] == (None, 4, 6, 6)
+    lines = describe_layers(trace, "feat")
+    assert any(ln.split()[0] == "tokens" and "axis 0 is not the batch" in ln for ln in lines)
+    assert any(ln.split()[0] == "feat" and "[N, 4, 6, 6]" in ln and "not the batch" not in ln for ln in lines)
+    not_rows = [n for n, shape in trace if shape and shape[0] is not None]
+    assert select_layers([n for n, _ in trace], model.layers(), ["*"], "--invariance-layers", "m",
+                         not_per_image=not_rows) == ["conv", "feat", "flat"]
+
+
 # ------------------------------------------------------------------ 2. element types
 
 

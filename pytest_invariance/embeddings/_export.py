@@ -83,7 +83,7 @@ class ExtractJob:
 
         s = self.settings
         return load_model(self.model_spec, device=s.device, weights=s.weights, trust_pickle=s.trust_pickle,
-                          input_layout=s.input_layout, layer_layout=s.layer_layout)
+                          input_layout=s.input_layout, layer_layout=s.layer_layout, input_batch=s.input_batch)
 
     @property
     def total(self) -> int:

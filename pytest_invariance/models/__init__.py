@@ -13,7 +13,7 @@ __all__ = ["LAYOUTS", "POOLS", "Embedder", "InputContract", "is_factory_spec", "
 
 
 def load_model(spec: str, *, device: str = "auto", weights: str | None = None, trust_pickle: bool = False,
-               input_layout: str = "auto", layer_layout: str = "auto") -> Embedder:
+               input_layout: str = "auto", layer_layout: str = "auto", input_batch: int | None = None) -> Embedder:
     """Load ``spec`` (a ``.onnx``/``.pt``/``.pt2`` path or ``package.module:factory``) as an Embedder.
 
     Parameters
@@ -22,6 +22,10 @@ def load_model(spec: str, *, device: str = "auto", weights: str | None = None, t
         Override what the model's declared shape / graph says about the axis order of
         its image input and of a 4-D layer read (``--invariance-input-layout``,
         ``--invariance-layer-layout``).
+    input_batch : int, optional
+        Feed the model exactly this many images per call (the last chunk padded): for a
+        graph whose batch size was fixed at export although its input declares a dynamic
+        one (``--invariance-input-batch``).
 
     Raises
     ------
@@ -40,8 +44,11 @@ def load_model(spec: str, *, device: str = "auto", weights: str | None = None, t
     if not factory and Path(spec).suffix.lower() == ".onnx":
         from ._onnx import OnnxEmbedder
 
-        return OnnxEmbedder(spec, device=device, input_layout=input_layout, layer_layout=layer_layout)
-    from ._torch import TorchEmbedder
+        emb: Embedder = OnnxEmbedder(spec, device=device, input_layout=input_layout, layer_layout=layer_layout)
+    else:
+        from ._torch import TorchEmbedder
 
-    return TorchEmbedder(spec, factory=factory, device=device, weights=weights, trust_pickle=trust_pickle,
-                         input_layout=input_layout, layer_layout=layer_layout)
+        emb = TorchEmbedder(spec, factory=factory, device=device, weights=weights, trust_pickle=trust_pickle,
+                            input_layout=input_layout, layer_layout=layer_layout)
+    emb.contract = emb.contract.with_batch(input_batch, spec)
+    return emb

@@ -9,15 +9,16 @@ always come back as float32.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import InputShapeError
+from ..errors import EmbeddingError, InputShapeError
 
 LAYOUTS = ("nchw", "nhwc")
 OPT_INPUT_LAYOUT = "--invariance-input-layout"
+OPT_INPUT_BATCH = "--invariance-input-batch"
 # Element types a suite's pixels can be cast to without losing their meaning.
 DTYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "uint8": np.uint8}
 
@@ -33,7 +34,11 @@ class InputContract:
     dtype : str
         Element type: ``float32``, ``float16``, ``float64`` or ``uint8`` (0-255 pixels).
     batch : int or None
-        Batch size fixed in the file, None when any batch is accepted.
+        Batch size every call must have (the last chunk is padded), None when any batch is
+        accepted.
+    batch_source : str
+        Where ``batch`` comes from: ``"file"`` (the declared input shape) or ``"option"``
+        (``--invariance-input-batch``, for a graph with a batch size fixed at export).
     chw : tuple
         ``(C, H, W)`` as declared, None for dynamic dimensions.
     layout_source : str
@@ -45,10 +50,23 @@ class InputContract:
     batch: int | None = None
     chw: tuple[int | None, int | None, int | None] = (None, None, None)
     layout_source: str = "default"
+    batch_source: str = "file"
+
+    def with_batch(self, n: int | None, model: str) -> "InputContract":
+        """This contract fed ``n`` images per call (``--invariance-input-batch``); unchanged for None.
+
+        Raises InputShapeError when the file declares a different fixed batch."""
+        if n is None or n == self.batch:
+            return self
+        if self.batch is not None:
+            raise InputShapeError(f"{model} declares a fixed batch of {self.batch}; {OPT_INPUT_BATCH} {n} "
+                                  "contradicts it: drop the option")
+        return replace(self, batch=n, batch_source="option")
 
     def to_dict(self) -> dict[str, Any]:
         return {"input_layout": self.layout, "input_dtype": self.dtype, "input_batch": self.batch,
-                "input_shape": list(self.chw), "layout_source": self.layout_source}
+                "input_shape": list(self.chw), "layout_source": self.layout_source,
+                "batch_source": self.batch_source}
 
     def describe(self) -> str:
         c, h, w = ("?" if v is None else v for v in self.chw)
@@ -108,5 +126,10 @@ def run_batched(fn: Callable[[np.ndarray], Any], x: np.ndarray, fixed: int | Non
         if n < fixed:  # pad with copies of the last image; their outputs are dropped
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
         out = fn(chunk)
-        parts.append([o[:n] for o in (out if isinstance(out, list) else [out])])
+        out = out if isinstance(out, list) else [out]
+        for o in out:  # dropping pad rows is only right when axis 0 is the batch
+            if np.ndim(o) == 0 or len(o) != fixed:
+                raise EmbeddingError(f"a layer gives {np.shape(o)} for a batch of {fixed} images: its first axis "
+                                     "is not the batch; leave it out of --layer / --invariance-layers")
+        parts.append([o[:n] for o in out])
     return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]

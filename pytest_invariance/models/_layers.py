@@ -37,7 +37,7 @@ def split_spec(spec: str) -> list[str]:
 
 
 def select_layers(order: list[str], known: Iterable[str], patterns: list[str], option: str,
-                  model: str, calls_known: bool = True) -> list[str]:
+                  model: str, calls_known: bool = True, not_per_image: Iterable[str] = ()) -> list[str]:
     """The layers named by ``patterns`` (names or globs), in the forward ``order``.
 
     Parameters
@@ -52,6 +52,9 @@ def select_layers(order: list[str], known: Iterable[str], patterns: list[str], o
     calls_known : bool
         Whether ``order`` counts each module's calls (False for TorchScript, which has no
         hooks: a ``name#k`` is then left to the backend, which counts them in its graph).
+    not_per_image : iterable of str
+        Traced layers whose first axis is not the batch: a glob passes over them (named
+        exactly, one is refused by the start-up probe).
     option : str
         The option that named them, for the error message.
 
@@ -68,6 +71,9 @@ def select_layers(order: list[str], known: Iterable[str], patterns: list[str], o
             chosen.add(pat)
         elif is_glob(pat) and pat not in known:
             hits = [la for la in order if fnmatch.fnmatchcase(la, pat)]
+            if hits and not (hits := [la for la in hits if la not in set(not_per_image)]):
+                raise LayerNotFoundError(f"{option} {pat!r} matches only layers of {model} whose first axis is "
+                                         f"not the batch (no row per image); {OPT_LIST_LAYERS} marks them")
             if not hits:
                 shown = ", ".join(order[:12]) + (f", ... ({len(order)} in all)" if len(order) > 12 else "")
                 raise LayerNotFoundError(f"{option} {pat!r} matches no layer of {model}; "
@@ -121,13 +127,24 @@ def sample_batch(shape: tuple[int | None, ...] | None, seed: int = 0) -> "np.nda
     return np.random.default_rng(seed).random((1, *shape), dtype=np.float32)  # type: ignore[arg-type]
 
 
+def per_image(shape: tuple[int | None, ...]) -> bool:
+    """Whether a traced shape (see :func:`describe_layers`) has the batch on axis 0, or is unknown."""
+    return not shape or shape[0] is None
+
+
 def describe_layers(trace: list[tuple[str, tuple[int | None, ...]]], default: str) -> list[str]:
-    """Lines of ``--invariance-list-layers``: each layer and its output shape, in forward order."""
+    """Lines of ``--invariance-list-layers``: each layer and its output shape, in forward order.
+
+    ``trace`` shapes: the batch axis and unknown sizes are None; a first axis given as a
+    number is not the batch (a sequence-first tensor, a weight) and is marked, since such
+    a layer gives no row per image."""
     width = max((len(n) for n, _ in trace), default=0)
     lines = []
     for name, shape in trace:
-        dims = "[" + ", ".join("N" if i == 0 else "?" if d is None else str(d) for i, d in enumerate(shape)) + "]" \
-            if shape else "[?]"
+        dims = "[" + ", ".join("N" if i == 0 and d is None else "?" if d is None else str(d)
+                               for i, d in enumerate(shape)) + "]" if shape else "[?]"
         mark = "  (default)" if name == default else ""
+        if not per_image(shape):
+            mark += "  (axis 0 is not the batch: not one row per image)"
         lines.append(f"{name:<{width}}  {dims}{mark}")
     return lines

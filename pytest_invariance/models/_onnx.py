@@ -127,15 +127,24 @@ class OnnxEmbedder:
                              layout_source=source)
 
     def _tensor_types(self) -> dict[str, int]:
+        """Element type of every tensor computed from the image, in graph (forward) order.
+
+        Outputs of nodes that read only weights and constants (an initializer passed through
+        an Identity, a shape constant) are not layers: they are the same for every image."""
         g = self._model.graph
         types = {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.output)}
+        varying = {self.input_name}
         order: dict[str, int] = {}
-        for node in g.node:
+        for node in g.node:  # ONNX requires nodes in topological order
+            if not varying.intersection(node.input) and node.op_type not in ("If", "Loop", "Scan"):
+                continue  # (a control-flow node may read the image inside its subgraph)
             for out in node.output:
                 if out:
+                    varying.add(out)
                     order[out] = types.get(out, 0)
         for out in g.output:
-            order.setdefault(out.name, out.type.tensor_type.elem_type)
+            if out.name in varying:
+                order.setdefault(out.name, out.type.tensor_type.elem_type)
         return order
 
     def output_shapes(self) -> dict[str, tuple[int | None, ...]]:
@@ -166,7 +175,9 @@ class OnnxEmbedder:
                 info = infos.get(layer)
                 model.graph.output.append(info if info is not None else onnx.helper.make_empty_tensor_value_info(layer))
         opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        # Fatal only: every failed run reaches the plugin as an exception, which it reports in
+        # one line; onnxruntime's own log would print each again (several for one start-up probe).
+        opts.log_severity_level = 4
         # No memory arena: it keeps the largest batch's activations (FaceNet at 256 images:
         # ~1 GB, doubled by its growth policy) for the life of the session; without it they
         # are freed after each call, at no cost in speed (docs/performance.md).
@@ -204,12 +215,22 @@ class OnnxEmbedder:
     def trace_layers(self, batch: np.ndarray | None = None) -> list[tuple[str, tuple[int | None, ...]]]:
         """``(layer, output shape)`` of every layer in forward (graph) order.
 
-        With a ``batch``, the shapes are those of one real forward of it (all tensors as
-        outputs of one session); without, what shape inference declares (None: unknown).
+        With a ``batch``, the shapes are those of one real forward (all tensors as outputs of
+        one session), the batch axis as None; without, what shape inference declares (None:
+        unknown or dynamic). A first axis given as a number is not the batch.
         """
         if batch is None:
             g = self._model.graph
             dims = {v.name: tuple(_dims(v)) for v in list(g.value_info) + list(g.output)}
-            return [(la, dims.get(la, ())) for la in self.layers()]
-        outs = self.forward_many(batch, self.layers())
-        return [(la, tuple(outs[la].shape)) for la in self.layers()]
+            b = self.contract.batch
+            return [(la, (None, *d[1:]) if b and d and d[0] == b else d)
+                    for la, d in ((la, dims.get(la, ())) for la in self.layers())]
+        # Fed n copies in one run (the fixed batch, else 2, so that a first axis of 1 is told
+        # from the batch), not through run_batched, so a tensor whose first axis is not the
+        # batch shows its real size there; the batch axis is None.
+        n = self.contract.batch or 2
+        x = self.contract.cast(np.resize(np.asarray(batch, dtype=np.float32), (n, *batch.shape[1:])))
+        layers = self.layers()
+        outs = self._session(tuple(layers)).run(layers, {self.input_name: x})
+        return [(la, (None, *o.shape[1:]) if np.ndim(o) and o.shape[0] == n else tuple(o.shape))
+                for la, o in zip(layers, map(np.asarray, outs))]

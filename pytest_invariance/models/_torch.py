@@ -474,7 +474,9 @@ class TorchEmbedder:
         def on_any(m: Any, _i: Any, out: Any) -> None:
             o = _first(out)
             if id(m) in names:
-                seen.append((names[id(m)], tuple(o.shape) if hasattr(o, "shape") else ()))
+                shape = tuple(o.shape) if hasattr(o, "shape") else ()
+                batch_first = bool(shape) and shape[0] == len(batch)  # axis 0 as None: the batch
+                seen.append((names[id(m)], (None, *shape[1:]) if batch_first else shape))
 
         handle = torch.nn.modules.module.register_module_forward_hook(on_any)
         try:
@@ -491,4 +493,4 @@ class TorchEmbedder:
             order.append((f"{name}#{k[name]}" if counts[name] > 1 else name, shape))
         # A model that returns several values has no single 'output' layer (see _model_output).
         single = not isinstance(out, dict) and (not isinstance(out, (tuple, list)) or len(out) == 1)
-        return order + ([(OUTPUT, tuple(_first(out).shape))] if single else [])
+        return order + ([(OUTPUT, (None, *tuple(_first(out).shape)[1:]))] if single else [])
