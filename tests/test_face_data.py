@@ -187,6 +187,19 @@ def test_folder_loader_types_split_and_alignment(folder):
     assert tuple(test[0].shape) == (3, 16, 16) and test.fingerprint != s.fingerprint
 
 
+def test_folder_counts_a_multi_frame_file_whose_first_frame_is_read(folder):
+    root, csv = folder
+    frames = [Image.fromarray(_face(4, 32, 32)), Image.fromarray(_face(9, 32, 32))]
+    (root / "img4.png").unlink()
+    frames[0].save(root / "img4.gif", save_all=True, append_images=frames[1:])  # an animated GIF
+    csv.write_text(csv.read_text().replace("img4.png", "img4.gif"))
+    s = load_image_folder(root, csv, size=(32, 32))
+    assert s.conversions["first_frame"] == 1
+    k = int(np.flatnonzero(s.labels["image"] == "img4.gif")[0])
+    first = np.asarray(Image.open(root / "img4.gif").convert("RGB"), dtype=np.float32) / 255
+    np.testing.assert_allclose(s[k].numpy(), first.transpose(2, 0, 1), atol=1e-6)
+
+
 def test_folder_follows_symlinked_subfolders_once_and_not_round_a_loop(folder, tmp_path):
     # A dataset assembled from links: b/ lives elsewhere, and a link back up the tree must not loop.
     root, csv = folder

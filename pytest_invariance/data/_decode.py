@@ -111,15 +111,15 @@ def _orientation(im: "Image.Image") -> int:
     return value if 1 <= value <= 8 else 1
 
 
-def _inspect(path: Path, decode: bool) -> "tuple[str | None, int, tuple[int, int]] | str":
-    """(conversion kind, EXIF orientation, stored size), or the reason the file is bad."""
+def _inspect(path: Path, decode: bool) -> "tuple[str | None, int, tuple[int, int], int] | str":
+    """(conversion kind, EXIF orientation, stored size, frames), or the reason the file is bad."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             if decode:
                 im.load()
-            return conversion_kind(im), _orientation(im), im.size
+            return conversion_kind(im), _orientation(im), im.size, int(getattr(im, "n_frames", 1) or 1)
     except (OSError, ValueError, SyntaxError) as exc:  # PIL raises SyntaxError for some bad headers
         what = "undecodable image data" if decode else "unreadable image"
         return f"{what} ({type(exc).__name__}: {str(exc)[:80]})"
@@ -150,7 +150,8 @@ def scan_images(files: Mapping[str, Path], *, decode: bool = False) -> ImageScan
         ``problems``: name -> reason for files PIL cannot read (header) or, with
         ``decode``, cannot decode. ``conversions``: images per conversion :func:`open_rgb`
         makes (``exif_orientation``, ``grayscale``, ``cmyk``, ``palette``, ``alpha``,
-        ``other``). ``sizes``: name -> (width, height) after the EXIF orientation.
+        ``other``; ``first_frame``: a multi-frame file of which only frame 0 is read).
+        ``sizes``: name -> (width, height) after the EXIF orientation.
     """
     out = ImageScan()
     items = list(files.items())
@@ -166,9 +167,11 @@ def scan_images(files: Mapping[str, Path], *, decode: bool = False) -> ImageScan
         if isinstance(result, str):
             out.problems[name] = result
             continue
-        kind, turn, (w, h) = result
+        kind, turn, (w, h), frames = result
         if kind:
             out.conversions[kind] += 1
+        if frames > 1:  # an animated GIF/WebP or multi-page TIFF: only its first frame is embedded
+            out.conversions["first_frame"] += 1
         if turn != 1:
             out.conversions["exif_orientation"] += 1
         out.sizes[name] = (h, w) if turn in (5, 6, 7, 8) else (w, h)  # 5-8 swap the axes
