@@ -164,13 +164,19 @@ def compute_study(name: str, inputs: dict[str, Any], protocol: Protocol, seed: i
     for rotated MNIST at d=500 that need not sit under the spectrum bootstrap's peak).
     """
     from .._progress import Steps
-    from ..probes import spectrum, spectrum_estimate
+    from ..probes._structure import spectrum_and_estimate
+    from ..probes._validation import assume_finite, check_features
 
     nb = protocol.n_bootstrap
     Xte, yte, ate = inputs["Xte"], inputs["yte"], inputs["ate"]
     out: dict[str, Any] = {}
     seeds = refit_seeds(seed, protocol)
-    with Steps(3 + 4 * len(seeds), f"{name} study", progress) as step:
+    # Each input is scanned for NaN/Inf once, here (the probes' own error), not by each of
+    # the ~10 probe calls that read it: 3 s of the LeNet study before (docs/performance.md).
+    for X in [Xte, *([inputs["logits"]] if inputs.get("logits") is not None else []),
+              *(t["Xtr"] for t in inputs["train"])]:
+        check_features(X)
+    with assume_finite(), Steps(3 + 4 * len(seeds), f"{name} study", progress) as step:
         step.next("softmax")
         soft = None
         logits = inputs.get("logits")
@@ -184,9 +190,8 @@ def compute_study(name: str, inputs: dict[str, Any], protocol: Protocol, seed: i
                                    Xte, yte, ate, soft, step, max_rows))
 
         step.next("spectrum bootstrap")
-        spec = spectrum(Xte, k=10)
-        out["top10_variance_share"] = spectrum_estimate(Xte, k=10, n_bootstrap=min(nb, 200), random_state=seed,
-                                                        full=spec)
+        spec, out["top10_variance_share"] = spectrum_and_estimate(Xte, k=10, n_bootstrap=min(nb, 200),
+                                                                  random_state=seed)
         step.next("plots")
         out["plots"] = study_plots(name, Xte, yte, ate, protocol, seed, spec["singular_values"])
     return out
