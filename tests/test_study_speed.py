@@ -185,3 +185,25 @@ def test_spectrum_and_estimate_equal_the_two_separate_calls():
         np.testing.assert_array_equal(full[key], alone[key])
     assert full["top_k_share"] == alone["top_k_share"]
     assert est == spectrum_estimate(X, k=3, n_bootstrap=50, random_state=4)
+
+
+def test_pieces_on_threads_equal_the_same_pieces_on_one(monkeypatch):
+    from pytest_invariance.probes import _blas
+
+    rng = np.random.default_rng(9)
+    blocks = [rng.normal(size=(3000, 40)) for _ in range(7)]
+    many = _blas.map_threads(lambda x: x.T @ x, blocks)
+    monkeypatch.setattr(_blas.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(_blas.os, "cpu_count", lambda: 1)
+    one = _blas.map_threads(lambda x: x.T @ x, blocks)
+    assert len(many) == 7 and all(np.array_equal(a, b) for a, b in zip(many, one))
+
+
+def test_gram_of_row_blocks_equals_the_product(monkeypatch):
+    from pytest_invariance.probes import _structure
+
+    monkeypatch.setattr(_structure, "_GRAM_ROWS", 100)  # 5 partial products, the last one short
+    X = np.random.default_rng(10).normal(size=(450, 30))
+    G = _structure._gram(X)
+    np.testing.assert_allclose(G, X.T @ X, rtol=1e-13, atol=1e-12)
+    assert np.array_equal(G, G.T)  # syrk's triangle mirrored: exactly symmetric
