@@ -166,6 +166,7 @@ def compute_study(name: str, inputs: dict[str, Any], protocol: Protocol, seed: i
     from concurrent.futures import ThreadPoolExecutor
 
     from .._progress import Steps
+    from ..probes._blas import one_blas_thread
     from ..probes._structure import spectrum_and_estimate
     from ..probes._validation import assume_finite, check_features
 
@@ -178,7 +179,10 @@ def compute_study(name: str, inputs: dict[str, Any], protocol: Protocol, seed: i
     for X in [Xte, *([inputs["logits"]] if inputs.get("logits") is not None else []),
               *(t["Xtr"] for t in inputs["train"])]:
         check_features(X)
-    with assume_finite(), Steps(3 + 4 * len(seeds), f"{name} study", progress) as step, \
+    # numpy's BLAS on one thread for the whole study: its calls here are small or already
+    # split over the cores (map_threads); BLAS's own threads spin while they wait, which cost
+    # ~50% more CPU time for the same study on a shared machine (docs/performance.md).
+    with assume_finite(), one_blas_thread(), Steps(3 + 4 * len(seeds), f"{name} study", progress) as step, \
             ThreadPoolExecutor(max_workers=1) as background:
         # Fig. 7 and 8 need only the test set: drawn (matplotlib, mostly Python) while the
         # probes' numpy and BLAS calls, which release the GIL, run here.
