@@ -170,9 +170,10 @@ def test_transform_in_place_equals_a_copy_across_blocks(monkeypatch):
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_features_with_a_non_finite_value_are_refused_in_any_block(monkeypatch, bad):
+    from pytest_invariance import _arrays
     from pytest_invariance.probes import _validation
 
-    monkeypatch.setattr(_validation, "_FINITE_BLOCK", 64)  # 8 rows of 8 per block
+    monkeypatch.setattr(_arrays, "_FINITE_BLOCK", 64)  # 8 rows of 8 per block
     X = np.random.default_rng(0).normal(size=(100, 8)).astype(np.float16)
     assert _validation.check_features(X) is not None
     X[93, 5] = bad

@@ -1,7 +1,12 @@
-"""How many threads numpy's BLAS/LAPACK may use for small dense problems."""
+"""Threads for numpy's BLAS/LAPACK: one for small dense problems, and independent pieces
+of a large computation spread over the cores (one BLAS thread each)."""
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Callable, Iterable, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def one_blas_thread() -> Any:
@@ -16,3 +21,28 @@ def one_blas_thread() -> Any:
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="blas")
+
+
+def map_threads(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``[fn(item) for item in items]``, on as many threads as the process may use cores (at
+    most 4), numpy's BLAS on one thread each.
+
+    For independent pieces of a large computation (one class's scatter matrix, one block of
+    rows): each piece is computed exactly as on one thread, so the results do not depend on
+    the thread count or on scheduling. numpy releases the GIL in its array loops and BLAS
+    calls, so a quiet 2-core machine runs two pieces at once; on a loaded one the threads wait
+    for a core instead of spinning as BLAS's own threads do (docs/performance.md).
+    """
+    work = list(items)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    workers = min(4, cores, len(work))
+    with one_blas_thread():
+        if workers <= 1:
+            return [fn(item) for item in work]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(fn, work))

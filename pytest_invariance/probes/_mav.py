@@ -10,7 +10,7 @@ from ..errors import DataError
 from . import functional as F
 from ._estimate import Estimate
 from ._validation import (Interval, Options, ProbeMixin, check_features, check_lengths, check_min_class_count,
-                          check_target_vector)
+                          check_target_vector, zero_rows)
 from .stats import bootstrap_ci
 
 
@@ -60,7 +60,7 @@ class MAVProbe(ProbeMixin):
         # Kept in its dtype: sums are taken in float64 (F.class_sums), no float64 copy of X.
         X = check_features(X)
         if self.metric == "cosine":
-            zero = np.flatnonzero(~X.any(1))
+            zero = zero_rows(X)
             if zero.size:
                 raise DataError(f"{zero.size} samples are all-zero embeddings (first: {zero[:5].tolist()}); cosine "
                                 "similarity is undefined for them: drop them or use metric='euclidean'.")

@@ -1,13 +1,14 @@
 """§3.2 / §4.1: linear regression of a continuous factor (|yaw|, rotation angle)."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import DataError
 from . import functional as F
+from ._blas import map_threads
 from ._estimate import Estimate
 from ._validation import (Device, Grid, Interval, Options, ProbeMixin, check_features, check_lengths,
                           check_min_class_count, check_target_vector, resolve_device)
@@ -174,18 +175,29 @@ class LinearRegressionProbe(ProbeMixin):
         X = check_features(X)
         self._check_n_features(X)
         g = self._groups(len(X), classes, fitting=False)
-        return np.einsum("nd,nd->n", X, self.coef_[g]) + self.intercept_[g]  # type: ignore[no-any-return]
+        # In blocks of rows: the same per-row sums, without a float64 [n, d] copy of the coefficients.
+        out = np.empty(len(X))
+        for s in range(0, len(X), F._BLOCK):
+            out[s: s + F._BLOCK] = np.einsum("nd,nd->n", X[s: s + F._BLOCK], self.coef_[g[s: s + F._BLOCK]])
+        return out + self.intercept_[g]  # type: ignore[no-any-return]
 
-    def _mae_std(self, err: NDArray[np.float64], g: NDArray[np.int64], counts: NDArray[np.float64]) -> NDArray[np.float64]:
-        """Std of |error| under resample counts [b, n]; mean over classes of per-class std."""
+    def _mae_std(self, err: NDArray[np.float64],
+                 g: NDArray[np.int64]) -> Callable[[NDArray[np.float64]], NDArray[np.float64]]:
+        """Std of |error| under resample counts [b, n], as a function of the counts; mean over
+        classes of per-class std. The per-row terms are built once, not per block of resamples."""
         k = len(self.classes_)
         onehot = np.eye(k)[g]
-        n_c = counts @ onehot
-        with np.errstate(invalid="ignore", divide="ignore"):
-            m1 = (counts @ (onehot * err[:, None])) / n_c
-            m2 = (counts @ (onehot * err[:, None] ** 2)) / n_c
-            std = np.sqrt(np.clip(m2 - m1**2, 0, None) * n_c / (n_c - 1))
-        return np.nanmean(std, axis=1)  # type: ignore[no-any-return]
+        w1, w2 = onehot * err[:, None], onehot * err[:, None] ** 2
+
+        def std_of(counts: NDArray[np.float64]) -> NDArray[np.float64]:
+            n_c = counts @ onehot
+            with np.errstate(invalid="ignore", divide="ignore"):
+                m1 = (counts @ w1) / n_c
+                m2 = (counts @ w2) / n_c
+                std = np.sqrt(np.clip(m2 - m1**2, 0, None) * n_c / (n_c - 1))
+            return np.nanmean(std, axis=1)  # type: ignore[no-any-return]
+
+        return std_of
 
     def evaluate(self, X: Any, y: Any, classes: Any = None) -> dict[str, Any]:
         """``{"mae": Estimate, "mae_std": Estimate, "bins": [{"bin", "estimate", "count"}, ...]}``."""
@@ -215,12 +227,15 @@ class LinearRegressionProbe(ProbeMixin):
                     Yp[rows] = ytr[rows][np.argsort(keys[:, rows], axis=1)].T
                 Xte = np.asarray(X)
                 P = np.empty((len(Xte), len(keys)))
-                for c in range(len(self.classes_)):
+
+                def one_class(c: int) -> None:  # classes are independent: one per thread
                     rows = np.flatnonzero(gtr == c)
                     cross = F.centred_cross(Xtr, rows, self._x_means[c], Yp[rows])
                     coef, b = F.ridge_solve(*self._eig[c], cross, self._x_means[c], Yp[rows].mean(0))
                     # float64 one class at a time: no float64 copy of the whole test set
                     P[g == c] = Xte[g == c].astype(np.float64) @ coef.T + b
+
+                map_threads(one_class, range(len(self.classes_)))
                 return np.abs(P - y[:, None]).mean(0)  # type: ignore[no-any-return]
 
             rng_keys = np.random.default_rng(self.random_state).random(len(ytr))
@@ -229,9 +244,10 @@ class LinearRegressionProbe(ProbeMixin):
             pv = float(p_value(err.mean(), pvals, higher_is_better=False))
         out: dict[str, Any] = {"mae": Estimate(float(err.mean()), float(lo), float(hi), chance=chance, n=n,
                                                p_value=pv, confidence=self.confidence, details=details)}
-        slo, shi, _ = bootstrap_ci(lambda c: self._mae_std(err, g, c), n=n, **kw)
+        std_of = self._mae_std(err, g)
+        slo, shi, _ = bootstrap_ci(std_of, n=n, **kw)
         ones = np.ones((1, n))
-        out["mae_std"] = Estimate(float(self._mae_std(err, g, ones)[0]), float(slo), float(shi), n=n,
+        out["mae_std"] = Estimate(float(std_of(ones)[0]), float(slo), float(shi), n=n,
                                   confidence=self.confidence, details={"per_class": self.per_class})
         if self.bins is not None:
             out["bins"] = self._bins(err, y, chance_pred=self.train_mean_[g], kw=kw)

@@ -6,12 +6,15 @@ written small on purpose: the probes need floats, ints, options and grids, nothi
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
+from .._arrays import all_finite, zero_rows  # noqa: F401  (zero_rows: re-exported for the probes)
 from ..errors import DataError, EmbeddingError, InvalidParameterError, NotFittedError
 
 
@@ -118,6 +121,21 @@ class ProbeMixin:
             )
 
 
+_ASSUME_FINITE: ContextVar[bool] = ContextVar("assume_finite", default=False)
+
+
+@contextmanager
+def assume_finite() -> Iterator[None]:
+    """Within the block, :func:`check_features` skips its NaN/Inf scan (scikit-learn's
+    ``assume_finite`` setting): for a caller that has checked its inputs once and passes
+    the same arrays to several probes. Shape and dtype checks still run."""
+    token = _ASSUME_FINITE.set(True)
+    try:
+        yield
+    finally:
+        _ASSUME_FINITE.reset(token)
+
+
 def check_features(X: Any, name: str = "X") -> NDArray[np.float64]:
     """2-D finite float array, or an EmbeddingError that says how to fix it."""
     arr = np.asarray(X)
@@ -127,27 +145,13 @@ def check_features(X: Any, name: str = "X") -> NDArray[np.float64]:
         raise EmbeddingError(f"{name} is empty (shape {arr.shape}); pass at least one sample and one feature.")
     if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
         raise EmbeddingError(f"{name} must hold real numbers; got dtype {arr.dtype}.")
-    if not _all_finite(arr):
+    if not _ASSUME_FINITE.get() and not all_finite(arr):
         rows = np.flatnonzero(~np.isfinite(arr).all(axis=1))
         raise EmbeddingError(
             f"{name} contains NaN or Inf in {rows.size} rows (first: {rows[:5].tolist()}); "
             "drop or repair those embeddings before probing."
         )
     return arr
-
-
-_FINITE_BLOCK = 1 << 22  # values per block: no full-size boolean temporary for a large X
-
-
-def _all_finite(arr: NDArray[Any]) -> bool:
-    """Whether every value is finite: a block's min and max are finite exactly when all its
-    values are (NaN propagates through both), without an ``isfinite`` array of X's size."""
-    if not np.issubdtype(arr.dtype, np.floating):
-        return True
-    flat = arr.reshape(len(arr), -1)
-    rows = max(1, _FINITE_BLOCK // max(flat.shape[1], 1))
-    return all(np.isfinite(flat[s: s + rows].min()) and np.isfinite(flat[s: s + rows].max())
-               for s in range(0, len(flat), rows))
 
 
 def check_lengths(n: int, **arrays: Any) -> None:

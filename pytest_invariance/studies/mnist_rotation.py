@@ -163,14 +163,30 @@ def compute_study(name: str, inputs: dict[str, Any], protocol: Protocol, seed: i
     freed once the trained figures are computed, before the spectrum and plots (350 MB
     for rotated MNIST at d=500 that need not sit under the spectrum bootstrap's peak).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from .._progress import Steps
-    from ..probes import spectrum, spectrum_estimate
+    from ..probes._blas import one_blas_thread
+    from ..probes._structure import spectrum_and_estimate
+    from ..probes._validation import assume_finite, check_features
 
     nb = protocol.n_bootstrap
     Xte, yte, ate = inputs["Xte"], inputs["yte"], inputs["ate"]
     out: dict[str, Any] = {}
     seeds = refit_seeds(seed, protocol)
-    with Steps(3 + 4 * len(seeds), f"{name} study", progress) as step:
+    # Each input is scanned for NaN/Inf once, here (the probes' own error), not by each of
+    # the ~10 probe calls that read it: 3 s of the LeNet study before (docs/performance.md).
+    for X in [Xte, *([inputs["logits"]] if inputs.get("logits") is not None else []),
+              *(t["Xtr"] for t in inputs["train"])]:
+        check_features(X)
+    # numpy's BLAS on one thread for the whole study: its calls here are small or already
+    # split over the cores (map_threads); BLAS's own threads spin while they wait, which cost
+    # ~50% more CPU time for the same study on a shared machine (docs/performance.md).
+    with assume_finite(), one_blas_thread(), Steps(3 + 4 * len(seeds), f"{name} study", progress) as step, \
+            ThreadPoolExecutor(max_workers=1) as background:
+        # Fig. 7 and 8 need only the test set: drawn (matplotlib, mostly Python) while the
+        # probes' numpy and BLAS calls, which release the GIL, run here.
+        drawn = background.submit(sample_plots, name, Xte, yte, ate, protocol, seed)
         step.next("softmax")
         soft = None
         logits = inputs.get("logits")
@@ -184,11 +200,10 @@ def compute_study(name: str, inputs: dict[str, Any], protocol: Protocol, seed: i
                                    Xte, yte, ate, soft, step, max_rows))
 
         step.next("spectrum bootstrap")
-        spec = spectrum(Xte, k=10)
-        out["top10_variance_share"] = spectrum_estimate(Xte, k=10, n_bootstrap=min(nb, 200), random_state=seed,
-                                                        full=spec)
+        spec, out["top10_variance_share"] = spectrum_and_estimate(Xte, k=10, n_bootstrap=min(nb, 200),
+                                                                  random_state=seed)
         step.next("plots")
-        out["plots"] = study_plots(name, Xte, yte, ate, protocol, seed, spec["singular_values"])
+        out["plots"] = {"scree": scree(name, spec["singular_values"]), **drawn.result()}
     return out
 
 
@@ -295,6 +310,22 @@ def study_plots(name: str, X: np.ndarray, y: np.ndarray, angle: np.ndarray, prot
                 seed: int, singular_values: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
     """Scree (Fig. 6), heat map sorted by class then angle (Fig. 7), block diagonalization (Fig. 8)."""
     from ..probes import spectrum
+
+    if singular_values is None:
+        singular_values = spectrum(X, k=10)["singular_values"]
+    return {"scree": scree(name, singular_values), **sample_plots(name, X, y, angle, protocol, seed)}
+
+
+def scree(name: str, singular_values: np.ndarray) -> dict[str, Any]:
+    """Fig. 6 from the test set's singular values."""
+    from ..report import plots
+
+    return plots.scree_plot(singular_values, k=10, title=f"{name}: scree of the rotated test set")
+
+
+def sample_plots(name: str, X: np.ndarray, y: np.ndarray, angle: np.ndarray, protocol: Protocol,
+                 seed: int) -> dict[str, dict[str, Any]]:
+    """Fig. 7 and 8 on ``heatmap_per_cell`` seeded test samples per (class, angle)."""
     from ..report import plots
 
     rng = np.random.default_rng(seed)
@@ -302,10 +333,7 @@ def study_plots(name: str, X: np.ndarray, y: np.ndarray, angle: np.ndarray, prot
              for c in np.unique(y) for a in protocol.angles]
     order = np.concatenate(cells)  # class-major, angle-minor: the paper's column order
     D = X[order].T  # features x samples
-    if singular_values is None:
-        singular_values = spectrum(X, k=10)["singular_values"]
     return {
-        "scree": plots.scree_plot(singular_values, k=10, title=f"{name}: scree of the rotated test set"),
         "heatmap": plots.heatmap(D, row_label="feature", col_label="test samples by digit, angles ascending within",
                                  title=f"{name}: features sorted by class then angle", col_groups=y[order]),
         "block_diagonal": _block_diagonal(name, D, y[order]),

@@ -1,0 +1,209 @@
+"""The rotated-MNIST study's faster paths give the numbers of the plain ones (issue 14 goal 2).
+
+Each helper is checked against a reference computed another way (numpy's own reductions,
+the previous formula written out here, or the separate calls it replaces), bit for bit.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pytest_invariance._arrays import all_finite, zero_rows
+from pytest_invariance.embeddings._cache import EmbeddingCache, mask_zeros, unpack_zeros
+from pytest_invariance.errors import EmbeddingError, InvarianceWarning
+from pytest_invariance.probes import LinearRegressionProbe, spectrum, spectrum_estimate, stats
+from pytest_invariance.probes import functional as F
+from pytest_invariance.probes._structure import spectrum_and_estimate
+from pytest_invariance.probes._validation import assume_finite, check_features
+
+
+def _relu(rng: np.random.Generator, n: int, d: int, dtype: type) -> np.ndarray:
+    return np.maximum(rng.normal(size=(n, d)), 0).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, None])
+def test_all_finite_agrees_with_isfinite(dtype, bad):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 7)).astype(dtype)
+    X[0, 0] = -0.0
+    X[1, 1] = np.finfo(dtype).max   # the largest finite value, one bit below Inf's pattern
+    X[2, 2] = -np.finfo(dtype).max
+    X[3, 3] = np.finfo(dtype).smallest_subnormal
+    if bad is not None:
+        X[250, 6] = bad
+    want = bool(np.isfinite(X).all())
+    assert all_finite(X) is want
+    assert all_finite(X[:, ::2]) is bool(np.isfinite(X[:, ::2]).all())  # not contiguous: the min/max path
+    assert all_finite(X.T) is want
+    assert all_finite(np.arange(5)) is True
+
+
+def test_all_finite_over_several_blocks(monkeypatch):
+    import pytest_invariance._arrays as A
+
+    monkeypatch.setattr(A, "_FINITE_BLOCK", 64)
+    X = np.ones((100, 10), np.float16)
+    assert A.all_finite(X)
+    X[97, 9] = np.nan  # in the last block
+    assert not A.all_finite(X)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int32])
+def test_zero_rows_agree_with_numpy_any(dtype, monkeypatch):
+    import pytest_invariance._arrays as A
+
+    monkeypatch.setattr(A, "_FINITE_BLOCK", 50)  # several blocks of rows
+    X = _relu(np.random.default_rng(1), 40, 6, dtype)
+    X[[3, 17, 39]] = 0
+    if dtype != np.int32:
+        X[17, 2] = -0.0       # still an all-zero row
+        X[20] = 0
+        X[20, 5] = np.nan     # not zero
+    np.testing.assert_array_equal(zero_rows(X), np.flatnonzero(~X.any(1)))
+
+
+def test_check_features_refuses_nan_once_then_the_study_assumes_it():
+    X = np.ones((5, 3), np.float16)
+    X[2, 1] = np.inf
+    with pytest.raises(EmbeddingError) as err:
+        check_features(X)
+    msg = str(err.value)
+    assert msg == ("X contains NaN or Inf in 1 rows (first: [2]); drop or repair those embeddings before probing.")
+    with assume_finite():
+        assert check_features(X) is not None  # the caller has scanned it
+    with pytest.raises(EmbeddingError, match="contains NaN or Inf"):
+        check_features(X)  # the setting ends with the block
+
+
+@pytest.mark.parametrize("where", ["Xte", "Xtr", "logits"])
+def test_rotated_mnist_study_refuses_a_nan_input_in_one_line(where):
+    from pytest_invariance.studies.mnist_rotation import Protocol, compute_study
+
+    rng = np.random.default_rng(2)
+    angles = (-45.0, 0.0, 45.0)
+    yte, ytr = np.repeat(np.arange(10), 30), np.repeat(np.arange(10), 60)
+    inputs = {"Xte": _relu(rng, len(yte), 8, np.float32), "yte": yte, "ate": rng.choice(angles, len(yte)),
+              "logits": rng.normal(size=(len(yte), 10)).astype(np.float32),
+              "train": [{"Xtr": _relu(rng, len(ytr), 8, np.float16), "ytr": ytr, "atr": rng.choice(angles, len(ytr))}]}
+    arr = inputs["train"][0]["Xtr"] if where == "Xtr" else inputs[where]
+    arr[7, 3] = np.nan
+    with pytest.raises(EmbeddingError) as err:
+        compute_study("m", inputs, Protocol(angles=angles, n_bootstrap=20, heatmap_per_cell=2), seed=0)
+    assert str(err.value) == ("X contains NaN or Inf in 1 rows (first: [7]); drop or repair those embeddings "
+                              "before probing.")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_masked_layout_round_trips_exactly(dtype, monkeypatch):
+    import pytest_invariance.embeddings._cache as C
+
+    monkeypatch.setattr(C, "_ROWS", 7)  # several blocks, the last one partial
+    X = _relu(np.random.default_rng(3), 50, 13, dtype)  # d not a multiple of 8
+    X[4] = 0
+    mask, values = mask_zeros(X)
+    out = unpack_zeros(mask, values, X.shape)
+    assert out.dtype == X.dtype and np.array_equal(out.view(np.uint8), X.view(np.uint8))
+    with pytest.raises(ValueError, match="values, .* stored|more values than"):
+        unpack_zeros(mask, values[:-1], X.shape)
+
+
+def test_a_cached_masked_entry_with_a_nan_value_is_rejected(tmp_path):
+    cache = EmbeddingCache(tmp_path)
+    X = _relu(np.random.default_rng(5), 40, 16, np.float16)
+    X[9, 4] = np.nan  # stored among the masked layout's values
+    cache.dir.mkdir(exist_ok=True)
+    cache.store("k", X, {})
+    assert (tmp_path / "k.npz").exists()
+    with pytest.warns(InvarianceWarning, match=r"k.npz is damaged \(non-finite values\); recomputing it"):
+        assert cache.load("k", rows=40) is None
+    assert cache.rejected == 1 and not (tmp_path / "k.npz").exists()
+    X[9, 4] = 1.0
+    cache.store("k", X, {})
+    np.testing.assert_array_equal(cache.load("k", rows=40), X)
+
+
+def _draw_reference(n: int, n_bootstrap: int, seed: int) -> np.ndarray:
+    """The draw as it was written before (one bincount over offset indices per block of 128)."""
+    rng, out = np.random.default_rng(seed), []
+    for start in range(0, n_bootstrap, 128):
+        b = min(128, n_bootstrap - start)
+        idx = rng.integers(0, n, size=(b, n))
+        out.append(np.bincount((idx + n * np.arange(b)[:, None]).ravel(), minlength=b * n).reshape(b, n))
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("n,big,small", [(1001, 300, 200), (1000, 257, 131), (999, 129, 1)])
+def test_bootstrap_counts_equal_the_reference_and_a_smaller_draw_is_a_prefix(n, big, small, monkeypatch):
+    monkeypatch.setattr(stats, "_RECENT", type(stats._RECENT)())
+    direct = np.concatenate(list(stats.bootstrap_counts(n, small, 11)))
+    np.testing.assert_array_equal(direct, _draw_reference(n, small, 11))
+    stats._RECENT.clear()
+    full = np.concatenate(list(stats.bootstrap_counts(n, big, 11)))
+    np.testing.assert_array_equal(full, _draw_reference(n, big, 11))
+    cut = np.concatenate(list(stats.bootstrap_counts(n, small, 11)))  # served from the kept larger draw
+    assert stats._kept_draw(n, small, 11) is not None
+    np.testing.assert_array_equal(cut, direct)
+    assert stats._kept_draw(n, big + 1, 11) is None and stats._kept_draw(n + 1, small, 11) is None
+    assert stats._kept_draw(n, small, 12) is None
+
+
+def test_group_moments_cross_products_equal_a_separate_pass_and_the_kept_scatter(monkeypatch):
+    monkeypatch.setattr(F, "_SCATTERS", type(F._SCATTERS)())
+    monkeypatch.setattr(F, "_SCATTER_KEY_BYTES", 0)
+    monkeypatch.setattr(F, "_BLOCK", 64)  # several blocks per group
+    rng = np.random.default_rng(6)
+    X, codes = _relu(rng, 1000, 9, np.float16), rng.integers(0, 4, 1000)
+    Y = rng.normal(size=(1000, 2))
+    first = F.group_moments(X, codes, 4, Y)
+    for g, rows in enumerate(F._rows_of(codes, 4)):
+        np.testing.assert_array_equal(first.cross[g], F.centred_cross(X, rows, first.means[g], Y[rows]))
+        np.testing.assert_array_equal(first.means[g], X[rows].sum(0, dtype=np.float64) / len(rows))
+        xc = X[rows].astype(np.float64) - first.means[g]
+        np.testing.assert_allclose(first.scatter[g], xc.T @ xc, rtol=1e-12, atol=1e-12)
+    again = F.group_moments(X, codes, 4, Y)  # the scatter is kept: only the cross-products are recomputed
+    assert len(F._SCATTERS) == 1
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_blocked_prediction_equals_one_einsum(monkeypatch):
+    monkeypatch.setattr(F, "_BLOCK", 100)
+    rng = np.random.default_rng(7)
+    X, cls = rng.normal(size=(1050, 6)).astype(np.float32), rng.integers(0, 3, 1050)
+    y = X @ rng.normal(size=6) + cls
+    probe = LinearRegressionProbe(per_class=True, n_permutations=0, n_bootstrap=0).fit(X, y, classes=cls)
+    want = np.einsum("nd,nd->n", X, probe.coef_[cls]) + probe.intercept_[cls]
+    np.testing.assert_array_equal(probe.predict(X, classes=cls), want)
+
+
+def test_spectrum_and_estimate_equal_the_two_separate_calls():
+    X = np.random.default_rng(8).normal(size=(600, 12)) * np.linspace(5, 0.1, 12)
+    full, est = spectrum_and_estimate(X, k=3, n_bootstrap=50, random_state=4)
+    alone = spectrum(X, k=3)
+    for key in ("singular_values", "explained_variance_ratio"):
+        np.testing.assert_array_equal(full[key], alone[key])
+    assert full["top_k_share"] == alone["top_k_share"]
+    assert est == spectrum_estimate(X, k=3, n_bootstrap=50, random_state=4)
+
+
+def test_pieces_on_threads_equal_the_same_pieces_on_one(monkeypatch):
+    from pytest_invariance.probes import _blas
+
+    rng = np.random.default_rng(9)
+    blocks = [rng.normal(size=(3000, 40)) for _ in range(7)]
+    many = _blas.map_threads(lambda x: x.T @ x, blocks)
+    monkeypatch.setattr(_blas.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(_blas.os, "cpu_count", lambda: 1)
+    one = _blas.map_threads(lambda x: x.T @ x, blocks)
+    assert len(many) == 7 and all(np.array_equal(a, b) for a, b in zip(many, one))
+
+
+def test_gram_of_row_blocks_equals_the_product(monkeypatch):
+    from pytest_invariance.probes import _structure
+
+    monkeypatch.setattr(_structure, "_GRAM_ROWS", 100)  # 5 partial products, the last one short
+    X = np.random.default_rng(10).normal(size=(450, 30))
+    G = _structure._gram(X)
+    np.testing.assert_allclose(G, X.T @ X, rtol=1e-13, atol=1e-12)
+    assert np.array_equal(G, G.T)  # syrk's triangle mirrored: exactly symmetric
