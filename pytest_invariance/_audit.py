@@ -283,10 +283,14 @@ class Audit:
         return progress_wanted(self.settings.progress)
 
     def embed(self, ref: ModelRef, images: "ImageSet", *, layer: str | None = None, label: str = "",
-              keep: bool = True, dtype: str = "float32") -> "np.ndarray":
+              keep: bool = True, dtype: str = "float32", also: "tuple[str, ...]" = ()) -> "np.ndarray":
         """Embeddings of ``images`` at ``layer`` (default: the ref's layer), cached on disk and,
         with ``keep``, in memory (a study's large training set passes ``keep=False``).
         ``dtype="float16"`` rounds them to half precision (see :func:`extract`).
+
+        ``also``: other layers a later call will ask of the same images (a classifier's
+        logits beside its features), read in the same forward passes and handed out as the
+        sweep's layers are, so the images are not decoded, perturbed and run twice.
 
         The first call for an image set extracts every layer of the sweep (``ref.layers``)
         in the same pass and keeps them for the tests of the other layers (with ``keep``;
@@ -326,6 +330,8 @@ class Audit:
         group = [layer] + ([la for la in ref.layers if la != layer and key(la) not in self._memo
                             and key(la) not in self._pending]
                            if layer in ref.layers and not was_kept and (keep or self.cache is not None or not swept) else [])
+        group += [la for la in dict.fromkeys(also) if la not in group and key(la) not in self._memo
+                  and key(la) not in self._pending and not was_kept]
         if not keep and self.cache is None:
             self._pending_swept.add(key(""))
 

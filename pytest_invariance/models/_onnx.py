@@ -21,6 +21,8 @@ from ._pool import pool_outputs
 
 # TensorProto element types -> the dtype names of InputContract.
 _ELEM = {1: "float32", 10: "float16", 11: "float64", 2: "uint8"}
+# "1" is onnxruntime's default; benchmarks/cold_extract.py sets it to measure the difference.
+_ALLOW_SPINNING = "0"
 _ELEM_NAMES = {3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 8: "string", 9: "bool", 16: "bfloat16"}
 
 
@@ -171,6 +173,10 @@ class OnnxEmbedder:
         # ~1 GB, doubled by its growth policy) for the life of the session; without it they
         # are freed after each call, at no cost in speed (docs/performance.md).
         opts.enable_cpu_mem_arena = False
+        # Idle intra-op threads sleep instead of spinning: spinning burned a core between runs
+        # that the decoding and rotation of the next batch needed (2 cores; same outputs;
+        # docs/performance.md).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", _ALLOW_SPINNING)
         sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=self._providers)
         self._sessions[key] = sess
         return sess
