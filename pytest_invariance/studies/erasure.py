@@ -327,12 +327,11 @@ def perturbation_extras(audit: "Audit", ref: "ModelRef", images: Any, spec: Any,
 
     Same rows and identity-disjoint split as :func:`..studies.faces.perturbation_study`.
     """
-    from ..data import PerturbedImageSet
     from ..probes import LeaceErasure, MLPProbe, erasure_cost, row_scores_estimate
-    from .faces import identity_split
+    from .faces import identity_split, perturbed_embeddings
 
     seed, dev, nb = audit.seed, audit.settings.device, cfg.n_bootstrap
-    X = audit.embed(ref, PerturbedImageSet(images, spec), label=f"{ref.name} {spec.name}")
+    X = perturbed_embeddings(audit, ref, images, spec, neutral)
     levels = np.asarray(spec.levels, dtype=np.float64)
     level_of = np.repeat(levels, len(images))
     target = np.abs(level_of - neutral) if absolute else level_of
