@@ -65,3 +65,14 @@ def test_a_neutral_level_that_changes_the_images_is_embedded_as_it_is(setup):
     got = perturbed_embeddings(audit, ref, faces, spec, 0.8)
     np.testing.assert_array_equal(got, extract(load_model(path, device="cpu"), PerturbedImageSet(faces, spec)))
     assert len(np.concatenate(seen)) == 90  # every level run
+
+
+def test_release_closes_the_sessions_and_the_model_runs_again_with_the_same_numbers(setup):
+    audit, ref, path, seen = setup
+    faces = _faces(12)
+    audit._models[("tiny", "cpu")] = ref.embedder  # as Audit.load keeps it
+    first = extract(ref.embedder, faces)
+    assert ref.embedder._sessions
+    audit.release()  # the plugin calls it after a suite folder's last test
+    assert not ref.embedder._sessions
+    np.testing.assert_array_equal(extract(ref.embedder, faces), first)

@@ -181,6 +181,11 @@ class OnnxEmbedder:
         self._sessions[key] = sess
         return sess
 
+    def close(self) -> None:
+        """Close the onnxruntime sessions (their weights and buffers); the next forward opens
+        them again."""
+        self._sessions.clear()
+
     def activation_layout(self, layer: str) -> str | None:
         """``nchw``/``nhwc`` of a 4-D tensor as the graph tells, the option's value, or None."""
         if self.layer_layout in LAYOUTS:
