@@ -135,19 +135,21 @@ class Audit:
                                    layer_layout=self.settings.layer_layout))
         return self._models[key]
 
-    def release(self) -> None:
-        """Between suites: close the models' runtime sessions (a model asked for again opens
-        them on its next forward) and return freed heap to the system, so that one suite's
-        model does not sit under the next suite's peak."""
-        import gc
-
+    def release(self, models: bool = True) -> None:
+        """After a test: return freed heap to the system; with ``models`` (a suite's last
+        test) first close the models' runtime sessions (a model asked for again opens them
+        on its next forward), so that one suite's model and one study's freed temporaries
+        do not sit under the next one's peak."""
         from ._memory import trim_heap
 
-        for emb in self._models.values():
-            close = getattr(emb, "close", None)
-            if callable(close):
-                close()
-        gc.collect()
+        if models:
+            import gc
+
+            for emb in self._models.values():
+                close = getattr(emb, "close", None)
+                if callable(close):
+                    close()
+            gc.collect()
         trim_heap()
 
     def model(self, suite: Suite, name: str, layer: str | None = None) -> ModelRef:

@@ -597,11 +597,11 @@ def pytest_runtest_call(item: pytest.Item):  # type: ignore[no-untyped-def]
 
 
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    # The last test of a suite's folder: its models' sessions are closed (docs/performance.md).
-    if nextitem is None or Path(str(nextitem.path)).parent != Path(str(item.path)).parent:
-        audit = item.config.stash.get(AUDIT_KEY, None)
-        if audit is not None:
-            audit.release()
+    # Freed heap goes back after every test; after the last test of a suite's folder its
+    # models' sessions are closed too (docs/performance.md).
+    audit = item.config.stash.get(AUDIT_KEY, None)
+    if audit is not None:
+        audit.release(models=nextitem is None or Path(str(nextitem.path)).parent != Path(str(item.path)).parent)
 
 
 @pytest.hookimpl(tryfirst=True)
