@@ -76,3 +76,19 @@ def test_release_closes_the_sessions_and_the_model_runs_again_with_the_same_numb
     audit.release()  # the plugin calls it after a suite folder's last test
     assert not ref.embedder._sessions
     np.testing.assert_array_equal(extract(ref.embedder, faces), first)
+
+
+def test_a_closed_onnx_model_reads_its_file_again_and_refuses_one_changed_meanwhile(setup, tmp_path):
+    from pytest_invariance.errors import ModelLoadError
+
+    audit, ref, path, seen = setup
+    faces = _faces(6)
+    first = extract(ref.embedder, faces)
+    ref.embedder.close()
+    assert ref.embedder.output_shapes() and ref.embedder._proto is not None  # read again
+    ref.embedder.close()
+    np.testing.assert_array_equal(extract(ref.embedder, faces), first)
+    ref.embedder.close()
+    export_onnx(tiny_cnn(seed=1), path)  # another model under the same name, mid-run
+    with pytest.raises(ModelLoadError, match="changed on disk during the run"):
+        extract(ref.embedder, faces)

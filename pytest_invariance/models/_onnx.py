@@ -70,7 +70,7 @@ class OnnxEmbedder:
             model = onnx.shape_inference.infer_shapes(model)
         except Exception:  # shape inference is a nicety: outputs still work without types
             pass
-        self._model = model
+        self._proto: Any = model
         self._providers, self.device = _providers(device)
         self.provider = self._providers[0] if isinstance(self._providers[0], str) else self._providers[0][0]
         self.contract = self._read_contract(input_layout)
@@ -80,6 +80,23 @@ class OnnxEmbedder:
         self.default_layer = self.outputs[0]
         self._float_types = self._tensor_types()
         self._sessions: dict[tuple[str, ...], Any] = {}
+
+    @property
+    def _model(self) -> Any:
+        """The graph with its weights (shapes inferred); read again after :meth:`close`."""
+        if self._proto is None:
+            onnx = require("onnx", "loading .onnx models")
+            model = self._read(onnx)
+            sha = sha256_files(Path(self.path), onnx_external_files(onnx.load(self.path, load_external_data=False),
+                                                                    Path(self.path).parent))
+            if sha != self.sha256:  # its embeddings are cached under the first file's digest
+                raise ModelLoadError(f"{self.path} changed on disk during the run; run pytest again")
+            try:
+                model = onnx.shape_inference.infer_shapes(model)
+            except Exception:
+                pass
+            self._proto = model
+        return self._proto
 
     def _read(self, onnx: Any) -> Any:
         try:
@@ -182,9 +199,10 @@ class OnnxEmbedder:
         return sess
 
     def close(self) -> None:
-        """Close the onnxruntime sessions (their weights and buffers); the next forward opens
-        them again."""
+        """Close the onnxruntime sessions (their weights and buffers) and drop the graph's
+        weights; the next forward reads the file again (the same file: its digest is checked)."""
         self._sessions.clear()
+        self._proto = None
 
     def activation_layout(self, layer: str) -> str | None:
         """``nchw``/``nhwc`` of a 4-D tensor as the graph tells, the option's value, or None."""
