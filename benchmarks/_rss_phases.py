@@ -28,9 +28,15 @@ def _rss_mb() -> float:
 
 
 def _sample() -> None:
+    timeline = os.environ.get("RSS_TIMELINE")  # optional: one line per sample, to see the rise
+    out = open(timeline, "w") if timeline else None
+    start = time.perf_counter()
     while not _stop.is_set():
         rss = _rss_mb()
         t = _state["test"]
+        if out is not None:
+            out.write(f"{time.perf_counter() - start:7.1f} {rss:7.0f} {t} [{_state['step']}]\n")
+            out.flush()
         _per_test[t] = max(_per_test.get(t, 0.0), rss)
         if rss > _peak["rss_mb"]:
             _peak.update(rss_mb=rss, test=t, step=_state["step"])

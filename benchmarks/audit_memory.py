@@ -10,7 +10,10 @@ RESULT line with the largest peak against the 2.5 GB target.
 With ``--embeddings DIR`` the cache folder starts with DIR's embeddings (not its figures):
 the studies then run from cached embeddings, without the extraction.
 
-Usage: python benchmarks/audit_memory.py [--suites mnist_rotation,face_pose,...]
+``--suites all`` runs the whole of ``audits/`` in one pytest session, as ``pytest audits/``
+does: what one suite leaves in memory is then under the next one's peak.
+
+Usage: python benchmarks/audit_memory.py [--suites all | mnist_rotation,face_pose,...]
        [--cache-root .cache/bench-memory] [--embeddings DIR] [--warm] [-- extra pytest args]
 """
 from __future__ import annotations
@@ -34,7 +37,8 @@ def run_suite(suite: str, cache: Path, extra: list[str]) -> dict:
     phases.unlink(missing_ok=True)
     env = dict(os.environ, RSS_PHASES_OUT=str(phases), CI="1",
                PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "pytest", f"audits/{suite}", "-q", "-p", "no:cacheprovider", "-p", "_rss_phases",
+    target = "audits" if suite == "all" else f"audits/{suite}"  # all: one session, as `pytest audits/`
+    cmd = [sys.executable, "-m", "pytest", target, "-q", "-p", "no:cacheprovider", "-p", "_rss_phases",
            "--invariance-cache-dir", str(cache), *extra]
     w, t0 = time.perf_counter(), os.times()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -44,7 +48,8 @@ def run_suite(suite: str, cache: Path, extra: list[str]) -> dict:
     summary = [line for line in out.splitlines() if line.strip()][-1:] or [""]
     info = json.loads(phases.read_text().splitlines()[-1]) if phases.exists() else {"peak": {}}
     return {"suite": suite, "wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "peak_gb": usage.ru_maxrss / 2**20,
-            "status": os.waitstatus_to_exitcode(status), "summary": summary[0], "at": info["peak"]}
+            "status": os.waitstatus_to_exitcode(status), "summary": summary[0], "at": info["peak"],
+            "top": info.get("top_tests", [])}
 
 
 def main() -> None:
@@ -71,6 +76,7 @@ def main() -> None:
             print(f"{suite:18s} {name}: peak RSS {r['peak_gb']:.2f} GB | wall {r['wall']:.0f}s CPU {r['cpu']:.0f}s | "
                   f"peak in {at.get('test', '?')} [{at.get('step', '')}] | cache {size:.0f} MB | "
                   f"exit {r['status']}: {r['summary']}", flush=True)
+            print("    highest per test: " + ", ".join(f"{t} {mb / 1024:.2f} GB" for t, mb in r["top"]), flush=True)
             rows.append(r)
     worst = max(rows, key=lambda r: r["peak_gb"])
     print(f"load average at end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")

@@ -136,6 +136,23 @@ class Audit:
                                    layer_layout=self.settings.layer_layout))
         return self._models[key]
 
+    def release(self, models: bool = True) -> None:
+        """After a test: return freed heap to the system; with ``models`` (a suite's last
+        test) first close the models' runtime sessions (a model asked for again opens them
+        on its next forward), so that one suite's model and one study's freed temporaries
+        do not sit under the next one's peak."""
+        from ._memory import trim_heap
+
+        if models:
+            import gc
+
+            for emb in self._models.values():
+                close = getattr(emb, "close", None)
+                if callable(close):
+                    close()
+            gc.collect()
+        trim_heap()
+
     def model(self, suite: Suite, name: str, layer: str | None = None) -> ModelRef:
         """The user's --model when given, else the suite's ``[models.NAME]`` entry, read at
         ``layer`` (default: the first of the run's layers, see :meth:`layers`)."""
@@ -285,10 +302,14 @@ class Audit:
         return progress_wanted(self.settings.progress)
 
     def embed(self, ref: ModelRef, images: "ImageSet", *, layer: str | None = None, label: str = "",
-              keep: bool = True, dtype: str = "float32") -> "np.ndarray":
+              keep: bool = True, dtype: str = "float32", also: "tuple[str, ...]" = ()) -> "np.ndarray":
         """Embeddings of ``images`` at ``layer`` (default: the ref's layer), cached on disk and,
         with ``keep``, in memory (a study's large training set passes ``keep=False``).
         ``dtype="float16"`` rounds them to half precision (see :func:`extract`).
+
+        ``also``: other layers a later call will ask of the same images (a classifier's
+        logits beside its features), read in the same forward passes and handed out as the
+        sweep's layers are, so the images are not decoded, perturbed and run twice.
 
         The first call for an image set extracts every layer of the sweep (``ref.layers``)
         in the same pass and keeps them for the tests of the other layers (with ``keep``;
@@ -328,6 +349,8 @@ class Audit:
         group = [layer] + ([la for la in ref.layers if la != layer and key(la) not in self._memo
                             and key(la) not in self._pending]
                            if layer in ref.layers and not was_kept and (keep or self.cache is not None or not swept) else [])
+        group += [la for la in dict.fromkeys(also) if la not in group and key(la) not in self._memo
+                  and key(la) not in self._pending and not was_kept]
         if not keep and self.cache is None:
             self._pending_swept.add(key(""))
 

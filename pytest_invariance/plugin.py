@@ -597,6 +597,14 @@ def pytest_runtest_call(item: pytest.Item):  # type: ignore[no-untyped-def]
     return out
 
 
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    # Freed heap goes back after every test; after the last test of a suite's folder its
+    # models' sessions are closed too (docs/performance.md).
+    audit = item.config.stash.get(AUDIT_KEY, None)
+    if audit is not None:
+        audit.release(models=nextitem is None or Path(str(nextitem.path)).parent != Path(str(item.path)).parent)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> tuple[str, str, str] | None:
     from ._outcomes import teststatus

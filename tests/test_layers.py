@@ -621,3 +621,31 @@ def test_a_bundled_model_sweep_with_a_layer_the_pool_cannot_read_is_one_start_up
                                  "'vit' takes its pool from `pool` in ?models.vit? of *invariance.toml, not from "
                                  "--invariance-pool; or leave that layer out of --invariance-layers)"])
     assert "collected" not in result.stdout.str()
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_logits_asked_along_come_from_the_features_pass_and_equal_separate_extractions(tmp_path, cached):
+    # The rotated-MNIST study reads the test images' features and then their logits:
+    # one pass over the images (decode, rotate, forward) must serve both.
+    from pytest_invariance._audit import Audit, ModelRef
+    from pytest_invariance.data import PerturbationSpec, PerturbedImageSet
+    from pytest_invariance.settings import Settings
+
+    path = export_onnx(tiny_cnn(), tmp_path / "tiny.onnx")
+    model = load_model(str(path), device="cpu")
+    feature = [la for la, _ in model.trace_layers()][-2]
+    images = PerturbedImageSet(_images(24, "digits"), PerturbationSpec("rotation", (-30.0, 0.0, 30.0)))
+    forwards = []
+    real = model.forward_many
+    model.forward_many = lambda x, ls: forwards.append((tuple(ls), len(x))) or real(x, ls)
+    audit = Audit(Settings(no_cache=not cached, cache_dir=str(tmp_path / "cache"), progress="off",
+                           rootdir=str(tmp_path), batch_size=32))
+    ref = ModelRef("tiny", model, feature, Preprocess(), True)
+    X = audit.embed(ref, images, keep=False, also=(model.default_layer,))
+    logits = audit.embed(ref, images, layer=model.default_layer, keep=False)
+    assert {ls for ls, _ in forwards} == {(feature, model.default_layer)}  # each forward reads both
+    assert sum(n for _, n in forwards) == len(images)  # every image run once
+    for la, got in ((feature, X), (model.default_layer, logits)):  # as two separate extractions give them
+        alone = extract(load_model(str(path), device="cpu"), images, layer=la, batch_size=32)
+        np.testing.assert_array_equal(got, alone)
+    assert not audit._pending

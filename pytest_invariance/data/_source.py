@@ -143,6 +143,36 @@ class PerturbedImageSet(ImageSet):
         return out
 
 
+class SourceImageSet(ImageSet):
+    """The images of ``base`` as a :class:`PerturbedImageSet` feeds them to its perturbation:
+    at their own size (never decoded at the model's through ``at_size``), unperturbed.
+
+    The rows of a perturbation's neutral level, when that level leaves every image
+    unchanged, are these: embedded once and shared by every factor of a suite.
+    """
+
+    def __init__(self, base: ImageSet):
+        self.base, self.labels = base, base.labels
+        self.fingerprint = hashlib.sha256(f"{base.fingerprint}|source".encode()).hexdigest()[:32]
+
+    def __getitem__(self, index: int) -> "torch.Tensor":
+        return self.base[index]
+
+    def __getitems__(self, indices: list[int]) -> "torch.Tensor":
+        return fetch_batch(self.base, indices)
+
+    def unchanged_by(self, spec: PerturbationSpec, level: float, batch: int = 1024) -> bool:
+        """Whether ``spec`` at ``level`` returns every image bit for bit (a perturbation pass
+        over the images, without the model)."""
+        import torch
+
+        for start in range(0, len(self), batch):
+            x = fetch_batch(self.base, list(range(start, min(start + batch, len(self)))))
+            if not torch.equal(spec.apply(x, level), x):
+                return False
+        return True
+
+
 def fetch_batch(images: ImageSet, indices: list[int]) -> "torch.Tensor":
     """A stacked batch from any ImageSet, batched when it supports ``__getitems__``."""
     import torch

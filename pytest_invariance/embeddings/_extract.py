@@ -1,8 +1,8 @@
 """Batched, streaming extraction: ImageSet -> float32 [N, D], through the cache."""
 from __future__ import annotations
 
-from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -166,6 +166,29 @@ def _store(out: dict[str, np.ndarray], project: dict[str, Any], projections: dic
     out[layer][offset: offset + len(emb)] = emb
 
 
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """torch on one thread while a batch is decoded and perturbed, as in a DataLoader worker.
+
+    Those are many small operations (a 28 x 28 rotation grid, a few hundred images' grid
+    sample), where waking torch's second OpenMP thread costs more than it saves; beside
+    onnxruntime's own threads a rotated-MNIST pass took 2-3x the CPU time with two
+    (``benchmarks/cold_extract.py``). Same operations, same numbers: each output element is
+    computed by one thread either way.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 class _HalfOverflow(Exception):
     """A layer's values left float16's range part-way through a half-precision extraction."""
 
@@ -211,8 +234,13 @@ def _run_pass(embedder: "Embedder", images: "ImageSet", layers: list[str], prepr
     ids = images.ids()  # to name an image whose embedding is NaN
     per_pass = 1  # images per forward until the first one tells how large the activations are
     offset = 0
+    batches = iter(loader)
     try:
-        for batch in loader:
+        while True:
+            with _one_torch_thread():
+                batch = next(batches, None)
+            if batch is None:
+                break
             if embedder.backend == "torch":
                 # torch models take the tensor as is: on CUDA the pinned batch is copied
                 # asynchronously and preprocessed on the GPU.

@@ -21,6 +21,8 @@ from ._pool import pool_outputs
 
 # TensorProto element types -> the dtype names of InputContract.
 _ELEM = {1: "float32", 10: "float16", 11: "float64", 2: "uint8"}
+# "1" is onnxruntime's default; benchmarks/cold_extract.py sets it to measure the difference.
+_ALLOW_SPINNING = "0"
 _ELEM_NAMES = {3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 8: "string", 9: "bool", 16: "bfloat16"}
 
 
@@ -68,7 +70,7 @@ class OnnxEmbedder:
             model = onnx.shape_inference.infer_shapes(model)
         except Exception:  # shape inference is a nicety: outputs still work without types
             pass
-        self._model = model
+        self._proto: Any = model
         self._providers, self.device = _providers(device)
         self.provider = self._providers[0] if isinstance(self._providers[0], str) else self._providers[0][0]
         self.contract = self._read_contract(input_layout)
@@ -78,6 +80,23 @@ class OnnxEmbedder:
         self.default_layer = self.outputs[0]
         self._float_types = self._tensor_types()
         self._sessions: dict[tuple[str, ...], Any] = {}
+
+    @property
+    def _model(self) -> Any:
+        """The graph with its weights (shapes inferred); read again after :meth:`close`."""
+        if self._proto is None:
+            onnx = require("onnx", "loading .onnx models")
+            model = self._read(onnx)
+            sha = sha256_files(Path(self.path), onnx_external_files(onnx.load(self.path, load_external_data=False),
+                                                                    Path(self.path).parent))
+            if sha != self.sha256:  # its embeddings are cached under the first file's digest
+                raise ModelLoadError(f"{self.path} changed on disk during the run; run pytest again")
+            try:
+                model = onnx.shape_inference.infer_shapes(model)
+            except Exception:
+                pass
+            self._proto = model
+        return self._proto
 
     def _read(self, onnx: Any) -> Any:
         try:
@@ -182,9 +201,19 @@ class OnnxEmbedder:
         # ~1 GB, doubled by its growth policy) for the life of the session; without it they
         # are freed after each call, at no cost in speed (docs/performance.md).
         opts.enable_cpu_mem_arena = False
+        # Idle intra-op threads sleep instead of spinning: spinning burned a core between runs
+        # that the decoding and rotation of the next batch needed (2 cores; same outputs;
+        # docs/performance.md).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", _ALLOW_SPINNING)
         sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=self._providers)
         self._sessions[key] = sess
         return sess
+
+    def close(self) -> None:
+        """Close the onnxruntime sessions (their weights and buffers) and drop the graph's
+        weights; the next forward reads the file again (the same file: its digest is checked)."""
+        self._sessions.clear()
+        self._proto = None
 
     def activation_layout(self, layer: str) -> str | None:
         """``nchw``/``nhwc`` of a 4-D tensor as the graph tells, the option's value, or None."""

@@ -68,7 +68,8 @@ def factor_extras(Xtr: "NDArray[Any]", ytr: "NDArray[Any]", Xte: "NDArray[Any]",
     Parameters
     ----------
     Xtr, ytr, Xte, yte : arrays
-        Embeddings [n, d] and factor values [n] of the train and test splits.
+        Embeddings [n, d] and factor values [n] of the train and test splits; ``Xtr`` may
+        be a list holding the one array, handed over: it is freed before the bootstrap.
     metric : str
         Name of the linear figure, e.g. ``"angle_mae"``; the keys returned are
         ``{metric}_mlp``, ``{metric}_control``, ``{metric}_selectivity`` and the same
@@ -90,7 +91,10 @@ def factor_extras(Xtr: "NDArray[Any]", ytr: "NDArray[Any]", Xte: "NDArray[Any]",
 
     with Steps(4, f"{name} {metric} extras".strip(), progress) as step:
         step.next("control clusters")
-        return _factor_extras(Xtr, ytr, Xte, yte, metric=metric, linear_rows=linear_rows, chance=chance,
+        # A list of one array is emptied here: the rows are then freed once the probes are
+        # fitted, before the bootstrap (rotated MNIST's 350 MB under the suite's peak).
+        rows = Xtr.pop() if isinstance(Xtr, list) else Xtr
+        return _factor_extras(rows, ytr, Xte, yte, metric=metric, linear_rows=linear_rows, chance=chance,
                               classes=classes, groups_train=groups_train, cfg=cfg, device=device, seed=seed,
                               step=step)
 
@@ -110,6 +114,7 @@ def _factor_extras(Xtr: "NDArray[Any]", ytr: "NDArray[Any]", Xte: "NDArray[Any]"
     pred = mlp.predict(Xte, classes=classes[1])
     step.next("linear probe")
     lin = linear_rows(Xtr, np.column_stack([ytr, ctr]), Xte)
+    del Xtr  # the caller may have handed it over (see factor_extras)
     rows = {"": (np.abs(lin[:, 0] - yte), np.abs(lin[:, 1] - cte)),
             "_mlp": (np.abs(pred[:, 0] - yte), np.abs(pred[:, 1] - cte))}
     step.next("bootstrap")
@@ -178,7 +183,7 @@ def mnist_extras(audit: "Audit", ref: "ModelRef", protocol: "Protocol", cfg: Pro
 
     def compute() -> dict[str, Any]:
         linear, chance = _per_class_linear(d["ytr"], d["yte"], dev), _per_class_chance(d["ytr"], d["yte"])
-        return factor_extras(d["Xtr"], d["atr"], d["Xte"], d["ate"], metric="angle_mae", linear_rows=linear,
+        return factor_extras([d.pop("Xtr")], d["atr"], d["Xte"], d["ate"], metric="angle_mae", linear_rows=linear,
                              chance=chance, classes=(d["ytr"], d["yte"]), groups_train=d["src"], cfg=cfg,
                              device=audit.settings.device, seed=audit.seed, progress=audit.progress,
                              name=ref.name)
@@ -327,12 +332,11 @@ def perturbation_extras(audit: "Audit", ref: "ModelRef", images: Any, spec: Any,
 
     Same rows and identity-disjoint split as :func:`..studies.faces.perturbation_study`.
     """
-    from ..data import PerturbedImageSet
     from ..probes import LeaceErasure, MLPProbe, erasure_cost, row_scores_estimate
-    from .faces import identity_split
+    from .faces import identity_split, perturbed_embeddings
 
     seed, dev, nb = audit.seed, audit.settings.device, cfg.n_bootstrap
-    X = audit.embed(ref, PerturbedImageSet(images, spec), label=f"{ref.name} {spec.name}")
+    X = perturbed_embeddings(audit, ref, images, spec, neutral)
     levels = np.asarray(spec.levels, dtype=np.float64)
     level_of = np.repeat(levels, len(images))
     target = np.abs(level_of - neutral) if absolute else level_of

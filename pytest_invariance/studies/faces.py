@@ -407,7 +407,7 @@ def perturbation_study(audit: "Audit", ref: "ModelRef", images: ImageSet,
     out: dict[str, Any] = {}
     ids = images.labels[identity].to_numpy()
     for spec, neutral in specs:
-        X = audit.embed(ref, PerturbedImageSet(images, spec), label=f"{ref.name} {spec.name}")
+        X = perturbed_embeddings(audit, ref, images, spec, neutral)
         levels = np.asarray(spec.levels)
         level_of = np.repeat(levels, len(images))
         target = np.abs(level_of - neutral) if spec.name in absolute else level_of
@@ -421,6 +421,31 @@ def perturbation_study(audit: "Audit", ref: "ModelRef", images: ImageSet,
                           "target": f"|{spec.name} - {neutral:g}|" if spec.name in absolute else spec.name}
         out[spec.name]["plot"] = _rank1_plot(spec, out[spec.name], ref, len(images))
     return out
+
+
+def perturbed_embeddings(audit: "Audit", ref: "ModelRef", images: ImageSet, spec: PerturbationSpec,
+                         neutral: float) -> "NDArray[np.floating]":
+    """Embeddings of ``images`` at every level of ``spec``, level-major ``[len(levels) * n, D]``
+    (the rows of :class:`PerturbedImageSet`).
+
+    When the neutral level leaves every image unchanged bit for bit (rotation 0, blur 0,
+    brightness 1, ...), its rows are the embeddings of the unperturbed images, run through
+    the model once per model and shared by all factors (the face-perturbation suite ran the
+    same 100 faces five times); the other levels are one extraction. The model sees the
+    same input either way, and an image's embedding does not depend on the batch it is
+    run in (``tests/test_face_study.py``).
+    """
+    from ..data._source import SourceImageSet
+
+    source = SourceImageSet(images)
+    others = tuple(v for v in spec.levels if v != neutral)
+    if len(others) == len(spec.levels) or not others or not source.unchanged_by(spec, neutral):
+        return audit.embed(ref, PerturbedImageSet(images, spec), label=f"{ref.name} {spec.name}")
+    plain = audit.embed(ref, source, label=f"{ref.name} unperturbed")
+    rest = audit.embed(ref, PerturbedImageSet(images, PerturbationSpec(spec.name, others)),
+                       label=f"{ref.name} {spec.name}")
+    n, at = len(images), list(spec.levels).index(neutral)
+    return np.concatenate([rest[: at * n], plain, rest[at * n:]])
 
 
 # Ridge penalties in units of the training rows' mean squared spread (see _ridge_predict):

@@ -109,7 +109,10 @@ def study_inputs(audit: "Audit", ref: "ModelRef", protocol: Protocol) -> dict[st
     # With a disk cache, the test embeddings are read back when the extras need them rather
     # than held for the session: 140 MB per model (rotated MNIST, d=500) while other models run.
     keep = audit.cache is None
-    arrays: dict[str, Any] = {"Xte": audit.embed(ref, test, label=f"{ref.name} test", keep=keep),
+    layer = logits_layer(ref)
+    # The logits come from the same forward passes as the test features (also=...).
+    arrays: dict[str, Any] = {"Xte": audit.embed(ref, test, label=f"{ref.name} test", keep=keep,
+                                                 also=(layer,) if layer is not None else ()),
                               "yte": test.labels["label"].to_numpy(), "ate": test.labels["rotation"].to_numpy()}
     # The 350,000 x D training embeddings feed only the fits (class means, least squares over
     # 35,000 rows each), where half precision moves no figure by more than 1e-5
@@ -120,7 +123,6 @@ def study_inputs(audit: "Audit", ref: "ModelRef", protocol: Protocol) -> dict[st
         arrays["train"].append({
             "Xtr": audit.embed(ref, train, label=f"{ref.name} train", keep=False, dtype="float16"),
             "ytr": train.labels["label"].to_numpy(), "atr": train.labels["rotation"].to_numpy()})
-    layer = logits_layer(ref)
     if layer is not None:
         try:
             arrays["logits"] = audit.embed(ref, test, layer=layer, label=f"{ref.name} logits", keep=keep)
