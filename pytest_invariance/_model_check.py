@@ -165,6 +165,18 @@ def _probe(suite: Suite, ref: "ModelRef", seed: int) -> tuple[str | None, dict[s
     except Exception as exc:  # the backend's own error: the model does not take this input
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
         fails = f"{e.path} fails on suite {suite.name}'s input float32[N, {', '.join(map(str, shape))}]"
+        if e.contract.batch_source == "option":  # --invariance-input-batch N: does it run at another N?
+            from dataclasses import replace
+
+            told, e.contract = e.contract, replace(e.contract, batch=None)
+            try:
+                runs_at = _only_batch(e, x.numpy(), layers, ref.pool)
+            finally:
+                e.contract = told
+            if runs_at is not None:
+                raise EmbeddingError(f"{fails} in batches of {told.batch} (--invariance-input-batch {told.batch}) but "
+                                     f"runs in a batch of {runs_at}: pass --invariance-input-batch {runs_at}")
+            return f"{fails}: {first}", None
         runs_at = None if e.contract.batch else _only_batch(e, x.numpy(), layers, ref.pool)
         if runs_at is not None:
             raise EmbeddingError(
@@ -183,6 +195,13 @@ def _probe(suite: Suite, ref: "ModelRef", seed: int) -> tuple[str | None, dict[s
                 f"{suite.name}'s input: check the model's numerics at this layer and --invariance-preprocess")
     singles = [e.embed_many(x[i:i + 1].numpy(), layers, pool=ref.pool) for i in range(len(x))]
     for layer in layers:
+        if any(one[layer].shape[0] != 1 for one in singles):  # e.g. as many tokens as probe images
+            raise EmbeddingError(f"{e.path} layer {layer!r} gives {singles[0][layer].shape[0]} rows for 1 image "
+                                 "(its first axis is not the batch); leave it out of --layer / --invariance-layers")
+        if len(x) > 1 and np.ptp(together[layer], axis=0).max(initial=0.0) == 0.0:
+            raise EmbeddingError(f"{e.path} layer {layer!r} gives the same embedding for {len(x)} different random "
+                                 "images: it does not depend on the image (computed from shapes or weights alone, or a dead layer); "
+                                 "leave it out of --layer / --invariance-layers")
         alone = np.concatenate([one[layer] for one in singles])
         scale = float(np.abs(together[layer]).max()) + 1e-6
         if not np.allclose(together[layer], alone, atol=1e-4 * scale, rtol=1e-4):

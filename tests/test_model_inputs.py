@@ -143,6 +143,10 @@ def test_a_batch_fixed_inside_the_graph_is_named_once_and_the_option_feeds_it(tm
     wrong = load_model(export_traced_batch(tmp_path / "ok.onnx", honest=True, any_size=True), device="cpu")
     assert "fails on suite s's input" in probe(Suite("s", tmp_path, {"suite": {"input": [3, 9, 9]}}),
                                                ModelRef("m", wrong, "out", Preprocess(), user=True))
+    wrong_n = load_model(path, device="cpu", input_batch=4)  # the option, but the wrong size
+    with pytest.raises(EmbeddingError, match=r"in batches of 4 \(--invariance-input-batch 4\) but runs in a batch of "
+                                             r"2: pass --invariance-input-batch 2$"):
+        probe(suite, ModelRef("m", wrong_n, "out", Preprocess(), user=True))
     with pytest.raises(InputShapeError, match="declares a fixed batch of 1; --invariance-input-batch 2 contradicts"):
         load_model(save(conv_graph(shape=(1, 3, 8, 8)), tmp_path / "b1.onnx"), device="cpu", input_batch=2)
 
@@ -173,6 +177,43 @@ def test_a_layer_whose_first_axis_is_not_the_batch_is_never_sliced_as_rows(tmp_p
     not_rows = [n for n, shape in trace if shape and shape[0] is not None]
     assert select_layers([n for n, _ in trace], model.layers(), ["*"], "--invariance-layers", "m",
                          not_per_image=not_rows) == ["conv", "feat", "flat"]
+
+
+def test_shape_derived_tensors_are_not_layers_and_a_constant_or_token_first_layer_is_refused(tmp_path):
+    from pytest_invariance._audit import ModelRef
+    from pytest_invariance._model_check import probe
+    from pytest_invariance.checks import Suite
+    from pytest_invariance.embeddings import Preprocess
+
+    # Declared batch 1: Shape -> Gather -> Cast -> Sqrt is [1] like a per-image row, but no pixel reaches it.
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["feat"]),
+             helper.make_node("Shape", ["feat"], ["shp"]),
+             helper.make_node("Gather", ["shp", "idx"], ["nf"], axis=0),
+             helper.make_node("Cast", ["nf"], ["nff"], to=TensorProto.FLOAT),
+             helper.make_node("Sqrt", ["nff"], ["sq"]),
+             helper.make_node("Div", ["feat", "sq"], ["scaled"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [out("scaled")], [numpy_helper.from_array(W, "w"), numpy_helper.from_array(B, "b"),
+                                                numpy_helper.from_array(np.array([1], dtype=np.int64), "idx")])
+    model = load_model(save(graph, tmp_path / "shape.onnx"), device="cpu")
+    assert model.layers() == ["feat", "scaled"]
+    suite = Suite("s", tmp_path, {"suite": {"input": [3, 8, 8]}})
+
+    class Const(torch.nn.Module):  # an "embedding" that is the same for every image
+        def forward(self, x):
+            return torch.ones(x.shape[0], 3) * 2.0
+
+    class FourTokens(torch.nn.Module):  # sequence-first [T=4, N, D]: as many tokens as probe images
+        def forward(self, x):
+            return torch.nn.functional.avg_pool2d(x, 4).flatten(2).permute(2, 0, 1)
+
+    for name, module, message in [("const", Const(), "gives the same embedding for 4 different random images"),
+                                  ("tokens", FourTokens(), "gives 4 rows for 1 image .its first axis is not the batch")]:
+        path = tmp_path / f"{name}.pt"
+        torch.jit.script(module).save(str(path))
+        m = load_model(str(path), device="cpu")
+        with pytest.raises(EmbeddingError, match=message):
+            probe(suite, ModelRef("m", m, "output", Preprocess(), user=True, pool="flatten"))
 
 
 # ------------------------------------------------------------------ 2. element types

@@ -257,6 +257,10 @@ def _run_pass(embedder: "Embedder", images: "ImageSet", layers: list[str], prepr
                 embs = pool_outputs(embedder, raw, pool)
                 del raw  # the raw maps of every layer: the largest arrays of a sweep
                 for layer, emb in embs.items():
+                    if len(emb) != n:  # e.g. sequence-first tokens: never written as if they were images
+                        raise EmbeddingError(f"{embedder.path} layer {layer!r} gives {len(emb)} rows for {n} images "
+                                             "(its first axis is not the batch); leave it out of --layer / "
+                                             "--invariance-layers")
                     _store(out, project, projections, layer, emb, offset, len(images), max_dim, seed, dtype,
                            f"{embedder.name} layer {layer}", ids)
                 offset += n

@@ -148,8 +148,9 @@ class OnnxEmbedder:
     def _tensor_types(self) -> dict[str, int]:
         """Element type of every tensor computed from the image, in graph (forward) order.
 
-        Outputs of nodes that read only weights and constants (an initializer passed through
-        an Identity, a shape constant) are not layers: they are the same for every image."""
+        Outputs of nodes that read only weights, constants and the input's shape (an
+        initializer passed through an Identity, ``Shape -> Gather -> Sqrt``) are not layers:
+        they are the same for every image."""
         g = self._model.graph
         types = {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.output)}
         varying = {self.input_name}
@@ -157,6 +158,8 @@ class OnnxEmbedder:
         for node in g.node:  # ONNX requires nodes in topological order
             if not varying.intersection(node.input) and node.op_type not in ("If", "Loop", "Scan"):
                 continue  # (a control-flow node may read the image inside its subgraph)
+            if node.op_type in ("Shape", "Size"):
+                continue  # a shape depends on the batch's size, not on any pixel
             for out in node.output:
                 if out:
                     varying.add(out)
