@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from ._audit import Audit, ModelRef
+    from .errors import EmbeddingError
 
 # Folders never searched for suites (environments, caches, VCS).
 _PRUNE = {"node_modules", "site-packages", "__pycache__", "venv", "env"}
@@ -115,13 +116,27 @@ def probe(suite: Suite, ref: "ModelRef", seed: int = 0) -> str | None:
     return _probe(suite, ref, seed)[0]
 
 
+def backend_failure(e: Any, x: "np.ndarray", layers: list[str], pool: str, exc: Exception) -> "EmbeddingError":
+    """The one-line error for the backend's own failure on a batch ``x`` met during
+    extraction: the batch the graph runs at when it fixes one inside (see :func:`_probe`)."""
+    from .errors import EmbeddingError
+
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
+    runs_at = None if e.contract.batch else _only_batch(e, x, layers, pool)
+    if runs_at is None:
+        return EmbeddingError(f"{e.path} fails on a batch of {len(x)} images: {first}")
+    return EmbeddingError(f"{e.path} fails on a batch of {len(x)} images but runs in a batch of {runs_at}: its graph "
+                          "fixes the batch size although its input declares any; re-export it with a dynamic batch, "
+                          f"or pass --invariance-input-batch {runs_at}")
+
+
 def _only_batch(e: Any, x: "np.ndarray", layers: list[str], pool: str) -> int | None:
     """The first of the batch sizes exporters are usually traced with at which ``e`` runs
     on copies of ``x``'s images, or None: tells a batch fixed inside the graph from a
     model that takes none of this input."""
     import numpy as np
 
-    for n in (1, 2, 8, 16, 32, 64):
+    for n in (1, 2, 8, 16, 32, 64, 128, 256):
         if n == len(x):
             continue
         try:

@@ -151,6 +151,24 @@ def test_a_batch_fixed_inside_the_graph_is_named_once_and_the_option_feeds_it(tm
         load_model(save(conv_graph(shape=(1, 3, 8, 8)), tmp_path / "b1.onnx"), device="cpu", input_batch=2)
 
 
+def test_extract_names_the_batch_a_graph_fixes_inside_in_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    from pytest_invariance.cli import main
+
+    path = export_traced_batch(tmp_path / "traced2.onnx", traced_with=2)
+    folder = tmp_path / "img"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray((images(1, seed=i)[0].transpose(1, 2, 0) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    args = ["extract", "--images", str(folder), "--model", path, "--preprocess", "size=8", "--progress", "off"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("runs in a batch of 2: its graph fixes the batch size although its input "
+                                             "declares any; re-export it with a dynamic batch, or pass --input-batch 2")
+    assert main([*args, "--input-batch", "2", "--out", str(tmp_path / "b")]) == 0
+
+
 def test_a_layer_whose_first_axis_is_not_the_batch_is_never_sliced_as_rows(tmp_path):
     # Sequence-first [T, N, D] read from a fixed-batch graph: dropping pad rows would keep the
     # first tokens as if they were images. Refused; the layer list marks it, a glob skips it.

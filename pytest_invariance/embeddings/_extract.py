@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import __version__
 from .._progress import bar, progress_wanted  # noqa: F401  (re-exported)
-from ..errors import EmbeddingError
+from ..errors import EmbeddingError, InvarianceError
 from ..models._pool import pool_outputs
 from ._cache import EmbeddingCache, cache_key
 from ._preprocess import Preprocess
@@ -251,7 +251,15 @@ def _run_pass(embedder: "Embedder", images: "ImageSet", layers: list[str], prepr
             while start < len(x):
                 chunk = x[start:start + per_pass]
                 n = len(chunk)
-                raw = embedder.forward_many(chunk, layers)
+                try:
+                    raw = embedder.forward_many(chunk, layers)
+                except InvarianceError:
+                    raise
+                except Exception as exc:  # the backend's own error, e.g. a batch fixed inside the graph
+                    from .._model_check import backend_failure
+
+                    rows = chunk.cpu().numpy() if hasattr(chunk, "cpu") else chunk
+                    raise backend_failure(embedder, rows, layers, pool, exc) from None
                 if start == 0 and offset == 0:
                     per_pass = _images_per_pass(raw, n, batch_size)
                 embs = pool_outputs(embedder, raw, pool)
