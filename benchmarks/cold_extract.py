@@ -20,10 +20,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import time
 from pathlib import Path
 
 import numpy as np
+
+from mnist_study import timed  # benchmarks/ is on sys.path when a script here runs
 
 ROOT = Path(__file__).resolve().parents[1]
 ANGLES = (-45.0, -30.0, -15.0, 0.0, 15.0, 30.0, 45.0)
@@ -44,12 +45,6 @@ def variant(before: bool):  # type: ignore[no-untyped-def]
         finally:
             _onnx._ALLOW_SPINNING, _extract._one_torch_thread = saved
     return ctx()
-
-
-def timed(fn):  # type: ignore[no-untyped-def]
-    w, c = time.perf_counter(), time.process_time()
-    out = fn()
-    return out, time.perf_counter() - w, time.process_time() - c
 
 
 def main() -> None:
