@@ -121,13 +121,37 @@ def backend_failure(e: Any, x: "np.ndarray", layers: list[str], pool: str, exc: 
     extraction: the batch the graph runs at when it fixes one inside (see :func:`_probe`)."""
     from .errors import EmbeddingError
 
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
-    runs_at = None if e.contract.batch else _only_batch(e, x, layers, pool)
+    runs_at = _runs_at(e, x, layers, pool)
     if runs_at is None:
-        return EmbeddingError(f"{e.path} fails on a batch of {len(x)} images: {first}")
+        return EmbeddingError(f"{e.path} fails on a batch of {len(x)} images: {_first_line(exc)}")
+    if e.contract.batch_source == "option":
+        return EmbeddingError(f"{e.path} fails in batches of {e.contract.batch} (--invariance-input-batch "
+                              f"{e.contract.batch}) but runs in a batch of {runs_at}: "
+                              f"pass --invariance-input-batch {runs_at}")
     return EmbeddingError(f"{e.path} fails on a batch of {len(x)} images but runs in a batch of {runs_at}: its graph "
                           "fixes the batch size although its input declares any; re-export it with a dynamic batch, "
                           f"or pass --invariance-input-batch {runs_at}")
+
+
+def _first_line(exc: Exception) -> str:
+    """The backend's own reason, in one line."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
+
+
+def _runs_at(e: Any, x: "np.ndarray", layers: list[str], pool: str) -> int | None:
+    """After a failure on ``x``: the batch size the graph runs at, for a model whose batch
+    is free or set by --invariance-input-batch (then tried as if free); None for a batch
+    fixed in the file, or when no size runs."""
+    from dataclasses import replace
+
+    told = e.contract
+    if told.batch and told.batch_source != "option":
+        return None
+    e.contract = replace(told, batch=None)
+    try:
+        return _only_batch(e, x, layers, pool)
+    finally:
+        e.contract = told
 
 
 def _only_batch(e: Any, x: "np.ndarray", layers: list[str], pool: str) -> int | None:
@@ -178,27 +202,18 @@ def _probe(suite: Suite, ref: "ModelRef", seed: int) -> tuple[str | None, dict[s
     except InvarianceError:
         raise
     except Exception as exc:  # the backend's own error: the model does not take this input
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
         fails = f"{e.path} fails on suite {suite.name}'s input float32[N, {', '.join(map(str, shape))}]"
-        if e.contract.batch_source == "option":  # --invariance-input-batch N: does it run at another N?
-            from dataclasses import replace
-
-            told, e.contract = e.contract, replace(e.contract, batch=None)
-            try:
-                runs_at = _only_batch(e, x.numpy(), layers, ref.pool)
-            finally:
-                e.contract = told
-            if runs_at is not None:
-                raise EmbeddingError(f"{fails} in batches of {told.batch} (--invariance-input-batch {told.batch}) but "
-                                     f"runs in a batch of {runs_at}: pass --invariance-input-batch {runs_at}")
-            return f"{fails}: {first}", None
-        runs_at = None if e.contract.batch else _only_batch(e, x.numpy(), layers, ref.pool)
+        runs_at = _runs_at(e, x.numpy(), layers, ref.pool)
+        if runs_at is not None and e.contract.batch_source == "option":
+            raise EmbeddingError(f"{fails} in batches of {e.contract.batch} (--invariance-input-batch "
+                                 f"{e.contract.batch}) but runs in a batch of {runs_at}: "
+                              f"pass --invariance-input-batch {runs_at}")
         if runs_at is not None:
             raise EmbeddingError(
                 f"{fails} in a batch of {len(x)} but runs in a batch of {runs_at}: its graph fixes the batch size "
                 f"although its input declares any (e.g. len(x) or a constant reshape at export); re-export it "
                 f"with a dynamic batch, or pass --invariance-input-batch {runs_at}")
-        return f"{fails}: {first}", None
+        return f"{fails}: {_first_line(exc)}", None
     for layer in layers:  # before the batch comparison, whose NaN difference would blame eval mode
         if together[layer].shape[0] != len(x):  # e.g. a shape constant: not one row per image
             raise EmbeddingError(f"{e.path} layer {layer!r} gives {together[layer].shape[0]} rows for {len(x)} images "
