@@ -213,6 +213,35 @@ def test_folder_follows_symlinked_subfolders_once_and_not_round_a_loop(folder, t
     assert sorted(list_images(root)) == sorted(direct.labels["image"])  # nothing under b/up/ listed
 
 
+@pytest.mark.parametrize("link", ["folder", "file"])
+def test_folder_link_next_to_its_target_is_one_image(folder, link):
+    # alias -> b/ (or alias.png -> img0.png): the labels may name either name, not both.
+    root, csv = folder
+    direct = load_image_folder(root, csv, size=(32, 32))
+    if link == "folder":
+        (root / "alias").symlink_to(root / "b", target_is_directory=True)
+        csv.write_text(csv.read_text().replace("b/img", "alias/img"))
+        renamed = {n.replace("b/", "alias/") for n in direct.labels["image"]}
+    else:
+        (root / "alias.png").symlink_to(root / "img0.png")
+        csv.write_text(csv.read_text().replace("img0.png", "alias.png"))
+        renamed = {n.replace("img0.png", "alias.png") for n in direct.labels["image"]}
+    linked = load_image_folder(root, csv, size=(32, 32))  # the targets are not "without a label row"
+    assert set(linked.labels["image"]) == renamed and len(linked) == len(direct)
+    assert all(np.array_equal(linked[i].numpy(), direct[i].numpy()) for i in range(len(direct)))
+    twice = "b/img1.png" if link == "folder" else "img0.png"
+    with csv.open("a") as f:
+        f.write(f"{twice},1,0,person0,train\n")
+    with pytest.raises(DataError, match=r"1 image\(s\) listed under two names that are the same file.*list each image once"):
+        load_image_folder(root, csv, skip_bad=True)  # not a bad item to skip: the labels are wrong
+
+
+def test_celeba_link_to_an_image_is_one_image(celeba):
+    images = celeba / "img_align_celeba"
+    (images / "copy.jpg").symlink_to(images / "000001.jpg")
+    assert len(load_celeba(celeba, "all")) > 0  # 000001.jpg has a row, so its link is not unlabelled
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing image", "img4.png: label row without an image"),
     ("extra image", "extra.png: image without a label row"),

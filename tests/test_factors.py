@@ -93,6 +93,21 @@ def test_missing_cells_drop_the_image_for_that_factor_only(tmp_path):
     assert f.factors["flag"].known.all() and len(f.images) == 60
 
 
+def test_a_link_and_its_target_are_one_image(tmp_path):
+    # sub -> imgs and labels.csv names sub/...: imgs/... are the same files, not unlabelled ones
+    t = _table()
+    t["image"] = [f"sub/{n}" for n in t["image"]]
+    root = _write(tmp_path / "d", t)
+    (root / "sub").rename(root / "imgs")
+    (root / "sub").symlink_to(root / "imgs", target_is_directory=True)
+    assert len(load_factor_folder(root).images) == 60
+    t["image"][1] = "imgs/i000.png"  # the same file under both names
+    pd.DataFrame(t).to_csv(root / "labels.csv", index=False)
+    with pytest.raises(DataError, match=r"the same file as sub/i000.png \(a symlink\): 1 image\(s\): imgs/i000.png"):
+        load_factor_folder(root)
+    assert len(load_factor_folder(root, skip_bad=True).images) == 59  # one copy is kept
+
+
 def test_seeded_split_is_identity_disjoint_and_reproducible():
     ids = np.repeat([f"p{k}" for k in range(30)], 5)
     split = seeded_split(len(ids), ids, seed=4)

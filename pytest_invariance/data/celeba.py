@@ -30,7 +30,8 @@ import numpy as np
 
 from ..errors import DataError, DatasetNotFoundError, InvalidParameterError
 from ._decode import scan_images
-from .folder import FileImageSet, add_problems, check_size, files_fingerprint, list_images, raise_or_skip
+from .folder import (FileImageSet, add_problems, check_size, files_fingerprint, list_images, raise_or_skip,
+                     refuse_aliases, unlabelled)
 
 ATTRIBUTES = (
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips",
@@ -203,7 +204,8 @@ def load_celeba(data_dir: str | os.PathLike[str], split: str, *, size: tuple[int
     on_disk = list_images(layout.images)
     _check_names(layout, attr_path, attrs, on_disk)
     add_problems(problems, (i for i in attrs if i not in on_disk), "label row without an image")
-    add_problems(problems, (i for i in on_disk if i not in attrs), f"image without a row in {attr_path.name}")
+    refuse_aliases(on_disk, attrs, f"{attr_path}")
+    add_problems(problems, unlabelled(on_disk, attrs), f"image without a row in {attr_path.name}")
     add_problems(problems, (i for i in attrs if i not in parts), f"missing from {part_path.name}")
     for name, (_, rows) in extra.items():
         add_problems(problems, (i for i in attrs if i not in rows), f"missing from {layout.lists[name].name}")

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import DataError, DatasetNotFoundError
 from ._decode import scan_images
-from .folder import FileImageSet, files_fingerprint, list_images
+from .folder import FileImageSet, files_fingerprint, aliased_rows, list_images, unlabelled
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -343,12 +343,13 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
     on_disk = list_images(root)
     names = [r[header.index("image")] for r in rows]
     listed = set(names)
+    for name, first in aliased_rows(on_disk, names).items():
+        problems.row(name, f"the same file as {first} (a symlink)")
     for name in names:
         if name not in on_disk:
             problems.row(name, "label row without an image")
-    for name in on_disk:
-        if name not in listed:
-            problems.row(name, "image without a label row")
+    for name in unlabelled(on_disk, listed):
+        problems.row(name, "image without a label row")
     if "split" in header:
         for r in rows:
             if r[header.index("split")] not in SPLITS:

@@ -162,22 +162,70 @@ def files_fingerprint(paths: Sequence[Path], label_files: Sequence[Path], *extra
     return h.hexdigest()[:32]
 
 
-def list_images(image_dir: Path) -> dict[str, Path]:
+class ImageFiles(dict):  # type: ignore[type-arg]  # name -> Path
+    """:func:`list_images`'s result: image path relative to the folder -> Path.
+
+    ``same_file`` maps each name of a file reached under several names (a symlinked
+    folder or file next to its target) to all of them; it is empty without symlinks."""
+
+    same_file: dict[str, tuple[str, ...]]
+
+
+def list_images(image_dir: Path) -> ImageFiles:
     """Image files below ``image_dir`` keyed by POSIX path relative to it.
 
     Symlinked subfolders are followed (datasets are often assembled from links to where
     the images are; skipping them would silently drop their rows). A link to a folder
-    that is already on the way down (a loop) is not entered."""
-    found = {}
-    for root, dirs, files in os.walk(image_dir, followlinks=True):
-        parts = Path(root).relative_to(image_dir).parts
-        on_path = {os.path.realpath(Path(image_dir, *parts[:i])) for i in range(len(parts) + 1)}
-        dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(root, d)) not in on_path]
-        for name in files:
-            if name.lower().endswith(IMAGE_SUFFIXES):
-                p = Path(root) / name
-                found[p.relative_to(image_dir).as_posix()] = p
+    that is already on the way down (a loop) is not entered. When a link makes one file
+    reachable under several names, ``same_file`` says which (see :func:`unlabelled`)."""
+    found, linked = ImageFiles(), False
+    stack = [(Path(image_dir), (), frozenset({os.path.realpath(image_dir)}))]
+    while stack:
+        folder, parts, on_path = stack.pop()
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            linked |= e.is_symlink()  # from the directory entry: no extra system call
+            if e.is_dir():
+                real = os.path.realpath(e.path)
+                if real not in on_path:
+                    stack.append((Path(e.path), (*parts, e.name), on_path | {real}))
+            elif e.name.lower().endswith(IMAGE_SUFFIXES):
+                found["/".join((*parts, e.name))] = Path(e.path)
+    groups: dict[str, list[str]] = {}
+    for name, path in found.items() if linked else ():
+        groups.setdefault(os.path.realpath(path), []).append(name)
+    found.same_file = {n: tuple(g) for g in groups.values() if len(g) > 1 for n in g}
     return found
+
+
+def unlabelled(on_disk: ImageFiles, listed: set[str] | Mapping[str, object]) -> list[str]:
+    """Names in ``on_disk`` with no label row. A file reached under several names has one
+    when any of its names is ``listed`` (the labels name the link, or the target)."""
+    return [n for n in on_disk if n not in listed and not any(a in listed for a in on_disk.same_file.get(n, ()))]
+
+
+def aliased_rows(on_disk: ImageFiles, names: Iterable[str]) -> dict[str, str]:
+    """Listed names that are the same file (through a symlink) as a name listed before them,
+    mapped to that name: such an image would be embedded twice and could land in both the
+    training and the test split."""
+    first: dict[tuple[str, ...], str] = {}
+    again = {}
+    for n in names:
+        if (group := on_disk.same_file.get(n)) is not None:
+            if group in first:
+                again[n] = first[group]
+            else:
+                first[group] = n
+    return again
+
+
+def refuse_aliases(on_disk: ImageFiles, names: Iterable[str], where: str) -> None:
+    """Raise DataError when two listed names are one file (see :func:`aliased_rows`)."""
+    if again := aliased_rows(on_disk, names):
+        shown = "; ".join(f"{b} = {a}" for a, b in list(again.items())[:_SHOW])
+        raise DataError(f"{where}: {len(again)} image(s) listed under two names that are the same file "
+                        f"(a symlink), e.g. {shown}; list each image once")
 
 
 def _numeric(col: "pd.Series") -> "pd.Series":
@@ -249,9 +297,9 @@ def load_image_folder(image_dir: str | os.PathLike[str], labels_csv: str | os.Pa
     if dupes:
         raise DataError(f"{labels_csv}: {len(dupes)} image(s) listed twice, e.g. {dupes[:_SHOW]}")
     on_disk = list_images(image_dir)
-    listed = set(table["image"])
+    refuse_aliases(on_disk, table["image"], f"{labels_csv}")
     add_problems(problems, (n for n in table["image"] if n not in on_disk), "label row without an image")
-    add_problems(problems, (n for n in on_disk if n not in listed), "image without a label row")
+    add_problems(problems, unlabelled(on_disk, set(table["image"])), "image without a label row")
     if split is not None:
         if split not in SPLITS or "split" not in table:
             raise DataError(f"{labels_csv}: split={split!r} needs a 'split' column and one of {SPLITS}")
