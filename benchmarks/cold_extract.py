@@ -71,7 +71,7 @@ def main() -> None:
 
     # Warm-up (imports, MNIST and torchvision kernels) outside the timings.
     extract_layers(load_model(str(jobs["lenet"][0]), device="cpu"), PerturbedImageSet(
-        base.subset(np.arange(64), "warm"), PerturbationSpec("rotation", ANGLES)), ["ip1"])
+        base.subset(np.arange(min(64, args.n)), "warm"), PerturbationSpec("rotation", ANGLES)), ["ip1"])
     totals: dict[tuple[str, str], list[float]] = {}
     for r in range(args.rounds):
         for name, (path, images, pre, layers) in jobs.items():
