@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from .checks import Suite
 from .checks._suite import CONFIG_NAME
+from .models._contract import OPT_INPUT_BATCH
 
 if TYPE_CHECKING:
     import numpy as np
@@ -118,19 +119,26 @@ def probe(suite: Suite, ref: "ModelRef", seed: int = 0) -> str | None:
 
 def backend_failure(e: Any, x: "np.ndarray", layers: list[str], pool: str, exc: Exception) -> "EmbeddingError":
     """The one-line error for the backend's own failure on a batch ``x`` met during
-    extraction: the batch the graph runs at when it fixes one inside (see :func:`_probe`)."""
+    extraction (see :func:`_failure`)."""
     from .errors import EmbeddingError
 
+    return EmbeddingError(_failure(e, x, layers, pool, exc, f"{e.path} fails on a batch of {len(x)} images")[0])
+
+
+def _failure(e: Any, x: "np.ndarray", layers: list[str], pool: str, exc: Exception, fails: str
+             ) -> tuple[str, int | None]:
+    """``(message, runs_at)`` after the backend's own error on ``x``: the batch size the graph
+    runs at when it fixes one inside (then the message names --invariance-input-batch), or
+    None and the backend's reason."""
     runs_at = _runs_at(e, x, layers, pool)
     if runs_at is None:
-        return EmbeddingError(f"{e.path} fails on a batch of {len(x)} images: {_first_line(exc)}")
+        return f"{fails}: {_first_line(exc)}", None
     if e.contract.batch_source == "option":
-        return EmbeddingError(f"{e.path} fails in batches of {e.contract.batch} (--invariance-input-batch "
-                              f"{e.contract.batch}) but runs in a batch of {runs_at}: "
-                              f"pass --invariance-input-batch {runs_at}")
-    return EmbeddingError(f"{e.path} fails on a batch of {len(x)} images but runs in a batch of {runs_at}: its graph "
-                          "fixes the batch size although its input declares any; re-export it with a dynamic batch, "
-                          f"or pass --invariance-input-batch {runs_at}")
+        return (f"{fails} in batches of {e.contract.batch} ({OPT_INPUT_BATCH} {e.contract.batch}) but runs in a "
+                f"batch of {runs_at}: pass {OPT_INPUT_BATCH} {runs_at}"), runs_at
+    return (f"{fails} in a batch of {len(x)} but runs in a batch of {runs_at}: its graph fixes the batch size "
+            "although its input declares any (e.g. len(x) or a constant reshape at export); re-export it with a "
+            f"dynamic batch, or pass {OPT_INPUT_BATCH} {runs_at}"), runs_at
 
 
 def _first_line(exc: Exception) -> str:
@@ -203,17 +211,10 @@ def _probe(suite: Suite, ref: "ModelRef", seed: int) -> tuple[str | None, dict[s
         raise
     except Exception as exc:  # the backend's own error: the model does not take this input
         fails = f"{e.path} fails on suite {suite.name}'s input float32[N, {', '.join(map(str, shape))}]"
-        runs_at = _runs_at(e, x.numpy(), layers, ref.pool)
-        if runs_at is not None and e.contract.batch_source == "option":
-            raise EmbeddingError(f"{fails} in batches of {e.contract.batch} (--invariance-input-batch "
-                                 f"{e.contract.batch}) but runs in a batch of {runs_at}: "
-                              f"pass --invariance-input-batch {runs_at}")
-        if runs_at is not None:
-            raise EmbeddingError(
-                f"{fails} in a batch of {len(x)} but runs in a batch of {runs_at}: its graph fixes the batch size "
-                f"although its input declares any (e.g. len(x) or a constant reshape at export); re-export it "
-                f"with a dynamic batch, or pass --invariance-input-batch {runs_at}")
-        return f"{fails}: {_first_line(exc)}", None
+        message, runs_at = _failure(e, x.numpy(), layers, ref.pool, exc, fails)
+        if runs_at is not None:  # the model is fine; only the batch it is fed needs the option
+            raise EmbeddingError(message)
+        return message, None
     for layer in layers:  # before the batch comparison, whose NaN difference would blame eval mode
         if together[layer].shape[0] != len(x):  # e.g. a shape constant: not one row per image
             raise EmbeddingError(f"{e.path} layer {layer!r} gives {together[layer].shape[0]} rows for {len(x)} images "

@@ -165,7 +165,8 @@ def test_extract_names_the_batch_a_graph_fixes_inside_in_one_line(tmp_path, caps
     assert main([*args, "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].endswith("runs in a batch of 2: its graph fixes the batch size although its input "
-                                             "declares any; re-export it with a dynamic batch, or pass --input-batch 2")
+                                             "declares any (e.g. len(x) or a constant reshape at export); re-export it with a dynamic "
+                                             "batch, or pass --input-batch 2")
     assert main([*args, "--input-batch", "2", "--out", str(tmp_path / "b")]) == 0
 
 
