@@ -198,6 +198,45 @@ def test_a_layer_whose_first_axis_is_not_the_batch_is_never_sliced_as_rows(tmp_p
                          not_per_image=not_rows) == ["conv", "feat", "flat"]
 
 
+class _Tokens(torch.nn.Module):
+    def forward(self, x):  # [N, C, H, W] -> sequence-first [H*W, N, C]
+        return x.flatten(2).permute(2, 0, 1)
+
+
+class _SeqFirstAttention(torch.nn.Module):  # nn.MultiheadAttention without batch_first, as in older ViTs
+    def __init__(self):
+        super().__init__()
+        self.conv, self.tokens, self.attn = torch.nn.Conv2d(3, 4, 3), _Tokens(), torch.nn.MultiheadAttention(4, 1)
+        self.head = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        t = self.tokens(self.conv(x))
+        return self.head(self.attn(t, t, t)[0].mean(0))
+
+
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_torchscript_layers_list_their_shapes_and_a_glob_passes_over_sequence_first_ones(tmp_path, how):
+    # TorchScript cannot be hooked: each module's shape comes from its own cut graph.
+    from pytest_invariance.models._layers import describe_layers, per_image, select_layers
+
+    torch.manual_seed(0)
+    m = _SeqFirstAttention().eval()
+    x = torch.from_numpy(images(2))
+    saved = torch.jit.script(m) if how == "script" else torch.jit.trace(m, x)
+    saved.save(str(tmp_path / "m.pt"))
+    model = load_model(str(tmp_path / "m.pt"), device="cpu")
+    trace = dict(model.trace_layers(images(1)))
+    assert trace["conv"] == (None, 4, 6, 6) and trace["tokens"] == (36, 1, 4)
+    assert trace["head"] == (None, 4) and trace["output"] == (None, 4)
+    lines = describe_layers(list(trace.items()), "output")
+    assert any(ln.split()[0] == "tokens" and "axis 0 is not the batch" in ln for ln in lines)
+    picked = select_layers(list(trace), model.layers(), ["*"], "--invariance-layers", "m",
+                           calls_known=False, not_per_image=[n for n, sh in trace.items() if not per_image(sh)])
+    assert "tokens" not in picked and {"conv", "head", "output"} <= set(picked)
+    with torch.no_grad():  # the layers read as the eager module computes them
+        np.testing.assert_allclose(model.forward(images(3), "head"), m(torch.from_numpy(images(3))).numpy(), atol=1e-5)
+
+
 def test_shape_derived_tensors_are_not_layers_and_a_token_first_layer_is_refused(tmp_path):
     from pytest_invariance._audit import ModelRef
     from pytest_invariance._model_check import probe

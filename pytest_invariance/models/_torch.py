@@ -396,6 +396,25 @@ class TorchEmbedder:
             self._script[layer] = _script_layer_fn(self.module, name, index, self.path)
         return self._script[layer][0](x)
 
+    def _script_trace(self, batch: Any) -> list[tuple[str, tuple[int | None, ...]]]:
+        """:meth:`trace_layers` for TorchScript: one partial forward per module (its cut graph,
+        kept for the run), so that a tensor whose first axis is not the batch is known. A module
+        that cannot be cut (not called, or called several times) keeps an unknown shape."""
+        import torch
+
+        x, seen = self._input(batch), []
+        for layer in self.layers()[1:] + [OUTPUT]:
+            try:
+                with torch.inference_mode():
+                    out = _first(self._script_run(x, layer))
+            except Exception:  # noqa: BLE001 - a listing: the run names the error if this layer is chosen
+                if layer != OUTPUT:  # several outputs: no 'output' layer (see _model_output)
+                    seen.append((layer, ()))
+                continue
+            shape = tuple(out.shape) if hasattr(out, "shape") else ()
+            seen.append((layer, (None, *shape[1:]) if shape and shape[0] == len(x) else shape))
+        return seen
+
     def _run(self, x: Any, layers: list[str]) -> dict[str, Any]:
         import torch
 
@@ -461,13 +480,16 @@ class TorchEmbedder:
         """``(layer, output shape)`` of every module call in forward order (when each finishes),
         ``name#k`` for the k-th call of a module run several times, then ``output``.
 
-        Needs a ``batch`` (one forward with a hook on every module); without one, or for
-        TorchScript (no hooks), the modules in definition order with unknown shapes.
+        Needs a ``batch`` (one forward with a hook on every module); without one, the
+        modules in definition order with unknown shapes. TorchScript has no hooks: its
+        modules in definition order, each shape from the module's own cut graph.
         """
         import torch
 
-        if batch is None or isinstance(self.module, torch.jit.ScriptModule):
+        if batch is None:
             return [(la, ()) for la in self.layers()[1:] + [OUTPUT]]
+        if isinstance(self.module, torch.jit.ScriptModule):
+            return self._script_trace(batch)
         names = {id(m): n for n, m in self.module.named_modules() if n and not n.startswith("_")}
         seen: list[tuple[str, tuple[int, ...]]] = []
 
