@@ -197,6 +197,11 @@ class Audit:
             where = f"the shards of --invariance-embeddings {src.path} (layers of {emb.path} they hold)"
         if emb.backend != "torch" and len(patterns) == 1 and not is_glob(patterns[0]):
             return select_layers([], known, patterns, option, where)
+        if not getattr(emb, "calls_traced", True) and not any(map(is_glob, patterns)):
+            # TorchScript: no hooks, so its shapes cost a partial forward per module; named
+            # layers need none (definition order, and each is checked when first read).
+            order = [n for n, _ in emb.trace_layers(None)]
+            return select_layers(order, known, patterns, option, where, calls_known=False)
         # ONNX graph order is forward order; torch needs one forward to know it (and which
         # modules run more than once: a bare name of those is refused here, at start-up).
         trace, _ = trace_names(emb, trace_shape(emb, suite, ref.preprocess), self.seed)

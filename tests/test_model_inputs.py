@@ -237,6 +237,34 @@ def test_torchscript_layers_list_their_shapes_and_a_glob_passes_over_sequence_fi
         np.testing.assert_allclose(model.forward(images(3), "head"), m(torch.from_numpy(images(3))).numpy(), atol=1e-5)
 
 
+class _ForwardImpl(torch.nn.Module):  # torchvision's ResNet: forward calls self._forward_impl
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3), torch.nn.ReLU())
+        self.broken = torch.nn.Linear(7, 2)  # wrong width: fails if the forward gets this far
+
+    def _forward_impl(self, x):
+        return self.broken(self.body(self.conv(x)).flatten(1))
+
+    def forward(self, x):
+        return self._forward_impl(x)
+
+
+def test_scripted_layers_inside_a_helper_method_are_read_and_only_the_forward_up_to_them_runs(tmp_path):
+    torch.manual_seed(0)
+    m = _ForwardImpl().eval()
+    torch.jit.script(m).save(str(tmp_path / "impl.pt"))
+    model = load_model(str(tmp_path / "impl.pt"), device="cpu")
+    x = images(3)
+    with torch.no_grad():
+        expect = m.body(m.conv(torch.from_numpy(x))).numpy()
+    np.testing.assert_allclose(model.forward(x, "body.1"), expect, atol=1e-6)
+    np.testing.assert_allclose(model.forward(x, "body"), expect, atol=1e-6)
+    with pytest.raises(RuntimeError):  # the whole forward does fail
+        model.forward(x, "output")
+
+
 def test_shape_derived_tensors_are_not_layers_and_a_token_first_layer_is_refused(tmp_path):
     from pytest_invariance._audit import ModelRef
     from pytest_invariance._model_check import probe

@@ -216,6 +216,22 @@ def _script_calls(graph: Any, path: str) -> list[Any]:
     return calls
 
 
+def _self_calls(graph: Any) -> list[Any]:
+    """``prim::CallMethod`` nodes of ``graph`` that call another method of the same module
+    (torchvision's scripted ``forward`` is one call of ``self._forward_impl``)."""
+    me = next(iter(graph.inputs())).unique()
+    return [n for n in graph.nodes() if n.kind() == "prim::CallMethod" and n.inputsAt(0).unique() == me]
+
+
+def _reaches(mod: Any, method: str, parts: list[str], depth: int = 0) -> bool:
+    """Whether ``mod.method`` calls the submodule ``parts`` (or its first parts), directly or
+    through methods of ``mod`` it calls."""
+    graph = getattr(mod, method).graph
+    if any(_script_calls(graph, ".".join(parts[:k])) for k in range(len(parts), 0, -1)):
+        return True
+    return depth < 8 and any(_reaches(mod, n.s("name"), parts, depth + 1) for n in _self_calls(graph))
+
+
 def _script_layer_fn(module: Any, layer: str, index: int | None, where: str) -> tuple[Callable[[Any], Any], str | None]:
     """A function x -> activation of ``layer`` for a TorchScript module, and that activation's layout.
 
@@ -232,27 +248,33 @@ def _script_layer_fn(module: Any, layer: str, index: int | None, where: str) -> 
         graph = getattr(mod, method).graph.copy()
         hit = next(((k, calls) for k in range(len(parts), 0, -1)
                     if (calls := _script_calls(graph, ".".join(parts[:k])))), None)
-        if hit is None:
-            raise LayerNotFoundError(f"layer {layer!r} of {where} is not called in the scripted forward; "
-                                     "choose another --layer")
+        if hit is None:  # maybe inside a method of this module that the forward calls
+            via = next((n for n in _self_calls(graph) if _reaches(mod, n.s("name"), parts)), None)
+            if via is None:
+                raise LayerNotFoundError(f"layer {layer!r} of {where} is not called in the scripted forward; "
+                                         "choose another --layer")
+            method = via.s("name")
+            _cut(graph, list(via.inputs())[1:], via)
+            stages.append((torch._C._create_function_from_graph(f"invariance_cut_{len(stages)}", graph), mod))
+            continue
         k, calls = hit
         last = k == len(parts)
         if not last and len(calls) > 1:
             raise LayerNotFoundError(f"{'.'.join(parts[:k])!r} of {where} runs {len(calls)} times per forward; "
                                      f"a layer inside it cannot be named; choose --layer {'.'.join(parts[:k])}#N")
         node = pick_call(calls, layer, index if last else None, where) if last else calls[0]
+        method = "forward" if last else node.s("name")
         if last:
             layout = script_value_layout(mod, node.output())
             if layout == "param":
                 layout = "nchw" if not stages else None
-        values = [_copied(graph, node.output()) if last else v for v in ([node.output()] if last else list(node.inputs())[1:])]
-        while len(list(graph.outputs())):
-            graph.eraseOutput(0)
-        for v in values:
-            graph.registerOutput(v)
+            kept = _copied(graph, node.output())
+            nodes = list(graph.nodes())
+            _cut(graph, [kept], nodes[nodes.index(kept.node()) + 1] if kept.node() != nodes[-1] else None)
+        else:
+            _cut(graph, list(node.inputs())[1:], node)
         fn = torch._C._create_function_from_graph(f"invariance_cut_{len(stages)}", graph)
         stages.append((fn, mod))
-        method = "forward" if last else node.s("name")
         for name in parts[:k]:
             mod = getattr(mod, name)
         parts = parts[k:]
@@ -265,6 +287,19 @@ def _script_layer_fn(module: Any, layer: str, index: int | None, where: str) -> 
         return args[0]
 
     return run, layout
+
+
+def _cut(graph: Any, values: list[Any], drop_from: Any | None) -> None:
+    """Make ``values`` the outputs of ``graph`` and remove ``drop_from`` and every node after
+    it (a dead-code pass keeps module calls, which may have side effects; without this every
+    cut would run the whole forward)."""
+    while len(list(graph.outputs())):
+        graph.eraseOutput(0)
+    for v in values:
+        graph.registerOutput(v)
+    nodes = list(graph.nodes())
+    for n in reversed(nodes[nodes.index(drop_from):] if drop_from is not None else []):
+        n.destroy()
 
 
 def _copied(graph: Any, value: Any) -> Any:
@@ -404,8 +439,8 @@ class TorchEmbedder:
 
         x, seen = self._input(batch), []
         for layer in self.layers()[1:] + [OUTPUT]:
-            try:
-                with torch.inference_mode():
+            try:  # run once each: not worth the JIT's profiling and optimising passes
+                with torch.inference_mode(), torch.jit.optimized_execution(False):
                     out = _first(self._script_run(x, layer))
             except Exception:  # noqa: BLE001 - a listing: the run names the error if this layer is chosen
                 if layer != OUTPUT:  # several outputs: no 'output' layer (see _model_output)
