@@ -172,3 +172,36 @@ def test_unscaled_post_relu_features_match_liblinear(transform):
         assert abs(ours - theirs) / theirs < 1e-3, (C, ours, theirs)
         got = 1 - p.evaluate(X[te], y[te, None])["attr_0"]["balanced_error"].value
         assert got == pytest.approx(bal_acc(y[te], ref.predict(Z[te])), abs=0.005)
+
+
+@pytest.mark.parametrize("copies", [1, 5])
+def test_narrow_and_wide_data_passes_reach_liblinears_solution(copies):
+    """3 columns take the narrow products (GEMVs for X p, (R' X)' for X' R), 15 the wide GEMMs."""
+    X, Y = planted(n=700, d=12, T=3)
+    tgt = np.tile(np.arange(3), copies)
+    sol = fit_squared_hinge_svm(X, np.where(Y > 0, 1.0, -1.0), np.full(len(tgt), 1.0), tgt, tol=1e-6, max_iter=100)
+    assert sol.converged.all()
+    for c, t in enumerate(tgt):
+        ref = svm.LinearSVC(C=1.0, class_weight="balanced", tol=1e-8, max_iter=10000).fit(X, Y[:, t])
+        np.testing.assert_allclose(sol.coef[c], ref.coef_[0], rtol=2e-3, atol=2e-3 * np.abs(ref.coef_).max())
+        assert sol.intercept[c] == pytest.approx(ref.intercept_[0], abs=2e-3 * max(1, abs(ref.intercept_[0])))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blockwise_shift_and_scale_equals_the_whole_matrix_form(dtype):
+    from pytest_invariance.probes._linear_svm import _standardised, shifted_scaled
+    from pytest_invariance.probes.functional import spread
+
+    rng = np.random.default_rng(1)
+    X = (rng.normal(size=(9000, 7)) * 30 + 1000).astype(dtype)  # 3 blocks of 4096, the last one partial
+    X[:, 3] = 5.0  # a constant feature
+    center, scale = spread(X)
+    Z = shifted_scaled(X, center, scale, dtype)
+    np.testing.assert_array_equal(Z, ((X - center) / scale).astype(dtype))
+    Zs, mu, sd = _standardised(X)
+    X64 = X.astype(np.float64)
+    np.testing.assert_allclose(mu, X64.mean(0), rtol=1e-14)
+    ref_sd = X64.std(0)
+    ref_sd[ref_sd == 0] = 1.0
+    np.testing.assert_allclose(sd, ref_sd, rtol=1e-9)
+    np.testing.assert_allclose(Zs, (X64 - X64.mean(0)) / ref_sd, atol=1e-5)

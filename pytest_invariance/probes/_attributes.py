@@ -9,6 +9,7 @@ from numpy.typing import NDArray
 from ..errors import DataError, warn
 from . import functional as F
 from ._estimate import Estimate
+from ._linear_svm import shifted_scaled
 from ._validation import (Device, Grid, Interval, Options, ProbeMixin, check_features, check_lengths,
                           check_not_constant, resolve_device)
 from .stats import bootstrap_ci, p_value, permutation_chance
@@ -180,7 +181,7 @@ class AttributeSVMProbe(ProbeMixin):
         self.n_features_in_ = X.shape[1]
         m = np.flatnonzero(self.measurable_)
         self.center_, self.scale_ = F.spread(X)
-        Z = ((X - self.center_) / self.scale_).astype(np.float64 if X.dtype == np.float64 else np.float32)
+        Z = shifted_scaled(X, self.center_, self.scale_, np.float64 if X.dtype == np.float64 else np.float32)
         self._X_train, self._Y_train = Z, Y[:, m]  # kept for the permutation refits in evaluate
         sol = self._solve(Z, Y[:, m], np.tile(grid, len(m)), np.repeat(np.arange(len(m)), len(grid)))
         pred = np.where(Xv @ sol.coef.T + sol.intercept > 0, 1.0, -1.0)
