@@ -45,6 +45,8 @@ def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
 
 
 def run_ours(args, Xtr, Ytr, Xv, Yv, Xte, Yte, grid):
+    import torch  # noqa: F401  (imported before the clock starts, as sklearn's LinearSVC is)
+
     from pytest_invariance.probes import AttributeSVMProbe
 
     probe = AttributeSVMProbe(C_grid=grid, device=args.device, n_permutations=0, n_bootstrap=args.bootstrap)

@@ -88,7 +88,8 @@ def shifted_scaled(X: NDArray[np.floating], shift: Any, scale: Any, dtype: Any =
     out = np.empty(X.shape, dtype=dtype)
 
     def fill(a: int) -> None:
-        out[a:a + block] = (X[a:a + block].astype(np.float64) - shift) / scale
+        rows = np.subtract(X[a:a + block], shift, dtype=np.float64)
+        out[a:a + block] = np.divide(rows, scale, out=rows)
 
     map_threads(fill, range(0, len(X), block))
     return out
@@ -195,7 +196,10 @@ def fit_squared_hinge_svm(
 
     def xtmul(A: Any, R: Any) -> Any:  # [X_A, scale]' @ R for R [rows, k], float64 result
         work[0] += A.shape[0] * R.shape[1] / (n * cols)
-        rsum = R.sum(0, keepdim=True, dtype=f64)
+        # torch's float32 column sum (cascade summation, ~1e-7 relative) rather than
+        # dtype=f64, which casts the whole [n, k] first: 268 ms vs 26 ms at 162,770 x 200; the
+        # GEMM beside it accumulates in float32 anyway.
+        rsum = R.sum(0, keepdim=True).to(f64)
         AtR = (R.T @ A).T if 1 < R.shape[1] < 12 else A.T @ R
         return torch.cat([sd[:, None] * AtR.to(f64) + mu[:, None] * rsum, rsum * scale])
 
@@ -287,7 +291,7 @@ def fit_squared_hinge_svm(
             W[:, act] += step
             gap.addcmul_(q, alpha, value=-1.0)
             R = torch.clamp(gap, min=0.0, out=t)  # the hinge residuals max(0, 1 - margin)
-            active_frac = torch.sign(R, out=tmp).mul_(s_abs).sum(0, dtype=f64) / n
+            active_frac = torch.sign(R, out=tmp).mul_(s_abs).sum(0).to(f64) / n
             g_new = W[:, act] - C2 * xtmul(Xt, R.mul_(sY))
             yv = g_new - g
             g = g_new
@@ -320,7 +324,7 @@ def fit_squared_hinge_svm(
             n_iter[act] += 1
             s_abs = sY.abs()
             DH = (C2.to(f32) * hscale) * (s_abs if rows is None else s_abs[rows]) * ((mpos if rows is None else mpos[rows]) > 0)
-            beta = (s_abs * (mpos > 0)).sum(0, dtype=f64) / n  # weighted active fraction
+            beta = (s_abs * (mpos > 0)).sum(0).to(f64) / n  # weighted active fraction
             pinv = 1.0 / (1.0 + lam[:, None] * (C2 * beta)[None, :])
 
             def precond(R: Any) -> Any:
