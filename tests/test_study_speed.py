@@ -207,3 +207,39 @@ def test_gram_of_row_blocks_equals_the_product(monkeypatch):
     G = _structure._gram(X)
     np.testing.assert_allclose(G, X.T @ X, rtol=1e-13, atol=1e-12)
     assert np.array_equal(G, G.T)  # syrk's triangle mirrored: exactly symmetric
+
+
+def _spectrum_estimate_reference(X: np.ndarray, k: int, n_bootstrap: int, seed: int, oversample: int = 10):
+    """The spectrum bootstrap written out plainly: a centred float64 copy, one resample at a time."""
+    Xc = X.astype(np.float64) - X.astype(np.float64).mean(0)
+    n, d = Xc.shape
+    r = min(k + oversample, d)
+    head = Xc[:20000]
+    V = np.linalg.eigh(head.T @ head)[1][:, ::-1][:, :r]
+    P, sq = Xc @ V, (Xc**2).sum(1)
+    ev = np.clip(np.linalg.eigvalsh(Xc.T @ Xc)[::-1], 0, None)
+    share = ev[:k].sum() / ev.sum()
+    boot = []
+    for c in np.concatenate(list(stats.bootstrap_counts(n, n_bootstrap, seed))):
+        w = c / n
+        mu_p, mu_x = w @ P, w @ Xc
+        cov = (P * w[:, None]).T @ P - np.outer(mu_p, mu_p)
+        boot.append(np.linalg.eigvalsh(cov)[::-1][:k].sum() / (w @ sq - mu_x @ mu_x))
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    bias = np.mean(boot) - share
+    return share, lo - bias, hi - bias, bias
+
+
+@pytest.mark.parametrize("n,d", [(3001, 17), (20500, 12)])  # the second: the subspace from the first 20,000 rows
+def test_blockwise_spectrum_bootstrap_equals_the_plain_computation(n, d, monkeypatch):
+    from pytest_invariance.probes import _structure
+
+    monkeypatch.setattr(_structure, "_GRAM_ROWS", 1000)  # several partial products, the last one short
+    monkeypatch.setattr(_structure, "_ROWS", 700)        # several row blocks of the bootstrap pass
+    X = (np.random.default_rng(11).normal(size=(n, d)) * np.linspace(4, 0.2, d) + 3).astype(np.float32)
+    share, lo, hi, bias = _spectrum_estimate_reference(X, 3, 40, 5)
+    full, est = spectrum_and_estimate(X, k=3, n_bootstrap=40, random_state=5)
+    assert est.value == full["top_k_share"]
+    np.testing.assert_allclose([est.value, est.ci_low, est.ci_high, est.details["bootstrap_bias"]],
+                               [share, lo, hi, bias], rtol=1e-10, atol=1e-12)
+    assert est == spectrum_estimate(X, k=3, n_bootstrap=40, random_state=5, full=full)  # given the spectrum

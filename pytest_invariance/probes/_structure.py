@@ -10,24 +10,54 @@ from ..errors import DataError, InvalidParameterError
 from ._blas import map_threads, one_blas_thread
 from ._estimate import Estimate
 from ._validation import check_features, check_lengths
-from .stats import bootstrap_ci
+from .stats import percentile_interval, resample_counts
 
 BLOCK_EPS = 1e-12  # added to the in-class mean of Eq. 1 so a silent class cannot divide by zero
 
 
 _GRAM_ROWS = 16384  # rows per partial Gram matrix: a fixed split, so the sum does not depend on the thread count
+_ROWS = 8192  # rows per centred float64 block of the bootstrap pass (33 MB at d = 500)
+
+
+def _column_mean(X: NDArray[Any]) -> NDArray[np.float64]:
+    """The float64 column means of a checked ``X`` (as ``X.astype(float64).mean(0)``, without the copy)."""
+    if X.shape[0] < 2:
+        raise DataError("spectrum needs at least 2 samples to centre the data matrix.")
+    return X.mean(0, dtype=np.float64)  # type: ignore[no-any-return]
+
+
+def _centred_rows(X: NDArray[Any], mean: NDArray[np.float64], start: int, stop: int) -> NDArray[np.float64]:
+    """``X[start:stop] - mean`` as a new float64 block (the rows of a centred float64 copy of X)."""
+    xc = X[start:stop].astype(np.float64)
+    xc -= mean
+    return xc
+
+
+def _centred_gram_parts(X: NDArray[Any], mean: NDArray[np.float64], stop: int | None = None) -> list[NDArray[np.float64]]:
+    """The partial products ``xc^T xc`` of the centred 16,384-row blocks of ``X[:stop]``, in row
+    order, on the cores in parallel (:func:`map_threads`); each block is centred in float64 by
+    its thread, so no centred copy of X is made (280 MB for rotated MNIST's test set). numpy
+    sends ``x^T x`` to BLAS syrk (one triangle): half the CPU time of torch's general product."""
+    stop = len(X) if stop is None else stop
+
+    def part(s: int) -> NDArray[np.float64]:
+        xc = _centred_rows(X, mean, s, min(s + _GRAM_ROWS, stop))
+        return xc.T @ xc  # type: ignore[no-any-return]
+
+    return map_threads(part, range(0, stop, _GRAM_ROWS))
+
+
+def _sum_in_order(parts: list[NDArray[np.float64]]) -> NDArray[np.float64]:
+    G = parts[0].copy()
+    for p in parts[1:]:
+        G += p
+    return G
 
 
 def _gram(X: NDArray[np.float64]) -> NDArray[np.float64]:
-    """``X^T X`` as the sum, in row order, of the partial products of 16,384-row blocks,
-    computed on the cores in parallel (:func:`map_threads`). numpy sends ``x^T x`` to BLAS
-    syrk (one triangle): half the CPU time of torch's general product (docs/performance.md)."""
-    X = np.ascontiguousarray(X)
-    parts = map_threads(lambda s: X[s: s + _GRAM_ROWS].T @ X[s: s + _GRAM_ROWS], range(0, len(X), _GRAM_ROWS))
-    G = parts[0]
-    for p in parts[1:]:
-        G += p
-    return G  # type: ignore[no-any-return]
+    """``X^T X`` as the sum, in row order, of the partial products of 16,384-row blocks
+    (:func:`_centred_gram_parts` with a zero mean)."""
+    return _sum_in_order(_centred_gram_parts(X, np.zeros(X.shape[1])))
 
 
 def spectrum(X: Any, k: int | None = None) -> dict[str, Any]:
@@ -50,7 +80,8 @@ def spectrum(X: Any, k: int | None = None) -> dict[str, Any]:
     Notes
     -----
     Computed from the eigenvalues of the d x d scatter matrix in float64, so a
-    70000 x 500 matrix costs one Gram product. With d > n the rank is at most n - 1.
+    70000 x 500 matrix costs one Gram product, over centred blocks of rows (no centred
+    copy of X). With d > n the rank is at most n - 1.
 
     Examples
     --------
@@ -58,21 +89,12 @@ def spectrum(X: Any, k: int | None = None) -> dict[str, Any]:
     >>> spectrum(X, k=1)["top_k_share"] > 0.9
     True
     """
-    return _spectrum_of(_centred(X), k)
+    X = check_features(X)
+    return _spectrum_of(_sum_in_order(_centred_gram_parts(X, _column_mean(X))), k)
 
 
-def _centred(X: Any) -> NDArray[np.float64]:
-    """A float64 copy of ``X`` minus its column means."""
-    Xc = check_features(X).astype(np.float64)
-    if Xc.shape[0] < 2:
-        raise DataError("spectrum needs at least 2 samples to centre the data matrix.")
-    Xc -= Xc.mean(0)  # in place: one float64 copy of X, not two
-    return Xc
-
-
-def _spectrum_of(Xc: NDArray[np.float64], k: int | None) -> dict[str, Any]:
-    """:func:`spectrum` of an already centred float64 matrix."""
-    G = _gram(Xc)
+def _spectrum_of(G: NDArray[np.float64], k: int | None) -> dict[str, Any]:
+    """:func:`spectrum` from the scatter matrix ``G`` of the centred rows."""
     with one_blas_thread():  # LAPACK on a d x d matrix: threads cost more than they save
         ev = np.clip(np.linalg.eigvalsh(G)[::-1], 0.0, None)
     total = ev.sum()
@@ -113,41 +135,59 @@ def spectrum_estimate(X: Any, k: int, n_bootstrap: int = 200, random_state: int 
 def spectrum_and_estimate(X: Any, k: int, n_bootstrap: int = 200, random_state: int | None = 0,
                           confidence: float = 0.95, oversample: int = 10,
                           full: dict[str, Any] | None = None) -> tuple[dict[str, Any], Estimate]:
-    """``(spectrum(X, k), spectrum_estimate(X, k, ...))`` from one centred float64 copy of
-    ``X`` (280 MB and a pass fewer for rotated MNIST's 70,000 x 500 test set)."""
-    Xc = _centred(X)
-    full = full if full is not None else _spectrum_of(Xc, k)
-    n, d = Xc.shape
+    """``(spectrum(X, k), spectrum_estimate(X, k, ...))`` from shared passes over ``X``.
+
+    No centred float64 copy of ``X`` is made, nor the ``[n, r(r+1)/2]`` products of the
+    scores: every pass centres 8,192- or 16,384-row blocks in float64, and the bootstrap
+    accumulates each resample's moments block by block of rows, all resamples at once (for
+    rotated MNIST's 70,000 x 500 test set, 400 MB less at the study's peak, docs/performance.md).
+    """
+    X = check_features(X)
+    mean = _column_mean(X)
+    n, d = X.shape
     r = min(k + oversample, d)
     # The leading subspace of (at most) the first 20,000 rows, from their scatter matrix:
-    # the right singular vectors of Xc[:20000] at a quarter of an SVD's cost.
-    head = Xc[: min(n, 20000)]
-    G = _gram(head)
+    # the right singular vectors of their centred rows at a quarter of an SVD's cost. Its
+    # first 16,384-row product is the full scatter's first one.
+    head = min(n, 20000)
+    parts = _centred_gram_parts(X, mean) if full is None else _centred_gram_parts(X, mean, min(n, _GRAM_ROWS))
+    if full is None:
+        full = _spectrum_of(_sum_in_order(parts), k)
+    head_parts = parts[:1] + (_centred_gram_parts(X[_GRAM_ROWS:], mean, head - _GRAM_ROWS) if head > _GRAM_ROWS else [])
     with one_blas_thread():
-        _, V = np.linalg.eigh(G)
-    P = Xc @ V[:, ::-1][:, :r]  # [n, r] scores in the leading subspace
-    import torch
-
-    Xt = torch.from_numpy(Xc)  # the large float64 products in torch (MKL): ~1.7x less CPU than numpy's here
-    sq = np.concatenate([(Xc[s: s + 8192] ** 2).sum(1) for s in range(0, n, 8192)])  # no [n, d] temporary
+        _, V = np.linalg.eigh(_sum_in_order(head_parts))
+    del parts, head_parts
+    Vr = np.ascontiguousarray(V[:, ::-1][:, :r])
     iu = np.triu_indices(r)
-    PP = P[:, iu[0]] * P[:, iu[1]]  # [n, r(r+1)/2]: every resample's second moments in one product
+    counts = resample_counts(n, n_bootstrap, random_state) if n_bootstrap > 0 else None
 
-    def share(counts: NDArray[np.float64]) -> NDArray[np.float64]:
-        w = counts
-        w /= n  # in place (the block is bootstrap_counts' own float64 copy): no second [32, n] array
-        mu_p, mu_x = w @ P, (torch.from_numpy(w) @ Xt).numpy()
-        total = w @ sq - (mu_x**2).sum(1)
-        cov = np.zeros((len(w), r, r))
-        cov[:, iu[0], iu[1]] = w @ PP
+    def moments(s: int) -> tuple[NDArray[np.float64], ...]:
+        # One block of centred rows: its scores P in the leading subspace, their pairwise
+        # products, and the squared norms; then every resample's weighted sums over the block.
+        xc = _centred_rows(X, mean, s, min(s + _ROWS, n))
+        P = xc @ Vr
+        c = counts[:, s: s + len(xc)].astype(np.float64)
+        mx = c @ xc
+        sq = np.square(xc, out=xc).sum(1)  # in place: no second [rows, d] block
+        return mx, c @ P, c @ (P[:, iu[0]] * P[:, iu[1]]), c @ sq
+
+    if counts is None:
+        boot = np.empty(0)
+        lo = hi = np.nan
+    else:
+        # Row blocks are independent: on the cores, summed in row order (no dependence on threads).
+        sums = [_sum_in_order(list(m)) for m in zip(*map_threads(moments, range(0, n, _ROWS)))]
+        mu_x, mu_p, pp, sq = (m / n for m in sums)
+        total = sq - (mu_x**2).sum(1)
+        cov = np.zeros((len(mu_p), r, r))
+        cov[:, iu[0], iu[1]] = pp
         cov -= mu_p[:, :, None] * mu_p[:, None, :]
-        # eigvalsh reads the lower triangle: mirror the upper one. One batched call per block.
+        # eigvalsh reads the lower triangle: mirror the upper one.
         cov = np.triu(cov) + np.swapaxes(np.triu(cov, 1), 1, 2)
         with one_blas_thread():
             ev = np.linalg.eigvalsh(cov)
-        return ev[:, ::-1][:, :k].sum(1) / total  # type: ignore[no-any-return]
-
-    lo, hi, boot = bootstrap_ci(share, n=n, n_bootstrap=n_bootstrap, confidence=confidence, random_state=random_state)
+        boot = ev[:, ::-1][:, :k].sum(1) / total
+        lo, hi = percentile_interval(boot, confidence)
     # Resampling duplicates rows, which spreads sample eigenvalues: the resampled top-k share is
     # biased upward (by ~0.02 on isotropic 500 x 30 data, more than the CI half-width). Shift the
     # percentile interval by the bootstrap bias so it is centred on the full-data estimate.

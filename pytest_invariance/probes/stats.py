@@ -62,6 +62,19 @@ def bootstrap_counts(n: int, n_bootstrap: int, random_state: int | None) -> "Ite
     call with the same arguments, or with the same ``n`` and seed and fewer resamples, so
     the figures of one study share one draw, bit for bit.
     """
+    return (blk[s: s + _YIELD].astype(np.float64) for blk in _draw(n, n_bootstrap, random_state)
+            for s in range(0, len(blk), _YIELD))
+
+
+def resample_counts(n: int, n_bootstrap: int, random_state: int | None) -> NDArray[np.unsignedinteger]:
+    """The draw of :func:`bootstrap_counts` as one ``[n_bootstrap, n]`` array of small unsigned
+    ints (the same counts, kept the same way), for a statistic that is accumulated over blocks
+    of rows rather than of resamples (:func:`~._structure.spectrum_and_estimate`)."""
+    blocks = _draw(n, n_bootstrap, random_state)
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+
+
+def _draw(n: int, n_bootstrap: int, random_state: int | None) -> "list[NDArray[np.unsignedinteger]]":
     key = (n, n_bootstrap, random_state)
     if random_state is None:
         blocks = _draw_counts(n, n_bootstrap, None)
@@ -73,7 +86,15 @@ def bootstrap_counts(n: int, n_bootstrap: int, random_state: int | None) -> "Ite
         _RECENT[key] = blocks
         while len(_RECENT) > _RECENT_SIZE:
             _RECENT.popitem(last=False)
-    return (blk[s: s + _YIELD].astype(np.float64) for blk in blocks for s in range(0, len(blk), _YIELD))
+    return blocks
+
+
+def percentile_interval(samples: NDArray[np.floating], confidence: float = 0.95) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``(low, high)``: the two-sided percentile interval of bootstrap ``samples [b, ...]``
+    along the first axis, NaN resamples (a ratio undefined in a resample) left out."""
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.nanquantile(samples, [alpha, 1.0 - alpha], axis=0)
+    return low, high
 
 
 def bootstrap_ci(
@@ -126,9 +147,8 @@ def bootstrap_ci(
         nan = np.full(shape, np.nan)
         return nan, nan.copy(), np.empty((0, *shape))
     samples = np.concatenate([np.asarray(fn(c), dtype=np.float64) for c in bootstrap_counts(n, n_bootstrap, random_state)])
-    alpha = (1.0 - confidence) / 2.0
     # nanquantile: a ratio statistic can be undefined in a resample that drew no positives.
-    low, high = np.nanquantile(samples, [alpha, 1.0 - alpha], axis=0)
+    low, high = percentile_interval(samples, confidence)
     return low, high, samples
 
 
