@@ -165,6 +165,13 @@ def test_group_moments_cross_products_equal_a_separate_pass_and_the_kept_scatter
     assert len(F._SCATTERS) == 1
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a, b)
+    A = rng.normal(size=(1000, 5))  # more targets in the same pass: as a separate pass computes them
+    main, more = F.group_moments(X, codes, 4, Y, also=A)
+    for a, b in zip(first, main):
+        np.testing.assert_array_equal(a, b)
+    for g, rows in enumerate(F._rows_of(codes, 4)):
+        np.testing.assert_array_equal(more.cross[g], F.centred_cross(X, rows, first.means[g], A[rows]))
+        np.testing.assert_array_equal(more.y_means[g], A[rows].mean(0))
 
 
 def test_blocked_prediction_equals_one_einsum(monkeypatch):
@@ -243,3 +250,31 @@ def test_blockwise_spectrum_bootstrap_equals_the_plain_computation(n, d, monkeyp
     np.testing.assert_allclose([est.value, est.ci_low, est.ci_high, est.details["bootstrap_bias"]],
                                [share, lo, hi, bias], rtol=1e-10, atol=1e-12)
     assert est == spectrum_estimate(X, k=3, n_bootstrap=40, random_state=5, full=full)  # given the spectrum
+
+
+def test_permutation_refits_from_the_fit_pass_equal_refits_on_shuffled_targets():
+    """The refits' cross-products are taken while fitting; the null MAEs equal scikit-learn
+    refits on the targets shuffled within class by permutation_chance's own row orders."""
+    from sklearn.linear_model import LinearRegression
+
+    rng = np.random.default_rng(12)
+    X, cls = rng.normal(size=(900, 5)).astype(np.float16), rng.integers(0, 3, 900)
+    y = X.astype(np.float64) @ [1.0, -2.0, 0.5, 0.0, 3.0] + 10 * cls + rng.normal(size=900)
+    Xte, cte = rng.normal(size=(300, 5)).astype(np.float32), rng.integers(0, 3, 300)
+    yte = Xte.astype(np.float64) @ [1.0, -2.0, 0.5, 0.0, 3.0] + 10 * cte
+    probe = LinearRegressionProbe(per_class=True, n_permutations=7, n_bootstrap=0, random_state=3)
+    mae = probe.fit(X, y, classes=cls).evaluate(Xte, yte, classes=cte)["mae"]
+    keys = np.random.default_rng(3).random(len(y))
+
+    def refit(k: np.ndarray) -> float:  # k: the random keys in one permutation's row order
+        pred = np.empty(len(yte))
+        for c in range(3):
+            rows = np.flatnonzero(cls == c)
+            yp = y[rows][np.argsort(k[rows])]
+            fit = LinearRegression().fit(X[rows].astype(np.float64), yp)
+            pred[cte == c] = fit.predict(Xte[cte == c].astype(np.float64))
+        return float(np.abs(pred - yte).mean())
+
+    mean, null = stats.permutation_chance(refit, keys, 7, random_state=3)
+    assert mae.details["permutation_mae"] == pytest.approx(float(mean), rel=1e-9)
+    assert mae.p_value == float(stats.p_value(mae.value, null, higher_is_better=False))

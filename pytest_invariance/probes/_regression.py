@@ -12,7 +12,7 @@ from ._blas import map_threads
 from ._estimate import Estimate
 from ._validation import (Device, Grid, Interval, Options, ProbeMixin, check_features, check_lengths,
                           check_min_class_count, check_target_vector, resolve_device)
-from .stats import bootstrap_ci, p_value, permutation_chance
+from .stats import bootstrap_ci, p_value, permutations
 
 
 class LinearRegressionProbe(ProbeMixin):
@@ -95,8 +95,26 @@ class LinearRegressionProbe(ProbeMixin):
 
     def _fit_groups(self, X: NDArray[Any], y: NDArray[np.float64], g: NDArray[np.int64], k: int) -> None:
         """One regressor per group from its moments; keeps each group's eigendecomposition
-        so that the permutation refits only need new cross-products."""
-        self._fit_moments(F.group_moments(X, g, k, y[:, None], self._device))
+        so that the permutation refits only need new cross-products, which are taken in the
+        same pass over ``X`` (their shuffles are seeded, so known before :meth:`evaluate`)."""
+        if self.n_permutations > 0:
+            mo, self._null_moments = F.group_moments(X, g, k, y[:, None], self._device,
+                                                     also=self._permuted_targets(y, g, k))
+        else:
+            mo, self._null_moments = F.group_moments(X, g, k, y[:, None], self._device), None
+        self._fit_moments(mo)
+
+    def _permuted_targets(self, y: NDArray[np.float64], g: NDArray[np.int64], k: int) -> NDArray[np.float64]:
+        """``[n, n_permutations]``: ``y`` shuffled within each group (per-class mode keeps each
+        regressor's class, breaks the factor link), one seeded shuffle per column (the row
+        orders of :func:`~.stats.permutation_chance` applied to seeded random keys)."""
+        keys = np.random.default_rng(self.random_state).random(len(y))[
+            permutations(len(y), self.n_permutations, self.random_state)]
+        Yp = np.empty((len(y), len(keys)))
+        for c in range(k):
+            rows = np.flatnonzero(g == c)
+            Yp[rows] = y[rows][np.argsort(keys[:, rows], axis=1)].T
+        return Yp
 
     def _fit_moments(self, mo: F.Moments) -> None:
         k = len(mo.counts)
@@ -126,7 +144,6 @@ class LinearRegressionProbe(ProbeMixin):
             raise DataError("y is constant; there is no factor to predict. Check the factor labels.")
         self.n_features_in_ = X.shape[1]
         self._fit_groups(X, y, g, len(self.classes_))
-        self._train = (X, y, g)
         self.train_mean_ = np.bincount(g, weights=y) / counts
         return self
 
@@ -156,7 +173,7 @@ class LinearRegressionProbe(ProbeMixin):
                             f"samples per regressor but one has {mo.counts.min()}; set alpha > 0 (ridge).")
         self.n_features_in_ = mo.means.shape[1]
         self._fit_moments(mo)
-        self._train = None
+        self._null_moments = None
         self.train_mean_ = mo.y_means[:, 0]
         return self
 
@@ -180,6 +197,21 @@ class LinearRegressionProbe(ProbeMixin):
         for s in range(0, len(X), F._BLOCK):
             out[s: s + F._BLOCK] = np.einsum("nd,nd->n", X[s: s + F._BLOCK], self.coef_[g[s: s + F._BLOCK]])
         return out + self.intercept_[g]  # type: ignore[no-any-return]
+
+    def _null_mae(self, X: Any, y: NDArray[np.float64], g: NDArray[np.int64]) -> NDArray[np.float64]:
+        """Test MAE of each permutation refit ``[n_permutations]``: every refit of a group reuses
+        its eigendecomposition and the cross-products taken at fit (:meth:`_fit_groups`)."""
+        null = self._null_moments
+        Xte = np.asarray(X)
+        P = np.empty((len(Xte), null.cross.shape[2]))
+
+        def one_class(c: int) -> None:  # classes are independent: one per thread
+            coef, b = F.ridge_solve(*self._eig[c], null.cross[c], self._x_means[c], null.y_means[c])
+            # float64 one class at a time: no float64 copy of the whole test set
+            P[g == c] = Xte[g == c].astype(np.float64) @ coef.T + b
+
+        map_threads(one_class, range(len(self.classes_)))
+        return np.abs(P - y[:, None]).mean(0)  # type: ignore[no-any-return]
 
     def _mae_std(self, err: NDArray[np.float64],
                  g: NDArray[np.int64]) -> Callable[[NDArray[np.float64]], NDArray[np.float64]]:
@@ -212,35 +244,11 @@ class LinearRegressionProbe(ProbeMixin):
         chance = float(np.abs(self.train_mean_[g] - y).mean())
         details: dict[str, Any] = {"chance_method": "MAE of predicting the training mean", "alpha": self.alpha}
         pv = None
-        if self.n_permutations > 0 and self._train is None:
+        if self.n_permutations > 0 and self._null_moments is None:
             details["permutation"] = "not run: streamed fit (training rows not kept)"
         elif self.n_permutations > 0:
-            Xtr, ytr, gtr = self._train
-
-            def refit(keys: NDArray[np.float64]) -> NDArray[np.float64]:
-                # keys: [k, n] permuted random keys, one row per permutation. Shuffle within
-                # class (per-class mode keeps each regressor's class, breaks the factor link);
-                # all k shuffles are fitted at once as k targets of one ridge per class.
-                Yp = np.empty((len(ytr), len(keys)))
-                for c in range(len(self.classes_)):
-                    rows = np.flatnonzero(gtr == c)
-                    Yp[rows] = ytr[rows][np.argsort(keys[:, rows], axis=1)].T
-                Xte = np.asarray(X)
-                P = np.empty((len(Xte), len(keys)))
-
-                def one_class(c: int) -> None:  # classes are independent: one per thread
-                    rows = np.flatnonzero(gtr == c)
-                    cross = F.centred_cross(Xtr, rows, self._x_means[c], Yp[rows])
-                    coef, b = F.ridge_solve(*self._eig[c], cross, self._x_means[c], Yp[rows].mean(0))
-                    # float64 one class at a time: no float64 copy of the whole test set
-                    P[g == c] = Xte[g == c].astype(np.float64) @ coef.T + b
-
-                map_threads(one_class, range(len(self.classes_)))
-                return np.abs(P - y[:, None]).mean(0)  # type: ignore[no-any-return]
-
-            rng_keys = np.random.default_rng(self.random_state).random(len(ytr))
-            pm, pvals = permutation_chance(refit, rng_keys, self.n_permutations, self.random_state, batched=True)
-            details["permutation_mae"] = float(pm)
+            pvals = self._null_mae(X, y, g)
+            details["permutation_mae"] = float(pvals.mean(0))
             pv = float(p_value(err.mean(), pvals, higher_is_better=False))
         out: dict[str, Any] = {"mae": Estimate(float(err.mean()), float(lo), float(hi), chance=chance, n=n,
                                                p_value=pv, confidence=self.confidence, details=details)}

@@ -111,8 +111,12 @@ _SCATTER_KEEP, _SCATTER_KEY_BYTES = 2, 16 << 20
 
 
 def group_moments(X: NDArray[np.floating], codes: NDArray[np.integer], n_groups: int, Y: NDArray[np.floating],
-                  device: str = "cpu") -> Moments:
+                  device: str = "cpu", also: NDArray[np.floating] | None = None) -> Any:
     """Per-group :class:`Moments` of features ``X [n, d]`` and targets ``Y [n, m]``.
+
+    With ``also`` (more targets ``[n, m2]``, e.g. permuted copies of ``Y``), returns two
+    Moments sharing counts, means and scatter, the second one's cross-products taken from the
+    same centred blocks (one pass over ``X`` for both, the numbers of two separate fits).
 
     One pass in blocks of rows, each converted to float64 and centred on its group's
     mean before the product, so float32 ``X`` is never copied whole and the scatter keeps
@@ -143,6 +147,9 @@ def group_moments(X: NDArray[np.floating], codes: NDArray[np.integer], n_groups:
     else:
         means, scatter = np.zeros((n_groups, d)), np.zeros((n_groups, d, d))
     y_means, cross = np.zeros((n_groups, m)), np.zeros((n_groups, d, m))
+    A = None if also is None else np.asarray(also, dtype=np.float64)
+    if A is not None:
+        a_means, a_cross = np.zeros((n_groups, A.shape[1])), np.zeros((n_groups, d, A.shape[1]))
 
     def one_group(g: int) -> None:
         # One pass over the group's rows gives its scatter and cross-products (the same
@@ -154,8 +161,13 @@ def group_moments(X: NDArray[np.floating], codes: NDArray[np.integer], n_groups:
         S = np.zeros((d, d)) if on_cpu else torch.zeros((d, d), dtype=torch.float64, device=device)
         y_means[g] = Y[rows].mean(0)
         Yc = Y[rows] - y_means[g]
+        if A is not None:  # as centred_cross computes them
+            a_means[g] = A[rows].mean(0)
+            Ac = A[rows] - a_means[g]
         for s, xc in _centred_blocks(X, rows, means[g]):
             cross[g] += xc.T @ Yc[s: s + len(xc)]
+            if A is not None:
+                a_cross[g] += xc.T @ Ac[s: s + len(xc)]
             if not cached and on_cpu:
                 # numpy sends x^T x to BLAS syrk (one triangle, mirrored): half the flops of
                 # torch's general product, half its CPU time (docs/performance.md).
@@ -177,7 +189,8 @@ def group_moments(X: NDArray[np.floating], codes: NDArray[np.integer], n_groups:
         _SCATTERS[key] = (means, scatter)
         while len(_SCATTERS) > _SCATTER_KEEP:
             _SCATTERS.popitem(last=False)
-    return Moments(counts, means.copy(), scatter.copy(), cross, y_means)
+    mo = Moments(counts, means.copy(), scatter.copy(), cross, y_means)
+    return mo if A is None else (mo, mo._replace(cross=a_cross, y_means=a_means))
 
 
 def _centred_blocks(X: NDArray[np.floating], rows: NDArray[np.int64],

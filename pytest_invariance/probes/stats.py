@@ -7,6 +7,7 @@ statistic is evaluated on all resamples at once as a weighted sum.
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
@@ -26,6 +27,7 @@ _YIELD = 32
 
 _RECENT: "OrderedDict[tuple[int, int, int], list[NDArray[np.unsignedinteger]]]" = OrderedDict()
 _RECENT_SIZE = 2  # a study draws the same (n, n_bootstrap, seed) for each of its figures
+_DRAWING = threading.Lock()
 
 
 def _draw_counts(n: int, n_bootstrap: int, random_state: int | None) -> "list[NDArray[np.unsignedinteger]]":
@@ -74,11 +76,23 @@ def resample_counts(n: int, n_bootstrap: int, random_state: int | None) -> NDArr
     return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
 
+def draw_ahead(n: int, n_bootstrap: int, random_state: int) -> None:
+    """Draw and keep the seeded counts that :func:`bootstrap_counts` will hand out, e.g. in a
+    thread while the caller fits its probes (the same counts as drawn on first use)."""
+    _draw(n, n_bootstrap, random_state)
+
+
 def _draw(n: int, n_bootstrap: int, random_state: int | None) -> "list[NDArray[np.unsignedinteger]]":
     key = (n, n_bootstrap, random_state)
     if random_state is None:
-        blocks = _draw_counts(n, n_bootstrap, None)
-    elif key in _RECENT:
+        return _draw_counts(n, n_bootstrap, None)
+    with _DRAWING:  # one draw per key, also when a study draws it ahead in a thread
+        return _kept_or_drawn(key)
+
+
+def _kept_or_drawn(key: tuple[int, int, int]) -> "list[NDArray[np.unsignedinteger]]":
+    n, n_bootstrap, random_state = key
+    if key in _RECENT:
         _RECENT.move_to_end(key)
         blocks = _RECENT[key]
     else:
@@ -184,16 +198,22 @@ def permutation_chance(
     >>> v.shape
     (5,)
     """
-    if k < 1:
-        raise InvalidParameterError(f"k must be >= 1 permutations; got {k!r}.")
     y = np.asarray(y)
-    rng = np.random.default_rng(random_state)
-    perms = np.stack([rng.permutation(len(y)) for _ in range(k)])
+    perms = permutations(len(y), k, random_state)
     if batched:
         values = np.asarray(fit_score_fn(y[perms]), dtype=np.float64)
     else:
         values = np.stack([np.asarray(fit_score_fn(y[p]), dtype=np.float64) for p in perms])
     return values.mean(axis=0), values
+
+
+def permutations(n: int, k: int, random_state: int | None = 0) -> NDArray[np.int64]:
+    """The ``[k, n]`` row orders :func:`permutation_chance` refits on (seeded, one per row),
+    for a probe that computes its refits' statistics in advance."""
+    if k < 1:
+        raise InvalidParameterError(f"k must be >= 1 permutations; got {k!r}.")
+    rng = np.random.default_rng(random_state)
+    return np.stack([rng.permutation(n) for _ in range(k)])
 
 
 def p_value(
