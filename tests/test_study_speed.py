@@ -106,6 +106,10 @@ def test_masked_layout_round_trips_exactly(dtype, monkeypatch):
     assert out.dtype == X.dtype and np.array_equal(out.view(np.uint8), X.view(np.uint8))
     with pytest.raises(ValueError, match="values, .* stored|more values than"):
         unpack_zeros(mask, values[:-1], X.shape)
+    bad = mask.copy()
+    bad[8, -1] |= 1  # a padding bit (13 columns in 16 bits), with one more value to match the count
+    with pytest.raises(ValueError, match="past the row width of 13 in rows 7-13"):
+        unpack_zeros(bad, np.append(values, values[:1]), X.shape)
 
 
 def test_a_cached_masked_entry_with_a_nan_value_is_rejected(tmp_path):
@@ -278,3 +282,32 @@ def test_permutation_refits_from_the_fit_pass_equal_refits_on_shuffled_targets()
     mean, null = stats.permutation_chance(refit, keys, 7, random_state=3)
     assert mae.details["permutation_mae"] == pytest.approx(float(mean), rel=1e-9)
     assert mae.p_value == float(stats.p_value(mae.value, null, higher_is_better=False))
+
+
+@pytest.mark.parametrize("per_class", [False, True])
+def test_mlp_probe_inputs_built_in_place_equal_the_plain_standardised_stack(per_class):
+    """MLPProbe writes features and one-hot class into one array and standardises it in place:
+    the weights equal fit_mlp's on the inputs stacked and standardised the plain way."""
+    from pytest_invariance.probes import MLPProbe
+    from pytest_invariance.probes._mlp import fit_mlp
+
+    rng = np.random.default_rng(13)
+    X, cls = rng.normal(size=(400, 6)).astype(np.float16), rng.integers(0, 3, 400)
+    y = X.astype(np.float64) @ rng.normal(size=6) + cls
+    probe = MLPProbe(hidden=8, max_train=300, max_epochs=3, n_bootstrap=0, random_state=4)
+    probe.fit(X, y, classes=cls if per_class else None)
+    r = np.random.default_rng(4)
+    rows = np.sort(r.choice(400, 300, replace=False))
+    Z = X[rows].astype(np.float64)
+    if per_class:
+        Z = np.hstack([Z, np.eye(3)[cls[rows]]])
+    held = r.permutation(300)[:60]  # val_fraction 0.2 of 300 groups (one row each)
+    val = np.isin(np.arange(300), held)
+    std = np.where(Z.std(0) > 0, Z.std(0), 1.0)
+    Yn = (y[rows, None] - y[rows][~val].mean()) / y[rows][~val].std()
+    want = fit_mlp((Z - Z.mean(0)) / std, Yn, val, task="regression", hidden=8, lr=probe.lr,
+                   weight_decay=probe.weight_decay, batch_size=probe.batch_size, max_epochs=3,
+                   patience=probe.patience, device="cpu", seed=4)
+    for name in ("W1", "b1", "w2", "b2", "epochs"):
+        np.testing.assert_array_equal(np.asarray(getattr(probe.weights_, name)), np.asarray(getattr(want, name)))
+    np.testing.assert_array_equal(probe.x_std_, std)
