@@ -311,3 +311,35 @@ def test_mlp_probe_inputs_built_in_place_equal_the_plain_standardised_stack(per_
     for name in ("W1", "b1", "w2", "b2", "epochs"):
         np.testing.assert_array_equal(np.asarray(getattr(probe.weights_, name)), np.asarray(getattr(want, name)))
     np.testing.assert_array_equal(probe.x_std_, std)
+
+
+def test_rotated_mnist_training_rows_are_freed_before_the_spectrum(monkeypatch):
+    """The study consumes its training rows: nothing (digests, probes, threads) holds them once
+    the trained figures are computed, so they are not under the spectrum step's memory."""
+    import gc
+    import weakref
+
+    from pytest_invariance.probes import _structure
+    from pytest_invariance.studies.mnist_rotation import Protocol, compute_study, input_digests
+
+    rng = np.random.default_rng(14)
+    angles = (-45.0, 0.0, 45.0)
+    yte, ytr = np.repeat(np.arange(10), 30), np.repeat(np.arange(10), 60)
+    pos = lambda n, dtype: (np.abs(rng.normal(size=(n, 8))) + 0.1).astype(dtype)  # noqa: E731 (no all-zero row)
+    inputs = {"Xte": pos(len(yte), np.float32), "yte": yte, "ate": rng.choice(angles, len(yte)),
+              "logits": rng.normal(size=(len(yte), 10)).astype(np.float32),
+              "train": [{"Xtr": pos(len(ytr), np.float16), "ytr": ytr, "atr": rng.choice(angles, len(ytr))}]}
+    alive = weakref.ref(inputs["train"][0]["Xtr"])
+    digests = input_digests(inputs)
+    assert set(digests) == {"Xte", "yte", "ate", "logits", "train"} and set(digests["train"][0]) == {"Xtr", "ytr", "atr"}
+    real = _structure.spectrum_and_estimate
+    seen = []
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        gc.collect()
+        seen.append(alive() is None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_structure, "spectrum_and_estimate", spy)
+    compute_study("m", inputs, Protocol(angles=angles, n_bootstrap=20, heatmap_per_cell=2), seed=0)
+    assert seen == [True]

@@ -142,22 +142,29 @@ def run_study(audit: "Audit", ref: "ModelRef", protocol: Protocol) -> dict[str, 
     name (it titles the plots), plus the seed, plugin version and source digest that
     :meth:`Audit.memo` adds: a change to any of them recomputes.
     """
-    from .._figures import array_digest
-    from ..probes._blas import map_threads
-
     inputs = study_inputs(audit, ref, protocol)
-    # hashlib releases the GIL: the test and training arrays are hashed on the cores at once.
-    named = [((None, k), v) for k, v in inputs.items() if k != "train"] + \
-        [((i, k), v) for i, t in enumerate(inputs["train"]) for k, v in t.items()]
-    hashed = dict(zip((name for name, _ in named), map_threads(array_digest, [v for _, v in named])))
-    digests: dict[str, Any] = {k: h for (i, k), h in hashed.items() if i is None}
-    digests["train"] = [{k: hashed[(i, k)] for k in t} for i, t in enumerate(inputs["train"])]
+    digests = input_digests(inputs)
     max_rows = audit.settings.max_rows  # streamed fits: no permutation p-values, so part of the key
     disk = {"study": "mnist_rotation", "name": ref.name, "protocol": asdict(protocol), "inputs": digests,
             **({"max_rows": max_rows} if max_rows else {})}
     return audit.memo(("mnist_rotation", ref.name, digests["Xte"]),  # type: ignore[no-any-return]
                       lambda: compute_study(ref.name, inputs, protocol, audit.seed, audit.progress, max_rows),
                       disk=disk)
+
+
+def input_digests(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The digest of every array of :func:`study_inputs` (``train``: a list, as there), hashed
+    on the cores at once (hashlib releases the GIL). Holds no array after it returns: the
+    training rows must be freed during the study, before the spectrum (docs/performance.md)."""
+    from .._figures import array_digest
+    from ..probes._blas import map_threads
+
+    names = [(None, k) for k in inputs if k != "train"] + [(i, k) for i, t in enumerate(inputs["train"]) for k in t]
+    hashed = dict(zip(names, map_threads(lambda n: array_digest(inputs[n[1]] if n[0] is None
+                                                                 else inputs["train"][n[0]][n[1]]), names)))
+    digests: dict[str, Any] = {k: h for (i, k), h in hashed.items() if i is None}
+    digests["train"] = [{k: hashed[(i, k)] for k in t} for i, t in enumerate(inputs["train"])]
+    return digests
 
 
 def compute_study(name: str, inputs: dict[str, Any], protocol: Protocol, seed: int,
@@ -187,6 +194,7 @@ def compute_study(name: str, inputs: dict[str, Any], protocol: Protocol, seed: i
     for X in [Xte, *([inputs["logits"]] if inputs.get("logits") is not None else []),
               *(t["Xtr"] for t in inputs["train"])]:
         check_features(X)
+    del X  # the loop's last array is a training set: not to be held through the study (350 MB)
     # numpy's BLAS on one thread for the whole study: its calls here are small or already
     # split over the cores (map_threads); BLAS's own threads spin while they wait, which cost
     # ~50% more CPU time for the same study on a shared machine (docs/performance.md).
