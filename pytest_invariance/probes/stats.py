@@ -199,7 +199,7 @@ def permutation_chance(
     (5,)
     """
     y = np.asarray(y)
-    perms = permutations(len(y), k, random_state)
+    perms = np.stack(list(permutations(len(y), k, random_state)))
     if batched:
         values = np.asarray(fit_score_fn(y[perms]), dtype=np.float64)
     else:
@@ -207,13 +207,13 @@ def permutation_chance(
     return values.mean(axis=0), values
 
 
-def permutations(n: int, k: int, random_state: int | None = 0) -> NDArray[np.int64]:
-    """The ``[k, n]`` row orders :func:`permutation_chance` refits on (seeded, one per row),
-    for a probe that computes its refits' statistics in advance."""
+def permutations(n: int, k: int, random_state: int | None = 0) -> Iterator[NDArray[np.int64]]:
+    """The ``k`` row orders ``[n]`` that :func:`permutation_chance` refits on, seeded, one at a
+    time: for a probe that computes its refits' statistics in advance without holding all."""
     if k < 1:
         raise InvalidParameterError(f"k must be >= 1 permutations; got {k!r}.")
     rng = np.random.default_rng(random_state)
-    return np.stack([rng.permutation(n) for _ in range(k)])
+    return (rng.permutation(n) for _ in range(k))
 
 
 def p_value(
