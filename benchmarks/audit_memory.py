@@ -5,7 +5,7 @@ studies) and then again with that cache (warm: figures read back), as ``/usr/bin
 would measure it: the peak is the process's ``ru_maxrss`` from ``wait4``. The plugin
 ``benchmarks/_rss_phases.py`` samples the resident set and names the test and study step
 that was running at the peak. Prints one line per suite and pass, side by side, and a
-RESULT line with the largest peak against the 2.5 GB target.
+RESULT line with the largest peak against the 2.5 GB target (GB: 10^9 bytes).
 
 With ``--embeddings DIR`` the cache folder starts with DIR's embeddings (not its figures):
 the studies then run from cached embeddings, without the extraction.
@@ -47,7 +47,8 @@ def run_suite(suite: str, cache: Path, extra: list[str]) -> dict:
     wall = time.perf_counter() - w
     summary = [line for line in out.splitlines() if line.strip()][-1:] or [""]
     info = json.loads(phases.read_text().splitlines()[-1]) if phases.exists() else {"peak": {}}
-    return {"suite": suite, "wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "peak_gb": usage.ru_maxrss / 2**20,
+    # ru_maxrss is in KiB (as /usr/bin/time -v's "kbytes"); GB here are 10^9 bytes
+    return {"suite": suite, "wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "peak_gb": usage.ru_maxrss * 1024 / 1e9,
             "status": os.waitstatus_to_exitcode(status), "summary": summary[0], "at": info["peak"],
             "top": info.get("top_tests", [])}
 
@@ -76,7 +77,7 @@ def main() -> None:
             print(f"{suite:18s} {name}: peak RSS {r['peak_gb']:.2f} GB | wall {r['wall']:.0f}s CPU {r['cpu']:.0f}s | "
                   f"peak in {at.get('test', '?')} [{at.get('step', '')}] | cache {size:.0f} MB | "
                   f"exit {r['status']}: {r['summary']}", flush=True)
-            print("    highest per test: " + ", ".join(f"{t} {mb / 1024:.2f} GB" for t, mb in r["top"]), flush=True)
+            print("    highest per test: " + ", ".join(f"{t} {mb * 2**20 / 1e9:.2f} GB" for t, mb in r["top"]), flush=True)
             rows.append(r)
     worst = max(rows, key=lambda r: r["peak_gb"])
     print(f"load average at end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
