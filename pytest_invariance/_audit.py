@@ -206,8 +206,11 @@ class Audit:
         # modules run more than once: a bare name of those is refused here, at start-up).
         trace, _ = trace_names(emb, trace_shape(emb, suite, ref.preprocess), self.seed)
         order = [n for n, _ in trace if n in known or n.rpartition("#")[0] in known]
-        return select_layers(order, known, patterns, option, where, calls_known=getattr(emb, "calls_traced", True),
-                             not_per_image=[n for n, shape in trace if not per_image(shape)])
+        calls_known = getattr(emb, "calls_traced", True)
+        # A glob passes over layers that give no row per image, and on TorchScript over those
+        # its cut graphs cannot read (no shape: called several times, or not at all).
+        skip = [n for n, shape in trace if not per_image(shape) or (not calls_known and not shape)]
+        return select_layers(order, known, patterns, option, where, calls_known=calls_known, not_per_image=skip)
 
     def _model(self, suite: Suite, name: str) -> ModelRef:
         from .embeddings import Preprocess

@@ -122,7 +122,9 @@ def backend_failure(e: Any, x: "np.ndarray", layers: list[str], pool: str, exc: 
     extraction (see :func:`_failure`)."""
     from .errors import EmbeddingError
 
-    return EmbeddingError(_failure(e, x, layers, pool, exc, f"{e.path} fails on a batch of {len(x)} images")[0])
+    message, runs_at = _failure(e, x, layers, pool, exc, f"{e.path} fails")
+    return EmbeddingError(message if runs_at is not None
+                          else f"{e.path} fails on a batch of {len(x)} images: {_first_line(exc)}")
 
 
 def _failure(e: Any, x: "np.ndarray", layers: list[str], pool: str, exc: Exception, fails: str

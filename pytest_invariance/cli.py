@@ -221,7 +221,8 @@ def extract_options(text: str) -> str:
     """``text`` with every plugin option ``extract`` spells its own way renamed to its spelling."""
     import re
 
-    return re.sub(r"--invariance-[a-z-]+", lambda m: EXTRACT_OPTIONS.get(m.group(0), m.group(0)), text)
+    text = re.sub(r"--invariance-[a-z-]+", lambda m: EXTRACT_OPTIONS.get(m.group(0), m.group(0)), text)
+    return re.sub(r"(--[a-z-]+) / \1(?![a-z-])", r"\1", text)  # "--layer / --invariance-layers" is one option here
 
 
 if __name__ == "__main__":  # pragma: no cover

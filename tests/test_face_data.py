@@ -6,6 +6,8 @@ misaligns labels and images fails.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -213,7 +215,7 @@ def test_folder_follows_symlinked_subfolders_once_and_not_round_a_loop(folder, t
     assert sorted(list_images(root)) == sorted(direct.labels["image"])  # nothing under b/up/ listed
 
 
-@pytest.mark.parametrize("link", ["folder", "file"])
+@pytest.mark.parametrize("link", ["folder", "file", "hard"])
 def test_folder_link_next_to_its_target_is_one_image(folder, link):
     # alias -> b/ (or alias.png -> img0.png): the labels may name either name, not both.
     root, csv = folder
@@ -223,7 +225,10 @@ def test_folder_link_next_to_its_target_is_one_image(folder, link):
         csv.write_text(csv.read_text().replace("b/img", "alias/img"))
         renamed = {n.replace("b/", "alias/") for n in direct.labels["image"]}
     else:
-        (root / "alias.png").symlink_to(root / "img0.png")
+        if link == "hard":
+            os.link(root / "img0.png", root / "alias.png")
+        else:
+            (root / "alias.png").symlink_to(root / "img0.png")
         csv.write_text(csv.read_text().replace("img0.png", "alias.png"))
         renamed = {n.replace("img0.png", "alias.png") for n in direct.labels["image"]}
     linked = load_image_folder(root, csv, size=(32, 32))  # the targets are not "without a label row"

@@ -103,7 +103,7 @@ def test_a_link_and_its_target_are_one_image(tmp_path):
     assert len(load_factor_folder(root).images) == 60
     t["image"][1] = "imgs/i000.png"  # the same file under both names
     pd.DataFrame(t).to_csv(root / "labels.csv", index=False)
-    with pytest.raises(DataError, match=r"the same file as sub/i000.png \(a symlink\): 1 image\(s\): imgs/i000.png"):
+    with pytest.raises(DataError, match=r"the same file as sub/i000.png \(a symbolic or hard link\): 1 image\(s\): imgs/i000.png"):
         load_factor_folder(root)
     assert len(load_factor_folder(root, skip_bad=True).images) == 59  # one copy is kept
 

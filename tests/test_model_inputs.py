@@ -164,6 +164,7 @@ def test_extract_names_the_batch_a_graph_fixes_inside_in_one_line(tmp_path, caps
     args = ["extract", "--images", str(folder), "--model", path, "--preprocess", "size=8", "--progress", "off"]
     assert main([*args, "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
+    assert "fails in a batch of" in err[0] and "fails on a batch" not in err[0]
     assert len(err) == 1 and err[0].endswith("runs in a batch of 2: its graph fixes the batch size although its input "
                                              "declares any (e.g. len(x) or a constant reshape at export); re-export it with a dynamic "
                                              "batch, or pass --input-batch 2")
@@ -263,6 +264,48 @@ def test_scripted_layers_inside_a_helper_method_are_read_and_only_the_forward_up
     np.testing.assert_allclose(model.forward(x, "body"), expect, atol=1e-6)
     with pytest.raises(RuntimeError):  # the whole forward does fail
         model.forward(x, "output")
+
+
+class _BatchFirstAttention(torch.nn.Module):  # its attention module returns a tuple
+    def __init__(self):
+        super().__init__()
+        self.conv, self.attn = torch.nn.Conv2d(3, 4, 3), torch.nn.MultiheadAttention(4, 1, batch_first=True)
+
+    def forward(self, x):
+        t = self.conv(x).flatten(2).transpose(1, 2)
+        return self.attn(t, t, t)[0].mean(1)
+
+
+class _TwiceAcrossMethods(torch.nn.Module):  # `shared` runs in forward and inside a helper method
+    def __init__(self):
+        super().__init__()
+        self.shared = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def _impl(self, x):
+        return self.shared(x)
+
+    def forward(self, x):
+        return self.shared(self._impl(x))
+
+
+def test_scripted_tuple_output_is_read_and_a_module_run_in_two_methods_is_refused(tmp_path):
+    from pytest_invariance.errors import LayerNotFoundError
+
+    torch.manual_seed(0)
+    m = _BatchFirstAttention().eval()
+    torch.jit.script(m).save(str(tmp_path / "attn.pt"))
+    model = load_model(str(tmp_path / "attn.pt"), device="cpu")
+    x = images(3)
+    with torch.no_grad():
+        t = m.conv(torch.from_numpy(x)).flatten(2).transpose(1, 2)
+        expect = m.attn(t, t, t)[0].numpy()  # the first of the tuple, as a hook on the module reads it
+    np.testing.assert_allclose(model.forward(x, "attn"), expect, atol=1e-6)
+    torch.jit.script(_TwiceAcrossMethods().eval()).save(str(tmp_path / "twice.pt"))
+    twice = load_model(str(tmp_path / "twice.pt"), device="cpu")
+    with pytest.raises(LayerNotFoundError, match="'shared' of .* runs more than once per forward .also inside the "
+                                                 "scripted method _impl.*package.module:factory"):
+        twice.forward(x, "shared")
+    assert dict(twice.trace_layers(x[:1]))["shared"] == ()  # listed as [?]; a glob passes over it
 
 
 def test_shape_derived_tensors_are_not_layers_and_a_token_first_layer_is_refused(tmp_path):

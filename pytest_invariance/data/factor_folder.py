@@ -344,7 +344,7 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
     names = [r[header.index("image")] for r in rows]
     listed = set(names)
     for name, first in aliased_rows(on_disk, names).items():
-        problems.row(name, f"the same file as {first} (a symlink)")
+        problems.row(name, f"the same file as {first} (a symbolic or hard link)")
     for name in names:
         if name not in on_disk:
             problems.row(name, "label row without an image")

@@ -166,7 +166,7 @@ class ImageFiles(dict):  # type: ignore[type-arg]  # name -> Path
     """:func:`list_images`'s result: image path relative to the folder -> Path.
 
     ``same_file`` maps each name of a file reached under several names (a symlinked
-    folder or file next to its target) to all of them; it is empty without symlinks."""
+    folder or file next to its target, a hard link) to all of them."""
 
     same_file: dict[str, tuple[str, ...]]
 
@@ -176,25 +176,30 @@ def list_images(image_dir: Path) -> ImageFiles:
 
     Symlinked subfolders are followed (datasets are often assembled from links to where
     the images are; skipping them would silently drop their rows). A link to a folder
-    that is already on the way down (a loop) is not entered. When a link makes one file
+    that is already on the way down (a loop) is not entered. When links make one file
     reachable under several names, ``same_file`` says which (see :func:`unlabelled`)."""
-    found, linked = ImageFiles(), False
+    found, inode = ImageFiles(), {}
     stack = [(Path(image_dir), (), frozenset({os.path.realpath(image_dir)}))]
     while stack:
         folder, parts, on_path = stack.pop()
         with os.scandir(folder) as it:
             entries = sorted(it, key=lambda e: e.name)
         for e in entries:
-            linked |= e.is_symlink()  # from the directory entry: no extra system call
             if e.is_dir():
                 real = os.path.realpath(e.path)
                 if real not in on_path:
                     stack.append((Path(e.path), (*parts, e.name), on_path | {real}))
             elif e.name.lower().endswith(IMAGE_SUFFIXES):
-                found["/".join((*parts, e.name))] = Path(e.path)
-    groups: dict[str, list[str]] = {}
-    for name, path in found.items() if linked else ():
-        groups.setdefault(os.path.realpath(path), []).append(name)
+                name = "/".join((*parts, e.name))
+                found[name] = Path(e.path)
+                try:  # through links: a symlink and a hard link both lead to the file's inode
+                    st = e.stat()
+                    inode[name] = (st.st_dev, st.st_ino)
+                except OSError:  # a broken link: reported when the image is read
+                    pass
+    groups: dict[tuple[int, int], list[str]] = {}
+    for name, key in inode.items():
+        groups.setdefault(key, []).append(name)
     found.same_file = {n: tuple(g) for g in groups.values() if len(g) > 1 for n in g}
     return found
 
@@ -206,7 +211,7 @@ def unlabelled(on_disk: ImageFiles, listed: set[str] | Mapping[str, object]) -> 
 
 
 def aliased_rows(on_disk: ImageFiles, names: Iterable[str]) -> dict[str, str]:
-    """Listed names that are the same file (through a symlink) as a name listed before them,
+    """Listed names that are the same file (through a link) as a name listed before them,
     mapped to that name: such an image would be embedded twice and could land in both the
     training and the test split."""
     first: dict[tuple[str, ...], str] = {}
@@ -225,7 +230,7 @@ def refuse_aliases(on_disk: ImageFiles, names: Iterable[str], where: str) -> Non
     if again := aliased_rows(on_disk, names):
         shown = "; ".join(f"{b} = {a}" for a, b in list(again.items())[:_SHOW])
         raise DataError(f"{where}: {len(again)} image(s) listed under two names that are the same file "
-                        f"(a symlink), e.g. {shown}; list each image once")
+                        f"(a symbolic or hard link), e.g. {shown}; list each image once")
 
 
 def _numeric(col: "pd.Series") -> "pd.Series":

@@ -248,8 +248,14 @@ def _script_layer_fn(module: Any, layer: str, index: int | None, where: str) -> 
         graph = getattr(mod, method).graph.copy()
         hit = next(((k, calls) for k in range(len(parts), 0, -1)
                     if (calls := _script_calls(graph, ".".join(parts[:k])))), None)
+        helpers = [n for n in _self_calls(graph) if _reaches(mod, n.s("name"), parts[:hit[0]] if hit else parts)]
+        if helpers and (hit or len(helpers) > 1):  # a count across methods the cut cannot order
+            raise LayerNotFoundError(
+                f"{'.'.join(parts[:hit[0]] if hit else parts)!r} of {where} runs more than once per forward (also "
+                f"inside the scripted method {helpers[0].s('name')}), and TorchScript's calls cannot be told apart "
+                "there: read it from the model as package.module:factory, or choose another --layer")
         if hit is None:  # maybe inside a method of this module that the forward calls
-            via = next((n for n in _self_calls(graph) if _reaches(mod, n.s("name"), parts)), None)
+            via = helpers[0] if helpers else None
             if via is None:
                 raise LayerNotFoundError(f"layer {layer!r} of {where} is not called in the scripted forward; "
                                          "choose another --layer")
@@ -268,9 +274,9 @@ def _script_layer_fn(module: Any, layer: str, index: int | None, where: str) -> 
             layout = script_value_layout(mod, node.output())
             if layout == "param":
                 layout = "nchw" if not stages else None
-            kept = _copied(graph, node.output())
+            # Every node after the call is removed, so no later in-place op can change the value.
             nodes = list(graph.nodes())
-            _cut(graph, [kept], nodes[nodes.index(kept.node()) + 1] if kept.node() != nodes[-1] else None)
+            _cut(graph, [node.output()], nodes[nodes.index(node) + 1] if node != nodes[-1] else None)
         else:
             _cut(graph, list(node.inputs())[1:], node)
         fn = torch._C._create_function_from_graph(f"invariance_cut_{len(stages)}", graph)
@@ -300,21 +306,6 @@ def _cut(graph: Any, values: list[Any], drop_from: Any | None) -> None:
     nodes = list(graph.nodes())
     for n in reversed(nodes[nodes.index(drop_from):] if drop_from is not None else []):
         n.destroy()
-
-
-def _copied(graph: Any, value: Any) -> Any:
-    """``aten::clone`` of ``value`` inserted right after it is computed, so that in-place ops
-    later in the (kept) graph cannot change what the cut graph returns."""
-    node = value.node()
-    import torch
-
-    none = graph.create("prim::Constant")  # memory_format=None
-    none.output().setType(torch._C.NoneType.get())
-    none.insertAfter(node)
-    clone = graph.create("aten::clone", [value, none.output()])
-    clone.insertAfter(none)
-    clone.output().setType(value.type())
-    return clone.output()
 
 
 def _first(out: Any) -> Any:
@@ -429,7 +420,7 @@ class TorchEmbedder:
             return _model_output(self.module(x), self.path)
         if layer not in self._script:
             self._script[layer] = _script_layer_fn(self.module, name, index, self.path)
-        return self._script[layer][0](x)
+        return _first(self._script[layer][0](x))  # a module returning a tuple: its first value, as hooks read it
 
     def _script_trace(self, batch: Any) -> list[tuple[str, tuple[int | None, ...]]]:
         """:meth:`trace_layers` for TorchScript: one partial forward per module (its cut graph,
