@@ -199,6 +199,12 @@ def test_a_layer_whose_first_axis_is_not_the_batch_is_never_sliced_as_rows(tmp_p
                          not_per_image=not_rows) == ["conv", "feat", "flat"]
 
 
+def _scripted(module, path):
+    """``module`` saved with torch.jit.script and loaded back as the plugin loads a .pt file."""
+    torch.jit.script(module).save(str(path))
+    return load_model(str(path), device="cpu")
+
+
 class _Tokens(torch.nn.Module):
     def forward(self, x):  # [N, C, H, W] -> sequence-first [H*W, N, C]
         return x.flatten(2).permute(2, 0, 1)
@@ -255,8 +261,7 @@ class _ForwardImpl(torch.nn.Module):  # torchvision's ResNet: forward calls self
 def test_scripted_layers_inside_a_helper_method_are_read_and_only_the_forward_up_to_them_runs(tmp_path):
     torch.manual_seed(0)
     m = _ForwardImpl().eval()
-    torch.jit.script(m).save(str(tmp_path / "impl.pt"))
-    model = load_model(str(tmp_path / "impl.pt"), device="cpu")
+    model = _scripted(m, tmp_path / "impl.pt")
     x = images(3)
     with torch.no_grad():
         expect = m.body(m.conv(torch.from_numpy(x))).numpy()
@@ -293,15 +298,13 @@ def test_scripted_tuple_output_is_read_and_a_module_run_in_two_methods_is_refuse
 
     torch.manual_seed(0)
     m = _BatchFirstAttention().eval()
-    torch.jit.script(m).save(str(tmp_path / "attn.pt"))
-    model = load_model(str(tmp_path / "attn.pt"), device="cpu")
+    model = _scripted(m, tmp_path / "attn.pt")
     x = images(3)
     with torch.no_grad():
         t = m.conv(torch.from_numpy(x)).flatten(2).transpose(1, 2)
         expect = m.attn(t, t, t)[0].numpy()  # the first of the tuple, as a hook on the module reads it
     np.testing.assert_allclose(model.forward(x, "attn"), expect, atol=1e-6)
-    torch.jit.script(_TwiceAcrossMethods().eval()).save(str(tmp_path / "twice.pt"))
-    twice = load_model(str(tmp_path / "twice.pt"), device="cpu")
+    twice = _scripted(_TwiceAcrossMethods().eval(), tmp_path / "twice.pt")
     with pytest.raises(LayerNotFoundError, match="'shared' of .* runs more than once per forward .also inside the "
                                                  "scripted method _impl.*package.module:factory"):
         twice.forward(x, "shared")
@@ -333,9 +336,7 @@ def test_shape_derived_tensors_are_not_layers_and_a_token_first_layer_is_refused
             return torch.nn.functional.avg_pool2d(x, 4).flatten(2).permute(2, 0, 1)
 
     for name, module, message in [("tokens", FourTokens(), "gives 4 rows for 1 image .its first axis is not the batch")]:
-        path = tmp_path / f"{name}.pt"
-        torch.jit.script(module).save(str(path))
-        m = load_model(str(path), device="cpu")
+        m = _scripted(module, tmp_path / f"{name}.pt")
         with pytest.raises(EmbeddingError, match=message):
             probe(suite, ModelRef("m", m, "output", Preprocess(), user=True, pool="flatten"))
 

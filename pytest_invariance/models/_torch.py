@@ -248,10 +248,11 @@ def _script_layer_fn(module: Any, layer: str, index: int | None, where: str) -> 
         graph = getattr(mod, method).graph.copy()
         hit = next(((k, calls) for k in range(len(parts), 0, -1)
                     if (calls := _script_calls(graph, ".".join(parts[:k])))), None)
-        helpers = [n for n in _self_calls(graph) if _reaches(mod, n.s("name"), parts[:hit[0]] if hit else parts)]
+        target = parts[:hit[0]] if hit else parts
+        helpers = [n for n in _self_calls(graph) if _reaches(mod, n.s("name"), target)]
         if helpers and (hit or len(helpers) > 1):  # a count across methods the cut cannot order
             raise LayerNotFoundError(
-                f"{'.'.join(parts[:hit[0]] if hit else parts)!r} of {where} runs more than once per forward (also "
+                f"{'.'.join(target)!r} of {where} runs more than once per forward (also "
                 f"inside the scripted method {helpers[0].s('name')}), and TorchScript's calls cannot be told apart "
                 "there: read it from the model as package.module:factory, or choose another --layer")
         if hit is None:  # maybe inside a method of this module that the forward calls
