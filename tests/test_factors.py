@@ -520,7 +520,10 @@ def test_a_factor_the_probe_cannot_measure_errors_alone_and_says_why(suite, grid
     result, checks = _run(suite, "audits/factors/test_factors.py::test_factor", f"--model={grid_model}",
                           f"--invariance-data-dir={root}", "-k", f"{first} or rare")
     result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines([f"*factor 'rare' cannot be probed: *3 present / * absent in the validation split*; "
-                                 "add images of its rarer level or leave the column out of labels.csv*"])
+    result.stdout.fnmatch_lines(["*factor 'rare' cannot be probed: level 'yes' has 3 image(s) in the val split "
+                                 "(train/val/test 10/3/3; the probe needs >= 5 of each level in each split); add "
+                                 "images of that level, set the split by a 'split' column in labels.csv or [[]data] "
+                                 "fractions in invariance.toml, or leave the factor out with --invariance-factor-type "
+                                 "rare=ignore*"])
     assert "--invariance-skip-bad" not in result.stdout.str()
     assert {c["details"]["factor"] for c in checks if c["value"] is not None} == {first}

@@ -484,6 +484,37 @@ def test_factors_sweep_takes_thresholds_qualified_by_layer_and_factor(factors):
                                  "*relax it with --invariance-threshold stem.amount.mae=VALUE *"])
 
 
+def test_a_split_too_thin_for_the_probe_is_one_data_error_per_sweep_and_its_fix_works(factors):
+    """A binary level with 3 test images (the loader's 2 per split pass, the SVM's 5 do not):
+    ERROR, never FAILED; in full once for two layers; the options it names fix it."""
+    import pandas as pd
+
+    labels = factors.path / "data" / "labels.csv"
+    table = pd.read_csv(labels)
+    table["split"] = ["train"] * 72 + ["val"] * 24 + ["test"] * 24
+    table["rare"] = "no"
+    for split, k in (("train", 12), ("val", 6), ("test", 3)):
+        table.loc[table.index[table["split"] == split][:k], "rare"] = "yes"
+    table.to_csv(labels, index=False)
+    args = ("--model", "zoo_nets:net", "--layer", "stem", "--layer", "head", "-k", "not enrollment")
+    result = _factors_run(factors, *args)
+    assert result.ret == 3, result.stdout.str()  # a tool error, not a failed gate
+    result.assert_outcomes(passed=4, errors=2)
+    out = "\n".join(line for line in result.stdout.lines if not line.startswith("ERROR "))
+    # in full once for the two layers, and once in the run's summary line
+    assert out.count("study factors/rare could not run: DataError: factor 'rare' cannot be probed: level 'yes' has "
+                     "3 image(s) in the test split (train/val/test 12/6/3; the probe needs >= 5 of each level in "
+                     "each split)") == 2
+    assert out.count("see that error") == 1 and "--invariance-skip-bad" not in result.stdout.str()
+    assert "or leave the factor out with --invariance-factor-type rare=ignore" in out
+    fixed = _factors_run(factors, *args, "--invariance-factor-type", "rare=ignore")
+    assert fixed.ret == 0, fixed.stdout.str()
+    fixed.assert_outcomes(passed=4)
+    table.loc[table.index[table["split"] == "test"][3:5], "rare"] = "yes"  # more images of that level
+    table.to_csv(labels, index=False)
+    assert _factors_run(factors, *args).ret == 0
+
+
 def test_a_threshold_key_that_reads_two_ways_is_one_error(tmp_path):
     import pandas as pd
     from PIL import Image

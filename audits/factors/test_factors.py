@@ -9,15 +9,22 @@ import pytest
 
 from pytest_invariance.errors import InvarianceError
 from pytest_invariance.studies.faces import data_notes
-from pytest_invariance.studies.factors import (METRICS, default_limit, enrollment_study, factor_figures, gates_at,
-                                               overview_plots)
+from pytest_invariance.studies.factors import (METRICS, check_measurable, default_limit, enrollment_study,
+                                               factor_figures, gates_at, overview_plots)
 
 
 def _key(ref, folder, name):
     return ("factors", ref.name, ref.layer, ref.embedder.sha256, folder.images.fingerprint, name)
 
 
+def _data_key(folder, name):
+    return ("factors", name, (folder.images.fingerprint,))  # reads "study factors/NAME"
+
+
 def _figures(audit, ref, folder, name):
+    # A split too thin for the probe is the data's fault, not a layer's: keyed without the
+    # layer, a sweep reports it in full once and its other layers' tests refer back to it.
+    audit.memo(_data_key(folder, name), lambda: check_measurable(folder, name))
     return audit.memo(_key(ref, folder, name), lambda: factor_figures(audit, ref, folder, name))
 
 
@@ -38,6 +45,10 @@ def test_factor(factor, invariance_model, invariance_audit, invariance_check, in
     if factor == next(iter(folder.factors)):  # the overview rides on the first factor's headline check
         every = {}
         for n in folder.factors:
+            try:
+                check_measurable(folder, n)
+            except InvarianceError:  # left to that factor's own test (once per sweep)
+                continue
             try:
                 every[n] = _figures(invariance_audit, invariance_model, folder, n)
             except InvarianceError:  # that factor's own test meets it again and reports it whole

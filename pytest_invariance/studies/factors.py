@@ -240,8 +240,46 @@ def _rows(folder: "FactorFolder", f: "Factor", split: str) -> np.ndarray:
     return np.flatnonzero(f.known & (folder.split == split))
 
 
+def check_measurable(folder: "FactorFolder", name: str) -> None:
+    """Refuse a factor whose split leaves a level too few images for its probe, from the
+    labels alone: the same for every layer, so a sweep reports it once (before any embedding).
+
+    A binary factor needs :class:`AttributeSVMProbe`'s ``min_class_count`` images of each
+    level in each of train, val and test (C is chosen on val, the rates are read on test);
+    the loader already holds categorical and continuous factors to what their probes need.
+    Raises one DataError naming the level, its counts per split and the fixes.
+    """
+    from ..probes import AttributeSVMProbe
+
+    f = folder.factors[name]
+    if f.type != "binary":
+        return
+    need = AttributeSVMProbe().min_class_count
+    for code, level in enumerate(f.levels):
+        per = {s: int(((f.values == code) & (folder.split == s)).sum()) for s in ("train", "val", "test")}
+        short = [s for s, k in per.items() if k < need]
+        if short:
+            raise _unmeasurable(name, f"level {level!r} has {per[short[0]]} image(s) in the {short[0]} split "
+                                      f"(train/val/test {per['train']}/{per['val']}/{per['test']}; the probe "
+                                      f"needs >= {need} of each level in each split)")
+
+
+def _unmeasurable(name: str, why: str) -> DataError:
+    """The one-line refusal of a factor its probe cannot measure; its fixes are all the
+    user's (no generic --invariance-skip-bad hint: no image is bad)."""
+    err = DataError(f"factor {name!r} cannot be probed: {why}; add images of that level, set the split by a "
+                    "'split' column in labels.csv or [data] fractions in invariance.toml, or leave the factor "
+                    f"out with --invariance-factor-type {name}=ignore")
+    err.names_fix = True  # type: ignore[attr-defined]
+    return err
+
+
 def factor_figures(audit: "Audit", ref: "ModelRef", folder: "FactorFolder", name: str) -> dict[str, Any]:
-    """Probe one factor: ``{"type", "probe", "figures": {metric: Estimate}, "headline", "n"}``."""
+    """Probe one factor: ``{"type", "probe", "figures": {metric: Estimate}, "headline", "n"}``.
+
+    Raises DataError (:func:`check_measurable`) when the split leaves a level too few images.
+    """
+    check_measurable(folder, name)
     X = audit.embed(ref, folder.images, label=f"{ref.name} {folder.root.name}")
     f = folder.factors[name]
     tr, va, te = (_rows(folder, f, s) for s in ("train", "val", "test"))
@@ -253,13 +291,10 @@ def factor_figures(audit: "Audit", ref: "ModelRef", folder: "FactorFolder", name
             probe = AttributeSVMProbe(device=audit.settings.device, random_state=audit.seed,
                                       max_train_rows=audit.settings.max_rows).fit(
                 X[tr], y[tr, None], X[va], y[va, None], names=[name])
-        except DataError as exc:  # too few of a level in a split: the probe's own words name a Python argument
+        except DataError as exc:  # --invariance-max-rows' subsample left a level too few training rows
             why = str(exc).split("; add data")[0]
             rows = f" (--invariance-max-rows {audit.settings.max_rows} leaves fewer)" if audit.settings.max_rows else ""
-            err = DataError(f"factor {name!r} cannot be probed{rows}: {why}; add images of its rarer level or leave "
-                            "the column out of labels.csv")
-            err.names_fix = True  # type: ignore[attr-defined]  (no generic --invariance-skip-bad hint)
-            raise err from None
+            raise _unmeasurable(name, f"{why}{rows}") from None
         q = float(probe.predict(X[te]).mean())
         figs = {m: _binary_chance(m, e, q, f.positive) for m, e in probe.evaluate(X[te], y[te, None])[name].items()}
     elif f.type == "categorical":
