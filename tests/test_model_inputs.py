@@ -311,6 +311,59 @@ def test_scripted_tuple_output_is_read_and_a_module_run_in_two_methods_is_refuse
     assert dict(twice.trace_layers(x[:1]))["shared"] == ()  # listed as [?]; a glob passes over it
 
 
+class _Branches(torch.nn.Module):
+    """Submodules called inside if blocks (one nested two deep, one behind a helper method,
+    a value changed in place after its call) and inside a loop; ``gate`` picks the branch."""
+
+    def __init__(self, gate: float = 0.0):
+        super().__init__()
+        self.gate = gate
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3), torch.nn.ReLU())
+        self.head, self.loop = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+
+    def _impl(self, x):
+        if x.mean() > self.gate:
+            x = self.body(x)
+        return x
+
+    def forward(self, x):
+        x = self.conv(x)
+        if x.shape[1] == 4:
+            if self.gate < 1e9:
+                x = self._impl(x)
+                x.mul_(2.0)  # after the call: the cut reads the value before it
+        t = x.mean((2, 3))
+        for _ in range(2):
+            t = self.loop(t)
+        return self.head(t)
+
+
+def test_scripted_layers_called_inside_if_blocks_are_read_as_hooks_read_them(tmp_path):
+    from pytest_invariance.errors import EmbeddingError, LayerNotFoundError
+
+    torch.manual_seed(0)
+    m = _Branches(gate=-1e9).eval()  # the branches that call body run
+    model = _scripted(m, tmp_path / "branches.pt")
+    x = images(3)
+    for layer, module in (("body", m.body), ("body.0", m.body[0]), ("body.1", m.body[1])):
+        seen = []
+        hook = module.register_forward_hook(lambda _m, _i, out: seen.append(out.detach().clone()))
+        with torch.no_grad():
+            m(torch.from_numpy(x))
+        hook.remove()
+        np.testing.assert_allclose(model.forward(x, layer), seen[0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(model.forward(x, "output"), m(torch.from_numpy(x)).detach().numpy(), atol=1e-6)
+    # a batch whose if takes the branch without the layer: refused, not a placeholder read as figures
+    skip = _scripted(_Branches(gate=1e9).eval(), tmp_path / "skip.pt")
+    with pytest.raises(EmbeddingError, match="layer 'body' of .* did not run on this batch: an if of the scripted "
+                                             "forward took the branch without it; choose a --layer"):
+        skip.forward(x, "body")
+    with pytest.raises(LayerNotFoundError, match="'loop' of .* is called inside a loop of the scripted forward.*"
+                                                 "package.module:factory"):
+        model.forward(x, "loop")
+
+
 def test_shape_derived_tensors_are_not_layers_and_a_token_first_layer_is_refused(tmp_path):
     from pytest_invariance._audit import ModelRef
     from pytest_invariance._model_check import probe

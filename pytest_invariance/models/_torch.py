@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .._optional import require
-from ..errors import InputShapeError, LayerNotFoundError, ModelLoadError
+from ..errors import EmbeddingError, InputShapeError, LayerNotFoundError, ModelLoadError
 from ._common import check_batch, pick_call, split_call, unknown_layer
 from ._contract import LAYOUTS, InputContract, ambiguous_layout, chw_of, layout_from_shape, run_batched
 from ._identity import factory_digest, files_read, sha256_file, sha256_files
@@ -198,15 +198,28 @@ def _load_module(spec: str, *, weights: str | None, trust_pickle: bool, factory:
     )
 
 
+def _nodes(block: Any) -> Iterator[Any]:
+    """Every node of a graph or block, those inside ``if``/loop blocks included, in textual order."""
+    for node in block.nodes():
+        yield node
+        for inner in node.blocks():
+            yield from _nodes(inner)
+
+
+def _nested(node: Any) -> bool:
+    return node.owningBlock().owningNode() is not None
+
+
 def _script_calls(graph: Any, path: str) -> list[Any]:
-    """``prim::CallMethod`` nodes of ``graph`` that call the submodule at ``path``, in execution order.
+    """``prim::CallMethod`` nodes of ``graph`` that call the submodule at ``path``, in textual
+    order, those inside ``if``/loop blocks included.
 
     Tracing names the second call of one module ``forward1`` (then ``forward2`` ...),
     scripting keeps ``forward``; both count.
     """
     paths: dict[int, str] = {}
     calls = []
-    for node in graph.nodes():
+    for node in _nodes(graph):
         if node.kind() == "prim::GetAttr":
             base = paths.get(node.input().unique())
             paths[node.output().unique()] = f"{base}.{node.s('name')}" if base else node.s("name")
@@ -217,10 +230,10 @@ def _script_calls(graph: Any, path: str) -> list[Any]:
 
 
 def _self_calls(graph: Any) -> list[Any]:
-    """``prim::CallMethod`` nodes of ``graph`` that call another method of the same module
-    (torchvision's scripted ``forward`` is one call of ``self._forward_impl``)."""
+    """``prim::CallMethod`` nodes of ``graph`` (blocks included) that call another method of
+    the same module (torchvision's scripted ``forward`` is one call of ``self._forward_impl``)."""
     me = next(iter(graph.inputs())).unique()
-    return [n for n in graph.nodes() if n.kind() == "prim::CallMethod" and n.inputsAt(0).unique() == me]
+    return [n for n in _nodes(graph) if n.kind() == "prim::CallMethod" and n.inputsAt(0).unique() == me]
 
 
 def _reaches(mod: Any, method: str, parts: list[str], depth: int = 0) -> bool:
@@ -261,7 +274,7 @@ def _script_layer_fn(module: Any, layer: str, index: int | None, where: str) -> 
                 raise LayerNotFoundError(f"layer {layer!r} of {where} is not called in the scripted forward; "
                                          "choose another --layer")
             method = via.s("name")
-            _cut(graph, list(via.inputs())[1:], via)
+            _cut(graph, list(via.inputs())[1:], via, keep=False, what=f"{layer!r} of {where}")
             stages.append((torch._C._create_function_from_graph(f"invariance_cut_{len(stages)}", graph), mod))
             continue
         k, calls = hit
@@ -269,6 +282,11 @@ def _script_layer_fn(module: Any, layer: str, index: int | None, where: str) -> 
         if not last and len(calls) > 1:
             raise LayerNotFoundError(f"{'.'.join(parts[:k])!r} of {where} runs {len(calls)} times per forward; "
                                      f"a layer inside it cannot be named; choose --layer {'.'.join(parts[:k])}#N")
+        if len(calls) > 1 and any(_nested(c) for c in calls):
+            raise LayerNotFoundError(
+                f"{'.'.join(parts[:k])!r} of {where} is called {len(calls)} times in the scripted forward, some "
+                "inside an if or loop, so which call runs first depends on the input; read it from the model "
+                "as package.module:factory (its hooks count the calls that run), or choose another --layer")
         node = pick_call(calls, layer, index if last else None, where) if last else calls[0]
         method = "forward" if last else node.s("name")
         if last:
@@ -276,10 +294,9 @@ def _script_layer_fn(module: Any, layer: str, index: int | None, where: str) -> 
             if layout == "param":
                 layout = "nchw" if not stages else None
             # Every node after the call is removed, so no later in-place op can change the value.
-            nodes = list(graph.nodes())
-            _cut(graph, [node.output()], nodes[nodes.index(node) + 1] if node != nodes[-1] else None)
+            _cut(graph, [node.output()], node, keep=True, what=f"{layer!r} of {where}")
         else:
-            _cut(graph, list(node.inputs())[1:], node)
+            _cut(graph, list(node.inputs())[1:], node, keep=False, what=f"{layer!r} of {where}")
         fn = torch._C._create_function_from_graph(f"invariance_cut_{len(stages)}", graph)
         stages.append((fn, mod))
         for name in parts[:k]:
@@ -289,24 +306,84 @@ def _script_layer_fn(module: Any, layer: str, index: int | None, where: str) -> 
     def run(x: Any) -> Any:
         args: tuple[Any, ...] = (x,)
         for fn, owner in stages:
-            out = fn(owner._c, *args)
+            try:
+                out = fn(owner._c, *args)
+            except torch.jit.Error as exc:
+                if _NOT_REACHED not in str(exc):
+                    raise
+                raise EmbeddingError(
+                    f"layer {layer!r} of {where} did not run on this batch: an if of the scripted forward took the "
+                    "branch without it; choose a --layer that every input reaches") from None
             args = out if isinstance(out, tuple) else (out,)
         return args[0]
 
     return run, layout
 
 
-def _cut(graph: Any, values: list[Any], drop_from: Any | None) -> None:
-    """Make ``values`` the outputs of ``graph`` and remove ``drop_from`` and every node after
-    it (a dead-code pass keeps module calls, which may have side effects; without this every
-    cut would run the whole forward)."""
-    while len(list(graph.outputs())):
-        graph.eraseOutput(0)
-    for v in values:
-        graph.registerOutput(v)
-    nodes = list(graph.nodes())
-    for n in reversed(nodes[nodes.index(drop_from):] if drop_from is not None else []):
-        n.destroy()
+_NOT_REACHED = "invariance: the layer's branch was not taken"
+
+
+def _cut(graph: Any, values: list[Any], at: Any, *, keep: bool, what: str) -> None:
+    """Make ``values`` the outputs of ``graph`` and remove every node after ``at`` (and ``at``
+    itself unless ``keep``): a dead-code pass keeps module calls, which may have side effects,
+    so without this every cut would run the whole forward.
+
+    When ``at`` sits inside ``if`` blocks, each enclosing ``prim::If`` returns the values from
+    the branch that holds ``at`` and raises :data:`_NOT_REACHED` in the other (the run refuses
+    that batch; no placeholder is ever read). A call inside a loop is refused
+    (LayerNotFoundError): which iteration's value to read is not ours to guess.
+    """
+    block = at.owningBlock()
+    nodes = list(block.nodes())
+    drop = nodes[nodes.index(at) + (1 if keep else 0):]
+    while True:
+        owner = block.owningNode()
+        if owner is not None and owner.kind() != "prim::If":
+            raise LayerNotFoundError(
+                f"{what} is called inside a loop of the scripted forward, so a cut graph cannot tell which "
+                "iteration's value to read; read it from the model as package.module:factory (its hooks "
+                "number each call, --layer NAME#k), or choose another --layer")
+        _clear_results(graph, block)  # the old results are no longer computed
+        for n in reversed(drop):
+            n.destroy()
+        if owner is None:
+            for v in values:
+                graph.registerOutput(v)
+            if len(values) != 1:
+                graph.makeMultiOutputIntoTuple()  # a method returns one value
+            return
+        other = next(b for b in owner.blocks() if b != block)
+        other.returnNode().removeAllInputs()
+        with graph.insert_point_guard(other.returnNode()):  # as TorchScript compiles `raise` in a branch
+            graph.insertNode(graph.create("prim::RaiseException",
+                                          [graph.insertConstant(_NOT_REACHED), graph.insertConstant(None)], 0))
+            for v in values:
+                hole = graph.insertNode(graph.create("prim::Uninitialized"))
+                hole.output().setType(v.type())
+                other.registerOutput(hole.output())
+        for v in values:
+            block.registerOutput(v)
+        # the if's own outputs become the branches' new ones (every use of the old ones comes after it)
+        block = owner.owningBlock()
+        nodes = list(block.nodes())
+        drop = nodes[nodes.index(owner) + 1:]
+        _clear_results(graph, block)
+        for n in reversed(drop):
+            n.destroy()
+        drop = []
+        while owner.outputsSize():
+            owner.eraseOutput(owner.outputsSize() - 1)
+        for v in values:
+            owner.addOutput().setType(v.type())
+        values = list(owner.outputs())
+
+
+def _clear_results(graph: Any, block: Any) -> None:
+    if block.owningNode() is None:
+        while len(list(graph.outputs())):
+            graph.eraseOutput(0)
+    else:
+        block.returnNode().removeAllInputs()
 
 
 def _first(out: Any) -> Any:
