@@ -122,25 +122,63 @@ def backend_failure(e: Any, x: "np.ndarray", layers: list[str], pool: str, exc: 
     extraction (see :func:`_failure`)."""
     from .errors import EmbeddingError
 
-    message, runs_at = _failure(e, x, layers, pool, exc, f"{e.path} fails")
-    return EmbeddingError(message if runs_at is not None
-                          else f"{e.path} fails on a batch of {len(x)} images: {_first_line(exc)}")
+    return EmbeddingError(_failure(e, x, layers, pool, exc, f"{e.path} fails", f" on a batch of {len(x)} images")[0])
 
 
-def _failure(e: Any, x: "np.ndarray", layers: list[str], pool: str, exc: Exception, fails: str
-             ) -> tuple[str, int | None]:
+def _failure(e: Any, x: "np.ndarray", layers: list[str], pool: str, exc: Exception, fails: str,
+             unbatched: str = "") -> tuple[str, int | None]:
     """``(message, runs_at)`` after the backend's own error on ``x``: the batch size the graph
     runs at when it fixes one inside (then the message names --invariance-input-batch), or
-    None and the backend's reason."""
+    None and the backend's reason (``fails`` + ``unbatched``), with the input size and
+    channels it runs at when another one does (then the fed input is the fault, not the
+    layer, and the message names --invariance-preprocess)."""
     runs_at = _runs_at(e, x, layers, pool)
     if runs_at is None:
-        return f"{fails}: {_first_line(exc)}", None
+        said = f"{fails}{unbatched}: {_first_line(exc)}"
+        fits = _runs_at_input(e, x, layers, pool)
+        if fits is None:
+            return said, None
+        c, h, w = fits
+        chans = f" channels={c}" if c != x.shape[1] else ""
+        return (f"{said}; it runs on a {c}x{h}x{w} input, so the input it is fed ({x.shape[1]}x{x.shape[2]}x"
+                f"{x.shape[3]}) is the fault, not the layer: pass --invariance-preprocess size={h}x{w}{chans}"), None
     if e.contract.batch_source == "option":
         return (f"{fails} in batches of {e.contract.batch} ({OPT_INPUT_BATCH} {e.contract.batch}) but runs in a "
                 f"batch of {runs_at}: pass {OPT_INPUT_BATCH} {runs_at}"), runs_at
     return (f"{fails} in a batch of {len(x)} but runs in a batch of {runs_at}: its graph fixes the batch size "
             "although its input declares any (e.g. len(x) or a constant reshape at export); re-export it with a "
             f"dynamic batch, or pass {OPT_INPUT_BATCH} {runs_at}"), runs_at
+
+
+# Image sizes models are commonly built for, tried (largest first) after a failure.
+_SIZES = (224, 160, 128, 112, 96, 64, 32, 28)
+
+
+def _runs_at_input(e: Any, x: "np.ndarray", layers: list[str], pool: str) -> tuple[int, int, int] | None:
+    """After a failure on the NCHW batch ``x``: the first ``(C, H, W)`` (x's channels first,
+    then 1 <-> 3; x's size, square, then :data:`_SIZES`) at which ``e`` runs one of x's images
+    resized, for a model whose input size is not fixed; None when none runs (the fault is not
+    the input's size)."""
+    import numpy as np
+    import torch
+
+    fixed = tuple(e.input_shape or ())[1:3]
+    if x.ndim != 4 or (len(fixed) == 2 and None not in fixed):
+        return None
+    one = torch.from_numpy(np.ascontiguousarray(x[:1], dtype=np.float32))
+    c0 = one.shape[1]
+    for c in dict.fromkeys((c0, 1 if c0 == 3 else 3)):
+        img = one if c == c0 else one.mean(1, keepdim=True) if c == 1 else one.expand(-1, 3, -1, -1)
+        for s in dict.fromkeys((max(one.shape[2:]), *_SIZES)):
+            if (c, s, s) == tuple(one.shape[1:]):
+                continue
+            y = torch.nn.functional.interpolate(img, size=(s, s), mode="bilinear", align_corners=False)
+            try:
+                e.embed_many(y.numpy(), layers, pool=pool)
+            except Exception:  # noqa: BLE001 - not at this input either
+                continue
+            return c, s, s
+    return None
 
 
 def _first_line(exc: Exception) -> str:

@@ -425,6 +425,12 @@ class Net(nn.Module):
 
 def net():
     return Net()
+
+
+def fixed():
+    """Built for 32x32 inputs (its Linear reads 4 x 32 x 32 features), though torch declares none."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(1), nn.Linear(4 * 32 * 32, 8))
 '''
 
 
@@ -513,6 +519,36 @@ def test_a_split_too_thin_for_the_probe_is_one_data_error_per_sweep_and_its_fix_
     table.loc[table.index[table["split"] == "test"][3:5], "rare"] = "yes"  # more images of that level
     table.to_csv(labels, index=False)
     assert _factors_run(factors, *args).ret == 0
+
+
+def test_a_factory_that_fails_at_the_fed_size_names_the_size_option_not_the_layer(factors):
+    """At start-up (the suite is skipped with the reason) and during extraction (a suite that
+    declares no input): the hint is the size the model runs at, and following it works."""
+    import numpy as np
+
+    from pytest_invariance._model_check import backend_failure
+    from pytest_invariance._outcomes import study_error
+    from pytest_invariance.models import load_model
+
+    fix = "pass --invariance-preprocess size=32x32"
+    result = _factors_run(factors, "--model", "zoo_nets:fixed", "-k", "not enrollment", "-rs")
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines(["*zoo_nets:fixed fails on suite factors's input float32[[]N, 3, 16, 16[]]: mat1 and "
+                                 "mat2 shapes cannot be multiplied *; it runs on a 3x32x32 input, so the input it is "
+                                 f"fed (3x16x16) is the fault, not the layer: {fix}"])
+    assert "--layer" not in result.stdout.str()
+    fixed = _factors_run(factors, "--model", "zoo_nets:fixed", "-k", "not enrollment", "--invariance-preprocess",
+                         "size=32x32")
+    assert fixed.ret == 0, fixed.stdout.str()
+    fixed.assert_outcomes(passed=2)
+    e = load_model("zoo_nets:fixed", device="cpu")
+    x = np.random.default_rng(0).random((3, 3, 16, 16), dtype=np.float32)
+    with pytest.raises(RuntimeError) as exc:
+        e.embed_many(x, ["output"])
+    line = str(study_error("study mine/output could not run", backend_failure(e, x, ["output"], "auto", exc.value)))
+    assert line.startswith("study mine/output could not run: EmbeddingError: zoo_nets:fixed fails on a batch of 3 "
+                           "images: mat1 and mat2") and line.endswith(fix) and "--layer" not in line
+    __import__("sys").modules.pop("zoo_nets", None)
 
 
 def test_a_threshold_key_that_reads_two_ways_is_one_error(tmp_path):
