@@ -244,6 +244,46 @@ def test_torchscript_layers_list_their_shapes_and_a_glob_passes_over_sequence_fi
         np.testing.assert_allclose(model.forward(images(3), "head"), m(torch.from_numpy(images(3))).numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["factory", "script"])
+def test_a_sequence_first_layer_is_read_by_the_pool_its_refusal_names(tmp_path, monkeypatch, kind):
+    """[T, N, D] tokens (nn.MultiheadAttention without batch_first): the refusal under the
+    default pool names cls / mean, and each, followed, gives the hooked output's token 0 /
+    token mean; also at a batch with as many images as tokens (36), and in the start-up probe."""
+    from pytest_invariance._audit import ModelRef
+    from pytest_invariance._model_check import probe
+    from pytest_invariance.checks import Suite
+    from pytest_invariance.embeddings import Preprocess
+
+    (tmp_path / "seqfirst.py").write_text(
+        "import sys\nsys.path.insert(0, %r)\nfrom test_model_inputs import _SeqFirstAttention\n"
+        "import torch\n\ndef net():\n    torch.manual_seed(0)\n    return _SeqFirstAttention()\n"
+        % str(__import__("pathlib").Path(__file__).parent))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import seqfirst
+
+    m = seqfirst.net().eval()
+    model = load_model("seqfirst:net", device="cpu") if kind == "factory" else _scripted(m, tmp_path / "s.pt")
+    for n in (3, 36):
+        x = images(n)
+        seen = []
+        hook = m.attn.register_forward_hook(lambda _m, _i, out: seen.append(out[0].detach().numpy()))
+        with torch.no_grad():
+            m(torch.from_numpy(x))
+        hook.remove()
+        tokens = seen[0]  # [36, n, 4]: the token axis first
+        assert tokens.shape == (36, n, 4)
+        with pytest.raises(EmbeddingError, match=r"layer 'attn' .sequence-first \[T, N, D\], read as \[N, T, D\]. is "
+                                                 r"a token sequence \[N, 36, 4\]; .* choose --invariance-pool cls "
+                                                 r"\(token 0\) or --invariance-pool mean \(average of the 36 tokens\)"):
+            model.embed(x, "attn")
+        np.testing.assert_allclose(model.embed(x, "attn", pool="mean"), tokens.mean(0), atol=1e-5)
+        np.testing.assert_allclose(model.embed(x, "attn", pool="cls"), tokens[0], atol=1e-5)
+    suite = Suite("s", tmp_path, {"suite": {"input": [3, 8, 8]}})
+    assert probe(suite, ModelRef("m", model, "attn", Preprocess(), user=True, pool="mean")) is None
+    sys_modules = __import__("sys").modules
+    sys_modules.pop("seqfirst", None)
+
+
 class _ForwardImpl(torch.nn.Module):  # torchvision's ResNet: forward calls self._forward_impl
     def __init__(self):
         super().__init__()
@@ -388,10 +428,18 @@ def test_shape_derived_tensors_are_not_layers_and_a_token_first_layer_is_refused
         def forward(self, x):
             return torch.nn.functional.avg_pool2d(x, 4).flatten(2).permute(2, 0, 1)
 
-    for name, module, message in [("tokens", FourTokens(), "gives 4 rows for 1 image .its first axis is not the batch")]:
-        m = _scripted(module, tmp_path / f"{name}.pt")
-        with pytest.raises(EmbeddingError, match=message):
-            probe(suite, ModelRef("m", m, "output", Preprocess(), user=True, pool="flatten"))
+    class BatchLast(torch.nn.Module):  # [T=4, D, N]: neither leading axis holds the images
+        def forward(self, x):
+            return torch.nn.functional.avg_pool2d(x, 4).flatten(2).permute(2, 1, 0)
+
+    m = _scripted(FourTokens(), tmp_path / "tokens.pt")  # read with the images on axis 1, as the single image shows
+    assert probe(suite, ModelRef("m", m, "output", Preprocess(), user=True, pool="flatten")) is None
+    x = images(4)
+    np.testing.assert_allclose(m.embed(x, "output", pool="flatten"), torch.nn.functional.avg_pool2d(
+        torch.from_numpy(x), 4).flatten(2).transpose(1, 2).reshape(4, -1).numpy(), atol=1e-6)
+    m = _scripted(BatchLast(), tmp_path / "last.pt")
+    with pytest.raises(EmbeddingError, match="gives 4 rows for 1 image .its first axis is not the batch"):
+        probe(suite, ModelRef("m", m, "output", Preprocess(), user=True, pool="flatten"))
 
 
 # ------------------------------------------------------------------ 2. element types

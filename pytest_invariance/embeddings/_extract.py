@@ -262,7 +262,7 @@ def _run_pass(embedder: "Embedder", images: "ImageSet", layers: list[str], prepr
                     raise backend_failure(embedder, rows, layers, pool, exc) from None
                 if start == 0 and offset == 0:
                     per_pass = _images_per_pass(raw, n, batch_size)
-                embs = pool_outputs(embedder, raw, pool)
+                embs = pool_outputs(embedder, raw, pool, chunk)
                 del raw  # the raw maps of every layer: the largest arrays of a sweep
                 for layer, emb in embs.items():
                     if len(emb) != n:  # e.g. sequence-first tokens: never written as if they were images

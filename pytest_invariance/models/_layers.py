@@ -145,6 +145,7 @@ def describe_layers(trace: list[tuple[str, tuple[int | None, ...]]], default: st
                                for i, d in enumerate(shape)) + "]" if shape else "[?]"
         mark = "  (default)" if name == default else ""
         if not per_image(shape):
-            mark += "  (axis 0 is not the batch: not one row per image)"
+            mark += ("  (axis 0 is not the batch: a glob passes over it; named, a sequence-first [T, N, D] "
+                     "is read with --invariance-pool cls or mean)")
         lines.append(f"{name:<{width}}  {dims}{mark}")
     return lines

@@ -239,7 +239,7 @@ class OnnxEmbedder:
 
     def embed_many(self, batch: np.ndarray, layers: list[str], *, pool: str = "auto") -> dict[str, np.ndarray]:
         """Every one of ``layers`` pooled to ``[N, D_layer]`` (see :mod:`._pool`), from one forward."""
-        return pool_outputs(self, self.forward_many(batch, layers), pool)
+        return pool_outputs(self, self.forward_many(batch, layers), pool, batch)
 
     def embed(self, batch: np.ndarray, layer: str, *, pool: str = "auto") -> np.ndarray:
         return self.embed_many(batch, [layer], pool=pool)[layer]

@@ -8,7 +8,8 @@ it cannot:
   over H and W, one number per channel (global average pooling, the usual read-out of
   a conv layer). Which axes are spatial comes from the model's graph; when the graph
   does not say, ``auto`` and ``gap`` refuse and name ``--invariance-layer-layout``.
-- ``[N, T, D]`` token sequences (ViTs): refused. Flattening would hand the probe every
+- ``[N, T, D]`` token sequences (ViTs), and sequence-first ``[T, N, D]`` ones (told apart by
+  the axis that has the batch's length, see :func:`batch_axis`): refused. Flattening would hand the probe every
   token position as its own features, so a probe could read where things are in the
   image instead of what the representation encodes (a tiny ViT's ``norm`` flattened
   gave rotation MAE 8.3 deg; its CLS token 22.6 deg). Choose ``cls`` (token 0, what a
@@ -59,11 +60,31 @@ def pool_activation(a: np.ndarray, pool: str, layout: str | None, where: str) ->
     raise EmbeddingError(f"{where} has shape {list(a.shape)}; only {OPT_POOL} flatten reads a rank-{a.ndim} tensor")
 
 
-def pool_outputs(embedder: Any, outs: dict[str, np.ndarray], pool: str) -> dict[str, np.ndarray]:
-    """``{layer: raw activation}`` of ``embedder`` -> ``{layer: float32[N, D]}`` by :func:`pool_activation`."""
-    return {layer: pool_activation(out, pool, embedder.activation_layout(layer) if np.ndim(out) == 4 else None,
-                                   f"{embedder.path} layer {layer!r}")
-            for layer, out in outs.items()}
+def pool_outputs(embedder: Any, outs: dict[str, np.ndarray], pool: str, batch: Any) -> dict[str, np.ndarray]:
+    """``{layer: raw activation}`` of ``embedder`` for ``batch`` -> ``{layer: float32[N, D]}`` by
+    :func:`pool_activation`. A 3-D activation whose images lie on axis 1 (sequence-first
+    ``[T, N, D]``: ``nn.MultiheadAttention`` and ``nn.Transformer*`` without ``batch_first``)
+    is read as ``[N, T, D]``; see :func:`batch_axis`."""
+    out = {}
+    for layer, a in outs.items():
+        where = f"{embedder.path} layer {layer!r}"
+        if np.ndim(a) == 3 and batch_axis(embedder, layer, a, batch) == 1:
+            a, where = np.swapaxes(a, 0, 1), f"{where} (sequence-first [T, N, D], read as [N, T, D])"
+        out[layer] = pool_activation(a, pool, embedder.activation_layout(layer) if np.ndim(a) == 4 else None, where)
+    return out
+
+
+def batch_axis(embedder: Any, layer: str, a: np.ndarray, batch: Any) -> int:
+    """The axis (0 or 1) of the 3-D activation ``a`` that holds ``batch``'s images: the one of
+    its length, else (as many tokens as images, ``[n, n, D]``) the one of length 1 when the
+    first image is run alone. 0 when neither has the batch's length (the caller's row check
+    refuses that layer)."""
+    n = len(batch)
+    fits = [ax for ax in (0, 1) if a.shape[ax] == n]
+    if len(fits) != 2:
+        return fits[0] if fits else 0
+    one = np.shape(embedder.forward_many(batch[:1], [layer])[layer])
+    return 1 if one[1] == 1 and one[0] != 1 else 0
 
 
 def _tokens(a: np.ndarray, pool: str, where: str) -> np.ndarray:

@@ -574,7 +574,7 @@ class TorchEmbedder:
 
     def embed_many(self, batch: Any, layers: list[str], *, pool: str = "auto") -> dict[str, np.ndarray]:
         """Every one of ``layers`` pooled to ``[N, D_layer]`` (see :mod:`._pool`), from one forward."""
-        return pool_outputs(self, self.forward_many(batch, layers), pool)
+        return pool_outputs(self, self.forward_many(batch, layers), pool, batch)
 
     def embed(self, batch: Any, layer: str, *, pool: str = "auto") -> np.ndarray:
         """``batch``: numpy array or torch tensor ``[N, C, H, W]`` (a tensor may already be on the device)."""
