@@ -15,7 +15,7 @@ from PIL import Image
 
 from pytest_invariance.data.celeba import ATTRIBUTES, attribute_groups, load_celeba
 from pytest_invariance.data.faces import load_lfw_faces, load_sample_faces
-from pytest_invariance.data.folder import list_images, load_image_folder
+from pytest_invariance.data.folder import aliased_rows, list_images, load_image_folder, unlabelled
 from pytest_invariance.errors import DataError, DatasetNotFoundError, InvalidParameterError
 
 N = 30
@@ -213,6 +213,32 @@ def test_folder_follows_symlinked_subfolders_once_and_not_round_a_loop(folder, t
     assert list(linked.labels["image"]) == list(direct.labels["image"])
     assert all(np.array_equal(linked[i].numpy(), direct[i].numpy()) for i in range(len(direct)))
     assert sorted(list_images(root)) == sorted(direct.labels["image"])  # nothing under b/up/ listed
+
+
+def test_a_dag_of_folder_links_is_walked_once_per_real_folder(tmp_path, monkeypatch):
+    """root -> x1, x2 -> L1 -> x1, x2 -> L2 ... L14 holds one image: 2^14 paths to it. Each of
+    the 15 real folders is read once; the image is listed once, and any of its names finds it."""
+    import pytest_invariance.data.folder as folder_mod
+
+    depth = 14
+    levels = [tmp_path / "root"] + [tmp_path / f"L{k}" for k in range(1, depth + 1)]
+    for d in levels:
+        d.mkdir()
+    for here, below in zip(levels, levels[1:]):
+        for link in ("x1", "x2"):
+            (here / link).symlink_to(below, target_is_directory=True)
+    Image.new("RGB", (4, 4)).save(levels[-1] / "img.png")
+    (levels[-1] / "back").symlink_to(levels[3], target_is_directory=True)  # a loop: cut, not walked
+    reads = []
+    scandir = os.scandir
+    monkeypatch.setattr(folder_mod.os, "scandir", lambda p: reads.append(p) or scandir(p))
+    found = list_images(levels[0])
+    assert len(reads) == depth + 1 and len(set(map(os.path.realpath, reads))) == depth + 1
+    assert list(found) == ["/".join(["x1"] * depth + ["img.png"])]
+    other = "/".join(["x2", "x1"] * (depth // 2) + ["img.png"])
+    assert other in found and found.canonical(other) == list(found)[0] and found[other] == found[list(found)[0]]
+    assert "/".join(["x1"] * depth + ["back", "x1", "img.png"]) not in found  # nothing through the loop
+    assert unlabelled(found, {other}) == [] and aliased_rows(found, [list(found)[0], other]) == {other: list(found)[0]}
 
 
 @pytest.mark.parametrize("link", ["folder", "file", "hard"])

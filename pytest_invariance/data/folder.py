@@ -165,30 +165,71 @@ def files_fingerprint(paths: Sequence[Path], label_files: Sequence[Path], *extra
 class ImageFiles(dict):  # type: ignore[type-arg]  # name -> Path
     """:func:`list_images`'s result: image path relative to the folder -> Path.
 
-    ``same_file`` maps each name of a file reached under several names (a symlinked
-    folder or file next to its target, a hard link) to all of them."""
+    Each real folder is listed under one name (the first the walk meets); a name through
+    another link to it (``alias/x.png`` for ``b/x.png`` when ``alias -> b``) is found by
+    :meth:`canonical`, and ``in`` / ``[]`` take it too. ``same_file`` maps each listed name of
+    a file listed under several names (a symlink to a file, a hard link) to all of them."""
 
     same_file: dict[str, tuple[str, ...]]
+    folder_alias: dict[str, str]  # another name of a folder -> the name it is listed under
+
+    def canonical(self, name: str) -> str | None:
+        """The listed name of the file ``name`` reaches (through folder links), or None."""
+        for _ in range(name.count("/") + 1):  # each step maps a prefix into the walked tree
+            if dict.__contains__(self, name):
+                return name
+            parts = name.split("/")
+            hit = next((k for k in range(len(parts) - 1, 0, -1) if "/".join(parts[:k]) in self.folder_alias), None)
+            if hit is None:
+                return None
+            name = "/".join([self.folder_alias["/".join(parts[:hit])], *parts[hit:]])
+        return name if dict.__contains__(self, name) else None
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.canonical(name) is not None
+
+    def __missing__(self, name: str) -> Path:
+        found = self.canonical(name)
+        if found is None:
+            raise KeyError(name)
+        return dict.__getitem__(self, found)  # type: ignore[no-any-return]
+
+    def one_file(self, name: str) -> tuple[str, ...]:
+        """What identifies the file ``name`` reaches: the same for all of its names."""
+        c = self.canonical(name) or name
+        return self.same_file.get(c, (c,))
 
 
 def list_images(image_dir: Path) -> ImageFiles:
     """Image files below ``image_dir`` keyed by POSIX path relative to it.
 
     Symlinked subfolders are followed (datasets are often assembled from links to where
-    the images are; skipping them would silently drop their rows). A link to a folder
-    that is already on the way down (a loop) is not entered. When links make one file
-    reachable under several names, ``same_file`` says which (see :func:`unlabelled`)."""
+    the images are; skipping them would silently drop their rows). Each real folder
+    (``st_dev``, ``st_ino``) is walked once, however many links lead to it (a DAG of links
+    has exponentially many paths); its other names are kept in ``folder_alias``. A link to
+    a folder that is already on the way down (a loop) is not entered. When links make one
+    file reachable under several names in the folders walked, ``same_file`` says which (see
+    :func:`unlabelled`)."""
     found, inode = ImageFiles(), {}
-    stack = [(Path(image_dir), (), frozenset({os.path.realpath(image_dir)}))]
+    found.folder_alias = {}
+    root = os.stat(image_dir)
+    walked = {(root.st_dev, root.st_ino): ""}
+    stack = [(Path(image_dir), (), frozenset({(root.st_dev, root.st_ino)}))]
     while stack:
         folder, parts, on_path = stack.pop()
         with os.scandir(folder) as it:
             entries = sorted(it, key=lambda e: e.name)
         for e in entries:
             if e.is_dir():
-                real = os.path.realpath(e.path)
-                if real not in on_path:
-                    stack.append((Path(e.path), (*parts, e.name), on_path | {real}))
+                st = e.stat()
+                key, name = (st.st_dev, st.st_ino), "/".join((*parts, e.name))
+                if key in on_path:  # a loop
+                    continue
+                if key in walked:
+                    found.folder_alias[name] = walked[key]
+                    continue
+                walked[key] = name
+                stack.append((Path(e.path), (*parts, e.name), on_path | {key}))
             elif e.name.lower().endswith(IMAGE_SUFFIXES):
                 name = "/".join((*parts, e.name))
                 found[name] = Path(e.path)
@@ -207,7 +248,8 @@ def list_images(image_dir: Path) -> ImageFiles:
 def unlabelled(on_disk: ImageFiles, listed: set[str] | Mapping[str, object]) -> list[str]:
     """Names in ``on_disk`` with no label row. A file reached under several names has one
     when any of its names is ``listed`` (the labels name the link, or the target)."""
-    return [n for n in on_disk if n not in listed and not any(a in listed for a in on_disk.same_file.get(n, ()))]
+    labelled = {on_disk.one_file(n) for n in listed}
+    return [n for n in on_disk if on_disk.one_file(n) not in labelled]
 
 
 def aliased_rows(on_disk: ImageFiles, names: Iterable[str]) -> dict[str, str]:
@@ -217,8 +259,8 @@ def aliased_rows(on_disk: ImageFiles, names: Iterable[str]) -> dict[str, str]:
     first: dict[tuple[str, ...], str] = {}
     again = {}
     for n in names:
-        if (group := on_disk.same_file.get(n)) is not None:
-            if group in first:
+        if n in on_disk:
+            if (group := on_disk.one_file(n)) in first:
                 again[n] = first[group]
             else:
                 first[group] = n
