@@ -16,6 +16,7 @@ from .errors import DataError, InvalidParameterError
 if TYPE_CHECKING:
     from ._audit import ModelRef
     from .data._source import ImageSet
+    from .data.folder import ImageFiles
     from .embeddings._export import ExtractJob
     from .settings import Settings
 
@@ -73,12 +74,41 @@ def folder_job(settings: "Settings", image_dir: Path, shard_rows: int) -> "Extra
     size = ref.preprocess.size or tuple(ref.embedder.input_shape[1:])
     if None in size:
         raise InvalidParameterError(f"--images: {ref.embedder.path} has a dynamic input size; pass --preprocess size=HxW")
-    names = sorted(found)
+    names, again = one_name_per_file(found)
     paths = [found[n] for n in names]
     images = FileImageSet(paths, pd.DataFrame({"image": names}), size=size,  # type: ignore[arg-type]
                           fingerprint=files_fingerprint(paths, [], "extract", size))
-    return _job(settings, model_spec(settings), ref, {"images": images}, shard_rows,  # type: ignore[arg-type]
-                f"folder {image_dir}")
+    job = _job(settings, model_spec(settings), ref, {"images": images}, shard_rows,  # type: ignore[arg-type]
+               f"folder {image_dir}")
+    job.notes = link_notes(found, again)
+    return job
+
+
+def one_name_per_file(found: "ImageFiles") -> tuple[list[str], dict[str, str]]:
+    """``(names, again)``: one name per distinct file of ``found`` (the first in sorted order),
+    and each other name of a file (a hard link, a symbolic link to a file) -> the name kept."""
+    first: dict[tuple[str, ...], str] = {}
+    again = {}
+    for n in sorted(found):
+        kept = first.setdefault(found.one_file(n), n)
+        if kept != n:
+            again[n] = kept
+    return sorted(first.values()), again
+
+
+def link_notes(found: "ImageFiles", again: dict[str, str]) -> list[str]:
+    """What ``extract --images`` says about the links it met: each file is extracted once,
+    under one id."""
+    notes = []
+    if again:
+        shown = ", ".join(f"{a} = {k}" for a, k in list(again.items())[:3])
+        notes.append(f"extract: {len(again)} image name(s) are another name of a file already extracted (a hard link "
+                     f"or a symbolic link to a file), left out: its row's id is the first name, e.g. {shown}")
+    if found.folder_alias:
+        shown = ", ".join(f"{a} -> {k or '.'}" for a, k in list(found.folder_alias.items())[:3])
+        notes.append(f"extract: {len(found.folder_alias)} linked folder(s) lead to a folder read under another "
+                     f"name, so their images are extracted once, under that name, e.g. {shown}")
+    return notes
 
 
 def _job(settings: "Settings", spec: str, ref: "ModelRef", images: dict[str, "ImageSet"], shard_rows: int,

@@ -117,6 +117,8 @@ def cmd_extract(args: argparse.Namespace, out: TextIO) -> int:
     print(f"extract: {job.total} images x {len(job.layers)} layers ({', '.join(job.layers)}) of {job.meta.model} "
           f"-> {len(paths)} shards in {dest} ({took:.1f} s, {job.total / max(took, 1e-9):.1f} images/s"
           f"{', Ray' if args.ray else ''})", file=out)
+    for note in job.notes:
+        print(note, file=out)
     return 0
 
 

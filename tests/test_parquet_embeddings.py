@@ -176,6 +176,45 @@ def test_extract_leaves_no_half_written_out_and_does_not_clobber(faces, shards, 
     assert "not Parquet shards (e.g. notes.txt)" in capsys.readouterr().err and (out / "notes.txt").exists()
 
 
+def test_extract_images_writes_each_file_once_however_many_links_name_it(faces, tmp_path, capsys):
+    """real/ holds 4 images; sub -> real (a folder alias), a hard link and a symbolic link to
+    a file: 4 rows, one per file, each equal to that file's own embedding; the output says
+    which names were left out."""
+    import os
+
+    from PIL import Image
+
+    from pytest_invariance.cli import main
+
+    root, model = faces
+    images = tmp_path / "images"
+    (images / "real").mkdir(parents=True)
+    for i, f in enumerate(sorted(p for p in (root / "img").rglob("*") if p.is_file())[:4]):
+        Image.open(f).save(images / "real" / f"{i}.png")
+    (images / "sub").symlink_to(images / "real", target_is_directory=True)
+    os.link(images / "real" / "0.png", images / "real" / "hard.png")
+    (images / "soft.png").symlink_to(images / "real" / "1.png")
+    args = ["extract", "--images", str(images), "--model", str(model), "--preprocess", "size=64", "--progress", "off"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    said = capsys.readouterr().out
+    got = ParquetEmbeddings(tmp_path / "out")
+    assert sorted(got._ids) == ["real/0.png", "real/1.png", "real/2.png", "real/3.png"]
+    assert "extract: 2 image name(s) are another name of a file already extracted (a hard link or a symbolic link " \
+           "to a file), left out: its row's id is the first name, e.g. real/hard.png = real/0.png, soft.png = " \
+           "real/1.png" in said
+    assert "extract: 1 linked folder(s) lead to a folder read under another name, so their images are extracted " \
+           "once, under that name, e.g. sub -> real" in said
+    # each row is its own file's embedding: the same as a folder of the plain files
+    plain = tmp_path / "plain" / "real"
+    plain.mkdir(parents=True)
+    for i in range(4):
+        (plain / f"{i}.png").write_bytes((images / "real" / f"{i}.png").read_bytes())
+    assert main([*args[:2], str(tmp_path / "plain"), *args[3:], "--out", str(tmp_path / "ref")]) == 0
+    ref = ParquetEmbeddings(tmp_path / "ref")
+    ids = sorted(ref._ids)
+    np.testing.assert_allclose(got.lookup(ids, "output"), ref.lookup(ids, "output"), rtol=0, atol=0)
+
+
 def test_local_ray_extraction_equals_in_process(shards, faces, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'pytest-invariance[ray]'")
     from pytest_invariance._extract_plan import suite_job

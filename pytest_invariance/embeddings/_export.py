@@ -66,6 +66,7 @@ class ExtractJob:
     meta: ShardMeta
     shard_rows: int = 4096
     offsets: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # lines for the user (what the plan left out and why)
 
     def __post_init__(self) -> None:
         sizes = [len(s) for s in self.images.values()]
