@@ -404,6 +404,44 @@ def test_scripted_layers_called_inside_if_blocks_are_read_as_hooks_read_them(tmp
         model.forward(x, "loop")
 
 
+class _CalledOutOfOrder(torch.nn.Module):  # defines `late` before `early`, calls `early` first
+    def __init__(self):
+        super().__init__()
+        self.late, self.early = torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        return self.late(self.early(x))
+
+
+class _Nested(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 4, 3)
+        self.body = torch.nn.Sequential(_CalledOutOfOrder(), torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1)))
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.body(self.stem(x)).mean((2, 3)))
+
+
+def test_torchscript_lists_layers_in_the_order_the_eager_module_does(tmp_path, monkeypatch):
+    """One rule: a module after the modules it calls, in call order. The factory's listing
+    comes from forward hooks; the scripted one, traced or not, must agree with it."""
+    (tmp_path / "nested.py").write_text(
+        "import sys\nsys.path.insert(0, %r)\nfrom test_model_inputs import _Nested\n\ndef net():\n"
+        "    return _Nested()\n" % str(__import__("pathlib").Path(__file__).parent))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    eager = load_model("nested:net", device="cpu")
+    order = [n for n, _ in eager.trace_layers(images(1))]
+    assert order == ["stem", "body.0.early", "body.0.late", "body.0", "body.1.0", "body.1", "body", "head", "output"]
+    scripted = _scripted(__import__("nested").net().eval(), tmp_path / "n.pt")
+    assert [n for n, _ in scripted.trace_layers(images(1))] == order
+    assert [n for n, _ in scripted.trace_layers(None)] == order  # no forward needed: the graph's calls
+    assert [n for n, _ in eager.trace_layers(None)] == [  # untraced: definition order, children first
+        "stem", "body.0.late", "body.0.early", "body.0", "body.1.0", "body.1", "body", "head", "output"]
+    __import__("sys").modules.pop("nested", None)
+
+
 def test_shape_derived_tensors_are_not_layers_and_a_token_first_layer_is_refused(tmp_path):
     from pytest_invariance._audit import ModelRef
     from pytest_invariance._model_check import probe

@@ -245,6 +245,50 @@ def _reaches(mod: Any, method: str, parts: list[str], depth: int = 0) -> bool:
     return depth < 8 and any(_reaches(mod, n.s("name"), parts, depth + 1) for n in _self_calls(graph))
 
 
+def post_order(names: list[str]) -> list[str]:
+    """Module paths in definition (pre-)order -> each module after the modules inside it, the
+    order forward hooks fire in when a model calls its children in definition order."""
+    out: list[str] = []
+    open_: list[str] = []
+    for n in names:
+        while open_ and not n.startswith(open_[-1] + "."):
+            out.append(open_.pop())
+        open_.append(n)
+    return out + open_[::-1]
+
+
+def _script_order(module: Any) -> list[str]:
+    """Submodule paths of a TorchScript module in the order their first call returns, as
+    forward hooks on the eager module list them: a walk of the forward graph (blocks
+    included), into each called submodule's graph and the module's own helper methods.
+    Modules no call reaches follow, in :func:`post_order`."""
+    order: dict[str, None] = {}
+
+    def walk(mod: Any, prefix: str, method: str, depth: int) -> None:
+        graph = getattr(mod, method).graph
+        me = next(iter(graph.inputs())).unique()
+        paths: dict[int, str] = {}
+        for node in _nodes(graph):
+            if node.kind() == "prim::GetAttr":
+                base = paths.get(node.input().unique())
+                if base is not None or node.input().unique() == me:
+                    paths[node.output().unique()] = f"{base}.{node.s('name')}" if base else node.s("name")
+            elif node.kind() == "prim::CallMethod" and depth < 32:
+                target = node.inputsAt(0).unique()
+                if target == me:
+                    walk(mod, prefix, node.s("name"), depth + 1)
+                elif target in paths:
+                    sub = mod
+                    for part in paths[target].split("."):
+                        sub = getattr(sub, part)
+                    walk(sub, f"{prefix}{paths[target]}.", node.s("name"), depth + 1)
+                    order.setdefault(prefix + paths[target])
+
+    walk(module, "", "forward", 0)
+    names = [n for n, _ in module.named_modules() if n and not n.startswith("_")]
+    return [n for n in order if n in set(names)] + [n for n in post_order(names) if n not in order]
+
+
 def _script_layer_fn(module: Any, layer: str, index: int | None, where: str) -> tuple[Callable[[Any], Any], str | None]:
     """A function x -> activation of ``layer`` for a TorchScript module, and that activation's layout.
 
@@ -447,6 +491,15 @@ class TorchEmbedder:
         # Names starting with "_" are torch.export's internals (guards), not layers.
         return [OUTPUT] + [n for n, _ in self.module.named_modules() if n and not n.startswith("_")]
 
+    def _module_order(self) -> list[str]:
+        """The modules as a traced listing orders them, each after the modules it calls (forward
+        hooks fire so): TorchScript's from its graph, otherwise definition order so arranged."""
+        import torch
+
+        if isinstance(self.module, torch.jit.ScriptModule):
+            return _script_order(self.module)
+        return post_order(self.layers()[1:])
+
     def _hooked(self, x: Any, layers: list[str]) -> dict[str, Any]:
         """One forward with a hook on every requested module: ``{layer: activation}``."""
         import torch
@@ -507,7 +560,7 @@ class TorchEmbedder:
         import torch
 
         x, seen = self._input(batch), []
-        for layer in self.layers()[1:] + [OUTPUT]:
+        for layer in self._module_order() + [OUTPUT]:
             try:  # run once each: not worth the JIT's profiling and optimising passes
                 with torch.inference_mode(), torch.jit.optimized_execution(False):
                     out = _first(self._script_run(x, layer))
@@ -585,13 +638,14 @@ class TorchEmbedder:
         ``name#k`` for the k-th call of a module run several times, then ``output``.
 
         Needs a ``batch`` (one forward with a hook on every module); without one, the
-        modules in definition order with unknown shapes. TorchScript has no hooks: its
-        modules in definition order, each shape from the module's own cut graph.
+        modules with unknown shapes, each after the modules inside it. TorchScript has no
+        hooks: its modules in the order of its forward graph's calls (the order hooks give),
+        each shape from the module's own cut graph.
         """
         import torch
 
         if batch is None:
-            return [(la, ()) for la in self.layers()[1:] + [OUTPUT]]
+            return [(la, ()) for la in self._module_order() + [OUTPUT]]
         if isinstance(self.module, torch.jit.ScriptModule):
             return self._script_trace(batch)
         names = {id(m): n for n, m in self.module.named_modules() if n and not n.startswith("_")}
