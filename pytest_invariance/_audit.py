@@ -197,7 +197,8 @@ class Audit:
             where = f"the shards of --invariance-embeddings {src.path} (layers of {emb.path} they hold)"
         if emb.backend != "torch" and len(patterns) == 1 and not is_glob(patterns[0]):
             return select_layers([], known, patterns, option, where)
-        if not getattr(emb, "calls_traced", True) and not any(map(is_glob, patterns)):
+        calls_known = getattr(emb, "calls_traced", True)
+        if not calls_known and not any(map(is_glob, patterns)):
             # TorchScript: no hooks, so its shapes cost a partial forward per module; named
             # layers need none (definition order, and each is checked when first read).
             order = [n for n, _ in emb.trace_layers(None)]
@@ -206,7 +207,6 @@ class Audit:
         # modules run more than once: a bare name of those is refused here, at start-up).
         trace, _ = trace_names(emb, trace_shape(emb, suite, ref.preprocess), self.seed)
         order = [n for n, _ in trace if n in known or n.rpartition("#")[0] in known]
-        calls_known = getattr(emb, "calls_traced", True)
         # A glob passes over layers that give no row per image, and on TorchScript over those
         # its cut graphs cannot read (no shape: called several times, or not at all).
         skip = [n for n, shape in trace if not per_image(shape) or (not calls_known and not shape)]
