@@ -498,6 +498,38 @@ def test_a_bare_metric_threshold_gates_that_figure_of_every_factor_that_has_it(t
     assert gated_metrics(f, Settings(threshold=[("rank1", 0.5)]), {"lenet"}) == {}
 
 
+@pytest.mark.parametrize("max_rows", [None, 30, 12])
+def test_the_label_check_refuses_exactly_what_the_probe_cannot_measure(tmp_path, max_rows):
+    """check_measurable reads only the labels (once per sweep); the reference is the SVM
+    probe itself, fitted on random embeddings with the same --invariance-max-rows subsample."""
+    from pytest_invariance.probes import AttributeSVMProbe
+    from pytest_invariance.settings import Settings
+    from pytest_invariance.studies.factors import _rows, check_measurable
+
+    n = 100
+    split = np.array(["train"] * 60 + ["val"] * 20 + ["test"] * 20)
+    rare = np.array(["no"] * n, dtype=object)
+    rare[:8], rare[60:66], rare[80:86] = "yes", "yes", "yes"  # 8 of 60 training rows
+    f = load_factor_folder(_write(tmp_path / "d", _table(n, split=split, rare=rare)))
+    settings = Settings(max_rows=max_rows, seed=3)
+    fac = f.factors["rare"]
+    tr, va = _rows(f, fac, "train"), _rows(f, fac, "val")
+    X = np.random.default_rng(0).normal(size=(n, 6)).astype(np.float32)
+    probe = AttributeSVMProbe(random_state=3, max_train_rows=max_rows)
+    try:
+        probe.fit(X[tr], fac.values[tr, None], X[va], fac.values[va, None], names=["rare"])
+        measurable = "rare" not in probe.not_measurable(fac.values[_rows(f, fac, "test"), None])
+    except DataError:
+        measurable = False
+    if measurable:
+        check_measurable(f, "rare", settings)
+    else:
+        with pytest.raises(DataError, match=r"level 'yes' has \d image\(s\) in the train split of the "
+                                             rf"{max_rows} --invariance-max-rows keeps"):
+            check_measurable(f, "rare", settings)
+    assert measurable == (max_rows != 12)  # both outcomes are exercised
+
+
 def test_a_factor_the_probe_cannot_measure_errors_alone_and_says_why(suite, grid_model, lfw_folder, tmp_path):
     """A rare binary column that passes the loader's counts but not the SVM's (5 of each level in
     train and val): its own test is the one ERROR, named for the data; the first factor's test,

@@ -24,7 +24,7 @@ def _data_key(folder, name):
 def _figures(audit, ref, folder, name):
     # A split too thin for the probe is the data's fault, not a layer's: keyed without the
     # layer, a sweep reports it in full once and its other layers' tests refer back to it.
-    audit.memo(_data_key(folder, name), lambda: check_measurable(folder, name))
+    audit.memo(_data_key(folder, name), lambda: check_measurable(folder, name, audit.settings))
     return audit.memo(_key(ref, folder, name), lambda: factor_figures(audit, ref, folder, name))
 
 
@@ -46,7 +46,7 @@ def test_factor(factor, invariance_model, invariance_audit, invariance_check, in
         every = {}
         for n in folder.factors:
             try:
-                check_measurable(folder, n)
+                check_measurable(folder, n, invariance_audit.settings)
             except InvarianceError:  # left to that factor's own test (once per sweep)
                 continue
             try:

@@ -112,6 +112,13 @@ class AttributeSVMProbe(ProbeMixin):
         self.min_class_count = min_class_count
         self.max_train_rows = max_train_rows
 
+    def train_subsample(self, n: int) -> NDArray[np.int64]:
+        """The training rows :meth:`fit` keeps of ``n`` (seeded, sorted): all of them unless
+        ``max_train_rows`` is below ``n``."""
+        if self.max_train_rows is None or n <= self.max_train_rows:
+            return np.arange(n)
+        return np.sort(np.random.default_rng(self.random_state).choice(n, self.max_train_rows, replace=False))
+
     def _class_counts(self, Y: NDArray[np.float32]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         n_pos = (Y > 0).sum(0)
         return n_pos, len(Y) - n_pos
@@ -156,7 +163,7 @@ class AttributeSVMProbe(ProbeMixin):
         check_lengths(len(Xv), Y_val=Yv)
         self.train_rows_ = (len(X), len(X))  # (used, given)
         if self.max_train_rows is not None and len(X) > self.max_train_rows:
-            keep = np.sort(np.random.default_rng(self.random_state).choice(len(X), self.max_train_rows, replace=False))
+            keep = self.train_subsample(len(X))
             self.train_rows_ = (len(keep), len(X))
             X, Y = X[keep], Y[keep]
         if Xv.shape[1] != X.shape[1] or Yv.shape[1] != Y.shape[1]:

@@ -240,28 +240,37 @@ def _rows(folder: "FactorFolder", f: "Factor", split: str) -> np.ndarray:
     return np.flatnonzero(f.known & (folder.split == split))
 
 
-def check_measurable(folder: "FactorFolder", name: str) -> None:
+def check_measurable(folder: "FactorFolder", name: str, settings: "Settings | None" = None) -> None:
     """Refuse a factor whose split leaves a level too few images for its probe, from the
     labels alone: the same for every layer, so a sweep reports it once (before any embedding).
 
     A binary factor needs :class:`AttributeSVMProbe`'s ``min_class_count`` images of each
-    level in each of train, val and test (C is chosen on val, the rates are read on test);
-    the loader already holds categorical and continuous factors to what their probes need.
-    Raises one DataError naming the level, its counts per split and the fixes.
+    level in each of train, val and test (C is chosen on val, the rates are read on test),
+    counted in train among the rows the probe keeps under ``settings.max_rows``
+    (``--invariance-max-rows``, seeded by ``settings.seed``); the loader already holds
+    categorical and continuous factors to what their probes need. Raises one DataError
+    naming the level, its counts per split and the fixes.
     """
     from ..probes import AttributeSVMProbe
 
     f = folder.factors[name]
     if f.type != "binary":
         return
-    need = AttributeSVMProbe().min_class_count
+    probe = AttributeSVMProbe(random_state=settings.seed if settings else 0,
+                              max_train_rows=settings.max_rows if settings else None)
+    need = probe.min_class_count
+    rows = {s: _rows(folder, f, s) for s in ("train", "val", "test")}
+    rows["train"] = rows["train"][probe.train_subsample(len(rows["train"]))]
     for code, level in enumerate(f.levels):
-        per = {s: int(((f.values == code) & (folder.split == s)).sum()) for s in ("train", "val", "test")}
+        per = {s: int((f.values[r] == code).sum()) for s, r in rows.items()}
         short = [s for s, k in per.items() if k < need]
         if short:
-            raise _unmeasurable(name, f"level {level!r} has {per[short[0]]} image(s) in the {short[0]} split "
-                                      f"(train/val/test {per['train']}/{per['val']}/{per['test']}; the probe "
-                                      f"needs >= {need} of each level in each split)")
+            cap = f" of the {len(rows['train'])} --invariance-max-rows keeps" if len(rows["train"]) < len(
+                _rows(folder, f, "train")) else ""
+            raise _unmeasurable(name, f"level {level!r} has {per[short[0]]} image(s) in the {short[0]} split"
+                                      f"{cap if short[0] == 'train' else ''} (train/val/test "
+                                      f"{per['train']}/{per['val']}/{per['test']}; the probe needs >= {need} of "
+                                      "each level in each split)")
 
 
 def _unmeasurable(name: str, why: str) -> DataError:
@@ -279,7 +288,7 @@ def factor_figures(audit: "Audit", ref: "ModelRef", folder: "FactorFolder", name
 
     Raises DataError (:func:`check_measurable`) when the split leaves a level too few images.
     """
-    check_measurable(folder, name)
+    check_measurable(folder, name, audit.settings)
     X = audit.embed(ref, folder.images, label=f"{ref.name} {folder.root.name}")
     f = folder.factors[name]
     tr, va, te = (_rows(folder, f, s) for s in ("train", "val", "test"))
@@ -291,10 +300,8 @@ def factor_figures(audit: "Audit", ref: "ModelRef", folder: "FactorFolder", name
             probe = AttributeSVMProbe(device=audit.settings.device, random_state=audit.seed,
                                       max_train_rows=audit.settings.max_rows).fit(
                 X[tr], y[tr, None], X[va], y[va, None], names=[name])
-        except DataError as exc:  # --invariance-max-rows' subsample left a level too few training rows
-            why = str(exc).split("; add data")[0]
-            rows = f" (--invariance-max-rows {audit.settings.max_rows} leaves fewer)" if audit.settings.max_rows else ""
-            raise _unmeasurable(name, f"{why}{rows}") from None
+        except DataError as exc:  # check_measurable counted what the probe counts; kept as the last word
+            raise _unmeasurable(name, str(exc).split("; add data")[0]) from None
         q = float(probe.predict(X[te]).mean())
         figs = {m: _binary_chance(m, e, q, f.positive) for m, e in probe.evaluate(X[te], y[te, None])[name].items()}
     elif f.type == "categorical":
