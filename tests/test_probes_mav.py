@@ -25,6 +25,10 @@ def test_matches_cosine_nearest_centroid_reference():
     acc = p.evaluate(X, y)["accuracy"]
     assert acc.value == pytest.approx((ref == y).mean()) and acc.chance == 0.25
     assert set(acc.details["per_class_error"]) == {"0", "1", "2", "3"}
+    # scoring predictions made once gives the same figure, interval and details
+    assert p.evaluate_predictions(ref, y)["accuracy"] == acc
+    with pytest.raises(DataError):
+        p.evaluate_predictions(ref[:-1], y)
 
 
 def test_euclidean_matches_sklearn_nearest_centroid():

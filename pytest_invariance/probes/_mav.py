@@ -148,8 +148,13 @@ class MAVProbe(ProbeMixin):
 
     def evaluate(self, X: Any, y: Any, factor: Any = None) -> dict[str, Any]:
         """``{"accuracy": Estimate}``; chance = 1 / n_classes, details: majority baseline, per-class error."""
-        pred = self.predict(X, factor)
-        y = np.asarray(y)
+        return self.evaluate_predictions(self.predict(X, factor), y)
+
+    def evaluate_predictions(self, pred: Any, y: Any) -> dict[str, Any]:
+        """:meth:`evaluate` from predictions ``[n]`` already made by :meth:`predict` (a caller
+        that needs them too need not score the test set twice)."""
+        self._check_is_fitted("centroids_")
+        pred, y = np.asarray(pred), np.asarray(y)
         check_lengths(len(pred), y=y)
         ok = (pred == y).astype(np.float64)
         lo, hi, _ = bootstrap_ci(ok, n_bootstrap=self.n_bootstrap, confidence=self.confidence,

@@ -260,7 +260,7 @@ def _trained_figures(train: dict[str, np.ndarray], seed: int, nb: int, Xte: np.n
     step.next("MAV")
     mav = MAVProbe(random_state=seed, n_bootstrap=nb).fit_rows(Xtr, ytr, max_rows=max_rows)
     mav_pred = mav.predict(Xte)
-    out["mav_accuracy"] = mav.evaluate(Xte, yte)["accuracy"]
+    out["mav_accuracy"] = mav.evaluate_predictions(mav_pred, yte)["accuracy"]
     if soft is not None:
         out["mav_accuracy_drop"] = paired_drop(soft, mav_pred == yte, nb, seed)
 
