@@ -205,3 +205,26 @@ def test_blockwise_shift_and_scale_equals_the_whole_matrix_form(dtype):
     ref_sd[ref_sd == 0] = 1.0
     np.testing.assert_allclose(sd, ref_sd, rtol=1e-9)
     np.testing.assert_allclose(Zs, (X64 - X64.mean(0)) / ref_sd, atol=1e-5)
+
+
+def test_each_permutation_refit_fits_its_own_shuffled_labels():
+    # Every null value must come from its own shuffle: before, all k refits of an attribute
+    # fitted the first shuffle, so p-values were 1/(k+1) or 1 and the chance level one draw.
+    from pytest_invariance.probes.functional import binary_rates
+    from pytest_invariance.probes.stats import permutations
+
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(300, 24)), rng.integers(0, 2, (300, 3))
+    k = 6
+    probe = AttributeSVMProbe(n_permutations=k, n_bootstrap=0, random_state=2).fit(X[:180], Y[:180], X[180:240], Y[180:240])
+    Yt = np.where(Y[240:] > 0, 1.0, -1.0)
+    null = probe._null_rates(X[240:], Yt.astype(np.float32), np.arange(3))["balanced_error"]  # [k, T]
+    Ytr = np.where(Y[:180] > 0, 1.0, -1.0)
+    for j, order in enumerate(permutations(180, k, 2)):  # the shuffles permutation_chance draws
+        for t in range(3):  # each one refitted alone, at the attribute's chosen C
+            sol = probe._solve(probe._X_train, Ytr[order][:, [t]].astype(np.float32), probe.C_[[t]], np.array([0]))
+            pred = np.where(X[240:] @ sol.coef[0] + sol.intercept[0] > 0, 1.0, -1.0)
+            assert null[j, t] == pytest.approx(binary_rates(Yt[:, [t]], pred[:, None])["balanced_error"][0], abs=0.02)
+    assert all(len(np.unique(null[:, t])) > k // 2 for t in range(3))
+    res = probe.evaluate(X[240:], Y[240:])
+    assert len({round(res[f"attr_{t}"]["balanced_error"].p_value, 6) for t in range(3)} - {1 / (k + 1), 1.0}) > 0

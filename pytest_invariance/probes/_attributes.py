@@ -228,7 +228,8 @@ class AttributeSVMProbe(ProbeMixin):
 
         def refit(Y_perm: NDArray[np.float32]) -> NDArray[np.float64]:  # [k, n, T] -> [k, 4, T]
             Yb = np.transpose(Y_perm, (1, 0, 2)).reshape(len(Ytr), k * T)
-            sol = self._solve(self._X_train, Yb, np.tile(self.C_[keep], k), np.tile(np.arange(T), k))
+            # Column j * T + t: permutation j of attribute t, fitted on its own column of Yb.
+            sol = self._solve(self._X_train, Yb, np.tile(self.C_[keep], k), np.arange(k * T))
             pred = np.where(Xt @ sol.coef.T + sol.intercept > 0, 1.0, -1.0)
             rates = F.binary_rates(np.tile(Yt, k), pred)
             return np.stack([rates[m].reshape(k, T) for m in METRICS], axis=1)
