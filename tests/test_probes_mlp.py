@@ -92,3 +92,19 @@ def test_bad_input():
         MLPProbe(task="binary").fit(X, y)
     with pytest.raises(DataError, match="constant"):
         MLPProbe().fit(X, np.ones(200))
+
+
+@pytest.mark.parametrize("train_spread", [0.0, 1e-9])
+def test_a_feature_flat_in_training_cannot_blow_up_test_predictions(train_spread):
+    # A unit dead on the training rows (exactly, or up to rounding residue after an erasure)
+    # but active on test: dividing by its training std gave an MAE of 7e10 degrees.
+    rng = np.random.default_rng(0)
+    X, Xte = rng.normal(size=(2000, 8)), rng.normal(size=(500, 8))
+    y, yte = 10 * X[:, 0] + rng.normal(size=2000), 10 * Xte[:, 0]
+    X[:, 5] = train_spread * rng.normal(size=2000)
+    probe = MLPProbe(hidden=16, max_epochs=40, n_bootstrap=0, random_state=0).fit(X, y)
+    assert not probe.x_used_[5] and probe.x_used_[[0, 1, 2, 3, 4, 6, 7]].all()
+    active, silent = Xte.copy(), Xte.copy()
+    active[:, 5], silent[:, 5] = 0.5 * rng.normal(size=500), 0.0
+    np.testing.assert_array_equal(probe.predict(active), probe.predict(silent))  # the flat feature is unused
+    assert probe.evaluate(active, yte)["mae"].value < 0.3 * probe.evaluate(active, yte)["mae"].chance

@@ -22,6 +22,9 @@ from ._estimate import Estimate
 from ._validation import (Device, Interval, Options, ProbeMixin, check_features, check_lengths, resolve_device)
 from .stats import bootstrap_ci
 
+# A training spread below this share of the widest feature's is rounding residue, not signal.
+_FLAT = 1e-6
+
 
 @dataclass
 class MLPWeights:
@@ -141,7 +144,9 @@ class MLPProbe(ProbeMixin):
 
     Notes
     -----
-    Inputs are standardised with the training mean and std. With ``classes`` (the
+    Inputs are standardised with the training mean and std; a feature whose training std
+    is below a millionth of the widest feature's (constant, or rounding residue) enters as 0,
+    so test values it never showed in training cannot be amplified. With ``classes`` (the
     per-class mode of §4.1, one regressor per digit), the class enters as a one-hot input
     rather than as ten separate networks: one network shares what the classes share.
     A column of ``y`` [n, T] is one independent network; all train together.
@@ -252,12 +257,18 @@ class MLPProbe(ProbeMixin):
             raise DataError("a target is constant in the training rows; there is no factor to predict.")
         self.n_features_in_ = X.shape[1] - (0 if self.classes_ is None else len(self.classes_))
         std = X.std(0)
-        self.x_mean_, self.x_std_ = X.mean(0), np.where(std > 0, std, 1.0)
+        # A feature that does not vary on the training rows (exactly, or by rounding residue
+        # only: a unit dead on them, after an erasure, had std 1e-9 against ~1 for the others)
+        # cannot be learned, and dividing by its std blew its test values up (an MAE of 7e10
+        # degrees). It enters as 0, in training and at prediction.
+        self.x_used_ = std > _FLAT * std.max()
+        self.x_mean_, self.x_std_ = X.mean(0), np.where(self.x_used_, std, 1.0)
         self.y_mean_ = Y[~val].mean(0)
         self.y_std_ = Y[~val].std(0) if self.task == "regression" else np.ones(Y.shape[1])
         Yn = (Y - self.y_mean_) / self.y_std_ if self.task == "regression" else Y
         X -= self.x_mean_  # standardised in place (X is this fit's own float64 copy): the same values
         X /= self.x_std_
+        X[:, ~self.x_used_] = 0.0
         self.weights_ = fit_mlp(X, Yn, val, task=self.task, hidden=self.hidden,
                                 lr=self.lr, weight_decay=self.weight_decay, batch_size=self.batch_size,
                                 max_epochs=self.max_epochs, patience=self.patience, device=self._device,
@@ -280,6 +291,7 @@ class MLPProbe(ProbeMixin):
             for s in range(0, len(X), 8192):
                 c = None if classes is None else np.asarray(classes)[s: s + 8192]
                 Z = (self._inputs(X[s: s + 8192], c, False) - self.x_mean_) / self.x_std_
+                Z[:, ~self.x_used_] = 0.0
                 out.append(_forward(self.weights_, torch.as_tensor(Z, dtype=torch.float32,
                                                                    device=self._device)).T.double().cpu().numpy())
         return np.concatenate(out) * self.y_std_ + (self.y_mean_ if self.task == "regression" else 0.0)  # type: ignore[no-any-return]
