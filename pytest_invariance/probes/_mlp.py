@@ -22,8 +22,9 @@ from ._estimate import Estimate
 from ._validation import (Device, Interval, Options, ProbeMixin, check_features, check_lengths, resolve_device)
 from .stats import bootstrap_ci
 
-# A training spread below this share of the widest feature's is rounding residue, not signal.
-_FLAT = 1e-6
+# A training std below this share of the widest feature's is treated as no spread: the cut
+# least squares makes (functional.ridge_eig's rcond, 1e-10 on the variance).
+_FLAT = 1e-5
 
 
 @dataclass
@@ -145,7 +146,7 @@ class MLPProbe(ProbeMixin):
     Notes
     -----
     Inputs are standardised with the training mean and std; a feature whose training std
-    is below a millionth of the widest feature's (constant, or rounding residue) enters as 0,
+    is below 1e-5 of the widest feature's (constant, or rounding residue) enters as 0,
     so test values it never showed in training cannot be amplified. With ``classes`` (the
     per-class mode of §4.1, one regressor per digit), the class enters as a one-hot input
     rather than as ten separate networks: one network shares what the classes share.
