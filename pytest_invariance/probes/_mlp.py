@@ -22,10 +22,6 @@ from ._estimate import Estimate
 from ._validation import (Device, Interval, Options, ProbeMixin, check_features, check_lengths, resolve_device)
 from .stats import bootstrap_ci
 
-# A training std below this share of the widest feature's is treated as no spread: the cut
-# least squares makes (functional.ridge_eig's rcond, 1e-10 on the variance).
-_FLAT = 1e-5
-
 
 @dataclass
 class MLPWeights:
@@ -145,9 +141,9 @@ class MLPProbe(ProbeMixin):
 
     Notes
     -----
-    Inputs are standardised with the training mean and std; a feature whose training std
-    is below 1e-5 of the widest feature's (constant, or rounding residue) enters as 0,
-    so test values it never showed in training cannot be amplified. With ``classes`` (the
+    Inputs are standardised with the training mean and std, and clipped at prediction to
+    the standardised range of the rows it was fitted on: a test value a feature never
+    showed in training cannot be amplified without bound. With ``classes`` (the
     per-class mode of §4.1, one regressor per digit), the class enters as a one-hot input
     rather than as ten separate networks: one network shares what the classes share.
     A column of ``y`` [n, T] is one independent network; all train together.
@@ -258,18 +254,17 @@ class MLPProbe(ProbeMixin):
             raise DataError("a target is constant in the training rows; there is no factor to predict.")
         self.n_features_in_ = X.shape[1] - (0 if self.classes_ is None else len(self.classes_))
         std = X.std(0)
-        # A feature that does not vary on the training rows (exactly, or by rounding residue
-        # only: a unit dead on them, after an erasure, had std 1e-9 against ~1 for the others)
-        # cannot be learned, and dividing by its std blew its test values up (an MAE of 7e10
-        # degrees). It enters as 0, in training and at prediction.
-        self.x_used_ = std > _FLAT * std.max()
-        self.x_mean_, self.x_std_ = X.mean(0), np.where(self.x_used_, std, 1.0)
+        self.x_mean_, self.x_std_ = X.mean(0), np.where(std > 0, std, 1.0)
         self.y_mean_ = Y[~val].mean(0)
         self.y_std_ = Y[~val].std(0) if self.task == "regression" else np.ones(Y.shape[1])
         Yn = (Y - self.y_mean_) / self.y_std_ if self.task == "regression" else Y
         X -= self.x_mean_  # standardised in place (X is this fit's own float64 copy): the same values
         X /= self.x_std_
-        X[:, ~self.x_used_] = 0.0
+        # Inputs are clipped to the range the network saw: a feature nearly flat on these rows
+        # (a unit dead on them: std 1e-9 after an erasure) but active on test was multiplied
+        # by 1e9 and gave an angle MAE of 7e10 degrees. A per-feature cut on the std instead
+        # zeroed real features whenever one outlier widened another feature's spread.
+        self.z_low_, self.z_high_ = X.min(0), X.max(0)
         self.weights_ = fit_mlp(X, Yn, val, task=self.task, hidden=self.hidden,
                                 lr=self.lr, weight_decay=self.weight_decay, batch_size=self.batch_size,
                                 max_epochs=self.max_epochs, patience=self.patience, device=self._device,
@@ -292,7 +287,7 @@ class MLPProbe(ProbeMixin):
             for s in range(0, len(X), 8192):
                 c = None if classes is None else np.asarray(classes)[s: s + 8192]
                 Z = (self._inputs(X[s: s + 8192], c, False) - self.x_mean_) / self.x_std_
-                Z[:, ~self.x_used_] = 0.0
+                np.clip(Z, self.z_low_, self.z_high_, out=Z)
                 out.append(_forward(self.weights_, torch.as_tensor(Z, dtype=torch.float32,
                                                                    device=self._device)).T.double().cpu().numpy())
         return np.concatenate(out) * self.y_std_ + (self.y_mean_ if self.task == "regression" else 0.0)  # type: ignore[no-any-return]
