@@ -265,20 +265,20 @@ def check_measurable(folder: "FactorFolder", name: str, settings: "Settings | No
         per = {s: int((f.values[r] == code).sum()) for s, r in rows.items()}
         short = [s for s, k in per.items() if k < need]
         if short:
-            cap = f" of the {len(rows['train'])} --invariance-max-rows keeps" if len(rows["train"]) < len(
-                _rows(folder, f, "train")) else ""
+            capped = short[0] == "train" and len(rows["train"]) < len(_rows(folder, f, "train"))
+            cap = f" of the {len(rows['train'])} --invariance-max-rows keeps" if capped else ""
             raise _unmeasurable(name, f"level {level!r} has {per[short[0]]} image(s) in the {short[0]} split"
-                                      f"{cap if short[0] == 'train' else ''} (train/val/test "
-                                      f"{per['train']}/{per['val']}/{per['test']}; the probe needs >= {need} of "
-                                      "each level in each split)")
+                                      f"{cap} (train/val/test {per['train']}/{per['val']}/{per['test']}; the "
+                                      f"probe needs >= {need} of each level in each split)",
+                                "raise or drop --invariance-max-rows, " if capped else "")
 
 
-def _unmeasurable(name: str, why: str) -> DataError:
+def _unmeasurable(name: str, why: str, first_fix: str = "") -> DataError:
     """The one-line refusal of a factor its probe cannot measure; its fixes are all the
     user's (no generic --invariance-skip-bad hint: no image is bad)."""
-    err = DataError(f"factor {name!r} cannot be probed: {why}; add images of that level, set the split by a "
-                    "'split' column in labels.csv or [data] fractions in invariance.toml, or leave the factor "
-                    f"out with --invariance-factor-type {name}=ignore")
+    err = DataError(f"factor {name!r} cannot be probed: {why}; {first_fix}add images of that level, set the "
+                    "split by a 'split' column in labels.csv or [data] fractions in invariance.toml, or leave "
+                    f"the factor out with --invariance-factor-type {name}=ignore")
     err.names_fix = True  # type: ignore[attr-defined]
     return err
 
