@@ -165,6 +165,11 @@ def _runs_at_input(e: Any, x: "np.ndarray", layers: list[str], pool: str) -> tup
     fixed = tuple(e.input_shape or ())[1:3]
     if x.ndim != 4 or (len(fixed) == 2 and None not in fixed):
         return None
+    try:  # the image tried at other sizes must fail at this one, or the size is not the fault
+        e.embed_many(np.ascontiguousarray(x[:1]), layers, pool=pool)
+        return None
+    except Exception:  # noqa: BLE001 - it fails here: try it at other sizes
+        pass
     one = torch.from_numpy(np.ascontiguousarray(x[:1], dtype=np.float32))
     c0 = one.shape[1]
     for c in dict.fromkeys((c0, 1 if c0 == 3 else 3)):
@@ -204,15 +209,18 @@ def _runs_at(e: Any, x: "np.ndarray", layers: list[str], pool: str) -> int | Non
 
 def _only_batch(e: Any, x: "np.ndarray", layers: list[str], pool: str) -> int | None:
     """The first of the batch sizes exporters are usually traced with at which ``e`` runs
-    on copies of ``x``'s images, or None: tells a batch fixed inside the graph from a
-    model that takes none of this input."""
+    every one of ``x``'s images (in batches of that size, the last one filled with copies),
+    or None: tells a batch fixed inside the graph from a model that takes none of this
+    input. Every image, not copies of the first: a forward that fails on some images at any
+    size (a bug on bright ones) was blamed on the batch size when the first one ran alone."""
     import numpy as np
 
     for n in (1, 2, 8, 16, 32, 64, 128, 256):
         if n == len(x):
             continue
         try:
-            e.embed_many(np.resize(x, (n, *x.shape[1:])), layers, pool=pool)
+            for s in range(0, len(x), n):
+                e.embed_many(np.resize(x[s: s + n], (n, *x.shape[1:])), layers, pool=pool)
         except Exception:  # the backend's own error at this size too
             continue
         return n
@@ -269,12 +277,23 @@ def _probe(suite: Suite, ref: "ModelRef", seed: int) -> tuple[str | None, dict[s
         if any(one[layer].shape[0] != 1 for one in singles):  # e.g. as many tokens as probe images
             raise EmbeddingError(f"{e.path} layer {layer!r} gives {singles[0][layer].shape[0]} rows for 1 image "
                                  "(its first axis is not the batch); leave it out of --layer / --invariance-layers")
-        alone = np.concatenate([one[layer] for one in singles])
-        scale = float(np.abs(together[layer]).max()) + 1e-6
-        if not np.allclose(together[layer], alone, atol=1e-4 * scale, rtol=1e-4):
-            raise EmbeddingError(
-                f"{e.path} layer {layer!r} gives different embeddings for the same image in a batch of 4 and alone "
-                f"(max difference {float(np.abs(together[layer] - alone).max()):.3g}): it is not in inference mode "
-                "(BatchNorm on batch statistics, active dropout); re-export it after model.eval()"
-            )
+        batch_dependence(e, layer, together[layer], np.concatenate([one[layer] for one in singles]), len(x))
     return None, {layer: int(v.shape[1]) for layer, v in together.items()}
+
+
+def batch_dependence(e: Any, layer: str, together: "np.ndarray", alone: "np.ndarray", batch: int) -> None:
+    """Raise the one-line EmbeddingError when rows embedded in a batch of ``batch`` images
+    (``together``) differ from the same images embedded one at a time (``alone``) by more
+    than 1e-4 of the layer's scale: the figures would depend on which images share a batch."""
+    import numpy as np
+
+    from .errors import EmbeddingError
+
+    scale = float(np.abs(together).max()) + 1e-6
+    if not np.allclose(together, alone, atol=1e-4 * scale, rtol=1e-4):
+        raise EmbeddingError(
+            f"{e.path} layer {layer!r} gives different embeddings for the same image in a batch of {batch} and "
+            f"alone (max difference {float(np.abs(together - alone).max()):.3g}): the model is not in inference "
+            "mode (BatchNorm on batch statistics, active dropout: re-export it after model.eval()), branches on "
+            "a statistic of the batch, or the layer's first axis is not the batch (sequence-first tokens in a "
+            "graph with a fixed batch: choose another --layer)")

@@ -142,8 +142,58 @@ def test_exported_in_training_mode_is_refused_in_one_line(kind, suite_size, tmp_
     ref = ModelRef("m", model, model.default_layer, Preprocess() if suite_size else Preprocess(size=(12, 12)),
                    user=True)
     with pytest.raises(EmbeddingError, match=r"gives different embeddings for the same image in a batch of 4 and "
-                                             r"alone .* not in inference mode .* re-export it after model.eval\(\)$"):
+                                             r"alone .* not in inference mode .* re-export it after model.eval\(\)"):
         probe(suite, ref)
+
+
+class BrightnessBranch(nn.Module):
+    """Its output depends on the batch: a branch on the mean brightness of all its images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.body = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x).mean((2, 3))
+        if bool(x.mean() > 0.5):
+            h = h + 1.0
+        else:
+            h = h - 1.0
+        return self.body(h)
+
+
+@pytest.mark.parametrize("kind", ["eager", "scripted"])
+def test_embeddings_that_depend_on_the_batch_are_refused_on_real_images(kind, tmp_path):
+    # The start-up probe's random images all take one branch; the first batch of real images
+    # (dark and bright) is checked against its darkest, brightest and first image alone.
+    import pandas as pd
+
+    from pytest_invariance.data._source import ArrayImageSet
+    from pytest_invariance.embeddings._extract import extract_layers
+
+    torch.manual_seed(0)
+    m = BrightnessBranch().eval()
+    if kind == "scripted":
+        path = tmp_path / "m.pt"
+        torch.jit.script(m).save(str(path))
+        model = load_model(str(path), device="cpu")
+    else:
+        mod = tmp_path / "branchy_net.py"
+        mod.write_text("from test_model_torch import BrightnessBranch\n"
+                       "def make():\n    import torch\n    torch.manual_seed(0)\n    return BrightnessBranch().eval()\n")
+        sys.path[:0] = [str(tmp_path), str(__import__("pathlib").Path(__file__).parent)]
+        try:
+            model = load_model("branchy_net:make", device="cpu")
+        finally:
+            del sys.path[:2]
+    pixels = np.r_[np.full((6, 12, 12), 30), np.full((6, 12, 12), 200)].astype(np.uint8)
+    images = ArrayImageSet(pixels, pd.DataFrame({"y": np.arange(12) % 2}), name="two-tone")
+    with pytest.raises(EmbeddingError, match=r"layer 'body' gives different embeddings for the same image in a "
+                                             r"batch of 11 and alone .* branches on a statistic of the batch"):
+        extract_layers(model, images, ["body"], batch_size=12)
+    # the same images one per batch: no batch to depend on, nothing refused
+    assert extract_layers(model, images, ["body"], batch_size=1)["body"].shape == (12, 3)
 
 
 # ------------------------------------------------------------------ 1. fixed-shape torch.export
@@ -316,3 +366,38 @@ def test_layer_option_takes_any_name_verbatim_and_the_model_refuses_a_bad_call_i
     with pytest.raises(LayerNotFoundError, match="--layer block.relu: layer 'block.relu' of m runs more than once "
                                                  "per forward; name one call with --layer: block.relu#1, block.relu#2"):
         select_layers(order, ["stem", "block.relu", "output"], ["block.relu"], "--layer", "m")
+
+
+class BrightBug(nn.Module):
+    """Fails on any batch holding a bright image, at every batch size and input size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x.flatten(1).mean(1) > 0.5).any()):
+            raise RuntimeError("numerical blow-up in conv (bug)")
+        return self.body(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("told", [None, 1])
+def test_a_forward_that_fails_on_some_images_is_not_blamed_on_the_batch_or_the_size(told, tmp_path):
+    # The first image is dark and runs alone, at any size: before, the failure was blamed on
+    # the batch size ("pass --invariance-input-batch 1", even when 1 was given) or the size.
+    from dataclasses import replace
+
+    from pytest_invariance._model_check import backend_failure
+
+    path = tmp_path / "bright.pt"
+    torch.jit.script(BrightBug().eval()).save(str(path))
+    model = load_model(str(path), device="cpu")
+    if told:
+        model.contract = replace(model.contract, batch=told, batch_source="option")
+    x = np.r_[np.full((1, 3, 16, 16), 0.2), np.full((3, 3, 16, 16), 0.8)].astype(np.float32)
+    try:
+        model.embed_many(x, ["body"], pool="auto")
+    except Exception as exc:  # noqa: BLE001 - what extraction meets
+        message = str(backend_failure(model, x, ["body"], "auto", exc))
+    assert message.endswith("numerical blow-up in conv (bug)"), message
+    assert "--invariance-input-batch" not in message and "--invariance-preprocess" not in message

@@ -189,6 +189,22 @@ def _one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
+def _check_alone(embedder: "Embedder", chunk: Any, embs: dict[str, np.ndarray], layers: list[str], pool: str) -> None:
+    """The first, darkest and brightest images of the first batch of real images, embedded
+    alone, must give the rows they got in the batch (:func:`~.._model_check.batch_dependence`).
+    The start-up probe checks random images only: a branch on the batch's brightness, or
+    sequence-first tokens read from a graph with a fixed batch, passed it (3 extra forwards)."""
+    from .._model_check import batch_dependence
+
+    means = [float(chunk[i].mean()) for i in range(len(chunk))]
+    picks = sorted({0, int(np.argmin(means)), int(np.argmax(means))})
+    alone = [pool_outputs(embedder, embedder.forward_many(chunk[i:i + 1], layers), pool, chunk[i:i + 1])
+             for i in picks]
+    for layer in layers:
+        batch_dependence(embedder, layer, embs[layer][picks], np.concatenate([one[layer] for one in alone]),
+                         len(chunk))
+
+
 class _HalfOverflow(Exception):
     """A layer's values left float16's range part-way through a half-precision extraction."""
 
@@ -234,6 +250,7 @@ def _run_pass(embedder: "Embedder", images: "ImageSet", layers: list[str], prepr
     ids = images.ids()  # to name an image whose embedding is NaN
     per_pass = 1  # images per forward until the first one tells how large the activations are
     offset = 0
+    checked = False  # the first batch of real images against the same images alone
     batches = iter(loader)
     try:
         while True:
@@ -264,6 +281,9 @@ def _run_pass(embedder: "Embedder", images: "ImageSet", layers: list[str], prepr
                     per_pass = _images_per_pass(raw, n, batch_size)
                 embs = pool_outputs(embedder, raw, pool, chunk)
                 del raw  # the raw maps of every layer: the largest arrays of a sweep
+                if n > 1 and not checked and all(len(emb) == n for emb in embs.values()):
+                    _check_alone(embedder, chunk, embs, layers, pool)
+                    checked = True
                 for layer, emb in embs.items():
                     if len(emb) != n:  # e.g. sequence-first tokens: never written as if they were images
                         raise EmbeddingError(f"{embedder.path} layer {layer!r} gives {len(emb)} rows for {n} images "
