@@ -5,8 +5,10 @@
     pytest-invariance extract (--suite DIR | --images DIR) --out DIR [--model PATH] [--layer NAME]...
                               [--ray [--ray-address ADDR] [--actors N] [--num-gpus F]]
 
-``compare`` judges B against A (A is the baseline): "worse" means B moved toward
-violating the check's threshold by more than the two runs' combined CI half-width.
+``compare`` judges B against A (A is the baseline) as ``--invariance-baseline`` does
+(:func:`pytest_invariance.history.judge_change`): "worse" means more leakage, toward violating
+the check's threshold or, ungated, in the metric's leak direction, by more than the two runs'
+combined CI half-width; a metric without a leak direction is "not compared".
 Errors are one line on stderr with exit status 2; nothing is written on error.
 """
 from __future__ import annotations
@@ -167,13 +169,16 @@ def cmd_compare(tag_a: str, tag_b: str, path: str, out_path: str, out: TextIO) -
     print(f"{'change':<8} {'check':<52} {'metric':<20} {resolved_a[:12]:>12} {tag_b[:12]:>12} {'B-A':>10}",
           file=out)
     for r in rows[:_MAX_ROWS]:
-        print(f"{r['change']:<8} {_cut(r['nodeid'], 52):<52} {_cut(r['metric'], 20):<20} "
-              f"{r['a']:>12} {r['b']:>12} {r['delta']:>10}", file=out)
+        undirected = r["change"].startswith("not compared")
+        print(f"{'–' if undirected else r['change']:<8} {_cut(r['nodeid'], 52):<52} {_cut(r['metric'], 20):<20} "
+              f"{r['a']:>12} {r['b']:>12} {r['delta']:>10}" + (f"  ({r['change']})" if undirected else ""), file=out)
     if len(rows) > _MAX_ROWS:
         print(f"... {len(rows) - _MAX_ROWS} more rows in the report", file=out)
     worse = sum(r["change"] == "worse" for r in rows)
-    print(f"{worse} worse, {sum(r['change'] == 'better' for r in rows)} better of {len(rows)} checks; "
-          f"report: {written}", file=out)
+    undirected = sum(r["change"].startswith("not compared: no leak") for r in rows)
+    print(f"{worse} worse, {sum(r['change'] == 'better' for r in rows)} better of {len(rows)} checks"
+          + (f" ({undirected} not compared: no leak direction)" if undirected else "")
+          + f"; report: {written}", file=out)
     return 1 if worse else 0
 
 

@@ -563,22 +563,27 @@ def _apply_baseline(audit: "Audit", result: "CheckResult") -> None:
     if audit.baseline_checks is None:
         return
     from .checks import FAIL
-    from .history import check_identity, compare_to_baseline, find_tolerance
+    from .history import check_identity, find_tolerance, judge_change
 
-    base = audit.baseline_checks.get(check_identity(result.to_dict()))
+    now = result.to_dict()
+    base = audit.baseline_checks.get(check_identity(now))
     if base is None or base.get("value") is None:
         return
     tol = find_tolerance(result.metric, audit.settings.tolerance)
-    regressed, delta = compare_to_baseline(
-        result.value, base["value"], result.comparator, tol,
-        ci=(result.ci_low, result.ci_high), baseline_ci=(base.get("ci_low"), base.get("ci_high")))
+    judged = judge_change(now, base, tol)
+    regressed, delta = judged["regressed"], judged["delta"]
     result.details.update(baseline=audit.baseline_tag, baseline_value=base["value"], delta=delta,
-                          regressed=regressed)
+                          regressed=regressed, change=judged["change"])
     if regressed:
         result.passed, result.verdict = False, FAIL
-        msg = (f"{result.metric}: regression against {audit.baseline_tag}: {result.value:.4g} vs "
-               f"{base['value']:.4g} (delta {delta:+.4g}) moved toward failing {result.comparator} "
-               f"{result.threshold:g} by more than the tolerance")
+        toward = (f"toward failing {result.comparator} {result.threshold:g}" if result.comparator else
+                  "toward more leakage (the metric's leak direction, measured from chance)")
+        how = "the tolerance" if tol is not None else "the two runs' CIs allow (sqrt(h^2 + h_base^2))"
+        chances = (f", chance {result.chance:.4g} vs {base['chance']:.4g}"
+                   if result.chance is not None and base.get("chance") is not None else "")
+        msg = (f"{result.metric}: regression against {audit.baseline_tag}: {result.value:.4g} "
+               f"(CI {result.ci_low:.4g}..{result.ci_high:.4g}) vs {base['value']:.4g} (delta {delta:+.4g}{chances}) "
+               f"moved {toward} by more than {how}")
         result.message = msg + ("\n" + result.message if result.message else "")
 
 

@@ -116,6 +116,6 @@ def test_annotate_regressions_marks_only_worse_checks():
     bad = annotate_regressions(now, base, [parse_tolerance("acc=0.01")], baseline_tag="v1")
     assert [c["nodeid"] for c in bad] == ["a"]
     assert now[0]["details"] == {"baseline": 0.5, "delta": pytest.approx(0.1), "regressed": True,
-                                 "baseline_tag": "v1"}
+                                 "change": "worse", "baseline_tag": "v1"}
     assert now[1]["details"]["regressed"] is False
     assert "details" not in now[2]  # no counterpart in the baseline

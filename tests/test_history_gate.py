@@ -48,7 +48,7 @@ def test_an_all_error_run_is_never_latest_and_a_regression_against_the_last_good
                   "--invariance-tolerance", "feature_mean=0.01")
     result.assert_outcomes(failed=1)
     assert result.ret == 1
-    result.stdout.fnmatch_lines(["invariance: baseline v1 (recorded *, plugin *): 1 of 1 checks compared, 1 regressed"])
+    result.stdout.fnmatch_lines(["invariance: baseline v1 (recorded *, plugin *): 1 of 1 checks compared in their leak direction, 1 regressed"])
     base = read_results(toy)["run"]["baseline"]
     assert (base["spec"], base["tag"], base["checks"], base["compared"], base["regressed"]) == ("latest", "v1", 1, 1, 1)
     assert base["recorded_at"] == store.run("v1")["run"]["recorded_at"]

@@ -1,7 +1,8 @@
 """Run history (SQLite) and baseline comparison.
 
 ``HistoryStore`` keeps every audited model version's figures; the pure functions
-``parse_tolerance`` and ``compare_to_baseline`` decide whether a figure regressed.
+``parse_tolerance`` and ``judge_change`` (through ``compare_to_baseline``) decide whether a
+figure regressed: more leakage, in its gate's or its metric's leak direction.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from ._baseline import (
     check_identity,
     compare_to_baseline,
     find_tolerance,
+    judge_change,
+    leak_direction,
     parse_tolerance,
 )
 from ._store import (
@@ -30,5 +33,5 @@ __all__ = [
     "HistoryStore", "HistoryError", "UnknownVersionError", "TrendPoint", "default_tag",
     "SCHEMA_VERSION", "LATEST", "Tolerance", "ToleranceError", "parse_tolerance",
     "compare_to_baseline", "find_tolerance", "annotate_regressions", "check_identity", "not_a_baseline",
-    "baseline_report",
+    "baseline_report", "judge_change", "leak_direction",
 ]

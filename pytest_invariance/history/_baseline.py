@@ -1,8 +1,12 @@
 """Baseline comparison as pure functions: is this run worse than a stored one?
 
-"Worse" always means *toward violating the check's threshold*: for a check written
-``value >= threshold`` a lower value is worse, for ``value <= threshold`` a higher one
-is. A check without a comparator has no bad direction and never regresses.
+"Worse" means *more leakage*: toward violating the check's threshold when it has one (for
+``value >= threshold`` a lower value is worse), else in the metric's leak direction
+(:data:`LEAK_DIRECTION`: a lower balanced error, rate, MAE, rank-1 or TAR, a higher balanced
+accuracy or R^2), measured from chance when both runs carry one. An ungated check is thus
+compared too; a metric with neither has no bad direction and is "not compared".
+:func:`judge_change` is the one comparison: the pytest baseline gate, ``annotate_regressions``,
+the report and ``pytest-invariance compare`` all call it.
 """
 from __future__ import annotations
 
@@ -16,6 +20,9 @@ from typing import Any
 from ..errors import InvalidParameterError
 
 __all__ = [
+    "LEAK_DIRECTION",
+    "leak_direction",
+    "judge_change",
     "Tolerance",
     "ToleranceError",
     "parse_tolerance",
@@ -30,6 +37,38 @@ _HIGHER_IS_BETTER = {">": True, ">=": True, "<": False, "<=": False}
 _TOLERANCE_RE = re.compile(
     r"^\s*(?:(?P<metric>[A-Za-z_*][\w.\-*]*)\s*=)?\s*(?P<num>[+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|[+]?\.\d+)\s*(?P<pct>%?)\s*$"
 )
+
+
+# +1: a higher value is more leakage (worse invariance), -1: a lower one. Used for a check
+# without a threshold (the factors suite measures ungated factors); docs/factors.md "Baselines".
+LEAK_DIRECTION = {"balanced_error": -1, "fn_rate": -1, "fp_rate": -1, "mae": -1, "rank1": -1, "tar": -1,
+                  "balanced_accuracy": 1, "r2": 1}
+# other suites' per-factor names: yaw_mae, rotation_mae_mlp_erased (probe errors), rank1_blur, tar_blur
+_LOWER_LEAKS = re.compile(r"^(?:\w+_)?mae(?:_mlp)?(?:_erased)?$|^(?:rank1|tar)_[a-z]+(?:_erased)?$")
+NO_DIRECTION = "not compared: no leak direction"
+
+
+def leak_direction(metric: str | None, comparator: str | None = None) -> int | None:
+    """+1 when a higher value of this check means more leakage, -1 when a lower one, None when unknown.
+
+    The check's comparator wins (the failing side of its gate is the bad side); without one
+    the metric's own direction (:data:`LEAK_DIRECTION`, then suffix rules for per-factor names).
+
+    Examples
+    --------
+    >>> leak_direction("balanced_error"), leak_direction("balanced_accuracy"), leak_direction("yaw_mae")
+    (-1, 1, -1)
+    >>> leak_direction("mav_accuracy", ">="), leak_direction("top10_variance_share") is None
+    (-1, True)
+    """
+    if comparator is not None:
+        if comparator not in _HIGHER_IS_BETTER:
+            raise InvalidParameterError(
+                f"comparator must be one of {sorted(_HIGHER_IS_BETTER)} or None; got {comparator!r}")
+        return -1 if _HIGHER_IS_BETTER[comparator] else 1
+    if metric in LEAK_DIRECTION:
+        return LEAK_DIRECTION[metric]
+    return -1 if metric and _LOWER_LEAKS.match(metric) else None
 
 
 class ToleranceError(InvalidParameterError, argparse.ArgumentTypeError):
@@ -129,8 +168,11 @@ def compare_to_baseline(
     *,
     ci: Sequence[float | None] | None = None,
     baseline_ci: Sequence[float | None] | None = None,
+    metric: str | None = None,
+    chance: float | None = None,
+    baseline_chance: float | None = None,
 ) -> tuple[bool, float]:
-    """Decide whether ``value`` regressed against ``baseline_value``.
+    """Decide whether ``value`` regressed (leaks more) against ``baseline_value``.
 
     Parameters
     ----------
@@ -138,7 +180,8 @@ def compare_to_baseline(
         The check's figure now and in the baseline run.
     comparator : {"<", "<=", ">", ">="} or None
         The check's comparator. ``">"``/``">="`` mean lower is worse, ``"<"``/``"<="``
-        mean higher is worse; None means no direction (never a regression).
+        mean higher is worse; None: the direction of ``metric`` (:func:`leak_direction`),
+        and without one no direction (never a regression).
     tolerance : Tolerance, float or None
         Allowed worsening. A float is an absolute amount. None (the default) allows
         the statistical noise of the difference: ``sqrt(h**2 + h_base**2)`` where ``h``
@@ -146,6 +189,12 @@ def compare_to_baseline(
         CI is not given), so a change inside both runs' uncertainty is not flagged.
     ci, baseline_ci : (low, high), optional
         Confidence intervals used by the default tolerance.
+    metric : str, optional
+        The metric's name, for its leak direction when there is no comparator.
+    chance, baseline_chance : float, optional
+        Each run's chance level. With both, the change judged is that of the distance from
+        chance (a binary rate's chance moves with the probe's share of "present" calls),
+        so a figure that moved with its chance did not leak more.
 
     Returns
     -------
@@ -164,13 +213,13 @@ def compare_to_baseline(
     if not (_finite(value) and _finite(baseline_value)):
         return False, math.nan
     delta = float(value) - float(baseline_value)  # type: ignore[arg-type]
-    if comparator is None:
+    direction = leak_direction(metric, comparator)
+    if direction is None:
         return False, delta
-    if comparator not in _HIGHER_IS_BETTER:
-        raise InvalidParameterError(
-            f"comparator must be one of {sorted(_HIGHER_IS_BETTER)} or None; got {comparator!r}"
-        )
-    worsening = -delta if _HIGHER_IS_BETTER[comparator] else delta
+    moved = delta
+    if _finite(chance) and _finite(baseline_chance):
+        moved -= float(chance) - float(baseline_chance)  # type: ignore[arg-type]
+    worsening = direction * moved
     if tolerance is None:
         allowed = math.hypot(_half_width(ci), _half_width(baseline_ci))
     elif isinstance(tolerance, Tolerance):
@@ -178,6 +227,53 @@ def compare_to_baseline(
     else:
         allowed = float(tolerance)
     return bool(worsening > allowed), delta
+
+
+def judge_change(now: Mapping[str, Any], base: Mapping[str, Any],
+                 tolerance: Tolerance | float | None = None) -> dict[str, Any]:
+    """How a check moved against the same check of a baseline run: the one comparison.
+
+    Parameters
+    ----------
+    now, base : dict
+        The two checks as results.json holds them (``metric``, ``value``, ``ci_low``,
+        ``ci_high``, ``chance``, ``comparator``); ``now``'s comparator is used (the baseline's
+        when ``now`` has none).
+    tolerance : Tolerance, float or None
+        Allowed worsening; None: the two CIs' half-widths combined (:func:`compare_to_baseline`).
+
+    Returns
+    -------
+    dict
+        ``change``: "worse" (more leakage beyond the tolerance), "better", "same" (within
+        it), :data:`NO_DIRECTION`, or "not compared: no value" when either figure is missing;
+        ``regressed`` (change == "worse") and ``delta`` (``now - base``, NaN when missing).
+
+    Examples
+    --------
+    >>> judge_change({"metric": "balanced_error", "value": 0.30, "ci_low": 0.25, "ci_high": 0.35},
+    ...              {"metric": "balanced_error", "value": 0.50, "ci_low": 0.45, "ci_high": 0.55})["change"]
+    'worse'
+    """
+    comparator = now.get("comparator") or base.get("comparator")
+    metric = now.get("metric") or base.get("metric")
+    kw = dict(metric=metric, chance=now.get("chance"), baseline_chance=base.get("chance"))
+    worse, delta = compare_to_baseline(now.get("value"), base.get("value"), comparator, tolerance,
+                                       ci=(now.get("ci_low"), now.get("ci_high")),
+                                       baseline_ci=(base.get("ci_low"), base.get("ci_high")), **kw)
+    if math.isnan(delta):
+        change = "not compared: no value"
+    elif leak_direction(metric, comparator) is None:
+        change = NO_DIRECTION
+    elif worse:
+        change = "worse"
+    else:
+        better, _ = compare_to_baseline(base.get("value"), now.get("value"), comparator, tolerance,
+                                        ci=(base.get("ci_low"), base.get("ci_high")),
+                                        baseline_ci=(now.get("ci_low"), now.get("ci_high")), metric=metric,
+                                        chance=base.get("chance"), baseline_chance=now.get("chance"))
+        change = "better" if better else "same"
+    return {"change": change, "regressed": change == "worse", "delta": delta}
 
 
 def find_tolerance(metric: str, tolerances: Iterable[Tolerance]) -> Tolerance | None:
@@ -242,16 +338,13 @@ def annotate_regressions(
         base = by_key.get(check_identity(check))
         if base is None or not _finite(base.get("value")):
             continue
-        tol = find_tolerance(str(check.get("metric")), tolerances)
-        bad, delta = compare_to_baseline(
-            check.get("value"), base["value"], check.get("comparator"), tol,
-            ci=(check.get("ci_low"), check.get("ci_high")),
-            baseline_ci=(base.get("ci_low"), base.get("ci_high")),
-        )
+        judged = judge_change(check, base, find_tolerance(str(check.get("metric")), tolerances))
+        bad, delta = judged["regressed"], judged["delta"]
         details = check.setdefault("details", {})
         details["baseline"] = base["value"]
         details["delta"] = None if math.isnan(delta) else delta
         details["regressed"] = bad
+        details["change"] = judged["change"]
         if baseline_tag is not None:
             details["baseline_tag"] = baseline_tag
         if bad:
@@ -288,19 +381,24 @@ def baseline_report(checks: Iterable[Mapping[str, Any]], spec: str, tag: str | N
         compared, so a pass would say nothing about regressions.
     """
     measured = [c for c in checks if c.get("status") in ("passed", "failed", "xfail") and _finite(c.get("value"))]
-    compared = [c for c in measured if (c.get("details") or {}).get("baseline_value") is not None]
+    matched = [c for c in measured if (c.get("details") or {}).get("baseline_value") is not None]
+    undirected = [c for c in matched if (c.get("details") or {}).get("change") == NO_DIRECTION]
+    compared = [c for c in matched if c not in undirected]
     regressed = sum(bool((c.get("details") or {}).get("regressed")) for c in compared)
     run = dict(stored_run or {})
     fields = {"spec": spec, "tag": tag, "recorded_at": run.get("recorded_at"),
               "plugin_version": run.get("plugin_version"), "git_commit": run.get("git_commit"),
-              "checks": len(measured), "compared": len(compared), "regressed": regressed}
+              "checks": len(measured), "compared": len(compared), "regressed": regressed,
+              "no_direction": sorted({str(c.get("metric")) for c in undirected})}
     if tag is None:
         return fields, (f"invariance: baseline: none - --invariance-baseline {spec} found no earlier complete run "
                         f"in {history}; nothing compared (a first run)"), False
     when = f"recorded {run.get('recorded_at') or '?'}, plugin {run.get('plugin_version') or '?'}"
-    if measured and not compared:
+    if measured and not matched:
         return fields, (f"invariance: ERROR --invariance-baseline {spec} is version {tag} ({when}), which shares "
                         f"no check with this run's {len(measured)}: nothing was compared; pass "
                         f"--invariance-baseline TAG of a run of the same suites, model and layers"), True
-    return fields, (f"invariance: baseline {tag} ({when}): {len(compared)} of {len(measured)} checks compared, "
-                    f"{regressed} regressed"), False
+    skipped = (f"; {len(undirected)} {NO_DIRECTION} ({', '.join(fields['no_direction'])})"
+               if undirected else "")
+    return fields, (f"invariance: baseline {tag} ({when}): {len(compared)} of {len(measured)} checks compared "
+                    f"in their leak direction, {regressed} regressed{skipped}"), False

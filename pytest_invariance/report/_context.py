@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..history._baseline import compare_to_baseline
+from ..history._baseline import judge_change
 
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 _HIDDEN_DETAILS = {"baseline", "baseline_value", "delta", "regressed", "baseline_tag"}  # shown in their own row
@@ -70,8 +70,8 @@ def _regression(check: Mapping[str, Any]) -> dict[str, Any] | None:
     regressed = details.get("regressed")
     delta = details.get("delta")
     if regressed is None:  # the plugin did not decide: use the default (CI) tolerance
-        regressed, d = compare_to_baseline(check.get("value"), base, check.get("comparator"),
-                                           ci=(check.get("ci_low"), check.get("ci_high")))
+        judged = judge_change(check, {"value": base, "metric": check.get("metric")})
+        regressed, d = judged["regressed"], judged["delta"]
         delta = d if delta is None and math.isfinite(d) else delta
     return {"baseline": fnum(base), "delta": f"{delta:+.4g}" if _finite(delta) else "–",
             "regressed": bool(regressed), "tag": None if tag is None else str(tag)}

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..history._baseline import compare_to_baseline
+from ..history._baseline import judge_change
 from ..history._store import default_tag
 from .._io import atomic_write_text
 from ._context import _plot_view, build_context, fnum
@@ -166,7 +166,8 @@ def compare_rows(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> list[dic
     """Checks of two runs matched on ``(test, layer, metric)`` as the baseline matches them
     (:func:`~pytest_invariance.history.check_identity`: a sweep's layer4 meets a one-layer
     run of layer4), regressions of B against A first (default CI tolerance), then by size
-    of the change."""
+    of the change. ``change`` is :func:`~pytest_invariance.history.judge_change`'s, the
+    comparison the pytest baseline gate makes (worse = more leakage beyond the two CIs)."""
     from ..history import check_identity
 
     a = {check_identity(c): c for c in doc_a.get("checks") or []}
@@ -176,12 +177,8 @@ def compare_rows(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> list[dic
         ca, cb = a.get(key, {}), b.get(key, {})
         nodeid = cb.get("nodeid") or ca.get("nodeid") or key[0]
         comp = cb.get("comparator") or ca.get("comparator")
-        regressed, delta = compare_to_baseline(cb.get("value"), ca.get("value"), comp,
-                                               ci=(cb.get("ci_low"), cb.get("ci_high")),
-                                               baseline_ci=(ca.get("ci_low"), ca.get("ci_high")))
-        improved, _ = compare_to_baseline(ca.get("value"), cb.get("value"), comp,
-                                          ci=(ca.get("ci_low"), ca.get("ci_high")),
-                                          baseline_ci=(cb.get("ci_low"), cb.get("ci_high")))
+        judged = judge_change(cb, ca) if ca and cb else {"change": "new" if cb else "removed", "delta": math.nan}
+        delta = judged["delta"]
         rows.append({
             "nodeid": str(nodeid), "layer": key[1], "metric": str(key[2]),
             "threshold": f"{comp} {fnum(cb.get('threshold', ca.get('threshold')))}" if comp else "–",
@@ -190,11 +187,10 @@ def compare_rows(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any]) -> list[dic
             "b_ci": f"[{fnum(cb.get('ci_low'))}, {fnum(cb.get('ci_high'))}]" if cb else "",
             "a_verdict": ca.get("verdict") or "–", "b_verdict": cb.get("verdict") or "–",
             "delta": "–" if math.isnan(delta) else f"{delta:+.4g}", "_abs": 0.0 if math.isnan(delta) else abs(delta),
-            "change": "worse" if regressed else "better" if improved else "same" if ca and cb else
-                      ("new" if cb else "removed"),
+            "change": judged["change"],
         })
     order = {"worse": 0, "better": 1, "new": 2, "removed": 3, "same": 4}
-    rows.sort(key=lambda r: (order[r["change"]], -r["_abs"], r["nodeid"], r["metric"]))
+    rows.sort(key=lambda r: (order.get(r["change"], 5), -r["_abs"], r["nodeid"], r["metric"]))
     return rows
 
 
@@ -202,6 +198,7 @@ def render_compare_report(doc_a: Mapping[str, Any], doc_b: Mapping[str, Any], ta
     """The side-by-side comparison as an HTML string."""
     rows = compare_rows(doc_a, doc_b)
     counts = {k: sum(r["change"] == k for r in rows) for k in ("worse", "better", "same", "new", "removed")}
+    counts["undirected"] = sum(r["change"].startswith("not compared") for r in rows)
     return _environment().get_template("compare.html").render(
         title=f"Invariance audit: {tag_a} vs {tag_b}", tag_a=tag_a, tag_b=tag_b,
         header=[(k, a, b) for (k, a), (_, b) in zip(_header(doc_a.get("run") or {}),

@@ -1,0 +1,126 @@
+"""A baseline comparison judges MORE LEAKAGE, gated or not: the factors suite measures its
+factors ungated by default, and a model that starts to leak a factor must read as a
+regression both in the pytest run (--invariance-baseline) and in `pytest-invariance compare`,
+which share one comparison (history.judge_change)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx  # noqa: F401  - imported once here (pytester restores sys.modules between tests)
+import pandas as pd
+import pytest
+import torch
+import torch.onnx  # noqa: F401
+from PIL import Image
+
+from pytest_invariance.history import HistoryStore, judge_change, leak_direction
+from pytest_invariance.report import compare_rows
+from pytest_invariance.testing import copy_suite, export_onnx, run_and_read
+
+
+class _Reader(torch.nn.Module):
+    """Embedding = the pixels of the top-left 4x4 corner (random noise in these images),
+    plus, when ``leaky``, the mean colour of the stripe rows and of the bottom rows."""
+
+    def __init__(self, leaky: bool):
+        super().__init__()
+        self.leaky = leaky
+
+    def forward(self, x):
+        corner = x[:, :, :4, :4].flatten(1)
+        if not self.leaky:
+            return corner
+        return torch.cat([corner, x[:, :, 6:10, :].mean((2, 3)), x[:, :, 12:, :].mean((2, 3))], 1)
+
+
+def _folder(root, n=240, seed=0):
+    """``stripe`` (binary) and ``shade`` (categorical) are planted in rows the corner never sees."""
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True)
+    rows = []
+    for k in range(n):
+        stripe, shade = int(rng.integers(2)), ["dark", "mid", "light"][rng.integers(3)]
+        x = rng.uniform(0, 1, (16, 16, 3))
+        x[6:10] = 0.2 + 0.7 * stripe
+        x[12:] = {"dark": 0.1, "mid": 0.5, "light": 0.9}[shade]
+        Image.fromarray((x * 255).astype(np.uint8)).save(root / "img" / f"{k:03d}.png")
+        rows.append({"image": f"img/{k:03d}.png", "stripe": stripe, "shade": shade})
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    return root
+
+
+def test_an_ungated_factor_that_starts_to_leak_is_a_regression_in_pytest_and_in_compare(pytester, tmp_path, capsys):
+    from pytest_invariance.cli import main
+
+    suite = copy_suite(pytester, "factors")
+    data = _folder(tmp_path / "d")
+    blind = export_onnx(_Reader(False).eval(), tmp_path / "blind.onnx", (3, 16, 16))
+    leaky = export_onnx(_Reader(True).eval(), tmp_path / "leaky.onnx", (3, 16, 16))
+    common = ("audits/factors/test_factors.py::test_factor", f"--invariance-data-dir={data}")
+    result, base = run_and_read(suite, *common, f"--model={blind}", "--model-version", "blind")
+    result.assert_outcomes(passed=2)  # nothing gated: measured only
+    result, now = run_and_read(suite, *common, f"--model={leaky}", "--model-version", "leaky",
+                               "--invariance-baseline", "blind")
+    by = {(c["details"]["factor"], c["metric"]): c for c in now["checks"]}
+    old = {(c["details"]["factor"], c["metric"]): c for c in base["checks"]}
+    stripe = by["stripe", "balanced_error"]
+    # the blind model is at chance, the leaky one reads the stripe, far outside both CIs
+    assert old["stripe", "balanced_error"]["ci_low"] <= 0.5 <= old["stripe", "balanced_error"]["ci_high"]
+    assert stripe["ci_high"] < old["stripe", "balanced_error"]["ci_low"] and stripe["threshold"] is None
+    assert stripe["details"]["regressed"] and stripe["details"]["change"] == "worse"
+    assert by["shade", "balanced_accuracy"]["details"]["regressed"]  # higher accuracy = more leakage
+    result.assert_outcomes(failed=2)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*balanced_error: regression against blind: * moved toward more leakage*",
+                                 "invariance: baseline blind (recorded *): 4 of 4 checks compared in their leak "
+                                 "direction, 4 regressed"])
+    # `compare` says the same, from the same function
+    capsys.readouterr()
+    assert main(["compare", "blind", "leaky", "--history", str(suite.path / "h.sqlite"),
+                 "--out", str(tmp_path / "c.html")]) == 1
+    out = capsys.readouterr().out
+    assert "4 worse, 0 better of 4 checks" in out
+    rows = compare_rows(HistoryStore(suite.path / "h.sqlite").run("blind"),
+                        HistoryStore(suite.path / "h.sqlite").run("leaky"))
+    assert {r["change"] for r in rows} == {"worse"}
+    # and the reverse is better, not "same"
+    assert {r["change"] for r in compare_rows(now, base)} == {"better"}
+
+
+def _check(metric, value, half, chance=None, comparator=None):
+    return {"metric": metric, "value": value, "ci_low": value - half, "ci_high": value + half,
+            "chance": chance, "comparator": comparator}
+
+
+@pytest.mark.parametrize(("metric", "direction"), [
+    ("balanced_error", -1), ("fn_rate", -1), ("mae", -1), ("rank1", -1), ("tar", -1), ("balanced_accuracy", 1),
+    ("r2", 1), ("yaw_mae", -1), ("rotation_mae_mlp_erased", -1), ("rank1_blur", -1),
+    ("top10_variance_share", None), ("rotation_mae_selectivity", None), ("angle_mae_std", None)])
+def test_leak_direction_per_metric(metric, direction):
+    assert leak_direction(metric) == direction
+
+
+def test_significance_is_the_two_cis_combined_and_chance_relative():
+    base = _check("balanced_error", 0.50, 0.05, chance=0.5)
+    h = math.hypot(0.05, 0.05)  # 0.0707
+    assert judge_change(_check("balanced_error", 0.50 - h + 0.005, 0.05, chance=0.5), base)["change"] == "same"
+    assert judge_change(_check("balanced_error", 0.50 - h - 0.005, 0.05, chance=0.5), base)["change"] == "worse"
+    assert judge_change(_check("balanced_error", 0.50 + h + 0.005, 0.05, chance=0.5), base)["change"] == "better"
+    # a rate whose chance (1 - q) moved with it did not leak more: 0.175 down, chance 0.175 down
+    fn = judge_change(_check("fn_rate", 0.30, 0.05, chance=0.30), _check("fn_rate", 0.475, 0.05, chance=0.475))
+    assert fn["change"] == "same" and fn["delta"] == pytest.approx(-0.175)
+    # the same move at a fixed chance is a regression (the tryout's "same" for a 0.175 move)
+    assert judge_change(_check("fn_rate", 0.30, 0.05, chance=0.5), _check("fn_rate", 0.475, 0.05, chance=0.5))[
+        "change"] == "worse"
+    # a gate's comparator says which side is bad, even against the metric's own direction
+    assert judge_change(_check("balanced_error", 0.9, 0.01, comparator="<="), _check("balanced_error", 0.5, 0.01))[
+        "change"] == "worse"
+    odd = judge_change(_check("top10_variance_share", 0.9, 0.01), _check("top10_variance_share", 0.1, 0.01))
+    assert odd["change"] == "not compared: no leak direction" and not odd["regressed"]
+
+
+def test_compare_rows_say_not_compared_for_a_metric_without_a_leak_direction():
+    a = {"checks": [{"nodeid": "t", **_check("top10_variance_share", 0.1, 0.01)}]}
+    b = {"checks": [{"nodeid": "t", **_check("top10_variance_share", 0.9, 0.01)}]}
+    assert [r["change"] for r in compare_rows(a, b)] == ["not compared: no leak direction"]
