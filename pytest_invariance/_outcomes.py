@@ -5,7 +5,8 @@ is a pytest ERROR with one line that names the command-line option that fixes it
 gate failure or a regression is a FAILED test. The exit status follows (DESIGN.md):
 
 * 1 (pytest's TESTS_FAILED): a gate failed or a regression was found;
-* 3 (:data:`EXIT_TOOL_ERROR`): no gate failed, but a study could not run;
+* 3 (:data:`EXIT_TOOL_ERROR`): no gate failed, but a study could not run, or a gate could not
+  decide (INCONCLUSIVE: the test split is too small for it, checks._verdict);
 * 5 (:data:`EXIT_NOTHING_AUDITED`): ``--model`` or ``--invariance-data-dir`` was given and every
   audit test skipped, so nothing was measured.
 
@@ -117,6 +118,7 @@ class Outcomes:
         self.output_error = False              # results.json / report could not be written
         self.baseline_error = False            # --invariance-baseline shares no check with this run
         self.status: int | None = None         # the exit status, once the session has finished
+        self.inconclusive: set[str] = set()    # tests with a gate the CI could not decide (an ERROR)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         audit = getattr(report, "invariance_item", None)
@@ -156,7 +158,10 @@ class Outcomes:
     def _add_checks(self, report: pytest.TestReport, checks: list[dict[str, Any]]) -> None:
         xfail = report.skipped and hasattr(report, "wasxfail")
         for c in checks:
-            c["status"] = "passed" if c.get("passed") else "xfail" if xfail else "failed"
+            c["status"] = "passed" if c.get("passed") else "xfail" if xfail else \
+                "inconclusive" if c.get("verdict") == "INCONCLUSIVE" else "failed"
+            if c["status"] == "inconclusive":
+                self.inconclusive.add(report.nodeid)
         self.collected["checks"].extend(checks)
 
     # ------------------------------------------------------------------ session end
@@ -167,6 +172,8 @@ class Outcomes:
         out = []
         for status, table in (("error", self.errors), ("skipped", self.skipped)):
             for nodeid, message in sorted(table.items()):
+                if nodeid in self.inconclusive and status == "error":
+                    continue  # its checks are in the results, each INCONCLUSIVE with its reason
                 out.append({"nodeid": nodeid, "suite": suites.get(nodeid), "metric": None, "value": None,
                             "threshold": None, "comparator": None, "passed": False if status == "error" else None,
                             "ci_low": None, "ci_high": None, "chance": None, "n": 0,
@@ -222,6 +229,11 @@ class Outcomes:
             # quote a root cause, never a "see that error" back-reference
             + (f"; first: {next(iter((self.first_errors or self.errors).values()))}" if self.errors else ""),
         ]
+        undecided = [c for c in self.collected["checks"] if c.get("status") == "inconclusive"]
+        if undecided:
+            lines.append(f"invariance: inconclusive: {len(undecided)} check(s) in {len(self.inconclusive)} test(s): "
+                         "the test split is too small for the gate (CI wider than the gap between chance and the "
+                         "threshold); each error names the images or --invariance-threshold that would decide")
         if self.skipped:
             reasons = Counter(self.skipped.values()).most_common()
             lines.append(f"invariance: skipped: {len(self.skipped)} tests")

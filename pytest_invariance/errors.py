@@ -53,6 +53,11 @@ class DatasetNotFoundError(DataError, FileNotFoundError):
     """A dataset is not installed or not under the data directory."""
 
 
+class InconclusiveError(InvarianceError, ValueError):
+    """A gate cannot decide: the figure's CI is wider than the gap between chance and the
+    threshold (the test split is too small); the test is an ERROR, neither PASS nor FAIL."""
+
+
 class InvarianceWarning(_WarningBase):
     """Warnings emitted by pytest-invariance."""
 

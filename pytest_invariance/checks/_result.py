@@ -20,6 +20,7 @@ COMPARATORS: dict[str, Callable[[float, float], bool]] = {
 DIRECTIONS = {"min": ">=", "max": "<=", "above": ">", "below": "<"}
 
 PASS, FAIL, ERROR = "PASS", "FAIL", "ERROR"
+INCONCLUSIVE = "INCONCLUSIVE"  # the CI cannot tell chance from the gate (checks._verdict.undecided)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,22 @@
-"""Estimate + Threshold -> CheckResult, with the failure message as a small report."""
+"""Estimate + Threshold -> CheckResult, with the failure message as a small report.
+
+A gate "close to chance" (chance on its passing side, e.g. balanced error >= 0.40 with chance
+0.5) cannot decide when the figure's CI is wider than the gap between chance and the
+threshold and covers the threshold: a leak-free embedding then lands beyond the gate by
+sampling noise alone (2 of 20 pure-noise columns at n = 60). Such a check is INCONCLUSIVE
+(a pytest ERROR naming the fix), not a FAIL or a PASS. When the CI half-width is at most that
+gap, a leak-free embedding's point estimate crosses the gate with probability at most ~2.5%
+(one side of a 95% CI), and the point estimate decides as before; a CI wholly on one side
+decides whatever its width. ``confident`` gates (on the CI bound) are already one-sided and
+are left as they are. docs/factors.md, "Gates".
+"""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..probes._estimate import Estimate
-from ._result import FAIL, PASS, CheckResult, Threshold
+from ._result import COMPARATORS, FAIL, INCONCLUSIVE, PASS, CheckResult, Threshold
 
 MAX_ROWS = 10  # worst rows shown in a failure message
 
@@ -28,6 +40,7 @@ def evaluate(nodeid: str, suite: str, metric: str, est: Estimate, threshold: Thr
         details.setdefault("p_value", est.p_value)
     details.setdefault("confidence", est.confidence)
     passed = True if threshold is None else threshold.holds(est)
+    gap = None if threshold is None else undecided(est, threshold)
     result = CheckResult(
         nodeid=nodeid, suite=suite, metric=metric, value=float(est.value),
         threshold=None if threshold is None else threshold.value,
@@ -38,20 +51,78 @@ def evaluate(nodeid: str, suite: str, metric: str, est: Estimate, threshold: Thr
     )
     if threshold is not None and threshold.confident:
         details["on_ci_bound"] = True
-    if not passed:
+    if gap is not None:
+        result.passed, result.verdict = False, INCONCLUSIVE
+        result.message = inconclusive_message(result, threshold, gap)  # type: ignore[arg-type]
+    elif not passed:
         result.message = failure_message(result, threshold)  # type: ignore[arg-type]
     return result
+
+
+def undecided(est: Estimate, threshold: Threshold) -> float | None:
+    """The gap between chance and the threshold when this gate cannot decide, else None.
+
+    Undecided: chance lies on the gate's passing side, the CI covers the threshold and its
+    half-width exceeds that gap (module docstring).
+
+    Examples
+    --------
+    >>> undecided(Estimate(0.38, 0.26, 0.52, chance=0.5, n=60), Threshold(">=", 0.4))
+    0.09999999999999998
+    >>> undecided(Estimate(0.02, 0.0, 0.05, chance=0.5, n=60), Threshold(">=", 0.4)) is None  # a real leak
+    True
+    """
+    lo, hi, c = est.ci_low, est.ci_high, est.chance
+    if threshold.confident or c is None or not all(math.isfinite(x) for x in (lo, hi, c)):
+        return None
+    gap = abs(float(c) - threshold.value)
+    if not COMPARATORS[threshold.comparator](c, threshold.value) or not lo <= threshold.value <= hi:
+        return None
+    return gap if (hi - lo) / 2 > gap else None
+
+
+def threshold_key(r: CheckResult) -> str:
+    """The narrowest ``--invariance-threshold`` key for this figure: ``[LAYER.][QUALIFIER.]metric``
+    with the factor (attribute, bin, group) it measures, and in a layer sweep its layer."""
+    sweep = len(r.details.get("layers") or ()) > 1 and r.details.get("layer") is not None
+    inner = next((r.details[k] for k in ("factor", "attribute", "bin", "group") if r.details.get(k) is not None), None)
+    return ".".join(str(p) for p in (r.details.get("layer") if sweep else None, inner, r.metric) if p is not None)
+
+
+def _config_file(r: CheckResult) -> str:
+    return "the data folder's invariance.toml" if r.details.get("factor") is not None else "the suite's invariance.toml"
+
+
+def inconclusive_message(r: CheckResult, threshold: Threshold, gap: float) -> str:
+    """One line: the gate cannot decide, the test split's size and CI width, and the fixes
+    (about how many test images would decide, or the widest gate this split can decide)."""
+    half = (r.ci_high - r.ci_low) / 2
+    need = math.ceil(r.n * (half / gap) ** 2) if r.n and gap > 0 else None
+    c = float(r.chance)  # type: ignore[arg-type]
+    limit = c - half if threshold.higher_passes else c + half
+    side = "<=" if threshold.higher_passes else ">="
+    more = f"about {need} test images instead of {r.n}" if need else "more test images"
+    return (f"{r.metric}{_qualifiers(r)}: INCONCLUSIVE: {_fmt(r.value)} (CI {int(100 * r.details.get('confidence', 0.95))}% "
+            f"{_fmt(r.ci_low)}..{_fmt(r.ci_high)}, chance {_fmt(r.chance)}, n={r.n}) cannot decide "
+            f"{threshold.describe()}: the test split is too small, its CI half-width {half:.3g} is wider than the "
+            f"{gap:.3g} between chance and the gate, so a leak-free embedding crosses it by chance; add images "
+            f"({more}) or gate a larger leak: --invariance-threshold {threshold_key(r)}=VALUE with VALUE "
+            f"{side} {limit:.3g}")
+
+
+def _qualifiers(r: CheckResult) -> str:
+    sweep = len(r.details.get("layers") or ()) > 1 and r.details.get("layer") is not None
+    shown = (("layer",) if sweep else ()) + ("model", "attribute", "group", "bin", "factor", "level")
+    qual = ", ".join(f"{k}={r.details[k]}" for k in shown if r.details.get(k) is not None)
+    return f" [{qual}]" if qual else ""
 
 
 def failure_message(r: CheckResult, threshold: Threshold) -> str:
     """The failed figure, its CI, chance and gate, the worst rows, and the one threshold key
     that relaxes this figure alone: in a layer sweep qualified by the layer (and the
     attribute or factor), ``LAYER.FACTOR.metric``, so other layers keep their gate."""
-    sweep = len(r.details.get("layers") or ()) > 1 and r.details.get("layer") is not None
-    shown = (("layer",) if sweep else ()) + ("model", "attribute", "group", "bin", "factor", "level")
-    qual = ", ".join(f"{k}={r.details[k]}" for k in shown if r.details.get(k) is not None)
     lines = [
-        f"{r.metric}{f' [{qual}]' if qual else ''}: {_fmt(r.value)} "
+        f"{r.metric}{_qualifiers(r)}: {_fmt(r.value)} "
         f"(CI {int(100 * r.details.get('confidence', 0.95))}% {_fmt(r.ci_low)}..{_fmt(r.ci_high)}, "
         f"chance {_fmt(r.chance)}, n={r.n}) does not satisfy {threshold.describe()}",
     ]
@@ -61,6 +132,7 @@ def failure_message(r: CheckResult, threshold: Threshold) -> str:
     if len(rows) > MAX_ROWS:
         lines.append(f"    ... {len(rows) - MAX_ROWS} more rows")
     key = r.metric
+    sweep = len(r.details.get("layers") or ()) > 1 and r.details.get("layer") is not None
     if sweep:
         inner = next((r.details[k] for k in ("attribute", "factor") if r.details.get(k) is not None), None)
         key = ".".join(str(p) for p in (r.details["layer"], inner, r.metric) if p is not None)

@@ -380,7 +380,7 @@ def baseline_report(checks: Iterable[Mapping[str, Any]], spec: str, tag: str | N
         True when a baseline was found but shares no check with this run: nothing was
         compared, so a pass would say nothing about regressions.
     """
-    measured = [c for c in checks if c.get("status") in ("passed", "failed", "xfail") and _finite(c.get("value"))]
+    measured = [c for c in checks if c.get("status") in ("passed", "failed", "xfail", "inconclusive") and _finite(c.get("value"))]
     matched = [c for c in measured if (c.get("details") or {}).get("baseline_value") is not None]
     undirected = [c for c in matched if (c.get("details") or {}).get("change") == NO_DIRECTION]
     compared = [c for c in matched if c not in undirected]

@@ -17,7 +17,7 @@ from ..history._baseline import judge_change
 
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 _HIDDEN_DETAILS = {"baseline", "baseline_value", "delta", "regressed", "baseline_tag"}  # shown in their own row
-_RANK = {"FAIL": 0, "ERROR": 1, "REGRESSED": 2, "XFAIL": 3, "PASS": 4, "SKIPPED": 5}
+_RANK = {"FAIL": 0, "ERROR": 1, "INCONCLUSIVE": 2, "REGRESSED": 3, "XFAIL": 4, "PASS": 5, "SKIPPED": 6}
 STATUSES = tuple(_RANK)
 _N_WORST = 10
 
@@ -86,6 +86,8 @@ def _status(check: Mapping[str, Any], regression: dict[str, Any] | None) -> tupl
         return "ERROR", ["error"]
     if verdict == "SKIPPED" or status == "skipped":
         return "SKIPPED", []
+    if verdict == "INCONCLUSIVE" and status != "xfail":
+        return "INCONCLUSIVE", ["inconclusive"]  # the CI cannot tell chance from the gate
     reasons = []
     value, thr, comp = check.get("value"), check.get("threshold"), check.get("comparator")
     if _finite(value) and _finite(thr) and comp in _OPS and not _OPS[comp](value, thr):

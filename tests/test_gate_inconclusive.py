@@ -1,0 +1,72 @@
+"""A "close to chance" gate that its CI cannot decide is INCONCLUSIVE (a pytest ERROR naming the
+fix), never a FAIL of a leak-free column nor a PASS; a real leak still FAILs (checks._verdict)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx  # noqa: F401  - imported once here (pytester restores sys.modules between tests)
+import pandas as pd
+import pytest
+import torch
+import torch.onnx  # noqa: F401
+from PIL import Image
+
+from pytest_invariance.checks import FAIL, INCONCLUSIVE, PASS, Threshold, evaluate
+from pytest_invariance.probes._estimate import Estimate
+from pytest_invariance.testing import copy_suite, export_onnx, run_and_read
+
+
+@pytest.mark.parametrize(("est", "threshold", "verdict"), [
+    # the tryout's pure-noise column: CI half-width 0.13 > the 0.1 between chance and the gate
+    (Estimate(0.3819, 0.2599, 0.5183, chance=0.5, n=60), Threshold(">=", 0.4), INCONCLUSIVE),
+    (Estimate(0.45, 0.33, 0.57, chance=0.5, n=60), Threshold(">=", 0.4), INCONCLUSIVE),  # nor a PASS
+    (Estimate(0.02, 0.0, 0.05, chance=0.5, n=60), Threshold(">=", 0.4), FAIL),   # a planted factor: CI below
+    (Estimate(0.38, 0.33, 0.43, chance=0.5, n=600), Threshold(">=", 0.4), FAIL),  # narrow CI: the point decides
+    (Estimate(0.55, 0.42, 0.68, chance=0.5, n=60), Threshold(">=", 0.4), PASS),  # CI wholly on the passing side
+    (Estimate(0.40, 0.27, 0.52, chance=0.25, n=60), Threshold("<=", 0.35), INCONCLUSIVE),  # balanced accuracy
+    (Estimate(0.40, 0.27, 0.52, chance=0.25, n=60), Threshold("<=", 0.35, confident=True), FAIL),  # on the bound
+    (Estimate(0.80, 0.70, 0.90, chance=0.1, n=60), Threshold(">=", 0.85), FAIL),  # chance on the failing side
+])
+def test_verdict_rule(est, threshold, verdict):
+    r = evaluate("t", "s", "balanced_error", est, threshold, {"factor": "n3"})
+    assert r.verdict == verdict and r.passed == (verdict == PASS)
+    if verdict == INCONCLUSIVE:
+        assert "the test split is too small" in r.message and "--invariance-threshold n3.balanced_error=VALUE" in r.message
+
+
+class _Stripe(torch.nn.Module):
+    """Embedding = the top-left corner's noise pixels and the mean colour of the stripe rows."""
+
+    def forward(self, x):
+        return torch.cat([x[:, :, :4, :4].flatten(1), x[:, :, 6:10, :].mean((2, 3))], 1)
+
+
+def test_noise_columns_never_fail_the_default_gate_and_a_planted_one_does(pytester, tmp_path):
+    rng = np.random.default_rng(7)
+    root = tmp_path / "d"
+    (root / "img").mkdir(parents=True)
+    n, k = 300, 12
+    rows = []
+    for i in range(n):
+        stripe = int(rng.integers(2))
+        x = rng.uniform(0, 1, (16, 16, 3))
+        x[6:10] = 0.2 + 0.7 * stripe
+        Image.fromarray((x * 255).astype(np.uint8)).save(root / "img" / f"{i:03d}.png")
+        rows.append({"image": f"img/{i:03d}.png", "stripe": stripe, **{f"n{j}": int(rng.integers(2)) for j in range(k)}})
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    model = export_onnx(_Stripe().eval(), tmp_path / "m.onnx", (3, 16, 16))
+    suite = copy_suite(pytester, "factors")
+    result, doc = run_and_read(suite, "audits/factors/test_factors.py::test_factor", f"--model={model}",
+                               f"--invariance-data-dir={root}", "--invariance-gate", "all")
+    heads = {c["details"]["factor"]: c for c in doc["checks"] if c["metric"] == "balanced_error"}
+    assert heads["stripe"]["verdict"] == FAIL and heads["stripe"]["n"] == 60
+    noise = [heads[f"n{j}"] for j in range(k)]
+    assert all(c["verdict"] in (PASS, INCONCLUSIVE) for c in noise)
+    undecided = [c for c in noise if c["verdict"] == INCONCLUSIVE]
+    assert undecided and all(c["ci_low"] <= 0.4 <= c["ci_high"] for c in undecided)
+    assert all(c["status"] == "inconclusive" for c in undecided)
+    result.assert_outcomes(failed=1, passed=k - len(undecided), errors=len(undecided))
+    assert result.ret == 1  # the planted leak
+    result.stdout.fnmatch_lines([f"invariance: inconclusive: {len(undecided)} check(s) in {len(undecided)} test(s): "
+                                 "the test split is too small for the gate*"])
+    assert "balanced_error [model=m, factor=n" in result.stdout.str() and "INCONCLUSIVE" in result.stdout.str()
+    assert not [c for c in doc["checks"] if c["verdict"] == "ERROR"]  # no extra error rows for those tests
