@@ -119,6 +119,27 @@ class Outcomes:
         self.baseline_error = False            # --invariance-baseline shares no check with this run
         self.status: int | None = None         # the exit status, once the session has finished
         self.inconclusive: set[str] = set()    # tests with a gate the CI could not decide (an ERROR)
+        self.collect_errors: list[str] = []    # "path: first error line" of each collection error
+        self.stopped = False                   # Ctrl-C or pytest.exit(): the run was interrupted
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.collect_errors.append(f"{report.nodeid or '.'}: {_first_error_line(report)}")
+
+    def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
+        self.stopped = True
+
+    def incomplete(self, exit_status: int) -> str | None:
+        """Why the run did not complete (results.json's ``run.incomplete``), None when it did.
+        It reads after "this run": "interrupted", "stopped at 1 collection error (...)"."""
+        if self.collect_errors:
+            return (f"stopped at {len(self.collect_errors)} collection error(s) (first: {self.collect_errors[0]})"
+                    + ("" if exit_status == pytest.ExitCode.INTERRUPTED else "; the other tests ran"))
+        if exit_status == pytest.ExitCode.INTERRUPTED:
+            return "interrupted"
+        if exit_status == pytest.ExitCode.USAGE_ERROR:
+            return f"stopped at a usage error (exit status {int(pytest.ExitCode.USAGE_ERROR)}; its line is printed below)"
+        return None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         audit = getattr(report, "invariance_item", None)
@@ -206,16 +227,24 @@ class Outcomes:
 
     def run_fields(self, exit_status: int) -> dict[str, Any]:
         """How the run ended, for results.json's ``run``: the exit status and test counts."""
+        incomplete = self.incomplete(exit_status)
         return {"exit_status": exit_status,
-                "interrupted": exit_status == pytest.ExitCode.INTERRUPTED,
+                "interrupted": incomplete == "interrupted", "incomplete": incomplete,
+                "collection_errors": list(self.collect_errors),
                 "tests": {"audited": len(self.audited), "failed": len(self.failed_tests & self.audit_items),
                           "xfailed": len(self.xfailed), "errors": len(self.errors), "skipped": len(self.skipped)}}
 
     def summary_lines(self, settings: Any) -> list[str]:
         """Three separate lines (checks failed, known leaks, could not run) and, when nothing
         was audited, the skip reasons."""
+        why = None if self.status is None else self.incomplete(self.status)
+        if why and why != "interrupted":  # Ctrl-C keeps its own line below
+            stopped = [f"invariance: DID NOT COMPLETE (exit status {self.status}): this run {why}; "
+                       "results.json (run.incomplete) and the report say so, and the history is not written"]
+        else:
+            stopped = []
         if not self.audit_items:
-            return []
+            return stopped
         checks = [c for c in self.collected["checks"] if c.get("status") in ("passed", "failed", "xfail")]
         failed = [c for c in checks if c.get("status") == "failed"]
         regressed = sum(bool((c.get("details") or {}).get("regressed")) for c in failed)
@@ -240,7 +269,8 @@ class Outcomes:
             lines += [f"    {n} x {reason}" for reason, n in reasons[:5]]
             if len(reasons) > 5:
                 lines.append(f"    ... {len(reasons) - 5} more reasons")
-        if self.status == pytest.ExitCode.INTERRUPTED:
+        lines += stopped
+        if self.status == pytest.ExitCode.INTERRUPTED and why == "interrupted":
             lines.append(f"invariance: INTERRUPTED (exit status {int(pytest.ExitCode.INTERRUPTED)}): "
                          f"{len(self.audited)} audit test(s) reached a verdict before it; the "
                          "figures are partial and this run is never an --invariance-baseline 'latest'")
@@ -257,6 +287,13 @@ def _skip_reason(report: pytest.TestReport) -> str:
     if isinstance(longrepr, tuple) and len(longrepr) == 3:
         return str(longrepr[2]).removeprefix("Skipped: ")
     return str(longrepr)
+
+
+def _first_error_line(report: Any) -> str:
+    """The line that says what went wrong: a traceback's first ``E`` line, else the first line."""
+    lines = [ln.strip() for ln in str(report.longrepr).splitlines() if ln.strip()]
+    marked = [ln[1:].strip() for ln in lines if ln.startswith("E ")]
+    return (marked or lines or ["error"])[0]
 
 
 def _last_line(report: pytest.TestReport) -> str:

@@ -38,9 +38,10 @@ def _write_outputs(s: Settings, collected: dict[str, Any], run: dict[str, Any], 
 
         store = HistoryStore(s.resolve_path(s.history))  # type: ignore[arg-type]
         why = not_a_baseline(doc)
-        if why in ("interrupted", "audited nothing"):
+        if why in ("interrupted", "audited nothing") or run.get("incomplete"):
             # Partial or empty figures would replace a stored run of the same version.
-            lines.append(f"invariance: history {s.resolve_path(s.history)} not written: this run {why}")
+            lines.append(f"invariance: history {s.resolve_path(s.history)} not written: this run "
+                         f"{why.split(' (first: ')[0]}")  # the first error line is in the line above
         else:
             # Skipped tests measured nothing: the history keeps figures and errors only.
             store.record({**doc, "checks": [c for c in checks if c.get("status") != "skipped"]},

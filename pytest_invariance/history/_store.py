@@ -96,7 +96,8 @@ def default_tag(doc: dict[str, Any]) -> str:
 def not_a_baseline(doc: dict[str, Any]) -> str | None:
     """Why a stored run may not be the ``latest`` baseline, or None when it may.
 
-    A run that was interrupted, audited nothing, or had a tool error (a pytest ERROR) lacks
+    A run that was interrupted or did not complete (``run.incomplete``: a collection or usage
+    error), audited nothing, or had a tool error (a pytest ERROR) lacks
     figures a later run would be compared with; as ``latest`` it would turn those comparisons
     into silent passes. Documents without ``run.tests`` (written by hand or by older plugins)
     are taken as complete.
@@ -114,6 +115,8 @@ def not_a_baseline(doc: dict[str, Any]) -> str | None:
     tests = run.get("tests") or {}
     if run.get("interrupted"):
         return "interrupted"
+    if run.get("incomplete"):  # e.g. "stopped at 1 collection error (first: ...)"
+        return str(run["incomplete"])
     if tests.get("audited") == 0:
         return "audited nothing"
     if tests.get("errors"):

@@ -1,0 +1,42 @@
+"""A run that stops at a collection error says so, and why, in the terminal, results.json, the
+report and the history line; it is not reported as interrupted (that is Ctrl-C)."""
+from __future__ import annotations
+
+from pytest_invariance.testing import copy_suite, read_results
+
+
+def test_a_collection_error_is_named_in_the_json_the_report_and_the_history_line(pytester, tmp_path):
+    data = tmp_path / "d"
+    (data / "img").mkdir(parents=True)
+    from PIL import Image
+
+    for k in range(4):
+        Image.new("RGB", (8, 8), (k, k, k)).save(data / "img" / f"{k}.png")
+    # a semicolon-delimited file: one column named 'image;flag'
+    (data / "labels.csv").write_text("image;flag\n" + "".join(f"img/{k}.png;{k % 2}\n" for k in range(4)))
+    suite = copy_suite(pytester, "factors")
+    result = suite.runpytest_subprocess("audits/factors", f"--invariance-data-dir={data}", "-p", "no:cacheprovider",
+                                        "--invariance-json=r.json", "--invariance-report=r.html",
+                                        "--invariance-history=h.sqlite")
+    assert result.ret == 2
+    first = "audits/factors/test_factors.py: factors suite: " + str(data / "labels.csv")
+    result.stdout.fnmatch_lines([
+        f"invariance: DID NOT COMPLETE (exit status 2): this run stopped at 1 collection error(s) (first: {first}*",
+        "invariance: history * not written: this run stopped at 1 collection error(s)"])
+    assert "this run interrupted" not in result.stdout.str()
+    run = read_results(suite, "r.json")["run"]
+    assert run["interrupted"] is False and run["exit_status"] == 2
+    assert run["incomplete"].startswith(f"stopped at 1 collection error(s) (first: {first}")
+    assert run["collection_errors"][0].startswith(first) and "'image' column" in run["collection_errors"][0]
+    html = (suite.path / "r.html").read_text()
+    assert 'id="incomplete"' in html and "This run did not complete" in html and "collection error" in html
+    assert not (suite.path / "h.sqlite").exists()
+
+
+def test_a_complete_run_has_no_incomplete_banner(toy):
+    result = toy.runpytest_subprocess("audits", "-p", "no:cacheprovider", "--invariance-progress", "off")
+    assert result.ret == 0
+    run = read_results(toy)["run"]
+    assert run["incomplete"] is None and run["collection_errors"] == [] and not run["interrupted"]
+    assert 'id="incomplete"' not in (toy.path / "reports" / "index.html").read_text()
+    assert "DID NOT COMPLETE" not in result.stdout.str()
