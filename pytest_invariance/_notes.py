@@ -14,8 +14,11 @@ from typing import Any, Iterable, Mapping
 _SHOW = 5
 
 
-def run_notes(checks: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Any], list[str]]:
-    """``(fields for results.json's run block, terminal summary lines)``."""
+def run_notes(checks: Iterable[Mapping[str, Any]],
+              not_applied: Mapping[str, list[str]] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """``(fields for results.json's run block, terminal summary lines)``; ``not_applied`` is
+    ``{option: [suite names]}`` of the options given that those suites do not apply
+    (:func:`~pytest_invariance.checks._suite.not_applied`), one line each."""
     data: dict[tuple[str, str], dict[str, Any]] = {}
     unconverged, not_measurable = [], {}
     for c in checks:
@@ -39,8 +42,9 @@ def run_notes(checks: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Any], list
             crops.add(str(crop["method"]))
     fields = {"n_skipped": sum(skipped.values()), "skipped_by_split": dict(skipped),
               "conversions": dict(conversions), "crop": sorted(crops), "not_measurable": not_measurable,
-              "unconverged": unconverged}
-    lines = []
+              "unconverged": unconverged, "options_not_applied": dict(not_applied or {})}
+    lines = [f"invariance: {flag} was not applied by suite(s) {', '.join(names)} (they have no such step; "
+             "their figures are as without it)" for flag, names in (not_applied or {}).items()]
     if fields["n_skipped"]:
         per = ", ".join(f"{k} {v}" for k, v in skipped.items() if v)
         lines.append(f"invariance: {fields['n_skipped']} image(s) left out as unreadable, undecodable or badly "

@@ -157,3 +157,6 @@ def run_all(config: pytest.Config, settings: "Settings", collected: dict[str, An
     if audit_run:
         collected["audit_run"] = True
         prepare_outputs(settings)
+        from .checks._suite import not_applied
+
+        collected["not_applied"] = not_applied(settings, suites)

@@ -666,7 +666,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         from ._notes import run_notes
 
         collected["checks"] += outcomes.error_entries()
-        notes, note_lines = run_notes(collected["checks"])
+        notes, note_lines = run_notes(collected["checks"], collected.get("not_applied"))
         if settings.baseline and status != pytest.ExitCode.INTERRUPTED:
             from .history import baseline_report
 

@@ -23,7 +23,8 @@ def test_notes_count_each_split_once_across_checks_and_suites():
                         "train 2, test 1")
     assert any("WARNING 1 figure(s) from probe fits that did not converge" in ln for ln in lines)
     assert run_notes([{"suite": "s", "details": {}}]) == ({"n_skipped": 0, "skipped_by_split": {}, "conversions": {},
-                                                           "crop": [], "not_measurable": {}, "unconverged": []}, [])
+                                                           "crop": [], "not_measurable": {}, "unconverged": [],
+                                                           "options_not_applied": {}}, [])
 
 
 def test_check_n_skipped_is_lifted_to_the_check():

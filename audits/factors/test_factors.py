@@ -21,11 +21,12 @@ def _data_key(folder, name):
     return ("factors", name, (folder.images.fingerprint,))  # reads "study factors/NAME"
 
 
-def _figures(audit, ref, folder, name):
+def _figures(audit, ref, folder, name, erase=False):
     # A split too thin for the probe is the data's fault, not a layer's: keyed without the
     # layer, a sweep reports it in full once and its other layers' tests refer back to it.
     audit.memo(_data_key(folder, name), lambda: check_measurable(folder, name, audit.settings))
-    return audit.memo(_key(ref, folder, name), lambda: factor_figures(audit, ref, folder, name))
+    key = _key(ref, folder, name) + (("erased",) if erase else ())
+    return audit.memo(key, lambda: factor_figures(audit, ref, folder, name, erase=erase))
 
 
 def _base(ref, folder, gated, name) -> dict:
@@ -62,6 +63,11 @@ def test_factor(factor, invariance_model, invariance_audit, invariance_check, in
         invariance_check(metric, est, **limit, plots=plots if headline else None, details={
             **_base(invariance_model, folder, gated, factor), "probe": fig["probe"], "n_split": fig["n"],
             "headline": headline, "gated": metric in gated.get(factor, ())})
+    if invariance_audit.settings.erase:  # --invariance-erase: the headline again, the factor erased by LEACE
+        erased = _figures(invariance_audit, invariance_model, folder, factor, erase=True)
+        invariance_check(f"{fig['headline']}_erased", erased["figures"][fig["headline"]], details={
+            **_base(invariance_model, folder, gated, factor), "probe": fig["probe"], "n_split": fig["n"],
+            "headline": False, "gated": False})
 
 
 def test_enrollment(enrolled, invariance_model, invariance_audit, invariance_check, invariance_factor_folder):

@@ -48,7 +48,8 @@ CONFIG_NAME = "invariance.toml"
 # is an error instead of a silently ignored setting. None: free keys (names chosen by the
 # suite, e.g. models, factors, threshold keys). A new table a study reads goes here.
 TABLE_KEYS: dict[str, frozenset[str] | None] = {
-    "suite": frozenset({"name", "input", "user_layer", "metrics", "qualifiers", "description", "precomputed"}),
+    "suite": frozenset({"name", "input", "user_layer", "metrics", "qualifiers", "description", "precomputed",
+                        "options"}),
     "preprocess": frozenset({"size", "channels", "scale", "mean", "std", "prewhiten", "adapt_size",
                              "pool", "input_layout", "layout", "dtype", "channel_order"}),
     "models": None,
@@ -61,6 +62,10 @@ TABLE_KEYS: dict[str, frozenset[str] | None] = {
     "perturbations": None,
     "neutral": None,
 }
+# Options that only some suites apply, with the Settings field each sets. A suite that applies one
+# lists it under ``[suite] options``; the others are named once when it is given (not_applied).
+SUITE_OPTIONS = {"--invariance-erase": "erase", "--invariance-gate": "gate",
+                 "--invariance-factor-type": "factor_type", "--invariance-skip-bad": "skip_bad"}
 MODEL_KEYS = frozenset({"path", "layer", "logits", "pool", "input_layout", "weights", "preprocess"})
 
 
@@ -82,6 +87,27 @@ def check_keys(cfg: Mapping[str, Any], path: Path) -> None:
             what = f"unknown key {unknown[0]!r}" if unknown else "no 'path'"
             raise InvalidParameterError(
                 f"{path}: [models.{name}] has {what}; known keys: {', '.join(sorted(MODEL_KEYS))}")
+
+
+def not_applied(settings: Any, suites: Iterable["Suite"]) -> dict[str, list[str]]:
+    """``{option: [suite names]}``: each suite-specific option given (:data:`SUITE_OPTIONS`) and
+    the selected suites that do not apply it, so that a run never drops an option silently
+    (``--invariance-erase`` on the factors suite measured nothing erased and said nothing).
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as S
+    >>> on = S(erase=True, gate=(), factor_type=(), skip_bad=False)
+    >>> not_applied(on, [Suite("a", Path("."), {"suite": {"options": ["--invariance-erase"]}}), Suite("b", Path("."))])
+    {'--invariance-erase': ['b']}
+    """
+    out: dict[str, list[str]] = {}
+    for flag, name in SUITE_OPTIONS.items():
+        if getattr(settings, name, None):
+            ignored = sorted({s.name for s in suites if flag not in s.config.get("suite", {}).get("options", [])})
+            if ignored:
+                out[flag] = ignored
+    return out
 
 
 def threshold_from_table(key: str, table: Mapping[str, Any], where: str) -> Threshold:

@@ -66,8 +66,9 @@ def leak_direction(metric: str | None, comparator: str | None = None) -> int | N
             raise InvalidParameterError(
                 f"comparator must be one of {sorted(_HIGHER_IS_BETTER)} or None; got {comparator!r}")
         return -1 if _HIGHER_IS_BETTER[comparator] else 1
-    if metric in LEAK_DIRECTION:
-        return LEAK_DIRECTION[metric]
+    base = metric.removesuffix("_erased") if metric else metric  # after LEACE: the same figure's direction
+    if base in LEAK_DIRECTION:
+        return LEAK_DIRECTION[base]
     return -1 if metric and _LOWER_LEAKS.match(metric) else None
 
 

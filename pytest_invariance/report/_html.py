@@ -82,6 +82,8 @@ def _header(run: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("crop", "; ".join(run.get("crop") or [])),
         ("not measurable", "; ".join(f"{k} ({v})" for k, v in (run.get("not_measurable") or {}).items())),
         ("unconverged probe fits", len(run.get("unconverged") or []) or None),
+        ("options not applied", "; ".join(f"{k} by {', '.join(v)}" for k, v in
+                                         (run.get("options_not_applied") or {}).items())),
     ]
     per_model = "per model, see Audited models" if run.get("models") else "–"
     return [(k, (per_model if k in ("sha256", "preprocessing", "backend / device") else "–")

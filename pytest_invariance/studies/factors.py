@@ -283,8 +283,22 @@ def _unmeasurable(name: str, why: str, first_fix: str = "") -> DataError:
     return err
 
 
-def factor_figures(audit: "Audit", ref: "ModelRef", folder: "FactorFolder", name: str) -> dict[str, Any]:
+def erase_factor(X: np.ndarray, f: "Factor", train: np.ndarray, device: str = "cpu") -> tuple[np.ndarray, int]:
+    """The embeddings [n, d] with factor ``f`` erased by LEACE (Belrose et al., 2023) fitted on the
+    ``train`` rows, and the number of directions removed. The concept is the value (binary 0/1,
+    continuous) or the one-hot levels (categorical: what any linear classifier of them reads)."""
+    from ..probes import LeaceErasure
+
+    kind = "categorical" if f.type == "categorical" else "continuous"
+    eraser = LeaceErasure(kind=kind, device=device).fit(X[train], f.values[train])
+    return eraser.transform(X), eraser.rank_
+
+
+def factor_figures(audit: "Audit", ref: "ModelRef", folder: "FactorFolder", name: str,
+                   erase: bool = False) -> dict[str, Any]:
     """Probe one factor: ``{"type", "probe", "figures": {metric: Estimate}, "headline", "n"}``.
+    ``erase``: the same probes on the embeddings with that factor erased (:func:`erase_factor`,
+    ``--invariance-erase``); a linear probe should then be at chance.
 
     Raises DataError (:func:`check_measurable`) when the split leaves a level too few images.
     """
@@ -292,6 +306,8 @@ def factor_figures(audit: "Audit", ref: "ModelRef", folder: "FactorFolder", name
     X = audit.embed(ref, folder.images, label=f"{ref.name} {folder.root.name}")
     f = folder.factors[name]
     tr, va, te = (_rows(folder, f, s) for s in ("train", "val", "test"))
+    if erase:
+        X, rank = erase_factor(X, f, tr, audit.settings.device)
     y = f.values
     if f.type == "binary":
         from ..probes import AttributeSVMProbe
@@ -314,6 +330,9 @@ def factor_figures(audit: "Audit", ref: "ModelRef", folder: "FactorFolder", name
         figs["balanced_accuracy"].details["levels_named"] = list(f.levels)
     else:
         figs = _continuous(X, y, tr, va, te, audit.seed, audit.settings.max_rows)
+    if erase:
+        for e in figs.values():
+            e.details["erased"] = f"LEACE of {name}, {rank} direction(s), fitted on the training split"
     return {"type": f.type, "probe": PROBES[f.type], "figures": {m: figs[m] for m in METRICS[f.type]},
             "headline": HEADLINE[f.type], "n": {"train": len(tr), "val": len(va), "test": len(te)}}
 
