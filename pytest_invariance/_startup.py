@@ -95,6 +95,15 @@ def prepare_outputs(settings: "Settings") -> None:
     outputs = [("--invariance-json", settings.json), ("--invariance-history", settings.history)]
     if not settings.no_report:
         outputs.append(("--invariance-report", settings.report))
+    seen: dict[Any, str] = {}
+    for flag, value in outputs:  # one file for two outputs: the later write would destroy the other
+        path = settings.resolve_path(value)
+        assert path is not None
+        # a symbolic link, ../ spelling or hard link of the same file is the same file
+        real = (path.stat().st_dev, path.stat().st_ino) if path.is_file() else path.resolve()
+        if real in seen:
+            raise pytest.UsageError(f"{seen[real]} and {flag} name the same file {path}: give each output its own path")
+        seen[real] = flag
     for flag, value in outputs:
         path = settings.resolve_path(value)
         assert path is not None

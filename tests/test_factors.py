@@ -394,7 +394,8 @@ def test_suite_rows_gates_and_summary(suite, grid_model, lfw_folder):
     (lfw_folder / "invariance.toml").write_text('[preprocess]\nsize = [64, 64]\nchannels = 3\nprewhiten = true\n')
     result, checks = _run(suite, *args)
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines(["factors: nothing gated (3 factor(s) measured only); pass --invariance-gate COL,*"])
+    result.stdout.fnmatch_lines(["factors: nothing gated (3 of the folder's 6 factor(s) measured, none gated); "
+                                 "pass --invariance-gate COL,*"])  # -k: 3 of its 6 columns
     heads = {c["details"]["factor"]: c for c in checks if c["details"]["headline"]}
     assert set(heads) == {"occluded", "noise_flag", "rotation"}
     occ = heads["occluded"]

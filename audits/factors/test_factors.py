@@ -33,6 +33,7 @@ def _base(ref, folder, gated, name) -> dict:
     f = folder.factors[name]
     return {"model": ref.name, "factor": name, "type": f.type, "type_source": "inferred" if f.inferred else "declared",
             "gated": name in gated, "factors_gated": {k: list(v) for k, v in gated.items()}, "split": folder.split_source,
+            "n_factors": len(folder.factors),
             "n_skipped": folder.n_skipped, "levels": list(f.levels) or None, "positive_level": f.positive,
             # the run's image counts (skipped, conversions) come from here, once per folder
             "data": data_notes({"folder": folder.images})}

@@ -118,9 +118,10 @@ def _qualifiers(r: CheckResult) -> str:
 
 
 def failure_message(r: CheckResult, threshold: Threshold) -> str:
-    """The failed figure, its CI, chance and gate, the worst rows, and the one threshold key
-    that relaxes this figure alone: in a layer sweep qualified by the layer (and the
-    attribute or factor), ``LAYER.FACTOR.metric``, so other layers keep their gate."""
+    """The failed figure, its CI, chance and gate, the worst rows, and the narrowest threshold
+    key that relaxes this figure alone (:func:`threshold_key`: ``FACTOR.metric``, in a layer
+    sweep ``LAYER.FACTOR.metric``, so other factors and layers keep their gate) and the file
+    it goes in (a factors folder's own invariance.toml)."""
     lines = [
         f"{r.metric}{_qualifiers(r)}: {_fmt(r.value)} "
         f"(CI {int(100 * r.details.get('confidence', 0.95))}% {_fmt(r.ci_low)}..{_fmt(r.ci_high)}, "
@@ -131,13 +132,12 @@ def failure_message(r: CheckResult, threshold: Threshold) -> str:
         lines.append(f"    {row}")
     if len(rows) > MAX_ROWS:
         lines.append(f"    ... {len(rows) - MAX_ROWS} more rows")
-    key = r.metric
-    sweep = len(r.details.get("layers") or ()) > 1 and r.details.get("layer") is not None
-    if sweep:
-        inner = next((r.details[k] for k in ("attribute", "factor") if r.details.get(k) is not None), None)
-        key = ".".join(str(p) for p in (r.details["layer"], inner, r.metric) if p is not None)
+    key = threshold_key(r)
+    # the factors suite's tests are the plugin's: its gates live in the data folder, not in xfail marks
+    other = ("or stop gating that column (--invariance-gate / [gate] columns)" if r.details.get("factor") is not None
+             else "or mark the test xfail with a reason")
     lines.append(
         f"  next: if this leak is accepted, relax it with --invariance-threshold {key}=VALUE "
-        "or in the suite's invariance.toml, or mark the test xfail with a reason"
+        f"or \"{key}\" under [thresholds] in {_config_file(r)}, {other}"
     )
     return "\n".join(lines)

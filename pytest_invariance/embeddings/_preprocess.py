@@ -41,10 +41,20 @@ class Preprocess:
             raise InvalidParameterError(f"preprocess channel_order must be rgb or bgr; got {self.channel_order!r}")
         if any(s == 0 for s in self.std):
             raise InvalidParameterError("preprocess std must not contain 0")
+        for key in ("mean", "std"):
+            self._check_count(key, len(getattr(self, key)), self.channels)
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         if self.size is not None:
             object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
+
+    @staticmethod
+    def _check_count(key: str, given: int, channels: int | None) -> None:
+        """One value for every channel, or one per channel: never cycled or cut to fit."""
+        if channels is not None and given not in (1, channels):
+            raise InvalidParameterError(
+                f"--invariance-preprocess {key}= has {given} values for a {channels}-channel input; give 1 value "
+                f"(every channel) or {channels} (one per channel, in the model's channel order)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,6 +94,8 @@ class Preprocess:
             x = x * self.scale
         if self.mean != (0.0,) or self.std != (1.0,):
             c = x.shape[1]
+            self._check_count("mean", len(self.mean), c)
+            self._check_count("std", len(self.std), c)
             mean = torch.tensor(self.mean if len(self.mean) == c else self.mean * c, dtype=x.dtype, device=x.device)
             std = torch.tensor(self.std if len(self.std) == c else self.std * c, dtype=x.dtype, device=x.device)
             x = (x - mean[:c, None, None]) / std[:c, None, None]

@@ -179,7 +179,11 @@ class HistoryStore:
         if not self.path.is_file() or self.path.stat().st_size == 0:
             return
         try:
-            con = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_S)
+            # immutable: no locks, so no -wal / -shm files are left beside a WAL database by this
+            # read (a read-only connection cannot remove them on close); the header and schema
+            # it reads are what a committed history holds
+            con = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro&immutable=1", uri=True,
+                                  timeout=_BUSY_TIMEOUT_S)
         except sqlite3.Error as exc:
             raise HistoryError(f"cannot open {self.path}: {exc}") from None
         try:

@@ -228,8 +228,11 @@ def gate_summary(checks: Iterable[Mapping[str, Any]]) -> str | None:
     rows = [c for c in checks if c.get("details", {}).get("factors_gated") is not None]
     if not rows or any(c["details"]["factors_gated"] for c in rows):
         return None
-    n = len({c["details"].get("factor") for c in rows})
-    return (f"factors: nothing gated ({n} factor(s) measured only); pass {GATE_OPTION} COL,... or list them "
+    measured = len({c["details"].get("factor") for c in rows})
+    # the folder's count: a run stopped early or filtered (-k) measured fewer
+    n = max([measured] + [int(c["details"].get("n_factors") or 0) for c in rows])
+    what = f"{n} factor(s) measured only" if measured == n else f"{measured} of the folder's {n} factor(s) measured, none gated"
+    return (f"factors: nothing gated ({what}); pass {GATE_OPTION} COL,... or list them "
             "under [gate] columns in the data folder's invariance.toml to gate")
 
 

@@ -1,0 +1,86 @@
+"""Smaller faults of one kind each: a value that would be cycled to fit is refused, two outputs
+in one file are refused, a refused run leaves nothing beside the history, the summary counts the
+folder's factors, and a gate failure names the narrowest threshold key and its file."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pytest_invariance.checks import Threshold, evaluate
+from pytest_invariance.embeddings import Preprocess
+from pytest_invariance.errors import InvalidParameterError
+from pytest_invariance.history import HistoryStore
+from pytest_invariance.probes._estimate import Estimate
+from pytest_invariance.studies.factors import gate_summary
+
+
+@pytest.mark.parametrize(("key", "values", "channels"), [("mean", (0.485, 0.456), 3), ("std", (0.2, 0.2, 0.2), 1),
+                                                           ("mean", (0.1, 0.2, 0.3, 0.4), 3)])
+def test_a_per_channel_value_that_does_not_fit_the_channels_is_refused(key, values, channels):
+    with pytest.raises(InvalidParameterError, match=rf"--invariance-preprocess {key}= has {len(values)} values for a "
+                                                    rf"{channels}-channel input; give 1 value .* or {channels}"):
+        Preprocess(channels=channels, **{key: values})
+    pre = Preprocess(**{key: values})  # channels known only from the images: refused when applied
+    with pytest.raises(InvalidParameterError, match=f"has {len(values)} values for a {channels}-channel input"):
+        pre(torch.zeros(2, channels, 4, 4))
+
+
+def test_one_value_or_one_per_channel_is_applied_as_given():
+    x = torch.rand(2, 3, 4, 4)
+    out = Preprocess(mean=(0.1, 0.2, 0.3), std=(0.5,))(x)
+    want = (x.numpy() - np.array([0.1, 0.2, 0.3])[None, :, None, None]) / 0.5
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-6)
+
+
+def test_a_bad_preprocess_is_one_usage_error_and_leaves_nothing_beside_the_history(toy):
+    args = ("audits", "-p", "no:cacheprovider", "--invariance-progress", "off", "--invariance-history=h.sqlite")
+    assert toy.runpytest_subprocess(*args, "--model", "audits/toy/tiny.onnx").ret == 0
+    result = toy.runpytest_subprocess(*args, "--model", "audits/toy/tiny.onnx", "--invariance-preprocess",
+                                      "mean=0.485,0.456")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["ERROR: --invariance-preprocess mean= has 2 values for a 1-channel input; give 1 "
+                                 "value (every channel) or 1 (one per channel*"])
+    # the history was checked at start-up: no h.sqlite-wal / -shm left behind
+    assert sorted(p.name for p in toy.path.iterdir() if p.name.startswith("h.sqlite")) == ["h.sqlite"]
+
+
+def test_history_check_leaves_no_wal_files(tmp_path):
+    store = HistoryStore(tmp_path / "h.sqlite")
+    store.record({"run": {}, "checks": [{"nodeid": "t", "metric": "m", "value": 1.0}]}, "v1")
+    store.check()
+    assert [p.name for p in tmp_path.iterdir()] == ["h.sqlite"]
+
+
+@pytest.mark.parametrize("how", ["same", "link"])
+def test_two_outputs_in_one_file_are_refused_at_start_up(toy, how):
+    history = "r.json"
+    if how == "link":
+        (toy.path / "r.json").write_text("{}")
+        (toy.path / "link.json").symlink_to(toy.path / "r.json")
+        history = "link.json"
+    result = toy.runpytest_subprocess("audits", "-p", "no:cacheprovider", "--invariance-json=r.json",
+                                      f"--invariance-history={history}")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["ERROR: --invariance-json and --invariance-history name the same file *: give each "
+                                 "output its own path"])
+    result = toy.runpytest_subprocess("audits", "-p", "no:cacheprovider", "--invariance-report=x.html",
+                                      "--invariance-json=x.html")
+    assert result.ret == 4 and "--invariance-json and --invariance-report name the same file" in result.stderr.str()
+
+
+def test_the_nothing_gated_line_counts_the_folders_factors():
+    rows = [{"details": {"factors_gated": {}, "factor": "a", "n_factors": 4}}]
+    assert "nothing gated (1 of the folder's 4 factor(s) measured, none gated)" in gate_summary(rows)
+    rows += [{"details": {"factors_gated": {}, "factor": f, "n_factors": 4}} for f in "bcd"]
+    assert "nothing gated (4 factor(s) measured only)" in gate_summary(rows)
+
+
+def test_a_factor_gate_failure_names_its_own_key_and_the_data_folders_toml():
+    r = evaluate("t", "factors", "balanced_error", Estimate(0.02, 0.0, 0.05, chance=0.5, n=60), Threshold(">=", 0.4),
+                 {"factor": "occluded", "model": "net"})
+    assert "--invariance-threshold occluded.balanced_error=VALUE" in r.message
+    assert "the data folder's invariance.toml" in r.message and "suite's invariance.toml" not in r.message
+    r = evaluate("t", "face_attributes", "fn_rate", Estimate(0.2, 0.1, 0.3, chance=0.5, n=600), Threshold(">=", 0.45),
+                 {"attribute": "Smiling", "group": "identity_independent"})
+    assert "--invariance-threshold Smiling.fn_rate=VALUE" in r.message and "the suite's invariance.toml" in r.message
