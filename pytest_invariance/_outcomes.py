@@ -120,14 +120,10 @@ class Outcomes:
         self.status: int | None = None         # the exit status, once the session has finished
         self.inconclusive: set[str] = set()    # tests with a gate the CI could not decide (an ERROR)
         self.collect_errors: list[str] = []    # "path: first error line" of each collection error
-        self.stopped = False                   # Ctrl-C or pytest.exit(): the run was interrupted
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
             self.collect_errors.append(f"{report.nodeid or '.'}: {_first_error_line(report)}")
-
-    def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
-        self.stopped = True
 
     def incomplete(self, exit_status: int) -> str | None:
         """Why the run did not complete (results.json's ``run.incomplete``), None when it did.
