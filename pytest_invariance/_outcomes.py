@@ -235,7 +235,8 @@ class Outcomes:
         was audited, the skip reasons."""
         why = None if self.status is None else self.incomplete(self.status)
         if why and why != "interrupted":  # Ctrl-C keeps its own line below
-            stopped = [f"invariance: DID NOT COMPLETE (exit status {self.status}): this run {why}; "
+            short = why.split(" (first: ")[0] + (" (the error is shown above)" if self.collect_errors else "")
+            stopped = [f"invariance: DID NOT COMPLETE (exit status {self.status}): this run {short}; "
                        "results.json (run.incomplete) and the report say so, and the history is not written"]
         else:
             stopped = []

@@ -30,7 +30,7 @@ def test_one_value_or_one_per_channel_is_applied_as_given():
     x = torch.rand(2, 3, 4, 4)
     out = Preprocess(mean=(0.1, 0.2, 0.3), std=(0.5,))(x)
     want = (x.numpy() - np.array([0.1, 0.2, 0.3])[None, :, None, None]) / 0.5
-    np.testing.assert_allclose(out.numpy(), want, rtol=1e-6)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-6)  # float32
 
 
 def test_a_bad_preprocess_is_one_usage_error_and_leaves_nothing_beside_the_history(toy):

@@ -21,9 +21,11 @@ def test_a_collection_error_is_named_in_the_json_the_report_and_the_history_line
     assert result.ret == 2
     first = "audits/factors/test_factors.py: factors suite: " + str(data / "labels.csv")
     result.stdout.fnmatch_lines([
-        f"invariance: DID NOT COMPLETE (exit status 2): this run stopped at 1 collection error(s) (first: {first}*",
+        "invariance: DID NOT COMPLETE (exit status 2): this run stopped at 1 collection error(s) (the error is shown "
+        "above); results.json (run.incomplete) and the report say so, and the history is not written",
         "invariance: history * not written: this run stopped at 1 collection error(s)"])
     assert "this run interrupted" not in result.stdout.str()
+    assert result.stdout.str().count("the header must contain an 'image' column") == 1  # said once
     run = read_results(suite, "r.json")["run"]
     assert run["interrupted"] is False and run["exit_status"] == 2
     assert run["incomplete"].startswith(f"stopped at 1 collection error(s) (first: {first}")
