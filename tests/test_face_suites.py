@@ -133,10 +133,11 @@ def test_attribute_suite_finds_planted_attribute_and_not_noise(suites, tiny_mode
                           "--invariance-preprocess=prewhiten=true", "-k", f"{PLANTED} or {NOISE} or overview")
     by = {(c["details"].get("attribute") or c["details"]["group"], c["metric"]): c for c in checks}
     planted = [by[PLANTED, "fn_rate"], by[PLANTED, "fp_rate"]]
-    # each rate's chance is the permutation refits' mean: near 0.5, drifting with their bias
-    # (0.48 / 0.61 here), the two summing to ~1
-    assert all(c["value"] < 0.05 and c["chance"] == pytest.approx(0.5, abs=0.15) for c in planted), planted
-    assert planted[0]["chance"] + planted[1]["chance"] == pytest.approx(1.0, abs=0.15)
+    # each rate's chance is the mean of 20 refits on shuffled labels: near 0.5 each, summing to
+    # 1 in expectation. The planted positives are one tight cluster, so a refit predicts nearly
+    # all of them one way (its fn near 0 or 1): the mean of 20 moves by ~0.1 (0.60 / 0.57 here).
+    assert all(c["value"] < 0.05 and c["chance"] == pytest.approx(0.5, abs=0.2) for c in planted), planted
+    assert planted[0]["chance"] + planted[1]["chance"] == pytest.approx(1.0, abs=0.3)
     # identity-independent and planted: leaks, so the suite's gate fails the test
     assert not any(c["passed"] for c in planted) and by[PLANTED, "fn_rate"]["threshold"] == 0.45
     # A probe that knows nothing has fn + fp = 1; the balanced probe sits at 0.5 each (the
