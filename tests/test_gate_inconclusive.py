@@ -70,3 +70,19 @@ def test_noise_columns_never_fail_the_default_gate_and_a_planted_one_does(pytest
                                  "the test split is too small for the gate*"])
     assert "balanced_error [model=m, factor=n" in result.stdout.str() and "INCONCLUSIVE" in result.stdout.str()
     assert not [c for c in doc["checks"] if c["verdict"] == "ERROR"]  # no extra error rows for those tests
+
+
+@pytest.mark.parametrize("est, threshold, verdict", [
+    # an MLP that blew up: far worse than predicting the mean, yet past "MAE > 10"
+    (Estimate(7.0e10, 5.8e9, 1.6e11, chance=25.7, n=70000), Threshold(">", 10.0), "INCONCLUSIVE"),
+    # a leak-free probe a little worse than chance, as overfitting leaves it: a pass
+    (Estimate(27.0, 25.9, 28.1, chance=25.7, n=70000), Threshold(">", 10.0), "PASS"),
+    # an accuracy gate from below: a probe that is reliably anti-predictive
+    (Estimate(0.05, 0.02, 0.09, chance=0.5, n=400), Threshold("<=", 0.7), "INCONCLUSIVE"),
+    (Estimate(0.45, 0.40, 0.50, chance=0.5, n=400), Threshold("<=", 0.7), "PASS"),
+])
+def test_a_figure_far_worse_than_chance_is_a_tool_error_not_a_pass(est, threshold, verdict):
+    r = evaluate("t::x", "s", "angle_mae", est, threshold)
+    assert r.verdict == verdict and r.passed == (verdict == "PASS")
+    if verdict == "INCONCLUSIVE":
+        assert "worse than chance" in r.message and "probe failed to fit" in r.message

@@ -54,6 +54,9 @@ def evaluate(nodeid: str, suite: str, metric: str, est: Estimate, threshold: Thr
     if gap is not None:
         result.passed, result.verdict = False, INCONCLUSIVE
         result.message = inconclusive_message(result, threshold, gap)  # type: ignore[arg-type]
+    elif threshold is not None and worse_than_chance(est, threshold):
+        result.passed, result.verdict = False, INCONCLUSIVE
+        result.message = worse_than_chance_message(result, threshold)
     elif not passed:
         result.message = failure_message(result, threshold)  # type: ignore[arg-type]
     return result
@@ -79,6 +82,37 @@ def undecided(est: Estimate, threshold: Threshold) -> float | None:
     if not COMPARATORS[threshold.comparator](c, threshold.value) or not lo <= threshold.value <= hi:
         return None
     return gap if (hi - lo) / 2 > gap else None
+
+
+def worse_than_chance(est: Estimate, threshold: Threshold) -> bool:
+    """True when the whole CI lies beyond chance, away from the gate, by more than the gap
+    between chance and the gate: the probe did much worse than a guess (an MAE of 7e10
+    degrees against 25.7 at chance), so it failed to fit and the figure cannot show that the
+    embedding is invariant, though it passes a gate such as ``MAE > 10``.
+
+    Examples
+    --------
+    >>> worse_than_chance(Estimate(7e10, 6e9, 2e11, chance=25.7, n=70000), Threshold(">", 10.0))
+    True
+    >>> worse_than_chance(Estimate(0.52, 0.45, 0.59, chance=0.5, n=60), Threshold(">=", 0.4))  # noise
+    False
+    """
+    lo, hi, c = est.ci_low, est.ci_high, est.chance
+    if threshold.confident or c is None or not all(math.isfinite(x) for x in (lo, hi, c)):
+        return False
+    gap = abs(float(c) - threshold.value)
+    if not COMPARATORS[threshold.comparator](c, threshold.value) or gap == 0:
+        return False
+    return lo > c + gap if threshold.higher_passes else hi < c - gap
+
+
+def worse_than_chance_message(r: CheckResult, threshold: Threshold) -> str:
+    """One line: the probe did worse than chance by more than the gate's margin; a tool error."""
+    return (f"{r.metric}{_qualifiers(r)}: INCONCLUSIVE: {_fmt(r.value)} (CI {int(100 * r.details.get('confidence', 0.95))}% "
+            f"{_fmt(r.ci_low)}..{_fmt(r.ci_high)}, chance {_fmt(r.chance)}, n={r.n}) is worse than chance by more than "
+            f"chance is from the gate {threshold.describe()}: the probe failed to fit (a guess does better), so this "
+            "figure cannot show invariance; check the embedding's values at this --layer (e.g. features constant on "
+            "the training rows but not on test) and the probe's figures in results.json")
 
 
 def threshold_key(r: CheckResult) -> str:
