@@ -3,9 +3,7 @@ of a large computation spread over the cores (one BLAS thread each)."""
 from __future__ import annotations
 
 import os
-import sys
-from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -23,25 +21,6 @@ def one_blas_thread() -> Any:
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="blas")
-
-
-@contextmanager
-def quick_gil_handoff(interval: float = 0.001) -> Iterator[None]:
-    """Context manager: Python's thread switch interval set to ``interval`` seconds (default
-    5 ms), restored on exit.
-
-    For a thread that runs Python (matplotlib drawing plots) beside one that calls numpy many
-    times: each numpy call releases the GIL, and the caller then waits until the other thread
-    drops it, up to a whole switch interval per call. In the rotated-MNIST study this waiting,
-    not work, was most of the wall time the plots' thread added (docs/performance.md). The
-    same work runs in the same order, so results are unchanged.
-    """
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(min(before, interval))
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
 
 
 def map_threads(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:

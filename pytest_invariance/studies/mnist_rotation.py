@@ -180,7 +180,7 @@ def compute_study(name: str, inputs: dict[str, Any], protocol: Protocol, seed: i
     from concurrent.futures import ThreadPoolExecutor
 
     from .._progress import Steps
-    from ..probes._blas import one_blas_thread, quick_gil_handoff
+    from ..probes._blas import one_blas_thread
     from ..probes._structure import spectrum_and_estimate
     from ..probes._validation import assume_finite, check_features
     from ..probes.stats import draw_ahead
@@ -198,10 +198,7 @@ def compute_study(name: str, inputs: dict[str, Any], protocol: Protocol, seed: i
     # numpy's BLAS on one thread for the whole study: its calls here are small or already
     # split over the cores (map_threads); BLAS's own threads spin while they wait, which cost
     # ~50% more CPU time for the same study on a shared machine (docs/performance.md).
-    # The plots are drawn in a thread (Python, holding the GIL) while the fits' many numpy calls
-    # run here: a short switch interval hands the GIL back to them quickly.
-    with assume_finite(), one_blas_thread(), quick_gil_handoff(), \
-            Steps(3 + 4 * len(seeds), f"{name} study", progress) as step, \
+    with assume_finite(), one_blas_thread(), Steps(3 + 4 * len(seeds), f"{name} study", progress) as step, \
             ThreadPoolExecutor(max_workers=2) as background:
         # The bootstrap counts that every figure shares are drawn while the first probe is
         # fitted; Fig. 7 and 8 need only the test set: drawn (matplotlib, mostly Python) while
