@@ -214,7 +214,6 @@ class Audit:
 
     def _model(self, suite: Suite, name: str) -> ModelRef:
         from .embeddings import Preprocess
-        from .models._common import names_layer
 
         pre = suite.section("preprocess")
         if self.settings.embeddings and not self.settings.model:
@@ -224,11 +223,11 @@ class Audit:
             if self.settings.layer_patterns:
                 layer = emb.default_layer  # replaced by the selected layers (see model())
             else:
-                from .models._common import default_layer, unknown_layer
+                from .models._common import default_layer
 
+                # A suite's user_layer the model lacks skips that suite (start-up probe,
+                # _model_check.suite_layer_reason); the user asked for no layer.
                 layer = suite.section("suite").get("user_layer") or default_layer(emb)
-                if not names_layer(layer, emb.layers()):
-                    raise unknown_layer(layer, emb.layers(), emb.path)
             pre = {k: v for k, v in pre.items() if k in PROTOCOL_KEYS}
             c, h, w = emb.input_shape
             adapt = pre.pop("adapt_size", None)

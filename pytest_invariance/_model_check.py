@@ -227,6 +227,25 @@ def _only_batch(e: Any, x: "np.ndarray", layers: list[str], pool: str) -> int | 
     return None
 
 
+def suite_layer_reason(suite: Suite, ref: "ModelRef") -> tuple[str, str] | None:
+    """``(reason, layer)`` when the suite cannot read the --model at the layer it declares
+    (``[suite] user_layer``, used when no --layer is given) because the model has no layer
+    of that name; None when it has.
+
+    A --layer the user gave was checked against the model at start-up (a usage error); a
+    layer the suite chose is not the user's mistake, so that suite skips with this reason.
+    """
+    from .models._common import names_layer
+
+    known = ref.embedder.layers()
+    missing = [la for la in ref.layers if not names_layer(la, known)]
+    if not ref.user or not missing:
+        return None
+    return (f"suite {suite.name} reads a --model at layer {missing[0]!r} (its [suite] user_layer) and "
+            f"{ref.embedder.path} has no layer of that name: pass --layer NAME to audit one of its layers "
+            "(--invariance-list-layers lists them)"), missing[0]
+
+
 def _probe(suite: Suite, ref: "ModelRef", seed: int) -> tuple[str | None, dict[str, int] | None]:
     import numpy as np
     import torch
@@ -235,15 +254,20 @@ def _probe(suite: Suite, ref: "ModelRef", seed: int) -> tuple[str | None, dict[s
 
     e = ref.embedder
     shape = probe_shape(suite, ref)
+    no_layer = suite_layer_reason(suite, ref)
     if shape is None:
-        return None, None
+        return no_layer and no_layer[0], None
     took = f"{e.path} expects input {e.contract.describe()}"
     if any(h is not None and h != f for h, f in zip(e.input_shape, shape)):
         c, h, w = e.input_shape
         fix = [f"channels={c}"] if c is not None and c != shape[0] else []
         fix += [f"size={h}x{w}"] if h and w and (h, w) != tuple(shape[1:]) else []
         return (f"{took} but suite {suite.name} feeds float32[N, {', '.join(map(str, shape))}] (NCHW)"
-                + (f"; to feed it, pass --invariance-preprocess {' '.join(fix)}" if fix else "")), None
+                + (f"; to feed it, pass --invariance-preprocess {' '.join(fix)}" if fix else "")
+                + (f"; and pass --layer NAME: it has no layer {no_layer[1]!r} (the suite's user_layer)"
+                   if no_layer else "")), None
+    if no_layer:
+        return no_layer[0], None
     p = ref.preprocess
     if e.contract.dtype == "uint8" and (p.scale != 1.0 or p.mean != (0.0,) or p.std != (1.0,) or p.prewhiten):
         raise EmbeddingError(f"{took}: a uint8 model gets 0-255 pixels and normalises them itself; "

@@ -38,6 +38,7 @@ def check_at_start(audit: "Audit", suites: Iterable["Suite"]) -> tuple[dict[str,
     Returns ({suite root: skip reason}, header lines); raises pytest.UsageError (one line).
     """
     from ._audit import embeddings_source, model_names
+    from ._model_check import suite_layer_reason
     from .errors import InvarianceError
 
     s = audit.settings
@@ -62,6 +63,11 @@ def check_at_start(audit: "Audit", suites: Iterable["Suite"]) -> tuple[dict[str,
 
                 suite = folder_preprocess(suite, read_config(s.resolve_path(s.data_dir)))  # type: ignore[arg-type]
             ref = audit.model(suite, model_names(s, suite)[0])
+            no_layer = suite_layer_reason(suite, ref)
+            if no_layer:  # the suite's own user_layer, which the --model lacks
+                reasons[str(suite.root)] = no_layer[0]
+                lines.append(f"invariance: suite {suite.name}: skipped: {no_layer[0]}")
+                continue
             for layer in ref.layers:  # every selected layer must be a column, made this way
                 src.check_run(sha256=ref.embedder.sha256 if s.model else None, layer=layer, pool=ref.pool,
                               preprocessing=ref.preprocess.to_dict() if s.model else None)

@@ -141,3 +141,58 @@ def test_a_model_of_other_channels_is_skipped_with_the_option_that_feeds_it(toy)
     result = toy.runpytest_subprocess("audits", "--model", "rgb.onnx", "--invariance-preprocess", "channels=3",
                                       "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def _suite_with_user_layer(toy, layer: str = "ip1"):
+    """A second toy suite that reads a --model at ``[suite] user_layer`` (like mnist_rotation)."""
+    import shutil
+
+    src, dst = toy.path / "audits" / "toy", toy.path / "audits" / "toy_ip1"
+    shutil.copytree(src, dst)
+    toml = dst / "invariance.toml"
+    toml.write_text(toml.read_text().replace('name = "toy"', f'name = "toy_ip1"\nuser_layer = "{layer}"', 1))
+    (dst / "test_toy.py").rename(dst / "test_toy_ip1.py")
+
+
+@pytest.mark.parametrize("kind", ["onnx", "torch"])
+def test_a_suite_whose_user_layer_the_model_lacks_skips_and_the_others_run(toy, kind):
+    _suite_with_user_layer(toy)
+    if kind == "onnx":
+        export_onnx(tiny_cnn(seed=2), toy.path / "user.onnx")
+        model, layer = "user.onnx", "output"
+    else:
+        (toy.path / "nets.py").write_text("from pytest_invariance.testing import tiny_cnn\n\n"
+                                          "def make():\n    return tiny_cnn(seed=2)\n")
+        model, layer = "nets:make", "act"
+    result = toy.runpytest_subprocess("audits", "--model", model, "-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(passed=1, skipped=1)  # not a usage error: the user named no layer
+    line = (f"suite toy_ip1 reads a --model at layer 'ip1' (its [[]suite] user_layer) and *{model} has no layer of "
+            "that name: pass --layer NAME to audit one of its layers (--invariance-list-layers lists them)")
+    result.stdout.fnmatch_lines([f"invariance: suite toy_ip1: skipped: {line}", f"SKIPPED [[]1[]] *: {line}"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+    # The layer the user names is read by every suite; one the model lacks is the user's usage error.
+    result = toy.runpytest_subprocess("audits", "--model", model, "--layer", layer, "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    a, b = (c["value"] for c in results(toy)["checks"])
+    assert a == pytest.approx(b, abs=1e-9)  # the same images and layer in both suites
+    result = toy.runpytest_subprocess("audits", "--model", model, "--layer", "ip1", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *'ip1'*"])
+
+
+def test_a_suite_user_layer_the_model_has_is_read_there(toy):
+    """A model with an ``ip1`` module is read there without --layer: the same figure as naming it."""
+    (toy.path / "ipnet.py").write_text(
+        "from collections import OrderedDict\nfrom torch import nn\nfrom pytest_invariance.testing import tiny_cnn\n\n"
+        "def make():\n    m = tiny_cnn(seed=6)\n"
+        "    return nn.Sequential(OrderedDict(conv=m.conv, ip1=m.act, pool=m.pool, flat=nn.Flatten(1))).eval()\n")
+    _suite_with_user_layer(toy)
+    toy.runpytest_subprocess("audits/toy_ip1", "--model", "ipnet:make", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    default = results(toy)["checks"][0]
+    toy.runpytest_subprocess("audits/toy_ip1", "--model", "ipnet:make", "--layer", "ip1",
+                             "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    named = results(toy)["checks"][0]
+    assert default["layer"] == named["layer"] == "ip1" and default["value"] == pytest.approx(named["value"], abs=1e-9)
+    toy.runpytest_subprocess("audits/toy_ip1", "--model", "ipnet:make", "--layer", "conv",
+                             "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    assert results(toy)["checks"][0]["value"] != pytest.approx(named["value"], abs=1e-6)
