@@ -132,7 +132,7 @@ def _failure(e: Any, x: "np.ndarray", layers: list[str], pool: str, exc: Excepti
     None and the backend's reason (``fails`` + ``unbatched``), with the input size and
     channels it runs at when another one does (then the fed input is the fault, not the
     layer, and the message names --invariance-preprocess)."""
-    runs_at = _runs_at(e, x, layers, pool)
+    runs_at = _runs_at(e, x, layers, pool, str(exc))
     if runs_at is None:
         said = f"{fails}{unbatched}: {_first_line(exc)}"
         fits = _runs_at_input(e, x, layers, pool)
@@ -191,10 +191,11 @@ def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
 
 
-def _runs_at(e: Any, x: "np.ndarray", layers: list[str], pool: str) -> int | None:
+def _runs_at(e: Any, x: "np.ndarray", layers: list[str], pool: str, reason: str = "") -> int | None:
     """After a failure on ``x``: the batch size the graph runs at, for a model whose batch
     is free or set by --invariance-input-batch (then tried as if free); None for a batch
-    fixed in the file, or when no size runs."""
+    fixed in the file, or when no size runs. ``reason``: the backend's error, whose numbers
+    (``requested shape:{3,32}``) are tried first."""
     from dataclasses import replace
 
     told = e.contract
@@ -202,28 +203,38 @@ def _runs_at(e: Any, x: "np.ndarray", layers: list[str], pool: str) -> int | Non
         return None
     e.contract = replace(told, batch=None)
     try:
-        return _only_batch(e, x, layers, pool)
+        return _only_batch(e, x, layers, pool, reason)
     finally:
         e.contract = told
 
 
-def _only_batch(e: Any, x: "np.ndarray", layers: list[str], pool: str) -> int | None:
-    """The first of the batch sizes exporters are usually traced with at which ``e`` runs
-    every one of ``x``'s images (in batches of that size, the last one filled with copies),
-    or None: tells a batch fixed inside the graph from a model that takes none of this
-    input. Every image, not copies of the first: a forward that fails on some images at any
-    size (a bug on bright ones) was blamed on the batch size when the first one ran alone."""
+def _only_batch(e: Any, x: "np.ndarray", layers: list[str], pool: str, reason: str = "") -> int | None:
+    """The one batch size at which ``e`` runs every one of ``x``'s images (in batches of that
+    size, the last one filled with copies), or None: tells a batch fixed inside the graph
+    from a model that takes none of this input (fails at every size) or fails for another
+    reason (runs at two sizes, e.g. BatchNorm in training mode on one image). Every image,
+    not copies of the first: a forward that fails on some images at any size (a bug on
+    bright ones) was blamed on the batch size when the first one ran alone. Tried: the
+    numbers in the backend's ``reason``, then every size to 16 and the larger ones exporters
+    are usually traced with (only after a failure, so the cost is paid once, by a model that
+    does not run)."""
+    import re
+
     import numpy as np
 
-    for n in (1, 2, 8, 16, 32, 64, 128, 256):
-        if n == len(x):
-            continue
+    def runs(n: int) -> bool:
         try:
             for s in range(0, len(x), n):
                 e.embed_many(np.resize(x[s: s + n], (n, *x.shape[1:])), layers, pool=pool)
         except Exception:  # the backend's own error at this size too
-            continue
-        return n
+            return False
+        return True
+
+    said = sorted({int(m) for m in re.findall(r"\d+", reason) if 0 < int(m) <= 256})
+    for n in dict.fromkeys([*said, *range(1, 17), 20, 24, 25, 32, 48, 50, 64, 100, 128, 256]):
+        if n != len(x) and runs(n):
+            other = next(k for k in (2, 3, 5) if k not in (n, len(x)))
+            return None if runs(other) else n
     return None
 
 
@@ -296,7 +307,15 @@ def _probe(suite: Suite, ref: "ModelRef", seed: int) -> tuple[str | None, dict[s
             raise EmbeddingError(
                 f"{e.path} layer {layer!r} gives NaN/Inf embeddings for {bad} of {len(x)} random images at suite "
                 f"{suite.name}'s input: check the model's numerics at this layer and --invariance-preprocess")
-    singles = [e.embed_many(x[i:i + 1].numpy(), layers, pool=ref.pool) for i in range(len(x))]
+    try:
+        singles = [e.embed_many(x[i:i + 1].numpy(), layers, pool=ref.pool) for i in range(len(x))]
+    except InvarianceError:
+        raise
+    except Exception as exc:  # it ran on the batch of 4: a batch fixed at 4 inside the graph, or no single image
+        fails = f"{e.path} fails on suite {suite.name}'s input float32[N, {', '.join(map(str, shape))}]"
+        message, runs_at = _failure(e, x[:1].numpy(), layers, ref.pool, exc, fails)
+        raise EmbeddingError(message if runs_at is not None else f"{e.path} runs suite {suite.name}'s input in a batch "
+                             f"of {len(x)} but fails on one image: {_first_line(exc)}") from None
     for layer in layers:
         if any(one[layer].shape[0] != 1 for one in singles):  # e.g. as many tokens as probe images
             raise EmbeddingError(f"{e.path} layer {layer!r} gives {singles[0][layer].shape[0]} rows for 1 image "

@@ -151,6 +151,50 @@ def test_a_batch_fixed_inside_the_graph_is_named_once_and_the_option_feeds_it(tm
         load_model(save(conv_graph(shape=(1, 3, 8, 8)), tmp_path / "b1.onnx"), device="cpu", input_batch=2)
 
 
+@pytest.mark.parametrize("baked", [1, 2, 3, 4, 5, 8])
+def test_any_batch_fixed_inside_the_graph_is_one_refusal_naming_its_size(tmp_path, baked):
+    """The probe runs 4 images together, then 1 at a time: a batch baked at 4 (or 1) runs one of
+    them, and any size is named, not only those exporters usually trace with."""
+    from pytest_invariance._audit import ModelRef
+    from pytest_invariance._model_check import probe
+    from pytest_invariance.checks import Suite
+    from pytest_invariance.embeddings import Preprocess
+
+    path = export_traced_batch(tmp_path / f"traced{baked}.onnx", traced_with=baked)
+    suite = Suite("s", tmp_path, {"suite": {"input": [3, 8, 8]}})
+    with pytest.raises(EmbeddingError) as raised:
+        probe(suite, ModelRef("m", load_model(path, device="cpu"), "out", Preprocess(), user=True))
+    message = str(raised.value)
+    assert "\n" not in message and message.endswith(f"re-export it with a dynamic batch, or pass --invariance-input-batch {baked}")
+    fed = load_model(path, device="cpu", input_batch=baked)
+    assert probe(suite, ModelRef("m", fed, "out", Preprocess(), user=True)) is None
+    x = images(7)
+    with torch.no_grad():
+        reference = TracedBatch(honest=True).eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(fed.embed(x, "out"), reference, atol=1e-5)
+
+
+def test_a_model_that_fails_on_one_image_for_another_reason_is_not_called_a_fixed_batch(tmp_path, monkeypatch):
+    """Runs at 4 and at 2 but not on 1 image (BatchNorm that ignores eval()): the backend's reason."""
+    from pytest_invariance._audit import ModelRef
+    from pytest_invariance._model_check import probe
+    from pytest_invariance.checks import Suite
+    from pytest_invariance.embeddings import Preprocess
+
+    (tmp_path / "bnnet.py").write_text(
+        "import torch\n\nclass StaysTraining(torch.nn.Sequential):\n"
+        "    def train(self, mode=True):\n        return super().train(True)\n\n"
+        "def make():\n    torch.manual_seed(0)\n    return StaysTraining(torch.nn.Flatten(1), "
+        "torch.nn.Linear(3 * 8 * 8, 6), torch.nn.BatchNorm1d(6))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = load_model("bnnet:make", device="cpu")
+    with pytest.raises(EmbeddingError) as raised:
+        probe(Suite("s", tmp_path, {"suite": {"input": [3, 8, 8]}}), ModelRef("m", model, "output", Preprocess(), user=True))
+    assert "runs suite s's input in a batch of 4 but fails on one image: " in str(raised.value)
+    assert "Expected more than 1 value per channel" in str(raised.value)
+    assert "--invariance-input-batch" not in str(raised.value)
+
+
 def test_extract_names_the_batch_a_graph_fixes_inside_in_one_line(tmp_path, capsys):
     from PIL import Image
 

@@ -196,3 +196,40 @@ def test_a_suite_user_layer_the_model_has_is_read_there(toy):
     toy.runpytest_subprocess("audits/toy_ip1", "--model", "ipnet:make", "--layer", "conv",
                              "-p", "no:cacheprovider").assert_outcomes(passed=1)
     assert results(toy)["checks"][0]["value"] != pytest.approx(named["value"], abs=1e-6)
+
+
+def test_a_graph_whose_batch_is_baked_at_the_probe_batch_is_one_usage_error(toy):
+    """Baked at 4, the probe's batch: the batch of 4 runs, one image does not (was an INTERNALERROR)."""
+    import warnings
+
+    import torch
+
+    net = tiny_cnn(seed=1)
+
+    class Baked(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            n = self.net
+            return n.fc(n.pool(n.act(n.conv(x))).reshape(4, -1))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Baked(), torch.zeros(4, 1, 28, 28), str(toy.path / "baked.onnx"), dynamo=False,
+                          input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "n"}, "output": {0: "n"}})
+    result = toy.runpytest_subprocess("audits", "--model", "baked.onnx", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    out = result.stdout.str() + result.stderr.str()
+    assert "INTERNALERROR" not in out and "Traceback" not in out
+    result.stderr.fnmatch_lines(["ERROR: *baked.onnx fails on suite toy's input * in a batch of 1 but runs in a batch "
+                                 "of 4: *pass --invariance-input-batch 4"])
+    result = toy.runpytest_subprocess("audits", "--model", "baked.onnx", "--invariance-input-batch", "4",
+                                      "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    baked = results(toy)["checks"][0]["value"]
+    export_onnx(net, toy.path / "free.onnx")  # the same weights, any batch: the same figure
+    toy.runpytest_subprocess("audits", "--model", "free.onnx", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    assert baked == pytest.approx(results(toy)["checks"][0]["value"], abs=1e-6)
