@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import DataError, DatasetNotFoundError, InvalidParameterError
 from ._decode import scan_images
+from ._paths import folder_names
 from .folder import (FileImageSet, add_problems, check_size, files_fingerprint, list_images, raise_or_skip,
                      refuse_aliases, unlabelled)
 
@@ -51,12 +52,13 @@ EXPECTED = ("img_align_celeba/ (or img_celeba/ + list_bbox_celeba), list_attr_ce
 
 
 def _table(path: Path, problems: dict[str, str], *, head: int, width: int | None = None,
-           sep: str | None = None) -> tuple[list[str], dict[str, list[str]]]:
+           sep: str | None = None, images: Path | None = None) -> tuple[list[str], dict[str, list[str]]]:
     """Read ``head`` leading lines (the last is the header) and rows into (header, {image_id: values}).
 
     Bad rows go to ``problems``. CelebA's lists use runs of spaces; their header omits the
     image_id column. The count line is not trusted: a truncated or padded file shows up as
-    unmatched images or rows.
+    unmatched images or rows. With ``images`` (the image folder), each image_id is the name
+    the folder listing uses (``./000001.jpg``, an absolute path inside it; see :mod:`._paths`).
     """
     lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     if len(lines) < head:
@@ -66,8 +68,11 @@ def _table(path: Path, problems: dict[str, str], *, head: int, width: int | None
         header = [h.strip() for h in header[1:]]
     width = width if width is not None else len(header)
     rows: dict[str, list[str]] = {}
-    for i, line in enumerate(lines[head:], start=head + 1):
-        parts = [p.strip() for p in line.split(sep)] if sep else line.split()
+    body = [[p.strip() for p in line.split(sep)] if sep else line.split() for line in lines[head:]]
+    if images is not None:
+        for parts, name in zip(body, folder_names((b[0] for b in body), images, str(path))):
+            parts[0] = name
+    for i, parts in enumerate(body, start=head + 1):
         if len(parts) != width + 1:
             problems.setdefault(parts[0], f"{path.name} line {i} has {len(parts)} columns, expected {width + 1}")
         elif parts[0] in rows:
@@ -194,11 +199,11 @@ def load_celeba(data_dir: str | os.PathLike[str], split: str, *, size: tuple[int
             "get it from the authors' page (or a mirror) and unpack it there")
     problems: dict[str, str] = {}
     attr_path, part_path = layout.lists[ATTR_FILE], layout.lists[PARTITION_FILE]
-    header, attrs = _read_list(attr_path, problems, txt_head=2)
+    header, attrs = _read_list(attr_path, problems, txt_head=2, images=layout.images)
     if tuple(header) != ATTRIBUTES:
         raise DataError(f"{attr_path}: header is not CelebA's 40 attribute names: {header[:5]}...")
     _check_attribute_values(attr_path, attrs, problems)
-    _, parts = _read_list(part_path, problems, txt_head=0, width=1)
+    _, parts = _read_list(part_path, problems, txt_head=0, width=1, images=layout.images)
     extra = _optional_tables(layout, problems)
 
     on_disk = list_images(layout.images)
@@ -217,7 +222,8 @@ def load_celeba(data_dir: str | os.PathLike[str], split: str, *, size: tuple[int
     if scan is not None:
         problems.update(scan.problems)
     problems = {k: v for k, v in problems.items() if parts.get(k, [None])[0] in wanted | {None}}
-    n_skipped = raise_or_skip(f"CelebA at {data_dir} ({split})", problems, skip_bad)
+    n_skipped = raise_or_skip(f"CelebA at {data_dir} ({split})", problems, skip_bad,
+                              left=sum(i not in problems for i in keep))
     keep = [i for i in keep if i not in problems]
 
     labels = pd.DataFrame(np.array([attrs[i] for i in keep], dtype=np.int64).reshape(-1, 40) > 0,
@@ -242,12 +248,12 @@ def load_celeba(data_dir: str | os.PathLike[str], split: str, *, size: tuple[int
                         conversions=dict(scan.conversions) if scan is not None else None)
 
 
-def _read_list(path: Path, problems: dict[str, str], *, txt_head: int,
-               width: int | None = None) -> tuple[list[str], dict[str, list[str]]]:
+def _read_list(path: Path, problems: dict[str, str], *, txt_head: int, width: int | None = None,
+               images: Path | None = None) -> tuple[list[str], dict[str, list[str]]]:
     """A list file as released (.txt, runs of spaces) or as mirrored (.csv with an image_id header)."""
     if path.suffix.lower() == ".csv":
-        return _table(path, problems, head=1, width=width, sep=",")
-    header, rows = _table(path, problems, head=txt_head, width=width)
+        return _table(path, problems, head=1, width=width, sep=",", images=images)
+    header, rows = _table(path, problems, head=txt_head, width=width, images=images)
     return (header[-width:] if width and header else header), rows
 
 
@@ -283,11 +289,12 @@ def _optional_tables(layout: CelebALayout, problems: dict[str, str]) -> dict[str
     out: dict[str, tuple[list[str], dict]] = {}
     if layout.wild:
         # the .txt header names image_id too, so only the last four names are columns
-        out[BBOX_FILE] = _read_list(layout.lists[BBOX_FILE], problems, txt_head=2, width=4)
+        out[BBOX_FILE] = _read_list(layout.lists[BBOX_FILE], problems, txt_head=2, width=4, images=layout.images)
     elif LANDMARK_FILE in layout.lists:
-        out[LANDMARK_FILE] = _read_list(layout.lists[LANDMARK_FILE], problems, txt_head=2, width=10)
+        out[LANDMARK_FILE] = _read_list(layout.lists[LANDMARK_FILE], problems, txt_head=2, width=10,
+                                        images=layout.images)
     if POSE_FILE in layout.lists:
-        header, rows = _table(layout.lists[POSE_FILE], problems, head=1, sep=",")
+        header, rows = _table(layout.lists[POSE_FILE], problems, head=1, sep=",", images=layout.images)
         if tuple(header) != POSE_COLUMNS:
             raise DataError(f"{layout.lists[POSE_FILE]}: header must be image_id,yaw,pitch,roll; got {header}")
         out[POSE_FILE] = (header, rows)

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import DataError, DatasetNotFoundError
 from ._decode import scan_images
+from ._paths import folder_names
 from .folder import FileImageSet, files_fingerprint, aliased_rows, list_images, unlabelled
 
 if sys.version_info >= (3, 11):
@@ -106,6 +107,13 @@ class _Problems:
     def row(self, key: str, reason: str) -> None:
         self.rows.setdefault(key, reason)
 
+    def summary(self) -> str:
+        """The row problems in one line: each reason with its count and first image."""
+        by_reason: dict[str, list[str]] = {}
+        for key, reason in sorted(self.rows.items()):
+            by_reason.setdefault(reason, []).append(key)
+        return "; ".join(f"{reason}: {len(keys)} (e.g. {keys[0]})" for reason, keys in by_reason.items())
+
     def message(self, where: Path) -> str:
         lines = [f"{where}: {len(self.rows) + len(self.columns)} problem(s):"]
         by_reason: dict[str, list[str]] = {}
@@ -138,17 +146,19 @@ def _read_rows(csv_path: Path, problems: _Problems) -> tuple[list[str], list[lis
     if dupes:
         problems.columns.append(f"column name(s) {dupes} appear more than once in the header")
     col, good, seen = header.index("image"), [], set()
-    for line, row in enumerate(rows[1:], start=2):
+    # ./img/x.png, /abs/DIR/img/x.png, img\x.png: the name the folder listing uses (one line if outside DIR)
+    names = folder_names((r[col] if len(r) > col else "" for r in rows[1:]), csv_path.parent, str(csv_path))
+    for line, (row, name) in enumerate(zip(rows[1:], names), start=2):
         if not any(c.strip() for c in row):
             continue
-        key = row[col].strip() if len(row) > col and row[col].strip() else f"line {line}"
+        key = name or f"line {line}"
         if len(row) != len(header):
             problems.row(key, f"wrong number of columns (expected {len(header)})")
         elif key in seen:
             problems.row(key, "listed twice")
         else:
             seen.add(key)
-            good.append([c.strip() for c in row])
+            good.append([name if j == col else c.strip() for j, c in enumerate(row)])
     return header, good
 
 
@@ -365,6 +375,13 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
                 problems.row(r[header.index("image")], "empty identity")
     # Skipping leaves the bad rows out; otherwise all rows stay so column problems are listed too.
     table = [r for r in rows if r[header.index("image")] not in problems.rows] if skip_bad else rows
+    min_per_class = int(data_cfg.get("min_per_class", MIN_PER_CLASS))
+    if not rows:
+        raise DataError(f"{csv_path}: no image rows under the header; add one row per image "
+                        f"({', '.join(header)})")
+    if len(table) < min(len(rows), 2 * min_per_class):  # skipping left too few for any factor
+        raise DataError(f"{csv_path}: --invariance-skip-bad leaves {len(table)} of {len(rows)} image(s), too few to "
+                        f"probe (a factor needs >= {min_per_class} per level); {problems.summary()}; fix those rows")
     images = [r[header.index("image")] for r in table]
     identity = np.array([r[header.index("identity")] for r in table], dtype=object) if "identity" in header else None
     if "split" in header:
@@ -374,7 +391,6 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
         split = seeded_split(len(table), identity, seed, fractions)  # type: ignore[arg-type]
         source = "seeded, identity-disjoint" if identity is not None else "seeded"
     factors = {}
-    min_per_class = int(data_cfg.get("min_per_class", MIN_PER_CLASS))
     for j, col in enumerate(header):
         if col in RESERVED or not col:
             continue

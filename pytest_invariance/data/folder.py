@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import DataError, DatasetNotFoundError, InvalidParameterError
+from ._paths import folder_names
 from ._source import ImageSet
 
 if TYPE_CHECKING:
@@ -128,12 +129,16 @@ def add_problems(problems: dict[str, str], names: Iterable[str], reason: str) ->
         problems.setdefault(name, reason)
 
 
-def raise_or_skip(where: str, problems: dict[str, str], skip_bad: bool) -> int:
-    """Raise one DataError listing ``problems`` (item -> reason), or return their count when skipping."""
+def raise_or_skip(where: str, problems: dict[str, str], skip_bad: bool, left: int | None = None) -> int:
+    """Raise one DataError listing ``problems`` (item -> reason), or return their count when
+    skipping; skipping that would leave no image (``left``: how many items remain) is refused too."""
+    shown = "; ".join(f"{k}: {v}" for k, v in sorted(problems.items())[:_SHOW])
     if problems and not skip_bad:
-        shown = "; ".join(f"{k}: {v}" for k, v in sorted(problems.items())[:_SHOW])
         raise DataError(f"{where}: {len(problems)} bad item(s), e.g. {shown}. Fix or remove them, "
                         "or pass --invariance-skip-bad (skip_bad=True in Python) to leave them out.")
+    if problems and left == 0:
+        raise DataError(f"{where}: leaving out the {len(problems)} bad item(s) leaves no image, e.g. {shown}; "
+                        "fix them (--invariance-skip-bad only leaves a few bad images out)")
     return len(problems)
 
 
@@ -340,6 +345,8 @@ def load_image_folder(image_dir: str | os.PathLike[str], labels_csv: str | os.Pa
         else:
             good.append(row)
     table = pd.DataFrame(good, columns=header).rename(columns={image_column: "image"})
+    # ./img/x.png, /abs/DIR/img/x.png, img\x.png: the name the folder listing uses (one line if outside DIR)
+    table["image"] = folder_names(table["image"], image_dir, str(labels_csv))
     dupes = table["image"][table["image"].duplicated()].tolist()
     if dupes:
         raise DataError(f"{labels_csv}: {len(dupes)} image(s) listed twice, e.g. {dupes[:_SHOW]}")
@@ -359,7 +366,7 @@ def load_image_folder(image_dir: str | os.PathLike[str], labels_csv: str | os.Pa
     scan = scan_images({name: on_disk[name] for name in table["image"]})
     problems.update(scan.problems)
     table = table[~table["image"].isin(problems)]
-    n_skipped = raise_or_skip(f"{labels_csv}", problems, skip_bad)
+    n_skipped = raise_or_skip(f"{labels_csv}", problems, skip_bad, left=len(table))
     paths = [on_disk[name] for name in table["image"]]
     labels = table.apply(_numeric).reset_index(drop=True)
     fp = files_fingerprint(paths, [labels_csv], "folder", split, size, image_column)
