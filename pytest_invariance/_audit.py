@@ -327,9 +327,29 @@ class Audit:
         id instead (:mod:`pytest_invariance.embeddings._parquet`), so every suite takes
         either source without code of its own.
         """
+        layer = layer or ref.layer
+        dead = ("constant layer", ref.embedder.sha256, layer)
+        if dead in self._memo:  # one error per layer, not one per image set or study
+            raise self._memo[dead].again()
+        X = self._embed(ref, images, layer, label, keep, dtype, also)
+        if len(X) > 1 and constant_rows(X):
+            from ._outcomes import study_error
+            from .errors import EmbeddingError
+
+            zero = " (all zero)" if not X.any() else ""
+            err = study_error(f"layer {layer} of {ref.name} cannot be audited", EmbeddingError(
+                f"{ref.embedder.path} layer {layer!r} gives the same embedding{zero} for all {len(X)} images of "
+                f"{label or 'this suite'}: every one of its {X.shape[1]} features is constant, so every figure "
+                "would be chance whatever the model encodes; audit another layer with --layer NAME "
+                "(--invariance-list-layers lists them)"))
+            self._memo[dead] = err
+            raise err
+        return X
+
+    def _embed(self, ref: ModelRef, images: "ImageSet", layer: str, label: str, keep: bool, dtype: str,
+               also: "tuple[str, ...]") -> "np.ndarray":
         from .embeddings import extract_layers
 
-        layer = layer or ref.layer
         s = self.settings
         if s.embeddings:  # precomputed: joined by image id, never extracted
             lookup = ("lookup", layer, images.fingerprint, dtype)
@@ -447,6 +467,15 @@ class Audit:
             raise err from exc
         self._memo[key] = value
         return value
+
+
+def constant_rows(X: "np.ndarray") -> bool:
+    """Whether every row of ``X`` [N, D] is the same vector, to float rounding (1e-6 of its
+    largest magnitude): a dead or saturated layer, or a constant output."""
+    import numpy as np
+
+    spread = float(np.ptp(X, axis=0).max()) if X.size else 0.0
+    return spread <= 1e-6 * float(np.abs(X).max()) if np.isfinite(spread) else False
 
 
 def _as_dtype(X: "np.ndarray", dtype: str) -> "np.ndarray":

@@ -81,8 +81,12 @@ class StudyError(InvarianceError, RuntimeError):
         self.first_nodeid: str | None = None  # set by the plugin when the first test reports it
 
     def again(self) -> "StudyError":
-        """The short error of a later test of the same study."""
-        where = f" (reported at {self.first_nodeid})" if self.first_nodeid else ""
+        """The short error of a later test of the same study (one met through another
+        study's remembered failure still names the test that reported it first)."""
+        origin = getattr(self, "origin", self)
+        where = f" (reported at {origin.first_nodeid})" if origin.first_nodeid else ""
         kind = type(self.cause).__name__ if self.cause is not None else "error"
-        return StudyError(f"{self.study}{where}: {kind}; see that error",
-                          cause=self.cause, first=False, study=self.study)
+        short = StudyError(f"{self.study}{where}: {kind}; see that error",
+                           cause=self.cause, first=False, study=self.study)
+        short.origin = origin  # type: ignore[attr-defined]
+        return short

@@ -561,3 +561,79 @@ def test_a_factor_the_probe_cannot_measure_errors_alone_and_says_why(suite, grid
                                  "rare=ignore*"])
     assert "--invariance-skip-bad" not in result.stdout.str()
     assert {c["details"]["factor"] for c in checks if c["value"] is not None} == {first}
+
+
+DEAD_HEADS = '''
+import torch
+from torch import nn
+from pytest_invariance.testing import grid_cnn
+
+
+class Ones(nn.Module):
+    def forward(self, x):
+        return torch.ones(x.shape[0], 5)
+
+
+class Heads(nn.Module):
+    """grid_cnn's features, beside a dead ReLU head (all zero) and a constant one."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = grid_cnn(8, 3, 16, padding=1)
+        self.dead = nn.Sequential(nn.Linear(128, 6), nn.ReLU())
+        with torch.no_grad():
+            self.dead[0].bias.fill_(-1e4)
+        self.const = Ones()
+
+    def forward(self, x):
+        e = self.body(x)
+        return e + 0 * self.dead(e).sum(1, keepdim=True) + 0 * self.const(e).sum(1, keepdim=True)
+
+
+def make():
+    return Heads().eval()
+'''
+
+
+@pytest.mark.parametrize("layer,zero", [("const", ""), ("dead", " (all zero)")])
+def test_a_constant_layer_is_one_tool_error_for_every_kind_of_factor(suite, lfw_folder, layer, zero):
+    """Binary, categorical and continuous factors and the enrollment figures: each test ERRORs,
+    the first with the reason and --layer, the others referring back; no figure at chance passes."""
+    (suite.path / "deadheads.py").write_text(DEAD_HEADS)
+    (lfw_folder / "invariance.toml").write_text('[preprocess]\nsize = [64, 64]\nchannels = 3\nprewhiten = true\n')
+    pick = ("-k", "occluded or blur or rotation")
+    result, checks = _run(suite, "audits/factors", "--model=deadheads:make", f"--layer={layer}",
+                          f"--invariance-data-dir={lfw_folder}", *pick)
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("errors", 0) >= 6 and not outcomes.get("passed") and not outcomes.get("failed")
+    out = result.stdout.str()
+    full = f"layer {layer} of make cannot be audited: EmbeddingError: deadheads:make layer '{layer}' gives the same " \
+           f"embedding{zero} for all "
+    assert [line.startswith(full) for line in out.splitlines()].count(True) == 1  # once, then "first:" in the summary
+    assert f"features is constant, so every figure would be chance whatever the model encodes; audit another " \
+           "layer with --layer NAME (--invariance-list-layers lists them)" in out
+    assert out.count(f"layer {layer} of make cannot be audited (reported at ") == outcomes["errors"] - 1
+    for wrong in ("--invariance-skip-bad", "rarer level", "a target is constant", "every feature of X_train"):
+        assert wrong not in out
+    assert all(c["value"] is None for c in checks)
+    # In a sweep the other layer is audited as it is alone: the same figures.
+    result, swept = _run(suite, "audits/factors", "--model=deadheads:make", f"--layer={layer}", "--layer=body",
+                         f"--invariance-data-dir={lfw_folder}", *pick)
+    result, alone = _run(suite, "audits/factors", "--model=deadheads:make", "--layer=body",
+                         f"--invariance-data-dir={lfw_folder}", *pick)
+    result.assert_outcomes(passed=outcomes["errors"])
+    figures = lambda checks: {(c["nodeid"].split("[")[0], c["nodeid"].split("[")[1].split("-")[0], c["metric"]):  # noqa: E731
+                              c["value"] for c in checks if c["layer"] == "body"}
+    assert figures(swept) == figures(alone) and len(figures(alone)) >= 12
+
+
+def test_constant_rows_allows_float_rounding_only():
+    from pytest_invariance._audit import constant_rows
+
+    rng = np.random.default_rng(0)
+    base = np.tile(rng.normal(size=(1, 7)).astype(np.float32), (50, 1))
+    assert constant_rows(base) and constant_rows(np.zeros((50, 7), np.float32))
+    assert constant_rows(base + rng.normal(scale=1e-8, size=base.shape).astype(np.float32))  # batch-order rounding
+    varied = base.copy()
+    varied[3, 5] += 1e-3 * float(np.abs(base).max())  # one feature of one image differs: not constant
+    assert not constant_rows(varied)

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("torch")
 svm = pytest.importorskip("sklearn.svm")
 
-from pytest_invariance.errors import DataError, InvalidParameterError, NotFittedError  # noqa: E402
+from pytest_invariance.errors import DataError, EmbeddingError, InvalidParameterError, NotFittedError  # noqa: E402
 from pytest_invariance.probes import AttributeSVMProbe  # noqa: E402
 from pytest_invariance.probes.functional import fit_squared_hinge_svm  # noqa: E402
 
@@ -101,7 +101,7 @@ def test_bad_input_errors():
     Y1 = Y.copy(); Y1[:, :] = 1
     with pytest.raises(DataError, match="no attribute has 5 present and absent examples"):
         p.fit(X, Y1, X, Y)
-    with pytest.raises(DataError, match="every feature of X_train is constant"):
+    with pytest.raises(EmbeddingError, match="every feature of X_train is constant, .* another layer with --layer"):
         p.fit(np.ones_like(X), Y, X, Y)
     with pytest.raises(ValueError, match="expecting 20 features"):
         p.fit(X, Y, X, Y).predict(X[:, :5])

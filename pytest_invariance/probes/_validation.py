@@ -182,10 +182,12 @@ def check_min_class_count(labels: NDArray[Any], what: str, minimum: int = 2) -> 
 
 
 def check_not_constant(X: NDArray[Any], name: str = "X") -> None:
+    """Raise EmbeddingError when every feature of ``X`` is constant: the embedding (a dead
+    or wrong layer), not the labels, is at fault, so the fix is another layer."""
     if np.ptp(X, axis=0).max() == 0:
-        raise DataError(
-            f"every feature of {name} is constant, so there is nothing to probe; "
-            "check that the embedding layer is not dead or that the wrong layer was not selected."
+        raise EmbeddingError(
+            f"every feature of {name} is constant, so there is nothing to probe: the embedding is constant "
+            "at this layer (a dead or wrong layer); audit another layer with --layer NAME"
         )
 
 
