@@ -139,15 +139,24 @@ def _failure(e: Any, x: "np.ndarray", layers: list[str], pool: str, exc: Excepti
         if fits is None:
             return said, None
         c, h, w = fits
-        chans = f" channels={c}" if c != x.shape[1] else ""
         return (f"{said}; it runs on a {c}x{h}x{w} input, so the input it is fed ({x.shape[1]}x{x.shape[2]}x"
-                f"{x.shape[3]}) is the fault, not the layer: pass --invariance-preprocess size={h}x{w}{chans}"), None
+                f"{x.shape[3]}) is the fault, not the layer: pass {feed_fix(x.shape[1:], fits)}"), None
     if e.contract.batch_source == "option":
         return (f"{fails} in batches of {e.contract.batch} ({OPT_INPUT_BATCH} {e.contract.batch}) but runs in a "
                 f"batch of {runs_at}: pass {OPT_INPUT_BATCH} {runs_at}"), runs_at
     return (f"{fails} in a batch of {len(x)} but runs in a batch of {runs_at}: its graph fixes the batch size "
             "although its input declares any (e.g. len(x) or a constant reshape at export); re-export it with a "
             f"dynamic batch, or pass {OPT_INPUT_BATCH} {runs_at}"), runs_at
+
+
+def feed_fix(fed: "Iterable[int]", takes: "Iterable[int | None]") -> str:
+    """The --invariance-preprocess that turns the fed ``(C, H, W)`` into what the model
+    ``takes`` (declared, or found by running it; None: any), e.g. ``--invariance-preprocess
+    channels=1``; "" when nothing known differs. One wording for every backend."""
+    (c0, h0, w0), (c, h, w) = tuple(fed), tuple(takes)
+    fix = [f"channels={c}"] if c is not None and c != c0 else []
+    fix += [f"size={h}x{w}"] if h and w and (h, w) != (h0, w0) else []
+    return f"--invariance-preprocess {' '.join(fix)}" if fix else ""
 
 
 # Image sizes models are commonly built for, tried (largest first) after a failure.
@@ -270,11 +279,9 @@ def _probe(suite: Suite, ref: "ModelRef", seed: int) -> tuple[str | None, dict[s
         return no_layer and no_layer[0], None
     took = f"{e.path} expects input {e.contract.describe()}"
     if any(h is not None and h != f for h, f in zip(e.input_shape, shape)):
-        c, h, w = e.input_shape
-        fix = [f"channels={c}"] if c is not None and c != shape[0] else []
-        fix += [f"size={h}x{w}"] if h and w and (h, w) != tuple(shape[1:]) else []
+        fix = feed_fix(shape, e.input_shape)
         return (f"{took} but suite {suite.name} feeds float32[N, {', '.join(map(str, shape))}] (NCHW)"
-                + (f"; to feed it, pass --invariance-preprocess {' '.join(fix)}" if fix else "")
+                + (f"; to feed it, pass {fix}" if fix else "")
                 + (f"; and pass --layer NAME: it has no layer {no_layer[1]!r} (the suite's user_layer)"
                    if no_layer else "")), None
     if no_layer:

@@ -716,3 +716,57 @@ def test_logits_asked_along_come_from_the_features_pass_and_equal_separate_extra
         alone = extract(load_model(str(path), device="cpu"), images, layer=la, batch_size=32)
         np.testing.assert_array_equal(got, alone)
     assert not audit._pending
+
+
+GRAY = '''
+import torch
+from torch import nn
+
+
+def gray():
+    """A grayscale model of any input size: conv 1 -> 8 channels, ReLU, global average pool, flatten (8)."""
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(1)).eval()
+'''
+
+
+def test_a_grayscale_model_of_every_kind_names_the_channels_option(factors):
+    """The suite feeds 3 channels. A grayscale factory, TorchScript (scripted, traced), .pt2 and
+    ONNX file are each skipped with the same fix, channels=1; following it, each backend gives the
+    factory's figures."""
+    import json
+    import warnings
+
+    (factors.path / "gray_nets.py").write_text(GRAY)
+    factors.syspathinsert(factors.path)
+    import gray_nets
+
+    net, one = gray_nets.gray(), torch.rand(2, 1, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(net).save(str(factors.path / "gray_scripted.pt"))
+        torch.jit.trace(net, one).save(str(factors.path / "gray_traced.pt"))
+        torch.export.save(torch.export.export(net, (one,), dynamic_shapes=({0: torch.export.Dim("n", min=1, max=512)},)),
+                          str(factors.path / "gray.pt2"))
+        torch.onnx.export(net, one, str(factors.path / "gray.onnx"), dynamo=False, input_names=["input"],
+                          output_names=["output"], dynamic_axes={"input": {0: "n", 2: "h", 3: "w"}, "output": {0: "n"}})
+    __import__("sys").modules.pop("gray_nets", None)
+    figures = {}
+    for model in ("gray_nets:gray", "gray_scripted.pt", "gray_traced.pt", "gray.pt2", "gray.onnx"):
+        result = _factors_run(factors, "--model", model, "-k", "not enrollment", "-rs")
+        result.assert_outcomes(skipped=2)
+        out = result.stdout.str()
+        reason = [line for line in out.splitlines() if line.startswith("SKIPPED")][0]
+        assert reason.endswith("pass --invariance-preprocess channels=1"), (model, reason)
+        assert "--layer" not in reason and "size=" not in reason
+        if model == "gray_traced.pt":  # read as the scripted file is
+            continue
+        result = _factors_run(factors, "--model", model, "-k", "not enrollment", "--invariance-preprocess",
+                              "channels=1", f"--invariance-json={model}.json")
+        result.assert_outcomes(passed=2)
+        checks = json.loads((factors.path / f"{model}.json").read_text())["checks"]
+        figures[model] = {(c["details"]["factor"], c["metric"]): c["value"] for c in checks}
+    reference = figures.pop("gray_nets:gray")
+    for model, got in figures.items():
+        assert got.keys() == reference.keys()
+        assert all(abs(got[k] - reference[k]) <= 1e-4 * max(1.0, abs(reference[k])) for k in got), model
