@@ -138,3 +138,11 @@ def test_celeba_lists_with_dotted_or_absolute_ids_read_the_same(tmp_path):
     _write_lists(root, [f"../{n}" for n in ids])
     with pytest.raises(DataError, match=r"30 image path\(s\) lead outside .*img_align_celeba \(\.\./000001.jpg"):
         load_celeba(root, "all")
+
+
+def test_the_folder_loader_reads_split_values_in_any_case(tmp_path):
+    root, t = _folder(tmp_path / "d")
+    t["split"] = [["Train", "VAL", "test"][k % 3] for k in range(N)]
+    t.to_csv(root / "labels.csv", index=False)
+    val = load_image_folder(root, root / "labels.csv", "val", size=(8, 8))
+    assert list(val.labels["image"]) == [n for k, n in enumerate(t["image"]) if k % 3 == 1]

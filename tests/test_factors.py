@@ -131,7 +131,9 @@ BAD = {  # one bad input per kind -> the line its DataError must contain
     "single_value": ("column 'const' has a single value ('7')", "--invariance-factor-type const=ignore"),
     "few_per_class": ("column 'rare' has too few samples per class: 'x' (3 images", "--invariance-factor-type"),
     "case_levels": ("column 'flag' has levels that differ only in case: Yes / yes", ""),
-    "bad_split": ("split is not train/val/test: 1 image(s): i001.png", ""),
+    "bad_split": ("split is not train/val/test (in any case): 1 image(s): i001.png", ""),
+    "number_levels": ("column 'size' has levels that are one number written two ways: 05 / 5; write each level one "
+                      "way", "--invariance-factor-type"),
 }
 
 
@@ -147,7 +149,9 @@ def _bad_folder(root: Path, kind: str) -> Path:
     if kind == "case_levels":
         t["flag"] = ["Yes" if k == 5 else v for k, v in enumerate(t["flag"])]
     if kind == "bad_split":
-        t["split"] = ["train", "Test"] + ["train", "val", "test"] * 19 + ["train"]
+        t["split"] = ["train", "training"] + ["train", "val", "test"] * 19 + ["train"]
+    if kind == "number_levels":  # a code column typed as categorical: 05 and 5 would be two levels
+        t["size"] = [["5", "7", "9"][k % 3] if k != 4 else "05" for k in range(60)]
     _write(root, t)
     if kind == "missing_image":
         (root / "i000.png").unlink()
@@ -160,7 +164,7 @@ def _bad_folder(root: Path, kind: str) -> Path:
 def test_each_bad_input_gives_its_one_clear_error(tmp_path, kind):
     root = _bad_folder(tmp_path / kind, kind)
     with pytest.raises(DataError) as exc:
-        load_factor_folder(root)
+        load_factor_folder(root, types={"size": "categorical"} if kind == "number_levels" else None)
     line, fix = BAD[kind]
     assert line in str(exc.value) and fix in str(exc.value) and "1 problem(s)" in str(exc.value)
 
@@ -190,6 +194,62 @@ def test_every_problem_is_listed_in_one_error_and_rows_can_be_skipped(tmp_path):
     (root / "i011.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])  # PIL reads by content
     f = load_factor_folder(root, skip_bad=True)
     assert f.n_skipped == 3 and "i011.png" not in list(f.images.labels["image"])
+
+
+def test_split_values_are_read_in_any_case(tmp_path):
+    t = _table(90)
+    t["split"] = [["Train", "VAL", "test", "TRAIN", "Val", "Test"][k % 6] for k in range(90)]
+    f = load_factor_folder(_write(tmp_path / "d", t))
+    assert f.split_source == "column"
+    assert list(f.split) == [s.lower() for s in t["split"]]  # the file's split, row for row
+
+
+def test_problems_are_counted_by_kind_not_by_image(tmp_path):
+    t = _table(60)
+    root = _write(tmp_path / "d", t, images=30)  # 30 rows without an image
+    for k in range(25):
+        Image.new("L", (8, 8), 9).save(root / f"stray{k}.png")  # 25 images without a row
+    with pytest.raises(DataError) as exc:
+        load_factor_folder(root)
+    lines = str(exc.value).splitlines()
+    assert lines[0].endswith("labels.csv: 2 problem(s):")
+    assert "label row without an image: 30 image(s)" in lines[1] and "image without a label row: 25 image(s)" in lines[2]
+
+
+def test_identities_that_are_one_number_written_two_ways_are_refused(tmp_path):
+    t = _table(240)
+    t["identity"] = [f"{k % 24:02d}" if (k // 24) % 2 else str(k % 24) for k in range(240)]  # 05 here, 5 there
+    with pytest.raises(DataError) as exc:
+        load_factor_folder(_write(tmp_path / "d", t))
+    message = str(exc.value)
+    assert "column 'identity' has identities that are one number written two ways: 0 / 00; 01 / 1; 02 / 2; " in message
+    assert message.rstrip().endswith("write each identity one way (or, if they are different people, give them "
+                                     "names that differ otherwise)")
+    assert "--invariance-factor-type" not in message and "1 problem(s)" in message
+    t["identity"] = [f"{k % 24:02d}" for k in range(240)]  # one way: 24 identities, identity-disjoint split
+    f = load_factor_folder(_write(tmp_path / "e", t))
+    assert len(set(f.identity)) == 24 and f.split_source == "seeded, identity-disjoint"
+    for person in set(f.identity):
+        assert len(set(f.split[f.identity == person])) == 1
+
+
+@pytest.mark.parametrize("sep,name", [(";", "semicolon"), ("\t", "tab")])
+def test_a_csv_with_another_delimiter_is_named_for_it(tmp_path, sep, name):
+    root = _write(tmp_path / "d", _table(30))
+    pd.read_csv(root / "labels.csv").to_csv(root / "labels.csv", index=False, sep=sep)
+    with pytest.raises(DataError) as exc:
+        load_factor_folder(root)
+    message = str(exc.value)
+    assert "\n" not in message and "[[" not in message
+    assert message.endswith(f"the file looks {name}-delimited; save it comma-separated (with '.' as the decimal point)")
+    assert f"its header is one cell, {sep.join(['image', 'flag', 'kind', 'amount'])!r}" in message
+
+
+def test_an_image_column_in_other_case_is_named(tmp_path):
+    root = _write(tmp_path / "d", _table(30))
+    pd.read_csv(root / "labels.csv").rename(columns={"image": "Image"}).to_csv(root / "labels.csv", index=False)
+    with pytest.raises(DataError, match=r"got 'Image': name the column 'image' \(lowercase\)$"):
+        load_factor_folder(root)
 
 
 @pytest.mark.parametrize("cells", [("inf",), ("1e400", "-inf"), ("-nan", "Infinity", "inf", "1e999", "-1e309", "inf")])

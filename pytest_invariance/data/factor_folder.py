@@ -103,6 +103,7 @@ class _Problems:
     def __init__(self) -> None:
         self.rows: dict[str, str] = {}
         self.columns: list[str] = []
+        self.worded: list[str] = []  # column problems whose own words say the fix (no option fixes them)
 
     def row(self, key: str, reason: str) -> None:
         self.rows.setdefault(key, reason)
@@ -115,29 +116,29 @@ class _Problems:
         return "; ".join(f"{reason}: {len(keys)} (e.g. {keys[0]})" for reason, keys in by_reason.items())
 
     def message(self, where: Path) -> str:
-        lines = [f"{where}: {len(self.rows) + len(self.columns)} problem(s):"]
         by_reason: dict[str, list[str]] = {}
         for key, reason in sorted(self.rows.items()):
             by_reason.setdefault(reason, []).append(key)
+        # one problem per kind of row problem (each line counts its images) and per column problem
+        lines = [f"{where}: {len(by_reason) + len(self.columns) + len(self.worded)} problem(s):"]
         for reason, keys in by_reason.items():
             more = f" and {len(keys) - _SHOW} more" if len(keys) > _SHOW else ""
             lines.append(f"  - {reason}: {len(keys)} image(s): {', '.join(keys[:_SHOW])}{more}")
-        lines += [f"  - {c}" for c in self.columns]
+        lines += [f"  - {c}" for c in self.columns + self.worded]
         fixes = []
         if self.rows:
             fixes.append("fix or remove those rows, or pass --invariance-skip-bad to leave those images out")
         if self.columns:
             fixes.append(f"fix the columns, or pass {TYPE_OPTION} COL=TYPE (binary|categorical|continuous|ignore)")
         text = "; ".join(fixes)
-        return "\n".join(lines) + "\n" + text[:1].upper() + text[1:] + "."
+        return "\n".join(lines) + ("\n" + text[:1].upper() + text[1:] + "." if text else "")
 
 
 def _read_rows(csv_path: Path, problems: _Problems) -> tuple[list[str], list[list[str]]]:
     with csv_path.open(newline="", encoding="utf-8-sig") as f:
         rows = [r for r in csv.reader(f)]
     if not rows or "image" not in [h.strip() for h in rows[0]]:
-        raise DataError(f"{csv_path}: the header must contain an 'image' column (path relative to "
-                        f"{csv_path.parent}); got {rows[:1]}")
+        raise DataError(_header_problem(csv_path, rows[0] if rows else []))
     header = [h.strip() for h in rows[0]]
     unnamed = [i + 1 for i, h in enumerate(header) if not h]
     if unnamed:
@@ -162,6 +163,35 @@ def _read_rows(csv_path: Path, problems: _Problems) -> tuple[list[str], list[lis
     return header, good
 
 
+def _header_problem(csv_path: Path, header: list[str]) -> str:
+    """Why a header has no 'image' column, in one line with the fix: another delimiter (the
+    row read as one cell), the name in other case, or the columns it has."""
+    got = ", ".join(repr(h) for h in header[:8]) + (", ..." if len(header) > 8 else "") if header else "an empty file"
+    must = f"{csv_path}: the header must contain an 'image' column (path relative to {csv_path.parent})"
+    if len(header) == 1:
+        for sep, name in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
+            if sep in header[0]:
+                return (f"{must}; its header is one cell, {header[0][:60]!r}: the file looks {name}-delimited; save it "
+                        "comma-separated (with '.' as the decimal point)")
+    near = [h for h in header if h.strip().lower() == "image"]
+    if near:
+        return f"{must}; got {near[0]!r}: name the column 'image' (lowercase)"
+    return f"{must}; got {got}"
+
+
+def same_spelling(values: "list[str]") -> tuple[list[list[str]], list[list[str]]]:
+    """Groups of distinct ``values`` that are one level written two ways: (differing only in
+    case, the same number written differently: ``05`` / ``5``, ``1`` / ``1.0``)."""
+    folded: dict[str, set[str]] = {}
+    numbers: dict[float, set[str]] = {}
+    for v in values:
+        folded.setdefault(v.lower(), set()).add(v)
+        if _is_number(v) and math.isfinite(float(v)):
+            numbers.setdefault(float(v), set()).add(v)
+    return ([sorted(g) for g in folded.values() if len(g) > 1],
+            [sorted(g) for g in numbers.values() if len(g) > 1])
+
+
 def _is_number(s: str) -> bool:
     try:
         float(s)
@@ -183,13 +213,14 @@ def _infer(name: str, cells: list[str], declared: str | None, problems: _Problem
         problems.columns.append(f"column {name!r} has a single value ({distinct[0] if distinct else 'all empty'!r}): "
                                 f"nothing to probe; drop it or pass {TYPE_OPTION} {name}=ignore")
         return None
-    folded: dict[str, set[str]] = {}
-    for v in distinct:
-        folded.setdefault(v.lower(), set()).add(v)
-    clash = [sorted(s) for s in folded.values() if len(s) > 1]
+    clash, numbers = same_spelling(distinct)
     if clash:
         problems.columns.append(f"column {name!r} has levels that differ only in case: "
                                 f"{'; '.join(' / '.join(c) for c in clash[:_SHOW])}; spell each level one way")
+        return None
+    if numbers and declared != "continuous":  # as a continuous value 05 is 5 anyway
+        problems.columns.append(f"column {name!r} has levels that are one number written two ways: "
+                                f"{'; '.join(' / '.join(c) for c in numbers[:_SHOW])}; write each level one way")
         return None
     mostly_numeric = sum(numeric) >= 0.8 * len(values)
     if mostly_numeric or declared == "continuous":
@@ -361,9 +392,11 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
     for name in unlabelled(on_disk, listed):
         problems.row(name, "image without a label row")
     if "split" in header:
+        j = header.index("split")
         for r in rows:
-            if r[header.index("split")] not in SPLITS:
-                problems.row(r[header.index("image")], "split is not train/val/test")
+            r[j] = r[j].lower()  # Train, VAL: the same splits
+            if r[j] not in SPLITS:
+                problems.row(r[header.index("image")], "split is not train/val/test (in any case)")
     # With skip_bad every image is decoded now, so a truncated one is left out and counted
     # instead of failing the study later (without it, that failure names --invariance-skip-bad).
     scan = scan_images({n: on_disk[n] for n in names if n in on_disk}, decode=skip_bad)
@@ -373,6 +406,12 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
         for r in rows:
             if r[header.index("identity")].lower() in MISSING:
                 problems.row(r[header.index("image")], "empty identity")
+        twice = same_spelling(sorted({r[header.index("identity")] for r in rows}))[1]
+        if twice:  # 05 and 5 would be two people, splitting one person's images across the split
+            problems.worded.append(
+                f"column 'identity' has identities that are one number written two ways: "
+                f"{'; '.join(' / '.join(c) for c in twice[:_SHOW])}; write each identity one way (or, if they are "
+                "different people, give them names that differ otherwise)")
     # Skipping leaves the bad rows out; otherwise all rows stay so column problems are listed too.
     table = [r for r in rows if r[header.index("image")] not in problems.rows] if skip_bad else rows
     min_per_class = int(data_cfg.get("min_per_class", MIN_PER_CLASS))
@@ -397,7 +436,7 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
         f = _infer(col, [r[j] for r in table], declared.get(col), problems, images)
         if f is not None and _check_counts(f, split, problems, min_per_class):
             factors[col] = f
-    if problems.columns or (problems.rows and not skip_bad):
+    if problems.columns or problems.worded or (problems.rows and not skip_bad):
         raise DataError(problems.message(csv_path))
     if not factors:
         raise DataError(f"{csv_path}: no factor columns besides {', '.join(c for c in RESERVED if c in header)}; "

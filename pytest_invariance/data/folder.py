@@ -357,8 +357,9 @@ def load_image_folder(image_dir: str | os.PathLike[str], labels_csv: str | os.Pa
     if split is not None:
         if split not in SPLITS or "split" not in table:
             raise DataError(f"{labels_csv}: split={split!r} needs a 'split' column and one of {SPLITS}")
+        table["split"] = table["split"].str.strip().str.lower()  # Train, VAL: the same splits
         odd = table.loc[~table["split"].isin(SPLITS), "image"]
-        add_problems(problems, odd, "split is not train/val/test")
+        add_problems(problems, odd, "split is not train/val/test (in any case)")
         table = table[table["split"] == split]
     table = table[~table["image"].isin(problems)]
     from ._decode import scan_images
