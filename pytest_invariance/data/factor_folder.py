@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import DataError, DatasetNotFoundError
 from ._decode import scan_images
 from ._paths import folder_names
-from .folder import FileImageSet, files_fingerprint, aliased_rows, list_images, unlabelled
+from .folder import FileImageSet, files_fingerprint, aliased_rows, header_problem, list_images, unlabelled
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -138,7 +138,8 @@ def _read_rows(csv_path: Path, problems: _Problems) -> tuple[list[str], list[lis
     with csv_path.open(newline="", encoding="utf-8-sig") as f:
         rows = [r for r in csv.reader(f)]
     if not rows or "image" not in [h.strip() for h in rows[0]]:
-        raise DataError(_header_problem(csv_path, rows[0] if rows else []))
+        raise DataError(header_problem(csv_path, rows[0] if rows else [], "image",
+                                       f"an 'image' column (path relative to {csv_path.parent})"))
     header = [h.strip() for h in rows[0]]
     unnamed = [i + 1 for i, h in enumerate(header) if not h]
     if unnamed:
@@ -161,22 +162,6 @@ def _read_rows(csv_path: Path, problems: _Problems) -> tuple[list[str], list[lis
             seen.add(key)
             good.append([name if j == col else c.strip() for j, c in enumerate(row)])
     return header, good
-
-
-def _header_problem(csv_path: Path, header: list[str]) -> str:
-    """Why a header has no 'image' column, in one line with the fix: another delimiter (the
-    row read as one cell), the name in other case, or the columns it has."""
-    got = ", ".join(repr(h) for h in header[:8]) + (", ..." if len(header) > 8 else "") if header else "an empty file"
-    must = f"{csv_path}: the header must contain an 'image' column (path relative to {csv_path.parent})"
-    if len(header) == 1:
-        for sep, name in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
-            if sep in header[0]:
-                return (f"{must}; its header is one cell, {header[0][:60]!r}: the file looks {name}-delimited; save it "
-                        "comma-separated (with '.' as the decimal point)")
-    near = [h for h in header if h.strip().lower() == "image"]
-    if near:
-        return f"{must}; got {near[0]!r}: name the column 'image' (lowercase)"
-    return f"{must}; got {got}"
 
 
 def same_spelling(values: "list[str]") -> tuple[list[list[str]], list[list[str]]]:

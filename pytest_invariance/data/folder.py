@@ -142,6 +142,23 @@ def raise_or_skip(where: str, problems: dict[str, str], skip_bad: bool, left: in
     return len(problems)
 
 
+def header_problem(csv_path: Path, header: list[str], column: str, what: str) -> str:
+    """Why a CSV header lacks ``column`` (``what`` describes it), in one line with the fix: the
+    file uses another delimiter (the row read as one cell), the name is in other case, or
+    else the columns it has."""
+    must = f"{csv_path}: the header must contain {what}"
+    if len(header) == 1:
+        for sep, name in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
+            if sep in header[0]:
+                return (f"{must}; its header is one cell, {header[0][:60]!r}: the file looks {name}-delimited; save it "
+                        "comma-separated (with '.' as the decimal point)")
+    near = [h for h in header if h.strip().lower() == column.lower()]
+    if near:
+        return f"{must}; got {near[0]!r}: name the column {column!r}"
+    got = ", ".join(repr(h) for h in header[:8]) + (", ..." if len(header) > 8 else "") if header else "an empty file"
+    return f"{must}; got {got}"
+
+
 def _content_digest(path: Path) -> bytes:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).digest()
@@ -332,7 +349,7 @@ def load_image_folder(image_dir: str | os.PathLike[str], labels_csv: str | os.Pa
     with labels_csv.open(newline="", encoding="utf-8-sig") as f:
         rows = list(csv.reader(f))
     if not rows or image_column not in rows[0]:
-        raise DataError(f"{labels_csv}: the header must contain a {image_column!r} column; got {rows[:1]}")
+        raise DataError(header_problem(labels_csv, rows[0] if rows else [], image_column, f"a {image_column!r} column"))
     header, problems, good = rows[0], {}, []
     col = header.index(image_column)
     for line, row in enumerate(rows[1:], start=2):
