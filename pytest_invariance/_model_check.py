@@ -152,11 +152,12 @@ def _failure(e: Any, x: "np.ndarray", layers: list[str], pool: str, exc: Excepti
 def feed_fix(fed: "Iterable[int]", takes: "Iterable[int | None]") -> str:
     """The --invariance-preprocess that turns the fed ``(C, H, W)`` into what the model
     ``takes`` (declared, or found by running it; None: any), e.g. ``--invariance-preprocess
-    channels=1``; "" when nothing known differs. One wording for every backend."""
+    channels=1 --invariance-preprocess size=28x28``; "" when nothing known differs. One wording for every backend."""
     (c0, h0, w0), (c, h, w) = tuple(fed), tuple(takes)
     fix = [f"channels={c}"] if c is not None and c != c0 else []
     fix += [f"size={h}x{w}"] if h and w and (h, w) != (h0, w0) else []
-    return f"--invariance-preprocess {' '.join(fix)}" if fix else ""
+    # One flag per key: the option takes one KEY=VALUE, so the hint pastes as printed.
+    return " ".join(f"--invariance-preprocess {f}" for f in fix)
 
 
 # Image sizes models are commonly built for, tried (largest first) after a failure.

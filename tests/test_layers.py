@@ -157,7 +157,10 @@ def test_images_per_forward_are_cut_to_bound_the_raw_activations(tmp_path, monke
     per_image = 8 * 24 * 24 * 4 * 2 + 8 * 4 * 4 * 4 + 128 * 4 + 10 * 4  # conv, relu, pool, flatten, output
     monkeypatch.setattr(_extract, "_RAW_BYTES", 3 * per_image)
     cut = extract_layers(model, images, layers, batch_size=20)
-    assert seen == [1, 3, 3, 3, 3, 3, 3, 1]  # one image to measure, then 3 per forward
+    # one image to measure, then 3 per forward; after the first 3, up to 3 of them alone (the
+    # check that an image's embedding does not depend on its batch)
+    alone = len(seen) - 8
+    assert 1 <= alone <= 3 and seen == [1, 3] + [1] * alone + [3, 3, 3, 3, 3, 1]
     for la in layers:
         np.testing.assert_allclose(cut[la], whole[la], rtol=1e-6, atol=1e-7)
 
@@ -711,7 +714,9 @@ def test_logits_asked_along_come_from_the_features_pass_and_equal_separate_extra
     X = audit.embed(ref, images, keep=False, also=(model.default_layer,))
     logits = audit.embed(ref, images, layer=model.default_layer, keep=False)
     assert {ls for ls, _ in forwards} == {(feature, model.default_layer)}  # each forward reads both
-    assert sum(n for _, n in forwards) == len(images)  # every image run once
+    # every image run once, plus at most 3 alone (the batch-independence check of the first batch)
+    extra = sum(n for _, n in forwards) - len(images)
+    assert 1 <= extra <= 3 and sum(n == 1 for _, n in forwards) == extra + 1
     for la, got in ((feature, X), (model.default_layer, logits)):  # as two separate extractions give them
         alone = extract(load_model(str(path), device="cpu"), images, layer=la, batch_size=32)
         np.testing.assert_array_equal(got, alone)

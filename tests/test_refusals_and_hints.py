@@ -84,3 +84,18 @@ def test_a_factor_gate_failure_names_its_own_key_and_the_data_folders_toml():
     r = evaluate("t", "face_attributes", "fn_rate", Estimate(0.2, 0.1, 0.3, chance=0.5, n=600), Threshold(">=", 0.45),
                  {"attribute": "Smiling", "group": "identity_independent"})
     assert "--invariance-threshold Smiling.fn_rate=VALUE" in r.message and "the suite's invariance.toml" in r.message
+
+
+def test_the_preprocess_hint_pastes_as_printed():
+    # The option takes one KEY=VALUE: "--invariance-preprocess size=28x28 channels=1" made
+    # pytest read "channels=1" as a file to collect.
+    import shlex
+
+    from pytest_invariance._model_check import feed_fix
+    from pytest_invariance.settings import parse_preprocess
+
+    hint = feed_fix((3, 32, 32), (1, 28, 28))
+    words = shlex.split(hint)
+    assert words[0::2] == ["--invariance-preprocess"] * 2
+    assert [parse_preprocess(w) for w in words[1::2]] and sorted(words[1::2]) == ["channels=1", "size=28x28"]
+    assert feed_fix((3, 32, 32), (3, None, None)) == ""
