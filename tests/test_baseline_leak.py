@@ -124,3 +124,15 @@ def test_compare_rows_say_not_compared_for_a_metric_without_a_leak_direction():
     a = {"checks": [{"nodeid": "t", **_check("top10_variance_share", 0.1, 0.01)}]}
     b = {"checks": [{"nodeid": "t", **_check("top10_variance_share", 0.9, 0.01)}]}
     assert [r["change"] for r in compare_rows(a, b)] == ["not compared: no leak direction"]
+
+
+def test_a_chance_level_that_moved_with_the_split_is_not_a_regression():
+    # the same model, another seed: the test split's positive share moved, so did fn/fp chance
+    # (1 - q, q); the figures stayed 0 (CI 0..0). Was "regressed" (exit 1).
+    from pytest_invariance.history import judge_change
+
+    now = {"metric": "fp_rate", "value": 0.0, "ci_low": 0.0, "ci_high": 0.0, "chance": 0.5667, "comparator": ">="}
+    base = {**now, "chance": 0.5333}
+    assert judge_change(now, base)["change"] == "same"
+    moved = {**now, "value": 0.30, "ci_low": 0.25, "ci_high": 0.35, "chance": 0.5}
+    assert judge_change({**now, "value": 0.02, "ci_low": 0.0, "ci_high": 0.05}, moved)["change"] == "worse"

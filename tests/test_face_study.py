@@ -24,9 +24,14 @@ def _faces(n: int = 30) -> ArrayImageSet:
 
 
 @pytest.fixture
-def setup(tmp_path):
+def setup(tmp_path, monkeypatch):
     from pytest_invariance._audit import Audit, ModelRef
+    from pytest_invariance.embeddings import _extract
     from pytest_invariance.settings import Settings
+
+    # These tests count the images each extraction runs; the check that re-runs three of the
+    # first batch's images alone (batch independence) is tested in test_model_torch.
+    monkeypatch.setattr(_extract, "_check_alone", lambda *a: None)
 
     path = export_onnx(tiny_cnn(), tmp_path / "tiny.onnx")
     model = load_model(str(path), device="cpu")

@@ -22,7 +22,9 @@ from pytest_invariance.testing import copy_suite, export_onnx, run_and_read
     (Estimate(0.02, 0.0, 0.05, chance=0.5, n=60), Threshold(">=", 0.4), FAIL),   # a planted factor: CI below
     (Estimate(0.38, 0.33, 0.43, chance=0.5, n=600), Threshold(">=", 0.4), FAIL),  # narrow CI: the point decides
     (Estimate(0.55, 0.42, 0.68, chance=0.5, n=60), Threshold(">=", 0.4), PASS),  # CI wholly on the passing side
-    (Estimate(0.40, 0.27, 0.52, chance=0.25, n=60), Threshold("<=", 0.35), INCONCLUSIVE),  # balanced accuracy
+    # balanced accuracy whose CI excludes chance: a real leak, not noise; the point decides
+    (Estimate(0.40, 0.27, 0.52, chance=0.25, n=60), Threshold("<=", 0.35), FAIL),
+    (Estimate(0.30, 0.20, 0.41, chance=0.25, n=60), Threshold("<=", 0.35), INCONCLUSIVE),  # CI covers chance
     (Estimate(0.40, 0.27, 0.52, chance=0.25, n=60), Threshold("<=", 0.35, confident=True), FAIL),  # on the bound
     (Estimate(0.80, 0.70, 0.90, chance=0.1, n=60), Threshold(">=", 0.85), FAIL),  # chance on the failing side
 ])
@@ -86,3 +88,24 @@ def test_a_figure_far_worse_than_chance_is_a_tool_error_not_a_pass(est, threshol
     assert r.verdict == verdict and r.passed == (verdict == "PASS")
     if verdict == "INCONCLUSIVE":
         assert "worse than chance" in r.message and "probe failed to fit" in r.message
+
+
+@pytest.mark.parametrize("metric, est, threshold, verdict", [
+    # a real leak whose CI excludes chance: the gate decides (was INCONCLUSIVE: "a leak-free
+    # embedding crosses it by chance", which this one is not)
+    ("balanced_error", Estimate(0.2708, 0.1, 0.4725, chance=0.5, n=20), Threshold(">=", 0.4), "FAIL"),
+    # a user's floor below chance on a task metric: far above chance is good identification
+    ("rank1", Estimate(0.1027, 0.05479, 0.1575, chance=0.02564, n=300), Threshold(">=", 0.01), "PASS"),
+])
+def test_the_gate_decides_what_only_looked_undecided(metric, est, threshold, verdict):
+    assert evaluate("t::x", "s", metric, est, threshold).verdict == verdict
+
+
+def test_the_suggested_threshold_decides_when_pasted():
+    import re
+
+    est = Estimate(0.45, 0.335, 0.565, chance=0.5, n=66)
+    r = evaluate("t::x", "s", "balanced_error", est, Threshold(">=", 0.4))
+    assert r.verdict == INCONCLUSIVE
+    value = float(re.search(r"VALUE <= ([0-9.]+)$", r.message).group(1))
+    assert evaluate("t::x", "s", "balanced_error", est, Threshold(">=", value)).verdict != INCONCLUSIVE

@@ -109,7 +109,7 @@ def test_suite_that_does_not_fit_the_model_is_one_line_before_the_tests(toy):
     assert result.ret == 5  # --model given and nothing audited: not green (test_errors.py)
     line = ("invariance: suite toy: skipped: *rgb.onnx expects input float32[[]N, 1, 28, 28[]] (NCHW) but suite "
             "toy feeds float32[[]N, 3, 160, 160[]] (NCHW); to feed it, pass --invariance-preprocess channels=1 "
-            "size=28x28")
+            "--invariance-preprocess size=28x28")
     result.stdout.fnmatch_lines([line, "*collected 1 item*"])  # in the header, before the tests
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
     # With a second suite that fits, the one that does not is skipped with the same reason.

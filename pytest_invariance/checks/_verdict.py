@@ -54,7 +54,7 @@ def evaluate(nodeid: str, suite: str, metric: str, est: Estimate, threshold: Thr
     if gap is not None:
         result.passed, result.verdict = False, INCONCLUSIVE
         result.message = inconclusive_message(result, threshold, gap)  # type: ignore[arg-type]
-    elif threshold is not None and worse_than_chance(est, threshold):
+    elif threshold is not None and _failed_fit_shows(metric) and worse_than_chance(est, threshold):
         result.passed, result.verdict = False, INCONCLUSIVE
         result.message = worse_than_chance_message(result, threshold)
     elif not passed:
@@ -81,7 +81,16 @@ def undecided(est: Estimate, threshold: Threshold) -> float | None:
     gap = abs(float(c) - threshold.value)
     if not COMPARATORS[threshold.comparator](c, threshold.value) or not lo <= threshold.value <= hi:
         return None
+    if not lo <= c <= hi:  # a CI that excludes chance is not a leak-free embedding's: the gate decides
+        return None
     return gap if (hi - lo) / 2 > gap else None
+
+
+def _failed_fit_shows(metric: str) -> bool:
+    """Metrics for which a figure far past chance, on the gate's passing side, can only be a
+    failed fit: an error (MAE, balanced error). Not a task metric such as rank-1, where a
+    user's floor below chance leaves a good figure far past chance on that side."""
+    return metric.endswith("mae") or "balanced_error" in metric
 
 
 def worse_than_chance(est: Estimate, threshold: Threshold) -> bool:
@@ -141,7 +150,19 @@ def inconclusive_message(r: CheckResult, threshold: Threshold, gap: float) -> st
             f"{threshold.describe()}: the test split is too small, its CI half-width {half:.3g} is wider than the "
             f"{gap:.3g} between chance and the gate, so a leak-free embedding crosses it by chance; add images "
             f"({more}) or gate a larger leak: --invariance-threshold {threshold_key(r)}=VALUE with VALUE "
-            f"{side} {limit:.3g}")
+            f"{side} {_round_away(limit, down=threshold.higher_passes)}")
+
+
+def _round_away(x: float, down: bool) -> str:
+    """``x`` to 3 significant digits, rounded away from the undecided side, so that the value
+    shown, pasted as the gate, decides (0.3849 shown as 0.385 left the gap equal to the CI
+    half-width, still undecided)."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:.3g}"
+    step = 10 ** (math.floor(math.log10(abs(x))) - 2)
+    v = (math.floor if down else math.ceil)(x / step) * step
+    v = v - step if down and v >= x else v + step if not down and v <= x else v
+    return f"{v:.3g}"
 
 
 def _qualifiers(r: CheckResult) -> str:

@@ -255,6 +255,9 @@ def judge_change(now: Mapping[str, Any], base: Mapping[str, Any],
     >>> judge_change({"metric": "balanced_error", "value": 0.30, "ci_low": 0.25, "ci_high": 0.35},
     ...              {"metric": "balanced_error", "value": 0.50, "ci_low": 0.45, "ci_high": 0.55})["change"]
     'worse'
+    >>> judge_change({"metric": "fp_rate", "value": 0.0, "ci_low": 0.0, "ci_high": 0.0, "chance": 0.5667},
+    ...              {"metric": "fp_rate", "value": 0.0, "ci_low": 0.0, "ci_high": 0.0, "chance": 0.5333})["change"]
+    'same'
     """
     comparator = now.get("comparator") or base.get("comparator")
     metric = now.get("metric") or base.get("metric")
@@ -262,6 +265,12 @@ def judge_change(now: Mapping[str, Any], base: Mapping[str, Any],
     worse, delta = compare_to_baseline(now.get("value"), base.get("value"), comparator, tolerance,
                                        ci=(now.get("ci_low"), now.get("ci_high")),
                                        baseline_ci=(base.get("ci_low"), base.get("ci_high")), **kw)
+    if worse:  # the figure itself must have moved too: a chance level that moved with the test
+        # split (a binary rate's 1 - q) while the figure stayed (0 vs 0) is not a regression
+        worse, _ = compare_to_baseline(now.get("value"), base.get("value"), comparator, tolerance,
+                                       ci=(now.get("ci_low"), now.get("ci_high")),
+                                       baseline_ci=(base.get("ci_low"), base.get("ci_high")), metric=metric,
+                                       chance=None, baseline_chance=None)
     if math.isnan(delta):
         change = "not compared: no value"
     elif leak_direction(metric, comparator) is None:
