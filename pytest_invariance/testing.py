@@ -121,7 +121,23 @@ def _resnet_blocks_class() -> Any:
     return ResNetBlocks
 
 
-_LAZY = {"TinyCNN": _tiny_cnn_class, "TinyViT": _tiny_vit_class, "ResNetBlocks": _resnet_blocks_class}
+def _stripe_embedding_class() -> Any:
+    import torch
+    from torch import nn
+
+    class StripeEmbedding(nn.Module):
+        """No weights: the top-left 4 x 4 corner's pixels and the mean colour of rows 6-9, on
+        [N, C, H, W] -> [N, 16 C + C]; for factor folders whose images hold noise in the corner
+        and a planted factor in a stripe (the gate and erasure tests)."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x[:, :, :4, :4].flatten(1), x[:, :, 6:10, :].mean((2, 3))], 1)
+
+    return StripeEmbedding
+
+
+_LAZY = {"TinyCNN": _tiny_cnn_class, "TinyViT": _tiny_vit_class, "ResNetBlocks": _resnet_blocks_class,
+         "StripeEmbedding": _stripe_embedding_class}
 
 
 def __getattr__(name: str) -> Any:  # lazy: importing this module must not import torch

@@ -15,7 +15,7 @@ import torch.onnx  # noqa: F401
 from PIL import Image
 
 from pytest_invariance.studies.factors import erase_factor
-from pytest_invariance.testing import copy_suite, export_onnx, run_and_read
+from pytest_invariance.testing import StripeEmbedding, copy_suite, export_onnx, run_and_read
 
 
 @pytest.mark.parametrize("kind", ["binary", "categorical", "continuous"])
@@ -39,10 +39,6 @@ def test_erase_factor_is_concept_erasures_leace(kind):
     assert np.abs((got[train] - got[train].mean(0)).T @ zc).max() < 1e-8
 
 
-class _Stripe(torch.nn.Module):
-    def forward(self, x):
-        return torch.cat([x[:, :, :4, :4].flatten(1), x[:, :, 6:10, :].mean((2, 3))], 1)
-
 
 def test_the_factors_suite_erases_with_the_option_and_names_suites_that_ignore_it(pytester, tmp_path):
     rng = np.random.default_rng(3)
@@ -56,12 +52,12 @@ def test_the_factors_suite_erases_with_the_option_and_names_suites_that_ignore_i
         Image.fromarray((x * 255).astype(np.uint8)).save(root / "img" / f"{i:03d}.png")
         rows.append({"image": f"img/{i:03d}.png", "stripe": stripe})
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
-    model = export_onnx(_Stripe().eval(), tmp_path / "m.onnx", (3, 16, 16))
+    model = export_onnx(StripeEmbedding().eval(), tmp_path / "m.onnx", (3, 16, 16))
     from pytest_invariance.testing import write_toy_suite
 
     suite = copy_suite(pytester, "factors")
     write_toy_suite(suite.path, "../../t.onnx", "output")  # a suite with no erasure step
-    export_onnx(_Stripe().eval(), suite.path / "t.onnx", (1, 28, 28))
+    export_onnx(StripeEmbedding().eval(), suite.path / "t.onnx", (1, 28, 28))
     result, doc = run_and_read(suite, "audits/factors/test_factors.py::test_factor", f"--model={model}",
                                f"--invariance-data-dir={root}", "--invariance-erase")
     by = {c["metric"]: c for c in doc["checks"]}

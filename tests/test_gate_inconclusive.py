@@ -12,7 +12,7 @@ from PIL import Image
 
 from pytest_invariance.checks import FAIL, INCONCLUSIVE, PASS, Threshold, evaluate
 from pytest_invariance.probes._estimate import Estimate
-from pytest_invariance.testing import copy_suite, export_onnx, run_and_read
+from pytest_invariance.testing import StripeEmbedding, copy_suite, export_onnx, run_and_read
 
 
 @pytest.mark.parametrize(("est", "threshold", "verdict"), [
@@ -35,12 +35,6 @@ def test_verdict_rule(est, threshold, verdict):
         assert "the test split is too small" in r.message and "--invariance-threshold n3.balanced_error=VALUE" in r.message
 
 
-class _Stripe(torch.nn.Module):
-    """Embedding = the top-left corner's noise pixels and the mean colour of the stripe rows."""
-
-    def forward(self, x):
-        return torch.cat([x[:, :, :4, :4].flatten(1), x[:, :, 6:10, :].mean((2, 3))], 1)
-
 
 def test_noise_columns_never_fail_the_default_gate_and_a_planted_one_does(pytester, tmp_path):
     rng = np.random.default_rng(7)
@@ -55,7 +49,7 @@ def test_noise_columns_never_fail_the_default_gate_and_a_planted_one_does(pytest
         Image.fromarray((x * 255).astype(np.uint8)).save(root / "img" / f"{i:03d}.png")
         rows.append({"image": f"img/{i:03d}.png", "stripe": stripe, **{f"n{j}": int(rng.integers(2)) for j in range(k)}})
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
-    model = export_onnx(_Stripe().eval(), tmp_path / "m.onnx", (3, 16, 16))
+    model = export_onnx(StripeEmbedding().eval(), tmp_path / "m.onnx", (3, 16, 16))
     suite = copy_suite(pytester, "factors")
     result, doc = run_and_read(suite, "audits/factors/test_factors.py::test_factor", f"--model={model}",
                                f"--invariance-data-dir={root}", "--invariance-gate", "all")
