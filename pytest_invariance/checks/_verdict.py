@@ -75,13 +75,12 @@ def undecided(est: Estimate, threshold: Threshold) -> float | None:
     >>> undecided(Estimate(0.02, 0.0, 0.05, chance=0.5, n=60), Threshold(">=", 0.4)) is None  # a real leak
     True
     """
+    gap = _chance_gap(est, threshold)
     lo, hi, c = est.ci_low, est.ci_high, est.chance
-    if threshold.confident or c is None or not all(math.isfinite(x) for x in (lo, hi, c)):
+    if gap is None or not lo <= threshold.value <= hi:
         return None
-    gap = abs(float(c) - threshold.value)
-    if not COMPARATORS[threshold.comparator](c, threshold.value) or not lo <= threshold.value <= hi:
-        return None
-    if not lo <= c <= hi:  # a CI that excludes chance is not a leak-free embedding's: the gate decides
+    # a CI that excludes chance is no leak-free embedding's: the gate decides
+    if not lo <= c <= hi:  # type: ignore[operator]
         return None
     return gap if (hi - lo) / 2 > gap else None
 
@@ -106,13 +105,22 @@ def worse_than_chance(est: Estimate, threshold: Threshold) -> bool:
     >>> worse_than_chance(Estimate(0.52, 0.45, 0.59, chance=0.5, n=60), Threshold(">=", 0.4))  # noise
     False
     """
+    gap = _chance_gap(est, threshold)
+    if not gap:
+        return False
+    c = float(est.chance)  # type: ignore[arg-type]
+    return est.ci_low > c + gap if threshold.higher_passes else est.ci_high < c - gap
+
+
+def _chance_gap(est: Estimate, threshold: Threshold) -> float | None:
+    """``|chance - threshold|`` for a gate on the value (not its CI bound) whose passing side
+    holds chance, with finite CI and chance; else None. Both rules above start from it."""
     lo, hi, c = est.ci_low, est.ci_high, est.chance
     if threshold.confident or c is None or not all(math.isfinite(x) for x in (lo, hi, c)):
-        return False
-    gap = abs(float(c) - threshold.value)
-    if not COMPARATORS[threshold.comparator](c, threshold.value) or gap == 0:
-        return False
-    return lo > c + gap if threshold.higher_passes else hi < c - gap
+        return None
+    if not COMPARATORS[threshold.comparator](c, threshold.value):
+        return None
+    return abs(float(c) - threshold.value)
 
 
 def worse_than_chance_message(r: CheckResult, threshold: Threshold) -> str:
