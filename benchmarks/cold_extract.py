@@ -37,13 +37,13 @@ def variant(before: bool):  # type: ignore[no-untyped-def]
 
     @contextlib.contextmanager
     def ctx():  # type: ignore[no-untyped-def]
-        saved = _onnx._ALLOW_SPINNING, _extract._one_torch_thread
+        saved = _onnx._ALLOW_SPINNING, _extract.one_torch_thread
         if before:
-            _onnx._ALLOW_SPINNING, _extract._one_torch_thread = "1", contextlib.nullcontext
+            _onnx._ALLOW_SPINNING, _extract.one_torch_thread = "1", contextlib.nullcontext
         try:
             yield
         finally:
-            _onnx._ALLOW_SPINNING, _extract._one_torch_thread = saved
+            _onnx._ALLOW_SPINNING, _extract.one_torch_thread = saved
     return ctx()
 
 

@@ -1,8 +1,8 @@
 """Batched, streaming extraction: ImageSet -> float32 [N, D], through the cache."""
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -10,6 +10,7 @@ from .. import __version__
 from .._progress import bar, progress_wanted  # noqa: F401  (re-exported)
 from ..errors import EmbeddingError, InvarianceError
 from ..models._pool import pool_outputs
+from ..probes._blas import one_torch_thread
 from ._cache import EmbeddingCache, cache_key
 from ._preprocess import Preprocess
 
@@ -166,29 +167,6 @@ def _store(out: dict[str, np.ndarray], project: dict[str, Any], projections: dic
     out[layer][offset: offset + len(emb)] = emb
 
 
-@contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """torch on one thread while a batch is decoded and perturbed, as in a DataLoader worker.
-
-    Those are many small operations (a 28 x 28 rotation grid, a few hundred images' grid
-    sample), where waking torch's second OpenMP thread costs more than it saves; beside
-    onnxruntime's own threads a rotated-MNIST pass took 2-3x the CPU time with two
-    (``benchmarks/cold_extract.py``). Same operations, same numbers: each output element is
-    computed by one thread either way.
-    """
-    import torch
-
-    n = torch.get_num_threads()
-    if n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def _check_alone(embedder: "Embedder", chunk: Any, embs: dict[str, np.ndarray], layers: list[str], pool: str) -> None:
     """The first, darkest and brightest images of the first batch of real images, embedded
     alone, must give the rows they got in the batch (:func:`~.._model_check.batch_dependence`).
@@ -254,7 +232,7 @@ def _run_pass(embedder: "Embedder", images: "ImageSet", layers: list[str], prepr
     batches = iter(loader)
     try:
         while True:
-            with _one_torch_thread():
+            with one_torch_thread():
                 batch = next(batches, None)
             if batch is None:
                 break

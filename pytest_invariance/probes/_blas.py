@@ -1,9 +1,10 @@
-"""Threads for numpy's BLAS/LAPACK: one for small dense problems, and independent pieces
-of a large computation spread over the cores (one BLAS thread each)."""
+"""Threads for numpy's BLAS/LAPACK and torch's CPU ops: one for small problems, and
+independent pieces of a large computation spread over the cores (one BLAS thread each)."""
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable, TypeVar
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -46,3 +47,28 @@ def map_threads(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             return list(pool.map(fn, work))
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch's CPU ops on one thread inside the block (the previous count is restored after).
+
+    For loops of many small operations: decoding and perturbing a batch (a 28 x 28 rotation
+    grid, a few hundred images' grid sample) and the MLP probe's optimiser steps (a 256-row
+    batch through a 128-unit layer). There waking torch's second OpenMP thread costs more
+    than it saves: beside onnxruntime's own threads a rotated-MNIST pass took 2-3x the CPU
+    time with two (``benchmarks/cold_extract.py``), and on the loaded 2-core machine an MLP
+    fit of 20,000 rows took 19.8 s instead of 3.5 s. Each output element is computed by one
+    thread either way, so the numbers are the same (checked bit for bit for the MLP probe).
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
