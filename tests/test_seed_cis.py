@@ -35,6 +35,19 @@ def test_repeated_estimate_adds_the_spread_over_draws_to_the_bootstrap():
     assert (one.value, one.ci_low, one.ci_high) == (10.0, 9.5, 11.0)  # one draw: its own CI
 
 
+
+def test_a_repeated_figures_ci_stays_inside_the_values_it_can_take():
+    # A std from 2 refits: the t interval (t = 12.7 at 1 degree of freedom) reached below 0.
+    ests = [Estimate(v, v - 1.0, v + 1.0, n=30) for v in (2.0, 22.0)]
+    unbounded = repeated_estimate(ests)
+    assert unbounded.ci_low < 0  # the case that needs the bound
+    e = repeated_estimate(ests, bounds=(0.0, np.inf))
+    assert (e.value, e.ci_low, e.ci_high) == (12.0, 0.0, unbounded.ci_high)
+    acc = repeated_estimate([Estimate(v, v - 0.05, v + 0.01) for v in (0.9, 0.99)], bounds=(0.0, 1.0))
+    assert acc.ci_high == 1.0 and acc.ci_low == repeated_estimate(
+        [Estimate(v, v - 0.05, v + 0.01) for v in (0.9, 0.99)]).ci_low
+
+
 @pytest.fixture(scope="module")
 def tiny_ref(tmp_path_factory):
     import torch

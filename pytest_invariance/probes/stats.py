@@ -240,7 +240,8 @@ def repeat_seed(seed: int, repeat: int) -> int:
 
 
 def repeated_estimate(estimates: "Sequence[Estimate]", *, confidence: float = 0.95,
-                      alternative: str | None = None) -> "Estimate":
+                      alternative: str | None = None,
+                      bounds: tuple[float, float] = (-np.inf, np.inf)) -> "Estimate":
     """One figure from ``R`` measurements on seeded splits or subsets, its CI covering the seed.
 
     A figure whose train/test split or training subset is drawn from the seed moves with the
@@ -259,6 +260,10 @@ def repeated_estimate(estimates: "Sequence[Estimate]", *, confidence: float = 0.
     alternative : {"less", "greater"} or None
         Direction in which the figure departing from chance is the finding; gives a
         one-sided normal ``p_value`` from the combined spread (None: no p-value).
+    bounds : (low, high)
+        The values the figure can take (``(0, inf)`` for an MAE or a std, ``(0, 1)`` for an
+        accuracy); the CI is clipped to them. The t interval of a mean of 2 draws is wide
+        enough to reach below 0 (a std of 12.2 with CI -16.1..40.6).
 
     Returns
     -------
@@ -288,6 +293,7 @@ def repeated_estimate(estimates: "Sequence[Estimate]", *, confidence: float = 0.
     w_lo, w_hi = float(np.nanmean(v - lo)) if np.isfinite(lo).any() else 0.0, \
         float(np.nanmean(hi - v)) if np.isfinite(hi).any() else 0.0
     low, high = point - float(np.hypot(w_lo, draw)), point + float(np.hypot(w_hi, draw))
+    low, high = max(low, bounds[0]), min(high, bounds[1])
     chances = [e.chance for e in estimates]
     chance = float(np.mean(chances)) if all(c is not None for c in chances) else None
     p = None

@@ -482,7 +482,7 @@ def repeated_regression(X: "NDArray[np.floating]", y: "NDArray[np.floating]", gr
             ests.append(factor_regression(X, y, identity_split(groups, train_fraction, s), groups, seed=s))
             if on_split is not None:  # a progress line's update(1)
                 on_split(1)
-    return repeated_estimate(ests, alternative="less")
+    return repeated_estimate(ests, alternative="less", bounds=(0.0, np.inf))  # an MAE
 
 
 def factor_regression(X: "NDArray[np.floating]", y: "NDArray[np.floating]", train: "NDArray[np.bool_]",

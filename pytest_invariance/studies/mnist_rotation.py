@@ -92,6 +92,9 @@ def accuracy_estimate(correct: np.ndarray, chance: float, *, n_bootstrap: int, s
 #: Figures that depend on the training images, and the direction of each one's finding.
 TRAINED = {"mav_accuracy": "greater", "mav_accuracy_drop": None, "angle_mae": "less", "angle_mae_std": None,
            "per_angle_mav_accuracy": "greater"}
+#: The values each can take, where bounded (a repeated figure's CI is clipped to them).
+RANGE = {"mav_accuracy": (0.0, 1.0), "angle_mae": (0.0, np.inf), "angle_mae_std": (0.0, np.inf),
+         "per_angle_mav_accuracy": (0.0, 1.0)}
 
 
 def refit_seeds(seed: int, protocol: Protocol) -> list[int | None]:
@@ -241,7 +244,8 @@ def trained_figures(train_sets: list[dict[str, np.ndarray]], seeds: list[int], n
     fits = [_trained_figures(t, s, n_bootstrap, Xte, yte, ate, soft, step, max_rows) for t, s in zip(train_sets, seeds)]
     if len(fits) == 1:
         return fits[0]
-    out = {k: repeated_estimate([f[k] for f in fits], alternative=alt) for k, alt in TRAINED.items() if k in fits[0]}
+    out = {k: repeated_estimate([f[k] for f in fits], alternative=alt, bounds=RANGE.get(k, (-np.inf, np.inf)))
+           for k, alt in TRAINED.items() if k in fits[0]}
     for k, est in out.items():  # per-digit breakdowns (Fig. 3, 4): the mean over the refits, like the figure
         for key in PER_CLASS_DETAILS & set(est.details):
             per_fit = [f[k].details[key] for f in fits]
