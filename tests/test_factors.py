@@ -697,3 +697,27 @@ def test_constant_rows_allows_float_rounding_only():
     varied = base.copy()
     varied[3, 5] += 1e-3 * float(np.abs(base).max())  # one feature of one image differs: not constant
     assert not constant_rows(varied)
+
+
+@pytest.mark.parametrize("row", [0, 255, 256, 999])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_constant_rows_decides_as_a_whole_array_check_wherever_the_odd_row_is(row, dtype):
+    # The check looks at the first rows first; its answer must be that of a ptp over all rows.
+    from pytest_invariance._audit import constant_rows
+
+    def whole(X):
+        spread = float(np.ptp(X, axis=0).max())
+        return spread <= 1e-6 * float(np.abs(X).max())
+
+    rng = np.random.default_rng(row)
+    base = np.tile(rng.normal(size=(1, 9)), (1000, 1)).astype(dtype)
+    cases = [base]
+    for value in (1e3, -2.0, 1e-5):  # one large, one ordinary and one tiny departure at that row
+        X = base.copy()
+        X[row, 4] = X[row, 4] + dtype(value)
+        cases.append(X)
+    X = base.copy()
+    X[row] *= 1 + 1e-7  # within rounding: still constant (float16 cannot hold it: exactly constant)
+    cases.append(X)
+    for X in cases:
+        assert constant_rows(X) == whole(X)
