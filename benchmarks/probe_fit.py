@@ -4,7 +4,7 @@ Synthetic features with planted linear signal: a correlated, non-negative (ReLU-
 embedding; attribute t is the sign of a noisy random projection, thresholded to a
 CelebA-like positive rate (one attribute at 2 %, like Bald). sklearn fits
 ``LinearSVC(class_weight="balanced")`` once per attribute per C on the same rows in the probe's units
-(centred, divided by their RMS spread: ``functional.spread``), on a subset of the
+(standardised feature by feature, test rows clipped to the training range: ``Standardiser``), on a subset of the
 attributes (``--sklearn-targets``) and optionally of the training rows
 (``--sklearn-n-train``); its time is extrapolated linearly to all attributes (fits are
 independent, so this part is exact) and, if rows were subsampled, linearly in rows
@@ -62,11 +62,11 @@ def run_ours(args, Xtr, Ytr, Xv, Yv, Xte, Yte, grid):
 def run_sklearn(args, Xtr, Ytr, Xv, Yv, Xte, Yte, grid, targets):
     from sklearn.svm import LinearSVC
 
-    from pytest_invariance.probes.functional import spread
+    from pytest_invariance.probes._standardise import Standardiser
 
-    # the probe's units: training rows centred and divided by their RMS spread
-    mean, rms = spread(Xtr)
-    Xtr, Xv, Xte = ((A - mean) / rms for A in (Xtr, Xv, Xte))
+    # the probe's units: training rows standardised per feature, others clipped to their range
+    st, Xtr = Standardiser.fit(Xtr)
+    Xv, Xte = st.transform(Xv), st.transform(Xte)
     bal, t0, c0 = [], time.perf_counter(), time.process_time()
     for t in targets:
         best, best_model = -1.0, None

@@ -6,6 +6,7 @@ import pytest
 
 pytest.importorskip("torch")
 svm = pytest.importorskip("sklearn.svm")
+preprocessing = pytest.importorskip("sklearn.preprocessing")
 
 from pytest_invariance.errors import DataError, EmbeddingError, InvalidParameterError, NotFittedError  # noqa: E402
 from pytest_invariance.probes import AttributeSVMProbe  # noqa: E402
@@ -42,9 +43,10 @@ def test_probe_within_half_point_of_linearsvc_balanced_accuracy():
     grid = (0.001, 0.01, 0.1, 1.0)
     probe = AttributeSVMProbe(C_grid=grid, n_permutations=0, n_bootstrap=0).fit(X[tr], Y[tr], X[va], Y[va])
     res = probe.evaluate(X[te], Y[te])
+    Z = preprocessing.StandardScaler().fit(X[tr]).transform(X)  # the probe's units
     for t in range(3):
-        best = max(grid, key=lambda C: bal_acc(Y[va, t], svm.LinearSVC(C=C, class_weight="balanced").fit(X[tr], Y[tr, t]).decision_function(X[va])))
-        ref = bal_acc(Y[te, t], svm.LinearSVC(C=best, class_weight="balanced").fit(X[tr], Y[tr, t]).decision_function(X[te]))
+        best = max(grid, key=lambda C: bal_acc(Y[va, t], svm.LinearSVC(C=C, class_weight="balanced").fit(Z[tr], Y[tr, t]).decision_function(Z[va])))
+        ref = bal_acc(Y[te, t], svm.LinearSVC(C=best, class_weight="balanced").fit(Z[tr], Y[tr, t]).decision_function(Z[te]))
         ours = 1 - res[f"attr_{t}"]["balanced_error"].value
         assert ours >= ref - 0.005, (t, ours, ref)
         assert res[f"attr_{t}"]["accuracy"].details["C"] == probe.C_[t]
@@ -162,16 +164,21 @@ def test_unscaled_post_relu_features_match_liblinear(transform):
         ours = _liblinear_objective(X[tr], y[tr], sol.coef[0], sol.intercept[0], C)
         theirs = _liblinear_objective(X[tr], y[tr], raw.coef_[0], raw.intercept_[0], C)
         assert sol.converged.all() and abs(ours - theirs) / theirs < 1e-3, (C, ours, theirs)
-        # the probe: liblinear's optimum on the rows in spread units, weights mapped back
+        # the probe: liblinear's optimum on the standardised rows (sklearn's StandardScaler,
+        # constant features left at 0), weights mapped back; test rows clipped to the training range
         p = AttributeSVMProbe(C_grid=(C,), n_permutations=0, n_bootstrap=0).fit(X[tr], y[tr, None], X[tr], y[tr, None])
-        Z = (X - p.center_) / p.scale_
+        scaler = preprocessing.StandardScaler().fit(X[tr])
+        Z = scaler.transform(X)
+        np.testing.assert_allclose(p.standardiser_.mean, scaler.mean_, rtol=1e-9, atol=1e-9)
         ref = svm.LinearSVC(C=C, class_weight="balanced", tol=1e-6, max_iter=50_000).fit(Z[tr], y[tr])
         assert p.converged_.all()
-        ours = _liblinear_objective(Z[tr], y[tr], p.coef_[0] * p.scale_, p.intercept_[0] + p.center_ @ p.coef_[0], C)
+        std = p.standardiser_.std
+        ours = _liblinear_objective(Z[tr], y[tr], p.coef_[0] * std, p.intercept_[0] + p.standardiser_.mean @ p.coef_[0], C)
         theirs = _liblinear_objective(Z[tr], y[tr], ref.coef_[0], ref.intercept_[0], C)
         assert abs(ours - theirs) / theirs < 1e-3, (C, ours, theirs)
         got = 1 - p.evaluate(X[te], y[te, None])["attr_0"]["balanced_error"].value
-        assert got == pytest.approx(bal_acc(y[te], ref.predict(Z[te])), abs=0.005)
+        Zte = np.clip(Z[te], Z[tr].min(0), Z[tr].max(0))
+        assert got == pytest.approx(bal_acc(y[te], ref.predict(Zte)), abs=0.005)
 
 
 @pytest.mark.parametrize("copies", [1, 5])
@@ -228,3 +235,40 @@ def test_each_permutation_refit_fits_its_own_shuffled_labels():
     assert all(len(np.unique(null[:, t])) > k // 2 for t in range(3))
     res = probe.evaluate(X[240:], Y[240:])
     assert len({round(res[f"attr_{t}"]["balanced_error"].p_value, 6) for t in range(3)} - {1 / (k + 1), 1.0}) > 0
+
+
+@pytest.mark.parametrize("scale", [0.05, 1e-3, 1e-6])
+def test_a_factor_in_one_low_variance_dimension_is_found_as_a_standardised_linear_svc_finds_it(scale):
+    # One RMS spread for the whole embedding made C too small for one dimension at 1/20 of
+    # the 63 others' scale: balanced error 0.50 (gate passed) where LinearSVC finds 0.00.
+    rng = np.random.default_rng(1)
+    n = 600
+    t = rng.integers(0, 2, n)
+    X = rng.normal(size=(n, 64))
+    X[:, 0] = scale * t + scale * 0.2 * rng.normal(size=n)
+    tr, va, te = slice(0, 360), slice(360, 480), slice(480, n)
+    p = AttributeSVMProbe(n_permutations=0, n_bootstrap=0).fit(X[tr], t[tr, None], X[va], t[va, None])
+    got = p.evaluate(X[te], t[te, None])["attr_0"]["balanced_error"].value
+    scaler = preprocessing.StandardScaler().fit(X[tr])
+    Z = scaler.transform(X)
+    best = max((bal_acc(t[va], svm.LinearSVC(C=c, class_weight="balanced").fit(Z[tr], t[tr]).predict(Z[va])), c)
+               for c in p.C_grid)[1]
+    ref = 1 - bal_acc(t[te], svm.LinearSVC(C=best, class_weight="balanced").fit(Z[tr], t[tr]).predict(Z[te]))
+    assert ref < 0.05 and got == pytest.approx(ref, abs=0.02), (got, ref)
+
+
+def test_a_feature_flat_in_training_but_active_on_test_cannot_swamp_the_prediction():
+    # A unit dead on the training rows (LEACE leaves rounding residue, std 1e-9) but active on
+    # test: standardising divides it by 1e-9. Test rows are clipped to the training range.
+    rng = np.random.default_rng(2)
+    n = 600
+    t = rng.integers(0, 2, n)
+    X = rng.normal(size=(n, 16))
+    X[:, 1] += 2 * t
+    X[:, 5] = 1e-9 * rng.normal(size=n)
+    tr, va, te = slice(0, 360), slice(360, 480), slice(480, n)
+    p = AttributeSVMProbe(n_permutations=0, n_bootstrap=0).fit(X[tr], t[tr, None], X[va], t[va, None])
+    active = X[te].copy()
+    active[:, 5] = rng.normal(size=n - 480)
+    base = p.evaluate(X[te], t[te, None])["attr_0"]["balanced_error"].value
+    assert p.evaluate(active, t[te, None])["attr_0"]["balanced_error"].value == pytest.approx(base, abs=0.03)

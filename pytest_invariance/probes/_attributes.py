@@ -9,7 +9,7 @@ from numpy.typing import NDArray
 from ..errors import DataError, warn
 from . import functional as F
 from ._estimate import Estimate
-from ._linear_svm import shifted_scaled
+from ._standardise import Standardiser
 from ._validation import (Device, Grid, Interval, Options, ProbeMixin, check_features, check_lengths,
                           check_not_constant, resolve_device)
 from .stats import bootstrap_ci, p_value, permutation_chance
@@ -56,21 +56,23 @@ class AttributeSVMProbe(ProbeMixin):
         the solver's memory. The bootstrap CI covers the test rows only, not the choice
         of subsample; docs/scale.md measures how much the figures move with it.
 
-    Units: the SVM is fit on the training rows centred at their mean and divided by their
-    RMS distance to it (:func:`functional.spread`), so C means the same for every
-    embedding and a figure does not change when the embedding is scaled or shifted (with
-    liblinear's objective on raw features, a fixed C grid lands elsewhere on the
-    bias-variance trade-off for each scale: an embedding scaled by 1e-3 got constant
-    predictions). The objective is liblinear's on those rows; ``coef_`` and
-    ``intercept_`` are mapped back to the embedding's units. A fit that stops at
-    ``max_iter`` warns and is flagged ``converged = False`` in the figures' details.
+    Units: the SVM is fit on the training rows standardised feature by feature
+    (:class:`~._standardise.Standardiser`), so C means the same for every feature and a
+    figure does not change when a feature is scaled or shifted (on raw features a fixed C
+    grid lands elsewhere on the bias-variance trade-off for each scale: an embedding scaled
+    by 1e-3 got constant predictions; with one RMS spread for the whole embedding, a factor
+    carried by one low-variance dimension was missed). Rows to predict are clipped to the
+    training rows' standardised range. The objective is liblinear's on those rows;
+    ``coef_`` and ``intercept_`` are mapped back to the embedding's units (exact inside
+    the training range). A fit that stops at ``max_iter`` warns and is flagged
+    ``converged = False`` in the figures' details.
 
     Attributes
     ----------
     coef_ : ndarray [T, d]
     intercept_, C_ : ndarray [T]
-    center_ : ndarray [d], scale_ : float
-        The training rows' mean and RMS spread (the SVM's units).
+    standardiser_ : Standardiser
+        The training rows' per-feature mean, std and standardised range (the SVM's units).
     names_ : list of str
     val_balanced_accuracy_ : ndarray [T, len(C_grid)]
 
@@ -145,12 +147,8 @@ class AttributeSVMProbe(ProbeMixin):
         return out
 
     def _solve(self, Z: NDArray[Any], Y: NDArray[np.float32], C: NDArray[np.float64], tgt: NDArray[np.int64]) -> F.SVMSolution:
-        """Fit on the training rows in spread units ``Z``; weights returned in the embedding's units."""
-        from dataclasses import replace
-
-        sol = F.fit_squared_hinge_svm(Z, Y, C, tgt, tol=self.tol, max_iter=self.max_iter, device=self._device)
-        coef = sol.coef / self.scale_
-        return replace(sol, coef=coef, intercept=sol.intercept - coef @ self.center_)
+        """Fit on the standardised training rows ``Z``; weights in standardised units."""
+        return F.fit_squared_hinge_svm(Z, Y, C, tgt, tol=self.tol, max_iter=self.max_iter, device=self._device)
 
     def fit(self, X_train: Any, Y_train: Any, X_val: Any, Y_val: Any, names: Sequence[str] | None = None) -> "AttributeSVMProbe":
         """Fit every measurable attribute at every C on the training split; keep the best C on validation."""
@@ -187,11 +185,11 @@ class AttributeSVMProbe(ProbeMixin):
         grid = np.asarray(self.C_grid, dtype=np.float64)
         self.n_features_in_ = X.shape[1]
         m = np.flatnonzero(self.measurable_)
-        self.center_, self.scale_ = F.spread(X)
-        Z = shifted_scaled(X, self.center_, self.scale_, np.float64 if X.dtype == np.float64 else np.float32)
+        dtype = np.float64 if X.dtype == np.float64 else np.float32
+        self.standardiser_, Z = Standardiser.fit(X, dtype)
         self._X_train, self._Y_train = Z, Y[:, m]  # kept for the permutation refits in evaluate
         sol = self._solve(Z, Y[:, m], np.tile(grid, len(m)), np.repeat(np.arange(len(m)), len(grid)))
-        pred = np.where(Xv @ sol.coef.T + sol.intercept > 0, 1.0, -1.0)
+        pred = np.where(self.standardiser_.transform(Xv) @ sol.coef.T + sol.intercept > 0, 1.0, -1.0)
         bal = 1.0 - F.binary_rates(np.repeat(Yv[:, m], len(grid), axis=1), pred)["balanced_error"]
         # Both classes are in validation (measurable), so every score is defined.
         self.val_balanced_accuracy_ = np.full((T, len(grid)), np.nan)
@@ -199,9 +197,11 @@ class AttributeSVMProbe(ProbeMixin):
         best = self.val_balanced_accuracy_[m].argmax(1)  # first maximum = smallest C on ties
         cols = np.arange(len(m)) * len(grid) + best
         self.C_ = np.full(T, np.nan)
-        self.coef_, self.intercept_ = np.zeros((T, X.shape[1])), np.zeros(T)
+        self._coef_z, self._intercept_z = np.zeros((T, X.shape[1])), np.zeros(T)
         self.n_iter_, self.converged_ = np.zeros(T, np.int64), np.zeros(T, bool)
-        self.C_[m], self.coef_[m], self.intercept_[m] = grid[best], sol.coef[cols], sol.intercept[cols]
+        self.C_[m], self._coef_z[m], self._intercept_z[m] = grid[best], sol.coef[cols], sol.intercept[cols]
+        self.coef_ = self._coef_z / self.standardiser_.std
+        self.intercept_ = self._intercept_z - self.coef_ @ self.standardiser_.mean
         self.n_iter_[m], self.converged_[m] = sol.n_iter[cols], sol.converged[cols]
         if not self.converged_[m].all():
             bad = [self.names_[t] for t in m[~self.converged_[m]]]
@@ -214,14 +214,15 @@ class AttributeSVMProbe(ProbeMixin):
         self._check_is_fitted("coef_")
         X = check_features(X)
         self._check_n_features(X)
-        return X @ self.coef_.T + self.intercept_  # type: ignore[no-any-return]
+        return self.standardiser_.transform(X) @ self._coef_z.T + self._intercept_z  # type: ignore[no-any-return]
 
     def predict(self, X: Any) -> NDArray[np.int64]:
         """Predicted attributes as 0/1, [n, T]."""
         return (self.decision_function(X) > 0).astype(np.int64)
 
-    def _null_rates(self, Xt: NDArray[Any], Yt: NDArray[np.float32], keep: NDArray[np.int64]) -> dict[str, NDArray[np.float64]]:
-        """Permutation refits for the attributes ``keep`` (indices into names_), scored on ``Yt`` [n, len(keep)]."""
+    def _null_rates(self, Zt: NDArray[Any], Yt: NDArray[np.float32], keep: NDArray[np.int64]) -> dict[str, NDArray[np.float64]]:
+        """Permutation refits for the attributes ``keep`` (indices into names_), scored on the
+        standardised test rows ``Zt`` and their labels ``Yt`` [n, len(keep)]."""
         T, k = len(keep), self.n_permutations
         train_col = np.searchsorted(np.flatnonzero(self.measurable_), keep)  # columns of self._Y_train
         Ytr = self._Y_train[:, train_col]
@@ -230,7 +231,7 @@ class AttributeSVMProbe(ProbeMixin):
             Yb = np.transpose(Y_perm, (1, 0, 2)).reshape(len(Ytr), k * T)
             # Column j * T + t: permutation j of attribute t, fitted on its own column of Yb.
             sol = self._solve(self._X_train, Yb, np.tile(self.C_[keep], k), np.arange(k * T))
-            pred = np.where(Xt @ sol.coef.T + sol.intercept > 0, 1.0, -1.0)
+            pred = np.where(Zt @ sol.coef.T + sol.intercept > 0, 1.0, -1.0)
             rates = F.binary_rates(np.tile(Yt, k), pred)
             return np.stack([rates[m].reshape(k, T) for m in METRICS], axis=1)
 
@@ -257,7 +258,8 @@ class AttributeSVMProbe(ProbeMixin):
         if not keep.size:
             raise DataError(f"no attribute can be measured on this test split: {skip}")
         Yt = Yt[:, keep]
-        pred = np.where(self.decision_function(Xt)[:, keep] > 0, 1.0, -1.0)
+        Zt = self.standardiser_.transform(Xt)
+        pred = np.where(Zt @ self._coef_z[keep].T + self._intercept_z[keep] > 0, 1.0, -1.0)
         rates = F.binary_rates(Yt, pred)
         pos, neg = (Yt > 0).astype(np.float64), (Yt < 0).astype(np.float64)
         fn, fp, ok = pos * (pred < 0), neg * (pred > 0), (Yt == pred).astype(np.float64)
@@ -269,7 +271,7 @@ class AttributeSVMProbe(ProbeMixin):
 
         lo, hi, _ = bootstrap_ci(stat, n=len(Yt), n_bootstrap=self.n_bootstrap, confidence=self.confidence,
                                  random_state=self.random_state)
-        null = self._null_rates(Xt, Yt, keep) if self.n_permutations > 0 else None
+        null = self._null_rates(Zt, Yt, keep) if self.n_permutations > 0 else None
         out: dict[str, dict[str, Estimate]] = {}
         for t, a in enumerate(keep):
             name = self.names_[a]

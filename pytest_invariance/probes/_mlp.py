@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from ..errors import DataError
 from ._blas import one_torch_thread
 from ._estimate import Estimate
+from ._standardise import Standardiser
 from ._validation import (Device, Interval, Options, ProbeMixin, check_features, check_lengths, resolve_device)
 from .stats import bootstrap_ci
 
@@ -268,18 +269,13 @@ class MLPProbe(ProbeMixin):
         elif (np.ptp(Y[~val], axis=0) == 0).any():
             raise DataError("a target is constant in the training rows; there is no factor to predict.")
         self.n_features_in_ = X.shape[1] - (0 if self.classes_ is None else len(self.classes_))
-        std = X.std(0)
-        self.x_mean_, self.x_std_ = X.mean(0), np.where(std > 0, std, 1.0)
+        # Standardised, and clipped at prediction to the range the network saw (a feature
+        # nearly flat on these rows but active on test gave an angle MAE of 7e10 degrees;
+        # a per-feature cut on the std instead zeroed real features next to an outlier).
+        self.standardiser_, X = Standardiser.fit(X)
         self.y_mean_ = Y[~val].mean(0)
         self.y_std_ = Y[~val].std(0) if self.task == "regression" else np.ones(Y.shape[1])
         Yn = (Y - self.y_mean_) / self.y_std_ if self.task == "regression" else Y
-        X -= self.x_mean_  # standardised in place (X is this fit's own float64 copy): the same values
-        X /= self.x_std_
-        # Inputs are clipped to the range the network saw: a feature nearly flat on these rows
-        # (a unit dead on them: std 1e-9 after an erasure) but active on test was multiplied
-        # by 1e9 and gave an angle MAE of 7e10 degrees. A per-feature cut on the std instead
-        # zeroed real features whenever one outlier widened another feature's spread.
-        self.z_low_, self.z_high_ = X.min(0), X.max(0)
         with one_torch_thread():  # many small steps: a second thread costs more than it saves
             self.weights_ = fit_mlp(X, Yn, val, task=self.task, hidden=self.hidden,
                                     lr=self.lr, weight_decay=self.weight_decay, batch_size=self.batch_size,
@@ -302,8 +298,7 @@ class MLPProbe(ProbeMixin):
             # Standardised in float64 a block at a time, as the whole would be (row-wise the same).
             for s in range(0, len(X), 8192):
                 c = None if classes is None else np.asarray(classes)[s: s + 8192]
-                Z = (self._inputs(X[s: s + 8192], c, False) - self.x_mean_) / self.x_std_
-                np.clip(Z, self.z_low_, self.z_high_, out=Z)
+                Z = self.standardiser_.transform(self._inputs(X[s: s + 8192], c, False))
                 out.append(_forward(self.weights_, torch.as_tensor(Z, dtype=torch.float32,
                                                                    device=self._device)).T.double().cpu().numpy())
         return np.concatenate(out) * self.y_std_ + (self.y_mean_ if self.task == "regression" else 0.0)  # type: ignore[no-any-return]

@@ -7,6 +7,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._estimate import Estimate
+from ._standardise import Standardiser
 from ._validation import (Grid, Interval, ProbeMixin, check_features, check_lengths, check_min_class_count,
                           check_not_constant)
 from .stats import bootstrap_ci, p_value, permutation_chance
@@ -32,8 +33,9 @@ class MultinomialProbe(ProbeMixin):
     """Balanced multinomial logistic regression on embeddings, C chosen on a validation split.
 
     The model is scikit-learn's ``LogisticRegression(class_weight="balanced")`` (softmax
-    over K levels, L2 penalty, lbfgs) on standardised features; the figure is the test
-    balanced accuracy (mean per-level recall), whose chance level is exactly ``1/K``.
+    over K levels, L2 penalty, lbfgs) on features standardised one by one, test rows
+    clipped to the training range (:class:`~._standardise.Standardiser`); the figure is the
+    test balanced accuracy (mean per-level recall), whose chance level is exactly ``1/K``.
 
     Parameters
     ----------
@@ -54,6 +56,7 @@ class MultinomialProbe(ProbeMixin):
     C_ : float
     val_balanced_accuracy_ : ndarray [len(C_grid)]
     model_ : sklearn.linear_model.LogisticRegression
+    standardiser_ : Standardiser
 
     Examples
     --------
@@ -113,8 +116,8 @@ class MultinomialProbe(ProbeMixin):
         check_not_constant(X, "X_train")
         self.classes_ = np.unique(y)
         self.n_features_in_ = X.shape[1]
-        self.mean_, self.scale_ = X.mean(0), X.std(0) + 1e-12
-        Z, Zv = (X - self.mean_) / self.scale_, (Xv - self.mean_) / self.scale_
+        self.standardiser_, Z = Standardiser.fit(X)
+        Zv = self.standardiser_.transform(Xv)
         fits, start = [], None
         for C in sorted(self.C_grid):  # warm start along the path: each fit starts at the previous optimum
             fits.append(self._fit_one(Z, y, float(C), start))
@@ -130,7 +133,7 @@ class MultinomialProbe(ProbeMixin):
         self._check_is_fitted("model_")
         X = check_features(X)
         self._check_n_features(X)
-        return self.model_.predict((X - self.mean_) / self.scale_)  # type: ignore[no-any-return]
+        return self.model_.predict(self.standardiser_.transform(X))  # type: ignore[no-any-return]
 
     def evaluate(self, X_test: Any, y_test: Any) -> dict[str, Estimate]:
         """``{"balanced_accuracy": Estimate}``; chance ``1/K``, p-value from refits on shuffled labels."""
@@ -146,7 +149,7 @@ class MultinomialProbe(ProbeMixin):
         pv = None
         if self.n_permutations > 0:
             Z, ytr = self._train
-            Zt = (check_features(X_test) - self.mean_) / self.scale_
+            Zt = self.standardiser_.transform(check_features(X_test))
 
             def refit(yp: NDArray[Any]) -> float:
                 return float(balanced_accuracy(y, self._fit_one(Z, yp, self.C_).predict(Zt), classes=self.classes_)[0])
