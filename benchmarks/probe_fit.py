@@ -65,7 +65,8 @@ def run_sklearn(args, Xtr, Ytr, Xv, Yv, Xte, Yte, grid, targets):
     from pytest_invariance.probes._standardise import Standardiser
 
     # the probe's units: training rows standardised per feature, others clipped to their range
-    st, Xtr = Standardiser.fit(Xtr)
+    st = Standardiser.fit(Xtr)
+    Xtr = st.transform(Xtr)
     Xv, Xte = st.transform(Xv), st.transform(Xte)
     bal, t0, c0 = [], time.perf_counter(), time.process_time()
     for t in targets:

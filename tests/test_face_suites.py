@@ -249,10 +249,16 @@ def test_ridge_matches_sklearn():
 
     rng = np.random.default_rng(1)
     X, Y, Xt = rng.normal(size=(60, 80)), rng.normal(size=(60, 3)), rng.normal(size=(10, 80))
+    from sklearn.preprocessing import StandardScaler
+
     pred = _ridge_predict(X, Y, Xt, [0.1, 10.0])
-    unit = ((X - X.mean(0)) ** 2).sum() / len(X)  # penalties are relative to the rows' mean squared spread
+    # sklearn on standardised features (test rows clipped to the training range), penalties
+    # relative to the standardised rows' mean squared spread (80: every feature has variance 1)
+    scaler = StandardScaler().fit(X)
+    Z = scaler.transform(X)
+    Zt = np.clip(scaler.transform(Xt), Z.min(0), Z.max(0))
     for k, alpha in enumerate([0.1, 10.0]):
-        np.testing.assert_allclose(pred[k], Ridge(alpha=alpha * unit).fit(X, Y).predict(Xt), atol=1e-10)
+        np.testing.assert_allclose(pred[k], Ridge(alpha=alpha * 80).fit(Z, Y).predict(Zt), atol=1e-9)
 
 
 def test_perturbation_levels_must_contain_neutral():

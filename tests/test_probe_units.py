@@ -1,6 +1,6 @@
 """A linear probe's figures do not depend on the embedding's units: scaled or shifted
-embeddings give the same C / alpha and the same figures (the penalties are set in units of
-the training rows' spread, probes.functional.spread)."""
+embeddings, or one feature rescaled alone, give the same C / alpha and the same figures
+(every probe fits on features standardised on the training rows, probes/_standardise.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,6 @@ import pytest
 pytest.importorskip("torch")
 
 from pytest_invariance.probes import AttributeSVMProbe  # noqa: E402
-from pytest_invariance.probes.functional import spread  # noqa: E402
 from pytest_invariance.studies.faces import factor_regression  # noqa: E402
 from pytest_invariance.studies.factors import _continuous  # noqa: E402
 
@@ -60,9 +59,33 @@ def test_ridge_figures_do_not_depend_on_units(scale, offset):
     assert (b.value, b.details["alpha"]) == (pytest.approx(a.value, rel=1e-9), a.details["alpha"])
 
 
-def test_spread_is_the_rms_distance_to_the_mean():
-    X, _ = _data(2, n=50, d=4)
-    mean, rms = spread(X)
-    np.testing.assert_allclose(mean, X.mean(0))
-    assert rms == pytest.approx(np.sqrt(((X - X.mean(0)) ** 2).sum(1).mean()))
-    assert spread(np.ones((5, 3)))[1] == 1.0  # constant rows: nothing to rescale
+def test_figures_do_not_depend_on_one_features_scale():
+    # One feature's units changed alone (e.g. a unit whose activations are 1e-4 of the others'):
+    # with one penalty for the whole embedding, a factor carried by it was read at chance.
+    X, y = _data(3)
+    Xs = X.copy()
+    Xs[:, 1] *= 1e-4
+    ref, got = _continuous(X, y, *SPLITS, seed=0), _continuous(Xs, y, *SPLITS, seed=0)
+    assert got["mae"].details["alpha"] == ref["mae"].details["alpha"]
+    assert got["mae"].value == pytest.approx(ref["mae"].value, rel=1e-6)
+    yb = (y > np.median(y)).astype(int)[:, None]
+    tr, va, te = SPLITS
+    a, b = (AttributeSVMProbe(n_permutations=0, n_bootstrap=0).fit(Z[tr], yb[tr], Z[va], yb[va])
+            .evaluate(Z[te], yb[te])["attr_0"]["balanced_error"].value for Z in (X, Xs))
+    assert b == pytest.approx(a, abs=1 / len(te))
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e-6])
+def test_a_continuous_factor_in_one_low_variance_dimension_is_read_as_standardised_ridge_reads_it(scale):
+    lm = pytest.importorskip("sklearn.linear_model")
+    pre = pytest.importorskip("sklearn.preprocessing")
+    rng = np.random.default_rng(0)
+    n = 500
+    y = rng.uniform(0, 1, n)
+    X = rng.normal(size=(n, 64))
+    X[:, 0] = scale * (y + 0.05 * rng.normal(size=n))
+    tr, va, te = np.arange(300), np.arange(300, 400), np.arange(400, n)
+    got = _continuous(X, y, tr, va, te, seed=0)["mae"]
+    Z = pre.StandardScaler().fit(X[tr]).transform(X)
+    ref = np.abs(lm.RidgeCV(alphas=10.0 ** np.arange(-6, 5)).fit(Z[tr], y[tr]).predict(Z[te]) - y[te]).mean()
+    assert ref < 0.3 * got.chance and got.value == pytest.approx(ref, rel=0.1), (got.value, ref, got.chance)

@@ -307,7 +307,7 @@ def test_mlp_probe_inputs_built_in_place_equal_the_plain_standardised_stack(per_
     Yn = (y[rows, None] - y[rows][~val].mean()) / y[rows][~val].std()
     from pytest_invariance.probes._standardise import Standardiser
 
-    want = fit_mlp(Standardiser.fit(Z)[1], Yn, val, task="regression", hidden=8, lr=probe.lr,
+    want = fit_mlp(Standardiser.fit(Z).transform(Z), Yn, val, task="regression", hidden=8, lr=probe.lr,
                    weight_decay=probe.weight_decay, batch_size=probe.batch_size, max_epochs=3,
                    patience=probe.patience, device="cpu", seed=4)
     for name in ("W1", "b1", "w2", "b2", "epochs"):

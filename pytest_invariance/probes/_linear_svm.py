@@ -97,15 +97,10 @@ def shifted_scaled(X: NDArray[np.floating], shift: Any, scale: Any, dtype: Any =
 
 def _standardised(X: NDArray[np.floating], block: int = 4096) -> tuple[NDArray[np.float32], NDArray[np.float64], NDArray[np.float64]]:
     """``((X - mu) / sd as float32 [n, d], mu [d], sd [d])``; constant features get ``sd = 1``."""
-    from ._blas import map_threads
+    from ._standardise import Standardiser
 
-    n = len(X)
-    starts = range(0, n, block)
-    mu = np.sum(map_threads(lambda a: X[a:a + block].astype(np.float64).sum(0), starts), axis=0) / max(n, 1)
-    ss = np.sum(map_threads(lambda a: np.square(X[a:a + block].astype(np.float64) - mu).sum(0), starts), axis=0)
-    sd = np.sqrt(ss / max(n, 1))
-    sd[sd == 0] = 1.0
-    return shifted_scaled(X, mu, sd, block=block), mu, sd
+    st = Standardiser.fit(X, block=block)
+    return shifted_scaled(X, st.mean, st.std, block=block), st.mean, st.std
 
 
 def fit_squared_hinge_svm(

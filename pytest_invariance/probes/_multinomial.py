@@ -116,7 +116,8 @@ class MultinomialProbe(ProbeMixin):
         check_not_constant(X, "X_train")
         self.classes_ = np.unique(y)
         self.n_features_in_ = X.shape[1]
-        self.standardiser_, Z = Standardiser.fit(X)
+        self.standardiser_ = Standardiser.fit(X)
+        Z = self.standardiser_.transform(X)
         Zv = self.standardiser_.transform(Xv)
         fits, start = [], None
         for C in sorted(self.C_grid):  # warm start along the path: each fit starts at the previous optimum

@@ -32,28 +32,33 @@ class Standardiser:
     high: NDArray[np.float64]
 
     @classmethod
-    def fit(cls, X: NDArray[np.floating], dtype: Any = np.float64,
-            block: int = 4096) -> tuple["Standardiser", NDArray[Any]]:
-        """``(standardiser, Z)`` for the training rows ``X`` [n, d]: ``Z`` [n, d] in ``dtype``.
+    def fit(cls, X: NDArray[np.floating], block: int = 4096) -> "Standardiser":
+        """From the training rows ``X`` [n, d] (any float dtype).
 
-        Mean and std are accumulated in float64 a block of rows at a time (no float64 copy of
-        a float16/32 ``X``: 1.1 GB at CelebA's 162,770 x 832). Computing ``Z`` is one pass.
+        Mean, std and range are accumulated in float64 a block of rows at a time (no float64
+        copy of a float16/32 ``X``: 1.1 GB at CelebA's 162,770 x 832), in two passes.
         """
         from ._blas import map_threads
-        from ._linear_svm import shifted_scaled
 
         n = len(X)
         starts = range(0, n, block)
         mean = np.sum(map_threads(lambda a: X[a:a + block].sum(0, dtype=np.float64), starts), axis=0) / max(n, 1)
-        ss = np.sum(map_threads(lambda a: np.square(np.subtract(X[a:a + block], mean, dtype=np.float64)).sum(0),
-                                starts), axis=0)
-        std = np.sqrt(ss / max(n, 1))
+
+        def second(a: int) -> tuple[Any, Any, Any]:
+            rows = np.subtract(X[a:a + block], mean, dtype=np.float64)
+            return np.square(rows).sum(0), rows.min(0), rows.max(0)
+
+        parts = map_threads(second, starts)
+        std = np.sqrt(np.sum([p[0] for p in parts], axis=0) / max(n, 1))
         std[std == 0] = 1.0
-        Z = shifted_scaled(X, mean, std, dtype, block=block)
-        return cls(mean, std, Z.min(0).astype(np.float64), Z.max(0).astype(np.float64)), Z
+        # The range in standardised units, as transform() computes a row: (x - mean) / std.
+        low = np.min([p[1] for p in parts], axis=0) / std
+        high = np.max([p[2] for p in parts], axis=0) / std
+        return cls(mean, std, low, high)
 
     def transform(self, X: NDArray[np.floating], dtype: Any = np.float64) -> NDArray[Any]:
-        """``X`` [n, d] standardised and clipped to the fitted rows' range, as ``dtype``."""
+        """``X`` [n, d] standardised and clipped to the fitted rows' range, as ``dtype``
+        (float64 arithmetic; the fitted rows themselves are unchanged by the clip)."""
         from ._linear_svm import shifted_scaled
 
         Z = shifted_scaled(X, self.mean, self.std, dtype)

@@ -214,24 +214,6 @@ def centred_cross(X: NDArray[np.floating], rows: NDArray[np.int64], mean: NDArra
     return out
 
 
-def spread(X: NDArray[np.floating]) -> tuple[NDArray[np.float64], float]:
-    """``(mean [d], rms)``: the rows' mean and their root-mean-square distance to it.
-
-    The probes' penalties are set in these units (the SVM fits ``(X - mean) / rms``; a
-    ridge penalty is relative to ``rms**2`` per row), so a figure does not change when the
-    embedding is multiplied by a constant or shifted: a fixed C or alpha grid on raw
-    features would sit at another point of the bias-variance trade-off for every scale.
-    A constant ``X`` gives ``rms = 1`` (nothing to rescale).
-    """
-    mean = np.zeros(X.shape[1])
-    for s in range(0, len(X), _BLOCK):
-        mean += X[s: s + _BLOCK].astype(np.float64).sum(0)
-    mean /= max(len(X), 1)
-    ss = sum(float(((X[s: s + _BLOCK].astype(np.float64) - mean) ** 2).sum()) for s in range(0, len(X), _BLOCK))
-    rms = float(np.sqrt(ss / max(len(X), 1)))
-    return mean, (rms if rms > 0 and np.isfinite(rms) else 1.0)
-
-
 def ridge_eig(scatter: NDArray[np.float64], alpha: float, rcond: float = 1e-10) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """``(inv [d], V [d, d])`` with ``(scatter + alpha I)^+ = V diag(inv) V^T``.
 

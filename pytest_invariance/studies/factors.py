@@ -33,6 +33,7 @@ from .faces import ALPHAS  # one ridge grid, relative to the embedding's spread
 if TYPE_CHECKING:
     from .._audit import Audit, ModelRef
     from ..data.factor_folder import Factor, FactorFolder
+    from ..probes._standardise import Standardiser
     from ..settings import Settings
 
 PROBES = {"binary": "balanced linear SVM", "categorical": "balanced multinomial logistic regression",
@@ -354,12 +355,16 @@ def _binary_chance(metric: str, e: Estimate, q: float, positive: str | None) -> 
 def _continuous(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, te: np.ndarray,
                 seed: int, max_rows: int | None = None) -> dict[str, Estimate]:
     from ..probes import LinearRegressionProbe
-    from ..probes.functional import spread
+    from ..probes import functional as F
+    from ..probes._standardise import Standardiser
 
     from .faces import _ridge_predict
 
-    if max_rows and len(tr) > max_rows:  # --invariance-max-rows: the same predictions from merged moments
-        pred = _ridge_predict_streamed(X, y, tr, X[va], max_rows)
+    # Features standardised on the training rows, as _ridge_predict does for the validation fits.
+    st = Standardiser.fit(X[tr])
+    streamed = bool(max_rows and len(tr) > max_rows)
+    if streamed:  # --invariance-max-rows: the same predictions from merged moments
+        pred = _ridge_predict_streamed(X, y, tr, X[va], max_rows, st)
     else:  # every penalty's validation predictions from one SVD of the training embeddings
         pred = _ridge_predict(np.asarray(X[tr], np.float64), y[tr, None], np.asarray(X[va], np.float64), ALPHAS)[..., 0]
     err = np.abs(pred - y[va])  # [alphas, n_val]
@@ -368,12 +373,18 @@ def _continuous(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, te
     # the embedding does not hold gets (nearly) the training mean, not a fit to val noise
     ok = err.mean(axis=1) <= err[best].mean() + err[best].std() / np.sqrt(len(va))
     alpha = float(ALPHAS[int(np.flatnonzero(ok).max())])
-    # the same penalty as the validation fits: relative to the training rows' spread
-    fitted = LinearRegressionProbe(alpha=alpha * spread(X[tr])[1] ** 2, random_state=seed).fit_rows(
-        X[tr], y[tr], max_rows=max_rows)
-    mae = fitted.evaluate(X[te], y[te])["mae"]
-    mae.details.update(alpha=alpha, alpha_unit="mean squared spread of the training rows")
-    sq_err = (fitted.predict(X[te]) - y[te]) ** 2
+    # the same penalty as the validation fits: relative to the standardised rows' mean squared
+    # spread, which is the number of non-constant features (each has variance 1)
+    unit = max(int((st.high > st.low).sum()), 1)
+    fitted = LinearRegressionProbe(alpha=alpha * unit, random_state=seed)
+    if streamed:
+        fitted.fit_stream((st.transform(X[i]), y[i]) for i in F.row_chunks(tr, max_rows))
+    else:
+        fitted.fit(st.transform(X[tr]), y[tr])
+    Zte = st.transform(X[te])
+    mae = fitted.evaluate(Zte, y[te])["mae"]
+    mae.details.update(alpha=alpha, alpha_unit="mean squared spread of the standardised training rows")
+    sq_err = (fitted.predict(Zte) - y[te]) ** 2
     sq_dev = (y[te] - y[tr].mean()) ** 2
 
     def r2(counts: np.ndarray) -> np.ndarray:  # out of sample: against the training mean's error
@@ -386,20 +397,20 @@ def _continuous(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, te
 
 
 def _ridge_predict_streamed(X: np.ndarray, y: np.ndarray, tr: np.ndarray, Xva: np.ndarray,
-                            max_rows: int) -> np.ndarray:
-    """:func:`~.faces._ridge_predict` ``[alphas, n_val]`` from the training rows' moments,
-    merged over chunks of at most ``max_rows`` rows: ``(S + a I)^-1 c`` through one
-    eigendecomposition of the centred scatter ``S`` (``S = V diag(s^2) V^T`` of the SVD)."""
+                            max_rows: int, st: "Standardiser") -> np.ndarray:
+    """:func:`~.faces._ridge_predict` ``[alphas, n_val]`` from the standardised (``st``)
+    training rows' moments, merged over chunks of at most ``max_rows`` rows: ``(S + a I)^-1 c``
+    through one eigendecomposition of the centred scatter ``S`` (``S = V diag(s^2) V^T`` of the SVD)."""
     from ..probes import functional as F
     from .faces import penalty_unit
 
     mo = None
     for i in F.row_chunks(tr, max_rows):
-        part = F.group_moments(X[i], np.zeros(len(i), np.int64), 1, y[i, None])
+        part = F.group_moments(st.transform(X[i]), np.zeros(len(i), np.int64), 1, y[i, None])
         mo = part if mo is None else F.merge_moments(mo, part)
     lam, V = np.linalg.eigh(mo.scatter[0])  # type: ignore[union-attr]
     lam = np.clip(lam, 0.0, None)
-    proj = (np.asarray(Xva, np.float64) - mo.means[0]) @ V  # type: ignore[union-attr]
+    proj = (st.transform(Xva) - mo.means[0]) @ V  # type: ignore[union-attr]
     along = V.T @ mo.cross[0][:, 0]  # type: ignore[union-attr]
     unit = penalty_unit(np.sqrt(lam), len(tr))  # alphas are relative to the rows' spread, as there
     shrink = 1.0 / (lam[None, :] + np.asarray(ALPHAS, np.float64)[:, None] * unit)  # [A, d]
