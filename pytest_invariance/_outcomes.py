@@ -199,6 +199,15 @@ class Outcomes:
                             "layer": self.model_of.get(nodeid, {}).get("layer")})
         return out
 
+    def undecided_tests(self) -> set[str]:
+        """Audit tests that ended as an ERROR only because a gate's CI could not decide: measured,
+        so counted apart from tool errors (nothing measured) and from tests that reached a verdict."""
+        return set(self.errors) & self.inconclusive
+
+    def tool_errors(self) -> dict[str, str]:
+        """The audit tests that could not run (nodeid -> one line), less the undecided ones."""
+        return {k: v for k, v in self.errors.items() if k not in self.inconclusive}
+
     def nothing_audited(self, settings: Any) -> bool:
         given = bool(settings.model or settings.data_dir or settings.embeddings)
         return given and bool(self.audit_items) and not self.audited and not self.errors
@@ -227,8 +236,9 @@ class Outcomes:
         return {"exit_status": exit_status,
                 "interrupted": incomplete == "interrupted", "incomplete": incomplete,
                 "collection_errors": list(self.collect_errors),
-                "tests": {"audited": len(self.audited), "failed": len(self.failed_tests & self.audit_items),
-                          "xfailed": len(self.xfailed), "errors": len(self.errors), "skipped": len(self.skipped)}}
+                "tests": {"audited": len(self.audited | self.undecided_tests()), "failed": len(self.failed_tests & self.audit_items),
+                          "xfailed": len(self.xfailed), "errors": len(self.tool_errors()),
+                          "inconclusive": len(self.undecided_tests()), "skipped": len(self.skipped)}}
 
     def summary_lines(self, settings: Any) -> list[str]:
         """Three separate lines (checks failed, known leaks, could not run) and, when nothing
@@ -242,20 +252,23 @@ class Outcomes:
             stopped = []
         if not self.audit_items:
             return stopped
-        checks = [c for c in self.collected["checks"] if c.get("status") in ("passed", "failed", "xfail")]
+        # every test once: audited (a verdict, or measured but undecided), could not run, skipped
+        checks = [c for c in self.collected["checks"] if c.get("status") in ("passed", "failed", "xfail", "inconclusive")]
         failed = [c for c in checks if c.get("status") == "failed"]
         regressed = sum(bool((c.get("details") or {}).get("regressed")) for c in failed)
         known = [c for c in checks if c.get("status") == "xfail"]
+        errors = self.tool_errors()
+        first = {k: v for k, v in self.first_errors.items() if k in errors} or errors
         lines = [
-            f"invariance: {len(checks)} checks in {len(self.audited)} audited tests, "
+            f"invariance: {len(checks)} checks in {len(self.audited | self.undecided_tests())} audited tests, "
             f"{sum(c.get('status') == 'passed' for c in checks)} passed",
             f"invariance: checks failed: {len(failed)}" + (f" ({regressed} of them regressions)" if regressed else ""),
             f"invariance: known leaks (xfail): {len(known)}",
-            f"invariance: could not run (errors): {len(self.errors)} tests"
+            f"invariance: could not run (errors): {len(errors)} tests"
             # quote a root cause, never a "see that error" back-reference
-            + (f"; first: {next(iter((self.first_errors or self.errors).values()))}" if self.errors else ""),
+            + (f"; first: {next(iter(first.values()))}" if errors else ""),
         ]
-        undecided = [c for c in self.collected["checks"] if c.get("status") == "inconclusive"]
+        undecided = [c for c in checks if c.get("status") == "inconclusive"]
         if undecided:
             lines.append(f"invariance: inconclusive: {len(undecided)} check(s) in {len(self.inconclusive)} test(s): "
                          "the test split is too small for the gate (CI wider than the gap between chance and the "

@@ -130,25 +130,24 @@ def _cut(text: str, width: int) -> str:
 
 def cmd_history(path: str, out: TextIO) -> int:
     """Print one line per stored version: tag, number of checks, failures, git commit."""
-    from .history import HistoryStore, not_a_baseline
+    from .history import HistoryStore, not_a_baseline, run_counts
 
     store = HistoryStore(path)
     tags = store.versions()
     if not tags:
         print(f"no versions stored in {path}", file=out)
         return 0
-    print(f"{'version':<16} {'recorded':<25} {'checks':>6} {'failed':>6} {'errors':>6}  {'git commit':<12}  "
-          "baseline", file=out)
+    print(f"{'version':<16} {'recorded':<25} {'checks':>6} {'failed':>6} {'inconclusive':>12} {'errors':>6}  "
+          f"{'git commit':<12}  baseline", file=out)
     for tag in tags:
         doc = store.run(tag)
-        entries = doc.get("checks") or []
-        # an ERROR entry is a test that measured nothing: no check, counted apart from failures
-        errors = sum(c.get("verdict") == "ERROR" for c in entries)
-        failed = sum(c.get("verdict") == "FAIL" for c in entries)
+        # one count for the columns and for the baseline verdict: an ERROR is a test that measured
+        # nothing (a tool error); an INCONCLUSIVE check measured a figure its CI could not gate
+        n = run_counts(doc)
         commit = str(doc["run"].get("git_commit") or "")[:12]
         why = not_a_baseline(doc)
-        print(f"{tag:<16} {doc['run'].get('recorded_at', ''):<25} {len(entries) - errors:>6} {failed:>6} "
-              f"{errors:>6}  {commit:<12}  {'no: ' + why if why else 'yes'}", file=out)
+        print(f"{tag:<16} {doc['run'].get('recorded_at', ''):<25} {n['checks']:>6} {n['failed']:>6} "
+              f"{n['inconclusive']:>12} {n['errors']:>6}  {commit:<12}  {'no: ' + why if why else 'yes'}", file=out)
     return 0
 
 
@@ -156,6 +155,7 @@ def cmd_compare(tag_a: str, tag_b: str, path: str, out_path: str, out: TextIO) -
     """Write the comparison report and print the largest changes. Returns 1 when B is
     worse than A on any check (so it can gate a script), else 0."""
     from .history import HistoryStore
+    from .history._baseline import UNDECIDED_BASE
     from .report import compare_rows, write_compare_report
 
     store = HistoryStore(path)
@@ -176,8 +176,10 @@ def cmd_compare(tag_a: str, tag_b: str, path: str, out_path: str, out: TextIO) -
         print(f"... {len(rows) - _MAX_ROWS} more rows in the report", file=out)
     worse = sum(r["change"] == "worse" for r in rows)
     undirected = sum(r["change"].startswith("not compared: no leak") for r in rows)
+    undecided = sum(r["change"] == UNDECIDED_BASE for r in rows)
     print(f"{worse} worse, {sum(r['change'] == 'better' for r in rows)} better of {len(rows)} checks"
           + (f" ({undirected} not compared: no leak direction)" if undirected else "")
+          + (f" ({undecided} not compared: inconclusive in {resolved_a})" if undecided else "")
           + f"; report: {written}", file=out)
     return 1 if worse else 0
 

@@ -36,7 +36,7 @@ def test_history_lists_versions(history, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:4] == ["version", "recorded", "checks", "failed"]
     assert [line.split()[0] for line in out[1:]] == ["v1", "v2"]
-    assert out[2].split()[2:] == ["2", "1", "0", "bbb222", "yes"]
+    assert out[2].split()[2:] == ["2", "1", "0", "0", "bbb222", "yes"]
 
 
 def test_compare_writes_report_and_flags_worse(history, tmp_path, capsys):

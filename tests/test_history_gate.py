@@ -79,9 +79,9 @@ def test_history_counts_errors_apart_from_failures(tmp_path, capsys):
         {"nodeid": "t", "metric": "b", "value": 1.0, "verdict": "PASS"}]}, "v3")
     assert main(["history", "--history", str(store.path)]) == 0
     head, v2, v3 = capsys.readouterr().out.splitlines()
-    assert head.split()[:5] == ["version", "recorded", "checks", "failed", "errors"]
-    assert v2.split()[2:] == ["0", "0", "16", "no:", "audited", "nothing"]
-    assert v3.split()[2:] == ["2", "1", "0", "yes"]
+    assert head.split()[:6] == ["version", "recorded", "checks", "failed", "inconclusive", "errors"]
+    assert v2.split()[2:] == ["0", "0", "0", "16", "no:", "audited", "nothing"]
+    assert v3.split()[2:] == ["2", "1", "0", "0", "yes"]
 
 
 def test_a_baseline_that_shares_no_check_is_one_error_line(toy):

@@ -27,11 +27,12 @@ from ._store import (
     UnknownVersionError,
     default_tag,
     not_a_baseline,
+    run_counts,
 )
 
 __all__ = [
     "HistoryStore", "HistoryError", "UnknownVersionError", "TrendPoint", "default_tag",
     "SCHEMA_VERSION", "LATEST", "Tolerance", "ToleranceError", "parse_tolerance",
-    "compare_to_baseline", "find_tolerance", "annotate_regressions", "check_identity", "not_a_baseline",
+    "compare_to_baseline", "find_tolerance", "annotate_regressions", "check_identity", "not_a_baseline", "run_counts",
     "baseline_report", "judge_change", "leak_direction",
 ]

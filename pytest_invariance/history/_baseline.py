@@ -46,6 +46,8 @@ LEAK_DIRECTION = {"balanced_error": -1, "fn_rate": -1, "fp_rate": -1, "mae": -1,
 # other suites' per-factor names: yaw_mae, rotation_mae_mlp_erased (probe errors), rank1_blur, tar_blur
 _LOWER_LEAKS = re.compile(r"^(?:\w+_)?mae(?:_mlp)?(?:_erased)?$|^(?:rank1|tar)_[a-z]+(?:_erased)?$")
 NO_DIRECTION = "not compared: no leak direction"
+# a baseline check whose gate its CI could not decide: its figure says neither leak nor none
+UNDECIDED_BASE = "not compared: inconclusive in the baseline"
 
 
 def leak_direction(metric: str | None, comparator: str | None = None) -> int | None:
@@ -247,7 +249,8 @@ def judge_change(now: Mapping[str, Any], base: Mapping[str, Any],
     -------
     dict
         ``change``: "worse" (more leakage beyond the tolerance), "better", "same" (within
-        it), :data:`NO_DIRECTION`, or "not compared: no value" when either figure is missing;
+        it), :data:`NO_DIRECTION`, :data:`UNDECIDED_BASE` when ``base`` was INCONCLUSIVE,
+        or "not compared: no value" when either figure is missing;
         ``regressed`` (change == "worse") and ``delta`` (``now - base``, NaN when missing).
 
     Examples
@@ -273,6 +276,8 @@ def judge_change(now: Mapping[str, Any], base: Mapping[str, Any],
                                        chance=None, baseline_chance=None)
     if math.isnan(delta):
         change = "not compared: no value"
+    elif base.get("verdict") == "INCONCLUSIVE":
+        change = UNDECIDED_BASE
     elif leak_direction(metric, comparator) is None:
         change = NO_DIRECTION
     elif worse:
@@ -393,13 +398,15 @@ def baseline_report(checks: Iterable[Mapping[str, Any]], spec: str, tag: str | N
     measured = [c for c in checks if c.get("status") in ("passed", "failed", "xfail", "inconclusive") and _finite(c.get("value"))]
     matched = [c for c in measured if (c.get("details") or {}).get("baseline_value") is not None]
     undirected = [c for c in matched if (c.get("details") or {}).get("change") == NO_DIRECTION]
-    compared = [c for c in matched if c not in undirected]
+    undecided = [c for c in matched if (c.get("details") or {}).get("change") == UNDECIDED_BASE]
+    compared = [c for c in matched if c not in undirected and c not in undecided]
     regressed = sum(bool((c.get("details") or {}).get("regressed")) for c in compared)
     run = dict(stored_run or {})
     fields = {"spec": spec, "tag": tag, "recorded_at": run.get("recorded_at"),
               "plugin_version": run.get("plugin_version"), "git_commit": run.get("git_commit"),
               "checks": len(measured), "compared": len(compared), "regressed": regressed,
-              "no_direction": sorted({str(c.get("metric")) for c in undirected})}
+              "no_direction": sorted({str(c.get("metric")) for c in undirected}),
+              "inconclusive_in_baseline": len(undecided)}
     if tag is None:
         return fields, (f"invariance: baseline: none - --invariance-baseline {spec} found no earlier complete run "
                         f"in {history}; nothing compared (a first run)"), False
@@ -410,5 +417,7 @@ def baseline_report(checks: Iterable[Mapping[str, Any]], spec: str, tag: str | N
                         f"--invariance-baseline TAG of a run of the same suites, model and layers"), True
     skipped = (f"; {len(undirected)} {NO_DIRECTION} ({', '.join(fields['no_direction'])})"
                if undirected else "")
+    skipped += (f"; {len(undecided)} inconclusive in {tag} not compared (its CI could not decide the gate)"
+                if undecided else "")
     return fields, (f"invariance: baseline {tag} ({when}): {len(compared)} of {len(measured)} checks compared "
                     f"in their leak direction, {regressed} regressed{skipped}"), False

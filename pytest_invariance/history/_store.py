@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from ..errors import InvarianceError
 
 __all__ = ["HistoryStore", "HistoryError", "UnknownVersionError", "TrendPoint", "default_tag",
-           "SCHEMA_VERSION", "LATEST", "not_a_baseline"]
+           "SCHEMA_VERSION", "LATEST", "not_a_baseline", "run_counts"]
 
 SCHEMA_VERSION = 1
 LATEST = "latest"
@@ -93,14 +93,43 @@ def default_tag(doc: dict[str, Any]) -> str:
     return "run-" + "".join(ch for ch in started if ch.isalnum())[:15]
 
 
+def run_counts(doc: dict[str, Any]) -> dict[str, int]:
+    """How a stored run's tests and checks ended, counted one way for every reader.
+
+    ``checks``: figures measured (ERROR entries measured nothing); ``failed``: FAIL checks;
+    ``inconclusive``: INCONCLUSIVE checks (a gate its CI could not decide: a figure, not a
+    fault); ``errors``: tests that could not run (tool errors). Runs written before
+    ``run.tests.inconclusive`` existed counted their undecided tests among the errors; those
+    are taken back out (a test whose every non-passing check is INCONCLUSIVE).
+
+    Examples
+    --------
+    >>> run_counts({"run": {"tests": {"audited": 1, "errors": 1}}, "checks": [
+    ...     {"nodeid": "t", "metric": "m", "value": 0.4, "verdict": "INCONCLUSIVE"},
+    ...     {"nodeid": "u", "metric": "m", "value": 0.1, "verdict": "PASS"}]})
+    {'checks': 2, 'failed': 0, 'inconclusive': 1, 'errors': 0}
+    """
+    entries = doc.get("checks") or []
+    tests = (doc.get("run") or {}).get("tests") or {}
+    error_entries = sum(c.get("verdict") == "ERROR" for c in entries)
+    undecided = [c for c in entries if c.get("verdict") == "INCONCLUSIVE"]
+    errors = int(tests.get("errors", error_entries) or 0)
+    if "inconclusive" not in tests:
+        failed_tests = {c.get("nodeid") for c in entries if c.get("verdict") == "FAIL"}
+        errors = max(errors - len({c.get("nodeid") for c in undecided} - failed_tests), error_entries)
+    return {"checks": len(entries) - error_entries, "failed": sum(c.get("verdict") == "FAIL" for c in entries),
+            "inconclusive": len(undecided), "errors": errors}
+
+
 def not_a_baseline(doc: dict[str, Any]) -> str | None:
     """Why a stored run may not be the ``latest`` baseline, or None when it may.
 
     A run that was interrupted or did not complete (``run.incomplete``: a collection or usage
     error), audited nothing, or had a tool error (a pytest ERROR) lacks
     figures a later run would be compared with; as ``latest`` it would turn those comparisons
-    into silent passes. Documents without ``run.tests`` (written by hand or by older plugins)
-    are taken as complete.
+    into silent passes. An INCONCLUSIVE check (its CI could not decide the gate) is a figure,
+    not a fault: such a run is a baseline, and only those checks are not compared with.
+    Documents without ``run.tests`` (written by hand or by older plugins) are taken as complete.
 
     Examples
     --------
@@ -108,7 +137,7 @@ def not_a_baseline(doc: dict[str, Any]) -> str | None:
     'interrupted'
     >>> not_a_baseline({"run": {"tests": {"audited": 3, "errors": 2}}})
     '2 tool error(s)'
-    >>> not_a_baseline({"run": {"tests": {"audited": 3, "errors": 0}}}) is None
+    >>> not_a_baseline({"run": {"tests": {"audited": 3, "errors": 0, "inconclusive": 2}}}) is None
     True
     """
     run = doc.get("run") or {}
@@ -119,8 +148,11 @@ def not_a_baseline(doc: dict[str, Any]) -> str | None:
         return str(run["incomplete"])
     if tests.get("audited") == 0:
         return "audited nothing"
-    if tests.get("errors"):
-        return f"{tests['errors']} tool error(s)"
+    if tests.get("inconclusive") and tests.get("inconclusive") == tests.get("audited"):
+        return f"decided nothing (all {tests['audited']} audited test(s) inconclusive)"
+    errors = run_counts(doc)["errors"] if tests else 0
+    if errors:
+        return f"{errors} tool error(s)"
     return None
 
 
