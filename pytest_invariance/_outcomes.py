@@ -36,7 +36,9 @@ def _hint(exc: BaseException) -> str:
 
     hints: list[tuple[type[BaseException], str]] = [
         (e.DatasetNotFoundError, "point --invariance-data-dir at the dataset"),
-        (e.DataError, "pass --invariance-skip-bad to leave bad items out (and report how many), or fix the files"),
+        # a loader that can leave bad items out names --invariance-skip-bad itself (folder, CelebA,
+        # factors); one that reaches this line cannot (an MNIST IDX file), so skip-bad is no fix
+        (e.DataError, "fix or replace the data files named above, or point --invariance-data-dir at an intact copy"),
         (e.InputShapeError, "pass a --model that takes the suite's input, or select only suites that fit it"),
         (e.LayerNotFoundError, "pick an existing --layer"),
         (e.EmbeddingError, "pick another --layer, or fix the suite's [preprocess] for this model"),

@@ -532,7 +532,7 @@ def _make_check(request: pytest.FixtureRequest, audit: "Audit", suite: "Suite") 
                       if details.get(k) is not None]
         threshold = resolve_threshold(metric, qualifiers, call=call, marker=marker_thresholds,
                                       suite=suite.thresholds, overrides=overrides, layer=details.get("layer"))
-        result = evaluate(node.nodeid, suite.name, metric, estimate, threshold, details)
+        result = evaluate(node.nodeid, suite.name, metric, estimate, threshold, details, suite.fix_hints())
         if ref is not None:
             result.layer, result.test = ref.layer, _one_layer_id(node.nodeid, ref)
         # Known leaks document the suite's bundled models: a --model (even one with the same

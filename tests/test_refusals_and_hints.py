@@ -3,11 +3,13 @@ in one file are refused, a refused run leaves nothing beside the history, the su
 folder's factors, and a gate failure names the narrowest threshold key and its file."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from pytest_invariance.checks import Threshold, evaluate
+from pytest_invariance.checks import Suite, Threshold, evaluate
 from pytest_invariance.embeddings import Preprocess
 from pytest_invariance.errors import InvalidParameterError
 from pytest_invariance.history import HistoryStore
@@ -76,14 +78,42 @@ def test_the_nothing_gated_line_counts_the_folders_factors():
     assert "nothing gated (4 factor(s) measured only)" in gate_summary(rows)
 
 
-def test_a_factor_gate_failure_names_its_own_key_and_the_data_folders_toml():
+SUITES = sorted(p.parent.name for p in (Path(__file__).resolve().parents[1] / "audits").glob("*/invariance.toml"))
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_a_gate_failure_names_only_what_its_suite_reads(name):
+    # face_perturbation's checks carry details.factor too: its failure named the data folder's
+    # toml and --invariance-gate, neither of which it reads
+    suite = Suite.load(Path(__file__).resolve().parents[1] / "audits" / name / "invariance.toml")
+    r = evaluate("t", name, "balanced_error", Estimate(0.02, 0.0, 0.05, chance=0.5, n=60), Threshold(">=", 0.4),
+                 {"factor": "rotation", "model": "net"}, suite.fix_hints())
+    reads_gate = "--invariance-gate" in suite.config["suite"].get("options", [])
+    assert ("--invariance-gate" in r.message) == reads_gate == (name == "factors")
+    assert "--invariance-threshold rotation.balanced_error=VALUE" in r.message
+    assert f"under [thresholds] in audits/{name}/invariance.toml" in r.message
+    assert "data folder" not in r.message
+
+
+def test_a_factor_gate_failure_names_the_data_folders_toml(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from pytest_invariance.data.factor_folder import load_factor_folder
+    from pytest_invariance.studies.factors import folder_suite
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "faces").mkdir()
+    rows = ["image,split,occluded"]
+    for i in range(40):
+        Image.fromarray(np.full((8, 8, 3), 6 * i, np.uint8)).save(tmp_path / "faces" / f"{i}.png")
+        rows.append(f"{i}.png,{('train', 'train', 'train', 'val', 'test')[i % 5]},{i % 2}")
+    (tmp_path / "faces" / "labels.csv").write_text("\n".join(rows) + "\n")
+    base = Suite.load(Path(__file__).resolve().parents[1] / "audits" / "factors" / "invariance.toml")
+    suite = folder_suite(base, load_factor_folder(tmp_path / "faces"))
     r = evaluate("t", "factors", "balanced_error", Estimate(0.02, 0.0, 0.05, chance=0.5, n=60), Threshold(">=", 0.4),
-                 {"factor": "occluded", "model": "net"})
-    assert "--invariance-threshold occluded.balanced_error=VALUE" in r.message
-    assert "the data folder's invariance.toml" in r.message and "suite's invariance.toml" not in r.message
-    r = evaluate("t", "face_attributes", "fn_rate", Estimate(0.2, 0.1, 0.3, chance=0.5, n=600), Threshold(">=", 0.45),
-                 {"attribute": "Smiling", "group": "identity_independent"})
-    assert "--invariance-threshold Smiling.fn_rate=VALUE" in r.message and "the suite's invariance.toml" in r.message
+                 {"factor": "occluded", "model": "net"}, suite.fix_hints())
+    assert "\"occluded.balanced_error\" under [thresholds] in faces/invariance.toml" in r.message
+    assert "--invariance-gate" in r.message
 
 
 def test_the_preprocess_hint_pastes_as_printed():
@@ -99,3 +129,20 @@ def test_the_preprocess_hint_pastes_as_printed():
     assert words[0::2] == ["--invariance-preprocess"] * 2
     assert [parse_preprocess(w) for w in words[1::2]] and sorted(words[1::2]) == ["channels=1", "size=28x28"]
     assert feed_fix((3, 32, 32), (3, None, None)) == ""
+
+
+def test_a_data_error_of_a_loader_that_cannot_skip_names_no_skip_bad(tmp_path):
+    # MNIST's IDX files cannot lose one bad image: --invariance-skip-bad (which mnist_rotation does
+    # not read) was the generic hint for every DataError
+    from pytest_invariance._outcomes import study_error
+    from pytest_invariance.data.mnist import _read_idx
+    from pytest_invariance.errors import DataError
+
+    bad = tmp_path / "train-images-idx3-ubyte"
+    bad.write_bytes(b"\x01\x02\x08\x03" + b"\0" * 12)
+    with pytest.raises(DataError) as info:
+        _read_idx(bad)
+    line = str(study_error("study mnist_rotation/ip1 could not run", info.value))
+    assert "bad magic number" in line and "--invariance-skip-bad" not in line
+    assert line.endswith("fix: fix or replace the data files named above, or point --invariance-data-dir at an "
+                         "intact copy")

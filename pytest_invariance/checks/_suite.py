@@ -126,13 +126,38 @@ def threshold_from_table(key: str, table: Mapping[str, Any], where: str) -> Thre
 
 
 @dataclass(frozen=True)
+class FixHints:
+    """What a gate's failure message may tell the user to edit: only what its suite reads.
+
+    ``thresholds_file``: the file whose ``[thresholds]`` the suite reads (a factors data
+    folder's own invariance.toml); ``gate``: whether it reads ``--invariance-gate`` and
+    ``[gate] columns`` (its tests are the plugin's, so "mark xfail" is no step there).
+    """
+
+    thresholds_file: str = "the suite's invariance.toml"
+    gate: bool = False
+
+
+@dataclass(frozen=True)
 class Suite:
-    """The parsed config of one audit suite."""
+    """The parsed config of one audit suite. ``thresholds_file``: the invariance.toml whose
+    ``[thresholds]`` the user edits (default: the suite's own, ``root / CONFIG_NAME``)."""
 
     name: str
     root: Path
     config: dict[str, Any] = field(default_factory=dict)
     thresholds: dict[str, Threshold] = field(default_factory=dict)
+    thresholds_file: Path | None = None
+
+    def fix_hints(self) -> FixHints:
+        """What this suite's failure messages may name (:class:`FixHints`)."""
+        path = self.thresholds_file or self.root / CONFIG_NAME
+        try:
+            shown = str(path.resolve().relative_to(Path.cwd()))
+        except ValueError:
+            shown = str(path)
+        options = self.config.get("suite", {}).get("options", [])
+        return FixHints(thresholds_file=shown, gate="--invariance-gate" in options)
 
     @classmethod
     def load(cls, path: Path) -> "Suite":

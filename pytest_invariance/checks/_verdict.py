@@ -17,6 +17,7 @@ from typing import Any
 
 from ..probes._estimate import Estimate
 from ._result import COMPARATORS, FAIL, INCONCLUSIVE, PASS, CheckResult, Threshold
+from ._suite import FixHints
 
 MAX_ROWS = 10  # worst rows shown in a failure message
 
@@ -26,8 +27,9 @@ def _fmt(x: float | None) -> str:
 
 
 def evaluate(nodeid: str, suite: str, metric: str, est: Estimate, threshold: Threshold | None,
-             details: dict[str, Any] | None = None) -> CheckResult:
-    """Build the CheckResult of one figure; no threshold means measured, not gated.
+             details: dict[str, Any] | None = None, hints: FixHints | None = None) -> CheckResult:
+    """Build the CheckResult of one figure; no threshold means measured, not gated. ``hints``
+    (:meth:`Suite.fix_hints`): what the failure message may name; only what the suite reads.
 
     Examples
     --------
@@ -58,7 +60,7 @@ def evaluate(nodeid: str, suite: str, metric: str, est: Estimate, threshold: Thr
         result.passed, result.verdict = False, INCONCLUSIVE
         result.message = worse_than_chance_message(result, threshold)
     elif not passed:
-        result.message = failure_message(result, threshold)  # type: ignore[arg-type]
+        result.message = failure_message(result, threshold, hints or FixHints())  # type: ignore[arg-type]
     return result
 
 
@@ -140,10 +142,6 @@ def threshold_key(r: CheckResult) -> str:
     return ".".join(str(p) for p in (r.details.get("layer") if sweep else None, inner, r.metric) if p is not None)
 
 
-def _config_file(r: CheckResult) -> str:
-    return "the data folder's invariance.toml" if r.details.get("factor") is not None else "the suite's invariance.toml"
-
-
 def inconclusive_message(r: CheckResult, threshold: Threshold, gap: float) -> str:
     """One line: the gate cannot decide, the test split's size and CI width, and the fixes
     (about how many test images would decide, or the widest gate this split can decide)."""
@@ -180,11 +178,12 @@ def _qualifiers(r: CheckResult) -> str:
     return f" [{qual}]" if qual else ""
 
 
-def failure_message(r: CheckResult, threshold: Threshold) -> str:
+def failure_message(r: CheckResult, threshold: Threshold, hints: FixHints = FixHints()) -> str:
     """The failed figure, its CI, chance and gate, the worst rows, and the narrowest threshold
     key that relaxes this figure alone (:func:`threshold_key`: ``FACTOR.metric``, in a layer
     sweep ``LAYER.FACTOR.metric``, so other factors and layers keep their gate) and the file
-    it goes in (a factors folder's own invariance.toml)."""
+    the suite reads it from (``hints``: a factors folder's own invariance.toml); the gate
+    options only for a suite that reads them."""
     lines = [
         f"{r.metric}{_qualifiers(r)}: {_fmt(r.value)} "
         f"(CI {int(100 * r.details.get('confidence', 0.95))}% {_fmt(r.ci_low)}..{_fmt(r.ci_high)}, "
@@ -197,10 +196,10 @@ def failure_message(r: CheckResult, threshold: Threshold) -> str:
         lines.append(f"    ... {len(rows) - MAX_ROWS} more rows")
     key = threshold_key(r)
     # the factors suite's tests are the plugin's: its gates live in the data folder, not in xfail marks
-    other = ("or stop gating that column (--invariance-gate / [gate] columns)" if r.details.get("factor") is not None
+    other = ("or stop gating that column (--invariance-gate / [gate] columns)" if hints.gate
              else "or mark the test xfail with a reason")
     lines.append(
         f"  next: if this leak is accepted, relax it with --invariance-threshold {key}=VALUE "
-        f"or \"{key}\" under [thresholds] in {_config_file(r)}, {other}"
+        f"or \"{key}\" under [thresholds] in {hints.thresholds_file}, {other}"
     )
     return "\n".join(lines)

@@ -200,7 +200,8 @@ def folder_suite(base: "Suite", folder: "FactorFolder") -> "Suite":
     config = dict(folder_preprocess(base, folder.config, folder.images.size).config)
     if folder.images.size:
         config["suite"] = {**config.get("suite", {}), "input": [3, *folder.images.size]}
-    return Suite(base.name, base.root, config, {**base.thresholds, **folder_thresholds(folder)})
+    return Suite(base.name, base.root, config, {**base.thresholds, **folder_thresholds(folder)},
+                 thresholds_file=folder.root / "invariance.toml")
 
 
 def folder_preprocess(base: "Suite", folder_config: Mapping[str, Any],
