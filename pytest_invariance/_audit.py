@@ -340,11 +340,20 @@ class Audit:
             err = study_error(f"layer {layer} of {ref.name} cannot be audited", EmbeddingError(
                 f"{ref.embedder.path} layer {layer!r} gives the same embedding{zero} for all {len(X)} images of "
                 f"{label or 'this suite'}: every one of its {X.shape[1]} features is constant, so every figure "
-                "would be chance whatever the model encodes; audit another layer with --layer NAME "
-                "(--invariance-list-layers lists them)"))
+                f"would be chance whatever the model encodes; {self._other_layer_fix(ref, layer)}"))
             self._memo[dead] = err
             raise err
         return X
+
+    def _other_layer_fix(self, ref: ModelRef, layer: str) -> str:
+        """How to audit another layer: with --invariance-embeddings (no --model) the shards'
+        other columns or a re-extraction, since --invariance-list-layers needs a model."""
+        if not (self.settings.embeddings and not self.settings.model):
+            return "audit another layer with --layer NAME (--invariance-list-layers lists them)"
+        others = [name for name in ref.embedder.layers() if name != layer]
+        stored = f"read another stored layer with --layer NAME (the shards hold {', '.join(others)}) or " if others else ""
+        return (f"{stored}re-extract another layer of the model: pytest-invariance extract --layer NAME ... "
+                f"--out DIR, then --invariance-embeddings DIR")
 
     def _embed(self, ref: ModelRef, images: "ImageSet", layer: str, label: str, keep: bool, dtype: str,
                also: "tuple[str, ...]") -> "np.ndarray":

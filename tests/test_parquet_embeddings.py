@@ -535,3 +535,45 @@ def test_a_terminated_extraction_leaves_nothing_and_a_killed_ones_leftovers_are_
     with pytest.warns(InvarianceWarning, match=r"unfinished folder\(s\) of an earlier killed extraction"):
         _publish(out, False, lambda folder: [])
     assert out.is_dir()
+
+
+def _dead(tmp_path):
+    """grid_cnn whose ReLU is dead on every image (conv bias -1e3): its output is all zero."""
+    net = grid_cnn(8, 3, 16, padding=1)
+    with torch.no_grad():
+        net.conv.bias.fill_(-1e3)
+    return export_onnx(net, tmp_path / "dead.onnx", (3, 64, 64))
+
+
+def test_extract_of_a_constant_layer_is_refused_in_one_line_and_writes_nothing(faces, tmp_path, capsys):
+    from pytest_invariance.cli import main
+
+    root, _ = faces
+    out = tmp_path / "out"
+    args = ["extract", "--suite", str(REPO / "audits" / "factors"), "--data-dir", str(root), "--model",
+            str(_dead(tmp_path)), "--out", str(out), "--shard-rows", "64", "--progress", "off"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pytest-invariance: error: --layer output: ")
+    assert "same embedding (all zero) for all 160 images" in err[0] and "extract another layer with --layer NAME" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dead.onnx"]  # no --out, no hidden partial folder
+
+
+def test_a_constant_layer_of_the_shards_names_extract_not_list_layers(suite, faces, shards, tmp_path):
+    # --invariance-list-layers and a --layer the shards lack cannot help: the fix is a re-extraction
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in sorted(shards.glob("*.parquet")):
+        table = pq.read_table(f)
+        X = np.zeros((table.num_rows, 8), np.float32)
+        col = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), 8)
+        pq.write_table(table.set_column(table.column_names.index("output"), "output", col)
+                       .replace_schema_metadata(table.schema.metadata), flat / f.name)
+    root, _ = faces
+    ran, _doc = _run(suite, "audits/factors/test_factors.py::test_factor", "-k", "occluded",
+                     f"--invariance-data-dir={root}", f"--invariance-embeddings={flat}")
+    ran.assert_outcomes(errors=1)
+    out = ran.stdout.str()
+    assert "gives the same embedding (all zero)" in out
+    assert "re-extract another layer of the model: pytest-invariance extract --layer NAME" in out
+    assert "--invariance-list-layers" not in out

@@ -117,6 +117,37 @@ def embed_shard(job: ExtractJob, embedder: Any, first: int, stop: int, out: Path
     return str(path), stop - first
 
 
+def refuse_constant_layers(folder: Path, job: "ExtractJob", batch_rows: int = 65536) -> None:
+    """Raise EmbeddingError naming ``--layer`` when a layer's vectors are the same for every
+    image written in ``folder`` (the audit's rule, :func:`~pytest_invariance._audit.constant_rows`,
+    streamed over the shards as per-feature min and max): every figure of such shards is chance,
+    so they are refused before ``--out`` is published, not at the audit that reads them."""
+    import pyarrow.parquet as pq
+
+    from .._audit import constant_rows
+    from ..errors import EmbeddingError
+    from ._parquet import to_matrix
+
+    files = sorted(folder.rglob("*.parquet"))
+    for layer in job.layers:
+        lo = hi = None
+        n = 0
+        for f in files:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=[layer]):
+                X = to_matrix(batch.column(0), layer)
+                if not len(X):
+                    continue
+                lo = X.min(0) if lo is None else np.minimum(lo, X.min(0))
+                hi = X.max(0) if hi is None else np.maximum(hi, X.max(0))
+                n += len(X)
+        if n > 1 and constant_rows(np.stack([lo, hi])):  # type: ignore[list-item]
+            zero = " (all zero)" if not (lo.any() or hi.any()) else ""  # type: ignore[union-attr]
+            raise EmbeddingError(
+                f"--layer {layer}: {job.meta.model} gives the same embedding{zero} for all {n} images (every one of "
+                f"its {len(lo)} features is constant), so every figure from these shards would be chance; extract "  # type: ignore[arg-type]
+                "another layer with --layer NAME (pytest --model M --invariance-list-layers lists them); nothing was written")
+
+
 def _check_out(out: Path, overwrite: bool) -> None:
     """--out must be new or empty; --overwrite replaces a folder that holds only shards."""
     held = sorted(p for p in out.rglob("*") if p.is_file()) if out.is_dir() else []
@@ -184,6 +215,7 @@ def run_local(job: ExtractJob, out: Path, *, progress: bool = True, overwrite: b
             paths.append(embed_shard(job, embedder, first, stop, folder)[0])
             shown.update(stop - first)
         shown.close()
+        refuse_constant_layers(folder, job)
         return paths
 
     return _publish(out, overwrite, write)
@@ -227,6 +259,8 @@ def run_ray(job: ExtractJob, out: Path, *, address: str | None = None, actors: i
         ds = ray.data.from_items(items).map_batches(
             ShardWriter, fn_constructor_kwargs={"job": job, "out": str(folder)}, batch_size=1,
             concurrency=actors, num_gpus=gpus)
-        return [str(p) for p in ds.to_pandas()["path"]]
+        paths = [str(p) for p in ds.to_pandas()["path"]]
+        refuse_constant_layers(folder, job)
+        return paths
 
     return _publish(out, overwrite, write)
