@@ -133,7 +133,7 @@ BAD = {  # one bad input per kind -> the line its DataError must contain
     "case_levels": ("column 'flag' has levels that differ only in case: Yes / yes", ""),
     "bad_split": ("split is not train/val/test (in any case): 1 image(s): i001.png", ""),
     "number_levels": ("column 'size' has levels that are one number written two ways: 05 / 5; write each level one "
-                      "way", "--invariance-factor-type"),
+                      "way in labels.csv", "size=continuous"),
 }
 
 
@@ -167,6 +167,28 @@ def test_each_bad_input_gives_its_one_clear_error(tmp_path, kind):
         load_factor_folder(root, types={"size": "categorical"} if kind == "number_levels" else None)
     line, fix = BAD[kind]
     assert line in str(exc.value) and fix in str(exc.value) and "1 problem(s)" in str(exc.value)
+
+
+@pytest.mark.parametrize("declared", [None, "binary", "categorical"])
+def test_a_hint_for_one_number_written_two_ways_names_no_type_that_fails(tmp_path, declared):
+    # 0 and 0.0 (a float export) were refused with "pass --invariance-factor-type COL=TYPE", and
+    # binary or categorical gave the same refusal: no type merges two spellings (05 may be
+    # another code than 5), so the hint names the file, and continuous only for an amount
+    t = _table(60, wears=[("0.0" if k == 7 else "0") if k % 2 else "1" for k in range(60)])
+    root = _write(tmp_path / "d", t)
+    with pytest.raises(DataError) as exc:
+        load_factor_folder(root, types={"wears": declared} if declared else None)
+    msg = str(exc.value)
+    assert "column 'wears' has levels that are one number written two ways: 0 / 0.0; write each level one way" in msg
+    assert "COL=TYPE" not in msg and "1 problem(s)" in msg
+    for kind in ("binary", "categorical"):  # what the message says does not merge them, does not
+        with pytest.raises(DataError, match="one number written two ways"):
+            load_factor_folder(root, types={"wears": kind})
+    f = load_factor_folder(root, types={"wears": "continuous"})  # what it says does read them as numbers
+    assert f.factors["wears"].type == "continuous" and set(f.factors["wears"].values) == {0.0, 1.0}
+    t["wears"] = ["0" if v == "0.0" else v for v in t["wears"]]  # and what it says to write
+    _write(root, t)
+    assert load_factor_folder(root).factors["wears"].type == "binary"
 
 
 def test_every_problem_is_listed_in_one_error_and_rows_can_be_skipped(tmp_path):

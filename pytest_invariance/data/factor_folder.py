@@ -199,13 +199,18 @@ def _infer(name: str, cells: list[str], declared: str | None, problems: _Problem
                                 f"nothing to probe; drop it or pass {TYPE_OPTION} {name}=ignore")
         return None
     clash, numbers = same_spelling(distinct)
+    # No type resolves these (worded: the generic "--invariance-factor-type COL=TYPE" tail would
+    # name a fix that fails): whether 05 is another code than 5 only the file can say.
     if clash:
-        problems.columns.append(f"column {name!r} has levels that differ only in case: "
-                                f"{'; '.join(' / '.join(c) for c in clash[:_SHOW])}; spell each level one way")
+        problems.worded.append(f"column {name!r} has levels that differ only in case: "
+                               f"{'; '.join(' / '.join(c) for c in clash[:_SHOW])}; spell each level one way")
         return None
     if numbers and declared != "continuous":  # as a continuous value 05 is 5 anyway
-        problems.columns.append(f"column {name!r} has levels that are one number written two ways: "
-                                f"{'; '.join(' / '.join(c) for c in numbers[:_SHOW])}; write each level one way")
+        problems.worded.append(
+            f"column {name!r} has levels that are one number written two ways: "
+            f"{'; '.join(' / '.join(c) for c in numbers[:_SHOW])}; write each level one way in labels.csv (whether "
+            f"they are one level or two codes only the file can say, so no --invariance-factor-type {name}=binary or "
+            f"=categorical merges them; an amount, not a level, is read as one number with {name}=continuous)")
         return None
     mostly_numeric = sum(numeric) >= 0.8 * len(values)
     if mostly_numeric or declared == "continuous":
@@ -217,8 +222,8 @@ def _infer(name: str, cells: list[str], declared: str | None, problems: _Problem
         if bad:
             shown = ", ".join(f"{img}: {v!r}" for img, v in bad[:_SHOW])
             more = f" and {len(bad) - _SHOW} more" if len(bad) > _SHOW else ""
-            problems.columns.append(f"column {name!r} has {len(bad)} non-finite number(s) ({shown}{more}); "
-                                    "write a finite number or leave the cell empty (unknown)")
+            problems.worded.append(f"column {name!r} has {len(bad)} non-finite number(s) ({shown}{more}); "
+                                   "write a finite number or leave the cell empty (unknown)")
             return None
     if mostly_numeric and not all(numeric) and declared != "categorical":
         bad = [(images[present[i]], values[i]) for i, ok in enumerate(numeric) if not ok]
