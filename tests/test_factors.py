@@ -131,7 +131,8 @@ BAD = {  # one bad input per kind -> the line its DataError must contain
     "single_value": ("column 'const' has a single value ('7')", "--invariance-factor-type const=ignore"),
     "few_per_class": ("column 'rare' has too few samples per class: 'x' (3 images", "--invariance-factor-type"),
     "case_levels": ("column 'flag' has levels that differ only in case: Yes / yes", ""),
-    "bad_split": ("split is not train/val/test (in any case): 1 image(s): i001.png", ""),
+    "bad_split": ("column 'split' has value(s) outside train/val/test: 'training' (1 row); the accepted values are "
+                  "train, val and test (in any case): write train for 'training'", ""),
     "number_levels": ("column 'size' has levels that are one number written two ways: 05 / 5; write each level one "
                       "way in labels.csv", "size=continuous"),
 }
@@ -189,6 +190,31 @@ def test_a_hint_for_one_number_written_two_ways_names_no_type_that_fails(tmp_pat
     t["wears"] = ["0" if v == "0.0" else v for v in t["wears"]]  # and what it says to write
     _write(root, t)
     assert load_factor_folder(root).factors["wears"].type == "binary"
+
+
+@pytest.mark.parametrize("val, test", [("validation", "testing"), ("valid", "test"), ("dev", "Testing")])
+def test_a_misnamed_split_is_one_line_naming_the_accepted_values(tmp_path, val, test):
+    # 'validation' rows were row problems: the factors then had no val images, one problem each
+    from pytest_invariance.data.folder import load_image_folder
+
+    t = _table(100, split=[("train", "train", "train", val, test)[k % 5] for k in range(100)])
+    root = _write(tmp_path / "d", t)
+    with pytest.raises(DataError) as exc:
+        load_factor_folder(root, skip_bad=True)  # no row is bad: skipping them is no fix either
+    msg = str(exc.value)
+    assert "1 problem(s)" in msg and "too few samples" not in msg and "--invariance-skip-bad" not in msg
+    say = {"validation": "val", "valid": "val", "dev": "val", "testing": "test"}
+    odd = [v for v in (val, test.lower()) if v in say]
+    assert (f"column 'split' has value(s) outside train/val/test: {', '.join(f'{v!r} (20 rows)' for v in odd)}; "
+            f"the accepted values are train, val and test (in any case): write "
+            f"{' and '.join(f'{say[v]} for {v!r}' for v in odd)}") in msg
+    with pytest.raises(DataError, match=r"labels.csv: column 'split' has value\(s\) outside train/val/test: "
+                                        rf"'{odd[0]}' \(20 rows\)"):
+        load_image_folder(root, root / "labels.csv", "val", size=(8, 8), skip_bad=True)
+    t["split"] = [{"validation": "val", "valid": "val", "dev": "val", "testing": "test"}.get(v.lower(), v)
+                  for v in t["split"]]
+    _write(root, t)
+    assert load_factor_folder(root).split_source == "column"
 
 
 def test_every_problem_is_listed_in_one_error_and_rows_can_be_skipped(tmp_path):

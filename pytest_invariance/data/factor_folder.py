@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import DataError, DatasetNotFoundError
 from ._decode import scan_images
 from ._paths import folder_names
-from .folder import FileImageSet, files_fingerprint, aliased_rows, header_problem, list_images, unlabelled
+from .folder import FileImageSet, files_fingerprint, aliased_rows, header_problem, list_images, odd_splits, unlabelled
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -381,12 +381,15 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
             problems.row(name, "label row without an image")
     for name in unlabelled(on_disk, listed):
         problems.row(name, "image without a label row")
+    split_ok = True
     if "split" in header:
         j = header.index("split")
         for r in rows:
-            r[j] = r[j].lower()  # Train, VAL: the same splits
-            if r[j] not in SPLITS:
-                problems.row(r[header.index("image")], "split is not train/val/test (in any case)")
+            r[j] = r[j].strip().lower()  # Train, VAL: the same splits
+        odd = odd_splits(r[j] for r in rows)
+        if odd:  # one line, and no per-split counts of a split it cannot read
+            problems.worded.append(odd)
+            split_ok = False
     # With skip_bad every image is decoded now, so a truncated one is left out and counted
     # instead of failing the study later (without it, that failure names --invariance-skip-bad).
     scan = scan_images({n: on_disk[n] for n in names if n in on_disk}, decode=skip_bad)
@@ -424,7 +427,7 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
         if col in RESERVED or not col:
             continue
         f = _infer(col, [r[j] for r in table], declared.get(col), problems, images)
-        if f is not None and _check_counts(f, split, problems, min_per_class):
+        if f is not None and (not split_ok or _check_counts(f, split, problems, min_per_class)):
             factors[col] = f
     if problems.columns or problems.worded or (problems.rows and not skip_bad):
         raise DataError(problems.message(csv_path))

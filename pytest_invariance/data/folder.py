@@ -123,6 +123,35 @@ def unreadable(files: dict[str, Path], decode: bool = False) -> dict[str, str]:
     return scan_images(files, decode=decode).problems
 
 
+# other names people give the three splits; said in the refusal, never read silently
+_SPLIT_NAMES = {"training": "train", "trn": "train", "validation": "val", "valid": "val", "dev": "val",
+                "development": "val", "eval": "val", "testing": "test", "tst": "test", "holdout": "test"}
+
+
+def odd_splits(values: Iterable[str]) -> str | None:
+    """One line naming the ``split`` values (lower-cased) outside train/val/test and how to write
+    them, or None when there are none. A misnamed split is one column fault, not a row fault:
+    as rows, 'validation' left the factors no val images and cascaded into a problem per factor.
+
+    Examples
+    --------
+    >>> odd_splits(["train", "validation", "validation", "testing"])
+    "column 'split' has value(s) outside train/val/test: 'validation' (2 rows), 'testing' (1 row); the accepted values are train, val and test (in any case): write val for 'validation' and test for 'testing'"
+    """
+    counts: dict[str, int] = {}
+    for v in values:
+        if v not in SPLITS:
+            counts[v] = counts.get(v, 0) + 1
+    if not counts:
+        return None
+    shown = ", ".join(f"{v!r} ({n} row{'s' if n > 1 else ''})" for v, n in list(counts.items())[:_SHOW])
+    more = f" and {len(counts) - _SHOW} more" if len(counts) > _SHOW else ""
+    known = [f"{_SPLIT_NAMES[v]} for {v!r}" for v in counts if v in _SPLIT_NAMES]
+    how = f": write {' and '.join(known)}" if known else ""
+    return (f"column 'split' has value(s) outside train/val/test: {shown}{more}; the accepted values are train, "
+            f"val and test (in any case){how}")
+
+
 def add_problems(problems: dict[str, str], names: Iterable[str], reason: str) -> None:
     """Record ``reason`` for each name, keeping the first reason found for an item."""
     for name in names:
@@ -375,8 +404,9 @@ def load_image_folder(image_dir: str | os.PathLike[str], labels_csv: str | os.Pa
         if split not in SPLITS or "split" not in table:
             raise DataError(f"{labels_csv}: split={split!r} needs a 'split' column and one of {SPLITS}")
         table["split"] = table["split"].str.strip().str.lower()  # Train, VAL: the same splits
-        odd = table.loc[~table["split"].isin(SPLITS), "image"]
-        add_problems(problems, odd, "split is not train/val/test (in any case)")
+        odd = odd_splits(table["split"])
+        if odd:
+            raise DataError(f"{labels_csv}: {odd}")
         table = table[table["split"] == split]
     table = table[~table["image"].isin(problems)]
     from ._decode import scan_images
