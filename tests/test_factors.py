@@ -640,6 +640,32 @@ def test_the_label_check_refuses_exactly_what_the_probe_cannot_measure(tmp_path,
     assert measurable == (max_rows != 12)  # both outcomes are exercised
 
 
+@pytest.mark.parametrize("levels, declared", [(("no", "yes"), "categorical"), (("a", "b", "c"), None),
+                                              (("a", "b", "c"), "categorical")])
+def test_a_categorical_factor_needs_the_same_images_per_level_and_split(tmp_path, levels, declared):
+    # rare=categorical passed with 2 test images per level (balanced accuracy CI 0.26-0.84):
+    # the per-level, per-split minimum held binary factors only; a given type must not bypass it
+    from pytest_invariance.probes import AttributeSVMProbe
+    from pytest_invariance.studies.factors import check_measurable
+
+    need = AttributeSVMProbe().min_class_count
+    n = 30 * len(levels)
+    split = np.array((["train"] * 18 + ["val"] * 6 + ["test"] * 6) * len(levels))
+    rare = np.repeat(levels, 30).astype(object)
+    types = {"flag": "ignore", "kind": "ignore", "amount": "ignore", **({"rare": declared} if declared else {})}
+    f_ok = load_factor_folder(_write(tmp_path / "ok", _table(n, split=split, rare=rare)), types=types)
+    assert f_ok.factors["rare"].type == "categorical" if declared or len(levels) > 2 else "binary"
+    check_measurable(f_ok, "rare")  # 6 >= need of each level in val and test
+    short = split.copy()
+    short[(rare == levels[-1]) & (split == "test")] = np.array(["test", "test"] + ["train"] * 4)
+    f = load_factor_folder(_write(tmp_path / "short", _table(n, split=short, rare=rare)), types=types)
+    assert int(((f.factors["rare"].level_of() == levels[-1]) & (f.split == "test")).sum()) == 2 < need
+    with pytest.raises(DataError, match=rf"factor 'rare' cannot be probed: level '{levels[-1]}' has 2 image\(s\) in "
+                                        rf"the test split \(train/val/test 22/6/2; the probe needs >= {need} of each "
+                                        r"level in each split\); add images of that level"):
+        check_measurable(f, "rare")
+
+
 def test_a_factor_the_probe_cannot_measure_errors_alone_and_says_why(suite, grid_model, lfw_folder, tmp_path):
     """A rare binary column that passes the loader's counts but not the SVM's (5 of each level in
     train and val): its own test is the one ERROR, named for the data; the first factor's test,
