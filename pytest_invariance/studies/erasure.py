@@ -52,6 +52,11 @@ class ProbeExtras:
 
     @classmethod
     def from_config(cls, table: Mapping[str, Any]) -> "ProbeExtras":
+        if "svm_max_iter" in table:  # the attribute SVM's (studies.faces.svm_max_iter): never a silent no-op
+            from ..errors import InvalidParameterError
+
+            raise InvalidParameterError("[probes] svm_max_iter: this suite fits no attribute SVM (face_attributes "
+                                        "and the factors suite's binary factors do); remove it")
         return cls(**dict(table))
 
 

@@ -211,10 +211,45 @@ def crop_boxes(labels: "pd.DataFrame", crop: Sequence[float] | None) -> tuple["N
 # ----------------------------------------------------------------------------- attributes
 
 
+def fit_svm(probe: Any, *args: Any, where: str, **kw: Any) -> Any:
+    """``probe.fit(*args, **kw)`` whose "stopped at max_iter" warning names the setting that
+    raises it: ``svm_max_iter`` under ``[probes]`` in ``where`` (the file the suite reads it
+    from), not the Python argument. Other warnings pass through unchanged."""
+    import warnings
+
+    from ..errors import InvarianceWarning, warn
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        probe.fit(*args, **kw)
+    for w in caught:
+        text = str(w.message)
+        if issubclass(w.category, InvarianceWarning) and text.endswith("Raise max_iter."):
+            warn(text.removesuffix("Raise max_iter.") + f"Raise it with svm_max_iter = N (now {probe.max_iter}) "
+                 f"under [probes] in {where}.")
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return probe
+
+
+def svm_max_iter(table: Mapping[str, Any], where: str) -> int | None:
+    """``svm_max_iter`` of a ``[probes]`` table: a positive int, or None (the probe's default)."""
+    value = table.get("svm_max_iter")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidParameterError(f"{where}: [probes] svm_max_iter must be a positive integer; got {value!r}")
+    return value
+
+
 def attribute_study(audit: "Audit", ref: "ModelRef", splits: Mapping[str, ImageSet], *,
                     attributes: Sequence[str], groups: Mapping[str, str],
-                    C_grid: Sequence[float] | None = None) -> dict[str, Any]:
+                    C_grid: Sequence[float] | None = None, max_iter: int | None = None,
+                    where: str = "the suite's invariance.toml") -> dict[str, Any]:
     """Fig. 2: one balanced linear SVM per attribute on the embedding.
+
+    ``max_iter``: the SVM solver's iteration cap (the suite's ``[probes] svm_max_iter``, read
+    from ``where``, which its "stopped at max_iter" warning names).
 
     Returns
     -------
@@ -235,7 +270,10 @@ def attribute_study(audit: "Audit", ref: "ModelRef", splits: Mapping[str, ImageS
                           "max_train_rows": audit.settings.max_rows}
     if C_grid is not None:
         kw["C_grid"] = tuple(C_grid)
-    probe = AttributeSVMProbe(**kw).fit(X["train"], Y["train"], X["val"], Y["val"], names=list(attributes))
+    if max_iter is not None:
+        kw["max_iter"] = max_iter
+    probe = fit_svm(AttributeSVMProbe(**kw), X["train"], Y["train"], X["val"], Y["val"], names=list(attributes),
+                    where=where)
     not_measurable = probe.not_measurable(Y["test"])
     figures = probe.evaluate(X["test"], Y["test"])
     rows = [{"attribute": a, "group": groups.get(a, "ungrouped").replace("_", "-"),

@@ -319,10 +319,15 @@ def factor_figures(audit: "Audit", ref: "ModelRef", folder: "FactorFolder", name
     if f.type == "binary":
         from ..probes import AttributeSVMProbe
 
+        from .faces import fit_svm, svm_max_iter
+
+        where = str(folder.root / "invariance.toml")  # the data folder's own: the user's file
+        max_iter = svm_max_iter(folder.config.get("probes", {}), where)
         try:
-            probe = AttributeSVMProbe(device=audit.settings.device, random_state=audit.seed,
-                                      max_train_rows=audit.settings.max_rows).fit(
-                X[tr], y[tr, None], X[va], y[va, None], names=[name])
+            probe = fit_svm(AttributeSVMProbe(device=audit.settings.device, random_state=audit.seed,
+                                              max_train_rows=audit.settings.max_rows,
+                                              **({"max_iter": max_iter} if max_iter else {})),
+                            X[tr], y[tr, None], X[va], y[va, None], names=[name], where=where)
         except DataError as exc:  # check_measurable counted what the probe counts; kept as the last word
             raise _unmeasurable(name, str(exc).split("; add data")[0]) from None
         q = float(probe.predict(X[te]).mean())
