@@ -122,6 +122,8 @@ class Outcomes:
         self.status: int | None = None         # the exit status, once the session has finished
         self.inconclusive: set[str] = set()    # tests with a gate the CI could not decide (an ERROR)
         self.collect_errors: list[str] = []    # "path: first error line" of each collection error
+        self._first_of: dict[str, str] = {}    # an error told in full -> the test that told it
+        self._told_by: dict[str, str] = {}     # a worker's own "first" turned back-reference -> that test
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
@@ -139,7 +141,32 @@ class Outcomes:
             return f"stopped at a usage error (exit status {int(pytest.ExitCode.USAGE_ERROR)}; its line is printed below)"
         return None
 
+    def _once(self, report: pytest.TestReport) -> None:
+        """Under xdist each worker remembers its own failures, so a fault met before any test
+        (the --model's check of a suite, a study's bad data) came in full from every worker:
+        the controller keeps the first in full and turns the others into a back-reference."""
+        error = getattr(report, "invariance_error", None)
+        if not error:
+            return
+        if not getattr(report, "invariance_error_first", False):  # a worker's back-reference
+            told = next((n for n in self._told_by if f"(reported at {n})" in error), None)
+            if told is None:
+                return
+            short = error.replace(f"(reported at {told})", f"(reported at {self._told_by[told]})")
+        else:
+            first = self._first_of.setdefault(error, report.nodeid)
+            if first == report.nodeid:
+                return
+            self._told_by[report.nodeid] = first  # that worker's later tests refer to this one
+            what, kind = (error.split(": ", 2) + ["", ""])[:2]
+            short = f"{what} (reported at {first}): {kind if kind.isidentifier() else 'error'}; see that error"
+        report.invariance_error, report.invariance_error_first = short, False  # type: ignore[attr-defined]
+        if isinstance(report.longrepr, str):  # the one-line form (not --tb=long)
+            report.longrepr = short
+
+    @pytest.hookimpl(tryfirst=True)  # before the terminal and junitxml read the report
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self._once(report)
         audit = getattr(report, "invariance_item", None)
         if audit:
             self.audit_items.add(report.nodeid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 
 import pytest
@@ -298,6 +299,28 @@ def test_misspelled_key_in_a_suites_own_thresholds_is_named(toy):
     toml.write_text(text + '\n[expected_failures]\n"tinyy.feature_mean" = "known"\n')
     result = toy.runpytest_subprocess("audits")
     result.stderr.fnmatch_lines(["ERROR: *?expected_failures? key 'tinyy.feature_mean' names an unknown qualifier 'tinyy'; known: tiny"])
+
+
+def test_a_fault_met_by_every_xdist_worker_is_told_in_full_once(study):
+    # each worker remembers its own failures, so each one's first test told it in full
+    pytest.importorskip("xdist")
+    _write_images(study.path / "images", truncate="img5.jpg")
+    result = study.runpytest_subprocess("audits", "-n", "2", "-p", "no:randomly", "--junitxml=junit.xml")
+    result.assert_outcomes(errors=3)
+    out = result.stdout.str()
+    assert len({ln for ln in out.splitlines() if ln.startswith("[gw")}) == 2  # both workers met it
+    errors = out.split("= ERRORS =")[1].split("- generated xml")[0]
+    full = [ln for ln in errors.splitlines() if ln.startswith("embedding ") and "img5.jpg" in ln]
+    assert len(full) == 1, full
+    first = re.search(r"ERROR at call of (test_figure\[tiny-\d\])[^\n]*\n[^\n]*\n" + re.escape(full[0]), errors)[1]
+    refs = [ln for ln in errors.splitlines() if "(reported at " in ln]
+    assert len(refs) == 2 and all(f"(reported at audits/toy/test_toy.py::{first}): DataError; see that error" in ln
+                                  for ln in refs), refs
+    import xml.etree.ElementTree as ET
+
+    told = [c.find("failure").get("message") or c.find("failure").text for c in
+            ET.parse(study.path / "junit.xml").iter("testcase") if c.find("failure") is not None]
+    assert len(told) == 3 and sum("cannot decode the image" in t for t in told) == 1
 
 
 def test_unwritable_cache_dir_is_found_at_start_up(toy):
