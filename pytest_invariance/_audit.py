@@ -346,10 +346,13 @@ class Audit:
         return X
 
     def _other_layer_fix(self, ref: ModelRef, layer: str) -> str:
-        """How to audit another layer: with --invariance-embeddings (no --model) the shards'
-        other columns or a re-extraction, since --invariance-list-layers needs a model."""
-        if not (self.settings.embeddings and not self.settings.model):
+        """How to audit another layer: --layer with --model; for a suite's bundled model
+        --invariance-layers (--layer needs --model); with --invariance-embeddings (no --model)
+        the shards' other columns or a re-extraction, since --invariance-list-layers needs a model."""
+        if self.settings.model:
             return "audit another layer with --layer NAME (--invariance-list-layers lists them)"
+        if not self.settings.embeddings:
+            return "audit another layer of the bundled model with --invariance-layers NAME (--invariance-list-layers lists them)"
         others = [name for name in ref.embedder.layers() if name != layer]
         stored = f"read another stored layer with --layer NAME (the shards hold {', '.join(others)}) or " if others else ""
         return (f"{stored}re-extract another layer of the model: pytest-invariance extract --layer NAME ... "

@@ -146,3 +146,23 @@ def test_a_data_error_of_a_loader_that_cannot_skip_names_no_skip_bad(tmp_path):
     assert "bad magic number" in line and "--invariance-skip-bad" not in line
     assert line.endswith("fix: fix or replace the data files named above, or point --invariance-data-dir at an "
                          "intact copy")
+
+
+def test_a_constant_layer_of_a_bundled_model_names_invariance_layers_not_layer(toy):
+    # --layer needs --model: for a suite's own model the fix is --invariance-layers
+    from collections import OrderedDict
+
+    from pytest_invariance.testing import export_onnx
+
+    torch.manual_seed(0)
+    dead = torch.nn.Sequential(OrderedDict(conv=torch.nn.Conv2d(1, 4, 5), act=torch.nn.ReLU(),
+                                           flat=torch.nn.Flatten(1))).eval()
+    with torch.no_grad():
+        dead.conv.bias.fill_(-1e3)  # a dead ReLU: every output 0
+    export_onnx(dead, toy.path / "audits" / "toy" / "tiny.onnx")
+    result = toy.runpytest_subprocess("audits", "-p", "no:cacheprovider", "--invariance-no-report")
+    result.assert_outcomes(errors=1)
+    out = result.stdout.str()
+    assert "gives the same embedding (all zero)" in out
+    assert "audit another layer of the bundled model with --invariance-layers NAME" in out
+    assert "--layer NAME" not in out
