@@ -388,14 +388,19 @@ def _model_spec(s: "Settings") -> str | None:
 
 
 def _version_tag(s: "Settings", audit: "Audit | None" = None) -> str:
-    """--model-version, else the model's sha256[:12] (every file it loads), else 'suite-defaults'."""
+    """--model-version, else the model's sha256[:12] (every file it loads; for precomputed
+    embeddings the one their shards record, else ``emb-`` and their bytes' digest), else
+    'suite-defaults'."""
     if s.model_version:
         return s.model_version
     if s.embeddings and not s.model:
         from ._audit import embeddings_source
 
         try:
-            return (embeddings_source(s).meta.model_sha256 or "precomputed")[:12]
+            src = embeddings_source(s)
+            # Shards without a model hash are told apart by their bytes: under one "precomputed"
+            # tag a second set replaced the first, and "latest" compared nothing.
+            return src.meta.model_sha256[:12] if src.meta.model_sha256 else "emb-" + src.content_digest[:12]
         except Exception:  # unreadable shards are reported once by pytest_sessionstart
             return "unreadable-embeddings"
     if s.model:

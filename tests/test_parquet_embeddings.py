@@ -369,6 +369,32 @@ def test_shards_that_do_not_say_how_they_were_made_are_refused_unless_accepted(s
     assert by_model["run"]["embeddings_source"]["kind"] == "model"
 
 
+def test_shards_that_record_no_model_are_versioned_by_their_bytes(suite, faces, shards, tmp_path):
+    # Under one "precomputed" tag a second set of such shards replaced the first in the
+    # history, and --invariance-baseline latest compared nothing ("a first run").
+    from pytest_invariance.history import HistoryStore
+
+    sets = {}
+    for name, shift in (("one", 0.0), ("two", 1.0)):
+        folder = sets[name] = tmp_path / name
+        folder.mkdir()
+        for f in sorted(shards.glob("*.parquet")):
+            table = pq.read_table(f).replace_schema_metadata(None)
+            col = table.column("output")
+            X = to_matrix(col, "output") + shift  # another set of vectors under the same ids
+            table = table.set_column(table.schema.get_field_index("output"), "output",
+                                     pa.array(X.tolist(), col.type))
+            pq.write_table(table, folder / f.name)
+    root, _ = faces
+    args = ("audits/factors/test_factors.py::test_factor", "-k", "occluded", f"--invariance-data-dir={root}",
+            "--invariance-embeddings-unverified", "--layer=output", "--invariance-baseline=latest")
+    _run(suite, *args, f"--invariance-embeddings={sets['one']}")
+    ran, doc = _run(suite, *args, f"--invariance-embeddings={sets['two']}")
+    versions = HistoryStore(suite.path / "h.sqlite").versions()
+    assert len(versions) == 2 and all(v.startswith("emb-") for v in versions), versions
+    ran.stdout.fnmatch_lines([f"invariance: baseline {versions[0]} (recorded *): * checks compared*"])
+
+
 def test_the_data_folders_own_preprocessing_is_checked_at_start_up(suite, faces, shards, tmp_path):
     root, model = faces
     other = tmp_path / "faces"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -360,6 +360,24 @@ class ParquetEmbeddings:
     @property
     def model_name(self) -> str:
         return self.meta.model or (self.path.stem if self.path.is_file() else self.path.name)
+
+    @cached_property
+    def content_digest(self) -> str:
+        """blake2b-128 hex of every shard's bytes, in path order (names, sizes and bytes).
+
+        The version of shards that record no model sha256: two sets of such shards are two
+        versions, so ``--invariance-baseline latest`` compares them instead of taking the
+        second for a re-run of the first. About 1 s per GB, read once per process.
+        """
+        import hashlib
+
+        h = hashlib.blake2b(digest_size=16)
+        for f in self.files:
+            h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(chunk)
+        return h.hexdigest()
 
     def describe(self) -> dict[str, Any]:
         """``run.embeddings_source`` of results.json."""
