@@ -285,6 +285,7 @@ class Audit:
                 "--invariance-embeddings")
         from .embeddings._project import LayerProjection
 
+        src.check_images(images, label, unverified=self.settings.embeddings_unverified)
         X = src.lookup(ids, layer, label)
         # The shards hold raw widths: the cap projects them as extraction would (same seed, same matrix).
         proj = LayerProjection(X.shape[1], max_dim=self.settings.max_dim, seed=self.settings.seed)

@@ -63,8 +63,19 @@ def probe_suites(audit: "Audit", suites: Iterable[Suite]) -> tuple[dict[str, str
         else:
             shown = ref.layer if len(ref.layers) == 1 else f"{len(ref.layers)} layers ({ref.layers[0]} ... {ref.layers[-1]})"
             lines.append(f"invariance: suite {suite.name}: {ref.name} layer={shown} pool={ref.pool} "
-                         f"preprocessing: {ref.preprocess.describe()}")
+                         f"preprocessing: {ref.preprocess.describe()}{_size_note(audit, ref)}")
     return reasons, lines
+
+
+def _size_note(audit: "Audit", ref: "ModelRef") -> str:
+    """Why a model that declares no input H, W is fed the size it is (else "")."""
+    shape = tuple(ref.embedder.input_shape or ())[1:]
+    if not ref.user or ref.preprocess.size is None or (len(shape) == 2 and all(shape)) \
+            or "size" in dict(audit.settings.preprocess):
+        return ""
+    h, w = ref.preprocess.size
+    return (f" ({ref.embedder.path} declares no input size, so it is fed the suite's images resized to {h}x{w}, "
+            f"the suite's [data] size; pass --invariance-preprocess size=HxW to feed another)")
 
 
 def fed_shape(suite: Suite, ref: "ModelRef") -> tuple[int, int, int] | None:

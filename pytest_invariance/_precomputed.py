@@ -104,7 +104,6 @@ def _check_celeba_ids(audit: "Audit", suite: "Suite", src: "ParquetEmbeddings") 
     --invariance-skip-bad (which decodes every image first; the study checks then).
     The factors folder is checked where it is loaded, at collection (audits/factors/conftest.py).
     """
-    from .embeddings._parquet import image_ids
     from .errors import DatasetNotFoundError
     from .studies.faces import celeba_for_suite, find_celeba
 
@@ -116,4 +115,4 @@ def _check_celeba_ids(audit: "Audit", suite: "Suite", src: "ParquetEmbeddings") 
     except DatasetNotFoundError:
         return  # a near-miss layout is the suite's one error
     for split, images in celeba_for_suite(audit, suite).items():
-        src.positions(image_ids(images) or [], f"{suite.name} CelebA {split}")
+        src.check_images(images, f"{suite.name} CelebA {split}", unverified=audit.settings.embeddings_unverified)

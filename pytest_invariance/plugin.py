@@ -321,7 +321,12 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     for root, (suite, suite_items) in by_suite.items():
         if root not in probed or root in noted:  # a size known only now: check the layers at it
             try:
-                reasons.update(probe_suites(_audit(config), [noted.get(root, suite)])[0])
+                found, lines = probe_suites(_audit(config), [noted.get(root, suite)])
+                reasons.update(found)
+                reporter = config.pluginmanager.get_plugin("terminalreporter")
+                if root in noted and reporter is not None and not hasattr(config, "workerinput"):
+                    for line in lines:  # the size known only now (the factors folder's): say what is fed
+                        reporter.write_line(line)
             except (InvarianceError, ImportError) as exc:
                 if not hasattr(config, "workerinput"):  # before any test: one line, like start-up
                     from .errors import StudyError

@@ -775,3 +775,19 @@ def test_a_grayscale_model_of_every_kind_names_the_channels_option(factors):
     for model, got in figures.items():
         assert got.keys() == reference.keys()
         assert all(abs(got[k] - reference[k]) <= 1e-4 * max(1.0, abs(reference[k])) for k in got), model
+
+
+def test_the_size_a_dynamic_size_model_is_fed_is_said_with_why_and_the_option(factors):
+    """A model that declares no input H, W (TorchScript, factory) is fed the folder's [data]
+    size; the header says so and names the option, and an ONNX-like declared size is not noted."""
+    (factors.path / "data" / "invariance.toml").write_text("[data]\nsize = [24, 24]\n")  # the files are 16x16
+    for model in ("net_scripted.pt", "zoo_nets:net"):
+        result = _factors_run(factors, "--model", model, "-k", "not enrollment")
+        assert result.ret == 0, result.stdout.str() + result.stderr.str()
+        result.stdout.fnmatch_lines([f"invariance: suite factors: * preprocessing: size=24x24 * (*{model} declares no "
+                                     "input size, so it is fed the suite's images resized to 24x24, the suite's [[]data[]] "
+                                     "size; pass --invariance-preprocess size=HxW to feed another)"])
+    chosen = _factors_run(factors, "--model", "zoo_nets:net", "-k", "not enrollment", "--invariance-preprocess",
+                          "size=16x16")
+    chosen.stdout.fnmatch_lines(["invariance: suite factors: * preprocessing: size=16x16*"])
+    assert "declares no input size" not in chosen.stdout.str()

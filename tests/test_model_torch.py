@@ -401,3 +401,97 @@ def test_a_forward_that_fails_on_some_images_is_not_blamed_on_the_batch_or_the_s
         message = str(backend_failure(model, x, ["body"], "auto", exc))
     assert message.endswith("numerical blow-up in conv (bug)"), message
     assert "--invariance-input-batch" not in message and "--invariance-preprocess" not in message
+
+
+_RAW_LOADERS = {  # weights read without Python's open(), so no audit hook sees the file
+    "torch.from_file": "torch.from_file(str(W), size=n, dtype=torch.float32)",
+    "numpy.fromfile": "torch.from_numpy(np.fromfile(str(W), dtype=np.float32))",
+}
+
+
+@pytest.mark.parametrize("loader", list(_RAW_LOADERS))
+def test_factory_sha256_covers_weights_read_without_open_and_is_the_same_in_another_process(loader, tmp_path,
+                                                                                             monkeypatch):
+    import subprocess
+
+    root = tmp_path / "src"
+    (root / "rawzoo").mkdir(parents=True)
+    (root / "rawzoo" / "__init__.py").write_text(textwrap.dedent(f"""
+        import numpy as np, torch
+        from pathlib import Path
+        from torch import nn
+        W = Path(__file__).parent / "weights.bin"
+
+        def net():
+            m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten())
+            n = sum(p.numel() for p in m.state_dict().values())
+            flat = {_RAW_LOADERS[loader]}
+            sd, i = {{}}, 0
+            for k, v in m.state_dict().items():
+                sd[k] = flat[i:i + v.numel()].view_as(v); i += v.numel()
+            m.load_state_dict(sd)
+            return m
+    """))
+    monkeypatch.syspath_prepend(str(root))
+    weights = root / "rawzoo" / "weights.bin"
+    np.random.default_rng(0).random(4 * 3 * 9 + 4, dtype=np.float32).tofile(weights)
+    try:
+        first = load_model("rawzoo:net", device="cpu").sha256
+        code = ("import sys; sys.path.insert(0, sys.argv[1]); from pytest_invariance.models import load_model; "
+                "print(load_model('rawzoo:net', device='cpu').sha256)")
+        other = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, check=True)
+        assert other.stdout.strip() == first  # no address or id() in it
+        np.random.default_rng(1).random(4 * 3 * 9 + 4, dtype=np.float32).tofile(weights)
+        assert load_model("rawzoo:net", device="cpu").sha256 != first
+    finally:
+        sys.modules.pop("rawzoo", None)
+
+
+def test_factory_sha256_covers_code_in_another_top_level_package(tmp_path, monkeypatch):
+    """``entry:net`` builds ``backbones.cnn.Net``: an edit of its forward changes the digest;
+    an unseeded random init builds the same model (and digest) in every process."""
+    import importlib
+    import subprocess
+
+    root = tmp_path / "src"
+    (root / "entry").mkdir(parents=True)
+    (root / "backbones").mkdir()
+    (root / "entry" / "__init__.py").write_text("def net():\n    from backbones.cnn import Net\n    return Net()\n")
+    (root / "backbones" / "__init__.py").write_text("")
+    (root / "backbones" / "ops.py").write_text("def act(x):\n    return x.relu()\n")
+    cnn = textwrap.dedent("""
+        import torch
+        from torch import nn
+        from backbones.ops import act
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(3, 4, 3)  # left at its random init
+
+            def forward(self, x):
+                return act(self.conv(x)).mean((2, 3))
+    """)
+    (root / "backbones" / "cnn.py").write_text(cnn)
+    monkeypatch.syspath_prepend(str(root))
+
+    def digest() -> str:
+        for name in [n for n in sys.modules if n.split(".")[0] in ("entry", "backbones")]:
+            del sys.modules[name]
+        importlib.invalidate_caches()
+        return load_model("entry:net", device="cpu").sha256
+
+    try:
+        first = digest()
+        code = ("import sys; sys.path.insert(0, sys.argv[1]); from pytest_invariance.models import load_model; "
+                "print(load_model('entry:net', device='cpu').sha256)")
+        other = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, check=True)
+        assert other.stdout.strip() == first
+        (root / "backbones" / "cnn.py").write_text(cnn.replace(".mean((2, 3))", ".amax((2, 3))"))
+        second = digest()
+        assert second != first  # the class's own file, in another top-level package
+        (root / "backbones" / "ops.py").write_text("def act(x):\n    return x.sigmoid()\n")
+        assert digest() != second  # a helper module the forward's module imports
+    finally:
+        for name in [n for n in sys.modules if n.split(".")[0] in ("entry", "backbones")]:
+            del sys.modules[name]

@@ -478,16 +478,17 @@ def test_own_celeba_shards_are_audited_without_the_model(face_suites, tmp_path):
             "--invariance-data-dir=data", f"--invariance-embeddings={emb}")
     ran, doc = _run(face_suites, *args)  # they record no layers and no preprocessing
     assert ran.ret == 4 and doc is None
-    ran.stderr.fnmatch_lines(["ERROR: --invariance-embeddings *: the shards do not record layers, preprocessing "
-                              "(metadata invariance.layers, invariance.preprocessing)*pass "
+    ran.stderr.fnmatch_lines(["ERROR: --invariance-embeddings *: the shards do not record layers, preprocessing, "
+                              "image_digest (metadata invariance.layers, invariance.preprocessing; column "
+                              "image_digest)*pass "
                               "--invariance-embeddings-unverified to audit them as they are (or name the columns "
                               "with --layer)"])
     ran, doc = _run(face_suites, *args, "--invariance-embeddings-unverified")
     ran.assert_outcomes(passed=1, failed=1, skipped=3)
-    ran.stdout.fnmatch_lines(["invariance: embeddings NOT verified: the shards do not record layers, preprocessing "
-                              "(accepted by --invariance-embeddings-unverified)"])
+    ran.stdout.fnmatch_lines(["invariance: embeddings NOT verified: the shards do not record layers, preprocessing, "
+                              "image_digest (accepted by --invariance-embeddings-unverified)"])
     src = doc["run"]["embeddings_source"]
-    assert src["verified"] is False and src["unrecorded"] == ["layers", "preprocessing"]  # Smiling leaks; the perturbation suite cannot join
+    assert src["verified"] is False and src["unrecorded"] == ["layers", "preprocessing", "image_digest"]  # Smiling leaks; the perturbation suite cannot join
     ran.stdout.fnmatch_lines(["*face_perturbation: --invariance-embeddings cannot be joined to this suite (it "
                               "perturbs its faces itself: the levels have no ids)*"])
     by = {(c["details"].get("attribute"), c["metric"]): c for c in doc["checks"] if c["status"] in ("passed", "failed")}
@@ -603,3 +604,64 @@ def test_a_constant_layer_of_the_shards_names_extract_not_list_layers(suite, fac
     assert "gives the same embedding (all zero)" in out
     assert "re-extract another layer of the model: pytest-invariance extract --layer NAME" in out
     assert "--invariance-list-layers" not in out
+
+
+def test_shards_of_other_images_under_the_same_ids_are_refused_once(suite, faces, shards, tmp_path):
+    """A new version of the data folder (same file names, other pixels): the shards embed the
+    old images, so joining by id alone would report the old images' figures as verified."""
+    import csv
+
+    new = tmp_path / "faces_v2"
+    shutil.copytree(faces[0], new)
+    with open(new / "labels.csv", newline="") as f:
+        names = [row["image"] for row in csv.DictReader(f)]
+    swapped = names[:6]  # each of these files now holds the next one's bytes
+    data = [(new / n).read_bytes() for n in swapped]
+    for n, b in zip(swapped, data[1:] + data[:1]):
+        (new / n).write_bytes(b)
+    args = ("audits/factors", f"--invariance-data-dir={new}", f"--invariance-embeddings={shards}")
+    ran, doc = _run(suite, *args, "-n", "2")
+    ran.assert_outcomes(errors=1)
+    out = ran.stdout.str()
+    assert out.count("are not the images the shards were made from") == 1, out
+    ran.stdout.fnmatch_lines([f"*: 6 of 160 images of *labels.csv are not the images the shards were made from (their "
+                              f"file bytes differ, e.g. '{swapped[0]}'*); re-run pytest-invariance extract on this "
+                              "data, or pass --invariance-embeddings-unverified to join on ids alone"])
+    ran, doc = _run(suite, *args, "--invariance-embeddings-unverified")
+    src = doc["run"]["embeddings_source"]
+    assert src["verified"] is False and src["images_differ"] == 6 and src["unrecorded"] == []
+    ran, doc = _run(suite, "audits/factors", f"--invariance-data-dir={faces[0]}", f"--invariance-embeddings={shards}")
+    assert doc["run"]["embeddings_source"]["verified"] is True and doc["run"]["embeddings_source"]["images_differ"] == 0
+
+
+def test_image_digests_are_the_file_bytes_and_old_shards_without_them_are_not_verified(tmp_path):
+    import hashlib
+
+    import pandas as pd
+
+    from pytest_invariance.data.folder import FileImageSet
+    from pytest_invariance.embeddings._parquet import image_digests
+
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"{i}.png")
+        files[-1].write_bytes(bytes([i]) * 50)
+    images = FileImageSet(files, pd.DataFrame({"image": [f.name for f in files]}), size=None, fingerprint="a")
+    want = [hashlib.blake2b(f.read_bytes(), digest_size=16).hexdigest() for f in files]
+    assert image_digests(images) == want
+    X = np.eye(3, dtype=np.float32)
+    write_shard(tmp_path / "new" / "a.parquet", [f.name for f in files], {"emb": X}, _meta(pre={"size": [2, 2]}),
+                want)
+    ParquetEmbeddings(tmp_path / "new").check_images(images)  # the same bytes: accepted
+    files[1].write_bytes(b"other")
+    moved = FileImageSet(files, images.labels, size=None, fingerprint="b")
+    with pytest.raises(InvalidParameterError, match=r"1 of 3 images are not the images the shards were made from .*"
+                                                    r"e\.g\. '1\.png'.*pass --invariance-embeddings-unverified"):
+        ParquetEmbeddings(tmp_path / "new").check_images(moved)
+    write_shard(tmp_path / "old" / "a.parquet", [f.name for f in files], {"emb": X}, _meta(pre={"size": [2, 2]}))
+    old = ParquetEmbeddings(tmp_path / "old")  # written before shards recorded their images
+    assert old.meta.unrecorded == ("image_digest",) and old.describe()["verified"] is False
+    with pytest.raises(InvalidParameterError, match=r"do not record image_digest \(column image_digest\).*"
+                                                    r"re-extract with pytest-invariance extract"):
+        old.check_provenance(unverified=False, layers_named=False)
+    old.check_provenance(unverified=True, layers_named=False)

@@ -46,9 +46,8 @@ def _load(config: pytest.Config) -> Any:
         others = {q for suite in find_suites(config) for q in suite.qualifiers()} - {"*"}
         if settings.embeddings:  # every image needs a row: missing ids are this one collection error
             from pytest_invariance._audit import embeddings_source
-            from pytest_invariance.embeddings._parquet import image_ids
-
-            embeddings_source(settings).positions(image_ids(folder.images), f"{root / 'labels.csv'}")
+            embeddings_source(settings).check_images(folder.images, f"{root / 'labels.csv'}",
+                                                     unverified=settings.embeddings_unverified)
         from pytest_invariance.checks import Suite
         from pytest_invariance.plugin import note_suite
         from pytest_invariance.studies.factors import folder_suite

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..data._source import ImageSet, fetch_batch
 from ..errors import DataError, InvalidParameterError
-from ._parquet import ShardMeta, write_shard
+from ._parquet import ShardMeta, image_digests, write_shard
 
 if TYPE_CHECKING:
     import torch
@@ -113,7 +113,7 @@ def embed_shard(job: ExtractJob, embedder: Any, first: int, stop: int, out: Path
     view = job.rows(first, stop)
     vectors = extract_layers(embedder, view, list(job.layers), preprocess=job.preprocess, pool=job.pool,
                              batch_size=job.settings.batch_size, cache=None, workers=job.settings.workers)
-    path = write_shard(out / f"part-{first:09d}.parquet", view.ids() or [], vectors, job.meta)
+    path = write_shard(out / f"part-{first:09d}.parquet", view.ids() or [], vectors, job.meta, image_digests(view))
     return str(path), stop - first
 
 

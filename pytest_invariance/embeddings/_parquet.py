@@ -9,6 +9,9 @@ Format (one file, or a folder of ``*.parquet`` shards searched recursively):
 * one vector column per layer, named by the layer: ``fixed_size_list<float>``, a
   ``list<float>`` of one length, or the ``arrow.fixed_shape_tensor`` extension type
   (flattened); float16/32/64 values, read as float32;
+* an ``image_digest`` column (string): blake2b-128 (hex) of each image file's bytes, the
+  digest the data loaders fingerprint images with (:func:`image_digests`), so that shards
+  of other images under the same ids (a new version of a data folder) are refused;
 * schema metadata, every value a string: ``invariance.model_sha256``,
   ``invariance.layers`` (JSON list in forward order), ``invariance.pool``,
   ``invariance.preprocessing`` (JSON of :meth:`Preprocess.to_dict`), optionally
@@ -41,8 +44,9 @@ ID_COLUMN = "id"
 PREFIX = "invariance."
 FORMAT_VERSION = "1"
 _EXAMPLES = 5  # ids quoted in an error message
-# What the metadata must record for an audit to know what the vectors are (docs/scale.md).
-PROVENANCE = ("model_sha256", "layers", "pool", "preprocessing")
+DIGEST_COLUMN = "image_digest"
+# What the shards must record for an audit to know what the vectors are (docs/scale.md).
+PROVENANCE = ("model_sha256", "layers", "pool", "preprocessing", DIGEST_COLUMN)
 OPT_UNVERIFIED = "--invariance-embeddings-unverified"
 
 
@@ -64,6 +68,34 @@ def image_ids(images: "ImageSet") -> list[str] | None:
     (perturbation levels, MNIST arrays): such rows have no id another pipeline could know."""
     ids = images.ids()
     return None if ids is None else [normalize_id(v) for v in ids]
+
+
+def _image_files(images: "ImageSet") -> list[Path] | None:
+    """The file of each row of ``images`` (a file set, or rows of one), else None."""
+    if hasattr(images, "paths"):
+        return list(images.paths)
+    base, index = getattr(images, "base", None), getattr(images, "index", None)
+    if base is None or index is None:
+        return None
+    files = _image_files(base)
+    return None if files is None else [files[int(i)] for i in index]
+
+
+def image_digests(images: "ImageSet") -> list[str] | None:
+    """blake2b-128 (hex) of each row's image file bytes, in row order (what the data
+    loaders fingerprint: :func:`~pytest_invariance.data.folder.files_fingerprint`); None
+    for images that are not files. Reads every file (4 threads)."""
+    files = _image_files(images)
+    return None if files is None else _digest_files(files)
+
+
+def _digest_files(files: Sequence[Path]) -> list[str]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..data.folder import _content_digest
+
+    with ThreadPoolExecutor(max_workers=4) as pool:  # hashlib releases the GIL
+        return [d.hex() for d in pool.map(_content_digest, files, chunksize=64)]
 
 
 # ----------------------------------------------------------------------------- metadata
@@ -112,13 +144,14 @@ class ShardMeta:
                             f"{', '.join(f'{f.name} ({f.type})' for f in schema)}")
         extra = {k: v for k, v in meta.items() if k not in ("model_sha256", "layers", "pool", "preprocessing", "model")}
         said = {"model_sha256": meta.get("model_sha256"), "layers": meta.get("layers"), "pool": meta.get("pool"),
-                "preprocessing": pre}
+                "preprocessing": pre, DIGEST_COLUMN: DIGEST_COLUMN in schema.names}
         unrecorded = tuple(k for k in PROVENANCE if not said[k])
         return cls(meta.get("model_sha256") or None, layers, meta.get("pool") or None, pre, meta.get("model") or None,
                    extra, unrecorded)
 
     def identity(self) -> tuple[Any, ...]:
-        return (self.model_sha256, self.layers, self.pool, json.dumps(self.preprocessing, sort_keys=True))
+        return (self.model_sha256, self.layers, self.pool, json.dumps(self.preprocessing, sort_keys=True),
+                DIGEST_COLUMN in self.unrecorded)
 
 
 def _canonical_preprocess(pre: Any, where: str) -> dict[str, Any]:
@@ -227,9 +260,10 @@ def to_matrix(column: "pa.ChunkedArray | pa.Array", name: str) -> np.ndarray:
 
 
 def write_shard(path: str | os.PathLike[str], ids: Sequence[str], vectors: dict[str, np.ndarray],
-                meta: ShardMeta) -> Path:
-    """Write one shard atomically (temp file renamed into place): ``id`` plus one
-    ``fixed_size_list<float32>`` column per layer of ``vectors`` ([rows, D] each)."""
+                meta: ShardMeta, digests: Sequence[str] | None = None) -> Path:
+    """Write one shard atomically (temp file renamed into place): ``id``, one
+    ``fixed_size_list<float32>`` column per layer of ``vectors`` ([rows, D] each), then
+    ``image_digest`` (``digests``, one per id: :func:`image_digests`; omitted when None)."""
     pa = require_pyarrow()
     import pyarrow.parquet as pq
 
@@ -239,6 +273,8 @@ def write_shard(path: str | os.PathLike[str], ids: Sequence[str], vectors: dict[
     for layer, X in vectors.items():
         X = np.ascontiguousarray(X, dtype=np.float32)
         columns[layer] = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), X.shape[1])
+    if digests is not None:  # last: the vector columns keep their places after ``id``
+        columns[DIGEST_COLUMN] = pa.array(list(digests), pa.string())
     table = pa.table(columns).replace_schema_metadata(meta.to_metadata())
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
@@ -306,7 +342,7 @@ class ParquetEmbeddings:
 
         self.path = Path(path)
         self.files = shard_files(self.path)
-        metas, ids, file_of = [], [], []
+        metas, ids, file_of, digests = [], [], [], []
         self.widths: dict[str, int] = {}  # layer -> vector length, the same in every shard
         self._width_from: dict[str, Path] = {}
         for i, f in enumerate(self.files):
@@ -320,6 +356,8 @@ class ParquetEmbeddings:
             if col.null_count:
                 raise DataError(f"{f}: {col.null_count} rows have a null {ID_COLUMN!r}")
             metas.append(ShardMeta.from_schema(schema, str(f)))
+            if DIGEST_COLUMN in schema.names:
+                digests.extend(pq.read_table(f, columns=[DIGEST_COLUMN]).column(DIGEST_COLUMN).to_pylist())
             if metas[-1].identity() != metas[0].identity():
                 raise DataError(f"{OPT_EMBEDDINGS}: shards disagree: {self.files[0].name} records {self._says(metas[0])} "
                                 f"but {f.name} records {self._says(metas[-1])}; every shard must come from one extraction")
@@ -339,10 +377,15 @@ class ParquetEmbeddings:
         self._row = np.concatenate([np.arange(len(a)) for a in file_of])
         self.n_rows = len(self._ids)
         self._index = self._build_index()
+        # The image each row was made from (None: not recorded, see check_provenance).
+        self._digests = np.asarray(digests, dtype=object) if DIGEST_COLUMN not in self.meta.unrecorded else None
+        self._seen = np.zeros(self.n_rows, dtype=bool)  # rows whose image was compared
+        self._differ = np.zeros(self.n_rows, dtype=bool)  # ... and differed (accepted by --invariance-embeddings-unverified)
 
     @staticmethod
     def _says(m: ShardMeta) -> str:
-        return f"model_sha256={m.model_sha256} layers={list(m.layers)} pool={m.pool} preprocessing={m.preprocessing}"
+        return (f"model_sha256={m.model_sha256} layers={list(m.layers)} pool={m.pool} preprocessing={m.preprocessing} "
+                f"{DIGEST_COLUMN}={'no' if DIGEST_COLUMN in m.unrecorded else 'yes'}")
 
     def _build_index(self) -> dict[str, int]:
         import pandas as pd
@@ -384,7 +427,14 @@ class ParquetEmbeddings:
         return {"kind": "parquet", "path": str(self.path), "shards": len(self.files), "rows": self.n_rows,
                 "model": self.model_name, "model_sha256": self.meta.model_sha256, "layers": list(self.meta.layers),
                 "pool": self.meta.pool, "preprocessing": self.meta.preprocessing, **self.meta.extra,
-                "verified": not self.meta.unrecorded, "unrecorded": list(self.meta.unrecorded)}
+                "verified": not self.meta.unrecorded and not self.images_differ, "unrecorded": list(self.meta.unrecorded),
+                "images_differ": self.images_differ}
+
+    @property
+    def images_differ(self) -> int:
+        """Rows joined although their image's bytes differ from those the shards record
+        (accepted by --invariance-embeddings-unverified)."""
+        return int(self._differ.sum())
 
     def check_provenance(self, *, unverified: bool, layers_named: bool) -> None:
         """Refuse shards whose metadata does not say how their vectors were made, unless the
@@ -392,12 +442,39 @@ class ParquetEmbeddings:
         layers are also accepted when the user names the columns (``layers_named``: --layer)."""
         missing = [k for k in self.meta.unrecorded if not (k == "layers" and layers_named)]
         if missing and not unverified:
+            meta = [PREFIX + k for k in missing if k != DIGEST_COLUMN]
+            where = "; ".join((["metadata " + ", ".join(meta)] if meta else [])
+                              + ([f"column {DIGEST_COLUMN}"] if DIGEST_COLUMN in missing else []))
             raise InvalidParameterError(
-                f"{OPT_EMBEDDINGS} {self.path}: the shards do not record {', '.join(missing)} (metadata "
-                f"{', '.join(PREFIX + k for k in missing)}), so the audit cannot tell which model, layer, pool or "
-                f"preprocessing made the vectors; write that metadata (docs/scale.md), re-extract with "
-                f"pytest-invariance extract, or pass {OPT_UNVERIFIED} to audit them as they are"
+                f"{OPT_EMBEDDINGS} {self.path}: the shards do not record {', '.join(missing)} ({where}), so the "
+                f"audit cannot tell which model, layer, pool, preprocessing or images made the vectors; write that "
+                f"(docs/scale.md), re-extract with pytest-invariance extract, or pass {OPT_UNVERIFIED} to audit "
+                f"them as they are"
                 + (" (or name the columns with --layer)" if "layers" in missing else ""))
+
+    def check_images(self, images: "ImageSet", what: str = "", *, unverified: bool = False) -> np.ndarray:
+        """:meth:`positions` of ``images``' ids, after checking each row was made from the
+        same image file bytes (``image_digest``): shards of a data folder's old version under
+        the same names are refused in one line, unless ``unverified`` (the user joins on ids
+        alone; the rows that differ are counted in :meth:`describe`). Each row is compared once
+        per process (its file read once more)."""
+        ids = image_ids(images) or []
+        pos = self.positions(ids, what)
+        files = _image_files(images)
+        todo = np.flatnonzero(~self._seen[pos])
+        if self._digests is None or files is None or not todo.size:
+            return pos
+        have = np.asarray(_digest_files([files[i] for i in todo]), dtype=object)
+        differ = todo[self._digests[pos[todo]] != have]
+        if differ.size and not unverified:
+            raise InvalidParameterError(
+                f"{OPT_EMBEDDINGS} {self.path}: {differ.size} of {len(ids)} images{' of ' + what if what else ''} are "
+                f"not the images the shards were made from (their file bytes differ, e.g. "
+                f"{_examples([ids[i] for i in differ])}); re-run pytest-invariance extract on this data, or pass "
+                f"{OPT_UNVERIFIED} to join on ids alone")
+        self._seen[pos[todo]] = True
+        self._differ[pos[differ]] = True
+        return pos
 
     # -- reading ----------------------------------------------------------------------
 

@@ -144,7 +144,11 @@ def _load_factory(torch: Any, spec: str, weights: str | None) -> tuple[Any, str]
     with files_read() as read:
         module_obj, factory = _import_factory(spec)
         try:
-            module = factory()
+            # torch's CPU generator seeded (and restored after): layers a factory leaves at their
+            # random init are the same in every process, so its digest and figures are too.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                module = factory()
         except Exception as exc:
             raise ModelLoadError(f"--model {spec}: the factory raised {type(exc).__name__}: {exc}"[:300]) from None
         if not isinstance(module, torch.nn.Module):
@@ -155,7 +159,7 @@ def _load_factory(torch: Any, spec: str, weights: str | None) -> tuple[Any, str]
             except Exception as exc:
                 raise ModelLoadError(f"--invariance-weights {weights}: cannot load it into {spec}: "
                                      f"{str(exc).splitlines()[0][:300]}") from None
-    return module, factory_digest(spec, getattr(module_obj, "__file__", None), read, wpath)
+    return module, factory_digest(spec, getattr(module_obj, "__file__", None), read, wpath, module)
 
 
 def _load_module(spec: str, *, weights: str | None, trust_pickle: bool, factory: bool,
