@@ -136,3 +136,27 @@ def test_a_chance_level_that_moved_with_the_split_is_not_a_regression():
     assert judge_change(now, base)["change"] == "same"
     moved = {**now, "value": 0.30, "ci_low": 0.25, "ci_high": 0.35, "chance": 0.5}
     assert judge_change({**now, "value": 0.02, "ci_low": 0.0, "ci_high": 0.05}, moved)["change"] == "worse"
+
+
+def test_a_rerun_of_part_of_a_version_does_not_replace_its_record(pytester, tmp_path):
+    # `-k` re-ran 2 of v1's checks and v1 then held those 2: a later baseline compared 2 of 4
+    # and a factor that began to leak went unflagged.
+    suite = copy_suite(pytester, "factors")
+    data = _folder(tmp_path / "d")
+    blind = export_onnx(_Reader(False).eval(), tmp_path / "blind.onnx", (3, 16, 16))
+    leaky = export_onnx(_Reader(True).eval(), tmp_path / "leaky.onnx", (3, 16, 16))
+    common = ("audits/factors/test_factors.py::test_factor", f"--invariance-data-dir={data}")
+    run_and_read(suite, *common, f"--model={blind}", "--model-version", "v1")
+    store = HistoryStore(suite.path / "h.sqlite")
+    full = store.check_keys("v1")
+    assert len(full) == 4
+    result, _ = run_and_read(suite, *common, "-k", "shade", f"--model={blind}", "--model-version", "v1")
+    result.stdout.fnmatch_lines(["invariance: history * not written: this run has 1 of the 4 checks version v1 "
+                                 "holds (a -k, --lf or path subset)*--model-version TAG*"])
+    assert store.check_keys("v1") == full
+    result, _ = run_and_read(suite, *common, f"--model={leaky}", "--model-version", "v2",
+                             "--invariance-baseline", "v1")
+    result.stdout.fnmatch_lines(["invariance: baseline v1 (recorded *): 4 of 4 checks compared*, 4 regressed"])
+    # a full re-run of the version replaces it as before
+    result, _ = run_and_read(suite, *common, f"--model={blind}", "--model-version", "v1")
+    result.stdout.fnmatch_lines(["invariance: history * (version v1)*"])

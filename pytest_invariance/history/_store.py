@@ -311,6 +311,18 @@ class HistoryStore:
                 con.execute("ROLLBACK")
                 raise
 
+    def check_keys(self, tag: str) -> set[tuple[str, str]] | None:
+        """The ``(nodeid, metric)`` of every check stored under ``tag``; None when the tag is
+        not stored (or there is no history file yet)."""
+        if not self.path.is_file():
+            return None
+        with self._connect() as con:
+            row = con.execute("SELECT id FROM runs WHERE tag = ?", (tag,)).fetchone()
+            if row is None:
+                return None
+            return {(str(n), str(m)) for n, m in con.execute(
+                "SELECT nodeid, metric FROM checks WHERE run_id = ?", (row[0],))}
+
     def versions(self) -> list[str]:
         """Stored tags, oldest first (by when each tag was first recorded)."""
         with self._connect() as con:
