@@ -264,7 +264,7 @@ class Audit:
     def embeddings_source(self) -> dict[str, Any]:
         """``run.embeddings_source``: the Parquet shards read, or extraction by the model."""
         if self.settings.embeddings:
-            return embeddings_source(self.settings).describe()
+            return embeddings_source(self.settings).describe(self.settings.embeddings_unverified)
         return {"kind": "model", "cache": None if self.settings.no_cache else str(self.settings.resolve_path(
             self.settings.cache_dir))}
 

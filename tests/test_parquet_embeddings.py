@@ -653,6 +653,12 @@ def test_image_digests_are_the_file_bytes_and_old_shards_without_them_are_not_ve
     write_shard(tmp_path / "new" / "a.parquet", [f.name for f in files], {"emb": X}, _meta(pre={"size": [2, 2]}),
                 want)
     ParquetEmbeddings(tmp_path / "new").check_images(images)  # the same bytes: accepted
+    # With --invariance-embeddings-unverified, a process that compared no rows (the xdist
+    # controller: its workers join) cannot say the images matched.
+    src = ParquetEmbeddings(tmp_path / "new")
+    assert (src.describe(True)["images_differ"], src.describe(True)["verified"]) == (None, False)
+    src.check_images(images, unverified=True)
+    assert (src.describe(True)["images_differ"], src.describe(True)["verified"]) == (0, True)
     files[1].write_bytes(b"other")
     moved = FileImageSet(files, images.labels, size=None, fingerprint="b")
     with pytest.raises(InvalidParameterError, match=r"1 of 3 images are not the images the shards were made from .*"

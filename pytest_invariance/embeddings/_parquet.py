@@ -422,13 +422,21 @@ class ParquetEmbeddings:
                     h.update(chunk)
         return h.hexdigest()
 
-    def describe(self) -> dict[str, Any]:
-        """``run.embeddings_source`` of results.json."""
+    def describe(self, unverified: bool = False) -> dict[str, Any]:
+        """``run.embeddings_source`` of results.json; ``unverified``: --invariance-embeddings-unverified.
+
+        Without that option a row made from other image bytes stops the run, so the rows
+        joined match. With it, only the rows this process joined were compared: under
+        pytest-xdist the workers join and the controller writes this, so when it compared
+        none, ``images_differ`` is None (unknown) and the run is not called verified.
+        """
+        checked = bool(self._seen.any()) or self._digests is None
+        differ = self.images_differ if checked or not unverified else None
         return {"kind": "parquet", "path": str(self.path), "shards": len(self.files), "rows": self.n_rows,
                 "model": self.model_name, "model_sha256": self.meta.model_sha256, "layers": list(self.meta.layers),
                 "pool": self.meta.pool, "preprocessing": self.meta.preprocessing, **self.meta.extra,
-                "verified": not self.meta.unrecorded and not self.images_differ, "unrecorded": list(self.meta.unrecorded),
-                "images_differ": self.images_differ}
+                "verified": not self.meta.unrecorded and differ == 0, "unrecorded": list(self.meta.unrecorded),
+                "images_differ": differ}
 
     @property
     def images_differ(self) -> int:
