@@ -157,6 +157,11 @@ def test_a_rerun_of_part_of_a_version_does_not_replace_its_record(pytester, tmp_
     result, _ = run_and_read(suite, *common, f"--model={leaky}", "--model-version", "v2",
                              "--invariance-baseline", "v1")
     result.stdout.fnmatch_lines(["invariance: baseline v1 (recorded *): 4 of 4 checks compared*, 4 regressed"])
+    # the part recorded under its own tag is not a 'latest' baseline: v1 still is
+    run_and_read(suite, *common, "-k", "shade", f"--model={blind}", "--model-version", "part")
+    result, _ = run_and_read(suite, *common, f"--model={leaky}", "--model-version", "v3",
+                             "--invariance-baseline", "latest")
+    result.stdout.fnmatch_lines(["invariance: baseline v2 (recorded *): 4 of 4 checks compared*"])
     # a full re-run of the version replaces it as before
     result, _ = run_and_read(suite, *common, f"--model={blind}", "--model-version", "v1")
     result.stdout.fnmatch_lines(["invariance: history * (version v1)*"])

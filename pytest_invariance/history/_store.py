@@ -345,7 +345,8 @@ class HistoryStore:
         the version just before it, otherwise the newest stored version. So the
         plugin may call this before or after :meth:`record` and gets the same answer,
         and a model is never compared with itself. Versions whose run was interrupted,
-        audited nothing or had tool errors (:func:`not_a_baseline`) are passed over.
+        audited nothing or had tool errors (:func:`not_a_baseline`), or measured a strict
+        subset of an earlier version's checks, are passed over.
         Returns None when there is no such version (first run, or no database yet) -
         the caller says so and skips comparison.
 
@@ -363,7 +364,12 @@ class HistoryStore:
         tags = self.versions()
         if current in tags:
             tags = tags[: tags.index(current)]
-        return next((t for t in reversed(tags) if not_a_baseline(self.run(t)) is None), None)
+        keys = [self.check_keys(t) or set() for t in tags]
+        # A run that measured a strict subset of an earlier version's checks (-k under its own
+        # tag) is passed over: as "latest" it compared 2 of 6 checks and missed a regression.
+        partial = [any(keys[i] < earlier for earlier in keys[:i]) for i in range(len(tags))]
+        return next((t for i, t in reversed(list(enumerate(tags)))
+                     if not partial[i] and not_a_baseline(self.run(t)) is None), None)
 
     def values(self, tag: str) -> dict[tuple[str, str], float | None]:
         """``{(nodeid, metric): value}`` of one stored version."""
