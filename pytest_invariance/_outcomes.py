@@ -249,6 +249,10 @@ class Outcomes:
     def _exit_status(self, exitstatus: int, settings: Any) -> int:
         if exitstatus == pytest.ExitCode.INTERRUPTED:
             return exitstatus  # Ctrl-C: nothing else can be said about a run that did not finish
+        if self.collect_errors and exitstatus == pytest.ExitCode.TESTS_FAILED:
+            # pytest-xdist ends a run stopped at a collection error with 1, which CI reads as a
+            # failed gate; without xdist pytest says 2 (interrupted), and so do we.
+            return pytest.ExitCode.INTERRUPTED
         if self.failed_tests:
             return exitstatus
         if (self.output_error or self.baseline_error) and exitstatus == pytest.ExitCode.OK:

@@ -35,6 +35,25 @@ def test_a_collection_error_is_named_in_the_json_the_report_and_the_history_line
     assert not (suite.path / "h.sqlite").exists()
 
 
+def test_a_collection_error_under_xdist_exits_2_not_1(pytester, tmp_path):
+    # pytest-xdist ends such a run with 1, the status of a failed gate (docs/ci.md: 2 = the
+    # data could not be read at collection).
+    data = tmp_path / "d"
+    (data / "img").mkdir(parents=True)
+    from PIL import Image
+
+    for k in range(4):
+        Image.new("RGB", (8, 8), (k, k, k)).save(data / "img" / f"{k}.png")
+    (data / "labels.csv").write_text("image;flag\n" + "".join(f"img/{k}.png;{k % 2}\n" for k in range(4)))
+    suite = copy_suite(pytester, "factors")
+    result = suite.runpytest_subprocess("audits/factors", f"--invariance-data-dir={data}", "-p", "no:cacheprovider",
+                                        "--invariance-json=r.json", "--invariance-no-report",
+                                        "--invariance-history=h.sqlite", "-n", "2")
+    assert result.ret == 2
+    result.stdout.fnmatch_lines(["invariance: DID NOT COMPLETE (exit status 2): this run stopped at *collection error*"])
+    assert read_results(suite, "r.json")["run"]["exit_status"] == 2
+
+
 def test_a_complete_run_has_no_incomplete_banner(toy):
     result = toy.runpytest_subprocess("audits", "-p", "no:cacheprovider", "--invariance-progress", "off")
     assert result.ret == 0
