@@ -653,6 +653,19 @@ def test_image_digests_are_the_file_bytes_and_old_shards_without_them_are_not_ve
     write_shard(tmp_path / "new" / "a.parquet", [f.name for f in files], {"emb": X}, _meta(pre={"size": [2, 2]}),
                 want)
     ParquetEmbeddings(tmp_path / "new").check_images(images)  # the same bytes: accepted
+    upper = [want[0].upper(), *want[1:]]  # hex in capitals is the same digest
+    write_shard(tmp_path / "upper" / "a.parquet", [f.name for f in files], {"emb": X}, _meta(pre={"size": [2, 2]}),
+                upper)
+    ParquetEmbeddings(tmp_path / "upper").check_images(images)
+    write_shard(tmp_path / "blank" / "a.parquet", [f.name for f in files], {"emb": X}, _meta(pre={"size": [2, 2]}),
+                [want[0], None, want[2]])  # an empty cell records nothing: not "the bytes differ"
+    with pytest.raises(InvalidParameterError, match=r"1 of 3 rows record no image_digest \(an empty cell, e\.g\. "
+                                                    r"'1\.png'\).*pass --invariance-embeddings-unverified"):
+        ParquetEmbeddings(tmp_path / "blank").check_images(images)
+    blank = ParquetEmbeddings(tmp_path / "blank")
+    blank.check_images(images, unverified=True)
+    assert blank.images_differ == 0 and blank.describe(True)["verified"] is False
+    assert blank.describe(True)["images_without_digest"] == 1
     # With --invariance-embeddings-unverified, a process that compared no rows (the xdist
     # controller: its workers join) cannot say the images matched.
     src = ParquetEmbeddings(tmp_path / "new")

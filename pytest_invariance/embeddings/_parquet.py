@@ -378,8 +378,11 @@ class ParquetEmbeddings:
         self.n_rows = len(self._ids)
         self._index = self._build_index()
         # The image each row was made from (None: not recorded, see check_provenance).
-        self._digests = np.asarray(digests, dtype=object) if DIGEST_COLUMN not in self.meta.unrecorded else None
+        # Hex is compared case-blind; a null cell records no digest (not a different one).
+        self._digests = (np.asarray([d.strip().lower() if isinstance(d, str) and d.strip() else None for d in digests],
+                                    dtype=object) if DIGEST_COLUMN not in self.meta.unrecorded else None)
         self._seen = np.zeros(self.n_rows, dtype=bool)  # rows whose image was compared
+        self._blank = np.zeros(self.n_rows, dtype=bool)  # rows joined with no digest to compare
         self._differ = np.zeros(self.n_rows, dtype=bool)  # ... and differed (accepted by --invariance-embeddings-unverified)
 
     @staticmethod
@@ -435,7 +438,8 @@ class ParquetEmbeddings:
         return {"kind": "parquet", "path": str(self.path), "shards": len(self.files), "rows": self.n_rows,
                 "model": self.model_name, "model_sha256": self.meta.model_sha256, "layers": list(self.meta.layers),
                 "pool": self.meta.pool, "preprocessing": self.meta.preprocessing, **self.meta.extra,
-                "verified": not self.meta.unrecorded and differ == 0, "unrecorded": list(self.meta.unrecorded),
+                "verified": not self.meta.unrecorded and differ == 0 and not self._blank.any(),
+                "unrecorded": list(self.meta.unrecorded), "images_without_digest": int(self._blank.sum()),
                 "images_differ": differ}
 
     @property
@@ -472,6 +476,16 @@ class ParquetEmbeddings:
         todo = np.flatnonzero(~self._seen[pos])
         if self._digests is None or files is None or not todo.size:
             return pos
+        blank = todo[np.equal(self._digests[pos[todo]], None)]
+        if blank.size and not unverified:
+            raise InvalidParameterError(
+                f"{OPT_EMBEDDINGS} {self.path}: {blank.size} of {len(ids)} rows{' of ' + what if what else ''} record "
+                f"no {DIGEST_COLUMN} (an empty cell, e.g. {_examples([ids[i] for i in blank])}), so their images "
+                f"cannot be checked; re-run pytest-invariance extract on this data, or pass {OPT_UNVERIFIED} to "
+                "join on ids alone")
+        self._seen[pos[blank]] = True
+        self._blank[pos[blank]] = True  # with the option: joined on ids, neither matched nor differing
+        todo = np.setdiff1d(todo, blank)
         have = np.asarray(_digest_files([files[i] for i in todo]), dtype=object)
         differ = todo[self._digests[pos[todo]] != have]
         if differ.size and not unverified:
