@@ -5,6 +5,7 @@ import pytest
 # Importing them here, before any test, keeps them loaded once for the session.
 try:
     import onnx  # noqa: F401
+    import torch._inductor.codecache  # noqa: F401  (torch.export.save imports it; re-imported it re-registers and fails)
     import torch.onnx  # noqa: F401
 except ImportError:  # the tests that need them skip
     pass

@@ -364,12 +364,13 @@ class HistoryStore:
         tags = self.versions()
         if current in tags:
             tags = tags[: tags.index(current)]
-        keys = [self.check_keys(t) or set() for t in tags]
-        # A run that measured a strict subset of an earlier version's checks (-k under its own
+        ok = [not_a_baseline(self.run(t)) is None for t in tags]
+        # Figures only (a tool error's row has no metric), of the runs that may be baselines.
+        keys = [{k for k in self.check_keys(t) or set() if k[1] != "None"} for t in tags]
+        # A run that measured a strict subset of an earlier baseline's checks (-k under its own
         # tag) is passed over: as "latest" it compared 2 of 6 checks and missed a regression.
-        partial = [any(keys[i] < earlier for earlier in keys[:i]) for i in range(len(tags))]
-        return next((t for i, t in reversed(list(enumerate(tags)))
-                     if not partial[i] and not_a_baseline(self.run(t)) is None), None)
+        partial = [any(keys[i] < keys[j] for j in range(i) if ok[j]) for i in range(len(tags))]
+        return next((t for i, t in reversed(list(enumerate(tags))) if ok[i] and not partial[i]), None)
 
     def values(self, tag: str) -> dict[tuple[str, str], float | None]:
         """``{(nodeid, metric): value}`` of one stored version."""
