@@ -5,10 +5,23 @@ import pytest
 # Importing them here, before any test, keeps them loaded once for the session.
 try:
     import onnx  # noqa: F401
-    import torch._inductor.codecache  # noqa: F401  (torch.export.save imports it; re-imported it re-registers and fails)
     import torch.onnx  # noqa: F401
 except ImportError:  # the tests that need them skip
     pass
+else:
+    # torch.export's save and load import torch's compile caches lazily; each registers its
+    # cache artifacts once per process, so one first imported inside a pytester test, dropped
+    # and imported again, fails ("Artifact of type=autotune already registered"). One save
+    # and load of a 1x1 Linear here imports every one of them before any test.
+    import io
+
+    import torch
+
+    _buf = io.BytesIO()
+    torch.export.save(torch.export.export(torch.nn.Linear(1, 1), (torch.zeros(1, 1),)), _buf)
+    _buf.seek(0)
+    torch.export.load(_buf)
+    del _buf
 
 pytest_plugins = "pytester"
 
