@@ -5,15 +5,20 @@ from __future__ import annotations
 from pytest_invariance.testing import copy_suite, read_results
 
 
-def test_a_collection_error_is_named_in_the_json_the_report_and_the_history_line(pytester, tmp_path):
-    data = tmp_path / "d"
-    (data / "img").mkdir(parents=True)
+def _unreadable_folder(tmp_path):
+    """4 images and a semicolon-delimited labels.csv (one column named 'image;flag'): refused at collection."""
     from PIL import Image
 
+    data = tmp_path / "d"
+    (data / "img").mkdir(parents=True)
     for k in range(4):
         Image.new("RGB", (8, 8), (k, k, k)).save(data / "img" / f"{k}.png")
-    # a semicolon-delimited file: one column named 'image;flag'
     (data / "labels.csv").write_text("image;flag\n" + "".join(f"img/{k}.png;{k % 2}\n" for k in range(4)))
+    return data
+
+
+def test_a_collection_error_is_named_in_the_json_the_report_and_the_history_line(pytester, tmp_path):
+    data = _unreadable_folder(tmp_path)
     suite = copy_suite(pytester, "factors")
     result = suite.runpytest_subprocess("audits/factors", f"--invariance-data-dir={data}", "-p", "no:cacheprovider",
                                         "--invariance-json=r.json", "--invariance-report=r.html",
@@ -38,13 +43,7 @@ def test_a_collection_error_is_named_in_the_json_the_report_and_the_history_line
 def test_a_collection_error_under_xdist_exits_2_not_1(pytester, tmp_path):
     # pytest-xdist ends such a run with 1, the status of a failed gate (docs/ci.md: 2 = the
     # data could not be read at collection).
-    data = tmp_path / "d"
-    (data / "img").mkdir(parents=True)
-    from PIL import Image
-
-    for k in range(4):
-        Image.new("RGB", (8, 8), (k, k, k)).save(data / "img" / f"{k}.png")
-    (data / "labels.csv").write_text("image;flag\n" + "".join(f"img/{k}.png;{k % 2}\n" for k in range(4)))
+    data = _unreadable_folder(tmp_path)
     suite = copy_suite(pytester, "factors")
     result = suite.runpytest_subprocess("audits/factors", f"--invariance-data-dir={data}", "-p", "no:cacheprovider",
                                         "--invariance-json=r.json", "--invariance-no-report",
