@@ -244,21 +244,47 @@ def test_identity_split_keeps_identities_on_one_side():
 
 def test_ridge_matches_sklearn():
     from sklearn.linear_model import Ridge
-
-    from pytest_invariance.studies.faces import _ridge_predict
-
-    rng = np.random.default_rng(1)
-    X, Y, Xt = rng.normal(size=(60, 80)), rng.normal(size=(60, 3)), rng.normal(size=(10, 80))
     from sklearn.preprocessing import StandardScaler
 
-    pred = _ridge_predict(X, Y, Xt, [0.1, 10.0])
-    # sklearn on standardised features (test rows clipped to the training range), penalties
-    # relative to the standardised rows' mean squared spread (80: every feature has variance 1)
+    from pytest_invariance.probes._ridge import PENALTIES, ridge_predict
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(60, 80)) * rng.uniform(0.1, 3, 80)
+    Y, Xt = rng.normal(size=(60, 3)), rng.normal(size=(10, 80)) * 2
+    pred = ridge_predict(X, Y, Xt)
+    # penalties relative to the scaled training rows' mean squared distance to their mean:
+    # the sum of the features' variances, 80 once each feature has variance 1; standardised
+    # test rows are clipped to the training range
     scaler = StandardScaler().fit(X)
     Z = scaler.transform(X)
-    Zt = np.clip(scaler.transform(Xt), Z.min(0), Z.max(0))
-    for k, alpha in enumerate([0.1, 10.0]):
-        np.testing.assert_allclose(pred[k], Ridge(alpha=alpha * 80).fit(Z, Y).predict(Zt), atol=1e-9)
+    rows = {"embedding": (X, Xt, X.var(axis=0).sum()),
+            "standardised": (Z, np.clip(scaler.transform(Xt), Z.min(0), Z.max(0)), 80.0)}
+    for k, (scaling, alpha) in enumerate(PENALTIES):
+        A, At, unit = rows[scaling]
+        np.testing.assert_allclose(pred[k], Ridge(alpha=alpha * unit).fit(A, Y).predict(At), atol=1e-8)
+
+
+def test_ridge_keeps_the_embeddings_units_where_standardising_amplifies_noise():
+    # The bundled FaceNet case in miniature: the factor lives in a few high-variance
+    # dimensions, and many low-variance ones are noise. Standardising blows the noise up to
+    # the signal's scale (on FaceNet's rotated LFW faces: MAE 19.4 instead of 13.7 degrees).
+    from sklearn.linear_model import RidgeCV
+    from sklearn.preprocessing import StandardScaler
+
+    from pytest_invariance.studies.faces import factor_regression
+
+    rng = np.random.default_rng(0)
+    n, groups = 360, np.arange(360) // 3
+    X = np.column_stack([rng.normal(size=(n, 6)) * 10, rng.normal(size=(n, 120)) * 0.1])
+    y = X[:, :6] @ rng.normal(size=6) / 10 + rng.normal(size=n) * 0.3
+    train = groups % 10 < 7
+    got = factor_regression(X, y, train, groups, seed=0)
+    Z = StandardScaler().fit(X[train]).transform(X)
+    standardised = np.abs(RidgeCV(alphas=10.0 ** np.arange(-6, 5)).fit(Z[train], y[train]).predict(Z[~train])
+                          - y[~train]).mean()
+    raw = np.abs(RidgeCV(alphas=10.0 ** np.arange(-6, 5)).fit(X[train], y[train]).predict(X[~train]) - y[~train]).mean()
+    assert got.details["scaling"] == "embedding"
+    assert got.value == pytest.approx(raw, rel=0.05) and got.value < 0.9 * standardised, (got.value, raw, standardised)
 
 
 def test_perturbation_levels_must_contain_neutral():

@@ -296,17 +296,16 @@ def erasure_plots(name: str, rows: list[dict[str, Any]], unit: str) -> dict[str,
 
 
 def _identity_ridge(groups_train: "NDArray[Any]", seed: int) -> Rows:
-    """The face suite's linear probe: ridge, penalty by 5-fold CV over training identities."""
-    from .faces import ALPHAS, _ridge_predict
+    """The face suite's linear probe: ridge, scaling and penalty by 5-fold CV over training identities."""
+    from ..probes._ridge import cv_penalty, ridge_predict
 
     def rows(X: "NDArray[Any]", Y: "NDArray[Any]", Xt: "NDArray[Any]") -> "NDArray[np.float64]":
         X, Xt = np.asarray(X, np.float64), np.asarray(Xt, np.float64)
         Y = np.asarray(Y, np.float64).reshape(len(Y), -1)
         uniq = np.random.default_rng(seed).permutation(np.unique(groups_train))
         folds = [np.isin(groups_train, part) for part in np.array_split(uniq, min(5, len(uniq)))]
-        cv = sum(np.abs(_ridge_predict(X[~f], Y[~f], X[f], ALPHAS) - Y[f]).mean(axis=1) for f in folds)
-        best = cv.argmin(axis=0)  # [k]: the penalty each column's CV picked
-        return _ridge_predict(X, Y, Xt, ALPHAS)[best, :, np.arange(Y.shape[1])].T  # type: ignore[no-any-return]
+        best = cv_penalty(X, Y, folds)  # [k]: the scaling and penalty each column's CV picked
+        return ridge_predict(X, Y, Xt)[best, :, np.arange(Y.shape[1])].T  # type: ignore[no-any-return]
 
     return rows
 

@@ -25,6 +25,7 @@ from ..data import PerturbationSpec, PerturbedImageSet
 from ..data._source import ImageSet
 from ..errors import InvalidParameterError
 from ..probes._estimate import Estimate
+from ..probes._ridge import ALPHA_UNIT, PENALTIES, cv_penalty, ridge_predict
 from ..probes.stats import bootstrap_ci
 
 if TYPE_CHECKING:
@@ -486,18 +487,6 @@ def perturbed_embeddings(audit: "Audit", ref: "ModelRef", images: ImageSet, spec
     return np.concatenate([rest[: at * n], plain, rest[at * n:]])
 
 
-# Ridge penalties in units of the standardised training rows' mean squared spread (see _ridge_predict):
-# 1e-6 is least squares in all but name, 1e4 predicts the training mean.
-ALPHAS = tuple(10.0 ** np.arange(-6, 5))
-
-
-def penalty_unit(singular_values: "NDArray[np.float64]", n: int) -> float:
-    """``rms**2`` (mean squared distance of the rows to their mean) from the centred
-    training rows' singular values: the unit of a relative ridge penalty (1 if constant)."""
-    unit = float((singular_values ** 2).sum()) / max(n, 1)
-    return unit if unit > 0 else 1.0
-
-
 def repeated_regression(X: "NDArray[np.floating]", y: "NDArray[np.floating]", groups: "NDArray[Any]",
                         train_fraction: float, seed: int, n_splits: int,
                         on_split: Callable[[int], Any] | None = None) -> Estimate:
@@ -520,7 +509,11 @@ def repeated_regression(X: "NDArray[np.floating]", y: "NDArray[np.floating]", gr
             ests.append(factor_regression(X, y, identity_split(groups, train_fraction, s), groups, seed=s))
             if on_split is not None:  # a progress line's update(1)
                 on_split(1)
-    return repeated_estimate(ests, alternative="less", bounds=(0.0, np.inf))  # an MAE
+    est = repeated_estimate(ests, alternative="less", bounds=(0.0, np.inf))  # an MAE
+    # each split's validation chose its own scaling: say how often each was chosen
+    picked = [e.details["scaling"] for e in ests]
+    est.details["scaling"] = {s: picked.count(s) for s in sorted(set(picked))}
+    return est
 
 
 def factor_regression(X: "NDArray[np.floating]", y: "NDArray[np.floating]", train: "NDArray[np.bool_]",
@@ -543,9 +536,8 @@ def factor_regression(X: "NDArray[np.floating]", y: "NDArray[np.floating]", trai
     Y = np.column_stack([ytr, *(rng.permutation(ytr) for _ in range(n_permutations))])
     uniq = rng.permutation(np.unique(gtr))
     folds = [np.isin(gtr, part) for part in np.array_split(uniq, min(5, len(uniq)))]
-    cv = sum(np.abs(_ridge_predict(Xtr[~f], Y[~f], Xtr[f], ALPHAS) - Y[f]).mean(axis=1) for f in folds)
-    best = cv.argmin(axis=0)  # [k]: the penalty each target's CV picked
-    pred = _ridge_predict(Xtr, Y, Xte, ALPHAS)[best, :, np.arange(Y.shape[1])]  # [k, m]
+    best = cv_penalty(Xtr, Y, folds)  # [k]: the scaling and penalty each target's CV picked
+    pred = ridge_predict(Xtr, Y, Xte)[best, :, np.arange(Y.shape[1])]  # [k, m]
     err = np.abs(pred - yte)
     g, inv = np.unique(groups[~train], return_inverse=True)
     size = np.bincount(inv)  # equal rows per identity: the mean of the means is the MAE
@@ -554,33 +546,10 @@ def factor_regression(X: "NDArray[np.floating]", y: "NDArray[np.floating]", trai
     mae, chance = per_group.mean(axis=0)
     return Estimate(float(mae), float(lo[0]), float(hi[0]), chance=float(chance), n=len(yte),
                     p_value=float((1 + (boot[:, 0] >= boot[:, 1]).sum()) / (len(boot) + 1)),
-                    details={"alpha": float(ALPHAS[best[0]]), "alpha_unit": "mean squared spread of the standardised training rows",
+                    details={"scaling": PENALTIES[best[0]][0], "alpha": PENALTIES[best[0]][1], "alpha_unit": ALPHA_UNIT,
                              "permutation_mae": float(err[1:].mean()),
                              "train_identities": len(uniq), "test_identities": len(g),
                              "mae_over_chance": float(mae / chance) if chance else None})
-
-
-def _ridge_predict(Xtr: "NDArray[np.float64]", Ytr: "NDArray[np.floating]", Xte: "NDArray[np.float64]",
-                   alphas: Sequence[float]) -> "NDArray[np.float64]":
-    """Ridge predictions ``[len(alphas), len(Xte), k]`` for ``k`` target columns, from one SVD.
-
-    The rows are standardised feature by feature on ``Xtr`` (``Xte`` clipped to its range:
-    :class:`~pytest_invariance.probes._standardise.Standardiser`), and ``alphas`` are
-    relative to the standardised rows' mean squared distance to their mean (``rms**2``, the
-    number of non-constant features): the penalty is ``alpha * rms**2``, so the predictions
-    do not change when a feature is scaled. (With one penalty for raw features, a factor
-    carried by one dimension at 1e-3 of the 63 others' scale read at chance: MAE 0.206,
-    chance 0.216, where scikit-learn's standardised ``RidgeCV`` reaches 0.044.)
-    """
-    from ..probes._standardise import Standardiser
-
-    st = Standardiser.fit(Xtr)
-    Xtr, Xte = st.transform(Xtr), st.transform(Xte)
-    mx, my = Xtr.mean(axis=0), Ytr.mean(axis=0)
-    U, s, Vt = np.linalg.svd(Xtr - mx, full_matrices=False)
-    shrink = s / (s**2 + np.asarray(alphas, np.float64)[:, None] * penalty_unit(s, len(Xtr)))  # [A, r]
-    proj = (Xte - mx) @ Vt.T  # [m, r]
-    return (proj[None] * shrink[:, None, :]) @ (U.T @ (Ytr - my)) + my
 
 
 def rank1_per_level(X: "NDArray[np.floating]", ids: "NDArray[Any]", neutral_index: int, *, seed: int) -> list[Estimate]:

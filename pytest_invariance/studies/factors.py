@@ -28,12 +28,10 @@ from ..checks import Suite, Threshold
 from ..errors import DataError
 from ..probes._estimate import Estimate
 from ..probes.stats import bootstrap_ci
-from .faces import ALPHAS  # one ridge grid, relative to the embedding's spread
 
 if TYPE_CHECKING:
     from .._audit import Audit, ModelRef
     from ..data.factor_folder import Factor, FactorFolder
-    from ..probes._standardise import Standardiser
     from ..settings import Settings
 
 PROBES = {"binary": "balanced linear SVM", "categorical": "balanced multinomial logistic regression",
@@ -364,34 +362,32 @@ def _continuous(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, te
                 seed: int, max_rows: int | None = None) -> dict[str, Estimate]:
     from ..probes import LinearRegressionProbe
     from ..probes import functional as F
-    from ..probes._standardise import Standardiser
+    from ..probes._ridge import ALPHA_UNIT, PENALTIES, ridge_predict, ridge_predict_streamed, scalers
 
-    from .faces import _ridge_predict
-
-    # Features standardised on the training rows, as _ridge_predict does for the validation fits.
-    st = Standardiser.fit(X[tr])
+    maps = scalers(X[tr])
     streamed = bool(max_rows and len(tr) > max_rows)
     if streamed:  # --invariance-max-rows: the same predictions from merged moments
-        pred = _ridge_predict_streamed(X, y, tr, X[va], max_rows, st)
-    else:  # every penalty's validation predictions from one SVD of the training embeddings
-        pred = _ridge_predict(np.asarray(X[tr], np.float64), y[tr, None], np.asarray(X[va], np.float64), ALPHAS)[..., 0]
-    err = np.abs(pred - y[va])  # [alphas, n_val]
+        pred, units = ridge_predict_streamed(lambda: ((X[i], y[i]) for i in F.row_chunks(tr, max_rows)), X[va], maps)
+    else:  # every penalty's validation predictions from one SVD per scaling of the training embeddings
+        pred = ridge_predict(X[tr], y[tr, None], X[va], maps)[..., 0]
+        units = {name: float(f(X[tr]).var(axis=0).sum()) or 1.0 for name, f in maps.items()}
+    err = np.abs(pred - y[va])  # [penalties, n_val]
     best = int(err.mean(axis=1).argmin())
-    # one-standard-error rule: the strongest penalty within one SE of the best, so a factor
-    # the embedding does not hold gets (nearly) the training mean, not a fit to val noise
+    # one-standard-error rule within the best's scaling: the strongest penalty within one SE
+    # of the best, so a factor the embedding does not hold gets (nearly) the training mean,
+    # not a fit to val noise
     ok = err.mean(axis=1) <= err[best].mean() + err[best].std() / np.sqrt(len(va))
-    alpha = float(ALPHAS[int(np.flatnonzero(ok).max())])
-    # the same penalty as the validation fits: relative to the standardised rows' mean squared
-    # spread, which is the number of non-constant features (each has variance 1)
-    unit = max(int((st.high > st.low).sum()), 1)
-    fitted = LinearRegressionProbe(alpha=alpha * unit, random_state=seed)
+    ok &= np.array([p[0] == PENALTIES[best][0] for p in PENALTIES])
+    scaling, alpha = PENALTIES[int(np.flatnonzero(ok).max())]
+    fitted = LinearRegressionProbe(alpha=alpha * units[scaling], random_state=seed)
+    f = maps[scaling]
     if streamed:
-        fitted.fit_stream((st.transform(X[i]), y[i]) for i in F.row_chunks(tr, max_rows))
+        fitted.fit_stream((f(X[i]), y[i]) for i in F.row_chunks(tr, max_rows))
     else:
-        fitted.fit(st.transform(X[tr]), y[tr])
-    Zte = st.transform(X[te])
+        fitted.fit(f(X[tr]), y[tr])
+    Zte = f(X[te])
     mae = fitted.evaluate(Zte, y[te])["mae"]
-    mae.details.update(alpha=alpha, alpha_unit="mean squared spread of the standardised training rows")
+    mae.details.update(scaling=scaling, alpha=alpha, alpha_unit=ALPHA_UNIT)
     sq_err = (fitted.predict(Zte) - y[te]) ** 2
     sq_dev = (y[te] - y[tr].mean()) ** 2
 
@@ -400,29 +396,9 @@ def _continuous(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, te
 
     lo, hi, _ = bootstrap_ci(r2, n=len(te), random_state=seed)
     r2_est = Estimate(float(r2(np.ones((1, len(te))))[0]), float(lo), float(hi), chance=0.0, n=len(te),
-                      details={"alpha": alpha, "definition": "1 - SSE / SSE of predicting the training mean"})
+                      details={"scaling": scaling, "alpha": alpha,
+                               "definition": "1 - SSE / SSE of predicting the training mean"})
     return {"mae": mae, "r2": r2_est}
-
-
-def _ridge_predict_streamed(X: np.ndarray, y: np.ndarray, tr: np.ndarray, Xva: np.ndarray,
-                            max_rows: int, st: "Standardiser") -> np.ndarray:
-    """:func:`~.faces._ridge_predict` ``[alphas, n_val]`` from the standardised (``st``)
-    training rows' moments, merged over chunks of at most ``max_rows`` rows: ``(S + a I)^-1 c``
-    through one eigendecomposition of the centred scatter ``S`` (``S = V diag(s^2) V^T`` of the SVD)."""
-    from ..probes import functional as F
-    from .faces import penalty_unit
-
-    mo = None
-    for i in F.row_chunks(tr, max_rows):
-        part = F.group_moments(st.transform(X[i]), np.zeros(len(i), np.int64), 1, y[i, None])
-        mo = part if mo is None else F.merge_moments(mo, part)
-    lam, V = np.linalg.eigh(mo.scatter[0])  # type: ignore[union-attr]
-    lam = np.clip(lam, 0.0, None)
-    proj = (st.transform(Xva) - mo.means[0]) @ V  # type: ignore[union-attr]
-    along = V.T @ mo.cross[0][:, 0]  # type: ignore[union-attr]
-    unit = penalty_unit(np.sqrt(lam), len(tr))  # alphas are relative to the rows' spread, as there
-    shrink = 1.0 / (lam[None, :] + np.asarray(ALPHAS, np.float64)[:, None] * unit)  # [A, d]
-    return (proj[None] * (shrink * along)[:, None, :]).sum(-1) + mo.y_means[0, 0]  # type: ignore[union-attr, no-any-return]
 
 
 def reference_level(folder: "FactorFolder", f: "Factor") -> str:

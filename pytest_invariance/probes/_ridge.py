@@ -1,0 +1,106 @@
+"""Ridge predictions for every candidate penalty at once, in two feature scalings.
+
+The regression probes of the face suites (yaw, perturbation levels), the factors suite's
+continuous factors and LEACE's before/after rows fit ridge on a few hundred to a few
+hundred thousand rows and choose the penalty on held-out rows. Penalties are relative to
+the fitted rows' mean squared distance to their mean (:func:`penalty_unit`), so they do
+not change when the features are scaled as a whole.
+
+Neither scaling of the features is always the more sensitive probe, so the validation
+chooses it as it chooses the penalty (:data:`PENALTIES`):
+
+- ``"embedding"``: the embedding's own units. A factor carried by one dimension at 1e-3 of
+  the 63 others' scale reads at chance here (MAE 0.206, chance 0.216), since one
+  penalty for all features shrinks the small one away.
+- ``"standardised"``: each feature centred and divided by its training std
+  (:class:`~._standardise.Standardiser`), which finds that factor (MAE 0.044, as
+  scikit-learn's standardised ``RidgeCV``), but amplifies noise dimensions: on FaceNet's
+  embeddings of 280 rotated LFW faces it read rotation MAE 19.4 degrees where the
+  embedding's units read 13.7 (chance 25.7).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+# Relative penalties: 1e-6 is least squares in all but name, 1e4 predicts the training mean.
+ALPHAS = tuple(float(a) for a in 10.0 ** np.arange(-6, 5))
+SCALINGS = ("embedding", "standardised")
+# Every candidate the validation chooses from, scaling-major (alphas ascend within a scaling).
+PENALTIES = tuple((s, a) for s in SCALINGS for a in ALPHAS)
+ALPHA_UNIT = "mean squared distance of the scaled training rows to their mean"
+
+Scaler = Callable[[NDArray[Any]], NDArray[np.float64]]
+
+
+def scalers(Xtr: NDArray[np.floating]) -> dict[str, Scaler]:
+    """The two feature maps of :data:`SCALINGS`, fitted on the training rows ``Xtr`` [n, d]."""
+    from ._standardise import Standardiser
+
+    st = Standardiser.fit(Xtr)
+    return {"embedding": lambda X: np.asarray(X, np.float64), "standardised": st.transform}
+
+
+def penalty_unit(singular_values: NDArray[np.float64], n: int) -> float:
+    """``rms**2`` (mean squared distance of ``n`` rows to their mean) from the centred rows'
+    singular values: the unit of a relative ridge penalty (1 if the rows are constant)."""
+    unit = float((singular_values ** 2).sum()) / max(n, 1)
+    return unit if unit > 0 else 1.0
+
+
+def ridge_predict(Xtr: NDArray[np.floating], Ytr: NDArray[np.floating], Xte: NDArray[np.floating],
+                  maps: Mapping[str, Scaler] | None = None) -> NDArray[np.float64]:
+    """Predictions ``[len(PENALTIES), len(Xte), k]`` of ridge fits of ``Ytr`` [n, k] on ``Xtr`` [n, d].
+
+    One SVD of the centred training rows per scaling (``maps``: :func:`scalers` of ``Xtr``
+    unless given) gives every penalty's predictions; the intercept is not penalised.
+    """
+    maps = scalers(Xtr) if maps is None else maps
+    my = Ytr.mean(axis=0)
+    out = []
+    for name in SCALINGS:
+        Ztr, Zte = maps[name](Xtr), maps[name](Xte)
+        mx = Ztr.mean(axis=0)
+        U, s, Vt = np.linalg.svd(Ztr - mx, full_matrices=False)
+        shrink = s / (s**2 + np.asarray(ALPHAS)[:, None] * penalty_unit(s, len(Ztr)))  # [A, r]
+        out.append(((Zte - mx) @ Vt.T)[None] * shrink[:, None, :] @ (U.T @ (Ytr - my)) + my)
+    return np.concatenate(out)
+
+
+def ridge_predict_streamed(chunks: Callable[[], Iterable[tuple[NDArray[Any], NDArray[Any]]]],
+                           Xte: NDArray[np.floating], maps: Mapping[str, Scaler]
+                           ) -> tuple[NDArray[np.float64], dict[str, float]]:
+    """:func:`ridge_predict` for one target from training rows too many to hold at once.
+
+    ``chunks()`` yields ``(X, y)`` blocks of the training rows (called once per scaling);
+    their moments are merged exactly and ``(S + a I)^-1 c`` is solved through one
+    eigendecomposition of the centred scatter ``S``. Returns the predictions
+    ``[len(PENALTIES), len(Xte)]`` and each scaling's penalty unit.
+    """
+    from . import functional as F
+
+    out, units = [], {}
+    for name in SCALINGS:
+        mo = None
+        for Xc, yc in chunks():
+            part = F.group_moments(maps[name](Xc), np.zeros(len(Xc), np.int64), 1, np.asarray(yc, np.float64)[:, None])
+            mo = part if mo is None else F.merge_moments(mo, part)
+        lam, V = np.linalg.eigh(mo.scatter[0])  # type: ignore[union-attr]
+        lam = np.clip(lam, 0.0, None)
+        units[name] = penalty_unit(np.sqrt(lam), int(mo.counts[0]))  # type: ignore[union-attr]
+        proj = (maps[name](Xte) - mo.means[0]) @ V  # type: ignore[union-attr]
+        along = V.T @ mo.cross[0][:, 0]  # type: ignore[union-attr]
+        shrink = 1.0 / (lam[None, :] + np.asarray(ALPHAS)[:, None] * units[name])  # [A, d]
+        out.append((proj[None] * (shrink * along)[:, None, :]).sum(-1) + mo.y_means[0, 0])  # type: ignore[union-attr]
+    return np.concatenate(out), units
+
+
+def cv_penalty(Xtr: NDArray[np.floating], Y: NDArray[np.floating], folds: Iterable[NDArray[np.bool_]]
+               ) -> NDArray[np.intp]:
+    """Index into :data:`PENALTIES` of each of ``Y``'s [n, k] columns' lowest cross-validated
+    MAE, the ``folds`` (boolean masks of held-out rows, e.g. whole identities) in turn held out."""
+    cv = sum(np.abs(ridge_predict(Xtr[~f], Y[~f], Xtr[f]) - Y[f]).mean(axis=1) for f in folds)
+    return np.asarray(cv).argmin(axis=0)  # type: ignore[no-any-return]
