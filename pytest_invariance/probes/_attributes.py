@@ -278,6 +278,8 @@ class AttributeSVMProbe(ProbeMixin):
             name = self.names_[a]
             base = {"C": float(self.C_[a]), "n_pos": int(pos[:, t].sum()), "n_neg": int(neg[:, t].sum()),
                     "converged": bool(self.converged_[a]), "n_iter": int(self.n_iter_[a])}
+            if self.standardiser_.outlier_rows:
+                base["outlier_rows"] = self.standardiser_.outlier_rows
             if self.train_rows_[0] < self.train_rows_[1]:
                 base["train_rows"], base["train_rows_given"] = self.train_rows_
                 base["subsample"] = "seeded uniform (--invariance-max-rows); the CI does not cover it"

@@ -285,6 +285,8 @@ class MLPProbe(ProbeMixin):
         self.n_targets_, self.n_train_ = Y.shape[1], int((~val).sum())
         self._fit_details = {"hidden": self.hidden, "train_rows": self.n_train_, "val_rows": int(val.sum()),
                              "best_epoch": self.weights_.epochs.tolist()}
+        if self.standardiser_.outlier_rows:
+            self._fit_details["outlier_rows"] = self.standardiser_.outlier_rows
         return self
 
     def decision_function(self, X: Any, classes: Any = None) -> NDArray[np.float64]:

@@ -147,6 +147,8 @@ class MultinomialProbe(ProbeMixin):
                                  random_state=self.random_state)
         details: dict[str, Any] = {"C": self.C_, "levels": len(self.classes_),
                                    "per_level_count": {str(c): int((y == c).sum()) for c in self.classes_}}
+        if self.standardiser_.outlier_rows:
+            details["outlier_rows"] = self.standardiser_.outlier_rows
         pv = None
         if self.n_permutations > 0:
             Z, ytr = self._train

@@ -1,0 +1,80 @@
+"""A few extreme training rows do not set the probes' feature scaling (probes/_standardise.py).
+
+One row at 1e6 on every dimension made every feature's std ~5e4 times the rest's, and
+planted binary, categorical and continuous factors read at chance with their gates passed.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from pytest_invariance.probes import AttributeSVMProbe, MultinomialProbe  # noqa: E402
+from pytest_invariance.probes._standardise import Standardiser, robust_band  # noqa: E402
+from pytest_invariance.studies.factors import _continuous  # noqa: E402
+
+TR, VA, TE = np.arange(0, 400), np.arange(400, 500), np.arange(500, 600)
+
+
+def _planted(seed=0, n=600, d=32):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    yb, yc, yr = rng.integers(0, 2, n), rng.integers(0, 3, n), rng.uniform(0, 1, n)
+    X[:, 0] += 3 * yb
+    X[:, 1] += 3 * yc
+    X[:, 2] += 3 * yr
+    return X, yb, yc, yr
+
+
+def _figures(X, yb, yc, yr):
+    svm = AttributeSVMProbe(n_permutations=0, n_bootstrap=20).fit(X[TR], yb[TR, None], X[VA], yb[VA, None])
+    be = svm.evaluate(X[TE], yb[TE, None])["attr_0"]["balanced_error"]
+    multi = MultinomialProbe(C_grid=(0.001, 0.01, 0.1, 1.0), n_permutations=0, n_bootstrap=20, max_iter=200)
+    ba = multi.fit(X[TR], yc[TR], X[VA], yc[VA]).evaluate(X[TE], yc[TE])["balanced_accuracy"]
+    return be, ba, _continuous(X, yr, TR, VA, TE, seed=0)["mae"]
+
+
+@pytest.mark.parametrize("rows,dims,value", [(1, 32, 1e6), (1, 3, 1e3), (1, 1, 1e4), (3, 32, -1e5)])
+def test_extreme_training_rows_do_not_hide_planted_factors(rows, dims, value):
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    X, yb, yc, yr = _planted()
+    clean = _figures(X, yb, yc, yr)
+    X[:rows, :dims] = value  # inside the training rows
+    be, ba, mae = _figures(X, yb, yc, yr)
+    assert be.details["outlier_rows"] == rows and ba.details["outlier_rows"] == rows
+    assert be.value == pytest.approx(clean[0].value, abs=0.03), (be.value, clean[0].value)
+    assert ba.value == pytest.approx(clean[1].value, abs=0.05), (ba.value, clean[1].value)
+    assert mae.value < 0.85 * mae.chance, (mae.value, mae.chance)
+    if (rows, dims) == (1, 32):  # the reference with a plain StandardScaler reads chance here
+        Z = StandardScaler().fit(X[TR]).transform(X)
+        ref = LinearSVC(C=1.0, class_weight="balanced").fit(Z[TR], yb[TR]).predict(Z[TE])
+        assert 1 - balanced_accuracy_score(yb[TE], ref) > 0.4
+
+
+def test_rows_without_outliers_are_standardised_exactly():
+    X, *_ = _planted(1)
+    st = Standardiser.fit(X)
+    assert st.outlier_rows == 0
+    np.testing.assert_array_equal(st.mean, X.sum(0, dtype=np.float64) / len(X))
+    np.testing.assert_allclose(st.std, X.std(0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["mode_on_10pc", "sparse_relu", "one_hot", "lognormal"])
+def test_units_that_hold_a_factor_in_a_minority_of_rows_are_not_outliers(kind):
+    # a logit or one-hot-like unit far out on 10% of the rows, a unit at rest on 95% of them,
+    # a binary unit, a heavy-tailed unit: all hold information and must keep their scale
+    rng = np.random.default_rng(2)
+    n = 5000
+    on = rng.random(n) < (0.05 if kind == "sparse_relu" else 0.1)
+    x = {"mode_on_10pc": np.where(on, rng.normal(40, 1, n), rng.normal(0, 0.5, n)),
+         "sparse_relu": np.where(on, rng.exponential(30, n), 0.0),
+         "one_hot": on.astype(float) * 7,
+         "lognormal": rng.lognormal(0, 1.0, n)}[kind]
+    X = np.column_stack([x, rng.normal(size=n)])
+    low, high = robust_band(X)
+    assert (X >= low).all() and (X <= high).all()
+    assert Standardiser.fit(X).outlier_rows == 0
