@@ -62,16 +62,15 @@ def unpack_zeros(mask: np.ndarray, values: np.ndarray, shape: tuple[int, ...]) -
     """Inverse of the sparse layout: zeros everywhere but where ``mask`` (packed bits) is set.
 
     Blocks of rows are independent once each one's first value is known (from the set bits
-    per block), so they are spread out on the cores (:func:`~..probes._blas.map_threads`):
-    numpy releases the GIL in the unpacking and the assignment, and the kernel zeroes each
-    block's fresh pages in the thread that first writes them.
+    per block), so they are spread out on the cores (:func:`~..probes._blas.map_threads`),
+    and no boolean temporary of the whole array's size is made.
     """
     from ..probes._blas import map_threads
 
     out = np.zeros(shape, dtype=values.dtype)
     if len(mask) != shape[0]:
         raise ValueError(f"mask has {len(mask)} rows for shape {shape}")
-    flat, width = out.reshape(-1), shape[1]
+    width = shape[1]
     starts = range(0, shape[0], _ROWS)
     # Set bits per block; a bit set in a row's padding is counted here but not unpacked
     # below, which the per-block check then refuses.
@@ -82,13 +81,13 @@ def unpack_zeros(mask: np.ndarray, values: np.ndarray, shape: tuple[int, ...]) -
 
     def one_block(i: int) -> None:
         s = starts[i]
-        bits = np.unpackbits(mask[s: s + _ROWS], axis=1, count=width)
-        # Positions, then one fancy assignment: 3.5x faster than assigning through the
-        # boolean mask (numpy's masked assignment ran at ~4 ns per mask element).
-        idx = np.flatnonzero(bits)
-        if len(idx) != counts[i]:
+        bits = np.unpackbits(mask[s: s + _ROWS], axis=1, count=width).view(bool)
+        if np.count_nonzero(bits) != counts[i]:
             raise ValueError(f"mask sets bits past the row width of {width} in rows {s}-{s + len(bits) - 1}")
-        flat[s * width: (s + _ROWS) * width][idx] = values[first[i]: first[i + 1]]
+        # np.place fills the set positions in order from one sequential pass: 7x faster than
+        # a fancy assignment through np.flatnonzero's int64 positions (350,000 x 500 float16
+        # at 21% non-zero: 0.9 s against 6.5 s)
+        np.place(out[s: s + _ROWS], bits, values[first[i]: first[i + 1]])
 
     map_threads(one_block, range(len(starts)))
     return out
