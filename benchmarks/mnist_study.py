@@ -17,6 +17,9 @@ DIR``) and this checkout, ``--repeats`` times each, and compares every figure of
 (value, CI, chance, p-value, every float in the details, every array, the plots' bytes). It
 prints wall and CPU time of each side, their ratios and the largest difference per model.
 The embeddings must be in ``--cache-dir`` already (a cold run of either side puts them there).
+With ``--hugepage-advice`` instead, both sides are this checkout, the "ref" side with numpy's
+transparent-huge-page advice (``NUMPY_MADVISE_HUGEPAGE=1``) and the "new" side without, which
+is what the plugin does by default (``pytest_invariance/_memory.py``).
 
 With ``--fp16-effect`` it instead compares, per model, every figure computed from float32
 training embeddings with the same from the float16 ones the study stores, and prints the
@@ -24,7 +27,7 @@ largest absolute difference of each (value, CI bounds, chance, p-value, float de
 
 Usage: python benchmarks/mnist_study.py [--models lenet,mu_lenet,pair_lenet]
        [--cache-dir .cache/bench-mnist] [--device cpu] [--workers 0] [--fp16-effect]
-       [--compare-ref DIR [--repeats 2]]
+       [--compare-ref DIR | --hugepage-advice] [--repeats 2]
 """
 from __future__ import annotations
 
@@ -61,13 +64,15 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers for decoding and rotating images")
     ap.add_argument("--fp16-effect", action="store_true", help="compare figures from float32 vs float16 training features")
     ap.add_argument("--compare-ref", metavar="DIR", help="time and compare the study against the package in DIR")
+    ap.add_argument("--hugepage-advice", action="store_true",
+                    help="time and compare this checkout's study with numpy's huge-page advice (ref) and without (new)")
     ap.add_argument("--repeats", type=int, default=2, help="with --compare-ref: fresh processes per side and model")
     ap.add_argument("--child", metavar="MODEL", help=argparse.SUPPRESS)  # one timed study (--compare-ref)
     ap.add_argument("--dump", metavar="FILE", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args.child, (ROOT / args.cache_dir).resolve(), args.device, args.dump)
-    if args.compare_ref:
+    if args.compare_ref or args.hugepage_advice:
         return compare_ref(args)
     cache = (ROOT / args.cache_dir).resolve()
     suite = Suite.find(ROOT / "audits" / "mnist_rotation")
@@ -149,10 +154,13 @@ def _diffs(a, b, path: str = ""):  # type: ignore[no-untyped-def]
 
 
 def compare_ref(args: argparse.Namespace) -> None:
-    ref_dir = Path(args.compare_ref).resolve()
-    if not (ref_dir / "pytest_invariance").is_dir():
-        raise SystemExit(f"--compare-ref {ref_dir}: no pytest_invariance package there")
-    sides = {"ref": str(ref_dir), "new": str(ROOT)}
+    if args.hugepage_advice:  # this checkout both sides; numpy's huge-page advice on (ref) and off (new)
+        sides = {"ref": (str(ROOT), {"NUMPY_MADVISE_HUGEPAGE": "1"}), "new": (str(ROOT), {"NUMPY_MADVISE_HUGEPAGE": "0"})}
+    else:
+        ref_dir = Path(args.compare_ref).resolve()
+        if not (ref_dir / "pytest_invariance").is_dir():
+            raise SystemExit(f"--compare-ref {ref_dir}: no pytest_invariance package there")
+        sides = {"ref": (str(ref_dir), {}), "new": (str(ROOT), {})}
     times = {side: {"wall": 0.0, "cpu": 0.0} for side in sides}
     worst_all = 0.0
     with tempfile.TemporaryDirectory() as tmp:
@@ -160,9 +168,9 @@ def compare_ref(args: argparse.Namespace) -> None:
             dumps = {}
             per = {side: [] for side in sides}
             for r in range(args.repeats):
-                for side, path in sides.items():
+                for side, (path, extra) in sides.items():
                     dumps[side] = Path(tmp) / f"{model}-{side}.json"
-                    env = {**os.environ, "PYTHONPATH": path}
+                    env = {**os.environ, "PYTHONPATH": path, **extra}
                     cmd = [sys.executable, __file__, "--child", model, "--dump", str(dumps[side]),
                            "--cache-dir", args.cache_dir, "--device", args.device]
                     done = subprocess.run(cmd, env=env, capture_output=True, text=True)

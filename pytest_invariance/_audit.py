@@ -105,6 +105,9 @@ class Audit:
     """Session state of one pytest process (controller or xdist worker)."""
 
     def __init__(self, settings: Settings):
+        from ._memory import no_hugepage_advice
+
+        no_hugepage_advice()  # the audit process's large arrays: docs/performance.md
         self.settings = settings
         self._models: dict[tuple[str, str], "Embedder"] = {}
         self._memo: dict[Any, Any] = {}
