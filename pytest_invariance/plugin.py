@@ -542,12 +542,13 @@ def _make_check(request: pytest.FixtureRequest, audit: "Audit", suite: "Suite") 
                       if details.get(k) is not None]
         threshold = resolve_threshold(metric, qualifiers, call=call, marker=marker_thresholds,
                                       suite=suite.thresholds, overrides=overrides, layer=details.get("layer"))
-        result = evaluate(node.nodeid, suite.name, metric, estimate, threshold, details, suite.fix_hints())
-        if ref is not None:
-            result.layer, result.test = ref.layer, _one_layer_id(node.nodeid, ref)
         # Known leaks document the suite's bundled models: a --model (even one with the same
         # file name) meets every gate in full.
-        known = None if ref is not None and ref.user else suite.expected_failure(
+        own_model = not (ref is not None and ref.user)
+        result = evaluate(node.nodeid, suite.name, metric, estimate, threshold, details, suite.fix_hints(own_model))
+        if ref is not None:
+            result.layer, result.test = ref.layer, _one_layer_id(node.nodeid, ref)
+        known = None if not own_model else suite.expected_failure(
             metric, qualifiers, layer=ref.layer if ref is not None else None,
             declared_layer=ref.declared_layer if ref is not None else None)
         if known and not result.passed:

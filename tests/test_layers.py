@@ -791,3 +791,26 @@ def test_the_size_a_dynamic_size_model_is_fed_is_said_with_why_and_the_option(fa
                           "size=16x16")
     chosen.stdout.fnmatch_lines(["invariance: suite factors: * preprocessing: size=16x16*"])
     assert "declares no input size" not in chosen.stdout.str()
+
+
+def test_the_failure_hint_names_an_expected_failures_key_that_excuses_the_leak(toy):
+    import re
+
+    # the suite's own model (its invariance.toml names it): [expected_failures] excuses a leak
+    args = ("audits", "--invariance-threshold", "feature_mean=-1000")
+    failed = toy.runpytest_subprocess(*args)
+    assert failed.ret == 1
+    hint = next(line for line in failed.outlines if "under [expected_failures]" in line)
+    key, where = re.search(r'record it as a known leak, "([^"]+)" = "why" under \[expected_failures\] there', hint), \
+        re.search(r"under \[thresholds\] in (\S+),", hint)
+    assert key and where, hint
+    toml = toy.path / where.group(1)
+    toml.write_text(toml.read_text() + f'\n[expected_failures]\n"{key.group(1)}" = "accepted for this model"\n')
+    excused = toy.runpytest_subprocess(*args)
+    assert excused.ret == 0
+    excused.stdout.fnmatch_lines(["*1 xfailed*"])
+    # a --model meets every gate in full: the hint names no [expected_failures]
+    user = toy.runpytest_subprocess(*args, "--model", "audits/toy/tiny.onnx")
+    assert user.ret == 1
+    assert not any("under [expected_failures]" in line for line in user.outlines)
+    user.stdout.fnmatch_lines(["*next: if this leak is accepted, relax it with --invariance-threshold feature_mean=VALUE*"])

@@ -131,11 +131,14 @@ class FixHints:
 
     ``thresholds_file``: the file whose ``[thresholds]`` the suite reads (a factors data
     folder's own invariance.toml); ``gate``: whether it reads ``--invariance-gate`` and
-    ``[gate] columns`` (its tests are the plugin's, so "mark xfail" is no step there).
+    ``[gate] columns`` (its tests are the plugin's); ``known_leaks``: whether an
+    ``[expected_failures]`` key in that file would excuse the check (not for a ``--model``:
+    known leaks document a suite's own models).
     """
 
     thresholds_file: str = "the suite's invariance.toml"
     gate: bool = False
+    known_leaks: bool = False
 
 
 @dataclass(frozen=True)
@@ -149,15 +152,16 @@ class Suite:
     thresholds: dict[str, Threshold] = field(default_factory=dict)
     thresholds_file: Path | None = None
 
-    def fix_hints(self) -> FixHints:
-        """What this suite's failure messages may name (:class:`FixHints`)."""
+    def fix_hints(self, known_leaks: bool = False) -> FixHints:
+        """What this suite's failure messages may name (:class:`FixHints`); ``known_leaks``:
+        whether the check is one ``[expected_failures]`` applies to."""
         path = self.thresholds_file or self.root / CONFIG_NAME
         try:
             shown = str(path.resolve().relative_to(Path.cwd()))
         except ValueError:
             shown = str(path)
         options = self.config.get("suite", {}).get("options", [])
-        return FixHints(thresholds_file=shown, gate="--invariance-gate" in options)
+        return FixHints(thresholds_file=shown, gate="--invariance-gate" in options, known_leaks=known_leaks)
 
     @classmethod
     def load(cls, path: Path) -> "Suite":

@@ -130,8 +130,9 @@ def worse_than_chance_message(r: CheckResult, threshold: Threshold) -> str:
     return (f"{r.metric}{_qualifiers(r)}: INCONCLUSIVE: {_fmt(r.value)} (CI {int(100 * r.details.get('confidence', 0.95))}% "
             f"{_fmt(r.ci_low)}..{_fmt(r.ci_high)}, chance {_fmt(r.chance)}, n={r.n}) is worse than chance by more than "
             f"chance is from the gate {threshold.describe()}: the probe failed to fit (a guess does better), so this "
-            "figure cannot show invariance; check the embedding's values at this --layer (e.g. features constant on "
-            "the training rows but not on test) and the probe's figures in results.json")
+            "figure cannot show invariance; check the embedding's values where they come from (the --layer read, or "
+            "the --invariance-embeddings shards), e.g. features constant on the training rows but not on test, and "
+            "the probe's figures in results.json")
 
 
 def threshold_key(r: CheckResult) -> str:
@@ -196,10 +197,11 @@ def failure_message(r: CheckResult, threshold: Threshold, hints: FixHints = FixH
         lines.append(f"    ... {len(rows) - MAX_ROWS} more rows")
     key = threshold_key(r)
     # the factors suite's tests are the plugin's: its gates live in the data folder, not in xfail marks
-    other = ("or stop gating that column (--invariance-gate / [gate] columns)" if hints.gate
-             else "or mark the test xfail with a reason")
+    other = (", or stop gating that column (--invariance-gate / [gate] columns)" if hints.gate
+             else f", or record it as a known leak, \"{key}\" = \"why\" under [expected_failures] there "
+                  "(the test then xfails with that reason)" if hints.known_leaks else "")
     lines.append(
         f"  next: if this leak is accepted, relax it with --invariance-threshold {key}=VALUE "
-        f"or \"{key}\" under [thresholds] in {hints.thresholds_file}, {other}"
+        f"or \"{key}\" under [thresholds] in {hints.thresholds_file}{other}"
     )
     return "\n".join(lines)
