@@ -249,16 +249,18 @@ def test_ridge_matches_sklearn():
     from pytest_invariance.probes._ridge import PENALTIES, ridge_predict
 
     rng = np.random.default_rng(1)
-    X = rng.normal(size=(60, 80)) * rng.uniform(0.1, 3, 80)
-    Y, Xt = rng.normal(size=(60, 3)), rng.normal(size=(10, 80)) * 2
+    scale = rng.uniform(0.1, 3, 80)
+    X = rng.normal(size=(60, 80)) * scale
+    Y, Xt = rng.normal(size=(60, 3)), rng.normal(size=(10, 80)) * scale * 2  # beyond the training range
     pred = ridge_predict(X, Y, Xt)
     # penalties relative to the scaled training rows' mean squared distance to their mean:
-    # the sum of the features' variances, 80 once each feature has variance 1; standardised
-    # test rows are clipped to the training range
+    # the sum of the features' variances, 80 once each feature has variance 1
     scaler = StandardScaler().fit(X)
     Z = scaler.transform(X)
-    rows = {"embedding": (X, Xt, X.var(axis=0).sum()),
-            "standardised": (Z, np.clip(scaler.transform(Xt), Z.min(0), Z.max(0)), 80.0)}
+    # test rows clipped to the training range widened 3 times its width (MARGIN) on each side
+    lo, hi = Z.min(0) - 3 * np.ptp(Z, 0), Z.max(0) + 3 * np.ptp(Z, 0)
+    Zt = np.clip(scaler.transform(Xt), lo, hi)
+    rows = {"embedding": (X, scaler.inverse_transform(Zt), X.var(axis=0).sum()), "standardised": (Z, Zt, 80.0)}
     for k, (scaling, alpha) in enumerate(PENALTIES):
         A, At, unit = rows[scaling]
         np.testing.assert_allclose(pred[k], Ridge(alpha=alpha * unit).fit(A, Y).predict(At), atol=1e-8)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ..errors import InvalidParameterError
+from ._ranges import metric_range, vacuous
 from ._result import DIRECTIONS, Threshold
 
 if sys.version_info >= (3, 11):
@@ -330,5 +331,11 @@ def resolve_threshold(metric: str, qualifiers: Iterable[str], *, call: Threshold
                     "direction to override; declare it in the suite's invariance.toml"
                 )
             found = Threshold(found.comparator, overrides[k], found.confident)
+            if vacuous(metric, found.comparator, found.value):
+                low, high = metric_range(metric)
+                raise InvalidParameterError(
+                    f"--invariance-threshold {k}={overrides[k]:g}: {metric} {found.comparator} {overrides[k]:g} holds for "
+                    f"every value {metric} can take ({low:g}..{high:g}), so this gate could never fail; pick a "
+                    "value inside that range")
             break
     return found

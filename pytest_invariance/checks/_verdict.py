@@ -17,6 +17,7 @@ from typing import Any
 
 from ..probes._estimate import Estimate
 from ._result import COMPARATORS, FAIL, INCONCLUSIVE, PASS, CheckResult, Threshold
+from ._ranges import vacuous
 from ._suite import FixHints
 
 MAX_ROWS = 10  # worst rows shown in a failure message
@@ -152,12 +153,15 @@ def inconclusive_message(r: CheckResult, threshold: Threshold, gap: float) -> st
     limit = c - half if threshold.higher_passes else c + half
     side = "<=" if threshold.higher_passes else ">="
     more = f"about {need} test images instead of {r.n}" if need else "more test images"
+    shown = _round_away(limit, down=threshold.higher_passes)
+    # a gate past what the figure can take (an MAE below 0, an R^2 above 1) would never fail
+    larger = ("no gate this split can decide lies within the figure's range" if vacuous(r.metric, threshold.comparator, float(shown))
+              else f"gate a larger leak: --invariance-threshold {threshold_key(r)}=VALUE with VALUE {side} {shown}")
     return (f"{r.metric}{_qualifiers(r)}: INCONCLUSIVE: {_fmt(r.value)} (CI {int(100 * r.details.get('confidence', 0.95))}% "
             f"{_fmt(r.ci_low)}..{_fmt(r.ci_high)}, chance {_fmt(r.chance)}, n={r.n}) cannot decide "
             f"{threshold.describe()}: the test split is too small, its CI half-width {half:.3g} is wider than the "
             f"{gap:.3g} between chance and the gate, so a leak-free embedding crosses it by chance; add images "
-            f"({more}) or gate a larger leak: --invariance-threshold {threshold_key(r)}=VALUE with VALUE "
-            f"{side} {_round_away(limit, down=threshold.higher_passes)}")
+            f"({more}) or {larger}")
 
 
 def _round_away(x: float, down: bool) -> str:

@@ -1,4 +1,4 @@
-"""Per-feature standardisation of a probe's inputs, clipped to the range of the fitted rows.
+"""Per-feature standardisation of a probe's inputs, from each feature's typical values.
 
 Every probe with a penalty (the SVMs, the multinomial and the MLP) fits on features
 centred at their training mean and divided by their training std, so a fixed C grid means
@@ -8,22 +8,23 @@ carried exactly by one dimension at 1/20 of the 63 others' scale was reported at
 (balanced error 0.50, gate passed) where scikit-learn's ``LinearSVC`` on raw or
 standardised features finds it perfectly (0.00).
 
-Test rows are clipped to the standardised range the fitted rows spanned: a feature flat in
-training (a unit dead on those rows, or one LEACE left at rounding residue, std 1e-9) but
-active on test would otherwise be multiplied by up to 1e9 (an MLP gave an angle MAE of
-7e10 degrees that way). Inside the training range the map is the plain affine one.
+A few extreme values set the std if every value counts: one training row at 1e6 on all 32
+dimensions made every feature's std ~5e4 times the rest's, and planted binary, categorical
+and continuous factors read at chance with their gates passed (scikit-learn's
+``StandardScaler`` pipelines read the same); three values of 30 in the leaking dimension,
+whose other values span -0.8..1.8, put its balanced error at 0.45 instead of 0.06. So a
+feature's mean, std and range come from its values inside :func:`robust_band` (:data:`BAND`
+robust SDs beyond its 1st / 99th percentile); the probes' details count the rows with a
+value outside (``outlier_rows``). The band starts from the 1st / 99th percentiles, not the
+median: a unit that is large on 10% of the rows (a logit, a one-hot-like ReLU unit) holds a
+factor there. Outliers on more than about 1% of the rows are not caught.
 
-One extreme row set every feature's std: a row at 1e6 on all 32 dimensions of 600 made
-the std ~5e4 times the rest's, and a planted binary, categorical and continuous factor all
-read at chance with their gates passed (scikit-learn's ``StandardScaler`` pipelines read
-the same). So rows with a value more than :data:`BAND` robust standard deviations beyond
-a feature's 1st / 99th percentile do not set the mean, std and range; like rows to
-predict, they are clipped to the other rows' range (the probes' details give
-``outlier_rows``). On that data the SVM reads balanced error 0.115 again, as without the
-row. The bound is wide, and starts from the 1st / 99th percentiles rather than the median,
-on purpose: a unit that is large on 10% of the rows (a logit, a one-hot-like ReLU unit)
-lies 10-20 robust SDs from its median and holds a factor there. So outliers on more than
-about 1% of the rows are not caught.
+Every row is then clipped to that range widened by :data:`MARGIN` times its width on each
+side: a test split may extrapolate (yaw to +-90 degrees from training's +-30: clipping to the
+training range itself read MAE 21 where ridge reads 2.7), while an extreme row cannot lever
+a fit. A feature whose training spread is below float32's resolution of the others' (a unit
+dead on the training rows, or one LEACE left at rounding residue) is held constant: divided
+by its std of 1e-9, a test row where it is active gave an MLP an angle MAE of 7e10 degrees.
 """
 from __future__ import annotations
 
@@ -39,7 +40,15 @@ from numpy.typing import NDArray
 # feature's 1st / 99th percentile do not set the scaling: never reached by Gaussian or
 # exponential features, so their figures do not change, while one corrupt row no longer
 # sets every feature's scale.
-BAND = 50.0
+BAND = 10.0
+# Every row is clipped to the fitted values' range widened by this many times its width on
+# each side: a test split may extrapolate (yaw to +-90 degrees from training's +-30), a
+# feature flat in training cannot explode on test (1/std = 1e9), and one extreme row cannot
+# lever a fit.
+MARGIN = 3.0
+# float32's relative resolution: a feature whose std is this small next to the others' holds
+# only rounding.
+RESOLUTION = float(np.finfo(np.float32).eps)
 # Rows the band's quantiles are read from (evenly spaced): a loose bound needs no more.
 BAND_ROWS = 4096
 
@@ -65,17 +74,21 @@ def robust_band(X: NDArray[np.floating], width: float = BAND, max_rows: int = BA
             warnings.simplefilter("ignore", RuntimeWarning)  # all-nan columns: no active values
             qs[:, flat] = np.nanquantile(active, [0.01, 0.25, 0.75, 0.99], axis=0)
     spread = np.nan_to_num((qs[2] - qs[1]) / 1.349, nan=0.0)
-    reach = np.where(spread > 0, width * spread, np.inf)
+    banded = spread > 0  # a constant unit, or one with a single active value: no band
+    reach = width * spread
     # the band always holds the median (a sparse unit's resting value)
-    return np.minimum(med, qs[0] - reach), np.maximum(med, qs[3] + reach)
+    return (np.where(banded, np.minimum(med, qs[0] - reach), -np.inf),
+            np.where(banded, np.maximum(med, qs[3] + reach), np.inf))
 
 
 @dataclass(frozen=True)
 class Standardiser:
-    """``z = clip((x - mean) / std, low, high)``, each [d]; a constant feature has std 1.
+    """``z = clip((x - mean) / std, lo, hi)``, each [d]; a constant feature has std 1.
 
-    ``outlier_rows`` counts the fitted rows with a value outside :func:`robust_band`: they
-    did not set the mean, std and range, and are clipped like rows to predict."""
+    ``low``/``high``: the standardised range of the fitted values inside :func:`robust_band`
+    (which alone set ``mean`` and ``std``, feature by feature); rows are clipped to that
+    range widened by :data:`MARGIN` times its width on each side. ``outlier_rows`` counts
+    the fitted rows with a value outside the band."""
 
     mean: NDArray[np.float64]
     std: NDArray[np.float64]
@@ -87,48 +100,71 @@ class Standardiser:
     def fit(cls, X: NDArray[np.floating], block: int = 4096) -> "Standardiser":
         """From the training rows ``X`` [n, d] (any float dtype).
 
-        Rows with a value outside :func:`robust_band` (``outlier_rows``) do not set the mean,
-        std and range: like rows to predict, they are clipped to the others' range. Mean,
-        std and range are accumulated in float64 a block of rows at a time (no float64 copy
-        of a float16/32 ``X``: 1.1 GB at CelebA's 162,770 x 832), in two passes.
+        Each feature's mean, std and range come from its values inside :func:`robust_band`
+        (a value outside does not set them; a row's other values still do). They are
+        accumulated in float64 a block of rows at a time (no float64 copy of a float16/32
+        ``X``: 1.1 GB at CelebA's 162,770 x 832), in two passes.
         """
         from ._blas import map_threads
 
-        n = len(X)
+        n, d = X.shape
         starts = range(0, n, block)
-        band_low, band_high = robust_band(X) if n else (np.full(X.shape[1], -np.inf), np.full(X.shape[1], np.inf))
+        band_low, band_high = robust_band(X) if n else (np.full(d, -np.inf), np.full(d, np.inf))
 
-        far = dict(zip(starts, map_threads(
-            lambda a: ((X[a:a + block] < band_low) | (X[a:a + block] > band_high)).any(1), starts)))
-        far_rows = int(sum(f.sum() for f in far.values()))
-        if far_rows == n:  # nothing inside the band: keep every row rather than none
-            far, far_rows = {a: np.zeros(0, bool) for a in starts}, 0
+        def inside(a: int) -> NDArray[np.bool_] | None:
+            rows = X[a:a + block]
+            ok = (rows >= band_low) & (rows <= band_high)
+            return None if ok.all() else ok  # None: every value counts (the arithmetic of no band)
 
-        def inside(a: int) -> NDArray[Any]:
-            # without a far row, the plain block (the same arithmetic as before the band)
-            return X[a:a + block] if not far[a].any() else X[a:a + block][~far[a]]
+        masks = map_threads(inside, starts)
+        outlier_rows = sum(int((~m).any(1).sum()) for m in masks if m is not None)
 
-        kept = max(n - far_rows, 1)
-        mean = np.sum(map_threads(lambda a: inside(a).sum(0, dtype=np.float64), starts), axis=0) / kept
+        def first(i: int) -> tuple[Any, Any]:
+            rows, m = X[starts[i]:starts[i] + block], masks[i]
+            if m is None:
+                return rows.sum(0, dtype=np.float64), len(rows)
+            return np.where(m, rows, 0).sum(0, dtype=np.float64), m.sum(0)
 
-        def second(a: int) -> tuple[Any, Any, Any]:
-            rows = np.subtract(inside(a), mean, dtype=np.float64)
-            if not len(rows):
-                return np.zeros(len(mean)), np.full(len(mean), np.inf), np.full(len(mean), -np.inf)
-            return np.square(rows).sum(0), rows.min(0), rows.max(0)
+        parts = map_threads(first, range(len(starts)))
+        count = np.maximum(np.sum([p[1] * np.ones(d) for p in parts], axis=0), 1) if parts else np.ones(d)
+        mean = np.sum([p[0] for p in parts], axis=0) / count if parts else np.zeros(d)
 
-        parts = map_threads(second, starts)
-        std = np.sqrt(np.sum([p[0] for p in parts], axis=0) / kept)
-        std[std == 0] = 1.0
+        def second(i: int) -> tuple[Any, Any, Any]:
+            rows, m = np.subtract(X[starts[i]:starts[i] + block], mean, dtype=np.float64), masks[i]
+            if m is None:
+                return np.square(rows).sum(0), rows.min(0), rows.max(0)
+            return (np.square(np.where(m, rows, 0)).sum(0), np.where(m, rows, np.inf).min(0),
+                    np.where(m, rows, -np.inf).max(0))
+
+        parts2 = map_threads(second, range(len(starts)))
+        std = np.sqrt(np.sum([p[0] for p in parts2], axis=0) / count) if parts2 else np.ones(d)
+        # A spread below float32's resolution of the embedding's scale is rounding (a unit dead
+        # on the training rows, or what an erasure left): such a feature is held constant, or a
+        # test row where it is active would be divided by ~1e-9 (an MLP read MAE 7e10 degrees).
+        flat = std <= RESOLUTION * np.sqrt(np.mean(np.square(std)))
+        std[flat] = 1.0
         # The range in standardised units, as transform() computes a row: (x - mean) / std.
-        low = np.min([p[1] for p in parts], axis=0) / std
-        high = np.max([p[2] for p in parts], axis=0) / std
-        return cls(mean, std, low, high, far_rows)
+        low = np.where(flat, 0.0, np.min([p[1] for p in parts2], axis=0) / std) if parts2 else np.zeros(d)
+        high = np.where(flat, 0.0, np.max([p[2] for p in parts2], axis=0) / std) if parts2 else np.zeros(d)
+        return cls(mean, std, low, high, outlier_rows)
+
+    def bounds(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """The standardised ``(lo, hi)`` [d] rows are clipped to: the fitted range widened by
+        :data:`MARGIN` times its width on each side (a constant feature stays constant)."""
+        reach = MARGIN * (self.high - self.low)
+        return self.low - reach, self.high + reach
 
     def transform(self, X: NDArray[np.floating], dtype: Any = np.float64) -> NDArray[Any]:
-        """``X`` [n, d] standardised and clipped to the fitted rows' range, as ``dtype``
-        (float64 arithmetic; the fitted rows themselves are unchanged by the clip)."""
+        """``X`` [n, d] standardised and clipped to :meth:`bounds`, as ``dtype`` (float64
+        arithmetic)."""
         from ._linear_svm import shifted_scaled
 
         Z = shifted_scaled(X, self.mean, self.std, dtype)
-        return np.clip(Z, self.low.astype(Z.dtype), self.high.astype(Z.dtype), out=Z)  # type: ignore[no-any-return]
+        lo, hi = self.bounds()
+        return np.clip(Z, lo.astype(Z.dtype), hi.astype(Z.dtype), out=Z)  # type: ignore[no-any-return]
+
+    def clip(self, X: NDArray[np.floating]) -> NDArray[np.float64]:
+        """``X`` [n, d] as float64 in its own units, clipped to :meth:`bounds` (mapped back):
+        what the probes fitted in the embedding's units see."""
+        lo, hi = self.bounds()
+        return np.clip(np.asarray(X, np.float64), self.mean + lo * self.std, self.mean + hi * self.std)
