@@ -68,7 +68,14 @@ def _walk(root: Path, ignore: list[str], name: str) -> Iterable[Path]:
 
 
 def check_overrides(settings: "Settings", suites: list["Suite"]) -> None:
-    """Every threshold/tolerance override must name a metric (and qualifier) a selected suite has."""
+    """Every threshold/tolerance override must name a metric (and qualifier) a selected suite
+    has, and must be able to fail (:func:`~.checks._ranges.refuse_vacuous`)."""
+    from .checks._ranges import refuse_vacuous
+    from .checks._result import Threshold
+    from .errors import InvalidParameterError
+    from .studies.factors import METRIC_NAMES as FACTOR_METRICS
+    from .studies.factors import default_limit
+
     if not settings.threshold and not settings.tolerance:
         return
     metrics: set[str] = set()
@@ -82,6 +89,16 @@ def check_overrides(settings: "Settings", suites: list["Suite"]) -> None:
         if metric not in metrics:
             raise pytest.UsageError(f"--invariance-threshold {key}={value:g}: no selected suite has metric "
                                     f"{metric!r}; known metrics: {known}")
+        # a gate that could never fail, told once here (the checks would each refuse it): in the
+        # direction a suite's [thresholds] give the metric, or the factors suite's default one
+        directions = {t.comparator for s in suites for k, t in s.thresholds.items() if k.rsplit(".", 1)[-1] == metric}
+        if metric in FACTOR_METRICS:
+            directions.add(Threshold.from_kwargs(**default_limit(metric, value)).comparator)
+        for comparator in directions:
+            try:
+                refuse_vacuous(metric, Threshold(comparator, value), f"--invariance-threshold {key}={value:g}")
+            except InvalidParameterError as exc:
+                raise pytest.UsageError(str(exc)) from None
         # A qualifier no suite declares may be a layer: checked against the selected
         # layers once the models are loaded (plugin._check_layer_qualifiers).
     for tol in settings.tolerance:

@@ -257,8 +257,10 @@ def test_ridge_matches_sklearn():
     # the sum of the features' variances, 80 once each feature has variance 1
     scaler = StandardScaler().fit(X)
     Z = scaler.transform(X)
-    # test rows clipped to the training range widened 3 times its width (MARGIN) on each side
-    lo, hi = Z.min(0) - 3 * np.ptp(Z, 0), Z.max(0) + 3 * np.ptp(Z, 0)
+    # test rows clipped to the training range widened MARGIN times its width on each side
+    from pytest_invariance.probes._standardise import MARGIN
+
+    lo, hi = Z.min(0) - MARGIN * np.ptp(Z, 0), Z.max(0) + MARGIN * np.ptp(Z, 0)
     Zt = np.clip(scaler.transform(Xt), lo, hi)
     rows = {"embedding": (X, scaler.inverse_transform(Zt), X.var(axis=0).sum()), "standardised": (Z, Zt, 80.0)}
     for k, (scaling, alpha) in enumerate(PENALTIES):

@@ -17,7 +17,8 @@ from pytest_invariance.probes._estimate import Estimate
     ("yaw_mae", (0.0, math.inf)), ("mae", (0.0, math.inf)), ("angle_mae_std", (0.0, math.inf)),
     ("r2", (-math.inf, 1.0)), ("balanced_error", (0.0, 1.0)), ("fn_rate", (0.0, 1.0)),
     ("mav_accuracy", (0.0, 1.0)), ("angle_mae_selectivity", (-math.inf, math.inf)),
-    ("mav_accuracy_drop", (-math.inf, math.inf)), ("feature_mean", (-math.inf, math.inf))])
+    ("mav_accuracy_drop", (-math.inf, math.inf)), ("feature_mean", (-math.inf, math.inf)),
+    ("rotation_mae", (0.0, math.inf)), ("angle_mae_mlp", (0.0, math.inf))])
 def test_metric_ranges_from_names(metric, expected):
     assert metric_range(metric) == expected
 
@@ -43,3 +44,29 @@ def test_inconclusive_advice_names_no_gate_past_the_figures_range():
     r = evaluate("t::x", "s", "mae", Estimate(4.5, 2.1, 9.1, chance=7.25, n=80), Threshold(">=", 5.4),
                  details={"factor": "yaw"})
     assert "--invariance-threshold yaw.mae=VALUE with VALUE <= 3.74" in r.message
+
+
+def test_a_data_folders_gate_that_can_never_fail_is_refused():
+    from pytest_invariance.checks._suite import threshold_from_table
+
+    with pytest.raises(InvalidParameterError, match=r"x\.toml: threshold 'yaw\.mae'.*could never fail"):
+        threshold_from_table("yaw.mae", {"min": -1}, "x.toml")
+    with pytest.raises(InvalidParameterError, match="could never fail"):
+        threshold_from_table("yaw.r2", {"max": 5}, "x.toml")
+    assert threshold_from_table("yaw.r2", {"max": 0.1}, "x.toml").value == 0.1
+
+
+def test_a_command_line_gate_that_can_never_fail_is_refused_once_at_start_up():
+    from pathlib import Path
+
+    from pytest_invariance._startup import check_overrides
+    from pytest_invariance.checks import Suite
+    from pytest_invariance.settings import Settings
+
+    factors = Suite.find(Path(__file__).resolve().parents[1] / "audits" / "factors")
+    with pytest.raises(pytest.UsageError, match=r"--invariance-threshold mae=-1: .*could never fail"):
+        check_overrides(Settings(threshold=[("mae", -1.0)]), [factors])
+    check_overrides(Settings(threshold=[("mae", 2.0)]), [factors])  # a real gate
+    # a user's metric in points is not the plugin's to bound
+    assert metric_range("mav_accuracy_erasure_cost") == (-math.inf, math.inf)
+    assert metric_range("attr_accuracy_pct") == (-math.inf, math.inf)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ..errors import InvalidParameterError
-from ._ranges import metric_range, vacuous
+from ._ranges import refuse_vacuous
 from ._result import DIRECTIONS, Threshold
 
 if sys.version_info >= (3, 11):
@@ -120,10 +120,12 @@ def threshold_from_table(key: str, table: Mapping[str, Any], where: str) -> Thre
             f"{where}: threshold {key!r} has unknown keys {sorted(unknown)}; use one of min, max, above, below (+ confident)"
         )
     try:
-        return Threshold.from_kwargs(confident=bool(table.get("confident", False)),
-                                     **{k: v for k, v in table.items() if k != "confident"})
+        threshold = Threshold.from_kwargs(confident=bool(table.get("confident", False)),
+                                          **{k: v for k, v in table.items() if k != "confident"})
     except InvalidParameterError as exc:
         raise InvalidParameterError(f"{where}: threshold {key!r}: {exc}") from None
+    refuse_vacuous(key.rsplit(".", 1)[-1], threshold, f"{where}: threshold {key!r}")
+    return threshold
 
 
 @dataclass(frozen=True)
@@ -331,11 +333,6 @@ def resolve_threshold(metric: str, qualifiers: Iterable[str], *, call: Threshold
                     "direction to override; declare it in the suite's invariance.toml"
                 )
             found = Threshold(found.comparator, overrides[k], found.confident)
-            if vacuous(metric, found.comparator, found.value):
-                low, high = metric_range(metric)
-                raise InvalidParameterError(
-                    f"--invariance-threshold {k}={overrides[k]:g}: {metric} {found.comparator} {overrides[k]:g} holds for "
-                    f"every value {metric} can take ({low:g}..{high:g}), so this gate could never fail; pick a "
-                    "value inside that range")
+            refuse_vacuous(metric, found, f"--invariance-threshold {k}={overrides[k]:g}")
             break
     return found

@@ -187,7 +187,7 @@ class AttributeSVMProbe(ProbeMixin):
         m = np.flatnonzero(self.measurable_)
         dtype = np.float64 if X.dtype == np.float64 else np.float32
         self.standardiser_ = Standardiser.fit(X)
-        Z = self.standardiser_.transform(X, dtype)
+        Z = self.standardiser_.transform(X, dtype, fitted=True)
         self._X_train, self._Y_train = Z, Y[:, m]  # kept for the permutation refits in evaluate
         sol = self._solve(Z, Y[:, m], np.tile(grid, len(m)), np.repeat(np.arange(len(m)), len(grid)))
         pred = np.where(self.standardiser_.transform(Xv) @ sol.coef.T + sol.intercept > 0, 1.0, -1.0)

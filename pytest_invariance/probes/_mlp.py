@@ -273,7 +273,7 @@ class MLPProbe(ProbeMixin):
         # nearly flat on these rows but active on test gave an angle MAE of 7e10 degrees;
         # a per-feature cut on the std instead zeroed real features next to an outlier).
         self.standardiser_ = Standardiser.fit(X)
-        X = self.standardiser_.transform(X)
+        X = self.standardiser_.transform(X, fitted=True)
         self.y_mean_ = Y[~val].mean(0)
         self.y_std_ = Y[~val].std(0) if self.task == "regression" else np.ones(Y.shape[1])
         Yn = (Y - self.y_mean_) / self.y_std_ if self.task == "regression" else Y

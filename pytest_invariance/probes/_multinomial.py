@@ -117,7 +117,7 @@ class MultinomialProbe(ProbeMixin):
         self.classes_ = np.unique(y)
         self.n_features_in_ = X.shape[1]
         self.standardiser_ = Standardiser.fit(X)
-        Z = self.standardiser_.transform(X)
+        Z = self.standardiser_.transform(X, fitted=True)
         Zv = self.standardiser_.transform(Xv)
         fits, start = [], None
         for C in sorted(self.C_grid):  # warm start along the path: each fit starts at the previous optimum

@@ -33,7 +33,7 @@ SCALINGS = ("embedding", "standardised")
 PENALTIES = tuple((s, a) for s in SCALINGS for a in ALPHAS)
 ALPHA_UNIT = "mean squared distance of the scaled training rows to their mean"
 
-Scaler = Callable[[NDArray[Any]], NDArray[np.float64]]
+Scaler = Callable[..., NDArray[np.float64]]  # (X, fitted=False): fitted for the training rows
 
 
 def scalers(Xtr: NDArray[np.floating]) -> dict[str, Scaler]:
@@ -63,7 +63,7 @@ def ridge_predict(Xtr: NDArray[np.floating], Ytr: NDArray[np.floating], Xte: NDA
     my = Ytr.mean(axis=0)
     out = []
     for name in SCALINGS:
-        Ztr, Zte = maps[name](Xtr), maps[name](Xte)
+        Ztr, Zte = maps[name](Xtr, fitted=True), maps[name](Xte)
         mx = Ztr.mean(axis=0)
         U, s, Vt = np.linalg.svd(Ztr - mx, full_matrices=False)
         shrink = s / (s**2 + np.asarray(ALPHAS)[:, None] * penalty_unit(s, len(Ztr)))  # [A, r]
@@ -87,7 +87,8 @@ def ridge_predict_streamed(chunks: Callable[[], Iterable[tuple[NDArray[Any], NDA
     for name in SCALINGS:
         mo = None
         for Xc, yc in chunks():
-            part = F.group_moments(maps[name](Xc), np.zeros(len(Xc), np.int64), 1, np.asarray(yc, np.float64)[:, None])
+            part = F.group_moments(maps[name](Xc, fitted=True), np.zeros(len(Xc), np.int64), 1,
+                                   np.asarray(yc, np.float64)[:, None])
             mo = part if mo is None else F.merge_moments(mo, part)
         lam, V = np.linalg.eigh(mo.scatter[0])  # type: ignore[union-attr]
         lam = np.clip(lam, 0.0, None)

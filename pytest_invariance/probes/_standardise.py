@@ -19,12 +19,15 @@ value outside (``outlier_rows``). The band starts from the 1st / 99th percentile
 median: a unit that is large on 10% of the rows (a logit, a one-hot-like ReLU unit) holds a
 factor there. Outliers on more than about 1% of the rows are not caught.
 
-Every row is then clipped to that range widened by :data:`MARGIN` times its width on each
-side: a test split may extrapolate (yaw to +-90 degrees from training's +-30: clipping to the
-training range itself read MAE 21 where ridge reads 2.7), while an extreme row cannot lever
-a fit. A feature whose training spread is below float32's resolution of the others' (a unit
-dead on the training rows, or one LEACE left at rounding residue) is held constant: divided
-by its std of 1e-9, a test row where it is active gave an MLP an angle MAE of 7e10 degrees.
+The fitted rows are clipped to that range (an outlier to its edge, so it cannot lever the
+fit); rows to predict to that range widened by :data:`MARGIN` times its width on each side,
+so a test split may extrapolate (yaw to +-90 degrees from training's +-30: clipping to the
+training range itself read MAE 21 where ridge reads 2.7) while a value a billion SDs out
+cannot decide a prediction alone. A feature whose training spread is below float32's
+resolution of the median feature's (a unit dead on the training rows, or what LEACE left of
+an erased direction) is held constant: divided by its std of 1e-9, a test row where it is
+active gave an MLP an angle MAE of 7e10 degrees. A factor carried only by such a feature (at
+1e-8 of the others' scale) is therefore not read.
 """
 from __future__ import annotations
 
@@ -41,13 +44,12 @@ from numpy.typing import NDArray
 # exponential features, so their figures do not change, while one corrupt row no longer
 # sets every feature's scale.
 BAND = 10.0
-# Every row is clipped to the fitted values' range widened by this many times its width on
-# each side: a test split may extrapolate (yaw to +-90 degrees from training's +-30), a
-# feature flat in training cannot explode on test (1/std = 1e9), and one extreme row cannot
-# lever a fit.
-MARGIN = 3.0
-# float32's relative resolution: a feature whose std is this small next to the others' holds
-# only rounding.
+# Rows to predict are clipped to the fitted values' range widened by this many times its
+# width on each side: a test split may extrapolate (yaw to +-90 degrees from training's +-8),
+# while a value a billion training SDs out cannot decide a prediction alone.
+MARGIN = 10.0
+# float32's relative resolution: a feature whose std is this small next to the median
+# feature's holds only rounding (what an erasure leaves of a direction).
 RESOLUTION = float(np.finfo(np.float32).eps)
 # Rows the band's quantiles are read from (evenly spaced): a loose bound needs no more.
 BAND_ROWS = 4096
@@ -141,30 +143,32 @@ class Standardiser:
         # A spread below float32's resolution of the embedding's scale is rounding (a unit dead
         # on the training rows, or what an erasure left): such a feature is held constant, or a
         # test row where it is active would be divided by ~1e-9 (an MLP read MAE 7e10 degrees).
-        flat = std <= RESOLUTION * np.sqrt(np.mean(np.square(std)))
+        flat = std <= RESOLUTION * np.median(std)
         std[flat] = 1.0
         # The range in standardised units, as transform() computes a row: (x - mean) / std.
         low = np.where(flat, 0.0, np.min([p[1] for p in parts2], axis=0) / std) if parts2 else np.zeros(d)
         high = np.where(flat, 0.0, np.max([p[2] for p in parts2], axis=0) / std) if parts2 else np.zeros(d)
         return cls(mean, std, low, high, outlier_rows)
 
-    def bounds(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """The standardised ``(lo, hi)`` [d] rows are clipped to: the fitted range widened by
-        :data:`MARGIN` times its width on each side (a constant feature stays constant)."""
-        reach = MARGIN * (self.high - self.low)
+    def bounds(self, fitted: bool = False) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """The standardised ``(lo, hi)`` [d] rows are clipped to: for the fitted rows
+        (``fitted``), the range of their values inside the band (an outlier clipped to it);
+        for rows to predict, that range widened by :data:`MARGIN` times its width on each
+        side (a constant feature stays constant)."""
+        reach = 0.0 if fitted else MARGIN * (self.high - self.low)
         return self.low - reach, self.high + reach
 
-    def transform(self, X: NDArray[np.floating], dtype: Any = np.float64) -> NDArray[Any]:
+    def transform(self, X: NDArray[np.floating], dtype: Any = np.float64, fitted: bool = False) -> NDArray[Any]:
         """``X`` [n, d] standardised and clipped to :meth:`bounds`, as ``dtype`` (float64
-        arithmetic)."""
+        arithmetic); ``fitted``: ``X`` holds the rows the standardiser was fitted on."""
         from ._linear_svm import shifted_scaled
 
         Z = shifted_scaled(X, self.mean, self.std, dtype)
-        lo, hi = self.bounds()
+        lo, hi = self.bounds(fitted)
         return np.clip(Z, lo.astype(Z.dtype), hi.astype(Z.dtype), out=Z)  # type: ignore[no-any-return]
 
-    def clip(self, X: NDArray[np.floating]) -> NDArray[np.float64]:
+    def clip(self, X: NDArray[np.floating], fitted: bool = False) -> NDArray[np.float64]:
         """``X`` [n, d] as float64 in its own units, clipped to :meth:`bounds` (mapped back):
         what the probes fitted in the embedding's units see."""
-        lo, hi = self.bounds()
+        lo, hi = self.bounds(fitted)
         return np.clip(np.asarray(X, np.float64), self.mean + lo * self.std, self.mean + hi * self.std)

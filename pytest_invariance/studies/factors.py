@@ -370,7 +370,7 @@ def _continuous(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, te
         pred, units = ridge_predict_streamed(lambda: ((X[i], y[i]) for i in F.row_chunks(tr, max_rows)), X[va], maps)
     else:  # every penalty's validation predictions from one SVD per scaling of the training embeddings
         pred = ridge_predict(X[tr], y[tr, None], X[va], maps)[..., 0]
-        units = {name: float(f(X[tr]).var(axis=0).sum()) or 1.0 for name, f in maps.items()}
+        units = {name: float(f(X[tr], fitted=True).var(axis=0).sum()) or 1.0 for name, f in maps.items()}
     err = np.abs(pred - y[va])  # [penalties, n_val]
     best = int(err.mean(axis=1).argmin())
     # one-standard-error rule within the best's scaling: the strongest penalty within one SE
@@ -382,9 +382,9 @@ def _continuous(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, te
     fitted = LinearRegressionProbe(alpha=alpha * units[scaling], random_state=seed)
     f = maps[scaling]
     if streamed:
-        fitted.fit_stream((f(X[i]), y[i]) for i in F.row_chunks(tr, max_rows))
+        fitted.fit_stream((f(X[i], fitted=True), y[i]) for i in F.row_chunks(tr, max_rows))
     else:
-        fitted.fit(f(X[tr]), y[tr])
+        fitted.fit(f(X[tr], fitted=True), y[tr])
     Zte = f(X[te])
     mae = fitted.evaluate(Zte, y[te])["mae"]
     mae.details.update(scaling=scaling, alpha=alpha, alpha_unit=ALPHA_UNIT)
