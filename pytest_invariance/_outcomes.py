@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import pytest
 
@@ -106,8 +106,9 @@ class Outcomes:
     Registered per config, so in-process pytest runs (pytester) never share state.
     """
 
-    def __init__(self, collected: dict[str, Any]):
+    def __init__(self, collected: dict[str, Any], suite_at: Callable[[str], str | None] = lambda path: None):
         self.collected = collected
+        self._suite_at = suite_at              # a test file's path -> its suite's name, None outside a suite
         self.errors: dict[str, str] = {}       # nodeid -> one line (audit tests)
         self.first_errors: dict[str, str] = {}  # the same, less the ones that refer back to another
         self.skipped: dict[str, str] = {}      # nodeid -> reason (audit tests)
@@ -163,6 +164,26 @@ class Outcomes:
         report.invariance_error, report.invariance_error_first = short, False  # type: ignore[attr-defined]
         if isinstance(report.longrepr, str):  # the one-line form (not --tb=long)
             report.longrepr = short
+
+    @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: absent without xdist
+    def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:
+        """A worker died while running ``crashitem`` (SIGKILL from the kernel's out-of-memory
+        killer, a segfault in native code): xdist reports the test as FAILED, which reads as a
+        failed gate (exit 1). An audit test that never reached a verdict is a tool error."""
+        suites = self.collected.get("suites_of", {})
+        path = crashitem.split("::")[0]
+        # its setup report came (it died in the call), a test of its file did, or its file is in a suite
+        suite = suites.get(crashitem) or next((s for n, s in suites.items() if n.split("::")[0] == path), None) \
+            or self._suite_at(path)
+        if suite is None:
+            return  # not an audit test: xdist's own report stands
+        worker = getattr(getattr(getattr(report, "node", None), "gateway", None), "id", None) or "?"
+        line = (f"{crashitem} could not run: its pytest-xdist worker {worker} died while running it (killed, e.g. by "
+                "the kernel's out-of-memory killer, or crashed in native code), so nothing was measured; fix: lower "
+                "--invariance-batch-size (or --invariance-max-rows), or run it without -n to see the error")
+        report.invariance_item = suite  # type: ignore[attr-defined]
+        report.invariance_error, report.invariance_error_first = line, True  # type: ignore[attr-defined]
+        report.longrepr = line
 
     @pytest.hookimpl(tryfirst=True)  # before the terminal and junitxml read the report
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

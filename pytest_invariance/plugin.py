@@ -114,7 +114,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[COLLECTED_KEY] = {"checks": [], "plots": {}, "started": _now()}
     from ._outcomes import Outcomes
 
-    outcomes = Outcomes(config.stash[COLLECTED_KEY])
+    outcomes = Outcomes(config.stash[COLLECTED_KEY], suite_at=lambda path: _suite_name_at(config, path))
     config.stash[OUTCOMES_KEY] = outcomes
     config.pluginmanager.register(outcomes, "invariance-outcomes")
     if settings.clear_cache and not hasattr(config, "workerinput"):
@@ -437,6 +437,15 @@ def invariance_audit(pytestconfig: pytest.Config) -> "Audit":
 def invariance_suite(request: pytest.FixtureRequest) -> "Suite":
     """The suite config (``invariance.toml``) nearest to the requesting test file."""
     return _suite_for(request.config, Path(str(request.node.path)))
+
+
+def _suite_name_at(config: pytest.Config, path: str) -> str | None:
+    """The name of the suite whose folder (one with an invariance.toml) holds the test file
+    ``path`` (relative to the rootdir, as in a node id); None outside every suite."""
+    from .checks._suite import CONFIG_NAME
+
+    suite = _suite_for(config, config.rootpath / path)
+    return suite.name if (suite.root / CONFIG_NAME).is_file() else None
 
 
 def _suite_for(config: pytest.Config, path: Path) -> "Suite":

@@ -1,0 +1,67 @@
+"""A pytest-xdist worker killed while running an audit test (the kernel's out-of-memory killer
+sends SIGKILL) is a tool error: an ERROR counted as could-not-run, exit 3, never a failed gate."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pytest_invariance.testing import copy_suite, read_results
+
+# The batch of 4 the start-up check runs passes; the first extraction batch (every image)
+# kills the worker the way the OOM killer does.
+KILLED_ON_BIG_BATCH = """\
+import os, signal, torch, torch.nn as nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+
+    def forward(self, x):
+        if x.shape[0] > 8:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.conv(x).mean((2, 3))
+
+def net():
+    torch.manual_seed(0)
+    return Net()
+"""
+
+
+def _folder(root, n=200):
+    from PIL import Image
+
+    (root / "img").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / "img" / f"{i:03d}.png")
+        rows.append(f"img/{i:03d}.png,{i % 2},{rng.normal():.4f}")
+    (root / "labels.csv").write_text("image,flag,level\n" + "\n".join(rows) + "\n")
+
+
+def test_a_killed_worker_is_a_tool_error_not_a_failed_gate(pytester, tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("xdist")
+    suite = copy_suite(pytester, "factors")
+    (suite.path / "killed_nets.py").write_text(KILLED_ON_BIG_BATCH)
+    _folder(tmp_path / "data")
+    result = suite.runpytest_subprocess(
+        "audits/factors", "-n", "2", "-p", "no:cacheprovider", "--model", "killed_nets:net",
+        f"--invariance-data-dir={tmp_path / 'data'}", "--invariance-preprocess", "size=16x16", "--invariance-no-cache",
+        "--invariance-json=r.json", "--invariance-no-report", "--invariance-history=h.sqlite",
+        "--invariance-progress", "off")
+    out = result.stdout.str()
+    crashed = ["audits/factors/test_factors.py::test_factor[flag-model]",
+               "audits/factors/test_factors.py::test_factor[level-model]"]
+    assert result.ret == 3, out  # was 1, the status of a failed gate
+    assert "FAILED" not in out and "failed" not in out.splitlines()[-1], out
+    result.stdout.fnmatch_lines(["invariance: checks failed: 0",
+                                 "invariance: could not run (errors): 2 tests; first: *could not run: its "
+                                 "pytest-xdist worker gw* died while running it*fix: lower --invariance-batch-size*"])
+    assert "NOTHING AUDITED" not in out
+    for nodeid in crashed:
+        assert f"ERROR {nodeid}" in out, out
+    doc = read_results(suite, "r.json")
+    assert doc["run"]["tests"]["errors"] == 2 and doc["run"]["exit_status"] == 3
+    assert sorted(c["nodeid"] for c in doc["checks"] if c["status"] == "error") == crashed
