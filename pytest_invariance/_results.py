@@ -42,11 +42,10 @@ def _write_outputs(s: Settings, collected: dict[str, Any], run: dict[str, Any], 
             # Partial or empty figures would replace a stored run of the same version.
             lines.append(f"invariance: history {s.resolve_path(s.history)} not written: this run "
                          f"{why.split(' (first: ')[0]}")  # the first error line is in the line above
-        elif (subset := _subset_of_stored(store, run["model_version"], checks)) is not None:
-            lines.append(f"invariance: history {s.resolve_path(s.history)} not written: this run has {subset[0]} of "
-                         f"the {subset[1]} checks version {run['model_version']} holds (a -k, --lf or path subset), "
-                         "and would replace its record with the part; the full record is kept (pass --model-version "
-                         "TAG to record this run under its own tag)")
+        elif (kept := store.kept_record(run["model_version"], doc)) is not None:
+            lines.append(f"invariance: history {s.resolve_path(s.history)} not written: this run {kept}, and would "
+                         "replace that record with fewer figures; the record is kept (pass --model-version TAG to "
+                         "record this run under its own tag)")
         else:
             # Skipped tests measured nothing: the history keeps figures and errors only.
             store.record({**doc, "checks": [c for c in checks if c.get("status") != "skipped"]},
@@ -65,16 +64,3 @@ def _write_outputs(s: Settings, collected: dict[str, Any], run: dict[str, Any], 
         lines.append(f"invariance: report {path}")
     return lines
 
-
-def _subset_of_stored(store: Any, tag: str, checks: list[dict[str, Any]]) -> tuple[int, int] | None:
-    """``(this run's checks, the stored ones)`` when this run measured a strict subset of the
-    checks stored under ``tag`` (a re-run of some tests of that version), else None.
-
-    Recording replaces a tag's figures: a ``-k`` re-run of 2 of a version's 5 checks left it
-    holding 2, and a later ``--invariance-baseline`` on it compared 2 of 5 and missed a regression.
-    """
-    stored = store.check_keys(tag)
-    ran = {(str(c.get("nodeid")), str(c.get("metric"))) for c in checks if c.get("status") != "skipped"}
-    if not stored or not ran or not ran < stored:
-        return None
-    return len(ran), len(stored)

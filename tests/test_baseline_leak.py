@@ -152,7 +152,7 @@ def test_a_rerun_of_part_of_a_version_does_not_replace_its_record(pytester, tmp_
     assert len(full) == 4
     result, _ = run_and_read(suite, *common, "-k", "shade", f"--model={blind}", "--model-version", "v1")
     result.stdout.fnmatch_lines(["invariance: history * not written: this run has 1 of the 4 checks version v1 "
-                                 "holds (a -k, --lf or path subset)*--model-version TAG*"])
+                                 "holds (a -k, --lf or path subset*--model-version TAG*"])
     assert store.check_keys("v1") == full
     result, _ = run_and_read(suite, *common, f"--model={leaky}", "--model-version", "v2",
                              "--invariance-baseline", "v1")
@@ -165,3 +165,49 @@ def test_a_rerun_of_part_of_a_version_does_not_replace_its_record(pytester, tmp_
     # a full re-run of the version replaces it as before
     result, _ = run_and_read(suite, *common, f"--model={blind}", "--model-version", "v1")
     result.stdout.fnmatch_lines(["invariance: history * (version v1)*"])
+
+
+def test_a_rerun_that_errors_keeps_the_version_as_the_latest_baseline(pytester, tmp_path):
+    # v1 re-run with --invariance-max-rows 8 (too few rows for the stripe SVM: one ERROR) was
+    # recorded over v1 (4 figures -> 2 and an error, not a baseline): v2, which leaks, then
+    # found no 'latest' baseline, compared nothing and exited 0.
+    suite = copy_suite(pytester, "factors")
+    data = _folder(tmp_path / "d")
+    blind = export_onnx(_Reader(False).eval(), tmp_path / "blind.onnx", (3, 16, 16))
+    leaky = export_onnx(_Reader(True).eval(), tmp_path / "leaky.onnx", (3, 16, 16))
+    common = ("audits/factors/test_factors.py::test_factor", f"--invariance-data-dir={data}")
+    run_and_read(suite, *common, f"--model={blind}", "--model-version", "v1")
+    store = HistoryStore(suite.path / "h.sqlite")
+    full, recorded = store.check_keys("v1"), store.run("v1")["run"]["recorded_at"]
+    result, doc = run_and_read(suite, *common, f"--model={blind}", "--model-version", "v1", "--invariance-max-rows", "8")
+    assert result.ret == 3 and doc["run"]["tests"]["errors"] >= 1
+    result.stdout.fnmatch_lines(["invariance: history * not written: this run has * of the 4 checks version v1 holds "
+                                 "*could not run*the record is kept (pass --model-version TAG*"])
+    assert store.check_keys("v1") == full and store.run("v1")["run"]["recorded_at"] == recorded
+    result, _ = run_and_read(suite, *common, f"--model={leaky}", "--model-version", "v2",
+                             "--invariance-baseline", "latest")
+    result.stdout.fnmatch_lines(["invariance: baseline v1 (recorded *): 4 of 4 checks compared*, 4 regressed"])
+    assert result.ret == 1
+
+
+def _doc(figures, errors=()):
+    checks = [{"nodeid": n, "metric": "m", "value": 0.5, "verdict": "PASS", "status": "passed"} for n in figures]
+    checks += [{"nodeid": n, "metric": None, "value": None, "verdict": "ERROR", "status": "error"} for n in errors]
+    return {"run": {"tests": {"audited": len(figures), "errors": len(errors)}}, "checks": checks}
+
+
+def test_a_record_is_replaced_only_by_a_run_that_loses_none_of_it(tmp_path):
+    store = HistoryStore(tmp_path / "h.sqlite")
+    store.record(_doc(["a", "b"]), "v1")
+    assert store.kept_record("v1", _doc(["a"], errors=["b"])).startswith("has 1 of the 2 checks version v1 holds")
+    assert store.kept_record("v1", _doc(["a"])).startswith("has 1 of the 2 checks")  # a -k part
+    # more figures, but a tool error: as 'latest' it is passed over, so v1 would be lost as a baseline
+    assert store.kept_record("v1", _doc(["a", "b", "c"], errors=["d"])) == \
+        "had 1 tool error(s), and version v1's record is a complete run (a baseline)"
+    assert store.kept_record("v1", _doc(["a", "b", "c"])) is None
+    assert store.kept_record("v2", _doc(["a"], errors=["b"])) is None  # not stored: recorded
+    # an errored record is replaced by a run that is no worse
+    store.record(_doc(["a"], errors=["b"]), "v3")
+    assert store.check_keys("v3") == {("a", "m")}  # the error row measured nothing
+    assert store.kept_record("v3", _doc(["b"], errors=["a"])) is None
+    assert store.kept_record("v3", _doc([], errors=["a", "b"])).startswith("has 0 of the 1 checks")

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from ..errors import InvarianceError
 
 __all__ = ["HistoryStore", "HistoryError", "UnknownVersionError", "TrendPoint", "default_tag",
-           "SCHEMA_VERSION", "LATEST", "not_a_baseline", "run_counts"]
+           "SCHEMA_VERSION", "LATEST", "not_a_baseline", "run_counts", "figure_keys", "measures_fewer"]
 
 SCHEMA_VERSION = 1
 LATEST = "latest"
@@ -154,6 +154,29 @@ def not_a_baseline(doc: dict[str, Any]) -> str | None:
     if errors:
         return f"{errors} tool error(s)"
     return None
+
+
+def figure_keys(checks: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """``(nodeid, metric)`` of every check in ``checks`` that measured a figure: ERROR and
+    SKIPPED entries (a test that could not run or was skipped, ``metric`` None) measured nothing."""
+    return {(str(c.get("nodeid")), str(c.get("metric"))) for c in checks
+            if c.get("metric") is not None and c.get("status") not in ("error", "skipped")
+            and c.get("verdict") not in ("ERROR", "SKIPPED")}
+
+
+def measures_fewer(keys: set[tuple[str, str]], than: set[tuple[str, str]]) -> bool:
+    """Whether a run whose figures are ``keys`` measured a strict subset of ``than`` (both from
+    :func:`figure_keys` or :meth:`HistoryStore.check_keys`): a ``-k``/``--lf`` part, or a re-run
+    some of whose tests could not run. Such a run would compare fewer checks as a baseline:
+    it never replaces a stored record (:meth:`HistoryStore.kept_record`) and is passed over as
+    ``latest`` (:meth:`HistoryStore.resolve`).
+
+    Examples
+    --------
+    >>> measures_fewer({("t", "a")}, {("t", "a"), ("t", "b")}), measures_fewer({("t", "c")}, {("t", "a")})
+    (True, False)
+    """
+    return keys < than
 
 
 def _num(x: Any) -> float | None:
@@ -312,8 +335,9 @@ class HistoryStore:
                 raise
 
     def check_keys(self, tag: str) -> set[tuple[str, str]] | None:
-        """The ``(nodeid, metric)`` of every check stored under ``tag``; None when the tag is
-        not stored (or there is no history file yet)."""
+        """The ``(nodeid, metric)`` of every figure stored under ``tag`` (a tool error's row,
+        metric None, measured nothing: left out); None when the tag is not stored (or there is
+        no history file yet)."""
         if not self.path.is_file():
             return None
         with self._connect() as con:
@@ -321,7 +345,30 @@ class HistoryStore:
             if row is None:
                 return None
             return {(str(n), str(m)) for n, m in con.execute(
-                "SELECT nodeid, metric FROM checks WHERE run_id = ?", (row[0],))}
+                "SELECT nodeid, metric FROM checks WHERE run_id = ? AND metric != 'None'", (row[0],))}
+
+    def kept_record(self, tag: str, doc: dict[str, Any]) -> str | None:
+        """Why recording ``doc`` under ``tag`` would lose what its stored record holds, so that
+        record is kept; None when ``doc`` may replace it (or ``tag`` is not stored).
+
+        A record is kept when ``doc`` measured fewer of its checks (:func:`measures_fewer`:
+        a ``-k`` part, or a re-run some of whose tests errored), or when ``doc`` is not a
+        baseline (:func:`not_a_baseline`: a tool error, ...) and the record is: replaced, the
+        version would hold fewer figures, or none that ``latest`` may use, and a later
+        ``--invariance-baseline`` compared fewer checks or none (exit 0 over real leaks).
+        The reason reads after "this run".
+        """
+        stored = self.check_keys(tag)
+        if stored is None:
+            return None
+        ran = figure_keys(doc.get("checks") or [])
+        if measures_fewer(ran, stored):
+            return (f"has {len(ran)} of the {len(stored)} checks version {tag} holds (a -k, --lf or path subset, "
+                    "or tests that could not run)")
+        why = not_a_baseline(doc)
+        if why and not_a_baseline(self.run(tag)) is None:
+            return f"had {why}, and version {tag}'s record is a complete run (a baseline)"
+        return None
 
     def versions(self) -> list[str]:
         """Stored tags, oldest first (by when each tag was first recorded)."""
@@ -365,11 +412,10 @@ class HistoryStore:
         if current in tags:
             tags = tags[: tags.index(current)]
         ok = [not_a_baseline(self.run(t)) is None for t in tags]
-        # Figures only (a tool error's row has no metric), of the runs that may be baselines.
-        keys = [{k for k in self.check_keys(t) or set() if k[1] != "None"} for t in tags]
+        keys = [self.check_keys(t) or set() for t in tags]
         # A run that measured a strict subset of an earlier baseline's checks (-k under its own
         # tag) is passed over: as "latest" it compared 2 of 6 checks and missed a regression.
-        partial = [any(keys[i] < keys[j] for j in range(i) if ok[j]) for i in range(len(tags))]
+        partial = [any(measures_fewer(keys[i], keys[j]) for j in range(i) if ok[j]) for i in range(len(tags))]
         return next((t for i, t in reversed(list(enumerate(tags))) if ok[i] and not partial[i]), None)
 
     def values(self, tag: str) -> dict[tuple[str, str], float | None]:
