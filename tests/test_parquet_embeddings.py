@@ -307,6 +307,10 @@ def _spoil(shards: Path, out: Path, kind: str) -> tuple[str, str]:
         X[5, 0], X[9, 1] = np.inf, -np.inf
         col, says = pa.FixedSizeListArray.from_arrays(pa.array(X.astype(np.float32).ravel()), X.shape[1]), \
             "2 vectors with NaN or Inf"
+    elif kind == "overflow":  # finite in the file's float64, Inf once read as float32
+        X[5, 2] = 1e39
+        col, says = pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), X.shape[1]), \
+            "1 vectors with values beyond float32's range"
     elif kind == "ragged":
         rows[5] = rows[5][:-1]
         col, says = pa.array(rows, pa.list_(pa.float32())), "1 vectors whose length is not 128 (lengths [127])"
@@ -323,7 +327,7 @@ def _spoil(shards: Path, out: Path, kind: str) -> tuple[str, str]:
     return f.name, says
 
 
-@pytest.mark.parametrize("kind", ["nan", "inf", "ragged", "null", "narrower_shard", "strings"])
+@pytest.mark.parametrize("kind", ["nan", "inf", "overflow", "ragged", "null", "narrower_shard", "strings"])
 def test_bad_vectors_stop_the_run_once_at_start_up(suite, faces, shards, tmp_path, kind):
     name, says = _spoil(shards, tmp_path / "bad", kind)
     ran, doc = _run(suite, "audits/factors", f"--invariance-data-dir={faces[0]}",
@@ -332,7 +336,7 @@ def test_bad_vectors_stop_the_run_once_at_start_up(suite, faces, shards, tmp_pat
     err = ran.stderr.str()
     assert err.count(says) == 1 and f"{name}: column 'output'" in err.replace("metadata names layer", "column"), err
     assert "--invariance-embeddings" in err
-    if kind in ("nan", "ragged", "null"):  # the row's id is quoted
+    if kind in ("nan", "overflow", "ragged", "null"):  # the row's id is quoted
         ids = pq.read_table(tmp_path / "bad" / name, columns=["id"]).column("id").to_pylist()
         assert f"(e.g. ids {ids[5]!r})" in err
 

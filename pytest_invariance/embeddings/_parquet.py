@@ -188,7 +188,8 @@ def check_vectors(path: Path, layers: Sequence[str], ids: Sequence[str], batch_r
     (pyarrow compute on each batch; no layer is held whole).
 
     Raises DataError, one line naming the file, the column, how many rows and example
-    ids, for: null vectors, null values in a vector, vectors of different lengths, NaN or Inf.
+    ids, for: null vectors, null values in a vector, vectors of different lengths, NaN or Inf,
+    or values that are Inf once read as float32 (|x| > 3.4e38 in a float64 column).
     ``ids``: the shard's ids in row order (for the examples).
     """
     pa = require_pyarrow()
@@ -217,9 +218,14 @@ def check_vectors(path: Path, layers: Sequence[str], ids: Sequence[str], batch_r
             parent = np.asarray(pc.list_parent_indices(arr))
             if values.null_count:
                 faults.append(("vectors with null values", np.unique(parent[np.asarray(values.is_null())])))
-            finite = pc.is_finite(pc.cast(values, pa.float64())).fill_null(True)
-            if not pc.all(finite).as_py():
-                faults.append(("vectors with NaN or Inf", np.unique(parent[~np.asarray(finite)])))
+            # checked as the reader reads them (to_matrix, float32): a float64 1e39 is finite
+            # in the file and Inf there
+            read = pc.is_finite(pc.cast(values, pa.float32(), safe=False)).fill_null(True)
+            if not pc.all(read).as_py():
+                stored = np.asarray(pc.is_finite(pc.cast(values, pa.float64())).fill_null(True))
+                faults.append(("vectors with NaN or Inf", np.unique(parent[~stored])) if not stored.all() else
+                              ("vectors with values beyond float32's range (|x| > 3.4e38; the audit reads vectors "
+                               "as float32, where they are Inf)", np.unique(parent[~np.asarray(read)])))
             if faults:
                 what, rows = faults[0]
                 raise DataError(f"{OPT_EMBEDDINGS}: {path}: column {layer!r} has {rows.size} {what} in rows "
