@@ -131,8 +131,12 @@ def probe(suite: Suite, ref: "ModelRef", seed: int = 0) -> str | None:
 def backend_failure(e: Any, x: "np.ndarray", layers: list[str], pool: str, exc: Exception) -> "EmbeddingError":
     """The one-line error for the backend's own failure on a batch ``x`` met during
     extraction (see :func:`_failure`)."""
-    from .errors import EmbeddingError
+    from .errors import EmbeddingError, out_of_memory
 
+    if out_of_memory(exc):  # neither the layer nor the input: the batch is too large for the device
+        return EmbeddingError(f"{e.path} runs out of memory on a batch of {len(x)} images: {_first_line(exc)}; "
+                              f"fix: pass a smaller --invariance-batch-size (images per model call; this batch "
+                              f"held {len(x)})")
     return EmbeddingError(_failure(e, x, layers, pool, exc, f"{e.path} fails", f" on a batch of {len(x)} images")[0])
 
 

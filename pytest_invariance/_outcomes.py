@@ -30,10 +30,15 @@ _MAX_MESSAGE = 400
 AUDIT_FIXTURES = frozenset({"invariance_model", "invariance_check", "invariance_audit"})
 
 
-def _hint(exc: BaseException) -> str:
-    """The command-line option that fixes this kind of failure."""
+def _hint(exc: BaseException, what: str = "") -> str:
+    """The command-line option that fixes this failure, from what failed (``what``: "embedding
+    ... could not run", "study ... could not run") and how (``exc``)."""
     from . import errors as e
 
+    if e.out_of_memory(exc):  # whatever class carries it: the layer or the input is not the fault
+        if what.startswith("study"):
+            return "lower --invariance-max-rows (embedding rows a probe holds at once)"
+        return "lower --invariance-batch-size (images per model call)"
     hints: list[tuple[type[BaseException], str]] = [
         (e.DatasetNotFoundError, "point --invariance-data-dir at the dataset"),
         # a loader that can leave bad items out names --invariance-skip-bad itself (folder, CelebA,
@@ -41,9 +46,9 @@ def _hint(exc: BaseException) -> str:
         (e.DataError, "fix or replace the data files named above, or point --invariance-data-dir at an intact copy"),
         (e.InputShapeError, "pass a --model that takes the suite's input, or select only suites that fit it"),
         (e.LayerNotFoundError, "pick an existing --layer"),
+        # non-finite, constant or misshapen embeddings, or a forward that fails on this input
         (e.EmbeddingError, "pick another --layer, or fix the suite's [preprocess] for this model"),
         (e.ModelLoadError, "check the --model file"),
-        (MemoryError, "lower --invariance-batch-size"),
         (ImportError, "install the package named above, or pass a --model of another kind"),
     ]
     for kind, hint in hints:
@@ -65,7 +70,7 @@ def study_error(what: str, exc: BaseException) -> "StudyError":
     # Messages from our own errors may name a Python argument; the user types options.
     text = re.sub(r"\s*\(skip_bad=True[^)]*\)", "", text.replace("pass skip_bad=True", "pass --invariance-skip-bad"))
     named = getattr(exc, "names_fix", False) or any(o in text for o in ("--invariance-", "--model", "--layer"))
-    fix = "" if named else f"; fix: {_hint(exc)}"
+    fix = "" if named else f"; fix: {_hint(exc, what)}"
     return StudyError(f"{what}: {type(exc).__name__}: {text}{fix}", cause=exc, study=what)
 
 

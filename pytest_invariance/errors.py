@@ -58,6 +58,32 @@ class InconclusiveError(InvarianceError, ValueError):
     threshold (the test split is too small); the test is an ERROR, neither PASS nor FAIL."""
 
 
+# How each backend says it could not get memory: torch ("CUDA out of memory", "DefaultCPUAllocator:
+# can't allocate memory"), onnxruntime ("Failed to allocate memory for requested buffer"), the C++
+# runtime (std::bad_alloc), cuBLAS/cuDNN (CUBLAS_STATUS_ALLOC_FAILED), numpy ("Unable to allocate").
+_OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "cannot allocate memory", "failed to allocate memory",
+                  "bad_alloc", "alloc_failed", "unable to allocate", "memoryallocation")
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` (or the error it was raised from) says memory ran out: a MemoryError,
+    torch's OutOfMemoryError, or a backend's allocation failure in its message."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+            return True
+        text = str(e).lower()
+        if any(s in text for s in _OUT_OF_MEMORY):
+            return True
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return False
+
+
 class InvarianceWarning(_WarningBase):
     """Warnings emitted by pytest-invariance."""
 
