@@ -130,6 +130,9 @@ class Outcomes:
         self.collect_errors: list[str] = []    # "path: first error line" of each collection error
         self._first_of: dict[str, str] = {}    # an error told in full -> the test that told it
         self._told_by: dict[str, str] = {}     # a worker's own "first" turned back-reference -> that test
+        self.planned: set[str] = set()         # every test the pytest-xdist workers collected
+        self.reported: set[str] = set()        # every test a report came for
+        self.crashed = 0                       # pytest-xdist workers that died in a test
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
@@ -143,6 +146,10 @@ class Outcomes:
                     + ("" if exit_status == pytest.ExitCode.INTERRUPTED else "; the other tests ran"))
         if exit_status == pytest.ExitCode.INTERRUPTED:
             return "interrupted"
+        never = sorted(self.planned - self.reported)
+        if self.crashed and never:  # xdist stops replacing crashed workers (--max-worker-restart)
+            return (f"stopped after {self.crashed} pytest-xdist worker crash(es), before {len(never)} test(s) ran "
+                    f"(first: {never[0]}); raise --max-worker-restart, or fix the crash (see the errors)")
         if exit_status == pytest.ExitCode.USAGE_ERROR:
             return f"stopped at a usage error (exit status {int(pytest.ExitCode.USAGE_ERROR)}; its line is printed below)"
         return None
@@ -175,6 +182,7 @@ class Outcomes:
         """A worker died while running ``crashitem`` (SIGKILL from the kernel's out-of-memory
         killer, a segfault in native code): xdist reports the test as FAILED, which reads as a
         failed gate (exit 1). An audit test that never reached a verdict is a tool error."""
+        self.crashed += 1
         suites = self.collected.get("suites_of", {})
         path = crashitem.split("::")[0]
         # its setup report came (it died in the call), a test of its file did, or its file is in a suite
@@ -190,8 +198,13 @@ class Outcomes:
         report.invariance_error, report.invariance_error_first = line, True  # type: ignore[attr-defined]
         report.longrepr = line
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        self.planned.update(ids)
+
     @pytest.hookimpl(tryfirst=True)  # before the terminal and junitxml read the report
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.reported.add(report.nodeid)
         self._once(report)
         audit = getattr(report, "invariance_item", None)
         if audit:

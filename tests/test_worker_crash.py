@@ -65,3 +65,26 @@ def test_a_killed_worker_is_a_tool_error_not_a_failed_gate(pytester, tmp_path):
     doc = read_results(suite, "r.json")
     assert doc["run"]["tests"]["errors"] == 2 and doc["run"]["exit_status"] == 3
     assert sorted(c["nodeid"] for c in doc["checks"] if c["status"] == "error") == crashed
+
+
+def test_a_run_that_xdist_stops_after_crashes_did_not_complete(pytester, tmp_path):
+    # with no worker to replace the dead ones, the test left over never ran: the run counted
+    # only the 2 errors and said nothing of it
+    pytest.importorskip("torch")
+    pytest.importorskip("xdist")
+    suite = copy_suite(pytester, "factors")
+    (suite.path / "killed_nets.py").write_text(KILLED_ON_BIG_BATCH)
+    _folder(tmp_path / "data")
+    result = suite.runpytest_subprocess(
+        "audits/factors", "-n", "2", "--max-worker-restart", "0", "-p", "no:cacheprovider",
+        "--model", "killed_nets:net", f"--invariance-data-dir={tmp_path / 'data'}", "--invariance-preprocess",
+        "size=16x16", "--invariance-no-cache", "--invariance-json=r.json", "--invariance-no-report",
+        "--invariance-history=h.sqlite", "--invariance-progress", "off")
+    assert result.ret == 3, result.stdout.str()
+    result.stdout.fnmatch_lines(["invariance: DID NOT COMPLETE (exit status 3): this run stopped after 2 pytest-xdist "
+                                 "worker crash(es), before 1 test(s) ran;*the history is not written"])
+    run = read_results(suite, "r.json")["run"]
+    assert run["tests"]["errors"] == 2 and run["incomplete"].startswith(
+        "stopped after 2 pytest-xdist worker crash(es), before 1 test(s) ran (first: "
+        "audits/factors/test_factors.py::test_enrollment[no-identity-model])")
+    assert not (suite.path / "h.sqlite").exists()
