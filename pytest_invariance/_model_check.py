@@ -140,6 +140,16 @@ def backend_failure(e: Any, x: "np.ndarray", layers: list[str], pool: str, exc: 
     return EmbeddingError(_failure(e, x, layers, pool, exc, f"{e.path} fails", f" on a batch of {len(x)} images")[0])
 
 
+def _raise_if_out_of_memory(e: Any, suite: Suite, n: int, exc: Exception) -> None:
+    """Out of memory in the start-up check's forward of ``n`` images is no reason the model
+    does not take the suite's input (it was a skip): one error naming the device."""
+    from .errors import EmbeddingError, out_of_memory
+
+    if out_of_memory(exc):
+        raise EmbeddingError(f"{e.path} runs out of memory on {n} image(s) of suite {suite.name}'s start-up check: "
+                             f"{_first_line(exc)}; fix: pass --device cpu, or free the device's memory") from None
+
+
 def _failure(e: Any, x: "np.ndarray", layers: list[str], pool: str, exc: Exception, fails: str,
              unbatched: str = "") -> tuple[str, int | None]:
     """``(message, runs_at)`` after the backend's own error on ``x``: the batch size the graph
@@ -316,6 +326,7 @@ def _probe(suite: Suite, ref: "ModelRef", seed: int) -> tuple[str | None, dict[s
     except InvarianceError:
         raise
     except Exception as exc:  # the backend's own error: the model does not take this input
+        _raise_if_out_of_memory(e, suite, len(x), exc)
         fails = f"{e.path} fails on suite {suite.name}'s input float32[N, {', '.join(map(str, shape))}]"
         message, runs_at = _failure(e, x.numpy(), layers, ref.pool, exc, fails)
         if runs_at is not None:  # the model is fine; only the batch it is fed needs the option
@@ -335,6 +346,7 @@ def _probe(suite: Suite, ref: "ModelRef", seed: int) -> tuple[str | None, dict[s
     except InvarianceError:
         raise
     except Exception as exc:  # it ran on the batch of 4: a batch fixed at 4 inside the graph, or no single image
+        _raise_if_out_of_memory(e, suite, 1, exc)
         fails = f"{e.path} fails on suite {suite.name}'s input float32[N, {', '.join(map(str, shape))}]"
         message, runs_at = _failure(e, x[:1].numpy(), layers, ref.pool, exc, fails)
         raise EmbeddingError(message if runs_at is not None else f"{e.path} runs suite {suite.name}'s input in a batch "

@@ -27,9 +27,10 @@ class Net(nn.Module):
         self.conv, self.kind = nn.Conv2d(3, 8, 3), kind
 
     def forward(self, x):
-        if x.shape[0] > 8:
+        if x.shape[0] > 8 or self.kind == "always":
             raise {{"torch_cuda": lambda: {torch_cuda}, "memory_error": lambda: {memory_error},
-                    "onnxruntime": lambda: {onnxruntime}}}[self.kind]()
+                    "onnxruntime": lambda: {onnxruntime},
+                    "always": lambda: {torch_cuda}}}[self.kind]()
         return self.conv(x).mean((2, 3))
 
 def _net(kind):
@@ -39,6 +40,7 @@ def _net(kind):
 def torch_cuda(): return _net("torch_cuda")
 def memory_error(): return _net("memory_error")
 def onnxruntime(): return _net("onnxruntime")
+def always(): return _net("always")
 """.format(**RAISES)
 
 
@@ -85,6 +87,15 @@ def test_out_of_memory_in_extraction_names_the_batch_size(oom_suite, kind):
     if kind == "torch_cuda":  # the fix it names works
         fixed = _run(suite, data, kind, "--invariance-batch-size", "8")
         assert fixed.ret == 0, fixed.stdout.str()
+
+
+def test_out_of_memory_at_start_up_is_an_error_not_a_skip(oom_suite):
+    # was "suite factors: skipped: ... fails on suite factors's input ...", exit 5 (nothing audited)
+    suite, data = oom_suite
+    result = _run(suite, data, "always")
+    assert result.ret == 4, result.stdout.str()
+    result.stderr.fnmatch_lines(["ERROR: oom_nets:always runs out of memory on 4 image(s) of suite factors's start-up "
+                                 "check: CUDA out of memory*; fix: pass --device cpu, or free the device's memory"])
 
 
 def test_the_fix_follows_what_failed():
