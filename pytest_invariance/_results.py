@@ -43,9 +43,9 @@ def _write_outputs(s: Settings, collected: dict[str, Any], run: dict[str, Any], 
             lines.append(f"invariance: history {s.resolve_path(s.history)} not written: this run "
                          f"{why.split(' (first: ')[0]}")  # the first error line is in the line above
         elif (kept := store.kept_record(run["model_version"], doc)) is not None:
-            lines.append(f"invariance: history {s.resolve_path(s.history)} not written: this run {kept}, and would "
-                         "replace that record with fewer figures; the record is kept (pass --model-version TAG to "
-                         "record this run under its own tag)")
+            lines.append(f"invariance: history {s.resolve_path(s.history)} not written: this run {kept}; that record "
+                         "is kept, as later baselines compare with it (pass --model-version TAG to record this run "
+                         "under its own tag)")
         else:
             # Skipped tests measured nothing: the history keeps figures and errors only.
             store.record({**doc, "checks": [c for c in checks if c.get("status") != "skipped"]},

@@ -35,6 +35,7 @@ from ._store import (
 __all__ = [
     "HistoryStore", "HistoryError", "UnknownVersionError", "TrendPoint", "default_tag",
     "SCHEMA_VERSION", "LATEST", "Tolerance", "ToleranceError", "parse_tolerance",
-    "compare_to_baseline", "find_tolerance", "annotate_regressions", "check_identity", "not_a_baseline", "run_counts", "figure_keys", "measures_fewer",
+    "compare_to_baseline", "find_tolerance", "annotate_regressions", "check_identity", "not_a_baseline", "run_counts",
+    "figure_keys", "measures_fewer",
     "baseline_report", "judge_change", "leak_direction",
 ]
