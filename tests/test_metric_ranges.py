@@ -25,12 +25,14 @@ def test_metric_ranges_from_names(metric, expected):
 
 def test_an_override_that_can_never_fail_is_refused_in_one_line():
     suite = {"mae": Threshold(">=", 10.0), "r2": Threshold("<=", 0.1)}
-    for key, value in (("mae", -157.0), ("r2", 2.08e4), ("yaw.mae", 0.0)):
+    for key, value in (("mae", -157.0), ("r2", 2.08e4), ("yaw.mae", -0.5)):
         with pytest.raises(InvalidParameterError, match="could never fail"):
             resolve_threshold(key.split(".")[-1], ["yaw"], call=None, marker={}, suite=suite, overrides={key: value})
     # inside the range: accepted
     assert resolve_threshold("mae", ["yaw"], call=None, marker={}, suite=suite, overrides={"mae": 3.0}).value == 3.0
     assert not vacuous("mae", ">=", 0.5) and vacuous("balanced_error", "<=", 1.0)
+    # at the bound: a deliberate "not gated", accepted (never suggested by the advice)
+    assert resolve_threshold("mae", ["yaw"], call=None, marker={}, suite=suite, overrides={"mae": 0.0}).value == 0.0
 
 
 def test_inconclusive_advice_names_no_gate_past_the_figures_range():

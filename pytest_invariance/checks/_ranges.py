@@ -36,9 +36,13 @@ def metric_range(metric: str) -> tuple[float, float]:
     return -math.inf, math.inf
 
 
-def vacuous(metric: str, comparator: str, value: float) -> bool:
-    """Whether the gate ``metric comparator value`` passes every value the figure can take."""
+def vacuous(metric: str, comparator: str, value: float, at_bound: bool = True) -> bool:
+    """Whether the gate ``metric comparator value`` passes every value the figure can take;
+    with ``at_bound=False`` only a value beyond the range counts (``mae >= 0`` is how a user
+    stops gating a figure on purpose; ``mae >= -157`` is a mistake)."""
     low, high = metric_range(metric)
+    if not at_bound:
+        return (comparator in (">", ">=") and value < low) or (comparator in ("<", "<=") and value > high)
     return {">": value < low, ">=": value <= low, "<": value > high, "<=": value >= high}.get(comparator, False)
 
 
@@ -47,9 +51,10 @@ def refuse_vacuous(metric: str, threshold: "Threshold", where: str) -> None:
     set it) when ``threshold`` on ``metric`` could never fail."""
     from ..errors import InvalidParameterError
 
-    if vacuous(metric, threshold.comparator, threshold.value):
+    if vacuous(metric, threshold.comparator, threshold.value, at_bound=False):
         low, high = metric_range(metric)
         raise InvalidParameterError(
-            f"{where}: {metric} {threshold.comparator} {threshold.value:g} holds for every value {metric} can take "
-            f"({low:g}..{high:g}), so this gate could never fail; pick a value inside that range")
+            f"{where}: {threshold.value:g} lies beyond every value {metric} can take ({low:g}..{high:g}), so "
+            f"{metric} {threshold.comparator} {threshold.value:g} could never fail; pick a value inside that range "
+            "(a value at its bound stops gating the figure)")
 
