@@ -250,8 +250,15 @@ class HistoryStore:
             con.close()
 
     def _foreign_check(self, con: sqlite3.Connection) -> None:
-        version = con.execute("PRAGMA user_version").fetchone()[0]
-        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        # one read transaction: read apart, a writer creating the schema could commit between
+        # the two reads (version 0, then its tables), and a second writer took our own new
+        # database for another application's (tests/test_history_store.py, concurrent writers)
+        con.execute("BEGIN")
+        try:
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+            tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        finally:
+            con.execute("COMMIT")
         if version == SCHEMA_VERSION and {"meta", "runs", "checks"} <= set(tables):
             return
         if version == 0 and not tables:
