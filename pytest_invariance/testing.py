@@ -205,6 +205,24 @@ def write_toy_suite(folder: str | Path, model_path: str, layer: str) -> Path:
     return suite
 
 
+def write_noise_folder(root: str | Path, n: int = 200, size: int = 16) -> Path:
+    """A factors-suite folder under ``root``: ``n`` random-noise RGB images ``size`` x ``size``
+    (``img/NNN.png``) and a ``labels.csv`` with a binary ``flag`` (alternating) and a continuous
+    ``level`` (seeded normal draws) that no image carries. Returns ``root``."""
+    import numpy as np
+    from PIL import Image
+
+    root = Path(root)
+    (root / "img").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / "img" / f"{i:03d}.png")
+        rows.append(f"img/{i:03d}.png,{i % 2},{rng.normal():.4f}")
+    (root / "labels.csv").write_text("image,flag,level\n" + "\n".join(rows) + "\n")
+    return root
+
+
 def read_results(pytester: Any, name: str = "reports/results.json") -> dict[str, Any]:
     """The results.json a ``pytester`` run wrote (``name`` relative to its folder)."""
     import json

@@ -50,14 +50,21 @@ def _folder(root, n=240, seed=0):
     return root
 
 
-def test_an_ungated_factor_that_starts_to_leak_is_a_regression_in_pytest_and_in_compare(pytester, tmp_path, capsys):
-    from pytest_invariance.cli import main
-
+@pytest.fixture
+def two_models(pytester, tmp_path):
+    """The factors suite in ``pytester``, the planted folder, a blind and a leaky ONNX model and
+    the arguments every run here shares: ``(suite, blind, leaky, common)``."""
     suite = copy_suite(pytester, "factors")
     data = _folder(tmp_path / "d")
     blind = export_onnx(_Reader(False).eval(), tmp_path / "blind.onnx", (3, 16, 16))
     leaky = export_onnx(_Reader(True).eval(), tmp_path / "leaky.onnx", (3, 16, 16))
-    common = ("audits/factors/test_factors.py::test_factor", f"--invariance-data-dir={data}")
+    return suite, blind, leaky, ("audits/factors/test_factors.py::test_factor", f"--invariance-data-dir={data}")
+
+
+def test_an_ungated_factor_that_starts_to_leak_is_a_regression_in_pytest_and_in_compare(two_models, capsys):
+    from pytest_invariance.cli import main
+
+    suite, blind, leaky, common = two_models
     result, base = run_and_read(suite, *common, f"--model={blind}", "--model-version", "blind")
     result.assert_outcomes(passed=2)  # nothing gated: measured only
     result, now = run_and_read(suite, *common, f"--model={leaky}", "--model-version", "leaky",
@@ -78,7 +85,7 @@ def test_an_ungated_factor_that_starts_to_leak_is_a_regression_in_pytest_and_in_
     # `compare` says the same, from the same function
     capsys.readouterr()
     assert main(["compare", "blind", "leaky", "--history", str(suite.path / "h.sqlite"),
-                 "--out", str(tmp_path / "c.html")]) == 1
+                 "--out", str(suite.path / "c.html")]) == 1
     out = capsys.readouterr().out
     assert "4 worse, 0 better of 4 checks" in out
     rows = compare_rows(HistoryStore(suite.path / "h.sqlite").run("blind"),
@@ -138,14 +145,10 @@ def test_a_chance_level_that_moved_with_the_split_is_not_a_regression():
     assert judge_change({**now, "value": 0.02, "ci_low": 0.0, "ci_high": 0.05}, moved)["change"] == "worse"
 
 
-def test_a_rerun_of_part_of_a_version_does_not_replace_its_record(pytester, tmp_path):
+def test_a_rerun_of_part_of_a_version_does_not_replace_its_record(two_models):
     # `-k` re-ran 2 of v1's checks and v1 then held those 2: a later baseline compared 2 of 4
     # and a factor that began to leak went unflagged.
-    suite = copy_suite(pytester, "factors")
-    data = _folder(tmp_path / "d")
-    blind = export_onnx(_Reader(False).eval(), tmp_path / "blind.onnx", (3, 16, 16))
-    leaky = export_onnx(_Reader(True).eval(), tmp_path / "leaky.onnx", (3, 16, 16))
-    common = ("audits/factors/test_factors.py::test_factor", f"--invariance-data-dir={data}")
+    suite, blind, leaky, common = two_models
     run_and_read(suite, *common, f"--model={blind}", "--model-version", "v1")
     store = HistoryStore(suite.path / "h.sqlite")
     full = store.check_keys("v1")
@@ -167,15 +170,11 @@ def test_a_rerun_of_part_of_a_version_does_not_replace_its_record(pytester, tmp_
     result.stdout.fnmatch_lines(["invariance: history * (version v1)*"])
 
 
-def test_a_rerun_that_errors_keeps_the_version_as_the_latest_baseline(pytester, tmp_path):
+def test_a_rerun_that_errors_keeps_the_version_as_the_latest_baseline(two_models):
     # v1 re-run with --invariance-max-rows 8 (too few rows for the stripe SVM: one ERROR) was
     # recorded over v1 (4 figures -> 2 and an error, not a baseline): v2, which leaks, then
     # found no 'latest' baseline, compared nothing and exited 0.
-    suite = copy_suite(pytester, "factors")
-    data = _folder(tmp_path / "d")
-    blind = export_onnx(_Reader(False).eval(), tmp_path / "blind.onnx", (3, 16, 16))
-    leaky = export_onnx(_Reader(True).eval(), tmp_path / "leaky.onnx", (3, 16, 16))
-    common = ("audits/factors/test_factors.py::test_factor", f"--invariance-data-dir={data}")
+    suite, blind, leaky, common = two_models
     run_and_read(suite, *common, f"--model={blind}", "--model-version", "v1")
     store = HistoryStore(suite.path / "h.sqlite")
     full, recorded = store.check_keys("v1"), store.run("v1")["run"]["recorded_at"]

@@ -2,12 +2,11 @@
 never by another --layer or [preprocess]: the one-line error names the option that fixes it."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from pytest_invariance._outcomes import study_error
 from pytest_invariance.errors import EmbeddingError, out_of_memory
-from pytest_invariance.testing import copy_suite
+from pytest_invariance.testing import copy_suite, write_noise_folder
 
 # A model that runs the start-up check's batches of 4 and 1 but runs out of memory on the
 # extraction batch, the way each backend says so.
@@ -44,25 +43,12 @@ def always(): return _net("always")
 """.format(**RAISES)
 
 
-def _folder(root, n=200):
-    from PIL import Image
-
-    (root / "img").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / "img" / f"{i:03d}.png")
-        rows.append(f"img/{i:03d}.png,{i % 2},{rng.normal():.4f}")
-    (root / "labels.csv").write_text("image,flag,level\n" + "\n".join(rows) + "\n")
-
-
 @pytest.fixture
 def oom_suite(pytester, tmp_path):
     pytest.importorskip("torch")
     suite = copy_suite(pytester, "factors")
     (suite.path / "oom_nets.py").write_text(NETS)
-    _folder(tmp_path / "data")
-    return suite, tmp_path / "data"
+    return suite, write_noise_folder(tmp_path / "data")
 
 
 def _run(suite, data, kind, *extra):

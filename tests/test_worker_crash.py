@@ -2,10 +2,9 @@
 sends SIGKILL) is a tool error: an ERROR counted as could-not-run, exit 3, never a failed gate."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from pytest_invariance.testing import copy_suite, read_results
+from pytest_invariance.testing import copy_suite, read_results, write_noise_folder
 
 # The batch of 4 the start-up check runs passes; the first extraction batch (every image)
 # kills the worker the way the OOM killer does.
@@ -28,29 +27,27 @@ def net():
 """
 
 
-def _folder(root, n=200):
-    from PIL import Image
-
-    (root / "img").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / "img" / f"{i:03d}.png")
-        rows.append(f"img/{i:03d}.png,{i % 2},{rng.normal():.4f}")
-    (root / "labels.csv").write_text("image,flag,level\n" + "\n".join(rows) + "\n")
-
-
-def test_a_killed_worker_is_a_tool_error_not_a_failed_gate(pytester, tmp_path):
+@pytest.fixture
+def killed(pytester, tmp_path):
+    """``run(*extra)``: the factors suite under ``-n 2`` with the model that kills its worker."""
     pytest.importorskip("torch")
     pytest.importorskip("xdist")
     suite = copy_suite(pytester, "factors")
     (suite.path / "killed_nets.py").write_text(KILLED_ON_BIG_BATCH)
-    _folder(tmp_path / "data")
-    result = suite.runpytest_subprocess(
-        "audits/factors", "-n", "2", "-p", "no:cacheprovider", "--model", "killed_nets:net",
-        f"--invariance-data-dir={tmp_path / 'data'}", "--invariance-preprocess", "size=16x16", "--invariance-no-cache",
-        "--invariance-json=r.json", "--invariance-no-report", "--invariance-history=h.sqlite",
-        "--invariance-progress", "off")
+    data = write_noise_folder(tmp_path / "data")
+
+    def run(*extra):
+        return suite.runpytest_subprocess(
+            "audits/factors", "-n", "2", *extra, "-p", "no:cacheprovider", "--model", "killed_nets:net",
+            f"--invariance-data-dir={data}", "--invariance-preprocess", "size=16x16", "--invariance-no-cache",
+            "--invariance-json=r.json", "--invariance-no-report", "--invariance-history=h.sqlite",
+            "--invariance-progress", "off")
+    return suite, run
+
+
+def test_a_killed_worker_is_a_tool_error_not_a_failed_gate(killed):
+    suite, run = killed
+    result = run()
     out = result.stdout.str()
     crashed = ["audits/factors/test_factors.py::test_factor[flag-model]",
                "audits/factors/test_factors.py::test_factor[level-model]"]
@@ -67,24 +64,16 @@ def test_a_killed_worker_is_a_tool_error_not_a_failed_gate(pytester, tmp_path):
     assert sorted(c["nodeid"] for c in doc["checks"] if c["status"] == "error") == crashed
 
 
-def test_a_run_that_xdist_stops_after_crashes_did_not_complete(pytester, tmp_path):
+def test_a_run_that_xdist_stops_after_crashes_did_not_complete(killed):
     # with no worker to replace the dead ones, the test left over never ran: the run counted
     # only the 2 errors and said nothing of it
-    pytest.importorskip("torch")
-    pytest.importorskip("xdist")
-    suite = copy_suite(pytester, "factors")
-    (suite.path / "killed_nets.py").write_text(KILLED_ON_BIG_BATCH)
-    _folder(tmp_path / "data")
-    result = suite.runpytest_subprocess(
-        "audits/factors", "-n", "2", "--max-worker-restart", "0", "-p", "no:cacheprovider",
-        "--model", "killed_nets:net", f"--invariance-data-dir={tmp_path / 'data'}", "--invariance-preprocess",
-        "size=16x16", "--invariance-no-cache", "--invariance-json=r.json", "--invariance-no-report",
-        "--invariance-history=h.sqlite", "--invariance-progress", "off")
+    suite, run = killed
+    result = run("--max-worker-restart", "0")
     assert result.ret == 3, result.stdout.str()
     result.stdout.fnmatch_lines(["invariance: DID NOT COMPLETE (exit status 3): this run stopped after 2 pytest-xdist "
                                  "worker crash(es), before 1 test(s) ran;*the history is not written"])
-    run = read_results(suite, "r.json")["run"]
-    assert run["tests"]["errors"] == 2 and run["incomplete"].startswith(
+    meta = read_results(suite, "r.json")["run"]
+    assert meta["tests"]["errors"] == 2 and meta["incomplete"].startswith(
         "stopped after 2 pytest-xdist worker crash(es), before 1 test(s) ran (first: "
         "audits/factors/test_factors.py::test_enrollment[no-identity-model])")
     assert not (suite.path / "h.sqlite").exists()
