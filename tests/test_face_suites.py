@@ -252,7 +252,7 @@ def test_ridge_matches_sklearn():
     scale = rng.uniform(0.1, 3, 80)
     X = rng.normal(size=(60, 80)) * scale
     Y, Xt = rng.normal(size=(60, 3)), rng.normal(size=(10, 80)) * scale * 2  # beyond the training range
-    pred = ridge_predict(X, Y, Xt)
+    pred, _ = ridge_predict(X, Y, Xt)
     # penalties relative to the scaled training rows' mean squared distance to their mean:
     # the sum of the features' variances, 80 once each feature has variance 1
     scaler = StandardScaler().fit(X)

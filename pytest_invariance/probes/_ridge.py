@@ -53,22 +53,25 @@ def penalty_unit(singular_values: NDArray[np.float64], n: int) -> float:
 
 
 def ridge_predict(Xtr: NDArray[np.floating], Ytr: NDArray[np.floating], Xte: NDArray[np.floating],
-                  maps: Mapping[str, Scaler] | None = None) -> NDArray[np.float64]:
-    """Predictions ``[len(PENALTIES), len(Xte), k]`` of ridge fits of ``Ytr`` [n, k] on ``Xtr`` [n, d].
+                  maps: Mapping[str, Scaler] | None = None) -> tuple[NDArray[np.float64], dict[str, float]]:
+    """Predictions ``[len(PENALTIES), len(Xte), k]`` of ridge fits of ``Ytr`` [n, k] on ``Xtr`` [n, d],
+    and each scaling's penalty unit (:func:`penalty_unit`: a relative penalty times it is the
+    absolute one, for a final fit on the scaled rows).
 
     One SVD of the centred training rows per scaling (``maps``: :func:`scalers` of ``Xtr``
     unless given) gives every penalty's predictions; the intercept is not penalised.
     """
     maps = scalers(Xtr) if maps is None else maps
     my = Ytr.mean(axis=0)
-    out = []
+    out, units = [], {}
     for name in SCALINGS:
         Ztr, Zte = maps[name](Xtr, fitted=True), maps[name](Xte)
         mx = Ztr.mean(axis=0)
         U, s, Vt = np.linalg.svd(Ztr - mx, full_matrices=False)
-        shrink = s / (s**2 + np.asarray(ALPHAS)[:, None] * penalty_unit(s, len(Ztr)))  # [A, r]
+        units[name] = penalty_unit(s, len(Ztr))
+        shrink = s / (s**2 + np.asarray(ALPHAS)[:, None] * units[name])  # [A, r]
         out.append(((Zte - mx) @ Vt.T)[None] * shrink[:, None, :] @ (U.T @ (Ytr - my)) + my)
-    return np.concatenate(out)
+    return np.concatenate(out), units
 
 
 def ridge_predict_streamed(chunks: Callable[[], Iterable[tuple[NDArray[Any], NDArray[Any]]]],
@@ -104,5 +107,5 @@ def cv_penalty(Xtr: NDArray[np.floating], Y: NDArray[np.floating], folds: Iterab
                ) -> NDArray[np.intp]:
     """Index into :data:`PENALTIES` of each of ``Y``'s [n, k] columns' lowest cross-validated
     MAE, the ``folds`` (boolean masks of held-out rows, e.g. whole identities) in turn held out."""
-    cv = sum(np.abs(ridge_predict(Xtr[~f], Y[~f], Xtr[f]) - Y[f]).mean(axis=1) for f in folds)
+    cv = sum(np.abs(ridge_predict(Xtr[~f], Y[~f], Xtr[f])[0] - Y[f]).mean(axis=1) for f in folds)
     return np.asarray(cv).argmin(axis=0)  # type: ignore[no-any-return]

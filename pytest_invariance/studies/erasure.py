@@ -305,7 +305,7 @@ def _identity_ridge(groups_train: "NDArray[Any]", seed: int) -> Rows:
         uniq = np.random.default_rng(seed).permutation(np.unique(groups_train))
         folds = [np.isin(groups_train, part) for part in np.array_split(uniq, min(5, len(uniq)))]
         best = cv_penalty(X, Y, folds)  # [k]: the scaling and penalty each column's CV picked
-        return ridge_predict(X, Y, Xt)[best, :, np.arange(Y.shape[1])].T  # type: ignore[no-any-return]
+        return ridge_predict(X, Y, Xt)[0][best, :, np.arange(Y.shape[1])].T  # type: ignore[no-any-return]
 
     return rows
 

@@ -537,7 +537,7 @@ def factor_regression(X: "NDArray[np.floating]", y: "NDArray[np.floating]", trai
     uniq = rng.permutation(np.unique(gtr))
     folds = [np.isin(gtr, part) for part in np.array_split(uniq, min(5, len(uniq)))]
     best = cv_penalty(Xtr, Y, folds)  # [k]: the scaling and penalty each target's CV picked
-    pred = ridge_predict(Xtr, Y, Xte)[best, :, np.arange(Y.shape[1])]  # [k, m]
+    pred = ridge_predict(Xtr, Y, Xte)[0][best, :, np.arange(Y.shape[1])]  # [k, m]
     err = np.abs(pred - yte)
     g, inv = np.unique(groups[~train], return_inverse=True)
     size = np.bincount(inv)  # equal rows per identity: the mean of the means is the MAE

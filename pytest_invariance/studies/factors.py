@@ -369,8 +369,8 @@ def _continuous(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, te
     if streamed:  # --invariance-max-rows: the same predictions from merged moments
         pred, units = ridge_predict_streamed(lambda: ((X[i], y[i]) for i in F.row_chunks(tr, max_rows)), X[va], maps)
     else:  # every penalty's validation predictions from one SVD per scaling of the training embeddings
-        pred = ridge_predict(X[tr], y[tr, None], X[va], maps)[..., 0]
-        units = {name: float(f(X[tr], fitted=True).var(axis=0).sum()) or 1.0 for name, f in maps.items()}
+        pred, units = ridge_predict(X[tr], y[tr, None], X[va], maps)
+        pred = pred[..., 0]
     err = np.abs(pred - y[va])  # [penalties, n_val]
     best = int(err.mean(axis=1).argmin())
     # one-standard-error rule within the best's scaling: the strongest penalty within one SE
