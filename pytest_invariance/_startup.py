@@ -73,8 +73,7 @@ def check_overrides(settings: "Settings", suites: list["Suite"]) -> None:
     from .checks._ranges import refuse_vacuous
     from .checks._result import Threshold
     from .errors import InvalidParameterError
-    from .studies.factors import METRIC_NAMES as FACTOR_METRICS
-    from .studies.factors import default_limit
+    from .history import leak_direction
 
     if not settings.threshold and not settings.tolerance:
         return
@@ -90,10 +89,12 @@ def check_overrides(settings: "Settings", suites: list["Suite"]) -> None:
             raise pytest.UsageError(f"--invariance-threshold {key}={value:g}: no selected suite has metric "
                                     f"{metric!r}; known metrics: {known}")
         # a gate that could never fail, told once here (the checks would each refuse it): in the
-        # direction a suite's [thresholds] give the metric, or the factors suite's default one
+        # direction a suite's [thresholds] give the metric, and in the one that keeps leakage
+        # out (a gate given for an ungated factor's figure gets that one)
         directions = {t.comparator for s in suites for k, t in s.thresholds.items() if k.rsplit(".", 1)[-1] == metric}
-        if metric in FACTOR_METRICS:
-            directions.add(Threshold.from_kwargs(**default_limit(metric, value)).comparator)
+        leak = leak_direction(metric)
+        if leak is not None:
+            directions.add(">=" if leak < 0 else "<=")
         for comparator in directions:
             try:
                 refuse_vacuous(metric, Threshold(comparator, value), f"--invariance-threshold {key}={value:g}")
