@@ -114,3 +114,26 @@ def test_one_huge_dimension_does_not_hold_the_others_constant():
     Z = StandardScaler().fit(X[TR]).transform(X)
     ref = 1 - balanced_accuracy_score(yb[TE], LinearSVC(C=1.0, class_weight="balanced").fit(Z[TR], yb[TR]).predict(Z[TE]))
     assert be.value == pytest.approx(ref, abs=0.04), (be.value, ref)
+
+
+def test_test_rows_clipped_beyond_the_margin_are_counted_in_every_probes_details():
+    # a row to predict farther than MARGIN widths out (or active in a unit dead in training) is
+    # clipped; the figures said nothing of it
+    from pytest_invariance.probes import MLPProbe
+    from pytest_invariance.probes._standardise import MARGIN
+
+    X, yb, yc, yr = _planted(5)
+    X[TR, 7] = 0.0  # a unit dead on the training rows
+    X[TE, 7] = 0.0
+    X[VA, 7] = 0.0
+    clean = _figures(X, yb, yc, yr)
+    assert not any("extrapolated_rows" in e.details for e in clean)
+    width = X[TR, 3].max() - X[TR, 3].min()
+    X[TE[:4], 3] = X[TR, 3].max() + (MARGIN + 1) * width  # 4 rows beyond the margin
+    X[TE[4:6], 3] = X[TR, 3].max() + (MARGIN - 1) * width  # 2 inside it: not clipped
+    X[TE[6], 7] = 0.5  # the dead unit active on one row
+    for est in _figures(X, yb, yc, yr):
+        assert est.details["extrapolated_rows"] == 5, est.details
+    mlp = MLPProbe(task="regression", hidden=8, max_epochs=5, n_bootstrap=20, random_state=0).fit(X[TR], yr[TR])
+    assert mlp.evaluate(X[TE], yr[TE])["mae"].details["extrapolated_rows"] == 5
+    assert _continuous(X, yr, TR, VA, TE, seed=0)["r2"].details["extrapolated_rows"] == 5

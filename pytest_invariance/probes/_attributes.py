@@ -260,6 +260,7 @@ class AttributeSVMProbe(ProbeMixin):
             raise DataError(f"no attribute can be measured on this test split: {skip}")
         Yt = Yt[:, keep]
         Zt = self.standardiser_.transform(Xt)
+        beyond = self.standardiser_.extrapolated_rows(Xt)
         pred = np.where(Zt @ self._coef_z[keep].T + self._intercept_z[keep] > 0, 1.0, -1.0)
         rates = F.binary_rates(Yt, pred)
         pos, neg = (Yt > 0).astype(np.float64), (Yt < 0).astype(np.float64)
@@ -280,6 +281,8 @@ class AttributeSVMProbe(ProbeMixin):
                     "converged": bool(self.converged_[a]), "n_iter": int(self.n_iter_[a])}
             if self.standardiser_.outlier_rows:
                 base["outlier_rows"] = self.standardiser_.outlier_rows
+            if beyond:
+                base["extrapolated_rows"] = beyond
             if self.train_rows_[0] < self.train_rows_[1]:
                 base["train_rows"], base["train_rows_given"] = self.train_rows_
                 base["subsample"] = "seeded uniform (--invariance-max-rows); the CI does not cover it"

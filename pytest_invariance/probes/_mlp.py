@@ -306,6 +306,12 @@ class MLPProbe(ProbeMixin):
                                                                    device=self._device)).T.double().cpu().numpy())
         return np.concatenate(out) * self.y_std_ + (self.y_mean_ if self.task == "regression" else 0.0)  # type: ignore[no-any-return]
 
+    def _extrapolated_rows(self, X: NDArray[Any], classes: Any) -> int:
+        """:meth:`Standardiser.extrapolated_rows` of the inputs, a block at a time as predicted."""
+        c = np.asarray(classes) if classes is not None else None
+        return sum(self.standardiser_.extrapolated_rows(self._inputs(X[s: s + 8192], None if c is None else c[s: s + 8192],
+                                                                     False)) for s in range(0, len(X), 8192))
+
     def predict(self, X: Any, classes: Any = None) -> NDArray[np.float64]:
         """[n] (or [n, T] for several targets): the factor, or 0/1 for binary."""
         out = self.decision_function(X, classes)
@@ -320,10 +326,13 @@ class MLPProbe(ProbeMixin):
         pred = self.decision_function(X, classes)
         Y = self._targets(y)
         check_lengths(len(pred), y=Y)
+        beyond = self._extrapolated_rows(check_features(X), classes)
         kw = dict(n_bootstrap=self.n_bootstrap, confidence=self.confidence, random_state=self.random_state)
         out: dict[str, list[Estimate]] = {}
         for t in range(Y.shape[1]):
             for name, est in self._column(pred[:, t], Y[:, t], t, kw).items():
+                if beyond:
+                    est.details["extrapolated_rows"] = beyond
                 out.setdefault(name, []).append(est)
         return {k: v[0] if self.n_targets_ == 1 else v for k, v in out.items()}
 

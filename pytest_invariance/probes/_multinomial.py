@@ -149,6 +149,8 @@ class MultinomialProbe(ProbeMixin):
                                    "per_level_count": {str(c): int((y == c).sum()) for c in self.classes_}}
         if self.standardiser_.outlier_rows:
             details["outlier_rows"] = self.standardiser_.outlier_rows
+        if beyond := self.standardiser_.extrapolated_rows(check_features(X_test)):
+            details["extrapolated_rows"] = beyond
         pv = None
         if self.n_permutations > 0:
             Z, ytr = self._train

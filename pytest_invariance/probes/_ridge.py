@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ._standardise import Standardiser
+
 # Relative penalties: 1e-6 is least squares in all but name, 1e4 predicts the training mean.
 ALPHAS = tuple(float(a) for a in 10.0 ** np.arange(-6, 5))
 SCALINGS = ("embedding", "standardised")
@@ -36,12 +38,9 @@ ALPHA_UNIT = "mean squared distance of the scaled training rows to their mean"
 Scaler = Callable[..., NDArray[np.float64]]  # (X, fitted=False): fitted for the training rows
 
 
-def scalers(Xtr: NDArray[np.floating]) -> dict[str, Scaler]:
-    """The two feature maps of :data:`SCALINGS`, fitted on the training rows ``Xtr`` [n, d]."""
-    from ._standardise import Standardiser
-
-    st = Standardiser.fit(Xtr)
-    # both clip rows to the same bounds (one extreme row levers neither fit)
+def scalers(st: "Standardiser") -> dict[str, Scaler]:
+    """The two feature maps of :data:`SCALINGS` from a :class:`~._standardise.Standardiser`
+    fitted on the training rows; both clip rows to its bounds (one extreme row levers neither fit)."""
     return {"embedding": st.clip, "standardised": st.transform}
 
 
@@ -61,7 +60,7 @@ def ridge_predict(Xtr: NDArray[np.floating], Ytr: NDArray[np.floating], Xte: NDA
     One SVD of the centred training rows per scaling (``maps``: :func:`scalers` of ``Xtr``
     unless given) gives every penalty's predictions; the intercept is not penalised.
     """
-    maps = scalers(Xtr) if maps is None else maps
+    maps = scalers(Standardiser.fit(Xtr)) if maps is None else maps
     my = Ytr.mean(axis=0)
     out, units = [], {}
     for name in SCALINGS:

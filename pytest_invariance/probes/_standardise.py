@@ -23,7 +23,8 @@ The fitted rows are clipped to that range (an outlier to its edge, so it cannot 
 fit); rows to predict to that range widened by :data:`MARGIN` times its width on each side,
 so a test split may extrapolate (yaw to +-90 degrees from training's +-30: clipping to the
 training range itself read MAE 21 where ridge reads 2.7) while a value a billion SDs out
-cannot decide a prediction alone. A feature whose training spread is below float32's
+cannot decide a prediction alone (the figures' details count the rows clipped:
+``extrapolated_rows``). A feature whose training spread is below float32's
 resolution of the median feature's (a unit dead on the training rows, or what LEACE left of
 an erased direction) is held constant: divided by its std of 1e-9, a test row where it is
 active gave an MLP an angle MAE of 7e10 degrees. A factor carried only by such a feature (at
@@ -157,6 +158,21 @@ class Standardiser:
         side (a constant feature stays constant)."""
         reach = 0.0 if fitted else MARGIN * (self.high - self.low)
         return self.low - reach, self.high + reach
+
+    def extrapolated_rows(self, X: NDArray[np.floating], block: int = 8192) -> int:
+        """How many rows of ``X`` [n, d] (rows to predict) have a value that :meth:`transform`
+        clips: beyond the fitted range by more than :data:`MARGIN` widths, or away from a
+        feature held constant (dead on the fitted rows). Such a row's prediction is capped, so a
+        figure's details report the count (``extrapolated_rows``) instead of clipping silently."""
+        from ._linear_svm import shifted_scaled
+
+        lo, hi = self.bounds()
+        # a held-constant feature's range is one point: a value off it by float32 rounding of
+        # the fitted rows' scale is not counted
+        tol = np.where(self.high > self.low, 0.0, BAND * RESOLUTION * float(np.median(self.std)))
+        return sum(int(((Z < lo - tol) | (Z > hi + tol)).any(1).sum())
+                   for Z in (shifted_scaled(X[s:s + block], self.mean, self.std, np.float64)
+                             for s in range(0, len(X), block)))
 
     def transform(self, X: NDArray[np.floating], dtype: Any = np.float64, fitted: bool = False) -> NDArray[Any]:
         """``X`` [n, d] standardised and clipped to :meth:`bounds`, as ``dtype`` (float64

@@ -363,8 +363,10 @@ def _continuous(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, te
     from ..probes import LinearRegressionProbe
     from ..probes import functional as F
     from ..probes._ridge import ALPHA_UNIT, PENALTIES, ridge_predict, ridge_predict_streamed, scalers
+    from ..probes._standardise import Standardiser
 
-    maps = scalers(X[tr])
+    st = Standardiser.fit(X[tr])
+    maps = scalers(st)
     streamed = bool(max_rows and len(tr) > max_rows)
     if streamed:  # --invariance-max-rows: the same predictions from merged moments
         pred, units = ridge_predict_streamed(lambda: ((X[i], y[i]) for i in F.row_chunks(tr, max_rows)), X[va], maps)
@@ -388,6 +390,10 @@ def _continuous(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, te
     Zte = f(X[te])
     mae = fitted.evaluate(Zte, y[te])["mae"]
     mae.details.update(scaling=scaling, alpha=alpha, alpha_unit=ALPHA_UNIT)
+    # what the ridge figures' rows went through (the classifiers' details say the same)
+    rows = {"outlier_rows": st.outlier_rows, "extrapolated_rows": st.extrapolated_rows(X[te])}
+    rows = {k: v for k, v in rows.items() if v}
+    mae.details.update(rows)
     sq_err = (fitted.predict(Zte) - y[te]) ** 2
     sq_dev = (y[te] - y[tr].mean()) ** 2
 
@@ -396,7 +402,7 @@ def _continuous(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, te
 
     lo, hi, _ = bootstrap_ci(r2, n=len(te), random_state=seed)
     r2_est = Estimate(float(r2(np.ones((1, len(te))))[0]), float(lo), float(hi), chance=0.0, n=len(te),
-                      details={"scaling": scaling, "alpha": alpha,
+                      details={"scaling": scaling, "alpha": alpha, **rows,
                                "definition": "1 - SSE / SSE of predicting the training mean"})
     return {"mae": mae, "r2": r2_est}
 
