@@ -26,7 +26,6 @@ from pytest_invariance.testing import StripeEmbedding, copy_suite, export_onnx, 
     (Estimate(0.40, 0.27, 0.52, chance=0.25, n=60), Threshold("<=", 0.35), FAIL),
     (Estimate(0.30, 0.20, 0.41, chance=0.25, n=60), Threshold("<=", 0.35), INCONCLUSIVE),  # CI covers chance
     (Estimate(0.40, 0.27, 0.52, chance=0.25, n=60), Threshold("<=", 0.35, confident=True), FAIL),  # on the bound
-    (Estimate(0.80, 0.70, 0.90, chance=0.1, n=60), Threshold(">=", 0.85), FAIL),  # chance on the failing side
 ])
 def test_verdict_rule(est, threshold, verdict):
     r = evaluate("t", "s", "balanced_error", est, threshold, {"factor": "n3"})
@@ -34,6 +33,27 @@ def test_verdict_rule(est, threshold, verdict):
     if verdict == INCONCLUSIVE:
         assert "the test split is too small" in r.message and "--invariance-threshold n3.balanced_error=VALUE" in r.message
 
+
+
+@pytest.mark.parametrize(("metric", "est", "threshold", "verdict"), [
+    # a task figure's floor: a model at chance rightly fails it
+    ("mav_accuracy", Estimate(0.80, 0.70, 0.90, chance=0.1, n=60), Threshold(">=", 0.85), FAIL),
+    ("rank1", Estimate(0.1, 0.05, 0.15, chance=0.1, n=60), Threshold(">=", 0.5), FAIL),
+    # pose in radians against a gate in degrees: chance (0.289) fails "> 10" itself
+    ("yaw_mae", Estimate(0.2976, 0.27, 0.33, chance=0.2894, n=300), Threshold(">", 10.0), INCONCLUSIVE),
+    # a coin-flip attribute whose probe calls 37% of the test rows present: fp chance = q = 0.37
+    ("fp_rate", Estimate(0.367, 0.297, 0.441, chance=0.37, n=300), Threshold(">=", 0.4), INCONCLUSIVE),
+    ("fp_rate", Estimate(0.367, 0.297, 0.441, chance=0.37, n=300), Threshold(">=", 0.4, confident=True), INCONCLUSIVE),
+    # past chance toward the leak: a real leak whatever chance is
+    ("fp_rate", Estimate(0.05, 0.02, 0.09, chance=0.37, n=300), Threshold(">=", 0.4), FAIL),
+    ("yaw_mae", Estimate(0.10, 0.08, 0.12, chance=0.2894, n=300), Threshold(">", 10.0), FAIL),
+])
+def test_a_gate_that_chance_itself_fails_shows_no_leak(metric, est, threshold, verdict):
+    r = evaluate("t", "s", metric, est, threshold, {"attribute": "Blurry"})
+    assert r.verdict == verdict and not r.passed
+    if verdict == INCONCLUSIVE:
+        assert "so does chance itself" in r.message and f"Blurry.{metric}=VALUE with VALUE" in r.message
+        assert ("Blurry.balanced_error=0.4" in r.message) == metric.endswith("_rate")
 
 
 def test_noise_columns_never_fail_the_default_gate_and_a_planted_one_does(pytester, tmp_path):

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 _UNIT = (0.0, 1.0)
 _NON_NEGATIVE = (0.0, math.inf)
 # exact names (the factors suite's, the attribute and MNIST suites')
-_EXACT = {"balanced_error": _UNIT, "fn_rate": _UNIT, "fp_rate": _UNIT, "accuracy": _UNIT,
+_EXACT = {"balanced_error": _UNIT, "group_balanced_error": _UNIT, "fn_rate": _UNIT, "fp_rate": _UNIT, "accuracy": _UNIT,
           "balanced_accuracy": _UNIT, "mav_accuracy": _UNIT, "per_angle_mav_accuracy": _UNIT,
           "softmax_accuracy": _UNIT, "top10_variance_share": _UNIT, "rank1": _UNIT, "tar": _UNIT,
           "r2": (-math.inf, 1.0), "mae": _NON_NEGATIVE}

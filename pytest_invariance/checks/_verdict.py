@@ -60,6 +60,9 @@ def evaluate(nodeid: str, suite: str, metric: str, est: Estimate, threshold: Thr
     elif threshold is not None and _failed_fit_shows(metric) and worse_than_chance(est, threshold):
         result.passed, result.verdict = False, INCONCLUSIVE
         result.message = worse_than_chance_message(result, threshold)
+    elif threshold is not None and not passed and fails_at_chance(metric, est, threshold):
+        result.passed, result.verdict = False, INCONCLUSIVE
+        result.message = fails_at_chance_message(result, threshold)
     elif not passed:
         result.message = failure_message(result, threshold, hints or FixHints())  # type: ignore[arg-type]
     return result
@@ -113,6 +116,52 @@ def worse_than_chance(est: Estimate, threshold: Threshold) -> bool:
         return False
     c = float(est.chance)  # type: ignore[arg-type]
     return est.ci_low > c + gap if threshold.higher_passes else est.ci_high < c - gap
+
+
+def _chance_is_invariance(metric: str) -> bool:
+    """Figures of a probe for the nuisance factor, which a know-nothing probe holds at chance:
+    errors, rates, the factor's balanced accuracy, R^2. Not task figures (softmax or MAV
+    accuracy, rank-1, TAR), whose gates are floors that a model at chance rightly fails."""
+    return metric.endswith(("mae", "r2")) or any(k in metric for k in ("balanced_error", "fn_rate", "fp_rate",
+                                                                       "balanced_accuracy"))
+
+
+def fails_at_chance(metric: str, est: Estimate, threshold: Threshold) -> bool:
+    """True when the gate fails at chance itself and the figure cannot be told from chance
+    on the leaking side: a probe that knows nothing fails such a gate on this data (an angle
+    in radians against ``yaw_mae > 10`` degrees; a rate of a balanced probe whose threshold
+    sits off-centre, chance ``fn = 1 - q``), so the failure shows no leak.
+
+    Examples
+    --------
+    >>> fails_at_chance("yaw_mae", Estimate(0.298, 0.27, 0.33, chance=0.289, n=300), Threshold(">", 10.0))
+    True
+    >>> fails_at_chance("fp_rate", Estimate(0.05, 0.02, 0.09, chance=0.37, n=300), Threshold(">=", 0.4))  # a leak
+    False
+    """
+    c = est.chance
+    if not _chance_is_invariance(metric) or c is None or not math.isfinite(c):
+        return False
+    if COMPARATORS[threshold.comparator](c, threshold.value):
+        return False  # chance passes: the other rules decide
+    beyond = est.ci_high < c if threshold.higher_passes else est.ci_low > c  # past chance, toward the leak
+    return not beyond
+
+
+def fails_at_chance_message(r: CheckResult, threshold: Threshold) -> str:
+    """One line: chance itself fails the gate and the figure is not past chance; the fixes."""
+    side = "<" if threshold.higher_passes else ">"
+    key = threshold_key(r)
+    if r.metric.endswith(("fn_rate", "fp_rate")):  # chance 1 - q or q: where the probe's threshold sits
+        fix = ("gate balanced_error instead, which a probe that knows nothing holds at 0.5 wherever its threshold "
+               f"sits (--invariance-threshold {key[: len(key) - len(r.metric)]}balanced_error=0.4)")
+    else:
+        fix = "check the factor's units and spread (an angle in radians against a gate in degrees?)"
+    return (f"{r.metric}{_qualifiers(r)}: INCONCLUSIVE: {_fmt(r.value)} (CI {int(100 * r.details.get('confidence', 0.95))}% "
+            f"{_fmt(r.ci_low)}..{_fmt(r.ci_high)}, chance {_fmt(r.chance)}, n={r.n}) fails {threshold.describe()}, but so "
+            f"does chance itself and the figure cannot be told from it: a probe that knows nothing about the factor "
+            f"fails this gate on this data, so the failure shows no leak; {fix}, or gate a value chance passes: "
+            f"--invariance-threshold {threshold_key(r)}=VALUE with VALUE {side} {_fmt(r.chance)}")
 
 
 def _chance_gap(est: Estimate, threshold: Threshold) -> float | None:

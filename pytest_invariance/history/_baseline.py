@@ -41,7 +41,7 @@ _TOLERANCE_RE = re.compile(
 
 # +1: a higher value is more leakage (worse invariance), -1: a lower one. Used for a check
 # without a threshold (the factors suite measures ungated factors); docs/factors.md "Baselines".
-LEAK_DIRECTION = {"balanced_error": -1, "fn_rate": -1, "fp_rate": -1, "mae": -1, "rank1": -1, "tar": -1,
+LEAK_DIRECTION = {"balanced_error": -1, "group_balanced_error": -1, "fn_rate": -1, "fp_rate": -1, "mae": -1, "rank1": -1, "tar": -1,
                   "balanced_accuracy": 1, "r2": 1}
 # other suites' per-factor names: yaw_mae, rotation_mae_mlp_erased (probe errors), rank1_blur, tar_blur
 _LOWER_LEAKS = re.compile(r"^(?:\w+_)?mae(?:_mlp)?(?:_erased)?$|^(?:rank1|tar)_[a-z]+(?:_erased)?$")

@@ -287,15 +287,21 @@ class AttributeSVMProbe(ProbeMixin):
                 base["train_rows"], base["train_rows_given"] = self.train_rows_
                 base["subsample"] = "seeded uniform (--invariance-max-rows); the CI does not cover it"
             out[name] = {}
+            # A probe that knows nothing trades one rate for the other (fn + fp = 1) wherever its
+            # threshold sits: the chance of each rate is that of a guess with the probe's own
+            # positive share q, not 0.5 (a coin-flip attribute read fn 0.68, fp 0.37).
+            q, p = float((pred[:, t] > 0).mean()), float(pos[:, t].mean())
+            chance = {"fn_rate": 1 - q, "fp_rate": q, "balanced_error": 0.5, "accuracy": q * p + (1 - q) * (1 - p)}
             for i, m in enumerate(METRICS):
-                details = dict(base)
+                details = {**base, "predicted_positive_share": q,
+                           "chance_method": "a guess with the probe's positive share q: fn 1 - q, fp q, balanced "
+                                            "error 0.5, accuracy q p + (1 - q)(1 - p)"}
                 if m == "accuracy":
                     details["majority_baseline"] = float(max(pos[:, t].mean(), neg[:, t].mean()))
-                chance = pv = None
+                pv = None
                 if null is not None:
-                    chance = float(null[m][:, t].mean())
+                    details["permutation_chance"] = float(null[m][:, t].mean())
                     pv = float(p_value(rates[m][t], null[m][:, t], self.higher_is_better[m]))
-                    details["chance_method"] = f"refit on shuffled labels at chosen C, k={self.n_permutations}"
-                out[name][m] = Estimate(float(rates[m][t]), float(lo[i, t]), float(hi[i, t]), chance=chance,
+                out[name][m] = Estimate(float(rates[m][t]), float(lo[i, t]), float(hi[i, t]), chance=chance[m],
                                         n=len(Yt), p_value=pv, confidence=self.confidence, details=details)
         return out

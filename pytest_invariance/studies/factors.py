@@ -328,8 +328,7 @@ def factor_figures(audit: "Audit", ref: "ModelRef", folder: "FactorFolder", name
                             X[tr], y[tr, None], X[va], y[va, None], names=[name], where=where)
         except DataError as exc:  # check_measurable counted what the probe counts; kept as the last word
             raise _unmeasurable(name, str(exc).split("; add data")[0]) from None
-        q = float(probe.predict(X[te]).mean())
-        figs = {m: _binary_chance(m, e, q, f.positive) for m, e in probe.evaluate(X[te], y[te, None])[name].items()}
+        figs = {m: _positive_level(e, f.positive) for m, e in probe.evaluate(X[te], y[te, None])[name].items()}
     elif f.type == "categorical":
         from ..probes import MultinomialProbe
 
@@ -347,15 +346,11 @@ def factor_figures(audit: "Audit", ref: "ModelRef", folder: "FactorFolder", name
             "headline": HEADLINE[f.type], "n": {"train": len(tr), "val": len(va), "test": len(te)}}
 
 
-def _binary_chance(metric: str, e: Estimate, q: float, positive: str | None) -> Estimate:
-    """Chance of a binary figure: balanced error 0.5; a rate, that of a guess with the
-    probe's own positive rate ``q`` (fn = 1 - q, fp = q), since a probe that knows nothing
-    trades one rate for the other (fn + fp = 1) wherever its threshold sits."""
+def _positive_level(e: Estimate, positive: str | None) -> Estimate:
+    """The figure with the level its rates call positive (the probe set its chance: 1 - q, q, 0.5)."""
     from dataclasses import replace
 
-    chance = {"fn_rate": 1 - q, "fp_rate": q}.get(metric, 0.5)
-    return replace(e, chance=chance, details={**e.details, "permutation_chance": e.chance, "positive_level": positive,
-                                              "predicted_positive_share": q})
+    return replace(e, details={**e.details, "positive_level": positive})
 
 
 def _continuous(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, te: np.ndarray,
