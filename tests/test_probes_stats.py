@@ -43,3 +43,23 @@ def test_permutation_chance_and_p_value():
     assert p_value(-1.0, values) == pytest.approx(1.0)
     with pytest.raises(InvalidParameterError):
         permutation_chance(lambda yp: 0.0, y, k=0)
+
+
+def test_cluster_bootstrap_resamples_whole_groups():
+    # rows of one identity are not independent: with groups, a resample draws identities, so
+    # 10 identical rows per identity give the CI of the 30 identities' own values, not of 300 rows
+    from pytest_invariance.probes.stats import bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    per_identity = rng.integers(0, 2, 30).astype(float)
+    rows, ids = np.repeat(per_identity, 10), np.repeat(np.arange(30), 10)
+    lo_g, hi_g, s_g = bootstrap_ci(rows, groups=ids, n_bootstrap=500, random_state=3)
+    lo_i, hi_i, s_i = bootstrap_ci(per_identity, n_bootstrap=500, random_state=3)
+    assert np.allclose(s_g, s_i) and (lo_g, hi_g) == pytest.approx((lo_i, hi_i))
+    lo_r, hi_r, _ = bootstrap_ci(rows, n_bootstrap=500, random_state=3)
+    assert hi_r - lo_r < 0.5 * (hi_g - lo_g)  # as if 300 independent rows
+    # ratio statistics (callables) see each row's count as its group's
+    lo_c, hi_c, _ = bootstrap_ci(lambda c: (c @ rows) / c.sum(1), n=300, groups=ids, n_bootstrap=500, random_state=3)
+    assert (lo_c, hi_c) == pytest.approx((lo_i, hi_i))
+    with pytest.raises(InvalidParameterError, match="groups has 299 rows"):
+        bootstrap_ci(rows, groups=ids[:-1])

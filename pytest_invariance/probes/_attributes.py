@@ -239,13 +239,14 @@ class AttributeSVMProbe(ProbeMixin):
         _, values = permutation_chance(refit, Ytr, k, self.random_state, batched=True)
         return {m: values[:, i] for i, m in enumerate(METRICS)}
 
-    def evaluate(self, X_test: Any, Y_test: Any) -> dict[str, dict[str, Estimate]]:
+    def evaluate(self, X_test: Any, Y_test: Any, groups: Any = None) -> dict[str, dict[str, Estimate]]:
         """Test-set figures per measurable attribute: ``{name: {metric: Estimate}}``.
 
         Metrics: ``fn_rate`` (labelled present, predicted absent), ``fp_rate``,
         ``balanced_error`` and ``accuracy``. Details hold the chosen ``C``, the counts,
         ``converged`` and, for accuracy, the majority-class baseline. Attributes listed by
-        :meth:`not_measurable` (``Y_test`` included) are left out.
+        :meth:`not_measurable` (``Y_test`` included) are left out. ``groups`` [n_test] (e.g.
+        identities): the CI resamples whole groups (:func:`~.stats.bootstrap_ci`).
         """
         self._check_is_fitted("coef_")
         Xt = check_features(X_test, "X_test")
@@ -272,7 +273,7 @@ class AttributeSVMProbe(ProbeMixin):
             return np.stack([fnr, fpr, (fnr + fpr) / 2, (counts @ ok) / len(Yt)], axis=1)
 
         lo, hi, _ = bootstrap_ci(stat, n=len(Yt), n_bootstrap=self.n_bootstrap, confidence=self.confidence,
-                                 random_state=self.random_state)
+                                 random_state=self.random_state, groups=groups)
         null = self._null_rates(Zt, Yt, keep) if self.n_permutations > 0 else None
         out: dict[str, dict[str, Estimate]] = {}
         for t, a in enumerate(keep):
@@ -283,6 +284,8 @@ class AttributeSVMProbe(ProbeMixin):
                 base["outlier_rows"] = self.standardiser_.outlier_rows
             if beyond:
                 base["extrapolated_rows"] = beyond
+            if groups is not None:
+                base["bootstrap"] = f"over {len(np.unique(np.asarray(groups)))} groups (cluster bootstrap)"
             if self.train_rows_[0] < self.train_rows_[1]:
                 base["train_rows"], base["train_rows_given"] = self.train_rows_
                 base["subsample"] = "seeded uniform (--invariance-max-rows); the CI does not cover it"

@@ -136,17 +136,20 @@ class MultinomialProbe(ProbeMixin):
         self._check_n_features(X)
         return self.model_.predict(self.standardiser_.transform(X))  # type: ignore[no-any-return]
 
-    def evaluate(self, X_test: Any, y_test: Any) -> dict[str, Estimate]:
-        """``{"balanced_accuracy": Estimate}``; chance ``1/K``, p-value from refits on shuffled labels."""
+    def evaluate(self, X_test: Any, y_test: Any, groups: Any = None) -> dict[str, Estimate]:
+        """``{"balanced_accuracy": Estimate}``; chance ``1/K``, p-value from refits on shuffled labels.
+        ``groups`` [n_test] (e.g. identities): the CI resamples whole groups."""
         y = np.asarray(y_test)
         pred = self.predict(X_test)
         check_lengths(len(pred), y_test=y)
         value = float(balanced_accuracy(y, pred, classes=self.classes_)[0])
         lo, hi, _ = bootstrap_ci(lambda c: balanced_accuracy(y, pred, c, self.classes_), n=len(y),
                                  n_bootstrap=self.n_bootstrap, confidence=self.confidence,
-                                 random_state=self.random_state)
+                                 random_state=self.random_state, groups=groups)
         details: dict[str, Any] = {"C": self.C_, "levels": len(self.classes_),
                                    "per_level_count": {str(c): int((y == c).sum()) for c in self.classes_}}
+        if groups is not None:
+            details["bootstrap"] = f"over {len(np.unique(np.asarray(groups)))} groups (cluster bootstrap)"
         if self.standardiser_.outlier_rows:
             details["outlier_rows"] = self.standardiser_.outlier_rows
         if beyond := self.standardiser_.extrapolated_rows(check_features(X_test)):

@@ -234,8 +234,9 @@ class LinearRegressionProbe(ProbeMixin):
 
         return std_of
 
-    def evaluate(self, X: Any, y: Any, classes: Any = None) -> dict[str, Any]:
-        """``{"mae": Estimate, "mae_std": Estimate, "bins": [{"bin", "estimate", "count"}, ...]}``."""
+    def evaluate(self, X: Any, y: Any, classes: Any = None, groups: Any = None) -> dict[str, Any]:
+        """``{"mae": Estimate, "mae_std": Estimate, "bins": [{"bin", "estimate", "count"}, ...]}``.
+        ``groups`` [n] (e.g. identities): the MAE's CI resamples whole groups."""
         pred = self.predict(X, classes)
         y = check_target_vector(y)
         check_lengths(len(pred), y=y)
@@ -243,9 +244,11 @@ class LinearRegressionProbe(ProbeMixin):
         err = np.abs(pred - y)
         n = len(y)
         kw = dict(n_bootstrap=self.n_bootstrap, confidence=self.confidence, random_state=self.random_state)
-        lo, hi, _ = bootstrap_ci(err, **kw)
+        lo, hi, _ = bootstrap_ci(err, **kw, groups=groups)
         chance = float(np.abs(self.train_mean_[g] - y).mean())
         details: dict[str, Any] = {"chance_method": "MAE of predicting the training mean", "alpha": self.alpha}
+        if groups is not None:
+            details["bootstrap"] = f"over {len(np.unique(np.asarray(groups)))} groups (cluster bootstrap)"
         pv = None
         if self.n_permutations > 0 and self._null_moments is None:
             details["permutation"] = "not run: streamed fit (training rows not kept)"

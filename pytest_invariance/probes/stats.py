@@ -118,6 +118,7 @@ def bootstrap_ci(
     n_bootstrap: int = 1000,
     confidence: float = 0.95,
     random_state: int | None = 0,
+    groups: NDArray[np.generic] | None = None,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     """Percentile bootstrap CI of a statistic of the test predictions.
 
@@ -131,6 +132,10 @@ def bootstrap_ci(
         Number of resamples (0 gives NaN bounds).
     confidence : float
         Two-sided level in (0, 1).
+    groups : array of shape [n], optional
+        The group of each test row (e.g. the identity): whole groups are resampled (a
+        cluster bootstrap), so rows of one person, which are not independent, do not narrow
+        the CI as if they were (Field and Welsh, 2007). A row's count is its group's.
 
     Returns
     -------
@@ -160,7 +165,14 @@ def bootstrap_ci(
         shape = np.shape(fn(np.ones((1, n or 1))))[1:]
         nan = np.full(shape, np.nan)
         return nan, nan.copy(), np.empty((0, *shape))
-    samples = np.concatenate([np.asarray(fn(c), dtype=np.float64) for c in bootstrap_counts(n, n_bootstrap, random_state)])
+    if groups is None:
+        blocks = bootstrap_counts(n, n_bootstrap, random_state)
+    else:
+        inv = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+        if len(inv) != n:
+            raise InvalidParameterError(f"groups has {len(inv)} rows but the statistic has {n}; they must align.")
+        blocks = (c[:, inv] for c in bootstrap_counts(int(inv.max()) + 1, n_bootstrap, random_state))
+    samples = np.concatenate([np.asarray(fn(c), dtype=np.float64) for c in blocks])
     # nanquantile: a ratio statistic can be undefined in a resample that drew no positives.
     low, high = percentile_interval(samples, confidence)
     return low, high, samples

@@ -314,6 +314,8 @@ def factor_figures(audit: "Audit", ref: "ModelRef", folder: "FactorFolder", name
     if erase:
         X, rank = erase_factor(X, f, tr, audit.settings.device)
     y = f.values
+    # photos of one person are not independent: the CIs resample whole identities
+    ids = None if folder.identity is None else np.asarray(folder.identity)[te]
     if f.type == "binary":
         from ..probes import AttributeSVMProbe
 
@@ -328,17 +330,17 @@ def factor_figures(audit: "Audit", ref: "ModelRef", folder: "FactorFolder", name
                             X[tr], y[tr, None], X[va], y[va, None], names=[name], where=where)
         except DataError as exc:  # check_measurable counted what the probe counts; kept as the last word
             raise _unmeasurable(name, str(exc).split("; add data")[0]) from None
-        figs = {m: _positive_level(e, f.positive) for m, e in probe.evaluate(X[te], y[te, None])[name].items()}
+        figs = {m: _positive_level(e, f.positive) for m, e in probe.evaluate(X[te], y[te, None], groups=ids)[name].items()}
     elif f.type == "categorical":
         from ..probes import MultinomialProbe
 
         # chance is exactly 1/K and the CI is the bootstrap's: no permutation refits (each is a full lbfgs fit)
         probe = MultinomialProbe(C_grid=(0.001, 0.01, 0.1, 1.0), n_permutations=0, max_iter=200,
                                  random_state=audit.seed).fit(X[tr], y[tr], X[va], y[va])
-        figs = probe.evaluate(X[te], y[te])
+        figs = probe.evaluate(X[te], y[te], groups=ids)
         figs["balanced_accuracy"].details["levels_named"] = list(f.levels)
     else:
-        figs = _continuous(X, y, tr, va, te, audit.seed, audit.settings.max_rows)
+        figs = _continuous(X, y, tr, va, te, audit.seed, audit.settings.max_rows, groups=ids)
     if erase:
         for e in figs.values():
             e.details["erased"] = f"LEACE of {name}, {rank} direction(s), fitted on the training split"
@@ -354,7 +356,7 @@ def _positive_level(e: Estimate, positive: str | None) -> Estimate:
 
 
 def _continuous(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, te: np.ndarray,
-                seed: int, max_rows: int | None = None) -> dict[str, Estimate]:
+                seed: int, max_rows: int | None = None, groups: np.ndarray | None = None) -> dict[str, Estimate]:
     from ..probes import LinearRegressionProbe
     from ..probes import functional as F
     from ..probes._ridge import ALPHA_UNIT, PENALTIES, ridge_predict, ridge_predict_streamed, scalers
@@ -383,7 +385,7 @@ def _continuous(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, te
     else:
         fitted.fit(f(X[tr], fitted=True), y[tr])
     Zte = f(X[te])
-    mae = fitted.evaluate(Zte, y[te])["mae"]
+    mae = fitted.evaluate(Zte, y[te], groups=groups)["mae"]
     mae.details.update(scaling=scaling, alpha=alpha, alpha_unit=ALPHA_UNIT)
     # what the ridge figures' rows went through (the classifiers' details say the same)
     rows = {"outlier_rows": st.outlier_rows, "extrapolated_rows": st.extrapolated_rows(X[te])}
@@ -395,9 +397,10 @@ def _continuous(X: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np.ndarray, te
     def r2(counts: np.ndarray) -> np.ndarray:  # out of sample: against the training mean's error
         return 1 - (counts @ sq_err) / (counts @ sq_dev)  # type: ignore[no-any-return]
 
-    lo, hi, _ = bootstrap_ci(r2, n=len(te), random_state=seed)
+    lo, hi, _ = bootstrap_ci(r2, n=len(te), random_state=seed, groups=groups)
     r2_est = Estimate(float(r2(np.ones((1, len(te))))[0]), float(lo), float(hi), chance=0.0, n=len(te),
                       details={"scaling": scaling, "alpha": alpha, **rows,
+                               **({"bootstrap": mae.details["bootstrap"]} if groups is not None else {}),
                                "definition": "1 - SSE / SSE of predicting the training mean"})
     return {"mae": mae, "r2": r2_est}
 
