@@ -210,3 +210,17 @@ def test_a_record_is_replaced_only_by_a_run_that_loses_none_of_it(tmp_path):
     assert store.check_keys("v3") == {("a", "m")}  # the error row measured nothing
     assert store.kept_record("v3", _doc(["b"], errors=["a"])) is None
     assert store.kept_record("v3", _doc([], errors=["a", "b"])).startswith("has 0 of the 1 checks")
+
+
+def test_a_version_tag_stays_with_its_model(two_models):
+    # a second model file run under --model-version v1 replaced v1's record: a baseline pinned
+    # to v1 then compared with the other model, without a word
+    suite, blind, leaky, common = two_models
+    run_and_read(suite, *common, f"--model={blind}", "--model-version", "v1")
+    store = HistoryStore(suite.path / "h.sqlite")
+    before = store.run("v1")["run"]
+    result, _ = run_and_read(suite, *common, f"--model={leaky}", "--model-version", "v1")
+    result.stdout.fnmatch_lines(["invariance: history * not written: this run is of model sha256 *, but version v1 "
+                                 "was recorded for model sha256 * (another file); that record is kept*"])
+    assert store.run("v1")["run"]["model_sha256"] == before["model_sha256"]
+    assert store.run("v1")["run"]["recorded_at"] == before["recorded_at"]

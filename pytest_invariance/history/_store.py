@@ -358,7 +358,8 @@ class HistoryStore:
         """Why recording ``doc`` under ``tag`` would lose what its stored record holds, so that
         record is kept; None when ``doc`` may replace it (or ``tag`` is not stored).
 
-        A record is kept when ``doc`` measured fewer of its checks (:func:`measures_fewer`:
+        A record is kept when ``doc`` is of another model file (sha256) than the record, when
+        ``doc`` measured fewer of its checks (:func:`measures_fewer`:
         a ``-k`` part, or a re-run some of whose tests errored), or when ``doc`` is not a
         baseline (:func:`not_a_baseline`: a tool error, ...) and the record is: replaced, the
         version would hold fewer figures, or none that ``latest`` may use, and a later
@@ -368,6 +369,12 @@ class HistoryStore:
         stored = self.check_keys(tag)
         if stored is None:
             return None
+        # one tag, one model: a second file written under v1 made a baseline pinned to v1
+        # compare with another model, without a word
+        old, new = (self.run(tag).get("run") or {}).get("model_sha256"), (doc.get("run") or {}).get("model_sha256")
+        if old and new and old != new:
+            return (f"is of model sha256 {new[:12]}, but version {tag} was recorded for model sha256 {old[:12]} "
+                    "(another file)")
         ran = figure_keys(doc.get("checks") or [])
         if measures_fewer(ran, stored):
             return (f"has {len(ran)} of the {len(stored)} checks version {tag} holds (a -k, --lf or path subset, "
