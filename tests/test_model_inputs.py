@@ -195,6 +195,83 @@ def test_a_model_that_fails_on_one_image_for_another_reason_is_not_called_a_fixe
     assert "--invariance-input-batch" not in str(raised.value)
 
 
+def test_a_fixed_batch_graph_read_at_a_layer_the_pool_refuses_names_the_batch_then_the_pool(tmp_path):
+    """Each batch size was retried with the pool applied: the pool's refusal (cls on a conv
+    map) failed every size and the suite was skipped with the backend's raw error."""
+    from pytest_invariance._audit import ModelRef
+    from pytest_invariance._model_check import probe
+    from pytest_invariance.checks import Suite
+    from pytest_invariance.embeddings import Preprocess
+    from pytest_invariance.errors import InvarianceError
+
+    path = export_traced_batch(tmp_path / "traced2.onnx")
+    suite = Suite("s", tmp_path, {"suite": {"input": [3, 8, 8]}})
+    conv = "/conv/Conv_output_0"
+    with pytest.raises(EmbeddingError, match=r"runs in a batch of 2: .* pass --invariance-input-batch 2$"):
+        probe(suite, ModelRef("m", load_model(path, device="cpu"), conv, Preprocess(), user=True, pool="cls"))
+    fed = load_model(path, device="cpu", input_batch=2)
+    with pytest.raises(InvarianceError, match="--invariance-pool"):
+        probe(suite, ModelRef("m", fed, conv, Preprocess(), user=True, pool="cls"))
+    assert probe(suite, ModelRef("m", fed, conv, Preprocess(), user=True, pool="gap")) is None
+
+
+NHWC_NET = (
+    "import torch\n\nclass NHWC(torch.nn.Module):\n"
+    "    def __init__(self):\n        super().__init__()\n        torch.manual_seed(0)\n"
+    "        self.conv = torch.nn.Conv2d(3, 4, 3)\n\n"
+    "    def forward(self, x):  # channels-last images\n"
+    "        return self.conv(x.permute(0, 3, 1, 2)).mean((2, 3))\n\n"
+    "def make():\n    return NHWC().eval()\n")
+
+
+@pytest.mark.parametrize("kind", ["factory", "torchscript"])
+def test_a_torch_model_taking_channels_last_input_is_one_line_naming_the_layout_option(tmp_path, monkeypatch, kind):
+    """Was a suite skip with torch's raw conv error (exit 5); the option that feeds it was never named."""
+    from pytest_invariance._audit import ModelRef
+    from pytest_invariance._model_check import probe
+    from pytest_invariance.checks import Suite
+    from pytest_invariance.embeddings import Preprocess
+
+    (tmp_path / "nhwcnet.py").write_text(NHWC_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = "nhwcnet:make"
+    if kind == "torchscript":
+        import nhwcnet
+
+        spec = str(tmp_path / "nhwc.pt")
+        torch.jit.trace(nhwcnet.make(), torch.rand(2, 8, 8, 3)).save(spec)
+    suite = Suite("s", tmp_path, {"suite": {"input": [3, 8, 8]}})
+    with pytest.raises(EmbeddingError) as raised:
+        probe(suite, ModelRef("m", load_model(spec, device="cpu"), "output", Preprocess(), user=True))
+    message = str(raised.value)
+    assert "\n" not in message and message.endswith("it runs on [N, H, W, C] (channels-last) input, so the axis "
+                                                      "order it is fed is the fault, not the layer: pass "
+                                                      "--invariance-input-layout nhwc")
+    fed = load_model(spec, device="cpu", input_layout="nhwc")
+    assert probe(suite, ModelRef("m", fed, "output", Preprocess(), user=True)) is None
+    x = images(3)
+    reference = torch.nn.functional.conv2d(torch.from_numpy(x), fed.module.conv.weight, fed.module.conv.bias)
+    np.testing.assert_allclose(fed.embed(x, "output"), reference.mean((2, 3)).detach().numpy(), atol=1e-5)
+
+
+def test_a_model_the_backend_cannot_run_is_an_error_naming_what_it_is_fed_not_a_suite_skip(tmp_path):
+    """onnxruntime's CPU provider has no float64 Conv: the suite fits, the model cannot run. Was a
+    skip (exit 5) saying it was fed float32."""
+    from pytest_invariance._audit import ModelRef
+    from pytest_invariance._model_check import probe
+    from pytest_invariance.checks import Suite
+    from pytest_invariance.embeddings import Preprocess
+
+    model = load_model(save(conv_graph(dtype=TensorProto.DOUBLE), tmp_path / "f64.onnx"), device="cpu")
+    with pytest.raises(EmbeddingError) as raised:
+        probe(Suite("s", tmp_path, {"suite": {"input": [3, 8, 8]}}), ModelRef("m", model, "feat", Preprocess(), user=True))
+    message = str(raised.value)
+    assert "\n" not in message and "fails on suite s's input float64[N, 3, 8, 8]: " in message
+    assert "NOT_IMPLEMENTED" in message and message.endswith(
+        "CPUExecutionProvider cannot run this model whatever input it is fed, so the suite is not the fault: "
+        "re-export it with float32 input and weights (it takes float64)")
+
+
 def test_extract_names_the_batch_a_graph_fixes_inside_in_one_line(tmp_path, capsys):
     from PIL import Image
 

@@ -398,7 +398,7 @@ def test_a_forward_that_fails_on_some_images_is_not_blamed_on_the_batch_or_the_s
     try:
         model.embed_many(x, ["body"], pool="auto")
     except Exception as exc:  # noqa: BLE001 - what extraction meets
-        message = str(backend_failure(model, x, ["body"], "auto", exc))
+        message = str(backend_failure(model, x, ["body"], exc))
     assert message.endswith("numerical blow-up in conv (bug)"), message
     assert "--invariance-input-batch" not in message and "--invariance-preprocess" not in message
 

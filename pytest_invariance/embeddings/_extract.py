@@ -252,7 +252,7 @@ def _run_pass(embedder: "Embedder", images: "ImageSet", layers: list[str], prepr
                     from .._model_check import backend_failure
 
                     rows = chunk.cpu().numpy() if hasattr(chunk, "cpu") else chunk
-                    raise backend_failure(embedder, rows, layers, pool, exc) from None
+                    raise backend_failure(embedder, rows, layers, exc) from None
                 if start == 0 and offset == 0:
                     per_pass = _images_per_pass(raw, n, batch_size)
                 embs = pool_outputs(embedder, raw, pool, chunk)
