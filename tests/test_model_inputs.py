@@ -682,6 +682,34 @@ def test_unknown_activation_layout_is_refused_and_the_option_resolves_it(tmp_pat
     np.testing.assert_allclose(got, conv_relu(images(2)).mean(axis=(2, 3)), atol=1e-5)
 
 
+def test_a_convnext_style_layernorm_and_linear_on_permuted_maps_are_read_channels_last(tmp_path):
+    """Transpose -> LayerNormalization (last axis) -> MatMul by a weight keep the axis order: each
+    was refused as 'axis order the model's graph does not tell' though docs/models.md said read."""
+    class ConvNeXtish(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.stem, self.ln, self.fc = torch.nn.Conv2d(3, 4, 2, 2), torch.nn.LayerNorm(4), torch.nn.Linear(4, 6)
+
+        def forward(self, x):
+            return self.fc(self.ln(self.stem(x).permute(0, 2, 3, 1))).mean((1, 2))
+
+    m = ConvNeXtish().eval()
+    path = tmp_path / "cnx.onnx"
+    torch.onnx.export(m, torch.rand(2, 3, 8, 8), str(path), dynamo=False, input_names=["input"],
+                      output_names=["emb"], dynamic_axes={"input": {0: "n"}, "emb": {0: "n"}}, opset_version=17)
+    model = load_model(str(path), device="cpu")
+    ln, fc = "/ln/LayerNormalization_output_0", "/fc/MatMul_output_0"
+    assert (model.activation_layout(ln), model.activation_layout(fc)) == ("nhwc", "nhwc")
+    x = images(3)
+    with torch.no_grad():
+        normed = m.ln(m.stem(torch.from_numpy(x)).permute(0, 2, 3, 1))
+        want = {ln: normed.mean((1, 2)).numpy(), fc: (normed @ m.fc.weight.T).mean((1, 2)).numpy()}
+    got = model.embed_many(x, [ln, fc])
+    for layer in (ln, fc):
+        np.testing.assert_allclose(got[layer], want[layer], atol=1e-5)
+
+
 def test_ambiguous_input_layout_needs_the_option(tmp_path):
     graph = helper.make_graph([helper.make_node("Flatten", ["input"], ["output"])], "amb",
                               [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 4, 3])],
