@@ -128,7 +128,7 @@ def probe(suite: Suite, ref: "ModelRef", seed: int = 0) -> str | None:
     return _probe(suite, ref, seed)[0]
 
 
-def backend_failure(e: Any, x: "np.ndarray", layers: list[str], pool: str, exc: Exception) -> "EmbeddingError":
+def backend_failure(e: Any, x: "np.ndarray", layers: list[str], exc: Exception) -> "EmbeddingError":
     """The one-line error for the backend's own failure on a batch ``x`` met during
     extraction (see :func:`_failure`)."""
     from .errors import EmbeddingError, out_of_memory
@@ -137,7 +137,7 @@ def backend_failure(e: Any, x: "np.ndarray", layers: list[str], pool: str, exc: 
         return EmbeddingError(f"{e.path} runs out of memory on a batch of {len(x)} images: {_first_line(exc)}; "
                               f"fix: pass a smaller --invariance-batch-size (images per model call; this batch "
                               f"held {len(x)})")
-    return EmbeddingError(_failure(e, x, layers, pool, exc, f"{e.path} fails", f" on a batch of {len(x)} images")[0])
+    return EmbeddingError(_failure(e, x, layers, exc, f"{e.path} fails", f" on a batch of {len(x)} images")[0])
 
 
 def _raise_if_out_of_memory(e: Any, suite: Suite, n: int, exc: Exception) -> None:
@@ -150,28 +150,78 @@ def _raise_if_out_of_memory(e: Any, suite: Suite, n: int, exc: Exception) -> Non
                              f"{_first_line(exc)}; fix: pass --device cpu, or free the device's memory") from None
 
 
-def _failure(e: Any, x: "np.ndarray", layers: list[str], pool: str, exc: Exception, fails: str,
-             unbatched: str = "") -> tuple[str, int | None]:
-    """``(message, runs_at)`` after the backend's own error on ``x``: the batch size the graph
-    runs at when it fixes one inside (then the message names --invariance-input-batch), or
-    None and the backend's reason (``fails`` + ``unbatched``), with the input size and
-    channels it runs at when another one does (then the fed input is the fault, not the
-    layer, and the message names --invariance-preprocess)."""
-    runs_at = _runs_at(e, x, layers, pool, str(exc))
-    if runs_at is None:
-        said = f"{fails}{unbatched}: {_first_line(exc)}"
-        fits = _runs_at_input(e, x, layers, pool)
-        if fits is None:
-            return said, None
-        c, h, w = fits
-        return (f"{said}; it runs on a {c}x{h}x{w} input, so the input it is fed ({x.shape[1]}x{x.shape[2]}x"
-                f"{x.shape[3]}) is the fault, not the layer: pass {feed_fix(x.shape[1:], fits)}"), None
-    if e.contract.batch_source == "option":
-        return (f"{fails} in batches of {e.contract.batch} ({OPT_INPUT_BATCH} {e.contract.batch}) but runs in a "
-                f"batch of {runs_at}: pass {OPT_INPUT_BATCH} {runs_at}"), runs_at
-    return (f"{fails} in a batch of {len(x)} but runs in a batch of {runs_at}: its graph fixes the batch size "
-            "although its input declares any (e.g. len(x) or a constant reshape at export); re-export it with a "
-            f"dynamic batch, or pass {OPT_INPUT_BATCH} {runs_at}"), runs_at
+# onnxruntime's status codes for a graph it cannot run at all (no kernel for an operator or
+# element type, a failing execution provider), whatever input it is fed.
+_ORT_CANNOT = (": NOT_IMPLEMENTED :", ": EP_FAIL :", ": ENGINE_ERROR :", ": INVALID_GRAPH :")
+
+
+def _backend_cannot_run(exc: Exception) -> bool:
+    """Whether the backend's error says it cannot run the model at all (no kernel for an
+    operator or element type: onnxruntime's NOT_IMPLEMENTED, torch's 'not implemented for
+    'Half''), rather than that the model does not take this input."""
+    said = str(exc)
+    return isinstance(exc, NotImplementedError) or any(c in said for c in _ORT_CANNOT) \
+        or "not implemented for" in said
+
+
+def _failure(e: Any, x: "np.ndarray", layers: list[str], exc: Exception, fails: str,
+             unbatched: str = "") -> tuple[str, bool]:
+    """``(message, fatal)`` after the backend's own error on ``x``.
+
+    Fatal (the suite fits; the model or an option is the fault): the backend cannot run the
+    model at all (names the element type it is fed), the graph runs at one batch size only
+    (names --invariance-input-batch), or it runs on the other axis order (names
+    --invariance-input-layout). Not fatal (the suite's input does not fit): the backend's
+    reason (``fails`` + ``unbatched``), with the input size and channels it runs at when
+    another one does (then the message names --invariance-preprocess). Each retry is the
+    raw forward, without the pool: a layer the pool refuses is named after the input is fed."""
+    from .models._contract import OPT_INPUT_LAYOUT
+
+    said = f"{fails}{unbatched}: {_first_line(exc)}"
+    if _backend_cannot_run(exc):
+        dtype = e.contract.dtype
+        fix = (f"re-export it with float32 input and weights (it takes {dtype})" if dtype != "float32"
+               else "re-export it with operators the backend implements, or pass another --device")
+        return (f"{said}; {e.provider} cannot run this model whatever input it is fed, so the suite is not the "
+                f"fault: {fix}"), True
+    runs_at = _runs_at(e, x, layers, str(exc))
+    if runs_at is not None:
+        if e.contract.batch_source == "option":
+            return (f"{fails} in batches of {e.contract.batch} ({OPT_INPUT_BATCH} {e.contract.batch}) but runs in a "
+                    f"batch of {runs_at}: pass {OPT_INPUT_BATCH} {runs_at}"), True
+        return (f"{fails} in a batch of {len(x)} but runs in a batch of {runs_at}: its graph fixes the batch size "
+                "although its input declares any (e.g. len(x) or a constant reshape at export); re-export it with a "
+                f"dynamic batch, or pass {OPT_INPUT_BATCH} {runs_at}"), True
+    layout = _runs_in_layout(e, x, layers)
+    if layout is not None:
+        shown = "[N, H, W, C] (channels-last)" if layout == "nhwc" else "[N, C, H, W] (channels-first)"
+        return (f"{said}; it runs on {shown} input, so the axis order it is fed is the fault, not the layer: "
+                f"pass {OPT_INPUT_LAYOUT} {layout}"), True
+    fits = _runs_at_input(e, x, layers)
+    if fits is None:
+        return said, False
+    c, h, w = fits
+    return (f"{said}; it runs on a {c}x{h}x{w} input, so the input it is fed ({x.shape[1]}x{x.shape[2]}x"
+            f"{x.shape[3]}) is the fault, not the layer: pass {feed_fix(x.shape[1:], fits)}"), False
+
+
+def _runs_in_layout(e: Any, x: "np.ndarray", layers: list[str]) -> str | None:
+    """After a failure on ``x``: the other axis order (``nhwc``/``nchw``) when the model runs
+    on x fed in it, for a layout the user did not give; else None."""
+    from dataclasses import replace
+
+    told = e.contract
+    if told.layout_source == "option":
+        return None
+    other = "nhwc" if told.layout == "nchw" else "nchw"
+    e.contract = replace(told, layout=other)
+    try:
+        e.forward_many(x, layers)
+    except Exception:  # noqa: BLE001 - not in this order either
+        return None
+    finally:
+        e.contract = told
+    return other
 
 
 def feed_fix(fed: "Iterable[int]", takes: "Iterable[int | None]") -> str:
@@ -189,7 +239,7 @@ def feed_fix(fed: "Iterable[int]", takes: "Iterable[int | None]") -> str:
 _SIZES = (224, 160, 128, 112, 96, 64, 32, 28)
 
 
-def _runs_at_input(e: Any, x: "np.ndarray", layers: list[str], pool: str) -> tuple[int, int, int] | None:
+def _runs_at_input(e: Any, x: "np.ndarray", layers: list[str]) -> tuple[int, int, int] | None:
     """After a failure on the NCHW batch ``x``: the first ``(C, H, W)`` (x's channels first,
     then 1 <-> 3; x's size, square, then :data:`_SIZES`) at which ``e`` runs one of x's images
     resized, for a model whose input size is not fixed; None when none runs (the fault is not
@@ -201,7 +251,7 @@ def _runs_at_input(e: Any, x: "np.ndarray", layers: list[str], pool: str) -> tup
     if x.ndim != 4 or (len(fixed) == 2 and None not in fixed):
         return None
     try:  # the image tried at other sizes must fail at this one, or the size is not the fault
-        e.embed_many(np.ascontiguousarray(x[:1]), layers, pool=pool)
+        e.forward_many(np.ascontiguousarray(x[:1]), layers)
         return None
     except Exception:  # noqa: BLE001 - it fails here: try it at other sizes
         pass
@@ -214,7 +264,7 @@ def _runs_at_input(e: Any, x: "np.ndarray", layers: list[str], pool: str) -> tup
                 continue
             y = torch.nn.functional.interpolate(img, size=(s, s), mode="bilinear", align_corners=False)
             try:
-                e.embed_many(y.numpy(), layers, pool=pool)
+                e.forward_many(y.numpy(), layers)
             except Exception:  # noqa: BLE001 - not at this input either
                 continue
             return c, s, s
@@ -226,7 +276,7 @@ def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
 
 
-def _runs_at(e: Any, x: "np.ndarray", layers: list[str], pool: str, reason: str = "") -> int | None:
+def _runs_at(e: Any, x: "np.ndarray", layers: list[str], reason: str = "") -> int | None:
     """After a failure on ``x``: the batch size the graph runs at, for a model whose batch
     is free or set by --invariance-input-batch (then tried as if free); None for a batch
     fixed in the file, or when no size runs. ``reason``: the backend's error, whose numbers
@@ -238,12 +288,12 @@ def _runs_at(e: Any, x: "np.ndarray", layers: list[str], pool: str, reason: str 
         return None
     e.contract = replace(told, batch=None)
     try:
-        return _only_batch(e, x, layers, pool, reason)
+        return _only_batch(e, x, layers, reason)
     finally:
         e.contract = told
 
 
-def _only_batch(e: Any, x: "np.ndarray", layers: list[str], pool: str, reason: str = "") -> int | None:
+def _only_batch(e: Any, x: "np.ndarray", layers: list[str], reason: str = "") -> int | None:
     """The one batch size at which ``e`` runs every one of ``x``'s images (in batches of that
     size, the last one filled with copies), or None: tells a batch fixed inside the graph
     from a model that takes none of this input (fails at every size) or fails for another
@@ -260,7 +310,7 @@ def _only_batch(e: Any, x: "np.ndarray", layers: list[str], pool: str, reason: s
     def runs(n: int) -> bool:
         try:
             for s in range(0, len(x), n):
-                e.embed_many(np.resize(x[s: s + n], (n, *x.shape[1:])), layers, pool=pool)
+                e.forward_many(np.resize(x[s: s + n], (n, *x.shape[1:])), layers)
         except Exception:  # the backend's own error at this size too
             return False
         return True
@@ -327,9 +377,8 @@ def _probe(suite: Suite, ref: "ModelRef", seed: int) -> tuple[str | None, dict[s
         raise
     except Exception as exc:  # the backend's own error: the model does not take this input
         _raise_if_out_of_memory(e, suite, len(x), exc)
-        fails = f"{e.path} fails on suite {suite.name}'s input float32[N, {', '.join(map(str, shape))}]"
-        message, runs_at = _failure(e, x.numpy(), layers, ref.pool, exc, fails)
-        if runs_at is not None:  # the model is fine; only the batch it is fed needs the option
+        message, fatal = _failure(e, x.numpy(), layers, exc, _fails(e, suite, shape))
+        if fatal:  # the suite fits: the model, the backend or an input option is the fault
             raise EmbeddingError(message)
         return message, None
     for layer in layers:  # before the batch comparison, whose NaN difference would blame eval mode
@@ -347,9 +396,8 @@ def _probe(suite: Suite, ref: "ModelRef", seed: int) -> tuple[str | None, dict[s
         raise
     except Exception as exc:  # it ran on the batch of 4: a batch fixed at 4 inside the graph, or no single image
         _raise_if_out_of_memory(e, suite, 1, exc)
-        fails = f"{e.path} fails on suite {suite.name}'s input float32[N, {', '.join(map(str, shape))}]"
-        message, runs_at = _failure(e, x[:1].numpy(), layers, ref.pool, exc, fails)
-        raise EmbeddingError(message if runs_at is not None else f"{e.path} runs suite {suite.name}'s input in a batch "
+        message, fatal = _failure(e, x[:1].numpy(), layers, exc, _fails(e, suite, shape))
+        raise EmbeddingError(message if fatal else f"{e.path} runs suite {suite.name}'s input in a batch "
                              f"of {len(x)} but fails on one image: {_first_line(exc)}") from None
     for layer in layers:
         if any(one[layer].shape[0] != 1 for one in singles):  # e.g. as many tokens as probe images
@@ -357,6 +405,14 @@ def _probe(suite: Suite, ref: "ModelRef", seed: int) -> tuple[str | None, dict[s
                                  "(its first axis is not the batch); leave it out of --layer / --invariance-layers")
         batch_dependence(e, layer, together[layer], np.concatenate([one[layer] for one in singles]), len(x))
     return None, {layer: int(v.shape[1]) for layer, v in together.items()}
+
+
+def _fails(e: Any, suite: Suite, chw: tuple[int, int, int]) -> str:
+    """``m fails on suite s's input float64[N, 3, 64, 64]``: what the model was fed, in its
+    element type and axis order (the contract casts the suite's float32 NCHW pixels)."""
+    c, h, w = chw
+    dims, order = ((c, h, w), "") if e.contract.layout == "nchw" else ((h, w, c), " (NHWC)")
+    return f"{e.path} fails on suite {suite.name}'s input {e.contract.dtype}[N, {', '.join(map(str, dims))}]{order}"
 
 
 def batch_dependence(e: Any, layer: str, together: "np.ndarray", alone: "np.ndarray", batch: int) -> None:

@@ -161,3 +161,28 @@ def test_a_nan_embedding_names_its_image_file(tmp_path):
     nan = load_model(str(export_onnx(tiny_cnn(nan=True), tmp_path / "nan.onnx")))
     with pytest.raises(EmbeddingError, match=r"embedding of image 'face_0.png' \(row 0\) contains NaN/Inf"):
         extract(nan, images, preprocess=Preprocess(channels=1))
+
+
+def test_nan_for_some_images_is_named_as_nan_not_as_a_batch_dependent_model(tmp_path):
+    """NaN only for dark images, none of them first: the batch-vs-alone comparison met the NaN
+    (max difference nan) and blamed eval mode; the image is named at any batch size."""
+    import torch
+
+    from pytest_invariance.errors import EmbeddingError
+
+    class DarkNaN(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = tiny_cnn(seed=1)
+
+        def forward(self, x):
+            return self.net(x) * torch.sqrt(x.mean((1, 2, 3))[:, None] - 0.3)
+
+    pixels = np.random.default_rng(0).integers(100, 256, (12, 28, 28), dtype=np.uint8)
+    pixels[5] = 0  # dark: NaN
+    images = ArrayImageSet(pixels, pd.DataFrame({"y": np.arange(12) % 2}), name="t")
+    model = load_model(str(export_onnx(DarkNaN().eval(), tmp_path / "dark.onnx")), device="cpu")
+    for batch_size in (1, 4, 12):
+        with pytest.raises(EmbeddingError, match=r"embedding of sample 5 contains NaN/Inf") as raised:
+            extract(model, images, batch_size=batch_size)
+        assert "inference mode" not in str(raised.value)

@@ -557,7 +557,7 @@ def test_a_factory_that_fails_at_the_fed_size_names_the_size_option_not_the_laye
     x = np.random.default_rng(0).random((3, 3, 16, 16), dtype=np.float32)
     with pytest.raises(RuntimeError) as exc:
         e.embed_many(x, ["output"])
-    line = str(study_error("study mine/output could not run", backend_failure(e, x, ["output"], "auto", exc.value)))
+    line = str(study_error("study mine/output could not run", backend_failure(e, x, ["output"], exc.value)))
     assert line.startswith("study mine/output could not run: EmbeddingError: zoo_nets:fixed fails on a batch of 3 "
                            "images: mat1 and mat2") and line.endswith(fix) and "--layer" not in line
     __import__("sys").modules.pop("zoo_nets", None)

@@ -195,6 +195,83 @@ def test_a_model_that_fails_on_one_image_for_another_reason_is_not_called_a_fixe
     assert "--invariance-input-batch" not in str(raised.value)
 
 
+def test_a_fixed_batch_graph_read_at_a_layer_the_pool_refuses_names_the_batch_then_the_pool(tmp_path):
+    """Each batch size was retried with the pool applied: the pool's refusal (cls on a conv
+    map) failed every size and the suite was skipped with the backend's raw error."""
+    from pytest_invariance._audit import ModelRef
+    from pytest_invariance._model_check import probe
+    from pytest_invariance.checks import Suite
+    from pytest_invariance.embeddings import Preprocess
+    from pytest_invariance.errors import InvarianceError
+
+    path = export_traced_batch(tmp_path / "traced2.onnx")
+    suite = Suite("s", tmp_path, {"suite": {"input": [3, 8, 8]}})
+    conv = "/conv/Conv_output_0"
+    with pytest.raises(EmbeddingError, match=r"runs in a batch of 2: .* pass --invariance-input-batch 2$"):
+        probe(suite, ModelRef("m", load_model(path, device="cpu"), conv, Preprocess(), user=True, pool="cls"))
+    fed = load_model(path, device="cpu", input_batch=2)
+    with pytest.raises(InvarianceError, match="--invariance-pool"):
+        probe(suite, ModelRef("m", fed, conv, Preprocess(), user=True, pool="cls"))
+    assert probe(suite, ModelRef("m", fed, conv, Preprocess(), user=True, pool="gap")) is None
+
+
+NHWC_NET = (
+    "import torch\n\nclass NHWC(torch.nn.Module):\n"
+    "    def __init__(self):\n        super().__init__()\n        torch.manual_seed(0)\n"
+    "        self.conv = torch.nn.Conv2d(3, 4, 3)\n\n"
+    "    def forward(self, x):  # channels-last images\n"
+    "        return self.conv(x.permute(0, 3, 1, 2)).mean((2, 3))\n\n"
+    "def make():\n    return NHWC().eval()\n")
+
+
+@pytest.mark.parametrize("kind", ["factory", "torchscript"])
+def test_a_torch_model_taking_channels_last_input_is_one_line_naming_the_layout_option(tmp_path, monkeypatch, kind):
+    """Was a suite skip with torch's raw conv error (exit 5); the option that feeds it was never named."""
+    from pytest_invariance._audit import ModelRef
+    from pytest_invariance._model_check import probe
+    from pytest_invariance.checks import Suite
+    from pytest_invariance.embeddings import Preprocess
+
+    (tmp_path / "nhwcnet.py").write_text(NHWC_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = "nhwcnet:make"
+    if kind == "torchscript":
+        import nhwcnet
+
+        spec = str(tmp_path / "nhwc.pt")
+        torch.jit.trace(nhwcnet.make(), torch.rand(2, 8, 8, 3)).save(spec)
+    suite = Suite("s", tmp_path, {"suite": {"input": [3, 8, 8]}})
+    with pytest.raises(EmbeddingError) as raised:
+        probe(suite, ModelRef("m", load_model(spec, device="cpu"), "output", Preprocess(), user=True))
+    message = str(raised.value)
+    assert "\n" not in message and message.endswith("it runs on [N, H, W, C] (channels-last) input, so the axis "
+                                                      "order it is fed is the fault, not the layer: pass "
+                                                      "--invariance-input-layout nhwc")
+    fed = load_model(spec, device="cpu", input_layout="nhwc")
+    assert probe(suite, ModelRef("m", fed, "output", Preprocess(), user=True)) is None
+    x = images(3)
+    reference = torch.nn.functional.conv2d(torch.from_numpy(x), fed.module.conv.weight, fed.module.conv.bias)
+    np.testing.assert_allclose(fed.embed(x, "output"), reference.mean((2, 3)).detach().numpy(), atol=1e-5)
+
+
+def test_a_model_the_backend_cannot_run_is_an_error_naming_what_it_is_fed_not_a_suite_skip(tmp_path):
+    """onnxruntime's CPU provider has no float64 Conv: the suite fits, the model cannot run. Was a
+    skip (exit 5) saying it was fed float32."""
+    from pytest_invariance._audit import ModelRef
+    from pytest_invariance._model_check import probe
+    from pytest_invariance.checks import Suite
+    from pytest_invariance.embeddings import Preprocess
+
+    model = load_model(save(conv_graph(dtype=TensorProto.DOUBLE), tmp_path / "f64.onnx"), device="cpu")
+    with pytest.raises(EmbeddingError) as raised:
+        probe(Suite("s", tmp_path, {"suite": {"input": [3, 8, 8]}}), ModelRef("m", model, "feat", Preprocess(), user=True))
+    message = str(raised.value)
+    assert "\n" not in message and "fails on suite s's input float64[N, 3, 8, 8]: " in message
+    assert "NOT_IMPLEMENTED" in message and message.endswith(
+        "CPUExecutionProvider cannot run this model whatever input it is fed, so the suite is not the fault: "
+        "re-export it with float32 input and weights (it takes float64)")
+
+
 def test_extract_names_the_batch_a_graph_fixes_inside_in_one_line(tmp_path, capsys):
     from PIL import Image
 
@@ -603,6 +680,34 @@ def test_unknown_activation_layout_is_refused_and_the_option_resolves_it(tmp_pat
         load_model(path, device="cpu").embed(images(2), "feat")
     got = load_model(path, device="cpu", layer_layout="nchw").embed(images(2), "feat")
     np.testing.assert_allclose(got, conv_relu(images(2)).mean(axis=(2, 3)), atol=1e-5)
+
+
+def test_a_convnext_style_layernorm_and_linear_on_permuted_maps_are_read_channels_last(tmp_path):
+    """Transpose -> LayerNormalization (last axis) -> MatMul by a weight keep the axis order: each
+    was refused as 'axis order the model's graph does not tell' though docs/models.md said read."""
+    class ConvNeXtish(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.stem, self.ln, self.fc = torch.nn.Conv2d(3, 4, 2, 2), torch.nn.LayerNorm(4), torch.nn.Linear(4, 6)
+
+        def forward(self, x):
+            return self.fc(self.ln(self.stem(x).permute(0, 2, 3, 1))).mean((1, 2))
+
+    m = ConvNeXtish().eval()
+    path = tmp_path / "cnx.onnx"
+    torch.onnx.export(m, torch.rand(2, 3, 8, 8), str(path), dynamo=False, input_names=["input"],
+                      output_names=["emb"], dynamic_axes={"input": {0: "n"}, "emb": {0: "n"}}, opset_version=17)
+    model = load_model(str(path), device="cpu")
+    ln, fc = "/ln/LayerNormalization_output_0", "/fc/MatMul_output_0"
+    assert (model.activation_layout(ln), model.activation_layout(fc)) == ("nhwc", "nhwc")
+    x = images(3)
+    with torch.no_grad():
+        normed = m.ln(m.stem(torch.from_numpy(x)).permute(0, 2, 3, 1))
+        want = {ln: normed.mean((1, 2)).numpy(), fc: (normed @ m.fc.weight.T).mean((1, 2)).numpy()}
+    got = model.embed_many(x, [ln, fc])
+    for layer in (ln, fc):
+        np.testing.assert_allclose(got[layer], want[layer], atol=1e-5)
 
 
 def test_ambiguous_input_layout_needs_the_option(tmp_path):

@@ -208,6 +208,35 @@ def test_fixed_shape_export_is_fed_in_its_batch_size(tmp_path):
     np.testing.assert_allclose(got, block_reference(m, X)["block.relu#1"], atol=1e-5)
 
 
+def test_a_bounded_batch_export_is_fed_within_its_bounds_and_gives_the_unbounded_figures(tmp_path):
+    """Dim("n", min=2, max=3): every extraction call above 3 images failed, with a fix ("pick another
+    --layer") that could not work. Now calls are capped at max and padded up to min."""
+    from pytest_invariance._audit import ModelRef
+    from pytest_invariance._model_check import probe
+    from pytest_invariance.checks import Suite
+    from pytest_invariance.data import ArrayImageSet
+    from pytest_invariance.embeddings import Preprocess, extract
+
+    m = Blocks().eval()
+    path = tmp_path / "bounded.pt2"
+    shapes = ({0: torch.export.Dim("n", min=2, max=3)},)
+    torch.export.save(torch.export.export(m, (X[:2],), dynamic_shapes=shapes), str(path))
+    model = load_model(str(path), device="cpu")
+    assert (model.contract.batch, model.contract.batch_min, model.contract.batch_max) == (None, 2, 3)
+    reference = block_reference(m, X)["block.relu#1"]
+    for n in (1, 2, 3, 5):  # padded to 2, as is, as is, 3 + 2
+        np.testing.assert_allclose(model.embed(X[:n].numpy(), "block.relu#1"), reference[:n], atol=1e-5)
+    assert probe(Suite("s", tmp_path, {"suite": {"input": [3, 12, 12]}}),
+                 ModelRef("m", model, "block.relu#1", Preprocess(), user=True)) is None
+    import pandas as pd
+
+    images = ArrayImageSet(X.numpy(), pd.DataFrame({"y": np.arange(5) % 2}), name="t")
+    free = tmp_path / "free.pt2"
+    torch.export.save(torch.export.export(m, (X[:2],), dynamic_shapes=({0: torch.export.Dim("n")},)), str(free))
+    np.testing.assert_allclose(extract(model, images, layer="block.relu#1", batch_size=256),  # float noise only
+                               extract(load_model(str(free), device="cpu"), images, layer="block.relu#1"), atol=1e-6)
+
+
 # ------------------------------------------------------------------ 5. a tiny ViT
 
 
@@ -398,7 +427,7 @@ def test_a_forward_that_fails_on_some_images_is_not_blamed_on_the_batch_or_the_s
     try:
         model.embed_many(x, ["body"], pool="auto")
     except Exception as exc:  # noqa: BLE001 - what extraction meets
-        message = str(backend_failure(model, x, ["body"], "auto", exc))
+        message = str(backend_failure(model, x, ["body"], exc))
     assert message.endswith("numerical blow-up in conv (bug)"), message
     assert "--invariance-input-batch" not in message and "--invariance-preprocess" not in message
 

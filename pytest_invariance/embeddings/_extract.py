@@ -151,12 +151,10 @@ def _images_per_pass(raw: dict[str, np.ndarray], n: int, batch_size: int) -> int
 
 
 def _store(out: dict[str, np.ndarray], project: dict[str, Any], projections: dict[str, Any], layer: str,
-           emb: np.ndarray, offset: int, rows: int, max_dim: int, seed: int, dtype: str, what: str,
-           ids: "list[str] | None" = None) -> None:
-    """Check, project and write one layer's rows ``offset:offset+len(emb)`` of ``out[layer]``."""
+           emb: np.ndarray, offset: int, rows: int, max_dim: int, seed: int, dtype: str) -> None:
+    """Project and write one layer's (checked) rows ``offset:offset+len(emb)`` of ``out[layer]``."""
     from ._project import LayerProjection
 
-    _check_finite(emb, offset, what, ids)
     if layer not in out:  # allocate once we know D; never hold the images themselves
         project[layer] = LayerProjection(emb.shape[1], max_dim=max_dim, seed=seed)
         projections[layer] = project[layer].record()
@@ -254,21 +252,23 @@ def _run_pass(embedder: "Embedder", images: "ImageSet", layers: list[str], prepr
                     from .._model_check import backend_failure
 
                     rows = chunk.cpu().numpy() if hasattr(chunk, "cpu") else chunk
-                    raise backend_failure(embedder, rows, layers, pool, exc) from None
+                    raise backend_failure(embedder, rows, layers, exc) from None
                 if start == 0 and offset == 0:
                     per_pass = _images_per_pass(raw, n, batch_size)
                 embs = pool_outputs(embedder, raw, pool, chunk)
                 del raw  # the raw maps of every layer: the largest arrays of a sweep
-                if n > 1 and not checked and all(len(emb) == n for emb in embs.values()):
-                    _check_alone(embedder, chunk, embs, layers, pool)
-                    checked = True
                 for layer, emb in embs.items():
                     if len(emb) != n:  # e.g. sequence-first tokens: never written as if they were images
                         raise EmbeddingError(f"{embedder.path} layer {layer!r} gives {len(emb)} rows for {n} images "
                                              "(its first axis is not the batch); leave it out of --layer / "
                                              "--invariance-layers")
-                    _store(out, project, projections, layer, emb, offset, len(images), max_dim, seed, dtype,
-                           f"{embedder.name} layer {layer}", ids)
+                    # before the batch comparison, whose NaN difference would blame eval mode
+                    _check_finite(emb, offset, f"{embedder.name} layer {layer}", ids)
+                if n > 1 and not checked:
+                    _check_alone(embedder, chunk, embs, layers, pool)
+                    checked = True
+                for layer, emb in embs.items():
+                    _store(out, project, projections, layer, emb, offset, len(images), max_dim, seed, dtype)
                 offset += n
                 start += n
                 shown.update(n)

@@ -43,6 +43,9 @@ class InputContract:
         ``(C, H, W)`` as declared, None for dynamic dimensions.
     layout_source : str
         How the layout was decided ("declared shape", "graph", "option", "default").
+    batch_min, batch_max : int
+        Bounds of a dynamic batch (a torch.export ``Dim("N", min=2, max=64)``; 0 / None: none):
+        a call is fed at most ``batch_max`` images, and at least ``batch_min`` (padded).
     """
 
     layout: str = "nchw"
@@ -51,6 +54,13 @@ class InputContract:
     chw: tuple[int | None, int | None, int | None] = (None, None, None)
     layout_source: str = "default"
     batch_source: str = "file"
+    batch_min: int = 0
+    batch_max: int | None = None
+
+    def takes(self, n: int) -> bool:
+        """Whether one call may be fed ``n`` images as they are (no chunking, no padding)."""
+        return (self.batch is None or n == self.batch) and n >= self.batch_min \
+            and (self.batch_max is None or n <= self.batch_max)
 
     def with_batch(self, n: int | None, model: str) -> "InputContract":
         """This contract fed ``n`` images per call (``--invariance-input-batch``); unchanged for None.
@@ -64,9 +74,11 @@ class InputContract:
         return replace(self, batch=n, batch_source="option")
 
     def to_dict(self) -> dict[str, Any]:
+        bounds = {"input_batch_range": [self.batch_min, self.batch_max]} \
+            if self.batch_min or self.batch_max is not None else {}  # only when bounded: other keys unchanged
         return {"input_layout": self.layout, "input_dtype": self.dtype, "input_batch": self.batch,
                 "input_shape": list(self.chw), "layout_source": self.layout_source,
-                "batch_source": self.batch_source}
+                "batch_source": self.batch_source, **bounds}
 
     def describe(self) -> str:
         c, h, w = ("?" if v is None else v for v in self.chw)
@@ -110,26 +122,30 @@ def ambiguous_layout(model: str, dims: list[int | None]) -> InputShapeError:
     )
 
 
-def run_batched(fn: Callable[[np.ndarray], Any], x: np.ndarray, fixed: int | None) -> list[Any]:
-    """Call ``fn`` on ``x`` in chunks of the fixed batch size (the last padded, pad rows dropped).
+def run_batched(fn: Callable[[np.ndarray], Any], x: np.ndarray, contract: InputContract) -> list[Any]:
+    """Call ``fn`` on ``x`` in the calls the ``contract`` takes: chunks of its fixed batch size,
+    else of at most ``batch_max`` images; a chunk smaller than the fixed batch or ``batch_min``
+    is padded with copies of its last image, whose outputs are dropped.
 
-    ``fn`` returns an array (or a list of arrays) with the batch on axis 0. With no fixed
-    batch it is one call.
+    ``fn`` returns an array (or a list of arrays) with the batch on axis 0. One call when
+    ``x`` fits as it is.
     """
-    if not fixed or len(x) == fixed:
+    if contract.takes(len(x)):
         out = fn(x)
         return out if isinstance(out, list) else [out]
+    step = contract.batch or contract.batch_max or len(x)
     parts: list[list[Any]] = []
-    for start in range(0, len(x), fixed):
-        chunk = x[start:start + fixed]
+    for start in range(0, len(x), step):
+        chunk = x[start:start + step]
         n = len(chunk)
-        if n < fixed:  # pad with copies of the last image; their outputs are dropped
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
+        size = contract.batch or max(n, contract.batch_min)
+        if n < size:  # pad with copies of the last image; their outputs are dropped
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - n, axis=0)])
         out = fn(chunk)
         out = out if isinstance(out, list) else [out]
         for o in out:  # dropping pad rows is only right when axis 0 is the batch
-            if np.ndim(o) == 0 or len(o) != fixed:
-                raise EmbeddingError(f"a layer gives {np.shape(o)} for a batch of {fixed} images: its first axis "
+            if np.ndim(o) == 0 or len(o) != size:
+                raise EmbeddingError(f"a layer gives {np.shape(o)} for a batch of {size} images: its first axis "
                                      "is not the batch; leave it out of --layer / --invariance-layers")
         parts.append([o[:n] for o in out])
     return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]

@@ -230,7 +230,7 @@ class OnnxEmbedder:
         check_batch(batch, self.input_shape, self.path)
         sess = self._session(tuple(layers))
         x = self.contract.cast(np.asarray(batch, dtype=np.float32))
-        outs = run_batched(lambda chunk: list(sess.run(layers, {self.input_name: chunk})), x, self.contract.batch)
+        outs = run_batched(lambda chunk: list(sess.run(layers, {self.input_name: chunk})), x, self.contract)
         return {layer: np.asarray(out) for layer, out in zip(layers, outs)}
 
     def forward(self, batch: np.ndarray, layer: str) -> np.ndarray:

@@ -3,10 +3,11 @@
 ONNX's own image operators (Conv, BatchNormalization, pooling) are channels-first by
 definition. TF-converted graphs keep channels-last tensors and wrap those operators in
 Transposes. So the layout of a tensor is found by walking back from it: through
-operators that keep the axis order (element-wise maths, Resize, Pad, Concat), composing
-Transpose permutations, until an NCHW operator or the graph input is reached. Anything
-else (Reshape, MatMul, ...) makes the layout unknown, and the caller refuses rather
-than guesses.
+operators that keep the axis order (element-wise maths, Resize, Pad, Concat; a
+LayerNormalization over the last axis and a MatMul by a 2-D weight, a ConvNeXt block's
+LayerNorm/Linear on permuted maps), composing Transpose permutations, until an NCHW
+operator or the graph input is reached. Anything else (Reshape, other MatMuls, ...) makes
+the layout unknown, and the caller refuses rather than guesses.
 """
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ def _perm(node: Any) -> list[int]:
     return next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
 
 
+def _attr(node: Any, name: str, default: int) -> int:
+    return next((int(a.i) for a in node.attribute if a.name == name), default)
+
+
 def _constants(graph: Any) -> set[str]:
     names = {i.name for i in graph.initializer}
     names.update(o for n in graph.node if n.op_type == "Constant" for o in n.output)
@@ -40,6 +45,7 @@ def activation_layout(graph: Any, tensor: str, input_layout: str) -> str | None:
     producer = {o: n for n in graph.node for o in n.output}
     inputs = {i.name for i in graph.input}
     consts = _constants(graph)
+    weights = {i.name: len(i.dims) for i in graph.initializer}  # rank of each initializer
     memo: dict[str, str | None] = {}
 
     def walk(name: str, depth: int) -> str | None:
@@ -59,6 +65,10 @@ def activation_layout(graph: Any, tensor: str, input_layout: str) -> str | None:
             # Broadcasting aligns axes, so one input of known order fixes the output's.
             found = {walk(i, depth + 1) for i in node.input if i and i not in consts} - {None}
             result = found.pop() if len(found) == 1 else None
+        elif node.op_type == "LayerNormalization" and _attr(node, "axis", -1) in (-1, 3):
+            result = walk(node.input[0], depth + 1)  # normalises each position's last axis: order kept
+        elif node.op_type == "MatMul" and len(node.input) > 1 and weights.get(node.input[1]) == 2:
+            result = walk(node.input[0], depth + 1)  # a Linear on the last axis: [.., C] @ [C, D]
         elif node.op_type == "Transpose":
             inner, perm = walk(node.input[0], depth + 1), _perm(node)
             result = {("nchw", tuple(TO_NHWC)): "nhwc", ("nhwc", tuple(TO_NCHW)): "nchw",

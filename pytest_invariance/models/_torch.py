@@ -117,7 +117,23 @@ def _export_contract(ep: Any, spec: str, layout_option: str) -> InputContract:
         if layout is None and all(d is not None for d in dims[1:]):
             raise ambiguous_layout(spec, dims)
         layout, source = (layout, source) if layout else ("nchw", "torch convention")
-    return InputContract(layout=layout, dtype=dtype, batch=dims[0], chw=chw_of(dims, layout), layout_source=source)
+    low, high = _batch_range(ep, val.shape[0])
+    return InputContract(layout=layout, dtype=dtype, batch=dims[0], chw=chw_of(dims, layout), layout_source=source,
+                         batch_min=low, batch_max=high)
+
+
+def _batch_range(ep: Any, n: Any) -> tuple[int, int | None]:
+    """``(min, max)`` of a dynamic batch from the program's range_constraints (``Dim("N",
+    min=2, max=64)``): the program refuses a call above max; (0, None) when unbounded or fixed."""
+    import sympy
+
+    expr = getattr(getattr(n, "node", None), "expr", None)
+    bounds = ep.range_constraints.get(expr) if expr is not None else None
+    if bounds is None:
+        return 0, None
+    low = int(bounds.lower) if isinstance(bounds.lower, sympy.Integer) else 0
+    high = int(bounds.upper) if isinstance(bounds.upper, sympy.Integer) else None  # int_oo: no bound
+    return max(low, 0), high
 
 
 def _import_factory(spec: str) -> Any:
@@ -619,10 +635,7 @@ class TorchEmbedder:
                 acts = self._run(t, layers)
             return [acts[layer].float().cpu().numpy() for layer in layers]
 
-        if self.contract.batch and len(x) != self.contract.batch:
-            outs = run_batched(call, x.cpu().numpy(), self.contract.batch)
-        else:
-            outs = call(x)
+        outs = call(x) if self.contract.takes(len(x)) else run_batched(call, x.cpu().numpy(), self.contract)
         return dict(zip(layers, outs))
 
     def forward(self, batch: Any, layer: str) -> np.ndarray:
