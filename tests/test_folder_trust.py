@@ -111,3 +111,25 @@ def test_a_decimal_comma_column_is_named_for_its_decimal_point(tmp_path):
         load_factor_folder(_folder(tmp_path / "d", cont=cont))
     assert "column 'cont' holds numbers with a decimal comma (120 cell(s), e.g. img/000_a.png: " in str(err.value)
     assert "write '.' as the decimal point in labels.csv" in str(err.value) and "cont=ignore" not in str(err.value)
+
+
+def test_a_non_finite_embedding_names_the_option_a_model_reads_and_warns_nothing():
+    """-inf for one image (log of a black pixel): the batch check leaked numpy's 'atol: inf'
+    RuntimeWarning and the fix named the suite's [preprocess], which a --model never reads."""
+    import warnings
+
+    from pytest_invariance._model_check import batch_dependence
+    from pytest_invariance._outcomes import study_error
+    from pytest_invariance.embeddings._extract import _check_finite
+    from pytest_invariance.errors import EmbeddingError
+
+    rows = np.log(np.random.default_rng(0).uniform(0, 1, (4, 6)))
+    rows[2, :3] = -np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batch_dependence(None, "emb", rows, rows.copy(), 4)
+    with pytest.raises(EmbeddingError) as err:
+        _check_finite(rows, 0, "logm layer emb", ["a.png", "b.png", "c.png", "d.png"])
+    text = str(study_error("embedding logm zi at layer emb could not run", err.value))
+    assert "embedding of image 'c.png' (row 2) contains NaN/Inf (1 image(s) of this batch)" in text
+    assert "--invariance-preprocess for a --model" in text and "fix:" not in text  # one fix, said once
