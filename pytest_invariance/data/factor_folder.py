@@ -314,8 +314,8 @@ def _far_out(name: str, values: np.ndarray, images: list[str], problems: _Proble
     shown = ", ".join(f"{images[i]}: {values[i]:g}" for i in far[:_SHOW])
     more = f" and {len(far) - _SHOW} more" if len(far) > _SHOW else ""
     problems.worded.append(
-        f"column {name!r} has {len(far)} value(s) far outside its typical range (1st-99th percentile {p1:g} to "
-        f"{p99:g}; more than {BAND:g} robust standard deviations beyond it): {shown}{more}; typos? correct them or "
+        f"column {name!r} has {len(far)} value(s) far outside its typical range (1st-99th percentile {p1:.4g} to "
+        f"{p99:.4g}; more than {BAND:g} robust standard deviations beyond it): {shown}{more}; typos? correct them or "
         f"leave the cells empty (unknown); real values? write the column on a scale where they are not far out "
         f"(its log, say); or leave the factor out with {TYPE_OPTION} {name}=ignore")
     return True
