@@ -133,3 +133,19 @@ def test_a_non_finite_embedding_names_the_option_a_model_reads_and_warns_nothing
     text = str(study_error("embedding logm zi at layer emb could not run", err.value))
     assert "embedding of image 'c.png' (row 2) contains NaN/Inf (1 image(s) of this batch)" in text
     assert "--invariance-preprocess for a --model" in text and "fix:" not in text  # one fix, said once
+
+
+def test_one_file_copied_so_often_the_seeded_split_cannot_be_filled_is_one_line(tmp_path):
+    root = _folder(tmp_path / "d", n=2, copies=0)
+    names = [f"img/same_{k:03d}.png" for k in range(60)]
+    for name in names:
+        shutil.copy(root / "img/000_a.png", root / name)
+    (root / "img/000_a.png").unlink()
+    (root / "img/001_a.png").unlink()
+    pd.DataFrame({"image": names, "flag": ["yes", "no"] * 30}).to_csv(root / "labels.csv", index=False)
+    with pytest.raises(DataError) as err:
+        load_factor_folder(root)
+    lines = [ln for ln in str(err.value).splitlines() if ln.startswith("  - ")]
+    assert lines == ["  - the seeded split keeps byte-identical files together and 60 of 60 images are one file "
+                     "(img/same_000.png, img/same_001.png, img/same_002.png, ...), which leaves no val or test images; "
+                     "keep one file per image (or give the images a 'split' column)"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+from collections import Counter
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,8 +204,8 @@ def unknown_spellings(data_cfg: Mapping[str, Any], where: Path) -> frozenset[str
 
 
 def _read_as_unknown(cells: list[str], missing: frozenset[str]) -> str:
-    """' ; N cell(s) spelled 'NA' were read as unknown ...' when written-out spellings of an
-    unknown cell were left out (a level named NA reads as unknown), else ''."""
+    """' (N spelled 'NA' read as unknown; ...)' when cells spelled out as unknown were left out
+    (a level named NA reads as unknown), else ''."""
     spelled: dict[str, int] = {}
     for c in cells:
         if c and c.lower() in missing:
@@ -390,7 +391,8 @@ def same_image_groups(identity: np.ndarray | None, digests: list[bytes]) -> np.n
 
 
 def _check_column_split(split: np.ndarray, identity: np.ndarray | None, images: list[str],
-                        digests: list[bytes], fractions: tuple[float, ...]) -> tuple[list[str], bool]:
+                        digests: list[bytes], fractions: tuple[float, ...],
+                        missing: frozenset[str] = MISSING) -> tuple[list[str], bool]:
     """Problems of a user's ``split`` column that no factor's count would name: a split with no
     rows, byte-identical copies or one identity on two sides (a probe scores such test images by
     memory: a pure-noise label read as a leak). Returns (problems, counts_readable)."""
@@ -415,7 +417,8 @@ def _check_column_split(split: np.ndarray, identity: np.ndarray | None, images: 
     if identity is not None:
         sides: dict[str, set[str]] = {}
         for who, s in zip(identity, split):
-            sides.setdefault(who, set()).add(s)
+            if who.lower() not in missing:  # an empty identity is its own row problem, not one person
+                sides.setdefault(who, set()).add(s)
         spanning = [w for w, ss in sides.items() if len(ss) > 1]
         if spanning:
             shown = ", ".join(f"{w!r} in {'/'.join(s for s in SPLITS if s in sides[w])}" for w in spanning[:3])
@@ -487,9 +490,13 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
     DataError
         One error listing every problem: label rows without an image, images without a
         label row, unreadable images, malformed or duplicate rows, a split outside
-        train/val/test, non-numeric values in a numeric column, single-valued columns,
-        levels differing only in case, ambiguous numeric columns, unknown or invalid
-        declared types, and factors with too few samples per class.
+        train/val/test, a split column with an empty split, byte-identical copies or one
+        identity in two of its splits, non-numeric values in a numeric column, decimal
+        commas, continuous values far out (:func:`_far_out`) or constant on a split,
+        single-valued columns, levels differing only in case, ambiguous numeric columns,
+        unknown or invalid declared types, and factors with too few samples per class.
+        Without a split column, byte-identical copies are kept on one side of the seeded
+        split (``FactorFolder.copies`` counts them).
     """
     root = Path(root)
     csv_path = root / "labels.csv"
@@ -563,7 +570,7 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
     if "split" in header:
         split, source = np.array([r[header.index("split")] for r in table]), "column"
         if split_ok:
-            found, split_ok = _check_column_split(split, identity, images, digests, fractions)
+            found, split_ok = _check_column_split(split, identity, images, digests, fractions, missing)
             problems.worded += found
     else:
         groups = same_image_groups(identity, digests)
@@ -571,7 +578,7 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
         source = "seeded, identity-disjoint" if identity is not None else "seeded"
         empty = [s for s in SPLITS if not (split == s).any()]
         if groups is not None and empty and split_ok:  # one file copied so often the sides cannot be filled
-            top = max(set(digests), key=digests.count)
+            top = Counter(digests).most_common(1)[0][0]
             same = [n for n, d in zip(images, digests) if d == top]
             problems.worded.append(
                 f"the seeded split keeps byte-identical files together and {len(same)} of {len(images)} images are "
