@@ -423,6 +423,8 @@ def batch_dependence(e: Any, layer: str, together: "np.ndarray", alone: "np.ndar
 
     from .errors import EmbeddingError
 
+    if not (np.isfinite(together).all() and np.isfinite(alone).all()):
+        return  # NaN/Inf rows are refused by the finite check, naming the image (an inf scale warned here)
     scale = float(np.abs(together).max()) + 1e-6
     if not np.allclose(together, alone, atol=1e-4 * scale, rtol=1e-4):
         raise EmbeddingError(

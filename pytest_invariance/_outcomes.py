@@ -47,7 +47,8 @@ def _hint(exc: BaseException, what: str = "") -> str:
         (e.InputShapeError, "pass a --model that takes the suite's input, or select only suites that fit it"),
         (e.LayerNotFoundError, "pick an existing --layer"),
         # non-finite, constant or misshapen embeddings, or a forward that fails on this input
-        (e.EmbeddingError, "pick another --layer, or fix the suite's [preprocess] for this model"),
+        (e.EmbeddingError, "pick another --layer, or fix the preprocessing (--invariance-preprocess for a --model, "
+                           "[preprocess] in the suite's or the data folder's invariance.toml for a bundled model)"),
         (e.ModelLoadError, "check the --model file"),
         (ImportError, "install the package named above, or pass a --model of another kind"),
     ]

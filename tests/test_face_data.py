@@ -368,6 +368,20 @@ def test_celeba_mirror_with_csv_lists_and_nested_folder_reads_the_same(celeba, t
     assert abs(got[k].numpy()[0, 30:, 20:].mean() * 255 - 8 * 3) < 4  # the right picture
 
 
+def test_celeba_lists_with_columns_in_another_order_are_read_by_name(celeba):
+    want = load_celeba(celeba, "all", size=(54, 44)).labels
+    _to_csv(celeba, zero_one=True)
+    attr = pd.read_csv(celeba / "list_attr_celeba.csv", dtype=str)  # pandas/SQL exports reorder columns
+    attr[["image_id", *sorted(ATTRIBUTES, key=str.lower)[::-1]]].to_csv(celeba / "list_attr_celeba.csv", index=False)
+    pose = pd.read_csv(celeba / "pose.csv", dtype=str)
+    pose[["image_id", "roll", "yaw", "pitch"]].to_csv(celeba / "pose.csv", index=False)
+    pd.testing.assert_frame_equal(load_celeba(celeba, "all", size=(54, 44)).labels, want)
+    attr.rename(columns={"Young": "Old"}).to_csv(celeba / "list_attr_celeba.csv", index=False)
+    with pytest.raises(DatasetNotFoundError, match=r"list_attr_celeba.csv: the header must name CelebA's 40 "
+                                                   r"attribute names \(any order\); missing Young; not CelebA's Old"):
+        load_celeba(celeba, "test")
+
+
 def test_celeba_attribute_file_mixing_0_and_minus_1_is_refused(celeba):
     _to_csv(celeba, zero_one=False)
     text = (celeba / "list_attr_celeba.csv").read_text().replace("000002.jpg,-1", "000002.jpg,0", 1)

@@ -185,6 +185,17 @@ def test_near_miss_celeba_layout_is_one_error_naming_what_was_found(suites, tiny
     assert result.ret != 0
 
 
+def test_a_celeba_attribute_header_with_a_wrong_name_is_one_error(suites, tiny_model):
+    root = suites.path / "data" / "celeba"
+    make_celeba(root)
+    attr = root / "list_attr_celeba.txt"
+    attr.write_text(attr.read_text().replace("Smiling", "Smilling", 1))
+    result, _ = _run(suites, "audits/face_attributes", f"--model={tiny_model}", "--invariance-data-dir=data")
+    result.stdout.fnmatch_lines(["*list_attr_celeba.txt: the header must name CelebA's 40 attribute names (any "
+                                 "order); missing Smiling; not CelebA's Smilling*"])
+    result.assert_outcomes(errors=1, skipped=40)  # one error, not 41
+
+
 def test_pose_suite_finds_planted_yaw_and_not_noise(suites, tiny_model):
     make_celeba(suites.path / "data" / "celeba")
     result, checks = _run(suites, "audits/face_pose", f"--model={tiny_model}", "--invariance-data-dir=data",

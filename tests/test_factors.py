@@ -54,9 +54,13 @@ def lfw_folder(tmp_path_factory):
 def _write(root: Path, table: dict, images: int | None = None, mode: str = "L") -> Path:
     root.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(table)
-    for name in df["image"][:images]:
+    for k, name in enumerate(df["image"][:images]):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.new(mode, (8, 8), (128,) * len(mode) if mode != "L" else 128).save(root / name)
+        im = Image.new(mode, (8, 8), (128,) * len(mode) if mode != "L" else 128)
+        # distinct files: byte-identical copies are one image to the split
+        for x, v in enumerate((k % 256, k // 256)):
+            im.putpixel((x, 0), v if mode in ("L", "P") else (v,) * len(mode))
+        im.save(root / name)
     df.to_csv(root / "labels.csv", index=False)
     return root
 

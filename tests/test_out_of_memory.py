@@ -98,4 +98,5 @@ def test_the_fix_follows_what_failed():
     non_finite = EmbeddingError("X contains NaN or Inf in 1 rows (first: [1])")
     assert not out_of_memory(non_finite)
     assert str(study_error("study factors/flag could not run", non_finite)).endswith(
-        "fix: pick another --layer, or fix the suite's [preprocess] for this model")
+        "fix: pick another --layer, or fix the preprocessing (--invariance-preprocess for a --model, [preprocess] "
+        "in the suite's or the data folder's invariance.toml for a bundled model)")

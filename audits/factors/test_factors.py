@@ -34,6 +34,8 @@ def _base(ref, folder, gated, name) -> dict:
     return {"model": ref.name, "factor": name, "type": f.type, "type_source": "inferred" if f.inferred else "declared",
             "gated": name in gated, "factors_gated": {k: list(v) for k, v in gated.items()}, "split": folder.split_source,
             "n_factors": len(folder.factors),
+            # byte-identical files under other names, kept on one side of the split with their original
+            **({"copies_grouped": folder.copies} if folder.copies else {}),
             "n_skipped": folder.n_skipped, "levels": list(f.levels) or None, "positive_level": f.positive,
             # the run's image counts (skipped, conversions) come from here, once per folder
             "data": data_notes({"folder": folder.images})}

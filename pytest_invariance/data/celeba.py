@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -44,6 +45,8 @@ ATTRIBUTES = (
 )
 SPLITS = {"train": "0", "val": "1", "test": "2"}
 POSE_COLUMNS = ("yaw", "pitch", "roll")
+BBOX_COLUMNS = ("x_1", "y_1", "width", "height")
+_SHOW = 5
 ATTR_FILE, PARTITION_FILE = "list_attr_celeba.txt", "list_eval_partition.txt"
 BBOX_FILE, LANDMARK_FILE, POSE_FILE = "list_bbox_celeba.txt", "list_landmarks_align_celeba.txt", "pose.csv"
 ALIGNED_SIZE = (178, 218)  # (width, height) of the release's aligned images
@@ -151,7 +154,21 @@ def locate_celeba(root: str | os.PathLike[str]) -> CelebALayout | None:
     if missing:
         raise DatasetNotFoundError(f"{where}: found {found}; expected {' and '.join(missing)} "
                                    "(.txt or .csv) next to the image folder")
+    # checked here, where the suites look for CelebA once, so a bad header is one error, not one per test
+    problem = header_problem(_attribute_names(lists[ATTR_FILE]), ATTRIBUTES, "CelebA's 40 attribute names")
+    if problem:
+        raise DatasetNotFoundError(f"{where}: {lists[ATTR_FILE].name}: {problem}")
     return CelebALayout(root, images, is_wild, lists)
+
+
+def _attribute_names(path: Path) -> list[str]:
+    """The attribute names of list_attr_celeba's header: the .txt's second line, or the .csv's
+    first after image_id (a file too short for a header gives none)."""
+    with path.open(encoding="utf-8") as f:
+        lines = [ln for ln in (f.readline() for _ in range(2)) if ln.strip()]
+    if path.suffix.lower() == ".csv":
+        return [h.strip() for h in lines[0].split(",")[1:]] if lines else []
+    return lines[1].split() if len(lines) > 1 else []
 
 
 def load_celeba(data_dir: str | os.PathLike[str], split: str, *, size: tuple[int, int] | None = (160, 160),
@@ -200,8 +217,7 @@ def load_celeba(data_dir: str | os.PathLike[str], split: str, *, size: tuple[int
     problems: dict[str, str] = {}
     attr_path, part_path = layout.lists[ATTR_FILE], layout.lists[PARTITION_FILE]
     header, attrs = _read_list(attr_path, problems, txt_head=2, images=layout.images)
-    if tuple(header) != ATTRIBUTES:
-        raise DataError(f"{attr_path}: header is not CelebA's 40 attribute names: {header[:5]}...")
+    attrs = _by_name(attr_path, header, attrs, ATTRIBUTES, "CelebA's 40 attribute names")
     _check_attribute_values(attr_path, attrs, problems)
     _, parts = _read_list(part_path, problems, txt_head=0, width=1, images=layout.images)
     extra = _optional_tables(layout, problems)
@@ -257,6 +273,32 @@ def _read_list(path: Path, problems: dict[str, str], *, txt_head: int, width: in
     return (header[-width:] if width and header else header), rows
 
 
+def header_problem(header: Sequence[str], expected: Sequence[str], what: str) -> str | None:
+    """Why ``header`` is not ``expected`` in some order (names missing, unexpected or given
+    twice), in a few words; None when it is (a file read by name needs no fixed order)."""
+    if sorted(header) == sorted(expected) and len(set(header)) == len(header):
+        return None
+    missing = [h for h in expected if h not in header]
+    extra = [h for h in header if h not in expected]
+    twice = sorted({h for h in header if list(header).count(h) > 1})
+    parts = [f"{label} {', '.join(names[:_SHOW])}{' ...' if len(names) > _SHOW else ''}"
+             for label, names in (("missing", missing), ("not CelebA's", extra), ("given twice", twice)) if names]
+    return f"the header must name {what} (any order); {'; '.join(parts)}"
+
+
+def _by_name(path: Path, header: Sequence[str], rows: dict[str, list[str]], expected: Sequence[str],
+             what: str) -> dict[str, list[str]]:
+    """``rows`` with their values in ``expected``'s order, read by the header's names (pandas and
+    SQL exports reorder columns); raises DataError when the names are not ``expected``'s."""
+    if tuple(header) == tuple(expected):
+        return rows
+    problem = header_problem(header, expected, what or ",".join(expected))
+    if problem:
+        raise DataError(f"{path}: {problem}")
+    order = [list(header).index(h) for h in expected]
+    return {k: [v[j] for j in order] for k, v in rows.items()}
+
+
 def _check_attribute_values(path: Path, attrs: dict[str, list[str]], problems: dict[str, str]) -> None:
     """-1/1 (the release) or 0/1 (some mirrors), one convention per file; 0 with -1 is ambiguous."""
     seen = {v for values in attrs.values() for v in values}
@@ -289,15 +331,17 @@ def _optional_tables(layout: CelebALayout, problems: dict[str, str]) -> dict[str
     out: dict[str, tuple[list[str], dict]] = {}
     if layout.wild:
         # the .txt header names image_id too, so only the last four names are columns
-        out[BBOX_FILE] = _read_list(layout.lists[BBOX_FILE], problems, txt_head=2, width=4, images=layout.images)
+        header, rows = _read_list(layout.lists[BBOX_FILE], problems, txt_head=2, width=4, images=layout.images)
+        if sorted(header) == sorted(BBOX_COLUMNS):  # another order: read by name (other names: as given)
+            header, rows = list(BBOX_COLUMNS), _by_name(layout.lists[BBOX_FILE], header, rows, BBOX_COLUMNS, "")
+        out[BBOX_FILE] = (header, rows)
     elif LANDMARK_FILE in layout.lists:
         out[LANDMARK_FILE] = _read_list(layout.lists[LANDMARK_FILE], problems, txt_head=2, width=10,
                                         images=layout.images)
     if POSE_FILE in layout.lists:
         header, rows = _table(layout.lists[POSE_FILE], problems, head=1, sep=",", images=layout.images)
-        if tuple(header) != POSE_COLUMNS:
-            raise DataError(f"{layout.lists[POSE_FILE]}: header must be image_id,yaw,pitch,roll; got {header}")
-        out[POSE_FILE] = (header, rows)
+        rows = _by_name(layout.lists[POSE_FILE], header, rows, POSE_COLUMNS, "image_id,yaw,pitch,roll")
+        out[POSE_FILE] = (list(POSE_COLUMNS), rows)
     return out
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import csv
 import math
+import re
+from collections import Counter
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,8 @@ import numpy as np
 from ..errors import DataError, DatasetNotFoundError
 from ._decode import scan_images
 from ._paths import folder_names
-from .folder import FileImageSet, files_fingerprint, aliased_rows, header_problem, list_images, odd_splits, unlabelled
+from .folder import (FileImageSet, aliased_rows, file_digests, files_fingerprint, header_problem, list_images,
+                     odd_splits, unlabelled)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,6 +37,8 @@ TYPES = ("binary", "categorical", "continuous", "ignore")
 RESERVED = ("image", "split", "identity")
 SPLITS = ("train", "val", "test")
 MISSING = frozenset({"", "na", "n/a", "nan", "null"})  # not "none": a real level ("glasses: none")
+UNKNOWN_KEY = "unknown"  # [data] unknown = [...] in invariance.toml: the cell spellings read as unknown
+_DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+")
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "y", "present"), ("0", "-1", "false", "no", "n", "absent")
 MAX_LEVELS = 20        # more string levels than this is not a categorical factor
 AMBIGUOUS_LEVELS = 10  # a numeric column with 3..10 distinct values may be codes or amounts
@@ -85,6 +90,7 @@ class FactorFolder:
     identity: np.ndarray | None  # identity per image (strings), or None
     config: dict[str, Any] = field(default_factory=dict)
     n_skipped: int = 0
+    copies: int = 0  # images byte-identical to another listed image (kept on its side of the split)
 
 
 def read_config(root: Path) -> dict[str, Any]:
@@ -185,18 +191,45 @@ def _is_number(s: str) -> bool:
     return True
 
 
+def unknown_spellings(data_cfg: Mapping[str, Any], where: Path) -> frozenset[str]:
+    """The cell spellings (lower case) read as unknown: ``[data] unknown`` of the folder's
+    invariance.toml, else :data:`MISSING` ('', NA, N/A, NaN, null in any case)."""
+    if UNKNOWN_KEY not in data_cfg:
+        return MISSING
+    given = data_cfg[UNKNOWN_KEY]
+    if not isinstance(given, list) or not all(isinstance(v, str) for v in given):
+        raise DataError(f"{where}: [data] {UNKNOWN_KEY} must be a list of strings (the cell spellings read as "
+                        f'unknown, e.g. ["", "n/a"]); got {given!r}')
+    return frozenset(v.strip().lower() for v in given) | {""}
+
+
+def _read_as_unknown(cells: list[str], missing: frozenset[str]) -> str:
+    """' (N spelled 'NA' read as unknown; ...)' when cells spelled out as unknown were left out
+    (a level named NA reads as unknown), else ''."""
+    spelled: dict[str, int] = {}
+    for c in cells:
+        if c and c.lower() in missing:
+            spelled[c] = spelled.get(c, 0) + 1
+    if not spelled:
+        return ""
+    shown = ", ".join(f"{n} spelled {v!r}" for v, n in spelled.items())
+    return (f" ({shown} read as unknown; if that is a level, set [data] {UNKNOWN_KEY} = [\"\"] in the folder's "
+            "invariance.toml so only empty cells are unknown)")
+
+
 def _infer(name: str, cells: list[str], declared: str | None, problems: _Problems,
-           images: list[str]) -> Factor | None:
+           images: list[str], missing: frozenset[str] = MISSING) -> Factor | None:
     """Type and values of one column; records its problems and returns None when unusable."""
-    present = [i for i, c in enumerate(cells) if c.lower() not in MISSING]
+    present = [i for i, c in enumerate(cells) if c.lower() not in missing]
     values = [cells[i] for i in present]
     distinct = sorted(set(values))
     numeric = [_is_number(v) for v in values]
     if declared == "ignore":
         return None
     if len(distinct) < 2:
-        problems.columns.append(f"column {name!r} has a single value ({distinct[0] if distinct else 'all empty'!r}): "
-                                f"nothing to probe; drop it or pass {TYPE_OPTION} {name}=ignore")
+        problems.columns.append(f"column {name!r} has a single value ({distinct[0] if distinct else 'all empty'!r})"
+                                f"{_read_as_unknown(cells, missing)}: nothing to probe; drop it or pass "
+                                f"{TYPE_OPTION} {name}=ignore")
         return None
     clash, numbers = same_spelling(distinct)
     # No type resolves these (worded: the generic "--invariance-factor-type COL=TYPE" tail would
@@ -211,6 +244,15 @@ def _infer(name: str, cells: list[str], declared: str | None, problems: _Problem
             f"{'; '.join(' / '.join(c) for c in numbers[:_SHOW])}; write each level one way in labels.csv (whether "
             f"they are one level or two codes only the file can say, so no --invariance-factor-type {name}=binary or "
             f"=categorical merges them; an amount, not a level, is read as one number with {name}=continuous)")
+        return None
+    comma = [i for i, v in enumerate(values) if _DECIMAL_COMMA.fullmatch(v)]
+    if comma and declared not in ("binary", "categorical") and len(comma) + sum(numeric) >= 0.8 * len(values):
+        # 12,5 read as text made a 592-level column whose offered fix dropped the factor; not
+        # parsed: 1,500 may be a thousands separator, so only the file can say what it means
+        shown = ", ".join(f"{images[present[i]]}: {values[i]!r}" for i in comma[:3])
+        problems.worded.append(f"column {name!r} holds numbers with a decimal comma ({len(comma)} cell(s), e.g. "
+                               f"{shown}); write '.' as the decimal point in labels.csv (a column of codes such as "
+                               f"'1,2' is read as levels with {TYPE_OPTION} {name}=categorical)")
         return None
     mostly_numeric = sum(numeric) >= 0.8 * len(values)
     if mostly_numeric or declared == "continuous":
@@ -241,6 +283,8 @@ def _infer(name: str, cells: list[str], declared: str | None, problems: _Problem
                                     f"{next(v for v, ok in zip(values, numeric) if not ok)!r}")
             return None
         out[present] = [float(v) for v in values]
+        if _far_out(name, out, images, problems):
+            return None
         return Factor(name, kind, out, inferred=declared is None)
     if kind == "binary":
         if len(distinct) != 2:
@@ -254,6 +298,28 @@ def _infer(name: str, cells: list[str], declared: str | None, problems: _Problem
     code = {v: i for i, v in enumerate(levels)}
     out[present] = [code[v] for v in values]
     return Factor(name, kind, out, levels, declared is None)
+
+
+def _far_out(name: str, values: np.ndarray, images: list[str], problems: _Problems) -> bool:
+    """Record values [n] (NaN = unknown) far outside the column's typical range, by the rule that
+    clips far-out embedding values (:func:`~pytest_invariance.probes._standardise.robust_band`):
+    3 typos of 1e6 in 600 cells took a ridge R^2 from 0.49 to -0.09 and the gate passed."""
+    from ..probes._standardise import BAND, robust_band
+
+    known = np.flatnonzero(~np.isnan(values))
+    lo, hi = (float(b[0]) for b in robust_band(values[known, None]))
+    far = known[(values[known] < lo) | (values[known] > hi)]
+    if not len(far):
+        return False
+    p1, p99 = np.quantile(values[known], [0.01, 0.99])
+    shown = ", ".join(f"{images[i]}: {values[i]:g}" for i in far[:_SHOW])
+    more = f" and {len(far) - _SHOW} more" if len(far) > _SHOW else ""
+    problems.worded.append(
+        f"column {name!r} has {len(far)} value(s) far outside its typical range (1st-99th percentile {p1:.4g} to "
+        f"{p99:.4g}; more than {BAND:g} robust standard deviations beyond it): {shown}{more}; typos? correct them or "
+        f"leave the cells empty (unknown); real values? write the column on a scale where they are not far out "
+        f"(its log, say); or leave the factor out with {TYPE_OPTION} {name}=ignore")
+    return True
 
 
 def _guess(name: str, distinct: list[str], numeric: bool, problems: _Problems) -> str | None:
@@ -289,7 +355,8 @@ def _binary_order(distinct: list[str], values: list[str]) -> tuple[str, str]:
 
 def seeded_split(n: int, identity: np.ndarray | None, seed: int,
                  fractions: tuple[float, float, float] = FRACTIONS) -> np.ndarray:
-    """'train'/'val'/'test' per image; whole identities go to one side when ``identity`` is given."""
+    """'train'/'val'/'test' per image; whole groups (identities, or :func:`same_image_groups`)
+    go to one side when ``identity`` [n] (a group label per image) is given."""
     rng = np.random.default_rng(seed)
     groups = np.arange(n) if identity is None else np.unique(identity, return_inverse=True)[1]
     k = int(groups.max()) + 1
@@ -300,12 +367,85 @@ def seeded_split(n: int, identity: np.ndarray | None, seed: int,
     return side[groups].astype(str)
 
 
+def same_image_groups(identity: np.ndarray | None, digests: list[bytes]) -> np.ndarray | None:
+    """A group label per image [n] joining images of one identity and byte-identical files
+    (``digests``, one per image), or None when no file is a copy of another (the split then
+    stays the plain per-image or per-identity one)."""
+    n = len(digests)
+    if len(set(digests)) == n:
+        return None
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[object, int] = {}
+    keys = [digests] if identity is None else [digests, list(identity)]
+    for key in keys:
+        for i, k in enumerate(key):
+            parent[root(i)] = root(first.setdefault(k, i))
+    return np.array([root(i) for i in range(n)])
+
+
+def _check_column_split(split: np.ndarray, identity: np.ndarray | None, images: list[str],
+                        digests: list[bytes], fractions: tuple[float, ...],
+                        missing: frozenset[str] = MISSING) -> tuple[list[str], bool]:
+    """Problems of a user's ``split`` column that no factor's count would name: a split with no
+    rows, byte-identical copies or one identity on two sides (a probe scores such test images by
+    memory: a pure-noise label read as a leak). Returns (problems, counts_readable)."""
+    out = []
+    empty = [s for s in SPLITS if not (split == s).any()]
+    if empty:
+        counts = ", ".join(f"{int((split == s).sum())} {s}" for s in SPLITS)
+        out.append(f"column 'split' has no {' or '.join(empty)} rows ({counts}): each probe fits on train, picks "
+                   "its penalty on val and is scored on test; fill in the column, or delete it and the plugin "
+                   f"splits the images {'/'.join(f'{x:g}' for x in fractions)} seeded by --invariance-seed "
+                   "(identity-disjoint with an identity column; [data] fractions in invariance.toml)")
+    by_digest: dict[bytes, list[int]] = {}
+    for i, d in enumerate(digests):
+        by_digest.setdefault(d, []).append(i)
+    crossed = [g for g in by_digest.values() if len(set(split[g])) > 1]
+    if crossed:
+        shown = "; ".join(" = ".join(f"{images[i]} ({split[i]})" for i in g[:3]) for g in crossed[:3])
+        more = f" and {len(crossed) - 3} more" if len(crossed) > 3 else ""
+        out.append(f"{len(crossed)} image(s) have byte-identical copies in another split of the 'split' column "
+                   f"({shown}{more}): the probe would score a test copy by memory; put all copies of an image in "
+                   "one split, or keep one file per image")
+    if identity is not None:
+        sides: dict[str, set[str]] = {}
+        for who, s in zip(identity, split):
+            if who.lower() not in missing:  # an empty identity is its own row problem, not one person
+                sides.setdefault(who, set()).add(s)
+        spanning = [w for w, ss in sides.items() if len(ss) > 1]
+        if spanning:
+            shown = ", ".join(f"{w!r} in {'/'.join(s for s in SPLITS if s in sides[w])}" for w in spanning[:3])
+            more = ", ..." if len(spanning) > 3 else ""
+            out.append(f"column 'split' puts {len(spanning)} of {len(sides)} identities in more than one split "
+                       f"({shown}{more}): a probe could read the person, not the factor; make the split "
+                       "identity-disjoint (all of an identity's images in one split), or delete the 'split' "
+                       "column and the plugin splits by identity (seeded by --invariance-seed)")
+    return out, not empty
+
+
 def _check_counts(f: Factor, split: np.ndarray, problems: _Problems, min_per_class: int) -> bool:
     if f.type == "continuous":
         short = [s for s in SPLITS if (f.known & (split == s)).sum() < min_per_class]
         if short:
             problems.columns.append(f"column {f.name!r} has fewer than {min_per_class} known values in split(s) {short}")
-        return not short
+            return False
+        # a constant target: no fit on train, no R^2 on test (its variance is the denominator)
+        flat = [(s, f.values[f.known & (split == s)][0]) for s in SPLITS
+                if np.ptp(f.values[f.known & (split == s)]) == 0]
+        if flat:
+            problems.worded.append(
+                f"factor {f.name!r} cannot be probed: its values are all {flat[0][1]:g} in the {flat[0][0]} split"
+                f"{' (also constant in ' + ', '.join(s for s, _ in flat[1:]) + ')' if len(flat) > 1 else ''}; "
+                f"give that split varied values (or reassign rows in the 'split' column), or leave the factor "
+                f"out with {TYPE_OPTION} {f.name}=ignore")
+        return not flat
     low = []
     for code, level in enumerate(f.levels):
         hit = f.values == code
@@ -350,9 +490,13 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
     DataError
         One error listing every problem: label rows without an image, images without a
         label row, unreadable images, malformed or duplicate rows, a split outside
-        train/val/test, non-numeric values in a numeric column, single-valued columns,
-        levels differing only in case, ambiguous numeric columns, unknown or invalid
-        declared types, and factors with too few samples per class.
+        train/val/test, a split column with an empty split, byte-identical copies or one
+        identity in two of its splits, non-numeric values in a numeric column, decimal
+        commas, continuous values far out (:func:`_far_out`) or constant on a split,
+        single-valued columns, levels differing only in case, ambiguous numeric columns,
+        unknown or invalid declared types, and factors with too few samples per class.
+        Without a split column, byte-identical copies are kept on one side of the seeded
+        split (``FactorFolder.copies`` counts them).
     """
     root = Path(root)
     csv_path = root / "labels.csv"
@@ -363,6 +507,7 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
     data_cfg = config.get("data", {})
     declared = {**{k: str(v).lower() for k, v in config.get("factors", {}).items()},
                 **{k: v.lower() for k, v in (types or {}).items()}}
+    missing = unknown_spellings(data_cfg, root / "invariance.toml")
     problems = _Problems()
     header, rows = _read_rows(csv_path, problems)
     for col, t in declared.items():
@@ -397,7 +542,7 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
         problems.row(name, reason)
     if "identity" in header:
         for r in rows:
-            if r[header.index("identity")].lower() in MISSING:
+            if r[header.index("identity")].lower() in missing:
                 problems.row(r[header.index("image")], "empty identity")
         twice = same_spelling(sorted({r[header.index("identity")] for r in rows}))[1]
         if twice:  # 05 and 5 would be two people, splitting one person's images across the split
@@ -416,17 +561,35 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
                         f"probe (a factor needs >= {min_per_class} per level); {problems.summary()}; fix those rows")
     images = [r[header.index("image")] for r in table]
     identity = np.array([r[header.index("identity")] for r in table], dtype=object) if "identity" in header else None
+    # The files' bytes, read once (the fingerprint reuses them): copies under other names are one image.
+    present = [n for n in images if n in on_disk]
+    digest = dict(zip(present, file_digests([on_disk[n] for n in present])))
+    digests = [digest.get(n, n.encode()) for n in images]  # a missing file: its own group (refused above)
+    fractions = tuple(data_cfg.get("fractions", FRACTIONS))
+    copies = len(images) - len(set(digests))
     if "split" in header:
         split, source = np.array([r[header.index("split")] for r in table]), "column"
+        if split_ok:
+            found, split_ok = _check_column_split(split, identity, images, digests, fractions, missing)
+            problems.worded += found
     else:
-        fractions = tuple(data_cfg.get("fractions", FRACTIONS))
-        split = seeded_split(len(table), identity, seed, fractions)  # type: ignore[arg-type]
+        groups = same_image_groups(identity, digests)
+        split = seeded_split(len(table), identity if groups is None else groups, seed, fractions)  # type: ignore[arg-type]
         source = "seeded, identity-disjoint" if identity is not None else "seeded"
+        empty = [s for s in SPLITS if not (split == s).any()]
+        if groups is not None and empty and split_ok:  # one file copied so often the sides cannot be filled
+            top = Counter(digests).most_common(1)[0][0]
+            same = [n for n, d in zip(images, digests) if d == top]
+            problems.worded.append(
+                f"the seeded split keeps byte-identical files together and {len(same)} of {len(images)} images are "
+                f"one file ({', '.join(same[:3])}, ...), which leaves no {' or '.join(empty)} images; keep one "
+                "file per image (or give the images a 'split' column)")
+            split_ok = False
     factors = {}
     for j, col in enumerate(header):
         if col in RESERVED or not col:
             continue
-        f = _infer(col, [r[j] for r in table], declared.get(col), problems, images)
+        f = _infer(col, [r[j] for r in table], declared.get(col), problems, images, missing)
         if f is not None and (not split_ok or _check_counts(f, split, problems, min_per_class)):
             factors[col] = f
     if problems.columns or problems.worded or (problems.rows and not skip_bad):
@@ -439,11 +602,11 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
     import pandas as pd
 
     labels = pd.DataFrame({"image": images, "split": split})
-    fp = files_fingerprint(paths, [csv_path], "factors", size, seed, source)
+    fp = files_fingerprint(paths, [csv_path], "factors", size, seed, source, digests=[digest[n] for n in images])
     # conversions of the images kept (a bad file converts nothing): each image counted once
     scan = scan_images({n: on_disk[n] for n in images})
     # rows of labels.csv left out; an image file with no row was never part of the set
     left_out = sum(1 for why in problems.rows.values() if why != "image without a label row")
     return FactorFolder(root, FileImageSet(paths, labels, size=size, fingerprint=fp, n_skipped=left_out,
                                            conversions=scan.conversions),
-                        factors, split, source, identity, config, left_out)
+                        factors, split, source, identity, config, left_out, copies)

@@ -193,21 +193,28 @@ def _content_digest(path: Path) -> bytes:
         return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).digest()
 
 
-def files_fingerprint(paths: Sequence[Path], label_files: Sequence[Path], *extra: object) -> str:
+def file_digests(paths: Sequence[Path]) -> list[bytes]:
+    """blake2b (16 bytes) of each file's bytes, in order: equal digests are byte-identical files."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:  # hashlib releases the GIL on file reads and hashing
+        return list(pool.map(_content_digest, paths, chunksize=64))
+
+
+def files_fingerprint(paths: Sequence[Path], label_files: Sequence[Path], *extra: object,
+                      digests: Sequence[bytes] | None = None) -> str:
     """sha256 over each file's name and bytes (in order), the label files' bytes and ``extra``.
 
     The bytes, not sizes and mtimes: an image edited in place whose mtime is then
     restored (``cp -p``, ``rsync -a``, unpacking an archive) kept its cached embeddings
     and the audit reported the old images' figures. Reading every file costs I/O on each
     run (blake2b, 4 threads; docs/performance.md has the measured rate); data moved to
-    another folder keeps its fingerprint.
+    another folder keeps its fingerprint. ``digests``: :func:`file_digests` of ``paths``,
+    when the caller has read them already.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     h = hashlib.sha256(repr(extra).encode())
-    with ThreadPoolExecutor(max_workers=4) as pool:  # hashlib releases the GIL on file reads and hashing
-        for p, digest in zip(paths, pool.map(_content_digest, paths, chunksize=64)):
-            h.update(p.name.encode() + b"|" + digest)
+    for p, digest in zip(paths, file_digests(paths) if digests is None else digests):
+        h.update(p.name.encode() + b"|" + digest)
     for f in label_files:
         h.update(hashlib.sha256(f.read_bytes()).digest())
     return h.hexdigest()[:32]

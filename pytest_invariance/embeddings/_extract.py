@@ -19,15 +19,20 @@ if TYPE_CHECKING:
     from ..models import Embedder
 
 
+# A --model takes its normalisation from the option only; a suite's bundled model from [preprocess].
+PREPROCESS_FIX = ("--invariance-preprocess for a --model, [preprocess] in the suite's or the data folder's "
+                  "invariance.toml for a bundled model")
+
+
 def _check_finite(out: np.ndarray, offset: int, what: str, ids: "list[str] | None" = None) -> None:
     bad = ~np.isfinite(out)
     if bad.any():
         row = offset + int(np.nonzero(bad.any(axis=1))[0][0])
         which = f"image {ids[row]!r} (row {row})" if ids else f"sample {row}"
         raise EmbeddingError(
-            f"{what}: embedding of {which} contains NaN/Inf "
-            f"({int(bad.any(axis=1).sum())} bad samples in this batch); check the model's numerics "
-            "at this layer and the preprocessing (scale/mean/std)"
+            f"{what}: embedding of {which} contains NaN/Inf ({int(bad.any(axis=1).sum())} image(s) of this "
+            f"batch); check the model's numerics at this layer and the preprocessing (scale/mean/std: "
+            f"{PREPROCESS_FIX}), or pick another --layer"
         )
 
 
