@@ -59,7 +59,7 @@ TABLE_KEYS: dict[str, frozenset[str] | None] = {
     "protocol": frozenset({"angles", "train_per_class", "heatmap_per_cell", "n_bootstrap", "n_refits"}),
     "celeba": frozenset({"crop", "limit_train", "limit_val", "limit_test", "C_grid", "bins"}),
     "data": frozenset({"identity", "train_fraction", "absolute", "n_splits"}),
-    "probes": frozenset({"mlp_hidden", "mlp_max_train", "control_clusters", "n_bootstrap", "svm_max_iter"}),
+    "probes": frozenset({"mlp_hidden", "mlp_max_train", "mlp_refits", "control_clusters", "n_bootstrap", "svm_max_iter"}),
     "perturbations": None,
     "neutral": None,
 }
