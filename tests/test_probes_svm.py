@@ -163,7 +163,11 @@ def test_unscaled_post_relu_features_match_liblinear(transform):
         raw = svm.LinearSVC(C=C, class_weight="balanced", tol=1e-6, max_iter=50_000).fit(X[tr], y[tr])
         ours = _liblinear_objective(X[tr], y[tr], sol.coef[0], sol.intercept[0], C)
         theirs = _liblinear_objective(X[tr], y[tr], raw.coef_[0], raw.intercept_[0], C)
-        assert sol.converged.all() and abs(ours - theirs) / theirs < 1e-3, (C, ours, theirs)
+        # The optimum, not the stopping flag: on raw features offset by 1000 the flag depends on
+        # torch's thread count (C=1: converged in 35 iterations on 2 threads, not within 100 on
+        # 1, at an objective equal to liblinear's to 4e-13). The probe standardises first, and
+        # its own fit below must converge.
+        assert abs(ours - theirs) / theirs < 1e-3, (C, ours, theirs)
         # the probe: liblinear's optimum on the standardised rows (sklearn's StandardScaler,
         # constant features left at 0), weights mapped back; test rows clipped to the training range
         p = AttributeSVMProbe(C_grid=(C,), n_permutations=0, n_bootstrap=0).fit(X[tr], y[tr, None], X[tr], y[tr, None])
