@@ -39,7 +39,11 @@ def test_byte_identical_copies_stay_on_one_side_of_the_seeded_split(tmp_path):
     assert f.copies == 60 and f.split_source == "seeded"
     sides = pd.Series(f.split).groupby([n.split("_")[0] for n in f.images.labels["image"]]).nunique()
     assert (sides == 1).all()  # each image and its copy: one side
-    assert load_factor_folder(_folder(tmp_path / "one", n=60)).copies == 0
+    # ... and one draw of the bootstrap: a test image and its copy are not two independent rows
+    stem = np.array([n.split("_")[0] for n in f.images.labels["image"]])
+    assert pd.Series(f.clusters).groupby(stem).nunique().eq(1).all() and len(set(f.clusters)) == 60
+    one = load_factor_folder(_folder(tmp_path / "one", n=60))
+    assert one.copies == 0 and one.clusters is None
 
 
 def test_copies_in_two_splits_of_a_split_column_are_refused_naming_them(tmp_path):

@@ -91,6 +91,9 @@ class FactorFolder:
     config: dict[str, Any] = field(default_factory=dict)
     n_skipped: int = 0
     copies: int = 0  # images byte-identical to another listed image (kept on its side of the split)
+    # the bootstrap's resampling unit per image [n]: the identity, joined with byte-identical
+    # copies (a test image and its copy are one draw, not two); None: each image its own
+    clusters: np.ndarray | None = None
 
 
 def read_config(root: Path) -> dict[str, Any]:
@@ -567,13 +570,13 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
     digests = [digest.get(n, n.encode()) for n in images]  # a missing file: its own group (refused above)
     fractions = tuple(data_cfg.get("fractions", FRACTIONS))
     copies = len(images) - len(set(digests))
+    groups = same_image_groups(identity, digests)
     if "split" in header:
         split, source = np.array([r[header.index("split")] for r in table]), "column"
         if split_ok:
             found, split_ok = _check_column_split(split, identity, images, digests, fractions, missing)
             problems.worded += found
     else:
-        groups = same_image_groups(identity, digests)
         split = seeded_split(len(table), identity if groups is None else groups, seed, fractions)  # type: ignore[arg-type]
         source = "seeded, identity-disjoint" if identity is not None else "seeded"
         empty = [s for s in SPLITS if not (split == s).any()]
@@ -609,4 +612,5 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
     left_out = sum(1 for why in problems.rows.values() if why != "image without a label row")
     return FactorFolder(root, FileImageSet(paths, labels, size=size, fingerprint=fp, n_skipped=left_out,
                                            conversions=scan.conversions),
-                        factors, split, source, identity, config, left_out, copies)
+                        factors, split, source, identity, config, left_out, copies,
+                        identity if groups is None else groups)

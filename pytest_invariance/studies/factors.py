@@ -314,8 +314,8 @@ def factor_figures(audit: "Audit", ref: "ModelRef", folder: "FactorFolder", name
     if erase:
         X, rank = erase_factor(X, f, tr, audit.settings.device)
     y = f.values
-    # photos of one person are not independent: the CIs resample whole identities
-    ids = None if folder.identity is None else np.asarray(folder.identity)[te]
+    # photos of one person (or copies of one file) are not independent: the CIs resample them whole
+    ids = None if folder.clusters is None else np.asarray(folder.clusters)[te]
     if f.type == "binary":
         from ..probes import AttributeSVMProbe
 
