@@ -63,3 +63,19 @@ def test_cluster_bootstrap_resamples_whole_groups():
     assert (lo_c, hi_c) == pytest.approx((lo_i, hi_i))
     with pytest.raises(InvalidParameterError, match="groups has 299 rows"):
         bootstrap_ci(rows, groups=ids[:-1])
+
+
+def test_cluster_bootstrap_of_a_mean_weighs_groups_by_their_rows():
+    # groups of unequal size: a resample's mean is its rows' sum over its row count (dividing by
+    # n, as for rows, biased it); the same as drawing the groups by hand
+    from pytest_invariance.probes.stats import bootstrap_ci, bootstrap_counts
+
+    rng = np.random.default_rng(1)
+    ids = np.repeat(np.arange(12), rng.integers(1, 20, 12))
+    rows = rng.normal(size=len(ids)) + ids
+    _, _, got = bootstrap_ci(rows, groups=ids, n_bootstrap=300, random_state=4)
+    by_hand = []
+    for c in bootstrap_counts(12, 300, 4):
+        w = c[:, ids]
+        by_hand.append((w @ rows) / w.sum(1))
+    assert got == pytest.approx(np.concatenate(by_hand), rel=1e-12)

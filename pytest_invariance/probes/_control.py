@@ -97,15 +97,11 @@ def row_scores_estimate(rows: Any, *, chance: float | None, groups: Any = None, 
     """
     r = np.asarray(rows, dtype=np.float64)
     kw = dict(n_bootstrap=n_bootstrap, confidence=confidence, random_state=random_state)
-    if groups is None:
-        lo, hi, _ = bootstrap_ci(r, **kw)
-    else:
-        g = np.unique(np.asarray(groups), return_inverse=True)[1]
-        if len(g) != len(r):
-            raise DataError(f"groups has {len(g)} rows but the scores have {len(r)}; they must align.")
-        sums, sizes = np.bincount(g, weights=r), np.bincount(g).astype(np.float64)
-        lo, hi, _ = bootstrap_ci(lambda c: (c @ sums) / (c @ sizes), n=len(sums), **kw)
-        details = {**details, "bootstrap": f"over {len(sums)} groups"}
+    if groups is not None:
+        if len(groups) != len(r):
+            raise DataError(f"groups has {len(groups)} rows but the scores have {len(r)}; they must align.")
+        details = {**details, "bootstrap": f"over {len(np.unique(np.asarray(groups)))} groups"}
+    lo, hi, _ = bootstrap_ci(r, **kw, groups=groups)
     return Estimate(float(r.mean()), float(lo), float(hi), chance=chance, n=len(r), confidence=confidence,
                     details=details)
 

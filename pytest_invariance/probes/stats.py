@@ -171,7 +171,24 @@ def bootstrap_ci(
         inv = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
         if len(inv) != n:
             raise InvalidParameterError(f"groups has {len(inv)} rows but the statistic has {n}; they must align.")
-        blocks = (c[:, inv] for c in bootstrap_counts(int(inv.max()) + 1, n_bootstrap, random_state))
+        k = int(inv.max()) + 1
+        if callable(values):  # a statistic of the rows: each row counted as often as its group
+            blocks = (c[:, inv] for c in bootstrap_counts(k, n_bootstrap, random_state))
+        else:
+            # a mean over a resample of groups: its rows' sum over its row count (groups differ
+            # in size, so not over n), from per-group sums
+            if arr.ndim == 1:
+                sums = np.bincount(inv, weights=arr, minlength=k)
+            else:
+                sums = np.zeros((k, *arr.shape[1:]))
+                np.add.at(sums, inv, arr)
+            sizes = np.bincount(inv, minlength=k).astype(np.float64)
+
+            def fn(counts: NDArray[np.float64]) -> NDArray[np.float64]:
+                rows = counts @ sizes
+                return (counts @ sums) / (rows if sums.ndim == 1 else rows[:, None])  # type: ignore[no-any-return]
+
+            blocks = bootstrap_counts(k, n_bootstrap, random_state)
     samples = np.concatenate([np.asarray(fn(c), dtype=np.float64) for c in blocks])
     # nanquantile: a ratio statistic can be undefined in a resample that drew no positives.
     low, high = percentile_interval(samples, confidence)
