@@ -119,6 +119,33 @@ class Audit:
         self.baseline_checks: dict[tuple[str, str], dict[str, Any]] | None = None
         self.baseline_tag: str | None = None
         self.baseline_run: dict[str, Any] | None = None  # the stored run block of that version
+        # The data the current test read: image set label -> data_digest (see data_read); None
+        # outside a test. A study memoized by an earlier test hands its reads on (_memo_reads).
+        self._reading: dict[str, str] | None = None
+        self._memo_reads: dict[Any, dict[str, str]] = {}
+
+    def start_reading(self) -> None:
+        """A test begins: what it reads from now on is its data (:meth:`data_read`)."""
+        self._reading = {}
+
+    def stop_reading(self) -> None:
+        """The test ended: nothing read outside a test is any test's data."""
+        self._reading = None
+
+    def note_data(self, images: "ImageSet") -> None:
+        """Record that the current test (or the study it memoizes) reads ``images``."""
+        if self._reading is not None:
+            self._reading[images.data_digest] = images.data_digest
+
+    def data_read(self) -> str | None:
+        """One digest of every image set the current test embedded, through the studies it
+        shares with other tests (:meth:`memo`): the data its checks measured, whatever the seed
+        (:attr:`~pytest_invariance.data._source.ImageSet.data_digest`). None when it embedded none."""
+        if not self._reading:
+            return None
+        from .data._source import digest_of
+
+        return digest_of(*sorted(self._reading))
 
     @property
     def seed(self) -> int:
@@ -332,6 +359,7 @@ class Audit:
         either source without code of its own.
         """
         layer = layer or ref.layer
+        self.note_data(images)
         dead = ("constant layer", ref.embedder.sha256, layer)
         if dead in self._memo:  # one error per layer, not one per image set or study
             raise self._memo[dead].again()
@@ -469,7 +497,10 @@ class Audit:
             hit = self._memo[key]
             if isinstance(hit, StudyError):
                 raise hit.again()
+            if self._reading is not None:  # a later test reads what the study read for the first
+                self._reading.update(self._memo_reads.get(key, {}))
             return hit
+        outer, self._reading = self._reading, ({} if self._reading is not None else None)
         try:
             value = compute()
         except StudyError as exc:  # an inner study or embedding failed: this one fails with it
@@ -481,6 +512,11 @@ class Audit:
             err = study_error(what, exc)
             self._memo[key] = err
             raise err from exc
+        finally:
+            inner, self._reading = self._reading, outer
+            if outer is not None and inner is not None:
+                outer.update(inner)
+                self._memo_reads[key] = inner
         self._memo[key] = value
         return value
 

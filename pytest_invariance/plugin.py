@@ -562,6 +562,9 @@ def _make_check(request: pytest.FixtureRequest, audit: "Audit", suite: "Suite") 
             declared_layer=ref.declared_layer if ref is not None else None)
         if known and not result.passed:
             result.details["expected_failure"] = known
+        data = audit.data_read()
+        if data is not None:
+            result.details.setdefault("data_digest", data)
         _apply_baseline(audit, result)
         results.append(result)
         for plot in plots or ():
@@ -629,11 +632,20 @@ def pytest_runtest_call(item: pytest.Item):  # type: ignore[no-untyped-def]
     return out
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # What an audit test embeds, from its fixtures on, is the data its checks measured
+    # (details.data_digest): a baseline measured on other data is not compared with it.
+    if "invariance_audit" in getattr(item, "fixturenames", ()):
+        _audit(item.config).start_reading()
+
+
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     # Freed heap goes back after every test; after the last test of a suite's folder its
     # models' sessions are closed too (docs/performance.md).
     audit = item.config.stash.get(AUDIT_KEY, None)
     if audit is not None:
+        audit.stop_reading()
         audit.release(models=nextitem is None or Path(str(nextitem.path)).parent != Path(str(item.path)).parent)
 
 

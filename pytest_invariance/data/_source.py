@@ -5,6 +5,12 @@ as ``float32[C, H, W]`` in [0, 1], plus a ``labels`` table aligned with it (one 
 item: class, factor levels, attributes) and a ``fingerprint`` string that changes
 whenever the images or their order change. The fingerprint is part of the embedding
 cache key, so it must be cheap to compute and stable across processes.
+
+``data_digest`` names the data itself, whatever the seed: the images' content, their labels
+and a split the data fixes (not one the seed draws, not the size the model reads them at).
+Each check records the digests of the image sets its test embedded (``details.data_digest``),
+and ``--invariance-baseline`` compares only checks measured on the same data
+(:func:`pytest_invariance.history.judge_change`).
 """
 from __future__ import annotations
 
@@ -21,6 +27,24 @@ if TYPE_CHECKING:
     import torch
 
 
+def table_digest(labels: "pd.DataFrame") -> str:
+    """sha256 over a label table's column names, dtypes and values, row order included."""
+    h = hashlib.sha256()
+    for col in labels.columns:
+        values = labels[col].to_numpy()
+        h.update(f"\0{col}\0{values.dtype}\0".encode())
+        if values.dtype.kind in "biufcM":
+            h.update(np.ascontiguousarray(values).tobytes())
+        else:
+            h.update("\0".join(map(str, values)).encode())
+    return h.hexdigest()[:32]
+
+
+def digest_of(*parts: Any) -> str:
+    """sha256 of the parts' text, 32 hex: a data digest derived from others."""
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:32]
+
+
 def fingerprint_array(arr: np.ndarray, *extra: Any) -> str:
     """sha256 over an array's bytes, shape and dtype, plus any extra identifying values."""
     h = hashlib.sha256()
@@ -34,6 +58,17 @@ class ImageSet:
 
     fingerprint: str
     labels: "pd.DataFrame"
+    _data_digest: str | None = None
+
+    @property
+    def data_digest(self) -> str:
+        """The data, not the seed (see the module docstring); by default the fingerprint
+        (a set that draws nothing from the seed)."""
+        return self._data_digest or self.fingerprint
+
+    @data_digest.setter
+    def data_digest(self, value: str | None) -> None:
+        self._data_digest = value
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -65,7 +100,8 @@ class ArrayImageSet(ImageSet):
     (1, 4, 4)
     """
 
-    def __init__(self, images: np.ndarray, labels: "pd.DataFrame", *, name: str, scale: float | None = None):
+    def __init__(self, images: np.ndarray, labels: "pd.DataFrame", *, name: str, scale: float | None = None,
+                 data_digest: str | None = None):
         if images.ndim == 3:
             images = images[:, None]
         if images.ndim != 4:
@@ -80,6 +116,19 @@ class ArrayImageSet(ImageSet):
         self.name = name
         self.scale = scale if scale is not None else (1 / 255 if images.dtype == np.uint8 else 1.0)
         self.fingerprint = fingerprint_array(images, name, self.scale)
+        self._data_digest = data_digest
+
+    @property
+    def data_digest(self) -> str:
+        """The pixels and the label table (not the name, which may hold a seed); hashed on
+        first use, since only a check's test asks for it."""
+        if self._data_digest is None:
+            self._data_digest = digest_of(fingerprint_array(self.images, self.scale), table_digest(self.labels))
+        return self._data_digest
+
+    @data_digest.setter
+    def data_digest(self, value: str | None) -> None:
+        self._data_digest = value
 
     def __getitem__(self, index: int) -> "torch.Tensor":
         import torch
@@ -94,8 +143,10 @@ class ArrayImageSet(ImageSet):
         idx = np.asarray(indices)
         return torch.from_numpy(np.asarray(self.images[idx], dtype=np.float32) * np.float32(self.scale))
 
-    def subset(self, index: np.ndarray, name: str) -> "ArrayImageSet":
-        return ArrayImageSet(self.images[index], self.labels.iloc[index], name=name, scale=self.scale)
+    def subset(self, index: np.ndarray, name: str, data_digest: str | None = None) -> "ArrayImageSet":
+        """The rows ``index``; ``data_digest`` for a subset the seed draws (default: its own content)."""
+        return ArrayImageSet(self.images[index], self.labels.iloc[index], name=name, scale=self.scale,
+                             data_digest=data_digest)
 
 
 class PerturbedImageSet(ImageSet):
@@ -118,6 +169,10 @@ class PerturbedImageSet(ImageSet):
             tables.append(t)
         self.labels = pd.concat(tables, ignore_index=True)
         self.fingerprint = hashlib.sha256(f"{base.fingerprint}|{spec.key()}".encode()).hexdigest()[:32]
+
+    @property
+    def data_digest(self) -> str:
+        return digest_of(self.base.data_digest, self.spec.key())
 
     def __getitem__(self, index: int) -> "torch.Tensor":
         n = len(self.base)
@@ -154,6 +209,10 @@ class SourceImageSet(ImageSet):
     def __init__(self, base: ImageSet):
         self.base, self.labels = base, base.labels
         self.fingerprint = hashlib.sha256(f"{base.fingerprint}|source".encode()).hexdigest()[:32]
+
+    @property
+    def data_digest(self) -> str:
+        return digest_of(self.base.data_digest, "source")
 
     def __getitem__(self, index: int) -> "torch.Tensor":
         return self.base[index]

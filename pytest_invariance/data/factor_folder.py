@@ -606,11 +606,14 @@ def load_factor_folder(root: str | Path, *, types: Mapping[str, str] | None = No
 
     labels = pd.DataFrame({"image": images, "split": split})
     fp = files_fingerprint(paths, [csv_path], "factors", size, seed, source, digests=[digest[n] for n in images])
+    # the same files, labels and split rule without the seed (a seeded split is the seed's, which the
+    # CI covers) nor the size: checks on this and on another seed are of the same data
+    data = files_fingerprint(paths, [csv_path], "factors", source, fractions, digests=[digest[n] for n in images])
     # conversions of the images kept (a bad file converts nothing): each image counted once
     scan = scan_images({n: on_disk[n] for n in images})
     # rows of labels.csv left out; an image file with no row was never part of the set
     left_out = sum(1 for why in problems.rows.values() if why != "image without a label row")
     return FactorFolder(root, FileImageSet(paths, labels, size=size, fingerprint=fp, n_skipped=left_out,
-                                           conversions=scan.conversions),
+                                           conversions=scan.conversions, data_digest=data),
                         factors, split, source, identity, config, left_out, copies,
                         identity if groups is None else groups)

@@ -53,6 +53,9 @@ class FileImageSet(ImageSet):
         How many bad items the loader left out.
     conversions : mapping, optional
         Images per conversion decoding makes (see :mod:`._decode`), for the report.
+    data_digest : str, optional
+        The data whatever the seed (:attr:`ImageSet.data_digest`); default the fingerprint,
+        for a loader whose fingerprint holds no seed.
 
     Images are decoded by :func:`._decode.open_rgb`: EXIF orientation applied, any mode
     converted to RGB (transparency on white).
@@ -60,12 +63,13 @@ class FileImageSet(ImageSet):
 
     def __init__(self, paths: Sequence[Path], labels: "pd.DataFrame", *, size: tuple[int, int] | None,
                  fingerprint: str, boxes: np.ndarray | None = None, n_skipped: int = 0,
-                 conversions: Mapping[str, int] | None = None):
+                 conversions: Mapping[str, int] | None = None, data_digest: str | None = None):
         self.paths = list(paths)
         self.labels = labels.reset_index(drop=True)
         self.size, self.boxes, self.n_skipped = size, boxes, n_skipped
         self.conversions = dict(conversions or {})
         self.fingerprint = fingerprint
+        self.data_digest = data_digest
 
     def at_size(self, size: tuple[int, int] | None) -> "FileImageSet":
         """The same images decoded straight to ``size`` (H, W): one resampling from the
@@ -75,7 +79,8 @@ class FileImageSet(ImageSet):
         size = (int(size[0]), int(size[1]))
         fp = hashlib.sha256(f"{self.fingerprint}|size={size}".encode()).hexdigest()[:32]
         return FileImageSet(self.paths, self.labels, size=size, fingerprint=fp, boxes=self.boxes,
-                            n_skipped=self.n_skipped, conversions=self.conversions)
+                            n_skipped=self.n_skipped, conversions=self.conversions,
+                            data_digest=self.data_digest)  # the same data, read at the model's size
 
     def ids(self) -> list[str] | None:
         """CelebA's ``image_id`` (file name) or a labels.csv's ``image`` path, as written."""

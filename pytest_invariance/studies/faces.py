@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..data import PerturbationSpec, PerturbedImageSet
-from ..data._source import ImageSet
+from ..data._source import ImageSet, digest_of
 from ..errors import InvalidParameterError
 from ..probes._estimate import Estimate
 from ..probes._ridge import ALPHA_UNIT, PENALTIES, cv_penalty, ridge_predict
@@ -147,8 +147,13 @@ def celeba_splits(folder: Path, *, crop: Sequence[float] | None, limits: Mapping
             boxes, how = crop_boxes(labels, crop)
         fp = hashlib.sha256(f"{s.fingerprint}|{idx.tobytes().hex()}|{None if boxes is None else boxes.tobytes().hex()}"
                             .encode()).hexdigest()[:32]
+        # the data: the split's files and labels, how many are drawn and how they are cropped (the
+        # seed that draws them is not: another seed audits the same data, the CI covers the draw)
+        drawn = limit if 0 < limit < len(s) else 0
+        data = digest_of(s.data_digest, f"limit={drawn}", f"skip_bad={skip_bad}",
+                         f"crop={None if crop is None else [float(v) for v in crop]}")
         out[split] = FileImageSet([s.paths[i] for i in idx], labels, size=(160, 160), boxes=boxes,
-                                  fingerprint=fp, n_skipped=n_skipped, conversions=s.conversions)
+                                  fingerprint=fp, n_skipped=n_skipped, conversions=s.conversions, data_digest=data)
         out[split].notes = {"n": len(idx), "n_skipped": n_skipped, "conversions": dict(s.conversions), "crop": how}
     return out
 

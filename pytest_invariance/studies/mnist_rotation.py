@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data import PerturbationSpec, PerturbedImageSet
+from ..data._source import digest_of
 from ..errors import LayerNotFoundError
 from ..probes._estimate import Estimate
 
@@ -68,7 +69,10 @@ def rotated(audit: "Audit", split: str, protocol: Protocol, subset_seed: int | N
         y = base.labels["label"].to_numpy()
         keep = np.sort(np.concatenate([rng.permutation(np.nonzero(y == c)[0])[: protocol.train_per_class]
                                        for c in np.unique(y)]))
-        base = base.subset(keep, name=f"mnist-train-{protocol.train_per_class}pc-seed{seed}")
+        # the data is the training set and the count per class; which images the seed draws is the
+        # seed's (the refits' CI covers it), so another seed audits the same data
+        base = base.subset(keep, name=f"mnist-train-{protocol.train_per_class}pc-seed{seed}",
+                           data_digest=digest_of(base.data_digest, f"{protocol.train_per_class} per class"))
     return PerturbedImageSet(base, PerturbationSpec("rotation", protocol.angles))
 
 
