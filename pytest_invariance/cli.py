@@ -155,7 +155,7 @@ def cmd_compare(tag_a: str, tag_b: str, path: str, out_path: str, out: TextIO) -
     """Write the comparison report and print the largest changes. Returns 1 when B is
     worse than A on any check (so it can gate a script), else 0."""
     from .history import HistoryStore
-    from .history._baseline import UNDECIDED_BASE
+    from .history._baseline import OTHER_DATA, OTHER_DATA_FIX, UNDECIDED_BASE
     from .report import compare_rows, write_compare_report
 
     store = HistoryStore(path)
@@ -177,9 +177,11 @@ def cmd_compare(tag_a: str, tag_b: str, path: str, out_path: str, out: TextIO) -
     worse = sum(r["change"] == "worse" for r in rows)
     undirected = sum(r["change"].startswith("not compared: no leak") for r in rows)
     undecided = sum(r["change"] == UNDECIDED_BASE for r in rows)
+    other = sum(r["change"] == OTHER_DATA for r in rows)
     print(f"{worse} worse, {sum(r['change'] == 'better' for r in rows)} better of {len(rows)} checks"
           + (f" ({undirected} not compared: no leak direction)" if undirected else "")
           + (f" ({undecided} not compared: inconclusive in {resolved_a})" if undecided else "")
+          + (f" ({other} not compared: other data; {OTHER_DATA_FIX})" if other else "")
           + f"; report: {written}", file=out)
     return 1 if worse else 0
 

@@ -597,6 +597,8 @@ def _apply_baseline(audit: "Audit", result: "CheckResult") -> None:
     regressed, delta = judged["regressed"], judged["delta"]
     result.details.update(baseline=audit.baseline_tag, baseline_value=base["value"], delta=delta,
                           regressed=regressed, change=judged["change"])
+    if judged["same_data"] is not None:  # None: the baseline's record (or this test) has no data digest
+        result.details["same_data"] = judged["same_data"]
     if regressed:
         result.passed, result.verdict = False, FAIL
         toward = (f"toward failing {result.comparator} {result.threshold:g}" if result.comparator else

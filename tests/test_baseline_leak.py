@@ -224,3 +224,89 @@ def test_a_version_tag_stays_with_its_model(two_models):
                                  "was recorded for model sha256 * (another file); that record is kept*"])
     assert store.run("v1")["run"]["model_sha256"] == before["model_sha256"]
     assert store.run("v1")["run"]["recorded_at"] == before["recorded_at"]
+
+
+# --- Baselines measured on other data (details.data_digest; docs/ci.md "Baselines").
+
+
+def test_the_same_data_at_another_seed_is_compared(two_models):
+    # The seed draws the split (and the bootstrap): the CIs cover it, so a baseline at seed 0 and
+    # a run at seed 7 on the same folder are one comparison; the data digest leaves the seed out.
+    suite, blind, leaky, common = two_models
+    _, base = run_and_read(suite, *common, f"--model={blind}", "--model-version", "blind")
+    result, now = run_and_read(suite, *common, f"--model={leaky}", "--model-version", "leaky",
+                               "--invariance-seed", "7", "--invariance-baseline", "blind")
+    digests = {c["details"]["data_digest"] for c in base["checks"] + now["checks"]}
+    assert len(digests) == 1 and None not in digests
+    assert all(c["details"]["same_data"] is True and c["details"]["regressed"] for c in now["checks"])
+    result.stdout.fnmatch_lines(["invariance: baseline blind (recorded *): 4 of 4 checks compared in their leak "
+                                 "direction, 4 regressed"])
+    assert "other data" not in result.stdout.str() and result.ret == 1
+
+
+def test_a_baseline_on_other_data_is_not_compared_and_none_compared_is_an_error(two_models, tmp_path, capsys):
+    # v1 audited on one folder, v2 on another (other images and labels): "4 of 4 compared,
+    # 4 regressed" and a failed gate, for figures that differ by their data as much as by the model.
+    from pytest_invariance.cli import main
+
+    suite, blind, leaky, common = two_models
+    other = _folder(tmp_path / "other", seed=1)
+    run_and_read(suite, *common, f"--model={blind}", "--model-version", "v1")
+    result, now = run_and_read(suite, common[0], f"--invariance-data-dir={other}", f"--model={leaky}",
+                               "--model-version", "v2", "--invariance-baseline", "v1")
+    assert {c["details"]["change"] for c in now["checks"]} == {"not compared: other data"}
+    assert not any(c["details"]["regressed"] for c in now["checks"])
+    result.assert_outcomes(passed=2)
+    assert result.ret == 3  # a tool error, as a baseline that shares no check: nothing was compared
+    lines = [ln for ln in result.stdout.lines if "--invariance-baseline v1" in ln]
+    assert len(lines) == 1 and lines[0].startswith("invariance: ERROR") and "other data" in lines[0]
+    assert "audit both versions on the same data, or pass --invariance-baseline TAG" in lines[0]
+    assert now["run"]["baseline"]["compared"] == 0 and now["run"]["baseline"]["other_data"] == 4
+    # `compare` judges the same way: nothing worse, each row says why
+    capsys.readouterr()
+    assert main(["compare", "v1", "v2", "--history", str(suite.path / "h.sqlite"),
+                 "--out", str(suite.path / "c.html")]) == 0
+    out = capsys.readouterr().out
+    assert "0 worse, 0 better of 4 checks (4 not compared: other data; audit both versions" in out
+
+
+def test_a_baseline_recorded_before_checks_had_a_data_digest_is_compared_and_says_so(two_models):
+    # Records of earlier plugins carry no data digest: compared as before (a refusal would turn
+    # every stored history into errors), and the baseline line says the data was not verified.
+    suite, blind, leaky, common = two_models
+    run_and_read(suite, *common, f"--model={blind}", "--model-version", "v1")
+    store = HistoryStore(suite.path / "h.sqlite")
+    doc = store.run("v1")
+    for c in doc["checks"]:
+        del c["details"]["data_digest"]
+    store.record(doc, "v1")
+    result, now = run_and_read(suite, *common, f"--model={leaky}", "--model-version", "v2",
+                               "--invariance-baseline", "v1")
+    assert all("same_data" not in c["details"] and c["details"]["regressed"] for c in now["checks"])
+    result.stdout.fnmatch_lines(["invariance: baseline v1 (recorded *): 4 of 4 checks compared in their leak "
+                                 "direction, 4 regressed; 4 compared without knowing whether the data is the same "
+                                 "(no data digest: v1 was recorded by a plugin before checks recorded their data*"])
+    assert now["run"]["baseline"]["data_unverified"] == 4 and result.ret == 1
+
+
+def _measured(nodeid, value, data, **kw):
+    return {"nodeid": nodeid, "status": "passed", **_check("balanced_error", value, 0.01, chance=0.5), **kw,
+            "details": {"data_digest": data}}
+
+
+def test_only_the_checks_on_other_data_are_left_out_and_the_line_says_how_many():
+    # One run may mix suites: a check on the same data as its baseline counterpart is compared
+    # (and may regress), one on other data is "not compared: other data", never regressed.
+    from pytest_invariance.history import annotate_regressions, baseline_report
+
+    base = [_measured("t::a", 0.5, "d1"), _measured("t::b", 0.5, "d1"), _measured("u::c", 0.5, "d2")]
+    now = [_measured("t::a", 0.1, "d1"), _measured("t::b", 0.5, "d1"), _measured("u::c", 0.1, "d3")]
+    annotate_regressions(now, base)
+    for c in now:
+        c["details"]["baseline_value"] = c["details"]["baseline"]
+    assert [c["details"]["change"] for c in now] == ["worse", "same", "not compared: other data"]
+    assert [c["details"]["regressed"] for c in now] == [True, False, False]
+    fields, line, error = baseline_report(now, "v1", "v1", {"recorded_at": "t"}, "h.sqlite")
+    assert not error and fields["compared"] == 2 and fields["other_data"] == 1 and fields["regressed"] == 1
+    assert ("2 of 3 checks compared in their leak direction, 1 regressed; 1 not compared: other data in v1 "
+            "(images or labels differ; audit both versions on the same data") in line

@@ -7,6 +7,7 @@ figure regressed: more leakage, in its gate's or its metric's leak direction.
 from __future__ import annotations
 
 from ._baseline import (
+    OTHER_DATA,
     Tolerance,
     ToleranceError,
     annotate_regressions,
@@ -37,5 +38,5 @@ __all__ = [
     "SCHEMA_VERSION", "LATEST", "Tolerance", "ToleranceError", "parse_tolerance",
     "compare_to_baseline", "find_tolerance", "annotate_regressions", "check_identity", "not_a_baseline", "run_counts",
     "figure_keys", "measures_fewer",
-    "baseline_report", "judge_change", "leak_direction",
+    "baseline_report", "judge_change", "leak_direction", "OTHER_DATA",
 ]

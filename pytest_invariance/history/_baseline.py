@@ -30,6 +30,9 @@ __all__ = [
     "find_tolerance",
     "annotate_regressions",
     "baseline_report",
+    "OTHER_DATA",
+    "same_data",
+    "data_digest",
 ]
 
 _HIGHER_IS_BETTER = {">": True, ">=": True, "<": False, "<=": False}
@@ -48,6 +51,25 @@ _LOWER_LEAKS = re.compile(r"^(?:\w+_)?mae(?:_mlp)?(?:_erased)?$|^(?:rank1|tar)_[
 NO_DIRECTION = "not compared: no leak direction"
 # a baseline check whose gate its CI could not decide: its figure says neither leak nor none
 UNDECIDED_BASE = "not compared: inconclusive in the baseline"
+# a baseline check measured on other data (images or labels; details.data_digest): its figure and
+# this one's differ by the data as much as by the model, so neither "worse" nor "same" means anything
+OTHER_DATA = "not compared: other data"
+# how to get a comparison instead (the baseline line and the check's message say it)
+OTHER_DATA_FIX = "audit both versions on the same data, or pass --invariance-baseline TAG of a run that was"
+
+
+def data_digest(check: Mapping[str, Any]) -> str | None:
+    """The digest of the data a check measured (``details.data_digest``: the images and labels
+    its test embedded, not the seed), or None for a check recorded before checks carried it."""
+    value = (check.get("details") or {}).get("data_digest")
+    return str(value) if value else None
+
+
+def same_data(now: Mapping[str, Any], base: Mapping[str, Any]) -> bool | None:
+    """Whether two checks measured the same data: None when either lacks a digest (an older
+    record: compared as before, and the baseline line says how many were not verified)."""
+    a, b = data_digest(now), data_digest(base)
+    return None if a is None or b is None else a == b
 
 
 def leak_direction(metric: str | None, comparator: str | None = None) -> int | None:
@@ -250,8 +272,10 @@ def judge_change(now: Mapping[str, Any], base: Mapping[str, Any],
     dict
         ``change``: "worse" (more leakage beyond the tolerance), "better", "same" (within
         it), :data:`NO_DIRECTION`, :data:`UNDECIDED_BASE` when ``base`` was INCONCLUSIVE,
+        :data:`OTHER_DATA` when the two were measured on different data (:func:`same_data`),
         or "not compared: no value" when either figure is missing;
-        ``regressed`` (change == "worse") and ``delta`` (``now - base``, NaN when missing).
+        ``regressed`` (change == "worse"), ``delta`` (``now - base``, NaN when missing) and
+        ``same_data`` (:func:`same_data`: None when either check has no data digest).
 
     Examples
     --------
@@ -276,6 +300,8 @@ def judge_change(now: Mapping[str, Any], base: Mapping[str, Any],
                                        chance=None, baseline_chance=None)
     if math.isnan(delta):
         change = "not compared: no value"
+    elif same_data(now, base) is False:
+        change = OTHER_DATA
     elif base.get("verdict") == "INCONCLUSIVE":
         change = UNDECIDED_BASE
     elif leak_direction(metric, comparator) is None:
@@ -288,7 +314,7 @@ def judge_change(now: Mapping[str, Any], base: Mapping[str, Any],
                                         baseline_ci=(now.get("ci_low"), now.get("ci_high")), metric=metric,
                                         chance=base.get("chance"), baseline_chance=now.get("chance"))
         change = "better" if better else "same"
-    return {"change": change, "regressed": change == "worse", "delta": delta}
+    return {"change": change, "regressed": change == "worse", "delta": delta, "same_data": same_data(now, base)}
 
 
 def find_tolerance(metric: str, tolerances: Iterable[Tolerance]) -> Tolerance | None:
@@ -360,6 +386,8 @@ def annotate_regressions(
         details["delta"] = None if math.isnan(delta) else delta
         details["regressed"] = bad
         details["change"] = judged["change"]
+        if judged["same_data"] is not None:  # None: either record has no data digest (not verified)
+            details["same_data"] = judged["same_data"]
         if baseline_tag is not None:
             details["baseline_tag"] = baseline_tag
         if bad:
@@ -392,21 +420,26 @@ def baseline_report(checks: Iterable[Mapping[str, Any]], spec: str, tag: str | N
     line : str
         One terminal line naming the baseline and how many checks it covered.
     error : bool
-        True when a baseline was found but shares no check with this run: nothing was
-        compared, so a pass would say nothing about regressions.
+        True when a baseline was found but shares no check with this run, or every check it
+        shares was measured on other data (:data:`OTHER_DATA`): nothing was compared, so a
+        pass would say nothing about regressions.
     """
     measured = [c for c in checks if c.get("status") in ("passed", "failed", "xfail", "inconclusive") and _finite(c.get("value"))]
     matched = [c for c in measured if (c.get("details") or {}).get("baseline_value") is not None]
     undirected = [c for c in matched if (c.get("details") or {}).get("change") == NO_DIRECTION]
     undecided = [c for c in matched if (c.get("details") or {}).get("change") == UNDECIDED_BASE]
-    compared = [c for c in matched if c not in undirected and c not in undecided]
+    other_data = [c for c in matched if (c.get("details") or {}).get("change") == OTHER_DATA]
+    compared = [c for c in matched if c not in undirected and c not in undecided and c not in other_data]
+    # compared without knowing the data: the baseline's record (or this check) has no digest
+    unverified = [c for c in compared if (c.get("details") or {}).get("same_data") is None]
     regressed = sum(bool((c.get("details") or {}).get("regressed")) for c in compared)
     run = dict(stored_run or {})
     fields = {"spec": spec, "tag": tag, "recorded_at": run.get("recorded_at"),
               "plugin_version": run.get("plugin_version"), "git_commit": run.get("git_commit"),
               "checks": len(measured), "compared": len(compared), "regressed": regressed,
               "no_direction": sorted({str(c.get("metric")) for c in undirected}),
-              "inconclusive_in_baseline": len(undecided)}
+              "inconclusive_in_baseline": len(undecided), "other_data": len(other_data),
+              "data_unverified": len(unverified)}
     if tag is None:
         return fields, (f"invariance: baseline: none - --invariance-baseline {spec} found no earlier complete run "
                         f"in {history}; nothing compared (a first run)"), False
@@ -415,9 +448,18 @@ def baseline_report(checks: Iterable[Mapping[str, Any]], spec: str, tag: str | N
         return fields, (f"invariance: ERROR --invariance-baseline {spec} is version {tag} ({when}), which shares "
                         f"no check with this run's {len(measured)}: nothing was compared; pass "
                         f"--invariance-baseline TAG of a run of the same suites, model and layers"), True
+    if other_data and not compared:
+        return fields, (f"invariance: ERROR --invariance-baseline {spec} is version {tag} ({when}), which was "
+                        f"measured on other data (images or labels) than this run: none of the {len(other_data)} "
+                        f"checks it shares was compared; {OTHER_DATA_FIX}"), True
     skipped = (f"; {len(undirected)} {NO_DIRECTION} ({', '.join(fields['no_direction'])})"
                if undirected else "")
     skipped += (f"; {len(undecided)} inconclusive in {tag} not compared (its CI could not decide the gate)"
                 if undecided else "")
+    skipped += (f"; {len(other_data)} not compared: other data in {tag} (images or labels differ; "
+                f"{OTHER_DATA_FIX})" if other_data else "")
+    skipped += (f"; {len(unverified)} compared without knowing whether the data is the same (no data digest: "
+                f"{tag} was recorded by a plugin before checks recorded their data, or the test embeds no images)"
+                if unverified else "")
     return fields, (f"invariance: baseline {tag} ({when}): {len(compared)} of {len(measured)} checks compared "
                     f"in their leak direction, {regressed} regressed{skipped}"), False
