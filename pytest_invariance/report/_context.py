@@ -73,8 +73,12 @@ def _regression(check: Mapping[str, Any]) -> dict[str, Any] | None:
         judged = judge_change(check, {"value": base, "metric": check.get("metric")})
         regressed, d = judged["regressed"], judged["delta"]
         delta = d if delta is None and math.isfinite(d) else delta
-    return {"baseline": fnum(base), "delta": f"{delta:+.4g}" if _finite(delta) else "–",
-            "regressed": bool(regressed), "tag": None if tag is None else str(tag)}
+    change = str(details.get("change") or "")
+    out = {"baseline": fnum(base), "delta": f"{delta:+.4g}" if _finite(delta) else "–",
+           "regressed": bool(regressed), "tag": None if tag is None else str(tag)}
+    if change.startswith("not compared"):  # other data, no leak direction, ...: said, not "within tolerance"
+        out["not_compared"] = change
+    return out
 
 
 def _status(check: Mapping[str, Any], regression: dict[str, Any] | None) -> tuple[str, list[str]]:
