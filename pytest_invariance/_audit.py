@@ -119,14 +119,14 @@ class Audit:
         self.baseline_checks: dict[tuple[str, str], dict[str, Any]] | None = None
         self.baseline_tag: str | None = None
         self.baseline_run: dict[str, Any] | None = None  # the stored run block of that version
-        # The data the current test read: image set label -> data_digest (see data_read); None
-        # outside a test. A study memoized by an earlier test hands its reads on (_memo_reads).
-        self._reading: dict[str, str] | None = None
-        self._memo_reads: dict[Any, dict[str, str]] = {}
+        # The data_digest of every image set the current test read (see data_read); None outside
+        # a test. A study memoized by an earlier test hands its reads on (_memo_reads).
+        self._reading: set[str] | None = None
+        self._memo_reads: dict[Any, set[str]] = {}
 
     def start_reading(self) -> None:
         """A test begins: what it reads from now on is its data (:meth:`data_read`)."""
-        self._reading = {}
+        self._reading = set()
 
     def stop_reading(self) -> None:
         """The test ended: nothing read outside a test is any test's data."""
@@ -135,7 +135,7 @@ class Audit:
     def note_data(self, images: "ImageSet") -> None:
         """Record that the current test (or the study it memoizes) reads ``images``."""
         if self._reading is not None:
-            self._reading[images.data_digest] = images.data_digest
+            self._reading.add(images.data_digest)
 
     def data_read(self) -> str | None:
         """One digest of every image set the current test embedded, through the studies it
@@ -498,9 +498,9 @@ class Audit:
             if isinstance(hit, StudyError):
                 raise hit.again()
             if self._reading is not None:  # a later test reads what the study read for the first
-                self._reading.update(self._memo_reads.get(key, {}))
+                self._reading.update(self._memo_reads.get(key, ()))
             return hit
-        outer, self._reading = self._reading, ({} if self._reading is not None else None)
+        outer, self._reading = self._reading, (set() if self._reading is not None else None)
         try:
             value = compute()
         except StudyError as exc:  # an inner study or embedding failed: this one fails with it

@@ -54,7 +54,7 @@ UNDECIDED_BASE = "not compared: inconclusive in the baseline"
 # a baseline check measured on other data (images or labels; details.data_digest): its figure and
 # this one's differ by the data as much as by the model, so neither "worse" nor "same" means anything
 OTHER_DATA = "not compared: other data"
-# how to get a comparison instead (the baseline line and the check's message say it)
+# how to get a comparison instead (the baseline line and `pytest-invariance compare` say it)
 OTHER_DATA_FIX = "audit both versions on the same data, or pass --invariance-baseline TAG of a run that was"
 
 
