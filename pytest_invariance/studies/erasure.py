@@ -112,8 +112,9 @@ def factor_extras(Xtr: "NDArray[Any]", ytr: "NDArray[Any]", Xte: "NDArray[Any]",
     Parameters
     ----------
     Xtr, ytr, Xte, yte : arrays
-        Embeddings [n, d] and factor values [n] of the train and test splits; ``Xtr`` may
-        be a list holding the one array, handed over: it is freed before the bootstrap.
+        Embeddings [n, d] and factor values [n] of the train and test splits; ``Xtr`` and
+        ``Xte`` may each be a list holding the one array, handed over: emptied here, the
+        embeddings are freed once the probes are fitted, before the bootstrap.
     metric : str
         Name of the linear figure, e.g. ``"angle_mae"``; the keys returned are
         ``{metric}_mlp``, ``{metric}_control``, ``{metric}_selectivity`` and the same
@@ -135,21 +136,23 @@ def factor_extras(Xtr: "NDArray[Any]", ytr: "NDArray[Any]", Xte: "NDArray[Any]",
 
     with Steps(4, f"{name} {metric} extras".strip(), progress) as step:
         step.next("control clusters")
-        # A list of one array is emptied here: the rows are then freed once the probes are
-        # fitted, before the bootstrap (rotated MNIST's 350 MB under the suite's peak).
-        rows = Xtr.pop() if isinstance(Xtr, list) else Xtr
-        return _factor_extras(rows, ytr, Xte, yte, metric=metric, linear_rows=linear_rows, chance=chance,
-                              classes=classes, groups_train=groups_train, cfg=cfg, device=device, seed=seed,
-                              step=step)
+        # A list of one array is emptied in _factor_extras, which then holds the only reference:
+        # the embeddings are freed once the probes are fitted, before the bootstrap (rotated
+        # MNIST's 350 + 140 MB under the suite's peak). A local here would keep them to the end.
+        return _factor_extras(Xtr if isinstance(Xtr, list) else [Xtr], ytr,
+                              Xte if isinstance(Xte, list) else [Xte], yte, metric=metric,
+                              linear_rows=linear_rows, chance=chance, classes=classes,
+                              groups_train=groups_train, cfg=cfg, device=device, seed=seed, step=step)
 
 
-def _factor_extras(Xtr: "NDArray[Any]", ytr: "NDArray[Any]", Xte: "NDArray[Any]", yte: "NDArray[Any]", *,
+def _factor_extras(handed_tr: "list[NDArray[Any]]", ytr: "NDArray[Any]", handed_te: "list[NDArray[Any]]", yte: "NDArray[Any]", *,
                    metric: str, linear_rows: Rows, chance: Callable[["NDArray[Any]", "NDArray[Any]"], float],
                    classes: tuple[Any, Any], groups_train: Any, cfg: ProbeExtras, device: str, seed: int,
                    step: Any) -> dict[str, Estimate]:
     from ..probes import control_labels, input_clusters, row_scores_estimate, selectivity
 
     nb = cfg.n_bootstrap
+    Xtr, Xte = handed_tr.pop(), handed_te.pop()
     gtr, gte = input_clusters(Xtr, Xte, n_clusters=cfg.control_clusters, random_state=seed)
     ctr, cte = control_labels(ytr, gtr, gte, random_state=seed)
     step.next("MLP probes")
@@ -157,7 +160,7 @@ def _factor_extras(Xtr: "NDArray[Any]", ytr: "NDArray[Any]", Xte: "NDArray[Any]"
                              classes=classes, groups_train=groups_train)
     step.next("linear probe")
     lin = linear_rows(Xtr, np.column_stack([ytr, ctr]), Xte)
-    del Xtr  # the caller may have handed it over (see factor_extras)
+    del Xtr, Xte  # the only references when the caller handed them over (see factor_extras)
     rows = {"": [(np.abs(lin[:, 0] - yte), np.abs(lin[:, 1] - cte))],
             "_mlp": [(np.abs(p[:, 0] - yte), np.abs(p[:, 1] - cte)) for p in preds]}
     step.next("bootstrap")
@@ -231,7 +234,7 @@ def mnist_extras(audit: "Audit", ref: "ModelRef", protocol: "Protocol", cfg: Pro
 
     def compute() -> dict[str, Any]:
         linear, chance = _per_class_linear(d["ytr"], d["yte"], dev), _per_class_chance(d["ytr"], d["yte"])
-        return factor_extras([d.pop("Xtr")], d["atr"], d["Xte"], d["ate"], metric="angle_mae", linear_rows=linear,
+        return factor_extras([d.pop("Xtr")], d["atr"], [d.pop("Xte")], d["ate"], metric="angle_mae", linear_rows=linear,
                              chance=chance, classes=(d["ytr"], d["yte"]), groups_train=d["src"], cfg=cfg,
                              device=audit.settings.device, seed=audit.seed, progress=audit.progress,
                              name=ref.name)
