@@ -21,8 +21,10 @@ def run_notes(checks: Iterable[Mapping[str, Any]],
     (:func:`~pytest_invariance.checks._suite.not_applied`), one line each."""
     data: dict[tuple[str, str], dict[str, Any]] = {}
     unconverged, not_measurable = [], {}
+    read_as_unknown: dict[str, dict[str, int]] = {}
     for c in checks:
         d = c.get("details") or {}
+        read_as_unknown.update(d.get("read_as_unknown") or {})
         for split, note in (d.get("data") or {}).items():
             if isinstance(note, Mapping):
                 data.setdefault((str(c.get("suite")), str(split)), dict(note))
@@ -42,7 +44,8 @@ def run_notes(checks: Iterable[Mapping[str, Any]],
             crops.add(str(crop["method"]))
     fields = {"n_skipped": sum(skipped.values()), "skipped_by_split": dict(skipped),
               "conversions": dict(conversions), "crop": sorted(crops), "not_measurable": not_measurable,
-              "unconverged": unconverged, "options_not_applied": dict(not_applied or {})}
+              "unconverged": unconverged, "options_not_applied": dict(not_applied or {}),
+              "read_as_unknown": read_as_unknown}
     lines = [f"invariance: {flag} was not applied by suite(s) {', '.join(names)} (they have no such step; "
              "their figures are as without it)" for flag, names in (not_applied or {}).items()]
     if fields["n_skipped"]:
@@ -52,6 +55,11 @@ def run_notes(checks: Iterable[Mapping[str, Any]],
     if conversions:
         lines.append("invariance: images converted on decoding: "
                      + ", ".join(f"{k} {v}" for k, v in sorted(conversions.items())))
+    if read_as_unknown:
+        shown = "; ".join(f"{col} " + ", ".join(f"{n} {v!r}" for v, n in cells.items())
+                          for col, cells in sorted(read_as_unknown.items())[:_SHOW])
+        lines.append(f"invariance: factor cells spelled as unknown were left out of their factor: {shown}; if one is "
+                     "a level, set [data] unknown = [\"\"] in the folder's invariance.toml (only empty cells unknown)")
     if crops:
         lines.append(f"invariance: CelebA crop: {'; '.join(sorted(crops))}")
     if not_measurable:

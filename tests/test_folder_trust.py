@@ -153,3 +153,21 @@ def test_one_file_copied_so_often_the_seeded_split_cannot_be_filled_is_one_line(
     assert lines == ["  - the seeded split keeps byte-identical files together and 60 of 60 images are one file "
                      "(img/same_000.png, img/same_001.png, img/same_002.png, ...), which leaves no val or test images; "
                      "keep one file per image (or give the images a 'split' column)"]
+
+
+def test_na_cells_of_a_multi_level_column_are_counted_and_said_in_the_run_notes(tmp_path):
+    # 'NA' (North America) in a 3-level column was read as unknown without a word: a third of the
+    # rows left out of the factor and one level gone
+    from pytest_invariance._notes import run_notes
+
+    region = lambda n: np.tile(["EU", "NA", "AS"], n // 3)  # noqa: E731
+    f = load_factor_folder(_folder(tmp_path / "d", n=120, region=region)).factors["region"]
+    assert f.levels == ("AS", "EU") and f.spelled_unknown == {"NA": 40} and int(np.isnan(f.values).sum()) == 40
+    fields, lines = run_notes([{"details": {"read_as_unknown": {"region": f.spelled_unknown}}}])
+    assert fields["read_as_unknown"] == {"region": {"NA": 40}}
+    assert lines == ["invariance: factor cells spelled as unknown were left out of their factor: region 40 'NA'; if "
+                     "one is a level, set [data] unknown = [\"\"] in the folder's invariance.toml (only empty cells "
+                     "unknown)"]
+    (tmp_path / "d" / "invariance.toml").write_text('[data]\nunknown = [""]\n')
+    kept = load_factor_folder(tmp_path / "d").factors["region"]
+    assert kept.levels == ("AS", "EU", "NA") and kept.spelled_unknown == {}

@@ -24,7 +24,7 @@ def test_notes_count_each_split_once_across_checks_and_suites():
     assert any("WARNING 1 figure(s) from probe fits that did not converge" in ln for ln in lines)
     assert run_notes([{"suite": "s", "details": {}}]) == ({"n_skipped": 0, "skipped_by_split": {}, "conversions": {},
                                                            "crop": [], "not_measurable": {}, "unconverged": [],
-                                                           "options_not_applied": {}}, [])
+                                                           "options_not_applied": {}, "read_as_unknown": {}}, [])
 
 
 def test_check_n_skipped_is_lifted_to_the_check():

@@ -37,6 +37,8 @@ def _base(ref, folder, gated, name) -> dict:
             # byte-identical files under other names, kept on one side of the split with their original
             **({"copies_grouped": folder.copies} if folder.copies else {}),
             "n_skipped": folder.n_skipped, "levels": list(f.levels) or None, "positive_level": f.positive,
+            # cells such as 'NA' left out as unknown: the run's notes say so (a level may be named so)
+            **({"read_as_unknown": {name: f.spelled_unknown}} if f.spelled_unknown else {}),
             # the run's image counts (skipped, conversions) come from here, once per folder
             "data": data_notes({"folder": folder.images})}
 

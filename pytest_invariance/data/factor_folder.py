@@ -16,7 +16,7 @@ import math
 import re
 from collections import Counter
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -63,6 +63,9 @@ class Factor:
     levels: tuple[str, ...] = ()
     inferred: bool = True
     positive: str | None = None  # binary: the level counted as "present"
+    # non-empty cells read as unknown by their spelling ({'NA': 12}): left out of this factor, and
+    # said in the run's notes, since a level may be named so (North America, "not applicable")
+    spelled_unknown: dict[str, int] = field(default_factory=dict)
 
     @property
     def known(self) -> np.ndarray:
@@ -209,10 +212,7 @@ def unknown_spellings(data_cfg: Mapping[str, Any], where: Path) -> frozenset[str
 def _read_as_unknown(cells: list[str], missing: frozenset[str]) -> str:
     """' (N spelled 'NA' read as unknown; ...)' when cells spelled out as unknown were left out
     (a level named NA reads as unknown), else ''."""
-    spelled: dict[str, int] = {}
-    for c in cells:
-        if c and c.lower() in missing:
-            spelled[c] = spelled.get(c, 0) + 1
+    spelled = _spelled_unknown(cells, missing)
     if not spelled:
         return ""
     shown = ", ".join(f"{n} spelled {v!r}" for v, n in spelled.items())
@@ -223,6 +223,21 @@ def _read_as_unknown(cells: list[str], missing: frozenset[str]) -> str:
 def _infer(name: str, cells: list[str], declared: str | None, problems: _Problems,
            images: list[str], missing: frozenset[str] = MISSING) -> Factor | None:
     """Type and values of one column; records its problems and returns None when unusable."""
+    f = _infer_values(name, cells, declared, problems, images, missing)
+    return None if f is None else replace(f, spelled_unknown=_spelled_unknown(cells, missing))
+
+
+def _spelled_unknown(cells: list[str], missing: frozenset[str]) -> dict[str, int]:
+    """Count of each non-empty cell spelling read as unknown ('NA', 'n/a', ...)."""
+    spelled: dict[str, int] = {}
+    for c in cells:
+        if c and c.lower() in missing:
+            spelled[c] = spelled.get(c, 0) + 1
+    return spelled
+
+
+def _infer_values(name: str, cells: list[str], declared: str | None, problems: _Problems,
+                  images: list[str], missing: frozenset[str]) -> Factor | None:
     present = [i for i, c in enumerate(cells) if c.lower() not in missing]
     values = [cells[i] for i in present]
     distinct = sorted(set(values))
