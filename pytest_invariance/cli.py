@@ -153,7 +153,8 @@ def cmd_history(path: str, out: TextIO) -> int:
 
 def cmd_compare(tag_a: str, tag_b: str, path: str, out_path: str, out: TextIO) -> int:
     """Write the comparison report and print the largest changes. Returns 1 when B is
-    worse than A on any check (so it can gate a script), else 0."""
+    worse than A on any check (so it can gate a script), else 0; raises InvarianceError (exit 2)
+    when every check the two share was measured on other data (nothing compared)."""
     from .history import HistoryStore
     from .history._baseline import OTHER_DATA, OTHER_DATA_FIX, UNDECIDED_BASE
     from .report import compare_rows, write_compare_report
@@ -183,6 +184,10 @@ def cmd_compare(tag_a: str, tag_b: str, path: str, out_path: str, out: TextIO) -
           + (f" ({undecided} not compared: inconclusive in {resolved_a})" if undecided else "")
           + (f" ({other} not compared: other data; {OTHER_DATA_FIX})" if other else "")
           + f"; report: {written}", file=out)
+    if other and not any(r["change"] in ("worse", "better", "same") for r in rows):
+        # as --invariance-baseline: nothing compared is no verdict, not a pass
+        raise InvarianceError(f"{resolved_a} and {tag_b} share {other} check(s), all measured on other data: "
+                              "nothing was compared; audit both versions on the same data, or compare TAG_B with a version that was")
     return 1 if worse else 0
 
 

@@ -262,12 +262,15 @@ def test_a_baseline_on_other_data_is_not_compared_and_none_compared_is_an_error(
     assert len(lines) == 1 and lines[0].startswith("invariance: ERROR") and "other data" in lines[0]
     assert "audit both versions on the same data, or pass --invariance-baseline TAG" in lines[0]
     assert now["run"]["baseline"]["compared"] == 0 and now["run"]["baseline"]["other_data"] == 4
-    # `compare` judges the same way: nothing worse, each row says why
+    # `compare` judges the same way: nothing worse, each row says why, and nothing compared is an error
     capsys.readouterr()
     assert main(["compare", "v1", "v2", "--history", str(suite.path / "h.sqlite"),
-                 "--out", str(suite.path / "c.html")]) == 0
-    out = capsys.readouterr().out
+                 "--out", str(suite.path / "c.html")]) == 2
+    out, err = capsys.readouterr()
     assert "0 worse, 0 better of 4 checks (4 not compared: other data; audit both versions" in out
+    assert err.splitlines() == ["pytest-invariance: error: v1 and v2 share 4 check(s), all measured on other data: "
+                                "nothing was compared; audit both versions on the same data, or compare "
+                                "TAG_B with a version that was"]
 
 
 def test_a_baseline_recorded_before_checks_had_a_data_digest_is_compared_and_says_so(two_models):
