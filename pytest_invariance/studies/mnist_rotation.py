@@ -61,7 +61,7 @@ def rotated(audit: "Audit", split: str, protocol: Protocol, subset_seed: int | N
         data_dir = None
     # One load per split per process, shared by the models of the suite.
     base = audit.memo(("mnist", split, str(data_dir)),
-                      lambda: load_mnist(split, data_dir=data_dir, cache_dir=s.resolve_path(s.cache_dir)))
+                      lambda: load_mnist(split, data_dir=data_dir, cache_dir=s.resolve_path(s.cache_dir)), shared=True)
     if split == "train" and protocol.train_per_class:
         seed = audit.seed if subset_seed is None else subset_seed
         rng = np.random.default_rng(seed)
