@@ -123,3 +123,50 @@ def test_two_mnist_suites_with_other_protocols_in_one_session_get_their_own_figu
     assert set(alone) >= {"angle_mae", "mav_accuracy", "mav_accuracy_drop"}
     assert both["suite_b"] == alone
     assert both["suite_a"]["angle_mae"] != alone["angle_mae"]
+
+
+def _factors_copy(dst: Path, model: Path, prewhiten: bool) -> Path:
+    src = REPO / "audits" / "factors"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    cfg = dst / "invariance.toml"
+    text = cfg.read_text()
+    text = re.sub(r"^prewhiten = \w+", f"prewhiten = {'true' if prewhiten else 'false'}", text, flags=re.M)
+    text = text[:text.index("[models.facenet]")] + f'[models.grid]\npath = "{model}"\nlayer = "output"\npreprocess = {{ size = [16, 16] }}\n'
+    cfg.write_text(text)
+    return dst
+
+
+def _run_json(tmp_path: Path, name: str, *args: str) -> dict:
+    out = tmp_path / f"{name}.json"
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-p", "no:warnings",
+           "--invariance-progress", "off", "--invariance-cache-dir", str(tmp_path / f"cache-{name}"),
+           "--invariance-json", str(out), "--invariance-report", str(tmp_path / f"{name}.html"),
+           "--invariance-history", str(tmp_path / f"{name}.sqlite"), *args]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.is_file(), run.stdout[-3000:] + run.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_two_factors_suites_with_other_preprocessing_in_one_session_get_their_own_figures(tmp_path):
+    """The factors suite's key named model, layer, folder and factor, not the suite's
+    [preprocess]: a second copy that prewhitens no image read the first copy's figures."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from pytest_invariance.testing import export_onnx, grid_cnn, write_noise_folder
+
+    model = export_onnx(grid_cnn(4, 3, 2), tmp_path / "grid.onnx", input_shape=(3, 16, 16))
+    data = write_noise_folder(tmp_path / "data", n=120, size=16)
+    a = _factors_copy(tmp_path / "fa", model, prewhiten=True)
+    b = _factors_copy(tmp_path / "fb", model, prewhiten=False)
+    (b / "test_factors.py").rename(b / "test_factors_b.py")
+
+    def figures(report: dict, b_only: bool) -> dict:
+        return {(c["nodeid"].split("::")[-1], c["metric"]): (c["value"], c["ci_low"], c["ci_high"])
+                for c in report["checks"] if c.get("metric") and ("_b.py" in c["nodeid"]) == b_only}
+
+    common = ("--invariance-data-dir", str(data), "-k", "test_factor")
+    alone = figures(_run_json(tmp_path, "b", *common, str(b)), True)
+    both = _run_json(tmp_path, "ab", *common, str(a), str(b))
+    assert alone and figures(both, True) == alone
+    assert figures(both, False) != alone
