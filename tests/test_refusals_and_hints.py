@@ -166,3 +166,18 @@ def test_a_constant_layer_of_a_bundled_model_names_invariance_layers_not_layer(t
     assert "gives the same embedding (all zero)" in out
     assert "audit another layer of the bundled model with --invariance-layers NAME" in out
     assert "--layer NAME" not in out
+
+
+@pytest.mark.parametrize("bad", [("--invariance-seed", "abc"), ("--invariance-batch-size", "0"),
+                                 ("--invariance-pool", "bogus"), ("-o", "invariance_seed=abc")])
+def test_a_run_refused_for_an_option_value_leaves_no_earlier_results(toy, bad):
+    """tryout 10: argparse (and the ini check) refused these before any hook ran, so the last
+    run's green results.json and report stayed in place as if this run had written them."""
+    args = ("audits", "-p", "no:cacheprovider", "--invariance-progress", "off", "--invariance-json=out/r.json",
+            "--invariance-report=out/r.html", "--invariance-history=h.sqlite")
+    assert toy.runpytest_subprocess(*args).ret == 0
+    assert (toy.path / "out" / "r.json").is_file() and (toy.path / "out" / "r.html").is_file()
+    result = toy.runpytest_subprocess(*args, *bad)
+    assert result.ret == 4, result.stderr.str()
+    assert "ERROR: " in result.stderr.str() and "Traceback" not in result.stderr.str()
+    assert not (toy.path / "out" / "r.json").exists() and not (toy.path / "out" / "r.html").exists()
