@@ -13,7 +13,8 @@ from pytest_invariance.studies.mnist_rotation import Protocol, run_study
 def study(invariance_model, invariance_audit, invariance_suite):
     protocol = Protocol.from_config(invariance_suite.section("protocol"))
     return invariance_audit.memo(("mnist_rotation", invariance_model.embedder.sha256, invariance_model.layer, invariance_model.key),
-                                 lambda: run_study(invariance_audit, invariance_model, protocol))
+                                 lambda: run_study(invariance_audit, invariance_model, protocol,
+                                                   where=str(invariance_suite.root / "invariance.toml")))
 
 
 def _check(check, study, model, metric, plots=(), **details):
