@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .data._source import ImageSet
     from .embeddings import EmbeddingCache, Preprocess
     from .embeddings._parquet import ParquetEmbeddings
+    from ._scope import Scope
     from .models import Embedder
 
 
@@ -37,6 +38,8 @@ class ModelRef:
     projections: dict[str, Any] = field(default_factory=dict)  # layer -> random projection record
     # The layer the suite (or the model's default output) names: known leaks are documented there.
     declared_layer: str | None = None
+    # Suite.key of the suite this reference was made for (set by Audit.model): part of .key
+    scope: Any = None
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -49,6 +52,17 @@ class ModelRef:
         from dataclasses import replace
 
         return replace(self, layer=layer)
+
+    @property
+    def key(self) -> "Scope":
+        """What a study of this model depends on besides its own inputs, for in-process memo
+        keys (:meth:`Audit.memo`): the model's name and digest, layer, preprocessing, pooling,
+        random projection, and the suite's :attr:`~pytest_invariance.checks.Suite.key`."""
+        from ._scope import Scope, digest
+
+        e = self.embedder
+        return Scope(("model", self.name, getattr(e, "sha256", None), self.layer, self.preprocess.key(), self.pool,
+                      digest(self.projections.get(self.layer)), self.scope))
 
     def info(self) -> dict[str, Any]:
         e = self.embedder
@@ -191,7 +205,7 @@ class Audit:
         if layer is not None and layer not in layers:
             raise KeyError(f"layer {layer!r} is not among the selected layers of {name}: {', '.join(layers)}")
         return replace(ref, layer=layer or layers[0], layers=layers,
-                       projections=self._projections.setdefault((ref.embedder.sha256, ref.pool), {}))
+                       projections=self._projections.setdefault((ref.embedder.sha256, ref.pool), {}), scope=suite.key)
 
     def layers(self, suite: Suite, name: str) -> tuple[str, ...]:
         """The layers this run reads from the model, in forward order (resolved once per model).
@@ -456,8 +470,18 @@ class Audit:
             self._figures = FigureCache(self.cache.dir / "figures")
         return self._figures
 
-    def memo(self, key: Any, compute: Callable[[], Any], *, disk: "dict[str, Any] | None" = None) -> Any:
+    def memo(self, key: Any, compute: Callable[[], Any], *, disk: "dict[str, Any] | None" = None,
+             shared: bool = False) -> Any:
         """Compute a study's results once per process and share them between tests.
+
+        The key must say everything the value depends on, or two suites of one session
+        (copies with another ``[protocol]``, ``[probes]``, data) would share one value: it
+        must hold a :class:`~pytest_invariance._scope.Scope`, ``ref.key`` (model, layer,
+        preprocessing and the suite's whole config) or ``suite.key``, plus the study's own
+        inputs; with ``disk``, the disk key's content is added to it, so the two keys cannot
+        disagree. ``shared=True`` waives the rule for a value that depends on nothing but
+        its key's parts (a dataset split, a per-session note); a key with neither raises
+        TypeError.
 
         A failure is remembered like a result: the first test gets one
         :class:`~pytest_invariance.errors.StudyError` naming the command-line fix, every
@@ -468,9 +492,15 @@ class Audit:
         also kept on disk under that key plus the seed, plugin version and source digest
         (:func:`pytest_invariance._figures.figure_key`), so a rerun reads them back.
         """
-        if disk is None:
-            return self._remember(key, study_name(key), compute)
-        return self._remember(key, study_name(key), lambda: self._on_disk(disk, compute))
+        from ._scope import digest, holds_scope
+
+        if disk is not None:  # the in-process key is the disk key's content (seed included)
+            return self._remember((key, digest({**disk, "seed": self.seed})), study_name(key),
+                                  lambda: self._on_disk(disk, compute))
+        if not shared and not holds_scope(key):
+            raise TypeError(f"Audit.memo key {key!r} holds no ref.key or suite.key: it must name everything its value "
+                            "depends on (suite config, model, layer, data), or pass shared=True")
+        return self._remember(key, study_name(key), compute)
 
     def _on_disk(self, disk: dict[str, Any], compute: Callable[[], Any]) -> Any:
         store = self.figures

@@ -41,7 +41,7 @@ MARKER = "invariance"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    from .settings import OPTIONS
+    from .settings import OPTIONS, deferred
 
     group = parser.getgroup("invariance", "embedding invariance audits (pytest-invariance)")
     for opt in OPTIONS:
@@ -50,7 +50,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         if opt.parser is None:
             kw["action"] = "store_true"
         else:
-            kw.update(type=opt.parser, metavar=opt.metavar, action="append" if opt.multiple else "store")
+            # a refused value is held, not raised: the run's outputs are cleared before it is refused
+            kw.update(type=deferred(opt), metavar=opt.metavar, action="append" if opt.multiple else "store")
         group.addoption(opt.flag, **kw)
         ini_type = "bool" if opt.parser is None else "linelist" if opt.multiple else "string"
         parser.addini(opt.ini, f"default for {opt.flag}", type=ini_type, default=None)
@@ -59,17 +60,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def _resolve_settings(config: pytest.Config) -> "Settings":
     import argparse
 
-    from .settings import OPTIONS, Settings, absolute_path, coerce_ini, settings_field
+    from .settings import OPTIONS, Settings, absolute_path, coerce_ini, refused, settings_field
 
     # Paths typed on the command line (and the defaults) are relative to where pytest was
     # started, like --junitxml; paths in an ini file are relative to that file.
     here = config.invocation_params.dir
     ini_dir = config.inipath.parent if config.inipath else config.rootpath
     values: dict[str, Any] = {"rootdir": str(here)}
+    errors: list[str] = []  # each refused value; the run is refused after its outputs are removed
     for opt in OPTIONS:
         cli = config.getoption(opt.dest)
         base = here
         if cli is not None and cli is not False:
+            bad = refused(cli)
+            if bad is not None:
+                errors.append(repr(bad))
+                continue
             value = cli
         else:
             raw = config.getini(opt.ini)
@@ -80,13 +86,23 @@ def _resolve_settings(config: pytest.Config) -> "Settings":
             try:
                 value = coerce_ini(opt, raw)
             except argparse.ArgumentTypeError as exc:
-                raise pytest.UsageError(f"ini key {opt.ini}: {exc}") from None
+                errors.append(f"ini key {opt.ini}: {exc}")
+                continue
             base = ini_dir
         if opt.path:
             value = absolute_path(value, base)
         if opt.multiple:
             value = tuple(value)
         values[settings_field(opt)] = value
+    if errors:
+        # README: the previous run's results.json and report are removed when a run starts;
+        # a run refused for an option's value is no exception (tryout 10).
+        from ._startup import remove_stale_outputs
+
+        if not hasattr(config, "workerinput"):
+            # only where the paths themselves were accepted (a refused --invariance-json names no file)
+            remove_stale_outputs(Settings(rootdir=values["rootdir"], json=values.get("json"), report=values.get("report")))
+        raise pytest.UsageError(errors[0])
     return Settings(**values)
 
 

@@ -311,6 +311,46 @@ def settings_field(opt: Option) -> str:
     return name
 
 
+class Refused:
+    """A command-line value its parser refused, held until the outputs are cleared.
+
+    argparse would stop pytest at once (exit 4) on a parser's ArgumentTypeError, before any
+    hook of this plugin runs, so the previous run's results.json and report would stay in
+    place as if this run had written them. The parser is wrapped (:func:`deferred`) to
+    return this instead; ``plugin._resolve_settings`` removes the outputs, then refuses the
+    run with the same message.
+    """
+
+    def __init__(self, flag: str, message: str) -> None:
+        self.flag, self.message = flag, message
+
+    def __repr__(self) -> str:
+        return f"argument {self.flag}: {self.message}"
+
+
+def deferred(opt: Option) -> Callable[[str], Any]:
+    """``opt``'s parser for argparse: a refused value becomes a :class:`Refused`."""
+    parse = opt.parser
+    assert parse is not None
+
+    def parse_or_hold(value: str) -> Any:
+        try:
+            return parse(value)
+        except argparse.ArgumentTypeError as exc:
+            return Refused(opt.flag, str(exc))
+
+    parse_or_hold.__name__ = getattr(parse, "__name__", "value")  # argparse names the type in its own errors
+    return parse_or_hold
+
+
+def refused(value: Any) -> Refused | None:
+    """The first refused value of an option's parsed value (a list for a repeated option)."""
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, Refused):
+            return v
+    return None
+
+
 def coerce_ini(opt: Option, raw: Any) -> Any:
     """Ini values arrive as strings (or lists for linelist keys); parse them like the CLI."""
     if opt.parser is None:

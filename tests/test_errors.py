@@ -31,7 +31,7 @@ def _study(audit, ref):
         images = load_image_folder("images", "images/labels.csv", size=(28, 28))
         X = audit.embed(ref, images)
         return float(X.mean())
-    return audit.memo(("images_study", ref.name), run)
+    return audit.memo(("images_study", ref.name, ref.key), run)
 
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_figure(k, invariance_model, invariance_audit, invariance_check):

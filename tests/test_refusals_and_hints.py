@@ -166,3 +166,41 @@ def test_a_constant_layer_of_a_bundled_model_names_invariance_layers_not_layer(t
     assert "gives the same embedding (all zero)" in out
     assert "audit another layer of the bundled model with --invariance-layers NAME" in out
     assert "--layer NAME" not in out
+
+
+@pytest.mark.parametrize("bad", [("--invariance-seed", "abc"), ("--invariance-batch-size", "0"),
+                                 ("--invariance-pool", "bogus"), ("-o", "invariance_seed=abc")])
+def test_a_run_refused_for_an_option_value_leaves_no_earlier_results(toy, bad):
+    """tryout 10: argparse (and the ini check) refused these before any hook ran, so the last
+    run's green results.json and report stayed in place as if this run had written them."""
+    args = ("audits", "-p", "no:cacheprovider", "--invariance-progress", "off", "--invariance-json=out/r.json",
+            "--invariance-report=out/r.html", "--invariance-history=h.sqlite")
+    assert toy.runpytest_subprocess(*args).ret == 0
+    assert (toy.path / "out" / "r.json").is_file() and (toy.path / "out" / "r.html").is_file()
+    result = toy.runpytest_subprocess(*args, *bad)
+    assert result.ret == 4, result.stderr.str()
+    assert "ERROR: " in result.stderr.str() and "Traceback" not in result.stderr.str()
+    assert not (toy.path / "out" / "r.json").exists() and not (toy.path / "out" / "r.html").exists()
+
+
+def test_a_protocol_too_small_for_the_layer_names_the_protocol_not_the_data():
+    """tryout 10: train_per_class = 20 x 3 angles on LeNet's 500-d ip1 was a DataError whose fix
+    said to replace the data files (none named, all intact); the fix is the suite's [protocol]."""
+    from pytest_invariance._outcomes import study_error
+    from pytest_invariance.errors import InvalidParameterError
+    from pytest_invariance.studies.mnist_rotation import Protocol, check_protocol
+
+    protocol = Protocol(angles=(-45.0, 0.0, 45.0), train_per_class=20)
+    y = np.repeat(np.arange(10), 60)
+    inputs = {"train": [{"Xtr": np.zeros((600, 500), np.float16), "ytr": y}]}
+    with pytest.raises(InvalidParameterError) as info:
+        check_protocol(inputs, protocol, "ip1", where="suite/invariance.toml")
+    line = str(study_error("study mnist_rotation/ip1 could not run", info.value))
+    assert "data files" not in line and "--invariance-data-dir" not in line
+    assert "train_per_class = 20 x 3 angles gives each digit 60 training rows" in line
+    assert "fix: set train_per_class = 167 or more (or list more angles) under [protocol] in suite/invariance.toml" in line
+    assert line.count("fix:") == 1
+    enough = {"train": [{"Xtr": np.zeros((10 * 501, 500), np.float16), "ytr": np.repeat(np.arange(10), 501)}]}
+    check_protocol(enough, Protocol(angles=(-45.0, 0.0, 45.0), train_per_class=167), "ip1")  # 501 rows: fits
+    with pytest.raises(InvalidParameterError, match="fix: list more angles under .*, or audit a narrower layer"):
+        check_protocol(inputs, Protocol(angles=(0.0,)), "conv1")  # every image would not do

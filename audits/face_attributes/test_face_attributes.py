@@ -17,7 +17,7 @@ GROUP = {name: group for group, names in attribute_groups().items() for name in 
 
 
 def _study(audit, ref, suite) -> dict:
-    return audit.memo(("face_attributes", ref.name, ref.layer, ref.embedder.sha256), lambda: attribute_study(
+    return audit.memo(("face_attributes", ref.name, ref.layer, ref.embedder.sha256, ref.key), lambda: attribute_study(
         audit, ref, celeba_for_suite(audit, suite), attributes=ATTRIBUTES, groups=GROUP,
         C_grid=suite.section("celeba").get("C_grid"), where=str(suite.root / "invariance.toml"),
         max_iter=svm_max_iter(suite.section("probes"), str(suite.root / "invariance.toml"))))

@@ -25,7 +25,7 @@ def _study(audit, ref, factor: str) -> dict:
     from pytest_invariance.data.faces import load_lfw_faces
 
     data = CONFIG.get("data", {})
-    return audit.memo(("face_perturbation", ref.name, ref.layer, factor), lambda: perturbation_study(
+    return audit.memo(("face_perturbation", ref.name, ref.layer, factor, ref.key), lambda: perturbation_study(
         audit, ref, load_lfw_faces(), [SPECS[factor]], identity=data.get("identity", "identity"),
         train_fraction=data.get("train_fraction", 0.7), absolute=data.get("absolute", ()),
         n_splits=data.get("n_splits", 20))[factor])
@@ -64,7 +64,7 @@ def _extras(audit, ref, factor: str, erase: bool) -> dict:
 
     data, (spec, neutral) = CONFIG.get("data", {}), SPECS[factor]
     cfg = ProbeExtras.from_config(CONFIG.get("probes", {}))
-    return audit.memo(("face_perturbation.extras", ref.name, ref.layer, factor, erase), lambda: perturbation_extras(
+    return audit.memo(("face_perturbation.extras", ref.name, ref.layer, factor, erase, ref.key), lambda: perturbation_extras(
         audit, ref, load_lfw_faces(), spec, neutral, identity=data.get("identity", "identity"),
         train_fraction=data.get("train_fraction", 0.7), absolute=factor in data.get("absolute", ()), cfg=cfg,
         erase=erase))

@@ -19,7 +19,7 @@ def _study(audit, ref, suite) -> dict:
                 "data": {"n_skipped": sum(d.get("n_skipped", 0) for d in notes.values()), "data": notes,
                          "crop": notes["test"].get("crop")}}
 
-    return audit.memo(("face_pose", ref.name, ref.layer, ref.embedder.sha256), run)
+    return audit.memo(("face_pose", ref.name, ref.layer, ref.embedder.sha256, ref.key), run)
 
 
 @pytest.fixture

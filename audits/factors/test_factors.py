@@ -14,11 +14,18 @@ from pytest_invariance.studies.factors import (METRICS, check_measurable, defaul
 
 
 def _key(ref, folder, name):
-    return ("factors", ref.name, ref.layer, ref.embedder.sha256, folder.images.fingerprint, name)
+    return ("factors", ref.name, ref.layer, ref.embedder.sha256, folder.images.fingerprint, name, ref.key)
+
+
+def _folder_key(folder):
+    # the folder's own invariance.toml (types, [probes]) decides the split's check too
+    from pytest_invariance._scope import Scope, digest
+
+    return Scope(("factor folder", str(folder.root), digest(folder.config)))
 
 
 def _data_key(folder, name):
-    return ("factors", name, (folder.images.fingerprint,))  # reads "study factors/NAME"
+    return ("factors", name, (folder.images.fingerprint, _folder_key(folder)))  # reads "study factors/NAME"
 
 
 def _figures(audit, ref, folder, name, erase=False):
@@ -81,7 +88,7 @@ def test_enrollment(enrolled, invariance_model, invariance_audit, invariance_che
     name, level = enrolled
     ref = invariance_model
     study = invariance_audit.memo(("factors-enroll", ref.name, ref.layer, ref.embedder.sha256,
-                                   folder.images.fingerprint, name),
+                                   folder.images.fingerprint, name, ref.key),
                                   lambda: enrollment_study(invariance_audit, ref, folder, name))
     figs = study["levels"][level]
     if figs is None:

@@ -12,8 +12,9 @@ from pytest_invariance.studies.mnist_rotation import Protocol, run_study
 @pytest.fixture
 def study(invariance_model, invariance_audit, invariance_suite):
     protocol = Protocol.from_config(invariance_suite.section("protocol"))
-    return invariance_audit.memo(("mnist_rotation", invariance_model.embedder.sha256, invariance_model.layer),
-                                 lambda: run_study(invariance_audit, invariance_model, protocol))
+    return invariance_audit.memo(("mnist_rotation", invariance_model.embedder.sha256, invariance_model.layer, invariance_model.key),
+                                 lambda: run_study(invariance_audit, invariance_model, protocol,
+                                                   where=str(invariance_suite.root / "invariance.toml")))
 
 
 def _check(check, study, model, metric, plots=(), **details):
@@ -59,7 +60,8 @@ def extras(invariance_model, invariance_audit, invariance_suite, study):
 
     cfg = ProbeExtras.from_config(invariance_suite.section("probes"))
     protocol = Protocol.from_config(invariance_suite.section("protocol"))
-    return invariance_audit.memo(("mnist_rotation.extras", invariance_model.embedder.sha256, invariance_model.layer),
+    return invariance_audit.memo(("mnist_rotation.extras", invariance_model.embedder.sha256, invariance_model.layer,
+                                  invariance_model.key),
                                  lambda: mnist_extras(invariance_audit, invariance_model, protocol, cfg))
 
 
@@ -82,7 +84,7 @@ def erased(invariance_model, invariance_audit, invariance_suite, study, extras):
     cfg = ProbeExtras.from_config(invariance_suite.section("probes"))
     protocol = Protocol.from_config(invariance_suite.section("protocol"))
     return invariance_audit.memo(
-        ("mnist_rotation.erasure", invariance_model.embedder.sha256, invariance_model.layer),
+        ("mnist_rotation.erasure", invariance_model.embedder.sha256, invariance_model.layer, invariance_model.key),
         lambda: mnist_erasure(invariance_audit, invariance_model, protocol, cfg, {**study, **extras}))
 
 

@@ -32,11 +32,14 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from ..errors import InvalidParameterError
 from ._ranges import refuse_vacuous
 from ._result import DIRECTIONS, Threshold
+
+if TYPE_CHECKING:
+    from .._scope import Scope
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -154,6 +157,15 @@ class Suite:
     config: dict[str, Any] = field(default_factory=dict)
     thresholds: dict[str, Threshold] = field(default_factory=dict)
     thresholds_file: Path | None = None
+
+    @property
+    def key(self) -> "Scope":
+        """What this suite's studies depend on, for in-process memo keys: its folder and
+        its whole config (``[protocol]``, ``[probes]``, ``[preprocess]``, models, any
+        overlay such as a factors data folder's). See :mod:`pytest_invariance._scope`."""
+        from .._scope import Scope, digest
+
+        return Scope(("suite", digest({"root": str(self.root.resolve()), "config": self.config})))
 
     def fix_hints(self, known_leaks: bool = False) -> FixHints:
         """What this suite's failure messages may name (:class:`FixHints`); ``known_leaks``:

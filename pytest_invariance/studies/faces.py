@@ -92,7 +92,7 @@ def celeba_gate(audit: "Audit", suite: "Suite", *, need_pose: bool = False) -> s
     """
     from ..errors import DatasetNotFoundError
 
-    state = audit.memo(("celeba-layout-error",), dict)
+    state = audit.memo(("celeba-layout-error",), dict, shared=True)
     if "error" in state:
         return f"CelebA not usable (the error is reported once, above): {state['error']}"
     try:

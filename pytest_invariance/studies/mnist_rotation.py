@@ -62,7 +62,7 @@ def rotated(audit: "Audit", split: str, protocol: Protocol, subset_seed: int | N
         data_dir = None
     # One load per split per process, shared by the models of the suite.
     base = audit.memo(("mnist", split, str(data_dir)),
-                      lambda: load_mnist(split, data_dir=data_dir, cache_dir=s.resolve_path(s.cache_dir)))
+                      lambda: load_mnist(split, data_dir=data_dir, cache_dir=s.resolve_path(s.cache_dir)), shared=True)
     if split == "train" and protocol.train_per_class:
         seed = audit.seed if subset_seed is None else subset_seed
         rng = np.random.default_rng(seed)
@@ -138,18 +138,52 @@ def study_inputs(audit: "Audit", ref: "ModelRef", protocol: Protocol) -> dict[st
     return arrays
 
 
-def run_study(audit: "Audit", ref: "ModelRef", protocol: Protocol) -> dict[str, Any]:
+def check_protocol(inputs: dict[str, Any], protocol: Protocol, layer: str, where: str | None = None) -> None:
+    """Refuse a ``[protocol]`` whose training rows per digit cannot fit the study's per-digit
+    least-squares angle regressor on this layer (it needs more rows than features): the
+    suite's settings are the fault and the fix, not the data files (tryout 10). ``where``:
+    the suite's invariance.toml."""
+    from ..errors import InvalidParameterError
+
+    for t in inputs["train"]:
+        d = t["Xtr"].shape[1]
+        have = int(np.bincount(np.asarray(t["ytr"])).min()) if len(t["ytr"]) else 0
+        if have > d:
+            continue
+        n_angles = len(protocol.angles)
+        need = d // n_angles + 1  # train_per_class x angles > d
+        size = (f"train_per_class = {protocol.train_per_class} x {n_angles} angles"
+                if protocol.train_per_class else f"all of MNIST's training images x {n_angles} angles")
+        file = where or "the suite's invariance.toml"
+        fewest = 5421  # images of MNIST's rarest training digit (5)
+        if protocol.train_per_class and need <= fewest:
+            how, narrower = f"set train_per_class = {need} or more (or list more angles)", ""
+        else:  # even every training image would not do
+            how, narrower = "list more angles", ", or audit a narrower layer"
+        # the fix before the file name: the one-line error is cut at 400 characters
+        err = InvalidParameterError(
+            f"[protocol] {size} gives each digit {have} training rows, too few for a per-digit least-squares "
+            f"angle regressor on the {d} features of layer {layer} (it needs more than {d}); the data are not at "
+            f"fault; fix: {how} under [protocol] in {file}{narrower}")
+        err.names_fix = True  # type: ignore[attr-defined]
+        raise err
+
+
+def run_study(audit: "Audit", ref: "ModelRef", protocol: Protocol, where: str | None = None) -> dict[str, Any]:
     """Every figure of the suite for one model, through the figure cache.
 
     With ``train_per_class``, the probes are refit on ``n_refits`` seeded training subsets
     and each trained figure is their mean, with a CI that covers the choice of subset
     (:func:`~pytest_invariance.probes.stats.repeated_estimate`).
+    A ``[protocol]`` too small for the layer is refused first (:func:`check_protocol`;
+    ``where``: the suite's invariance.toml, named in that error).
 
     The cache key holds the digests of every input array, the protocol and the model's
     name (it titles the plots), plus the seed, plugin version and source digest that
     :meth:`Audit.memo` adds: a change to any of them recomputes.
     """
     inputs = study_inputs(audit, ref, protocol)
+    check_protocol(inputs, protocol, ref.layer, where)
     digests = input_digests(inputs)
     max_rows = audit.settings.max_rows  # streamed fits: no permutation p-values, so part of the key
     disk = {"study": "mnist_rotation", "name": ref.name, "protocol": asdict(protocol), "inputs": digests,
