@@ -8,7 +8,7 @@ from numpy.typing import NDArray
 
 from ._estimate import Estimate
 from ._standardise import Standardiser
-from ._validation import (Grid, Interval, ProbeMixin, check_features, check_lengths, check_min_class_count,
+from ._validation import (Grid, Interval, Options, ProbeMixin, check_features, check_lengths, check_min_class_count,
                           check_not_constant)
 from .stats import bootstrap_ci, p_value, permutation_chance
 
@@ -49,6 +49,9 @@ class MultinomialProbe(ProbeMixin):
         Refits on shuffled training labels at the chosen C for the p-value (0: none).
     confidence : float
     random_state : int
+    robust : bool
+        False: plain per-feature mean and std, no training row clipped (a linear probe of
+        the features as given, as LEACE-erased features need); see :class:`AttributeSVMProbe`.
 
     Attributes
     ----------
@@ -75,17 +78,19 @@ class MultinomialProbe(ProbeMixin):
         "n_permutations": [Interval("int", 0, None, "left")],
         "confidence": [Interval("float", 0, 1)],
         "random_state": [Interval("int", 0, None, "left")],
+        "robust": [Options((True, False))],
     }
 
     def __init__(self, *, C_grid: Sequence[float] = (0.001, 0.01, 0.1, 1.0, 10.0), max_iter: int = 500,
                  n_bootstrap: int = 1000, n_permutations: int = 20, confidence: float = 0.95,
-                 random_state: int = 0) -> None:
+                 random_state: int = 0, robust: bool = True) -> None:
         self.C_grid = C_grid
         self.max_iter = max_iter
         self.n_bootstrap = n_bootstrap
         self.n_permutations = n_permutations
         self.confidence = confidence
         self.random_state = random_state
+        self.robust = robust
 
     def _new(self, C: float) -> Any:
         from sklearn.linear_model import LogisticRegression
@@ -116,7 +121,7 @@ class MultinomialProbe(ProbeMixin):
         check_not_constant(X, "X_train")
         self.classes_ = np.unique(y)
         self.n_features_in_ = X.shape[1]
-        self.standardiser_ = Standardiser.fit(X)
+        self.standardiser_ = Standardiser.fit(X, robust=self.robust)
         Z = self.standardiser_.transform(X, fitted=True)
         Zv = self.standardiser_.transform(Xv)
         fits, start = [], None
