@@ -109,3 +109,24 @@ def test_the_same_factors_are_read_before_erasure(seed):
     assert ba.evaluate(X[te], v["digit"][te])["balanced_accuracy"].ci_low > 0.5
     svm = AttributeSVMProbe(n_permutations=0, n_bootstrap=50).fit(X[tr], v["pos"][tr, None], X[va], v["pos"][va, None])
     assert svm.evaluate(X[te], v["pos"][te, None])["attr_0"]["balanced_error"].ci_high < 0.3
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_the_rounding_floor_of_the_svm_does_not_hide_a_weak_signal(dtype):
+    # a class-mean difference of 0.05 SD in one of 16 features, stored in half or single
+    # precision at an offset of 10 SDs: 2.5 standard errors over 10,000 rows (64 times the floor in half
+    # precision), so the SVM is fitted;
+    # the same rows with it erased by LEACE (float32, as embeddings are) are the constant
+    from pytest_invariance.probes import LeaceErasure
+    from pytest_invariance.probes._attributes import without_linear_signal
+    from pytest_invariance.probes._standardise import Standardiser
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 10_000)
+    X = rng.normal(size=(10_000, 16)) + 10.0
+    X[:, 3] += 0.05 * y
+    Y = np.where(y > 0, 1.0, -1.0)[:, None]
+    for rows, robust, flat in ((X.astype(dtype), True, False),
+                               (LeaceErasure().fit(X.astype(np.float32), y).transform(X.astype(np.float32)), False, True)):
+        st = Standardiser.fit(rows, robust=robust)
+        assert without_linear_signal(st.transform(rows, np.float32, fitted=True), Y, st, rows.dtype)[0] == flat
