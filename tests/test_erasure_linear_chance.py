@@ -130,3 +130,18 @@ def test_the_rounding_floor_of_the_svm_does_not_hide_a_weak_signal(dtype):
                                (LeaceErasure().fit(X.astype(np.float32), y).transform(X.astype(np.float32)), False, True)):
         st = Standardiser.fit(rows, robust=robust)
         assert without_linear_signal(st.transform(rows, np.float32, fitted=True), Y, st, rows.dtype)[0] == flat
+
+
+def test_the_multinomial_of_erased_levels_is_the_constant_at_its_optimum():
+    # balanced softmax regression: at w = 0 the gradient of level k is n/K (mean of the level
+    # means - level k's mean), zero after LEACE of the one-hot levels; the fit is set there, not
+    # left to where lbfgs's tolerance stops on rounding
+    from pytest_invariance.probes import LeaceErasure, MultinomialProbe
+
+    X, v = _post_relu(0)
+    tr, va = np.flatnonzero(TR), np.flatnonzero(SPLIT == "val")
+    E = LeaceErasure(kind="categorical").fit(X[tr], v["digit"][tr]).transform(X)
+    erased = MultinomialProbe(n_permutations=0, n_bootstrap=20, robust=False).fit(E[tr], v["digit"][tr], E[va], v["digit"][va])
+    assert not erased.model_.coef_.any() and not erased.model_.intercept_.any()
+    raw = MultinomialProbe(n_permutations=0, n_bootstrap=20).fit(X[tr], v["digit"][tr], X[va], v["digit"][va])
+    assert np.abs(raw.model_.coef_).max() > 0.1

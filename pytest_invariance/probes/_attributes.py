@@ -9,21 +9,17 @@ from numpy.typing import NDArray
 from ..errors import DataError, warn
 from . import functional as F
 from ._estimate import Estimate
-from ._standardise import Standardiser
+from ._standardise import Standardiser, within_rounding
 from ._validation import (Device, Grid, Interval, Options, ProbeMixin, check_features, check_lengths,
                           check_not_constant, resolve_device)
 from .stats import bootstrap_ci, p_value, permutation_chance
 
 METRICS = ("fn_rate", "fp_rate", "balanced_error", "accuracy")
-# A target's balanced class means that agree in every feature to within this many times the
-# features' float rounding (at the training rows' sampling scale) hold no linear signal.
-ROUNDING_FLOOR = 4.0
-
-
 def without_linear_signal(Z: NDArray[np.floating], Y: NDArray[np.floating], st: Standardiser,
-                          input_dtype: Any, block: int = 8192) -> NDArray[np.bool_]:
+                          input_dtype: Any) -> NDArray[np.bool_]:
     """[T]: the targets (``Y`` [n, T] in {-1, +1}) whose positive and negative training rows
-    have the same mean in every standardised feature of ``Z`` [n, d] up to float rounding.
+    have the same mean in every standardised feature of ``Z`` [n, d] up to float rounding
+    (:func:`~._standardise.within_rounding`).
 
     For such a target the balanced squared-hinge SVM's optimum is ``w = 0`` (the gradient at
     ``w = 0`` is ``n`` times the difference of the class means, and the balanced weights put
@@ -32,12 +28,6 @@ def without_linear_signal(Z: NDArray[np.floating], Y: NDArray[np.floating], st: 
     then finds is rounding, and with the intercept at 0 the sign of the rounding decided
     every prediction (the factors suite's ``balanced_error_erased`` read 0.36, CI 0.26-0.47,
     where chance is 0.5).
-
-    Rounding: a value ``v`` is stored to within ``eps |v|`` (``eps`` of ``input_dtype`` or of
-    ``Z``'s, the coarser), so a class mean of feature ``j`` is off by about ``eps rms(x_j) /
-    sqrt(rows)``; the floor is :data:`ROUNDING_FLOOR` times that, with ``rms(x_j)`` in
-    standardised units ``sqrt((mean_j / std_j)^2 + mean(z_j^2))``. A difference that small is
-    ``ROUNDING_FLOOR * eps * rms`` sampling standard errors: no test split could read it.
     """
     n, T = Y.shape
     pos = Y > 0
@@ -46,17 +36,7 @@ def without_linear_signal(Z: NDArray[np.floating], Y: NDArray[np.floating], st: 
     if (n_pos == 0).any() or (n_neg == 0).any():
         return np.zeros(T, bool)
     wts = np.where(pos, 1.0 / n_pos, -1.0 / n_neg)  # [n, T]: class-mean difference weights
-    diff = np.zeros((Z.shape[1], T))
-    msq = np.zeros(Z.shape[1])
-    for s in range(0, n, block):
-        z = np.asarray(Z[s:s + block], np.float64)
-        diff += z.T @ wts[s:s + block]
-        msq += np.square(z).sum(0)
-    eps = max(float(np.finfo(np.dtype(input_dtype)).eps) if np.issubdtype(np.dtype(input_dtype), np.floating) else 0.0,
-              float(np.finfo(Z.dtype).eps))
-    rms = np.sqrt((st.mean / st.std) ** 2 + msq / n)  # [d]
-    floor = ROUNDING_FLOOR * eps * rms[:, None] * np.sqrt(1.0 / n_pos + 1.0 / n_neg)[None, :]
-    return (np.abs(diff) <= floor).all(0)  # type: ignore[no-any-return]
+    return within_rounding(Z, wts, np.sqrt(1.0 / n_pos + 1.0 / n_neg), st, input_dtype)
 
 
 class AttributeSVMProbe(ProbeMixin):

@@ -7,7 +7,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._estimate import Estimate
-from ._standardise import Standardiser
+from ._standardise import Standardiser, within_rounding
 from ._validation import (Grid, Interval, Options, ProbeMixin, check_features, check_lengths, check_min_class_count,
                           check_not_constant)
 from .stats import bootstrap_ci, p_value, permutation_chance
@@ -129,11 +129,30 @@ class MultinomialProbe(ProbeMixin):
             fits.append(self._fit_one(Z, y, float(C), start))
             start = fits[-1]
         fits = [fits[i] for i in np.argsort(np.argsort(np.asarray(self.C_grid, float)))]
+        if self._without_linear_signal(Z, y, X.dtype):  # the optimum at every C: w = 0, equal intercepts
+            for m in fits:
+                m.coef_[:], m.intercept_[:] = 0.0, 0.0
         self.val_balanced_accuracy_ = np.array([balanced_accuracy(yv, m.predict(Zv))[0] for m in fits])
         best = int(self.val_balanced_accuracy_.argmax())
         self.C_, self.model_ = float(self.C_grid[best]), fits[best]
         self._train = (Z, y)
         return self
+
+    def _without_linear_signal(self, Z: NDArray[Any], y: NDArray[Any], input_dtype: Any) -> bool:
+        """Whether every level's training rows have the balanced mean of all levels in every
+        standardised feature, up to float rounding (:func:`~._standardise.within_rounding`).
+
+        The balanced multinomial's gradient at ``w = 0`` (equal intercepts) is, for level
+        ``k``, ``n / K`` times the mean of the level means minus level ``k``'s: zero for all
+        ``k``, the optimum is ``w = 0`` and the prediction a constant (balanced accuracy
+        ``1 / K``). LEACE of the one-hot levels leaves exactly that; fitted, the solver would
+        decide the predictions by rounding."""
+        codes = np.searchsorted(self.classes_, y)
+        counts = np.bincount(codes, minlength=len(self.classes_)).astype(np.float64)
+        K = len(counts)
+        W = (codes[:, None] == np.arange(K)[None, :]) / counts[None, :] - 1.0 / (K * counts[codes])[:, None]
+        scale = np.sqrt(1.0 / counts + (1.0 / counts).sum() / K**2)
+        return bool(within_rounding(Z, W, scale, self.standardiser_, input_dtype).all())
 
     def predict(self, X: Any) -> NDArray[Any]:
         self._check_is_fitted("model_")

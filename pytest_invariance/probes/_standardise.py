@@ -65,6 +65,9 @@ MARGIN = 10.0
 RESOLUTION = float(np.finfo(np.float32).eps)
 # Rows the band's quantiles are read from (evenly spaced): a loose bound needs no more.
 BAND_ROWS = 4096
+# Class-mean contrasts within this many times the features' float rounding (at the rows'
+# sampling scale) hold no linear signal (:func:`within_rounding`).
+ROUNDING_FLOOR = 4.0
 
 
 def robust_band(X: NDArray[np.floating], width: float = BAND, max_rows: int = BAND_ROWS
@@ -203,3 +206,30 @@ class Standardiser:
         what the probes fitted in the embedding's units see."""
         lo, hi = self.bounds(fitted)
         return np.clip(np.asarray(X, np.float64), self.mean + lo * self.std, self.mean + hi * self.std)
+
+
+def within_rounding(Z: NDArray[np.floating], W: NDArray[np.float64], scale: NDArray[np.float64],
+                    st: Standardiser, input_dtype: Any, block: int = 8192) -> NDArray[np.bool_]:
+    """[T]: whether each contrast ``Z' W[:, t]`` of the standardised rows ``Z`` [n, d] (a
+    difference of class means, ``W`` [n, T]) is within float rounding in every feature.
+
+    A value ``v`` is stored to within ``eps |v|`` (``eps`` of ``input_dtype``, the rows
+    before standardising, or of ``Z``'s, the coarser), so a class mean of feature ``j`` is off
+    by about ``eps rms(x_j) / sqrt(rows)``; a contrast is within rounding when it is at most
+    :data:`ROUNDING_FLOOR` ``* eps * rms(x_j) * scale[t]`` (``scale``: the contrast's
+    ``sqrt(sum 1 / class rows)``), with ``rms(x_j)`` in standardised units ``sqrt((mean_j /
+    std_j)^2 + mean(z_j^2))``. A difference that small is ``ROUNDING_FLOOR * eps * rms``
+    sampling standard errors: no split could read it. LEACE leaves exactly such contrasts on
+    the rows it was fitted on; a probe fitted to them reads rounding.
+    """
+    n, d = Z.shape
+    diff = np.zeros((d, W.shape[1]))
+    msq = np.zeros(d)
+    for s in range(0, n, block):
+        z = np.asarray(Z[s:s + block], np.float64)
+        diff += z.T @ W[s:s + block]
+        msq += np.square(z).sum(0)
+    dt = np.dtype(input_dtype)
+    eps = max(float(np.finfo(dt).eps) if np.issubdtype(dt, np.floating) else 0.0, float(np.finfo(Z.dtype).eps))
+    rms = np.sqrt((st.mean / st.std) ** 2 + msq / max(n, 1))  # [d]
+    return (np.abs(diff) <= ROUNDING_FLOOR * eps * rms[:, None] * np.asarray(scale)[None, :]).all(0)  # type: ignore[no-any-return]
