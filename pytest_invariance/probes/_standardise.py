@@ -222,13 +222,17 @@ def within_rounding(Z: NDArray[np.floating], W: NDArray[np.float64], scale: NDAr
     sampling standard errors: no split could read it. LEACE leaves exactly such contrasts on
     the rows it was fitted on; a probe fitted to them reads rounding.
     """
+    from ._blas import map_threads
+
     n, d = Z.shape
-    diff = np.zeros((d, W.shape[1]))
-    msq = np.zeros(d)
-    for s in range(0, n, block):
-        z = np.asarray(Z[s:s + block], np.float64)
-        diff += z.T @ W[s:s + block]
-        msq += np.square(z).sum(0)
+
+    def part(s: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        z = np.asarray(Z[s:s + block], np.float64)  # float64: a float32 sum is off by the floor itself
+        return z.T @ W[s:s + block], np.square(z).sum(0)
+
+    parts = map_threads(part, range(0, n, block))
+    diff = np.sum([p[0] for p in parts], axis=0) if parts else np.zeros((d, W.shape[1]))
+    msq = np.sum([p[1] for p in parts], axis=0) if parts else np.zeros(d)
     dt = np.dtype(input_dtype)
     eps = max(float(np.finfo(dt).eps) if np.issubdtype(dt, np.floating) else 0.0, float(np.finfo(Z.dtype).eps))
     rms = np.sqrt((st.mean / st.std) ** 2 + msq / max(n, 1))  # [d]
