@@ -116,3 +116,51 @@ def test_a_user_models_classifier_is_its_one_other_output():
     assert logits_layer(ModelRef("lenet", two, "logits", Preprocess(), True)) == "ip1"  # 500 columns: unused
     one = load_model(str(root / "mu_lenet.onnx"))  # ip1 only: no classifier
     assert logits_layer(ModelRef("mu_lenet", one, "ip1", Preprocess(), True)) is None
+
+
+def test_an_inner_layer_of_a_user_model_reads_its_logits_output_as_onnxruntime_does(tmp_path):
+    """A layer sweep of a --model LeNet (outputs ip1 and logits) at conv2: two outputs are not the
+    audited layer, and the study gave up ("lenet has no classifier output", softmax_accuracy and
+    mav_accuracy_drop skipped). The one declared [N, 10] is the classifier."""
+    import onnxruntime as ort
+
+    from pytest_invariance._audit import ModelRef
+    from pytest_invariance.embeddings import Preprocess
+    from pytest_invariance.models import load_model
+    from pytest_invariance.studies.mnist_rotation import logits_layer, rotated
+
+    path = SUITE / "models" / "lenet.onnx"
+    ref = ModelRef("lenet", load_model(str(path), device="cpu"), "/conv2/Conv_output_0", Preprocess(), True)
+    assert logits_layer(ref) == "logits"
+    protocol = Protocol(angles=(-45.0, 0.0, 45.0), train_per_class=30, heatmap_per_cell=2, n_bootstrap=20, n_refits=2)
+    audit = Audit(Settings(rootdir=str(tmp_path), device="cpu", no_cache=True, progress="off"))
+    study = run_study(audit, ref, protocol)
+    assert "mav_accuracy_drop" in study
+    # the model's own logits, run by onnxruntime on the same rotated test images
+    test = rotated(audit, "test", protocol)
+    session = ort.InferenceSession(str(path))
+    pred = np.concatenate([session.run(["logits"], {session.get_inputs()[0].name: np.asarray(
+        test.__getitems__(list(range(a, min(a + 4096, len(test))))), np.float32)})[0].argmax(1)
+        for a in range(0, len(test), 4096)])
+    assert study["softmax_accuracy"].value == pytest.approx(np.mean(pred == test.labels["label"].to_numpy()), abs=1e-12)
+
+
+def test_several_outputs_none_of_them_per_digit_are_named_in_the_skip():
+    from types import SimpleNamespace
+
+    from pytest_invariance._audit import ModelRef
+    from pytest_invariance.embeddings import Preprocess
+    from pytest_invariance.studies.mnist_rotation import logits_layer, no_classifier
+
+    def ref(shapes):
+        emb = SimpleNamespace(outputs=list(shapes), default_layer=list(shapes)[0], output_shapes=lambda: shapes)
+        return ModelRef("m", emb, "inner", Preprocess(), True)
+
+    two = ref({"emb": (None, 500), "logits": (None, 10), "aux": (None, 10)})  # two per-digit outputs: not guessed
+    assert logits_layer(two) is None
+    assert no_classifier(two) == ("m has 3 outputs besides the audited layer ('emb' [?, 500], 'logits' [?, 10], "
+                                  "'aux' [?, 10]) and not exactly one is declared [N, 10], one column per digit, "
+                                  "so none is taken as its classifier")
+    assert logits_layer(ref({"emb": (None, 500), "logits": (None, 10), "aux": (None, 3)})) == "logits"
+    only = ref({"inner": (None, 500)})
+    assert logits_layer(only) is None and "its only output is the audited layer 'inner'" in no_classifier(only)

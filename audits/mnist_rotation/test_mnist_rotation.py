@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_invariance.studies.mnist_rotation import Protocol, run_study
+from pytest_invariance.studies.mnist_rotation import Protocol, no_classifier, run_study
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def study(invariance_model, invariance_audit, invariance_suite):
 
 def _check(check, study, model, metric, plots=(), **details):
     if metric not in study:
-        pytest.skip(f"{model.name} has no classifier output, so {metric} is not defined")
+        pytest.skip(f"{no_classifier(model)}, so {metric} is not defined")
     check(metric, study[metric], details={"model": model.name, **details},
           plots=[study["plots"][p] for p in plots])
 

@@ -9,12 +9,34 @@ from numpy.typing import NDArray
 from ..errors import DataError, warn
 from . import functional as F
 from ._estimate import Estimate
-from ._standardise import Standardiser
+from ._standardise import Standardiser, within_rounding
 from ._validation import (Device, Grid, Interval, Options, ProbeMixin, check_features, check_lengths,
                           check_not_constant, resolve_device)
 from .stats import bootstrap_ci, p_value, permutation_chance
 
 METRICS = ("fn_rate", "fp_rate", "balanced_error", "accuracy")
+def without_linear_signal(Z: NDArray[np.floating], Y: NDArray[np.floating], st: Standardiser,
+                          input_dtype: Any) -> NDArray[np.bool_]:
+    """[T]: the targets (``Y`` [n, T] in {-1, +1}) whose positive and negative training rows
+    have the same mean in every standardised feature of ``Z`` [n, d] up to float rounding
+    (:func:`~._standardise.within_rounding`).
+
+    For such a target the balanced squared-hinge SVM's optimum is ``w = 0`` (the gradient at
+    ``w = 0`` is ``n`` times the difference of the class means, and the balanced weights put
+    the intercept at 0), so the probe is a constant. LEACE leaves exactly that on the
+    training rows it was fitted on (zero cross-covariance with the concept); what the solver
+    then finds is rounding, and with the intercept at 0 the sign of the rounding decided
+    every prediction (the factors suite's ``balanced_error_erased`` read 0.36, CI 0.26-0.47,
+    where chance is 0.5).
+    """
+    n, T = Y.shape
+    pos = Y > 0
+    n_pos = pos.sum(0)
+    n_neg = n - n_pos
+    if (n_pos == 0).any() or (n_neg == 0).any():
+        return np.zeros(T, bool)
+    wts = np.where(pos, 1.0 / n_pos, -1.0 / n_neg)  # [n, T]: class-mean difference weights
+    return within_rounding(Z, wts, np.sqrt(1.0 / n_pos + 1.0 / n_neg), st, input_dtype)
 
 
 class AttributeSVMProbe(ProbeMixin):
@@ -55,6 +77,11 @@ class AttributeSVMProbe(ProbeMixin):
         (``--invariance-max-rows``; rows drawn by ``random_state``, kept in order): bounds
         the solver's memory. The bootstrap CI covers the test rows only, not the choice
         of subsample; docs/scale.md measures how much the figures move with it.
+    robust : bool
+        True: a few extreme training values do not set the feature scaling and are clipped
+        (:class:`~._standardise.Standardiser`). False: plain mean and std, no training row
+        clipped, so the SVM is a linear probe of the features as given (LEACE-erased
+        features: clipping re-creates what the erasure removed).
 
     Units: the SVM is fit on the training rows standardised feature by feature
     (:class:`~._standardise.Standardiser`), so C means the same for every feature and a
@@ -95,6 +122,7 @@ class AttributeSVMProbe(ProbeMixin):
         "n_permutations": [Interval("int", 0, None, "left")],
         "confidence": [Interval("float", 0, 1)],
         "random_state": [Interval("int", 0, None, "left")],
+        "robust": [Options((True, False))],
         "min_class_count": [Interval("int", 1, None, "left")],
         "max_train_rows": [Options((None,)), Interval("int", 1, None, "left")],
     }
@@ -102,7 +130,7 @@ class AttributeSVMProbe(ProbeMixin):
     def __init__(self, *, C_grid: Sequence[float] = (0.001, 0.01, 0.1, 1.0, 10.0), device: str = "cpu",
                  max_iter: int = 100, tol: float = 1e-4, n_bootstrap: int = 1000, n_permutations: int = 20,
                  confidence: float = 0.95, random_state: int = 0, min_class_count: int = 5,
-                 max_train_rows: int | None = None) -> None:
+                 max_train_rows: int | None = None, robust: bool = True) -> None:
         self.C_grid = C_grid
         self.device = device
         self.max_iter = max_iter
@@ -113,6 +141,7 @@ class AttributeSVMProbe(ProbeMixin):
         self.random_state = random_state
         self.min_class_count = min_class_count
         self.max_train_rows = max_train_rows
+        self.robust = robust
 
     def train_subsample(self, n: int) -> NDArray[np.int64]:
         """The training rows :meth:`fit` keeps of ``n`` (seeded, sorted): all of them unless
@@ -186,10 +215,13 @@ class AttributeSVMProbe(ProbeMixin):
         self.n_features_in_ = X.shape[1]
         m = np.flatnonzero(self.measurable_)
         dtype = np.float64 if X.dtype == np.float64 else np.float32
-        self.standardiser_ = Standardiser.fit(X)
+        self.standardiser_ = Standardiser.fit(X, robust=self.robust)
         Z = self.standardiser_.transform(X, dtype, fitted=True)
         self._X_train, self._Y_train = Z, Y[:, m]  # kept for the permutation refits in evaluate
         sol = self._solve(Z, Y[:, m], np.tile(grid, len(m)), np.repeat(np.arange(len(m)), len(grid)))
+        # no linear signal (LEACE-erased rows): the optimum at every C is w = 0, b = 0
+        flat = np.repeat(without_linear_signal(Z, Y[:, m], self.standardiser_, X.dtype), len(grid))
+        sol.coef[flat], sol.intercept[flat], sol.n_iter[flat], sol.converged[flat] = 0.0, 0.0, 0, True
         pred = np.where(self.standardiser_.transform(Xv) @ sol.coef.T + sol.intercept > 0, 1.0, -1.0)
         bal = 1.0 - F.binary_rates(np.repeat(Yv[:, m], len(grid), axis=1), pred)["balanced_error"]
         # Both classes are in validation (measurable), so every score is defined.

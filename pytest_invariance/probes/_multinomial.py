@@ -7,8 +7,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._estimate import Estimate
-from ._standardise import Standardiser
-from ._validation import (Grid, Interval, ProbeMixin, check_features, check_lengths, check_min_class_count,
+from ._standardise import Standardiser, within_rounding
+from ._validation import (Grid, Interval, Options, ProbeMixin, check_features, check_lengths, check_min_class_count,
                           check_not_constant)
 from .stats import bootstrap_ci, p_value, permutation_chance
 
@@ -49,6 +49,9 @@ class MultinomialProbe(ProbeMixin):
         Refits on shuffled training labels at the chosen C for the p-value (0: none).
     confidence : float
     random_state : int
+    robust : bool
+        False: plain per-feature mean and std, no training row clipped (a linear probe of
+        the features as given, as LEACE-erased features need); see :class:`AttributeSVMProbe`.
 
     Attributes
     ----------
@@ -75,17 +78,19 @@ class MultinomialProbe(ProbeMixin):
         "n_permutations": [Interval("int", 0, None, "left")],
         "confidence": [Interval("float", 0, 1)],
         "random_state": [Interval("int", 0, None, "left")],
+        "robust": [Options((True, False))],
     }
 
     def __init__(self, *, C_grid: Sequence[float] = (0.001, 0.01, 0.1, 1.0, 10.0), max_iter: int = 500,
                  n_bootstrap: int = 1000, n_permutations: int = 20, confidence: float = 0.95,
-                 random_state: int = 0) -> None:
+                 random_state: int = 0, robust: bool = True) -> None:
         self.C_grid = C_grid
         self.max_iter = max_iter
         self.n_bootstrap = n_bootstrap
         self.n_permutations = n_permutations
         self.confidence = confidence
         self.random_state = random_state
+        self.robust = robust
 
     def _new(self, C: float) -> Any:
         from sklearn.linear_model import LogisticRegression
@@ -116,7 +121,7 @@ class MultinomialProbe(ProbeMixin):
         check_not_constant(X, "X_train")
         self.classes_ = np.unique(y)
         self.n_features_in_ = X.shape[1]
-        self.standardiser_ = Standardiser.fit(X)
+        self.standardiser_ = Standardiser.fit(X, robust=self.robust)
         Z = self.standardiser_.transform(X, fitted=True)
         Zv = self.standardiser_.transform(Xv)
         fits, start = [], None
@@ -124,11 +129,30 @@ class MultinomialProbe(ProbeMixin):
             fits.append(self._fit_one(Z, y, float(C), start))
             start = fits[-1]
         fits = [fits[i] for i in np.argsort(np.argsort(np.asarray(self.C_grid, float)))]
+        if self._without_linear_signal(Z, y, X.dtype):  # the optimum at every C: w = 0, equal intercepts
+            for m in fits:
+                m.coef_[:], m.intercept_[:] = 0.0, 0.0
         self.val_balanced_accuracy_ = np.array([balanced_accuracy(yv, m.predict(Zv))[0] for m in fits])
         best = int(self.val_balanced_accuracy_.argmax())
         self.C_, self.model_ = float(self.C_grid[best]), fits[best]
         self._train = (Z, y)
         return self
+
+    def _without_linear_signal(self, Z: NDArray[Any], y: NDArray[Any], input_dtype: Any) -> bool:
+        """Whether every level's training rows have the balanced mean of all levels in every
+        standardised feature, up to float rounding (:func:`~._standardise.within_rounding`).
+
+        The balanced multinomial's gradient at ``w = 0`` (equal intercepts) is, for level
+        ``k``, ``n / K`` times the mean of the level means minus level ``k``'s: zero for all
+        ``k``, the optimum is ``w = 0`` and the prediction a constant (balanced accuracy
+        ``1 / K``). LEACE of the one-hot levels leaves exactly that; fitted, the solver would
+        decide the predictions by rounding."""
+        codes = np.searchsorted(self.classes_, y)
+        counts = np.bincount(codes, minlength=len(self.classes_)).astype(np.float64)
+        K = len(counts)
+        W = (codes[:, None] == np.arange(K)[None, :]) / counts[None, :] - 1.0 / (K * counts[codes])[:, None]
+        scale = np.sqrt(1.0 / counts + (1.0 / counts).sum() / K**2)
+        return bool(within_rounding(Z, W, scale, self.standardiser_, input_dtype).all())
 
     def predict(self, X: Any) -> NDArray[Any]:
         self._check_is_fitted("model_")

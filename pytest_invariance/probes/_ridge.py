@@ -52,15 +52,18 @@ def penalty_unit(singular_values: NDArray[np.float64], n: int) -> float:
 
 
 def ridge_predict(Xtr: NDArray[np.floating], Ytr: NDArray[np.floating], Xte: NDArray[np.floating],
-                  maps: Mapping[str, Scaler] | None = None) -> tuple[NDArray[np.float64], dict[str, float]]:
+                  maps: Mapping[str, Scaler] | None = None, robust: bool = True
+                  ) -> tuple[NDArray[np.float64], dict[str, float]]:
     """Predictions ``[len(PENALTIES), len(Xte), k]`` of ridge fits of ``Ytr`` [n, k] on ``Xtr`` [n, d],
     and each scaling's penalty unit (:func:`penalty_unit`: a relative penalty times it is the
     absolute one, for a final fit on the scaled rows).
 
     One SVD of the centred training rows per scaling (``maps``: :func:`scalers` of ``Xtr``
-    unless given) gives every penalty's predictions; the intercept is not penalised.
+    unless given; ``robust``: of ``Standardiser.fit(Xtr, robust=robust)``, False for rows a
+    linear fit must see unclipped, such as LEACE-erased ones) gives every penalty's
+    predictions; the intercept is not penalised.
     """
-    maps = scalers(Standardiser.fit(Xtr)) if maps is None else maps
+    maps = scalers(Standardiser.fit(Xtr, robust=robust)) if maps is None else maps
     my = Ytr.mean(axis=0)
     out, units = [], {}
     for name in SCALINGS:
@@ -102,9 +105,10 @@ def ridge_predict_streamed(chunks: Callable[[], Iterable[tuple[NDArray[Any], NDA
     return np.concatenate(out), units
 
 
-def cv_penalty(Xtr: NDArray[np.floating], Y: NDArray[np.floating], folds: Iterable[NDArray[np.bool_]]
-               ) -> NDArray[np.intp]:
+def cv_penalty(Xtr: NDArray[np.floating], Y: NDArray[np.floating], folds: Iterable[NDArray[np.bool_]],
+               robust: bool = True) -> NDArray[np.intp]:
     """Index into :data:`PENALTIES` of each of ``Y``'s [n, k] columns' lowest cross-validated
-    MAE, the ``folds`` (boolean masks of held-out rows, e.g. whole identities) in turn held out."""
-    cv = sum(np.abs(ridge_predict(Xtr[~f], Y[~f], Xtr[f])[0] - Y[f]).mean(axis=1) for f in folds)
+    MAE, the ``folds`` (boolean masks of held-out rows, e.g. whole identities) in turn held out
+    (``robust``: as in :func:`ridge_predict`)."""
+    cv = sum(np.abs(ridge_predict(Xtr[~f], Y[~f], Xtr[f], robust=robust)[0] - Y[f]).mean(axis=1) for f in folds)
     return np.asarray(cv).argmin(axis=0)  # type: ignore[no-any-return]

@@ -341,8 +341,11 @@ def erasure_plots(name: str, rows: list[dict[str, Any]], unit: str) -> dict[str,
 # ----------------------------------------------------------------------------- face perturbations
 
 
-def _identity_ridge(groups_train: "NDArray[Any]", seed: int) -> Rows:
-    """The face suite's linear probe: ridge, scaling and penalty by 5-fold CV over training identities."""
+def _identity_ridge(groups_train: "NDArray[Any]", seed: int, robust: bool = True) -> Rows:
+    """The face suite's linear probe: ridge, scaling and penalty by 5-fold CV over training identities.
+
+    ``robust=False`` for LEACE-erased rows: the features are shifted and scaled, never clipped
+    (:class:`~..probes._standardise.Standardiser`), so the probe stays linear and reads chance."""
     from ..probes._ridge import cv_penalty, ridge_predict
 
     def rows(X: "NDArray[Any]", Y: "NDArray[Any]", Xt: "NDArray[Any]") -> "NDArray[np.float64]":
@@ -350,8 +353,8 @@ def _identity_ridge(groups_train: "NDArray[Any]", seed: int) -> Rows:
         Y = np.asarray(Y, np.float64).reshape(len(Y), -1)
         uniq = np.random.default_rng(seed).permutation(np.unique(groups_train))
         folds = [np.isin(groups_train, part) for part in np.array_split(uniq, min(5, len(uniq)))]
-        best = cv_penalty(X, Y, folds)  # [k]: the scaling and penalty each column's CV picked
-        return ridge_predict(X, Y, Xt)[0][best, :, np.arange(Y.shape[1])].T  # type: ignore[no-any-return]
+        best = cv_penalty(X, Y, folds, robust=robust)  # [k]: the scaling and penalty each column's CV picked
+        return ridge_predict(X, Y, Xt, robust=robust)[0][best, :, np.arange(Y.shape[1])].T  # type: ignore[no-any-return]
 
     return rows
 
@@ -406,7 +409,9 @@ def perturbation_extras(audit: "Audit", ref: "ModelRef", images: Any, spec: Any,
     c = _mean_chance(target[tr], target[~tr])
     # absolute errors per test row: one fit (linear), or one per MLP refit
     before = {"linear": [np.abs(linear(X[tr], target[tr], X[~tr])[:, 0] - target[~tr])]}
-    after = {"linear": [np.abs(linear(E[tr], target[tr], E[~tr])[:, 0] - target[~tr])]}
+    # the erased rows' linear probe scales them linearly (a clipped row re-creates the level)
+    after = {"linear": [np.abs(_identity_ridge(ids[tr], seed, robust=False)(E[tr], target[tr], E[~tr])[:, 0]
+                            - target[~tr])]}
     for data, store in ((X, before), (E, after)):
         preds, _ = mlp_refits(data[tr], target[tr], data[~tr], cfg=cfg, device=dev, seed=seed, groups_train=ids[tr])
         store["MLP"] = [np.abs(p - target[~tr]) for p in preds]

@@ -78,12 +78,50 @@ def rotated(audit: "Audit", split: str, protocol: Protocol, subset_seed: int | N
 
 def logits_layer(ref: "ModelRef") -> str | None:
     """The classifier output: declared for bundled models; for a user's model, its one
-    output that is not the audited layer (ONNX: the graph's outputs; torch: ``output``).
-    The study uses it only when it has one column per digit."""
+    output that is not the audited layer (ONNX: the graph's outputs; torch: ``output``), or,
+    when several are (an inner layer audited in a model whose outputs are its embedding and
+    its logits), the one output declared with one column per digit ([N, 10]). The study uses
+    it only when it has one column per digit; :func:`no_classifier` says why there is none."""
     if "logits" in ref.outputs:
         return ref.outputs["logits"]
-    outs = [o for o in getattr(ref.embedder, "outputs", [ref.embedder.default_layer]) if o != ref.layer]
-    return outs[0] if len(outs) == 1 else None
+    outs = _other_outputs(ref)
+    if len(outs) <= 1:
+        return outs[0] if outs else None
+    shapes = _output_shapes(ref)
+    per_digit = [o for o in outs if tuple(shapes.get(o, ()))[1:] == (10,)]
+    return per_digit[0] if len(per_digit) == 1 else None
+
+
+def _other_outputs(ref: "ModelRef") -> list[str]:
+    return [o for o in getattr(ref.embedder, "outputs", [ref.embedder.default_layer]) if o != ref.layer]
+
+
+def _output_shapes(ref: "ModelRef") -> dict[str, tuple[int | None, ...]]:
+    try:
+        return dict(getattr(ref.embedder, "output_shapes", lambda: {})())
+    except Exception:  # shapes are a hint: a model that cannot list them has none declared
+        return {}
+
+
+def no_classifier(ref: "ModelRef") -> str:
+    """Why the study has no softmax accuracy (nor MAV accuracy drop) for ``ref``."""
+    layer = logits_layer(ref)
+    outs = _other_outputs(ref)
+    shapes = _output_shapes(ref)
+
+    def shape(o: str) -> str:
+        return "[" + ", ".join("?" if d is None else str(d) for d in shapes[o]) + "]" if o in shapes else ""
+
+    if layer is not None:
+        return (f"{ref.name}'s classifier output {layer!r} {shape(layer)} is not one column per digit (10) "
+                "or could not be read")
+    if not outs:
+        return f"{ref.name} has no classifier output (its only output is the audited layer {ref.layer!r})"
+    if len(outs) == 1:  # a torch model returning several values: no single output to read
+        return f"{ref.name}'s output {outs[0]!r} cannot be read as one classifier output"
+    shown = ", ".join(f"{o!r} {shape(o)}".rstrip() for o in outs)
+    return (f"{ref.name} has {len(outs)} outputs besides the audited layer ({shown}) and not exactly one "
+            "is declared [N, 10], one column per digit, so none is taken as its classifier")
 
 
 def accuracy_estimate(correct: np.ndarray, chance: float, *, n_bootstrap: int, seed: int, **details: Any) -> Estimate:
