@@ -15,6 +15,8 @@ from ._validation import (Device, Grid, Interval, Options, ProbeMixin, check_fea
 from .stats import bootstrap_ci, p_value, permutation_chance
 
 METRICS = ("fn_rate", "fp_rate", "balanced_error", "accuracy")
+
+
 def without_linear_signal(Z: NDArray[np.floating], Y: NDArray[np.floating], st: Standardiser,
                           input_dtype: Any) -> NDArray[np.bool_]:
     """[T]: the targets (``Y`` [n, T] in {-1, +1}) whose positive and negative training rows
