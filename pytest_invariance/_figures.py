@@ -29,12 +29,14 @@ def array_digest(arr: np.ndarray) -> str:
     return h.hexdigest()
 
 
-@lru_cache(maxsize=1)
-def source_digest() -> str:
-    """sha256 over the package's Python sources, so that no figure outlives a code change."""
+@lru_cache(maxsize=None)
+def source_digest(*subpackages: str) -> str:
+    """sha256 over the package's Python sources, so that no cached result outlives a code
+    change; with ``subpackages`` (e.g. ``"data", "embeddings", "models"``) over theirs only."""
     root = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for p in sorted(root.rglob("*.py")):
+    trees = [root / s for s in subpackages] if subpackages else [root]
+    for p in sorted(p for tree in trees for p in tree.rglob("*.py")):
         h.update(str(p.relative_to(root)).encode())
         h.update(p.read_bytes())
     return h.hexdigest()

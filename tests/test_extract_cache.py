@@ -43,6 +43,22 @@ def test_cache_hit_and_key(model, images, tmp_path):
     assert not list(tmp_path.glob("*.tmp")), "no temp files left behind"
 
 
+def test_an_edit_of_the_code_that_makes_embeddings_misses_the_cache(model, images, tmp_path, monkeypatch):
+    # the key held the plugin version but not its source: a perturbation's interpolation changed
+    # under an unchanged version served the embeddings made before the change (verify14 F2)
+    from pytest_invariance import _figures
+
+    cache = EmbeddingCache(tmp_path)
+    extract(model, images, cache=cache)
+    real = _figures.source_digest
+    monkeypatch.setattr(_figures, "source_digest", lambda *sub: real(*sub) + ("-edited" if "data" in sub else ""))
+    extract(model, images, cache=cache)
+    assert (cache.misses, cache.hits) == (2, 0)
+    monkeypatch.setattr(_figures, "source_digest", lambda *sub: real(*sub) + ("-edited" if "probes" in sub else ""))
+    extract(model, images, cache=cache)  # an edit outside data/, embeddings/, models/: same embeddings
+    assert (cache.misses, cache.hits) == (2, 1)
+
+
 def test_corrupt_cache_entry_is_recomputed(model, images, tmp_path):
     cache = EmbeddingCache(tmp_path)
     a = extract(model, images, cache=cache)

@@ -121,10 +121,19 @@ def _key_parts(embedder: "Embedder", images: "ImageSet", layer: str, preprocess:
                dtype: str) -> dict[str, Any]:
     parts = {"model": embedder.sha256, "layer": layer, "data": images.fingerprint,
              "preprocess": preprocess.key(), "pool": pool, "contract": embedder.contract.to_dict(),
-             "layer_layout": getattr(embedder, "layer_layout", "auto"), "version": __version__}
+             "layer_layout": getattr(embedder, "layer_layout", "auto"), "version": __version__,
+             # the code that decodes, perturbs, preprocesses and runs: an edit under an unchanged
+             # version (a rotation's interpolation) must not serve the embeddings made before it
+             "source": _embedding_source()}
     if dtype != "float32":
         parts["dtype"] = dtype
     return parts
+
+
+def _embedding_source() -> str:
+    from .._figures import source_digest
+
+    return source_digest("data", "embeddings", "models")
 
 
 def _projected(parts: dict[str, Any], max_dim: int, seed: int) -> dict[str, Any]:
