@@ -18,6 +18,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import pytest
 
+from . import _progress
+
+# Imported as an entry point, before pytest's capture redirects file descriptor 2: the progress
+# bars drawn inside tests (extraction, studies) write to this duplicate of the terminal.
+_progress.keep_terminal()
+
 if TYPE_CHECKING:
     from ._audit import Audit, ModelRef
     from ._outcomes import Outcomes

@@ -7,7 +7,14 @@ import sys
 import numpy as np
 import pytest
 
+from pytest_invariance import _progress
 from pytest_invariance._progress import Steps, bar, progress_wanted
+
+
+@pytest.fixture(autouse=True)
+def _no_kept_terminal(monkeypatch):
+    # a run started on a terminal keeps its fd 2 (keep_terminal): these tests draw on sys.__stderr__
+    monkeypatch.setattr(_progress, "_TERMINAL", None, raising=False)
 
 
 class Tty(io.StringIO):
@@ -19,6 +26,7 @@ class Tty(io.StringIO):
     (True, None, "auto", True), (True, "true", "auto", False), (False, None, "auto", False),
     (False, "true", "on", True), (True, None, "off", False)])
 def test_progress_wanted(monkeypatch, tty, ci, mode, wanted):
+    monkeypatch.setattr(_progress, "_TERMINAL", None)  # as in a process started without a terminal
     monkeypatch.setattr(sys, "__stderr__", Tty() if tty else io.StringIO())
     if ci:
         monkeypatch.setenv("CI", ci)
@@ -96,3 +104,44 @@ def test_probe_extras_and_perturbation_splits_show_their_steps(monkeypatch, show
             assert step in text
     else:
         assert text == ""
+
+
+def test_a_bar_drawn_inside_a_test_reaches_the_terminal(tmp_path):
+    # pytest's default capture redirects fd 2 while a test runs: bars on sys.__stderr__ went into
+    # the capture file and no progress line showed during the tests (verify14 F3)
+    import os
+    import pty
+    import subprocess
+
+    (tmp_path / "test_bar.py").write_text(
+        "import time\n"
+        "from pytest_invariance._progress import Steps, progress_wanted\n"
+        "def test_long_step():\n"
+        "    with Steps(2, 'study under capture', progress_wanted()) as s:\n"
+        "        s.next('first fit'); time.sleep(0.2)\n"
+        "        s.next('second fit'); time.sleep(0.2)\n")
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    # a new pseudo-terminal is 0 columns wide, where tqdm draws nothing: size it as a terminal is
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER")}
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_bar.py"],
+                            cwd=tmp_path, stdin=slave, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=60) == 0
+    text = out.decode(errors="replace")
+    assert "1 passed" in text
+    assert "study under capture" in text and "first fit" in text and "second fit" in text
