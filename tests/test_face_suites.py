@@ -336,3 +336,33 @@ def test_pose_reads_absolute_yaw_from_an_embedding_that_keeps_its_sign(keeps_sig
         assert total.details["target_fit"].startswith("absolute")
     assert total.value == pytest.approx(ref, rel=1e-6) and total.value < 0.2 * total.chance
     assert total.ci_low <= total.value <= total.ci_high
+
+
+def test_perturbation_figures_are_read_back_and_recomputed_when_their_key_changes(tiny_model, tmp_path):
+    # the face-perturbation studies were refitted on every warm run (two thirds of a warm
+    # `pytest audits/`); now through the figure cache, keyed on embeddings, protocol and seed
+    from pytest_invariance._audit import Audit, ModelRef
+    from pytest_invariance.data.faces import load_lfw_faces
+    from pytest_invariance.embeddings import Preprocess
+    from pytest_invariance.settings import Settings
+    from pytest_invariance.studies.faces import perturbation_specs, perturbation_study
+
+    faces = load_lfw_faces().subset(np.arange(40), "lfw40")
+    specs = perturbation_specs({"occlusion": [0, 0.1, 0.2, 0.3]})
+
+    def run(seed=0, n_splits=4):  # a new Audit per run: a new process reading the same cache
+        audit = Audit(Settings(cache_dir=str(tmp_path / "cache"), seed=seed))
+        emb = audit.load(str(tiny_model))
+        ref = ModelRef("tiny", emb, emb.default_layer, Preprocess(size=(32, 32), channels=3, prewhiten=True), user=True)
+        fig = perturbation_study(audit, ref, faces, specs, n_splits=n_splits)["occlusion"]
+        return fig, (audit.figures.hits, audit.figures.misses)
+
+    first, counts = run()
+    assert counts == (0, 1)
+    again, counts = run()
+    assert counts == (1, 0)
+    assert again["mae"] == first["mae"] and again["rank1"] == first["rank1"] and again["plot"] == first["plot"]
+    for changed in (dict(seed=1), dict(n_splits=3)):
+        other, counts = run(**changed)
+        assert counts == (0, 1), changed
+        assert other["mae"].value != first["mae"].value, changed

@@ -385,15 +385,30 @@ def perturbation_extras(audit: "Audit", ref: "ModelRef", images: Any, spec: Any,
 
     Same rows and identity-disjoint split as :func:`..studies.faces.perturbation_study`.
     """
+    from dataclasses import asdict
+
+    from .faces import perturbed_embeddings, perturbation_disk_key
+
+    X = perturbed_embeddings(audit, ref, images, spec, neutral)
+    ids = np.tile(images.labels[identity].to_numpy(), len(spec.levels))
+    # Through the figure cache, as the study: a warm rerun refits nothing.
+    disk = perturbation_disk_key("face_perturbation.extras", ref, spec, neutral, X, ids, train_fraction=train_fraction,
+                                 absolute=absolute, probes=asdict(cfg), erase=erase, far=far)
+    return audit.memo(("face_perturbation.extras.figures", ref.key, spec.name), lambda: _perturbation_extras(
+        audit, ref, X, ids, spec, neutral, train_fraction=train_fraction, absolute=absolute, cfg=cfg, erase=erase,
+        far=far), disk=disk)
+
+
+def _perturbation_extras(audit: "Audit", ref: "ModelRef", X: Any, ids: Any, spec: Any, neutral: float, *,
+                         train_fraction: float, absolute: bool, cfg: ProbeExtras, erase: bool,
+                         far: float) -> dict[str, Any]:
     from ..probes import LeaceErasure, erasure_cost, row_scores_estimate
-    from .faces import identity_split, perturbed_embeddings
+    from .faces import identity_split
 
     seed, dev, nb = audit.seed, audit.settings.device, cfg.n_bootstrap
-    X = perturbed_embeddings(audit, ref, images, spec, neutral)
     levels = np.asarray(spec.levels, dtype=np.float64)
-    level_of = np.repeat(levels, len(images))
+    level_of = np.repeat(levels, len(ids) // len(levels))
     target = np.abs(level_of - neutral) if absolute else level_of
-    ids = np.tile(images.labels[identity].to_numpy(), len(levels))
     tr = identity_split(ids, train_fraction, seed)
     metric = f"{spec.name}_mae"
     linear = _identity_ridge(ids[tr], seed)

@@ -484,25 +484,50 @@ def perturbation_study(audit: "Audit", ref: "ModelRef", images: ImageSet,
         factor -> ``{"mae": Estimate, "rank1": [Estimate per level], "levels", "unit",
         "strongest": index of the gated level, "plot": rank-1 against level}``.
     """
-    from .._progress import bar
-
     out: dict[str, Any] = {}
     ids = images.labels[identity].to_numpy()
     for spec, neutral in specs:
         X = perturbed_embeddings(audit, ref, images, spec, neutral)
-        levels = np.asarray(spec.levels)
-        level_of = np.repeat(levels, len(images))
-        target = np.abs(level_of - neutral) if spec.name in absolute else level_of
-        with bar(n_splits + 1, f"{ref.name} {spec.name} splits", audit.progress, unit="fit") as shown:
-            mae = repeated_regression(X, target, np.tile(ids, len(levels)), train_fraction, audit.seed, n_splits,
-                                      on_split=shown.update)
-            rank1 = rank1_per_level(X, ids, list(levels).index(neutral), seed=audit.seed)
-            shown.update(1)
-        out[spec.name] = {"mae": mae, "rank1": rank1, "levels": levels.tolist(), "unit": spec.unit,
-                          "neutral": neutral, "strongest": _strongest(levels, neutral, rank1),
-                          "target": f"|{spec.name} - {neutral:g}|" if spec.name in absolute else spec.name}
-        out[spec.name]["plot"] = _rank1_plot(spec, out[spec.name], ref, len(images))
+        # Through the figure cache: a warm rerun reads the figures back instead of refitting
+        # the 20 splits (most of a warm face-perturbation run before).
+        disk = perturbation_disk_key("face_perturbation", ref, spec, neutral, X, np.tile(ids, len(spec.levels)),
+                                     train_fraction=train_fraction, absolute=spec.name in absolute,
+                                     n_splits=n_splits)
+        out[spec.name] = audit.memo(("face_perturbation.figures", ref.key, spec.name), lambda: _perturbation_figures(
+            audit, ref, X, ids, spec, neutral, train_fraction=train_fraction, absolute=spec.name in absolute,
+            n_splits=n_splits), disk=disk)
     return out
+
+
+def perturbation_disk_key(study: str, ref: "ModelRef", spec: PerturbationSpec, neutral: float, X: Any, ids: Any,
+                          **protocol: Any) -> dict[str, Any]:
+    """The figure-cache key of a face-perturbation study of one factor: the embeddings' and the
+    identities' digests, the factor's levels and the protocol (the seed, plugin version and
+    source are added by :meth:`Audit.memo`); the model's name titles the plots."""
+    from .._figures import array_digest
+
+    return {"study": study, "name": ref.name, "factor": spec.name, "levels": [float(v) for v in spec.levels],
+            "unit": spec.unit, "neutral": float(neutral), "protocol": protocol,
+            "inputs": {"X": array_digest(np.asarray(X)), "ids": array_digest(np.asarray(ids).astype(str))}}
+
+
+def _perturbation_figures(audit: "Audit", ref: "ModelRef", X: Any, ids: Any, spec: PerturbationSpec, neutral: float,
+                          *, train_fraction: float, absolute: bool, n_splits: int) -> dict[str, Any]:
+    from .._progress import bar
+
+    levels = np.asarray(spec.levels)
+    level_of = np.repeat(levels, len(ids))
+    target = np.abs(level_of - neutral) if absolute else level_of
+    with bar(n_splits + 1, f"{ref.name} {spec.name} splits", audit.progress, unit="fit") as shown:
+        mae = repeated_regression(X, target, np.tile(ids, len(levels)), train_fraction, audit.seed, n_splits,
+                                  on_split=shown.update)
+        rank1 = rank1_per_level(X, ids, list(levels).index(neutral), seed=audit.seed)
+        shown.update(1)
+    fig = {"mae": mae, "rank1": rank1, "levels": levels.tolist(), "unit": spec.unit,
+           "neutral": neutral, "strongest": _strongest(levels, neutral, rank1),
+           "target": f"|{spec.name} - {neutral:g}|" if absolute else spec.name}
+    fig["plot"] = _rank1_plot(spec, fig, ref, len(ids))
+    return fig
 
 
 def perturbed_embeddings(audit: "Audit", ref: "ModelRef", images: ImageSet, spec: PerturbationSpec,
